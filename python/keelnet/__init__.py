@@ -1,0 +1,8 @@
+"""keelnet: Docker-style container networking with a Rust data plane."""
+
+from __future__ import annotations
+
+from keelnet._core import __version__
+from keelnet.errors import KeelnetError
+
+__all__ = ["KeelnetError", "__version__"]

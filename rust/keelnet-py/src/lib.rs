@@ -1,0 +1,10 @@
+//! pyo3 glue only: converts between Python objects and keelnet-core types and maps
+//! core errors onto `keelnet.errors`. No logic lives here.
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
