@@ -21,6 +21,10 @@ class InvalidSubnet(KeelnetError, ValueError):
     """A subnet, address range or pool definition that cannot be used."""
 
 
+class InvalidAddress(KeelnetError, ValueError):
+    """A string that is not an IP address."""
+
+
 class AddressOutOfRange(KeelnetError, ValueError):
     """An address that is not inside the pool it was asked of."""
 
@@ -46,3 +50,94 @@ class CorruptState(KeelnetError):
 
 class MalformedPacket(KeelnetError, ValueError):
     """Bytes that do not form the packet they were parsed as."""
+
+
+# --- networks, sandboxes, endpoints ----------------------------------------------------
+
+
+class NotFound(KeelnetError, LookupError):
+    """Something named by the caller does not exist."""
+
+
+class NetworkNotFound(NotFound):
+    """No network of that name or id."""
+
+
+class SandboxNotFound(NotFound):
+    """No sandbox of that name, or its network namespace is gone."""
+
+
+class EndpointNotFound(NotFound):
+    """The sandbox is not connected to that network."""
+
+
+class PortMappingNotFound(NotFound):
+    """No such published port."""
+
+
+class Conflict(KeelnetError):
+    """The request clashes with something that already exists."""
+
+
+class DuplicateNetwork(Conflict):
+    """A network of that name already exists."""
+
+
+class DuplicateSandbox(Conflict):
+    """A sandbox (or network namespace) of that name already exists."""
+
+
+class DuplicateEndpoint(Conflict):
+    """The sandbox is already connected to that network."""
+
+
+class PortInUse(Conflict):
+    """The host port is already published."""
+
+
+class NetworkInUse(Conflict):
+    """The network still has endpoints connected."""
+
+
+class InvalidRequest(KeelnetError, ValueError):
+    """Input keelnet cannot act on."""
+
+
+class UnknownDriver(InvalidRequest):
+    """No driver of that name is registered."""
+
+
+class InvalidOption(InvalidRequest):
+    """A driver option that is unknown to the driver or has a bad value."""
+
+
+class InvalidName(InvalidRequest):
+    """A network or sandbox name that cannot be used."""
+
+
+class OverlappingSubnet(InvalidRequest):
+    """The subnet overlaps the subnet of another network on this host."""
+
+
+class GatewayOutsideSubnet(InvalidRequest):
+    """The gateway (or an auxiliary address) is not inside the network's subnet."""
+
+
+class MissingParentInterface(InvalidRequest, LookupError):
+    """The parent interface named for macvlan/ipvlan does not exist on the host."""
+
+
+class KernelFeatureMissing(KeelnetError):
+    """The running kernel lacks a module a request needs.
+
+    ``module`` names the missing kernel module and ``alternative`` says what to use instead.
+    """
+
+    def __init__(self, message: str, *, module: str, alternative: str) -> None:
+        super().__init__(f"{message}: kernel module {module!r} is not available; {alternative}")
+        self.module = module
+        self.alternative = alternative
+
+
+class KernelError(KeelnetError):
+    """The kernel refused a change keelnet asked for (netlink or nftables)."""

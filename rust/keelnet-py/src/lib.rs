@@ -3,8 +3,12 @@
 
 use pyo3::prelude::*;
 
+mod ipam;
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<ipam::PyAddressPool>()?;
+    m.add_class::<ipam::PySubnetPools>()?;
     Ok(())
 }

@@ -1,0 +1,498 @@
+//! A bitmap over up to 2^64 offsets whose every operation is O(1) in practice,
+//! however fragmented it is, and whose memory follows what is set.
+//!
+//! The first 2^24 offsets are dense: 4096-bit chunks, each with a word-level
+//! summary, under a two-level summary of chunks that still have a free bit. A
+//! chunk that is all clear or all set holds no memory at all (`None`), so an
+//! empty /8 costs ~33 KB and a full one the same. Offsets past 2^24 (the rest of
+//! an IPv6 /64) are sparse: a B-tree of 64-bit words that exist only while a bit
+//! in them is set, so memory grows with the addresses handed out.
+
+use std::collections::BTreeMap;
+
+const WORD_BITS: u64 = 64;
+const CHUNK_WORDS: usize = 64;
+const CHUNK_BITS: u64 = WORD_BITS * CHUNK_WORDS as u64;
+/// Offsets below this are kept dense.
+pub const DENSE_LIMIT: u64 = 1 << 24;
+const MAX_CHUNKS: usize = (DENSE_LIMIT / CHUNK_BITS) as usize;
+
+/// Where a chunk stands, as serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState<'a> {
+    Clear,
+    Set,
+    Mixed(&'a [u64; CHUNK_WORDS]),
+}
+
+#[derive(Clone)]
+struct Chunk {
+    words: [u64; CHUNK_WORDS],
+    /// Bit i is set while `words[i]` has a clear bit.
+    not_full: u64,
+    /// Set bits in `words`.
+    ones: u32,
+}
+
+impl Chunk {
+    fn clear() -> Box<Chunk> {
+        Box::new(Chunk {
+            words: [0; CHUNK_WORDS],
+            not_full: u64::MAX,
+            ones: 0,
+        })
+    }
+
+    fn set() -> Box<Chunk> {
+        Box::new(Chunk {
+            words: [u64::MAX; CHUNK_WORDS],
+            not_full: 0,
+            ones: CHUNK_BITS as u32,
+        })
+    }
+
+    fn from_words(words: &[u64; CHUNK_WORDS]) -> Box<Chunk> {
+        let mut not_full = 0;
+        let mut ones = 0;
+        for (i, word) in words.iter().enumerate() {
+            if *word != u64::MAX {
+                not_full |= 1 << i;
+            }
+            ones += word.count_ones();
+        }
+        Box::new(Chunk {
+            words: *words,
+            not_full,
+            ones,
+        })
+    }
+
+    /// First clear bit at or after `bit`.
+    #[inline]
+    fn first_clear_from(&self, bit: u64) -> Option<u64> {
+        let w = (bit / WORD_BITS) as usize;
+        let here = !self.words[w] & (u64::MAX << (bit % WORD_BITS));
+        if here != 0 {
+            return Some(w as u64 * WORD_BITS + u64::from(here.trailing_zeros()));
+        }
+        let later = self.not_full & above(w as u32);
+        if later == 0 {
+            return None;
+        }
+        let w = later.trailing_zeros() as usize;
+        Some(w as u64 * WORD_BITS + u64::from((!self.words[w]).trailing_zeros()))
+    }
+}
+
+/// Mask of the bits strictly above `i` in a word.
+#[inline]
+fn above(i: u32) -> u64 {
+    u64::MAX.checked_shl(i + 1).unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Bitmap {
+    last: u64,
+    chunks: Vec<Option<Box<Chunk>>>,
+    /// Bit c is set while chunk c has a clear bit.
+    chunk_not_full: Vec<u64>,
+    /// Bit i is set while `chunk_not_full[i]` is non-zero.
+    top_not_full: u64,
+    sparse: BTreeMap<u64, u64>,
+}
+
+impl Bitmap {
+    /// A clear bitmap over offsets `0..=last`.
+    pub fn new(last: u64) -> Bitmap {
+        let dense_bits = last.min(DENSE_LIMIT - 1) + 1;
+        let chunk_count = Bitmap::new_chunk_count(last);
+        let summary_words = chunk_count.div_ceil(64);
+        let mut chunk_not_full = vec![u64::MAX; summary_words];
+        if chunk_count % 64 != 0 {
+            chunk_not_full[summary_words - 1] = (1u64 << (chunk_count % 64)) - 1;
+        }
+        let top_not_full = if summary_words == 64 {
+            u64::MAX
+        } else {
+            (1u64 << summary_words) - 1
+        };
+        let mut bitmap = Bitmap {
+            last,
+            chunks: (0..chunk_count).map(|_| None).collect(),
+            chunk_not_full,
+            top_not_full,
+            sparse: BTreeMap::new(),
+        };
+        // Bits past `last` in the final chunk are set for good, so searches never find them.
+        for offset in dense_bits..chunk_count as u64 * CHUNK_BITS {
+            bitmap.set(offset);
+        }
+        bitmap
+    }
+
+    /// How many dense chunks a bitmap over `0..=last` has.
+    pub fn new_chunk_count(last: u64) -> usize {
+        (last.min(DENSE_LIMIT - 1) + 1).div_ceil(CHUNK_BITS) as usize
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    fn dense_end(&self) -> u64 {
+        self.chunks.len() as u64 * CHUNK_BITS
+    }
+
+    #[inline]
+    fn chunk_has_clear(&self, c: usize) -> bool {
+        self.chunk_not_full[c / 64] >> (c % 64) & 1 == 1
+    }
+
+    fn mark_chunk(&mut self, c: usize, has_clear: bool) {
+        let (i, bit) = (c / 64, 1u64 << (c % 64));
+        if has_clear {
+            self.chunk_not_full[i] |= bit;
+            self.top_not_full |= 1 << i;
+        } else {
+            self.chunk_not_full[i] &= !bit;
+            if self.chunk_not_full[i] == 0 {
+                self.top_not_full &= !(1 << i);
+            }
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, offset: u64) -> bool {
+        if offset < self.dense_end() {
+            let c = (offset / CHUNK_BITS) as usize;
+            match &self.chunks[c] {
+                None => !self.chunk_has_clear(c),
+                Some(chunk) => {
+                    let bit = offset % CHUNK_BITS;
+                    chunk.words[(bit / WORD_BITS) as usize] >> (bit % WORD_BITS) & 1 == 1
+                }
+            }
+        } else {
+            self.sparse
+                .get(&(offset / WORD_BITS))
+                .is_some_and(|word| word >> (offset % WORD_BITS) & 1 == 1)
+        }
+    }
+
+    /// Set the bit; false when it was already set.
+    #[inline]
+    pub fn set(&mut self, offset: u64) -> bool {
+        if offset >= self.dense_end() {
+            let word = self.sparse.entry(offset / WORD_BITS).or_insert(0);
+            let mask = 1 << (offset % WORD_BITS);
+            let was_clear = *word & mask == 0;
+            *word |= mask;
+            return was_clear;
+        }
+        let c = (offset / CHUNK_BITS) as usize;
+        if !self.chunk_has_clear(c) {
+            return false;
+        }
+        let chunk = self.chunks[c].get_or_insert_with(Chunk::clear);
+        let bit = offset % CHUNK_BITS;
+        let (w, mask) = ((bit / WORD_BITS) as usize, 1u64 << (bit % WORD_BITS));
+        if chunk.words[w] & mask != 0 {
+            return false;
+        }
+        chunk.words[w] |= mask;
+        chunk.ones += 1;
+        if chunk.words[w] == u64::MAX {
+            chunk.not_full &= !(1 << w);
+            if chunk.not_full == 0 {
+                self.chunks[c] = None;
+                self.mark_chunk(c, false);
+            }
+        }
+        true
+    }
+
+    /// Clear the bit; false when it was already clear.
+    #[inline]
+    pub fn clear(&mut self, offset: u64) -> bool {
+        if offset >= self.dense_end() {
+            let key = offset / WORD_BITS;
+            let mask = 1 << (offset % WORD_BITS);
+            return match self.sparse.get_mut(&key) {
+                Some(word) if *word & mask != 0 => {
+                    *word &= !mask;
+                    if *word == 0 {
+                        self.sparse.remove(&key);
+                    }
+                    true
+                }
+                _ => false,
+            };
+        }
+        let c = (offset / CHUNK_BITS) as usize;
+        if self.chunks[c].is_none() {
+            if self.chunk_has_clear(c) {
+                return false;
+            }
+            self.chunks[c] = Some(Chunk::set());
+            self.mark_chunk(c, true);
+        }
+        let Some(chunk) = self.chunks[c].as_mut() else {
+            return false;
+        };
+        let bit = offset % CHUNK_BITS;
+        let (w, mask) = ((bit / WORD_BITS) as usize, 1u64 << (bit % WORD_BITS));
+        if chunk.words[w] & mask == 0 {
+            return false;
+        }
+        chunk.words[w] &= !mask;
+        chunk.not_full |= 1 << w;
+        chunk.ones -= 1;
+        if chunk.ones == 0 {
+            self.chunks[c] = None;
+        }
+        true
+    }
+
+    /// First chunk at or after `c` with a clear bit.
+    #[inline]
+    fn next_chunk_with_clear(&self, c: usize) -> Option<usize> {
+        if c >= self.chunks.len() {
+            return None;
+        }
+        let i = c / 64;
+        let here = self.chunk_not_full[i] & (u64::MAX << (c % 64));
+        if here != 0 {
+            return Some(i * 64 + here.trailing_zeros() as usize);
+        }
+        let later = self.top_not_full & above(i as u32);
+        if later == 0 {
+            return None;
+        }
+        let i = later.trailing_zeros() as usize;
+        Some(i * 64 + self.chunk_not_full[i].trailing_zeros() as usize)
+    }
+
+    fn dense_first_clear(&self, from: u64) -> Option<u64> {
+        let c = (from / CHUNK_BITS) as usize;
+        if self.chunk_has_clear(c) {
+            match &self.chunks[c] {
+                None => return Some(from),
+                Some(chunk) => {
+                    if let Some(bit) = chunk.first_clear_from(from % CHUNK_BITS) {
+                        return Some(c as u64 * CHUNK_BITS + bit);
+                    }
+                }
+            }
+        }
+        let c = self.next_chunk_with_clear(c + 1)?;
+        let base = c as u64 * CHUNK_BITS;
+        match &self.chunks[c] {
+            None => Some(base),
+            Some(chunk) => chunk.first_clear_from(0).map(|bit| base + bit),
+        }
+    }
+
+    /// First clear offset past the dense part, at or after `from`. Costs a B-tree
+    /// lookup plus one step per consecutive full word.
+    fn sparse_first_clear(&self, from: u64) -> Option<u64> {
+        let mut key = from / WORD_BITS;
+        let mut mask = u64::MAX << (from % WORD_BITS);
+        for (&k, &word) in self.sparse.range(key..) {
+            if k != key {
+                break;
+            }
+            let clear = !word & mask;
+            if clear != 0 {
+                return Some(key * WORD_BITS + u64::from(clear.trailing_zeros()));
+            }
+            key = key.checked_add(1)?;
+            mask = u64::MAX;
+        }
+        let candidate = key.checked_mul(WORD_BITS)? + u64::from(mask.trailing_zeros());
+        Some(candidate)
+    }
+
+    /// First clear offset in `from..=to`.
+    pub fn first_clear(&self, from: u64, to: u64) -> Option<u64> {
+        let to = to.min(self.last);
+        if from > to {
+            return None;
+        }
+        let mut from = from;
+        if from < self.dense_end() {
+            match self.dense_first_clear(from) {
+                Some(offset) => return (offset <= to).then_some(offset),
+                None => from = self.dense_end(),
+            }
+            if from > to {
+                return None;
+            }
+        }
+        self.sparse_first_clear(from).filter(|offset| *offset <= to)
+    }
+
+    /// Each dense chunk's state, in order, for serialization.
+    pub fn chunk_states(&self) -> impl Iterator<Item = ChunkState<'_>> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .map(|(c, chunk)| match chunk {
+                Some(chunk) => ChunkState::Mixed(&chunk.words),
+                None if self.chunk_has_clear(c) => ChunkState::Clear,
+                None => ChunkState::Set,
+            })
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn sparse_words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.sparse.iter().map(|(k, v)| (*k, *v))
+    }
+
+    /// Rebuild from serialized parts; the caller validated counts and ranges.
+    pub fn from_parts(
+        last: u64,
+        chunks: Vec<ChunkStateOwned>,
+        sparse: BTreeMap<u64, u64>,
+    ) -> Option<Bitmap> {
+        let mut bitmap = Bitmap::new(last);
+        if chunks.len() != bitmap.chunks.len() || chunks.len() > MAX_CHUNKS {
+            return None;
+        }
+        let padding_from = last.min(DENSE_LIMIT - 1) + 1;
+        for (c, state) in chunks.into_iter().enumerate() {
+            let chunk = match state {
+                ChunkStateOwned::Clear => Chunk::clear(),
+                ChunkStateOwned::Set => Chunk::set(),
+                ChunkStateOwned::Mixed(words) => Chunk::from_words(&words),
+            };
+            // The padding past `last` must be set, as `new` leaves it.
+            let base = c as u64 * CHUNK_BITS;
+            for offset in padding_from.max(base)..base + CHUNK_BITS {
+                let bit = offset - base;
+                if chunk.words[(bit / WORD_BITS) as usize] >> (bit % WORD_BITS) & 1 == 0 {
+                    return None;
+                }
+            }
+            bitmap.install_chunk(c, chunk);
+        }
+        let dense_end = bitmap.dense_end();
+        for (&key, &word) in &sparse {
+            let first = key.checked_mul(WORD_BITS)?;
+            let last_bit = first + (WORD_BITS - 1 - u64::from(word.leading_zeros()));
+            if word == 0 || first < dense_end || last_bit > last {
+                return None;
+            }
+        }
+        bitmap.sparse = sparse;
+        Some(bitmap)
+    }
+
+    fn install_chunk(&mut self, c: usize, chunk: Box<Chunk>) {
+        match chunk.ones {
+            0 => {
+                self.chunks[c] = None;
+                self.mark_chunk(c, true);
+            }
+            n if u64::from(n) == CHUNK_BITS => {
+                self.chunks[c] = None;
+                self.mark_chunk(c, false);
+            }
+            _ => {
+                self.chunks[c] = Some(chunk);
+                self.mark_chunk(c, true);
+            }
+        }
+    }
+
+    /// Set bits within `0..=last` (the padding past `last` is not counted).
+    pub fn count_set(&self) -> u128 {
+        let dense: u128 = self
+            .chunk_states()
+            .map(|state| match state {
+                ChunkState::Clear => 0,
+                ChunkState::Set => u128::from(CHUNK_BITS),
+                ChunkState::Mixed(words) => words.iter().map(|w| u128::from(w.count_ones())).sum(),
+            })
+            .sum();
+        let padding = u128::from(self.dense_end() - (self.last.min(DENSE_LIMIT - 1) + 1));
+        let sparse: u128 = self
+            .sparse
+            .values()
+            .map(|w| u128::from(w.count_ones()))
+            .sum();
+        dense - padding + sparse
+    }
+
+    /// Heap bytes held, for memory figures.
+    pub fn heap_bytes(&self) -> usize {
+        let leaves = self.chunks.iter().flatten().count() * std::mem::size_of::<Chunk>();
+        // A B-tree leaf holds up to 11 entries; assume the typical 2/3 fill.
+        let sparse = self.sparse.len() * 2 * std::mem::size_of::<u64>() * 3 / 2;
+        self.chunks.capacity() * std::mem::size_of::<Option<Box<Chunk>>>()
+            + self.chunk_not_full.capacity() * 8
+            + leaves
+            + sparse
+    }
+}
+
+/// A chunk as read back from bytes.
+pub enum ChunkStateOwned {
+    Clear,
+    Set,
+    Mixed(Box<[u64; CHUNK_WORDS]>),
+}
+
+pub const WORDS_PER_CHUNK: usize = CHUNK_WORDS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bitmap_fills_and_empties() {
+        let mut b = Bitmap::new(99);
+        for i in 0..100 {
+            assert_eq!(b.first_clear(0, 99), Some(i));
+            assert!(b.set(i));
+        }
+        assert_eq!(b.first_clear(0, u64::MAX), None);
+        assert!(!b.set(5));
+        assert!(b.clear(42));
+        assert!(!b.clear(42));
+        assert_eq!(b.first_clear(0, 99), Some(42));
+        assert_eq!(b.first_clear(43, 99), None);
+    }
+
+    #[test]
+    fn chunk_transitions_free_memory() {
+        let mut b = Bitmap::new(DENSE_LIMIT - 1);
+        let empty = b.heap_bytes();
+        for i in 0..CHUNK_BITS * 3 {
+            b.set(i);
+        }
+        assert_eq!(b.heap_bytes(), empty, "full chunks hold no leaves");
+        assert!(b.clear(CHUNK_BITS + 7));
+        assert!(b.heap_bytes() > empty);
+        assert_eq!(b.first_clear(0, u64::MAX), Some(CHUNK_BITS + 7));
+        assert!(b.set(CHUNK_BITS + 7));
+        assert_eq!(b.first_clear(0, u64::MAX), Some(3 * CHUNK_BITS));
+    }
+
+    #[test]
+    fn sparse_part_finds_gaps() {
+        let mut b = Bitmap::new(u64::MAX);
+        let base = DENSE_LIMIT + 640;
+        for i in 0..200 {
+            assert!(b.set(base + i));
+        }
+        assert_eq!(b.first_clear(base, u64::MAX), Some(base + 200));
+        assert_eq!(b.first_clear(base - 1, u64::MAX), Some(base - 1));
+        assert!(b.set(u64::MAX));
+        assert_eq!(b.first_clear(u64::MAX, u64::MAX), None);
+        assert!(b.clear(base + 100));
+        assert_eq!(b.first_clear(base, u64::MAX), Some(base + 100));
+    }
+}
