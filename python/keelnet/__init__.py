@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from keelnet._core import __version__
 from keelnet.errors import KeelnetError
+from keelnet.host import Host
 
-__all__ = ["KeelnetError", "__version__"]
+__all__ = ["Host", "KeelnetError", "__version__"]

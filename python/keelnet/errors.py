@@ -141,3 +141,7 @@ class KernelFeatureMissing(KeelnetError):
 
 class KernelError(KeelnetError):
     """The kernel refused a change keelnet asked for (netlink or nftables)."""
+
+
+class DataPlaneUnavailable(KeelnetError):
+    """The data plane a network asks for is not available in this build or on this host."""

@@ -1,0 +1,81 @@
+"""Parent interfaces of macvlan and ipvlan networks, including `eth1.10` VLAN parents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from keelnet.drivers.base import HostContext
+from keelnet.errors import InvalidOption, KernelFeatureMissing, MissingParentInterface
+from keelnet.kernel import links
+
+PARENT = "parent"
+USERSPACE_LATER = "the userspace data plane (dataplane=userspace) does this without it; it "
+USERSPACE_LATER += "arrives with issue 4"
+
+
+@dataclass(frozen=True)
+class Parent:
+    name: str  # the interface endpoints hang off (the VLAN device for `eth1.10`)
+    base: str  # the physical interface
+    vlan: int | None
+
+
+def parse(options: dict[str, str] | object, driver: str) -> Parent:
+    assert isinstance(options, dict)
+    value = options.get(PARENT)
+    if not value:
+        raise MissingParentInterface(f"{driver} networks need a parent: -o parent=IFACE")
+    if value == "lo":
+        raise InvalidOption(f"{driver}: loopback cannot be a parent interface")
+    base, dot, tag = value.partition(".")
+    if not dot:
+        return Parent(value, value, None)
+    if not tag.isdigit() or not 1 <= int(tag) <= 4094:
+        raise InvalidOption(f"{driver}: {value!r}: VLAN id must be 1-4094")
+    return Parent(value, base, int(tag))
+
+
+def check(ctx: HostContext, parent: Parent, driver: str) -> None:
+    """The parent exists, and a VLAN parent can be made by this kernel."""
+    if links.link_index(ctx.ipr, parent.base) is None:
+        raise MissingParentInterface(f"{driver}: parent interface {parent.base!r} does not exist")
+    if parent.vlan is not None and links.link_index(ctx.ipr, parent.name) is None:
+        links.require_kind(
+            ctx.netns_path,
+            "vlan",
+            "8021q",
+            f"{driver}: parent {parent.name} needs an 802.1q VLAN device",
+            USERSPACE_LATER,
+        )
+
+
+def ensure_vlan(ctx: HostContext, parent: Parent, network_id: str) -> None:
+    """Create the VLAN device `eth1.10` if missing, marked as belonging to the network."""
+    if parent.vlan is None or links.link_index(ctx.ipr, parent.name) is not None:
+        return
+    base = links.link_index(ctx.ipr, parent.base)
+    try:
+        ctx.ipr.link("add", ifname=parent.name, kind="vlan", link=base, vlan_id=parent.vlan)
+        index = links.link_index(ctx.ipr, parent.name)
+        ctx.ipr.link("set", index=index, ifalias=links.alias_for(network_id), state="up")
+    except NetlinkError as exc:
+        links.delete_link(ctx.ipr, parent.name)
+        raise links.netlink_error(f"creating VLAN device {parent.name}", exc) from exc
+
+
+def remove_vlan(ctx: HostContext, parent: Parent, network_id: str) -> None:
+    """Delete the VLAN device only if this network created it."""
+    if parent.vlan is None:
+        return
+    index = links.link_index(ctx.ipr, parent.name)
+    if index is None:
+        return
+    alias = ctx.ipr.link("get", index=index)[0].get("ifalias")
+    if links.parse_alias(alias) == (network_id, None):
+        links.delete_link(ctx.ipr, parent.name)
+
+
+def missing_module(what: str, module: str) -> KernelFeatureMissing:
+    return KernelFeatureMissing(what, module=module, alternative=USERSPACE_LATER)

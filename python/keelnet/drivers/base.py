@@ -1,0 +1,138 @@
+"""The driver interface: libnetwork's driver calls, for one host.
+
+A Host calls, in order: `validate` then `create_network`; per connect `create_endpoint` then
+`join`; per disconnect `leave` then `delete_endpoint`; `delete_network` last. Publishing
+calls `program_external_connectivity` / `revoke_external_connectivity`. Every `delete_*`,
+`leave` and `revoke_*` must succeed when what it removes is already gone: teardown is
+idempotent. Everything created on the host side must be marked as keelnet's (names start
+with `kn-`, links carry `links.alias_for(...)`).
+
+A driver lists the data planes it implements; the `dataplane` option picks one (`kernel`,
+`userspace`, or `auto`: the kernel where it has the module, userspace where it does not).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pyroute2 import IPRoute
+
+from keelnet.errors import InvalidOption
+from keelnet.kernel.nftables import BridgeRules
+from keelnet.model import Endpoint, Network, PortMapping
+
+DATAPLANE_OPTION = "dataplane"
+DATAPLANES = ("kernel", "userspace", "auto")
+
+
+@dataclass
+class HostContext:
+    """What a driver may use of the host: its namespace and a netlink socket into it."""
+
+    netns_path: str | None
+    ipr: IPRoute
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    """A create request after keelnet's generic validation, before the driver's."""
+
+    name: str
+    options: Mapping[str, str]
+    ipv6: bool
+    internal: bool
+
+
+class Driver(ABC):
+    """One network driver. Subclasses are stateless: all state is in the store or kernel."""
+
+    name: ClassVar[str]
+    #: Options the driver understands besides `dataplane`.
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: Data planes implemented, in order of preference for `auto`.
+    dataplanes: ClassVar[tuple[str, ...]] = ("kernel",)
+    #: Whether endpoints get addresses from keelnet's IPAM.
+    uses_ipam: ClassVar[bool] = True
+    #: Whether endpoints get a default route via the network's gateway.
+    gateway_route: ClassVar[bool] = True
+    #: Only one network of this driver per host (Docker: host, none).
+    singleton: ClassVar[bool] = False
+
+    def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
+        """Refuse unknown or bad options; extended by drivers with checks of their own."""
+        unknown = set(request.options) - self.options - {DATAPLANE_OPTION}
+        if unknown:
+            raise InvalidOption(
+                f"driver {self.name!r} does not know option(s) {', '.join(sorted(unknown))}"
+            )
+
+    def choose_dataplane(self, ctx: HostContext, requested: str) -> str:
+        """The data plane that will run for `requested` (kernel|userspace|auto)."""
+        if requested not in DATAPLANES:
+            raise InvalidOption(
+                f"invalid dataplane {requested!r}: use one of {', '.join(DATAPLANES)}"
+            )
+        if requested == "auto":
+            return self.dataplanes[0]
+        if requested not in self.dataplanes:
+            raise InvalidOption(f"driver {self.name!r} has no {requested} data plane")
+        return requested
+
+    def kernel_name(self, network_id: str, options: Mapping[str, str]) -> str | None:
+        """The host-side device this network owns, if any (for isolation and cleanup)."""
+        return None
+
+    @abstractmethod
+    def create_network(self, ctx: HostContext, network: Network) -> None: ...
+
+    @abstractmethod
+    def delete_network(self, ctx: HostContext, network: Network) -> None: ...
+
+    @abstractmethod
+    def create_endpoint(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None: ...
+
+    @abstractmethod
+    def join(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None: ...
+
+    @abstractmethod
+    def leave(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
+    ) -> None: ...
+
+    @abstractmethod
+    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None: ...
+
+    def program_external_connectivity(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, port: PortMapping
+    ) -> None:
+        """Prepare the kernel for a published port (the host renders firewall rules)."""
+        raise InvalidOption(f"driver {self.name!r} does not publish ports")
+
+    def revoke_external_connectivity(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, port: PortMapping
+    ) -> None:
+        """Undo `program_external_connectivity`; nothing to do by default."""
+        return
+
+    def firewall(self, network: Network, ports: tuple[PortMapping, ...]) -> BridgeRules | None:
+        """This network's part of the host's nftables ruleset, if it has one."""
+        return None
+
+
+def option_bool(options: Mapping[str, str], key: str, default: bool) -> bool:
+    value = options.get(key)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise InvalidOption(f"option {key}: {value!r} is not a boolean")

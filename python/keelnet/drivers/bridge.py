@@ -1,0 +1,154 @@
+"""bridge: a Linux bridge holding the gateway address, one veth pair per endpoint."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from keelnet.drivers import _veth
+from keelnet.drivers.base import Driver, HostContext, NetworkRequest, option_bool
+from keelnet.errors import Conflict, InvalidOption, KernelError
+from keelnet.kernel import links
+from keelnet.kernel.namespaces import write_sysctl
+from keelnet.kernel.nftables import BridgeRules
+from keelnet.model import Endpoint, Network, PortMapping
+
+NAME = "com.docker.network.bridge.name"
+MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
+ICC = "com.docker.network.bridge.enable_icc"
+MTU = "com.docker.network.driver.mtu"
+_IFNAMSIZ = 15
+
+
+def mtu_option(options: Mapping[str, str]) -> int | None:
+    value = options.get(MTU)
+    if value is None or value in ("", "0"):
+        return None
+    if not value.isdigit() or not 68 <= int(value) <= 65535:
+        raise InvalidOption(f"option {MTU}: {value!r} is not an MTU between 68 and 65535")
+    return int(value)
+
+
+class BridgeDriver(Driver):
+    name = "bridge"
+    options = frozenset({NAME, MASQUERADE, ICC, MTU})
+
+    def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
+        super().validate(ctx, request)
+        mtu_option(request.options)
+        option_bool(request.options, MASQUERADE, True)
+        option_bool(request.options, ICC, True)
+        bridge = request.options.get(NAME)
+        if bridge is not None:
+            if not 0 < len(bridge) <= _IFNAMSIZ or "/" in bridge or " " in bridge:
+                raise InvalidOption(f"option {NAME}: {bridge!r} is not a valid interface name")
+            if links.link_index(ctx.ipr, bridge) is not None:
+                raise Conflict(f"option {NAME}: interface {bridge!r} already exists")
+
+    def kernel_name(self, network_id: str, options: Mapping[str, str]) -> str:
+        return options.get(NAME) or f"kn-{network_id[:12]}"
+
+    def create_network(self, ctx: HostContext, network: Network) -> None:
+        bridge = self._bridge(network)
+        mtu = mtu_option(network.options)
+        try:
+            ctx.ipr.link("add", ifname=bridge, kind="bridge", **({"mtu": mtu} if mtu else {}))
+            index = links.link_index(ctx.ipr, bridge)
+            if index is None:
+                raise KernelError(f"bridge {bridge} vanished after creation")
+            ctx.ipr.link("set", index=index, ifalias=links.alias_for(network.id))
+            for config in network.ipam:
+                if config.gateway:
+                    links.add_address(ctx.ipr, index, config.gateway, config.prefix_length)
+            ctx.ipr.link("set", index=index, state="up")
+        except NetlinkError as exc:
+            links.delete_link(ctx.ipr, bridge)
+            raise links.netlink_error(f"creating bridge {bridge}", exc) from exc
+        # Published ports are reachable from the host's loopback (like Docker's hairpin mode).
+        write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.route_localnet", "1")
+        if not network.internal:
+            write_sysctl(ctx.netns_path, "net.ipv4.ip_forward", "1")
+            if network.ipv6:
+                write_sysctl(ctx.netns_path, "net.ipv6.conf.all.forwarding", "1")
+
+    def delete_network(self, ctx: HostContext, network: Network) -> None:
+        links.delete_link(ctx.ipr, self._bridge(network))
+
+    def create_endpoint(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        bridge_index = links.link_index(ctx.ipr, self._bridge(network))
+        if bridge_index is None:
+            raise KernelError(f"bridge {self._bridge(network)} of {network.name} is missing")
+        assert endpoint.host_ifname is not None
+        mtu = mtu_option(network.options)
+        sizes = {"mtu": mtu} if mtu else {}
+        fd = links.open_netns_fd(sandbox_path)
+        try:
+            ctx.ipr.link(
+                "add",
+                ifname=endpoint.host_ifname,
+                kind="veth",
+                master=bridge_index,
+                peer={"ifname": endpoint.ifname, "net_ns_fd": fd, "address": endpoint.mac, **sizes},
+                **sizes,
+            )
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise Conflict(
+                    f"interface {endpoint.ifname} or {endpoint.host_ifname} already exists"
+                ) from exc
+            raise links.netlink_error("creating veth pair", exc) from exc
+        finally:
+            links.close_fd(fd)
+        try:
+            index = links.link_index(ctx.ipr, endpoint.host_ifname)
+            assert index is not None
+            ctx.ipr.link(
+                "set",
+                index=index,
+                ifalias=links.alias_for(network.id, endpoint.id),
+                state="up",
+            )
+        except (NetlinkError, AssertionError) as exc:
+            links.delete_link(ctx.ipr, endpoint.host_ifname)
+            raise KernelError(f"setting up {endpoint.host_ifname}: {exc}") from exc
+
+    def join(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        _veth.configure_sandbox_interface(
+            network, endpoint, sandbox_path, default_route=not network.internal
+        )
+
+    def leave(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
+    ) -> None:
+        # Deleting the host end removes the pair; the sandbox needs nothing else.
+        return
+
+    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        if endpoint.host_ifname:
+            links.delete_link(ctx.ipr, endpoint.host_ifname)
+
+    def program_external_connectivity(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, port: PortMapping
+    ) -> None:
+        if network.internal:
+            raise InvalidOption(f"network {network.name} is internal: ports cannot be published")
+
+    def firewall(self, network: Network, ports: tuple[PortMapping, ...]) -> BridgeRules:
+        return BridgeRules(
+            network_id=network.id,
+            bridge=self._bridge(network),
+            subnets=tuple(c.subnet for c in network.ipam),
+            internal=network.internal,
+            masquerade=option_bool(network.options, MASQUERADE, True),
+            icc=option_bool(network.options, ICC, True),
+            ports=ports,
+        )
+
+    def _bridge(self, network: Network) -> str:
+        return network.kernel_name or self.kernel_name(network.id, network.options)

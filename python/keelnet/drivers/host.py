@@ -1,0 +1,52 @@
+"""host: the sandbox is the host's own network namespace; nothing is plumbed."""
+
+from __future__ import annotations
+
+import os
+
+from keelnet.drivers.base import Driver, HostContext
+from keelnet.errors import InvalidRequest
+from keelnet.model import Endpoint, Network
+
+
+def _same_namespace(a: str, b: str) -> bool:
+    first, second = os.stat(a), os.stat(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+class HostDriver(Driver):
+    name = "host"
+    uses_ipam = False
+    gateway_route = False
+    singleton = True
+
+    def create_network(self, ctx: HostContext, network: Network) -> None:
+        return
+
+    def delete_network(self, ctx: HostContext, network: Network) -> None:
+        return
+
+    def create_endpoint(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        host_path = ctx.netns_path or "/proc/self/ns/net"
+        if not _same_namespace(host_path, sandbox_path):
+            # Docker refuses this too: a container with its own namespace cannot share the
+            # host's. Adopt the host namespace as the sandbox instead.
+            raise InvalidRequest(
+                f"sandbox {endpoint.sandbox!r} has its own network namespace; only a sandbox "
+                "adopted from the host's namespace can join a host network"
+            )
+
+    def join(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        return
+
+    def leave(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
+    ) -> None:
+        return
+
+    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        return

@@ -1,0 +1,601 @@
+"""Host: networks, sandboxes and endpoints of one network namespace.
+
+Each public operation is one store transaction (`BEGIN IMMEDIATE`) held while the kernel is
+changed. On failure the kernel steps done so far are undone in reverse order and the
+transaction rolls back, so kernel and store are exactly as before. A process killed midway
+commits nothing; what it left in the kernel is marked as keelnet's and unreferenced, and
+`reconcile()` (run when a Host starts) removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from keelnet import sandbox as netns_sandbox
+from keelnet.drivers import get_driver
+from keelnet.drivers.base import DATAPLANE_OPTION, HostContext, NetworkRequest
+from keelnet.errors import (
+    AddressOutOfRange,
+    DataPlaneUnavailable,
+    DuplicateEndpoint,
+    DuplicateNetwork,
+    DuplicateSandbox,
+    EndpointNotFound,
+    GatewayOutsideSubnet,
+    InvalidRequest,
+    InvalidSubnet,
+    KeelnetError,
+    NetworkInUse,
+    NetworkNotFound,
+    NotFound,
+    OverlappingSubnet,
+    PortInUse,
+    SandboxNotFound,
+)
+from keelnet.ipam import AddressPool
+from keelnet.kernel import iptables_compat, links, nftables
+from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.store import PortTaken, Store, default_state_dir
+
+Undo = Callable[[], None]
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_PROTOCOLS = ("tcp", "udp", "sctp")
+_RT_SCOPE_LINK = 253
+
+
+class Host:
+    """keelnet's view of one network namespace (the caller's, or `netns`)."""
+
+    def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
+        self.netns = netns
+        self.netns_path = netns_path(netns) if netns else None
+        if self.netns_path is not None and not netns_sandbox.exists(self.netns_path):
+            raise NotFound(f"host network namespace {netns!r} does not exist")
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
+        self.store = Store(self.state_dir)
+        self._exit = contextlib.ExitStack()
+        self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
+        self._ctx = HostContext(self.netns_path, self._ipr)
+        try:
+            self.reconcile()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._exit.close()
+        self.store.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- networks ------------------------------------------------------------------------
+
+    def create_network(
+        self,
+        name: str,
+        *,
+        driver: str = "bridge",
+        subnet: str | Sequence[str] | None = None,
+        gateway: str | Sequence[str] | None = None,
+        ip_range: str | Sequence[str] | None = None,
+        aux_addresses: Mapping[str, str] | None = None,
+        ipv6: bool = False,
+        internal: bool = False,
+        options: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Network:
+        """Create a network; subnets are carved from the default pools when not given."""
+        netns_sandbox.check_name(name, "network")
+        the_driver = get_driver(driver)
+        opts = {str(k): str(v) for k, v in (options or {}).items()}
+        with self.store.transaction(), self._rollback() as undo:
+            if self.store.find_network(name) is not None:
+                raise DuplicateNetwork(f"network with name {name} already exists")
+            if the_driver.singleton and any(
+                n.driver == the_driver.name for n in self.store.networks()
+            ):
+                raise DuplicateNetwork(f"only one instance of {the_driver.name!r} can be created")
+            the_driver.validate(self._ctx, NetworkRequest(name, opts, ipv6, internal))
+            dataplane = the_driver.choose_dataplane(self._ctx, opts.get(DATAPLANE_OPTION, "auto"))
+            if dataplane != "kernel":
+                raise DataPlaneUnavailable(
+                    f"the {dataplane} data plane is not available yet (issue 4)"
+                )
+            network_id = secrets.token_hex(32)
+            configs: tuple[IpamConfig, ...] = ()
+            pools: dict[int, AddressPool] = {}
+            carved: list[str] = []
+            if the_driver.uses_ipam:
+                configs, pools, carved = self._plan_ipam(
+                    _as_list(subnet),
+                    _as_list(gateway),
+                    _as_list(ip_range),
+                    dict(aux_addresses or {}),
+                    ipv6,
+                )
+            elif subnet or gateway or ip_range or aux_addresses:
+                raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
+            network = Network(
+                id=network_id,
+                name=name,
+                driver=the_driver.name,
+                dataplane=dataplane,
+                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                ipam=configs,
+                ipv6=ipv6,
+                internal=internal,
+                options=opts,
+                labels={str(k): str(v) for k, v in (labels or {}).items()},
+                kernel_name=the_driver.kernel_name(network_id, opts),
+            )
+            the_driver.create_network(self._ctx, network)
+            undo.append(lambda: the_driver.delete_network(self._ctx, network))
+            self.store.add_network(network, carved)
+            for version, pool in pools.items():
+                self.store.save_address_pool(network_id, version, pool)
+            self._sync_firewall(bridges_changed=True)
+            return network
+
+    def _plan_ipam(
+        self,
+        subnets: list[str],
+        gateways: list[str],
+        ranges: list[str],
+        aux: dict[str, str],
+        ipv6: bool,
+    ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
+        requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+        for text in subnets:
+            try:
+                net = ipaddress.ip_network(text, strict=True)
+            except ValueError as exc:
+                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
+            if net.version in requested:
+                raise InvalidSubnet(f"more than one IPv{net.version} subnet given")
+            if net.version == 6 and not ipv6:
+                raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
+            requested[net.version] = net
+        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
+        for net in requested.values():
+            for other in existing:
+                if net.version == other.version and net.overlaps(other):
+                    raise OverlappingSubnet(
+                        f"invalid pool request: subnet {net} overlaps with {other} of another "
+                        "network"
+                    )
+        subnet_pools = self.store.subnet_pools()
+        carved: list[str] = []
+        for version in (4, 6) if ipv6 else (4,):
+            if version not in requested:
+                avoid = [str(e) for e in existing] + self._on_link_routes()
+                text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
+                carved.append(text)
+                requested[version] = ipaddress.ip_network(text)
+        if carved:
+            self.store.save_subnet_pools(subnet_pools)
+        configs: list[IpamConfig] = []
+        pools: dict[int, AddressPool] = {}
+        for version, net in sorted(requested.items()):
+            gateway = _pick_family(gateways, version, "gateway")
+            ip_range = _pick_family(ranges, version, "ip range")
+            if gateway is not None:
+                try:
+                    inside = ipaddress.ip_address(gateway) in net
+                except ValueError:
+                    raise InvalidSubnet(f"invalid gateway address {gateway!r}") from None
+                if not inside:
+                    raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
+            else:
+                gateway = str(net.network_address + 1) if net.num_addresses > 2 else None
+            mine = {k: v for k, v in aux.items() if _version_of(v) == version}
+            for label, address in mine.items():
+                if ipaddress.ip_address(address) not in net:
+                    raise AddressOutOfRange(f"auxiliary address {label}={address} not in {net}")
+            pool = AddressPool(
+                str(net), ip_range=ip_range, gateway=gateway, reserved=tuple(mine.values())
+            )
+            pools[version] = pool
+            configs.append(IpamConfig(str(net), gateway, ip_range, mine))
+        for label, address in aux.items():
+            if _version_of(address) not in requested:
+                raise AddressOutOfRange(f"auxiliary address {label}={address} fits no subnet")
+        return tuple(configs), pools, carved
+
+    def _on_link_routes(self) -> list[str]:
+        routes = []
+        for route in self._ipr.route("dump", family=socket.AF_INET):
+            if route["scope"] == _RT_SCOPE_LINK and route["dst_len"] > 0:
+                routes.append(f"{route.get('dst')}/{route['dst_len']}")
+        return routes
+
+    def remove_network(self, name: str) -> None:
+        """Remove a network with no endpoints; one that does not exist is already removed."""
+        with self.store.transaction():
+            network = self.store.find_network(name)
+            if network is None:
+                return
+            if self.store.endpoints(network_id=network.id):
+                raise NetworkInUse(
+                    f"error while removing network: network {name} has active endpoints"
+                )
+            get_driver(network.driver).delete_network(self._ctx, network)
+            carved = self.store.subnets_from_defaults(network.id)
+            self.store.remove_network(network.id)
+            if carved:
+                subnet_pools = self.store.subnet_pools()
+                for subnet in carved:
+                    with contextlib.suppress(KeelnetError):  # already free: nothing to do
+                        subnet_pools.release(subnet)
+                self.store.save_subnet_pools(subnet_pools)
+            self._sync_firewall(bridges_changed=True)
+
+    def networks(self) -> list[Network]:
+        return self.store.networks()
+
+    def network(self, name: str) -> Network:
+        network = self.store.find_network(name)
+        if network is None:
+            raise NetworkNotFound(f"network {name} not found")
+        return network
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        network = self.network(name)
+        status = {}
+        for config in network.ipam:
+            pool = self.store.address_pool(network.id, config.version)
+            if pool is not None:
+                status[config.subnet] = {
+                    "IPsInUse": pool.used,
+                    "DynamicIPsAvailable": pool.size - pool.used,
+                }
+        return network.to_inspect(self.store.endpoints(network_id=network.id), status)
+
+    # --- sandboxes -----------------------------------------------------------------------
+
+    def create_sandbox(self, name: str) -> Sandbox:
+        """A new named network namespace with loopback up."""
+        netns_sandbox.check_name(name)
+        marker = self._pending_dir() / name
+        with self.store.transaction():
+            if self.store.find_sandbox(name) is not None:
+                raise DuplicateSandbox(f"sandbox {name} already exists")
+            marker.touch()  # lets reconcile remove the namespace if we die before commit
+            try:
+                path = netns_sandbox.create(name)
+            except BaseException:
+                marker.unlink(missing_ok=True)
+                raise
+            try:
+                sandbox = Sandbox(name, path, owned=True)
+                self.store.add_sandbox(sandbox)
+            except BaseException:
+                netns_sandbox.delete(path)
+                marker.unlink(missing_ok=True)
+                raise
+        marker.unlink(missing_ok=True)
+        return sandbox
+
+    def adopt_sandbox(self, name: str, path_or_pid: str | int) -> Sandbox:
+        """Manage an existing namespace (a path, `ip netns` name or pid); never deleted."""
+        netns_sandbox.check_name(name)
+        path = netns_sandbox.resolve(path_or_pid)
+        with self.store.transaction():
+            if self.store.find_sandbox(name) is not None:
+                raise DuplicateSandbox(f"sandbox {name} already exists")
+            sandbox = Sandbox(name, path, owned=False)
+            self.store.add_sandbox(sandbox)
+        return sandbox
+
+    def sandboxes(self) -> list[Sandbox]:
+        return self.store.sandboxes()
+
+    def sandbox(self, name: str) -> Sandbox:
+        found = self.store.find_sandbox(name)
+        if found is None:
+            raise SandboxNotFound(f"no such sandbox: {name}")
+        return found
+
+    def remove_sandbox(self, name: str) -> None:
+        """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
+        with self.store.transaction():
+            found = self.store.find_sandbox(name)
+            if found is None:
+                return
+            for endpoint in self.store.endpoints(sandbox=name):
+                self._disconnect(self.network(endpoint.network_id), endpoint)
+            if found.owned:
+                netns_sandbox.delete(found.path)
+            self.store.remove_sandbox(name)
+
+    # --- endpoints -----------------------------------------------------------------------
+
+    def connect(
+        self,
+        network: str,
+        sandbox: str,
+        *,
+        ip: str | None = None,
+        mac: str | None = None,
+        aliases: Sequence[str] = (),
+    ) -> Endpoint:
+        """Attach the sandbox to the network; returns its addresses (no prefix length)."""
+        if mac is not None and not _MAC.match(mac):
+            raise InvalidRequest(f"invalid MAC address {mac!r}")
+        with self.store.transaction(), self._rollback() as undo:
+            net = self.network(network)
+            box = self.sandbox(sandbox)
+            if not netns_sandbox.exists(box.path):
+                raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
+            if self.store.endpoints(network_id=net.id, sandbox=sandbox):
+                raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
+            driver = get_driver(net.driver)
+            endpoint_id = secrets.token_hex(32)
+            addresses = self._allocate(net, ip) if driver.uses_ipam else {}
+            v4, v6 = net.ipam_for(4), net.ipam_for(6)
+            routed = driver.gateway_route and not net.internal
+            if driver.uses_ipam:
+                used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+                ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
+            else:
+                ifname = ""
+            endpoint = Endpoint(
+                ip=addresses.get(4),
+                ipv6=addresses.get(6),
+                mac=(mac or links.random_mac()).lower() if driver.uses_ipam else "",
+                ifname=ifname,
+                gateway=v4.gateway if v4 and routed else None,
+                ipv6_gateway=v6.gateway if v6 and routed else None,
+                id=endpoint_id,
+                network_id=net.id,
+                sandbox=sandbox,
+                host_ifname=f"kn-v{endpoint_id[:11]}" if net.kernel_name else None,
+                aliases=tuple(aliases),
+            )
+            driver.create_endpoint(self._ctx, net, endpoint, box.path)
+            undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
+            undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
+            driver.join(self._ctx, net, endpoint, box.path)
+            self.store.add_endpoint(endpoint)
+            return endpoint
+
+    def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
+        wanted = _version_of(ip) if ip is not None else None
+        if ip is not None and network.ipam_for(wanted or 0) is None:
+            raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
+        addresses: dict[int, str] = {}
+        for config in network.ipam:
+            pool = self.store.address_pool(network.id, config.version)
+            if pool is None:
+                continue
+            addresses[config.version] = pool.allocate(ip if wanted == config.version else None)
+            self.store.save_address_pool(network.id, config.version, pool)
+        return addresses
+
+    def disconnect(self, network: str, sandbox: str) -> None:
+        """Detach the sandbox; succeeds if it is not (or no longer) connected."""
+        with self.store.transaction():
+            net = self.store.find_network(network)
+            if net is None:
+                return
+            for endpoint in self.store.endpoints(network_id=net.id, sandbox=sandbox):
+                self._disconnect(net, endpoint)
+
+    def _disconnect(self, network: Network, endpoint: Endpoint) -> None:
+        driver = get_driver(network.driver)
+        box = self.store.find_sandbox(endpoint.sandbox)
+        path = box.path if box and netns_sandbox.exists(box.path) else None
+        ports = self.store.ports(network_id=network.id, sandbox=endpoint.sandbox)
+        for port in ports:
+            driver.revoke_external_connectivity(self._ctx, network, endpoint, port)
+            self.store.remove_port(port.host_ip, port.host_port, port.proto)
+        driver.leave(self._ctx, network, endpoint, path)
+        driver.delete_endpoint(self._ctx, network, endpoint)
+        for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
+            pool = self.store.address_pool(network.id, version)
+            if address is None or pool is None:
+                continue
+            with contextlib.suppress(KeelnetError):  # already free: teardown is idempotent
+                pool.release(address)
+            self.store.save_address_pool(network.id, version, pool)
+        self.store.remove_endpoint(endpoint.id)
+        if ports:
+            self._sync_firewall()
+
+    def endpoints(self, network: str | None = None) -> list[Endpoint]:
+        network_id = self.network(network).id if network else None
+        return self.store.endpoints(network_id=network_id)
+
+    # --- published ports -----------------------------------------------------------------
+
+    def publish(
+        self,
+        network: str,
+        sandbox: str,
+        host_port: int,
+        container_port: int,
+        proto: str = "tcp",
+        host_ip: str | None = None,
+    ) -> PortMapping:
+        """Forward host_port on the host's addresses (and from the host itself) to the sandbox."""
+        _check_port(host_port, "host port")
+        _check_port(container_port, "container port")
+        if proto not in _PROTOCOLS:
+            raise InvalidRequest(f"invalid protocol {proto!r}: use tcp, udp or sctp")
+        if host_ip is not None and _version_of(host_ip) != 4:
+            raise InvalidRequest(f"host IP {host_ip!r}: only IPv4 host addresses are supported")
+        with self.store.transaction(), self._rollback():
+            net = self.network(network)
+            found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
+            if not found:
+                raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
+            endpoint = found[0]
+            if endpoint.ip is None:
+                raise InvalidRequest(f"sandbox {sandbox} has no IPv4 address on {net.name}")
+            mapping = PortMapping(
+                net.id, sandbox, host_port, container_port, proto, host_ip, endpoint.ip
+            )
+            get_driver(net.driver).program_external_connectivity(self._ctx, net, endpoint, mapping)
+            try:
+                self.store.add_port(mapping)
+            except PortTaken:
+                where = f"{host_ip or '0.0.0.0'}:{host_port}/{proto}"
+                raise PortInUse(f"Bind for {where} failed: port is already allocated") from None
+            self._sync_firewall()
+            return mapping
+
+    def unpublish(
+        self,
+        network: str,
+        sandbox: str,
+        host_port: int,
+        proto: str = "tcp",
+        host_ip: str | None = None,
+    ) -> None:
+        """Remove a published port; one that is not published is already removed."""
+        with self.store.transaction():
+            net = self.store.find_network(network)
+            if net is None:
+                return
+            for port in self.store.ports(network_id=net.id, sandbox=sandbox):
+                if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
+                    endpoints = self.store.endpoints(network_id=net.id, sandbox=sandbox)
+                    if endpoints:
+                        get_driver(net.driver).revoke_external_connectivity(
+                            self._ctx, net, endpoints[0], port
+                        )
+                    self.store.remove_port(host_ip, host_port, proto)
+                    self._sync_firewall()
+
+    def ports(self, network: str | None = None) -> list[PortMapping]:
+        network_id = self.network(network).id if network else None
+        return self.store.ports(network_id=network_id)
+
+    # --- crash recovery ------------------------------------------------------------------
+
+    def reconcile(self) -> dict[str, int]:
+        """Make the kernel match the store: remove leftovers, drop what the kernel lost."""
+        removed = {"links": 0, "sandbox_links": 0, "endpoints": 0, "sandboxes": 0, "namespaces": 0}
+        with self.store.transaction():
+            networks = {n.id: n for n in self.store.networks()}
+            endpoint_ids = {e.id for e in self.store.endpoints()}
+            for _index, ifname, network_id, endpoint_id in links.owned_links(self._ipr):
+                if network_id not in networks or (
+                    endpoint_id is not None and endpoint_id not in endpoint_ids
+                ):
+                    links.delete_link(self._ipr, ifname)
+                    removed["links"] += 1
+            for marker in self._pending_dir().iterdir():
+                if self.store.find_sandbox(marker.name) is None:
+                    netns_sandbox.delete(netns_sandbox.named_path(marker.name))
+                    removed["namespaces"] += 1
+                marker.unlink(missing_ok=True)
+            for box in self.store.sandboxes():
+                if not netns_sandbox.exists(box.path):
+                    for endpoint in self.store.endpoints(sandbox=box.name):
+                        self._disconnect(networks[endpoint.network_id], endpoint)
+                        removed["endpoints"] += 1
+                    self.store.remove_sandbox(box.name)
+                    removed["sandboxes"] += 1
+                elif any(n.kernel_name is None and n.ipam for n in networks.values()):
+                    removed["sandbox_links"] += self._clean_sandbox(box, endpoint_ids)
+            for endpoint in self.store.endpoints():
+                network = networks[endpoint.network_id]
+                if (
+                    endpoint.host_ifname
+                    and links.link_index(self._ipr, endpoint.host_ifname) is None
+                ):
+                    self._disconnect(network, endpoint)  # the kernel lost it (e.g. reboot)
+                    removed["endpoints"] += 1
+            self._sync_firewall(bridges_changed=True)
+        return removed
+
+    def _clean_sandbox(self, box: Sandbox, endpoint_ids: set[str]) -> int:
+        """Remove interfaces keelnet made in a sandbox for endpoints that never committed."""
+        count = 0
+        with iproute(box.path) as ipr:
+            for _index, ifname, _network_id, endpoint_id in links.owned_links(ipr):
+                if endpoint_id is not None and endpoint_id not in endpoint_ids:
+                    links.delete_link(ipr, ifname)
+                    count += 1
+        return count
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _pending_dir(self) -> Path:
+        path = self.state_dir / "pending-sandboxes"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _sync_firewall(self, *, bridges_changed: bool = False) -> None:
+        rules = []
+        for network in self.store.networks():
+            ports = tuple(self.store.ports(network_id=network.id))
+            rule = get_driver(network.driver).firewall(network, ports)
+            if rule is not None:
+                rules.append(rule)
+        nftables.apply(self.netns_path, nftables.render(rules))
+        if bridges_changed:
+            iptables_compat.sync(self.netns_path, [r.bridge for r in rules])
+
+    @contextlib.contextmanager
+    def _rollback(self) -> Iterator[list[Undo]]:
+        """Collects undo steps; on failure runs them newest first, then re-raises."""
+        undo: list[Undo] = []
+        try:
+            yield undo
+        except BaseException:
+            for step in reversed(undo):
+                with contextlib.suppress(Exception):  # keep undoing; the first error wins
+                    step()
+            raise
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _version_of(address: str) -> int:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        raise InvalidRequest(f"invalid IP address {address!r}") from None
+
+
+def _pick_family(values: list[str], version: int, what: str) -> str | None:
+    for value in values:
+        try:
+            parsed = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise InvalidSubnet(f"invalid {what} {value!r}") from None
+        if parsed.version == version:
+            return value
+    return None
+
+
+def _check_port(port: int, what: str) -> None:
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidRequest(f"invalid {what} {port!r}: must be 1-65535")

@@ -1,0 +1,1 @@
+"""Kernel data plane plumbing: namespaces, links (pyroute2), firewall back ends."""

@@ -1,0 +1,141 @@
+"""The objects keelnet manages, and their `docker network inspect` shape."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class IpamConfig:
+    """One subnet of a network (Docker's `IPAM.Config` entry)."""
+
+    subnet: str
+    gateway: str | None = None
+    ip_range: str | None = None
+    aux_addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prefix_length(self) -> int:
+        return ipaddress.ip_network(self.subnet).prefixlen
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_network(self.subnet).version
+
+    def to_inspect(self) -> dict[str, Any]:
+        # Docker omits empty fields here.
+        entry: dict[str, Any] = {"Subnet": self.subnet}
+        if self.ip_range:
+            entry["IPRange"] = self.ip_range
+        if self.gateway:
+            entry["Gateway"] = self.gateway
+        if self.aux_addresses:
+            entry["AuxiliaryAddresses"] = dict(self.aux_addresses)
+        return entry
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A sandbox's attachment to a network. Addresses carry no prefix length."""
+
+    ip: str | None
+    ipv6: str | None
+    mac: str
+    ifname: str
+    gateway: str | None
+    ipv6_gateway: str | None = None
+    id: str = ""
+    network_id: str = ""
+    sandbox: str = ""
+    host_ifname: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A network namespace keelnet attaches endpoints to (what a container is to a network)."""
+
+    name: str
+    path: str
+    owned: bool  # created by keelnet (deleted on removal) or adopted (left alone)
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A host port forwarded to a sandbox's port."""
+
+    network_id: str
+    sandbox: str
+    host_port: int
+    container_port: int
+    proto: str
+    host_ip: str | None
+    container_ip: str
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network as stored; `inspect` turns it into Docker's shape."""
+
+    id: str
+    name: str
+    driver: str
+    dataplane: str
+    created: str
+    ipam: tuple[IpamConfig, ...]
+    ipv6: bool
+    internal: bool
+    options: dict[str, str]
+    labels: dict[str, str]
+    kernel_name: str | None  # bridge name, or None for drivers without a host-side device
+
+    def ipam_for(self, version: int) -> IpamConfig | None:
+        return next((c for c in self.ipam if c.version == version), None)
+
+    def to_inspect(
+        self,
+        endpoints: list[Endpoint],
+        ipam_status: dict[str, dict[str, int]] | None = None,
+    ) -> dict[str, Any]:
+        containers = {
+            ep.sandbox: {
+                "Name": ep.sandbox,
+                "EndpointID": ep.id,
+                "MacAddress": ep.mac,
+                "IPv4Address": self._with_prefix(ep.ip, 4),
+                "IPv6Address": self._with_prefix(ep.ipv6, 6),
+            }
+            for ep in endpoints
+        }
+        return {
+            "Name": self.name,
+            "Id": self.id,
+            "Created": self.created,
+            "Scope": "local",
+            "Driver": self.driver,
+            "EnableIPv4": self.ipam_for(4) is not None or self.driver in ("bridge",),
+            "EnableIPv6": self.ipv6,
+            "IPAM": {
+                "Driver": "default",
+                "Options": {},
+                "Config": [c.to_inspect() for c in self.ipam],
+            },
+            "Internal": self.internal,
+            "Attachable": False,
+            "Ingress": False,
+            "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False,
+            "Containers": containers,
+            "Options": dict(self.options),
+            "Labels": dict(self.labels),
+            "DataPlane": self.dataplane,  # keelnet addition: which data plane runs
+            "Status": {"IPAM": {"Subnets": ipam_status or {}}},
+        }
+
+    def _with_prefix(self, address: str | None, version: int) -> str:
+        config = self.ipam_for(version)
+        if address is None or config is None:
+            return ""
+        return f"{address}/{config.prefix_length}"

@@ -1,0 +1,91 @@
+"""Sandboxes are network namespaces: create, adopt (by path or pid), exec in, delete."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyroute2 import netns
+
+from keelnet.errors import DuplicateSandbox, InvalidName, SandboxNotFound
+from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, preexec_setns
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str, what: str = "sandbox") -> None:
+    if not _NAME.match(name):
+        raise InvalidName(
+            f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '.' or '-'"
+        )
+
+
+def named_path(name: str) -> str:
+    return str(NETNS_RUN_DIR / name)
+
+
+def create(name: str) -> str:
+    """Create the named netns `name` with loopback up; return its path."""
+    check_name(name)
+    path = named_path(name)
+    if os.path.exists(path):
+        raise DuplicateSandbox(f"network namespace {name!r} already exists")
+    netns.create(name)
+    try:
+        with iproute(path) as ipr:
+            ipr.link("set", index=1, state="up")
+    except BaseException:
+        delete(path)
+        raise
+    return path
+
+
+def resolve(path_or_pid: str | int) -> str:
+    """The namespace path of an existing netns given by path, `ip netns` name or pid."""
+    if isinstance(path_or_pid, int) or str(path_or_pid).isdigit():
+        path = f"/proc/{int(path_or_pid)}/ns/net"
+    else:
+        path = str(path_or_pid) if "/" in str(path_or_pid) else named_path(str(path_or_pid))
+    if not exists(path):
+        raise SandboxNotFound(f"no network namespace at {path_or_pid!r}")
+    return path
+
+
+def exists(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def delete(path: str) -> None:
+    """Remove a named netns created by `create`; a missing one is already removed."""
+    try:
+        netns.remove(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EINVAL):
+            raise
+
+
+def exec_in(path: str, argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    """Run a command inside the sandbox's network namespace."""
+    if not exists(path):
+        raise SandboxNotFound(f"no network namespace at {path!r}")
+    return subprocess.run(list(argv), preexec_fn=preexec_setns(path), **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def popen_in(path: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """Start a command inside the sandbox's network namespace."""
+    if not exists(path):
+        raise SandboxNotFound(f"no network namespace at {path!r}")
+    return subprocess.Popen(list(argv), preexec_fn=preexec_setns(path), **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def is_named(path: str) -> bool:
+    return Path(path).parent == NETNS_RUN_DIR
