@@ -112,6 +112,9 @@ class BridgeDriver(Driver):
                 ifalias=links.alias_for(network.id, endpoint.id),
                 state="up",
             )
+            if not option_bool(network.options, ICC, True):
+                # Isolated ports reach the bridge (gateway) but not each other: Docker's icc.
+                ctx.ipr.brport("set", index=index, isolated=1)
         except (NetlinkError, AssertionError) as exc:
             links.delete_link(ctx.ipr, endpoint.host_ifname)
             raise KernelError(f"setting up {endpoint.host_ifname}: {exc}") from exc
@@ -146,7 +149,6 @@ class BridgeDriver(Driver):
             subnets=tuple(c.subnet for c in network.ipam),
             internal=network.internal,
             masquerade=option_bool(network.options, MASQUERADE, True),
-            icc=option_bool(network.options, ICC, True),
             ports=ports,
         )
 

@@ -7,8 +7,10 @@ repeated one is a no-op, and nothing outside keelnet's tables is ever touched:
 - `table inet keelnet`: forward filtering (isolation between networks, `internal`,
   published ports only reachable through DNAT),
 - `table inet keelnet-nat`: DNAT of published ports (from outside and from the host itself)
-  and masquerade (one inet table serves IPv4 and IPv6),
-- `table bridge keelnet`: `enable_icc=false` (port-to-port traffic on one bridge).
+  and masquerade (one inet table serves IPv4 and IPv6).
+
+`enable_icc=false` is not a firewall rule: the bridge driver isolates the bridge ports
+(IFLA_BRPORT_ISOLATED), which needs no br_netfilter and no bridge-family meta matches.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from keelnet.model import PortMapping
 
 FILTER_TABLE = ("inet", "keelnet")
 NAT_TABLE = ("inet", "keelnet-nat")
-BRIDGE_TABLE = ("bridge", "keelnet")
-TABLES = (FILTER_TABLE, NAT_TABLE, BRIDGE_TABLE)
+TABLES = (FILTER_TABLE, NAT_TABLE)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,6 @@ class BridgeRules:
     subnets: tuple[str, ...]
     internal: bool = False
     masquerade: bool = True
-    icc: bool = True
     ports: tuple[PortMapping, ...] = field(default_factory=tuple)
 
 
@@ -48,7 +48,7 @@ def render(bridges: Sequence[BridgeRules]) -> str:
         lines += [f"add table {family} {name}", f"delete table {family} {name}"]
     if not bridges:
         return "\n".join(lines) + "\n"
-    lines += _filter_table(bridges) + _nat_table(bridges) + _bridge_table(bridges)
+    lines += _filter_table(bridges) + _nat_table(bridges)
     return "\n".join(lines) + "\n"
 
 
@@ -66,8 +66,11 @@ def _filter_table(bridges: Sequence[BridgeRules]) -> list[str]:
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
     ]
+    # Every "into a bridge" check first: a network's `from` chain accepts, and must not
+    # let traffic skip the destination network's `to` chain.
     for b in bridges:
         out.append(f"    oifname {_q(b.bridge)} jump to-{_chain_id(b)}")
+    for b in bridges:
         out.append(f"    iifname {_q(b.bridge)} jump from-{_chain_id(b)}")
     out.append("  }")
     for b in bridges:
@@ -130,19 +133,6 @@ def _nat_table(bridges: Sequence[BridgeRules]) -> list[str]:
                     out.append(
                         f"    oifname {_q(b.bridge)} ip saddr {subnet} ct status dnat masquerade"
                     )
-    out += ["  }", "}"]
-    return out
-
-
-def _bridge_table(bridges: Sequence[BridgeRules]) -> list[str]:
-    out = [
-        "table bridge keelnet {",
-        "  chain forward {",
-        "    type filter hook forward priority filter; policy accept;",
-    ]
-    for b in bridges:
-        if not b.icc:
-            out.append(f"    meta ibrname {_q(b.bridge)} meta obrname {_q(b.bridge)} counter drop")
     out += ["  }", "}"]
     return out
 
