@@ -54,7 +54,15 @@ class BridgeDriver(Driver):
         bridge = self._bridge(network)
         mtu = mtu_option(network.options)
         try:
-            ctx.ipr.link("add", ifname=bridge, kind="bridge", **({"mtu": mtu} if mtu else {}))
+            # A fixed MAC: otherwise the bridge takes its ports' lowest MAC, which changes
+            # under the sandboxes' feet as endpoints come and go.
+            ctx.ipr.link(
+                "add",
+                ifname=bridge,
+                kind="bridge",
+                address=links.random_mac(),
+                **({"mtu": mtu} if mtu else {}),
+            )
             index = links.link_index(ctx.ipr, bridge)
             if index is None:
                 raise KernelError(f"bridge {bridge} vanished after creation")

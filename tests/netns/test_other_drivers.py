@@ -1,0 +1,108 @@
+"""macvlan, ipvlan, host and none drivers."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, store_state
+from nettools import TcpServer, ping, tcp_request
+
+import keelnet
+from keelnet import errors
+from keelnet.kernel import links
+from keelnet.kernel.namespaces import iproute, netns_path
+
+# The underlay is 192.0.2.0/24: .1 is the host, .2 the outside host; sandboxes take .128/25.
+MACVLAN = {"subnet": "192.0.2.0/24", "gateway": "192.0.2.1", "ip_range": "192.0.2.128/25"}
+
+
+def _links(netns: str) -> dict[str, str]:
+    with iproute(netns_path(netns)) as ipr:
+        return {
+            str(link.get("ifname")): str(link.get(("linkinfo", "kind")) or "")
+            for link in ipr.link("dump")
+        }
+
+
+def test_macvlan_bridge_mode_reaches_peers_and_outside(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network("mv", driver="macvlan", options={"parent": HOST_UPLINK}, **MACVLAN)
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    ep_a = host.connect("mv", a)
+    ep_b = host.connect("mv", b)
+    assert (ep_a.ip, ep_b.ip) == ("192.0.2.128", "192.0.2.129")
+    assert _links(a)["eth0"] == "macvlan"
+    assert ping(a, str(ep_b.ip))
+    # On the wire as itself: the outside host sees the sandbox's own address (no NAT).
+    with TcpServer(lab.outside, "0.0.0.0", 7100, "out"):
+        assert tcp_request(a, OUTSIDE_ADDRESS, 7100, "m") == f"out m from {ep_a.ip}"
+    host.disconnect("mv", a)
+    assert "eth0" not in _links(a)
+
+
+def test_macvlan_private_mode_isolates_sandboxes(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "mvp",
+        driver="macvlan",
+        options={"parent": HOST_UPLINK, "macvlan_mode": "private"},
+        **MACVLAN,
+    )
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    host.connect("mvp", a)
+    ep_b = host.connect("mvp", b)
+    assert not ping(a, str(ep_b.ip))
+    assert ping(a, OUTSIDE_ADDRESS)
+
+
+def test_macvlan_bad_mode_is_refused(lab: Lab, host: keelnet.Host) -> None:
+    with pytest.raises(errors.InvalidOption):
+        host.create_network(
+            "x", driver="macvlan", options={"parent": HOST_UPLINK, "macvlan_mode": "l9"}
+        )
+
+
+@pytest.mark.skipif(links.kind_supported("ipvlan"), reason="this kernel has ipvlan")
+def test_ipvlan_without_kernel_module_says_what_to_use(lab: Lab, host: keelnet.Host) -> None:
+    before = kernel_state(lab.host), store_state(lab.state_dir)
+    with pytest.raises(errors.KernelFeatureMissing) as raised:
+        host.create_network(
+            "iv", driver="ipvlan", options={"parent": HOST_UPLINK, "dataplane": "kernel"}
+        )
+    assert raised.value.module == "ipvlan"
+    assert "dataplane=userspace" in str(raised.value)
+    with pytest.raises(errors.DataPlaneUnavailable):  # auto falls back to userspace: not built
+        host.create_network("iv", driver="ipvlan", options={"parent": HOST_UPLINK})
+    with pytest.raises(errors.InvalidOption):
+        host.create_network(
+            "iv", driver="ipvlan", options={"parent": HOST_UPLINK, "ipvlan_mode": "l9"}
+        )
+    assert (kernel_state(lab.host), store_state(lab.state_dir)) == before
+
+
+def test_none_network_leaves_loopback_only(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network("none", driver="none")
+    s = lab.name("s")
+    host.create_sandbox(s)
+    ep = host.connect("none", s)
+    assert ep.ip is None and ep.ifname == ""
+    assert _links(s) == {"lo": ""}
+    with pytest.raises(errors.DuplicateNetwork):  # one none network per host, like Docker
+        host.create_network("none2", driver="none")
+
+
+def test_host_network_shares_the_host_namespace(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network("host", driver="host")
+    shared = lab.name("shared")
+    host.adopt_sandbox(shared, netns_path(lab.host))
+    ep = host.connect("host", shared)
+    assert ep.ip is None
+    with TcpServer(lab.host, "0.0.0.0", 7200, "host"):
+        assert tcp_request(lab.outside, "192.0.2.1", 7200, "h").startswith("host h")
+    own = lab.name("own")
+    host.create_sandbox(own)
+    with pytest.raises(errors.InvalidRequest):
+        host.connect("host", own)
+    host.remove_sandbox(shared)  # adopted: the host namespace itself stays
+    assert _links(lab.host)[HOST_UPLINK] == "veth"
