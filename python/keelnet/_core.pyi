@@ -1,8 +1,6 @@
 # Typed stubs for the Rust extension keelnet._core, checked by `nox -s typing` (stubtest).
 
-from typing import final
-
-from typing_extensions import Self
+from typing import Self, final
 
 __version__: str
 

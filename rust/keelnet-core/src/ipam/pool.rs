@@ -220,7 +220,14 @@ impl AddressPool {
 
     /// Allocated or reserved?
     pub fn contains(&self, address: IpAddr) -> bool {
-        self.offset_of(address).is_ok_and(|o| self.bits.get(o))
+        self.offset_of(address)
+            .is_ok_and(|o| self.contains_offset(o))
+    }
+
+    /// Allocated or reserved, by offset in the subnet.
+    #[inline]
+    pub fn contains_offset(&self, offset: u64) -> bool {
+        offset <= self.bits.last() && self.bits.get(offset)
     }
 
     /// Allocate `address`, or the next free one in the dynamic range.
