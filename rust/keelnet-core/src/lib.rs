@@ -3,3 +3,4 @@
 
 pub mod fdb;
 pub mod ipam;
+pub mod packet;

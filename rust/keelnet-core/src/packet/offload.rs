@@ -1,0 +1,764 @@
+//! The offload path: the virtio-net header that TAP devices (`IFF_VNET_HDR`) put in front
+//! of frames, software segmentation of TCP super-frames (GSO/TSO) and coalescing of
+//! consecutive TCP segments into super-frames (GRO).
+//!
+//! Segmentation does what the kernel's TSO emulation does: every segment gets the
+//! super-frame's headers with IPv4 total length / IPv6 payload length, IPv4 ID (+1 per
+//! segment), TCP sequence number adjusted; FIN and PSH only on the last segment, CWR only
+//! on the first; IPv4 header and TCP checksums computed in full.
+//!
+//! Coalescing merges what segmentation produced (and what a kernel sends): segments of
+//! one flow, identical headers but for those fields, in sequence, each but the last
+//! exactly `mss` long. The super-frame leaves with a partial TCP checksum
+//! (`NEEDS_CSUM`: pseudo-header sum in the field, as Linux's `CHECKSUM_PARTIAL`) and a
+//! virtio-net header announcing GSO with the segments' size.
+
+use super::ethernet::{EthernetFrame, ethertype};
+use super::ipv4::Ipv4Packet;
+use super::ipv6::{self, Ipv6Packet};
+use super::tcp::{self, TcpSegment};
+use super::{Layer, PacketError, be16, be32, checksum, ip_proto, need, put16, put32};
+
+/// Length of `struct virtio_net_hdr` (without `num_buffers`).
+pub const VIRTIO_NET_HDR_LEN: usize = 10;
+/// `flags`: the checksum at `csum_start + csum_offset` is to be completed.
+pub const F_NEEDS_CSUM: u8 = 1;
+/// `flags`: the checksum was verified.
+pub const F_DATA_VALID: u8 = 2;
+
+/// `gso_type` values.
+pub mod gso_type {
+    pub const NONE: u8 = 0;
+    pub const TCPV4: u8 = 1;
+    pub const UDP: u8 = 3;
+    pub const TCPV6: u8 = 4;
+    pub const UDP_L4: u8 = 5;
+    /// Or-ed in: the super-frame has CWR set on its first segment.
+    pub const ECN: u8 = 0x80;
+}
+
+/// `struct virtio_net_hdr` (little-endian on the wire, as TUN uses by default on
+/// little-endian hosts and always with `TUNSETVNETLE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VirtioNetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    /// Bytes of headers (Ethernet to TCP) in front of the payload.
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VirtioNetHdr {
+    pub fn parse(bytes: &[u8]) -> Result<Self, PacketError> {
+        need(Layer::VirtioNet, bytes, VIRTIO_NET_HDR_LEN)?;
+        let le16 = |offset: usize| u16::from_le_bytes([bytes[offset], bytes[offset + 1]]);
+        Ok(VirtioNetHdr {
+            flags: bytes[0],
+            gso_type: bytes[1],
+            hdr_len: le16(2),
+            gso_size: le16(4),
+            csum_start: le16(6),
+            csum_offset: le16(8),
+        })
+    }
+
+    pub fn write(&self, buf: &mut [u8]) -> Result<usize, PacketError> {
+        super::room(buf, VIRTIO_NET_HDR_LEN)?;
+        buf[0] = self.flags;
+        buf[1] = self.gso_type;
+        buf[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        buf[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        buf[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        buf[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        Ok(VIRTIO_NET_HDR_LEN)
+    }
+}
+
+/// Completes a `NEEDS_CSUM` checksum in place: sums `frame[csum_start..]` (whose
+/// checksum field holds the pseudo-header sum) and stores the result.
+pub fn complete_checksum(frame: &mut [u8], hdr: &VirtioNetHdr) -> Result<(), PacketError> {
+    if hdr.flags & F_NEEDS_CSUM == 0 {
+        return Ok(());
+    }
+    let start = usize::from(hdr.csum_start);
+    let field = start + usize::from(hdr.csum_offset);
+    need(Layer::VirtioNet, frame, field + 2)?;
+    let sum = checksum::finish(checksum::add(0, &frame[start..]));
+    put16(frame, field, sum);
+    Ok(())
+}
+
+/// Where the headers of an Ethernet + IP + TCP frame are.
+#[derive(Debug, Clone, Copy)]
+struct TcpFrame {
+    v6: bool,
+    l3: usize,
+    tcp: usize,
+    /// Ethernet + IP (+ IPv6 extension headers) + TCP header.
+    headers_len: usize,
+    /// End of the IP packet (Ethernet padding excluded).
+    end: usize,
+}
+
+impl TcpFrame {
+    fn parse(frame: &[u8]) -> Result<Self, PacketError> {
+        let eth = EthernetFrame::parse(frame)?;
+        let l3 = eth.header_len();
+        let (v6, upper_offset, ip_len) = match eth.ethertype() {
+            ethertype::IPV4 => {
+                let ip = Ipv4Packet::parse(eth.payload())?;
+                if ip.is_fragment() {
+                    return Err(PacketError::Fragmented { layer: Layer::Ipv4 });
+                }
+                if ip.protocol() != ip_proto::TCP {
+                    return Err(PacketError::Offload { what: "not TCP" });
+                }
+                (false, ip.header_len(), ip.total_len())
+            }
+            ethertype::IPV6 => {
+                let ip = Ipv6Packet::parse(eth.payload())?;
+                if ip.fragment().is_some() {
+                    return Err(PacketError::Fragmented { layer: Layer::Ipv6 });
+                }
+                if ip.upper_protocol() != ip_proto::TCP {
+                    return Err(PacketError::Offload { what: "not TCP" });
+                }
+                (true, ip.upper_offset(), ipv6::HEADER_LEN + ip.payload_len())
+            }
+            _ => {
+                return Err(PacketError::Offload {
+                    what: "not IPv4 or IPv6",
+                });
+            }
+        };
+        let tcp = l3 + upper_offset;
+        let end = l3 + ip_len;
+        let segment = TcpSegment::parse(&frame[tcp..end])?;
+        Ok(TcpFrame {
+            v6,
+            l3,
+            tcp,
+            headers_len: tcp + segment.header_len(),
+            end,
+        })
+    }
+
+    /// Pseudo-header sum without the length.
+    fn pseudo_header(&self, frame: &[u8]) -> u64 {
+        let addresses = if self.v6 {
+            &frame[self.l3 + 8..self.l3 + 40]
+        } else {
+            &frame[self.l3 + 12..self.l3 + 20]
+        };
+        checksum::add(0, addresses) + u64::from(ip_proto::TCP)
+    }
+
+    /// Sets the IP length fields for `payload` bytes after the headers, and the IPv4 ID
+    /// and header checksum.
+    fn set_ip_lengths(&self, frame: &mut [u8], payload: usize, id: Option<u16>) {
+        let ip_len = self.headers_len - self.l3 + payload;
+        if self.v6 {
+            put16(frame, self.l3 + 4, (ip_len - ipv6::HEADER_LEN) as u16);
+        } else {
+            put16(frame, self.l3 + 2, ip_len as u16);
+            if let Some(id) = id {
+                put16(frame, self.l3 + 4, id);
+            }
+            put16(frame, self.l3 + 10, 0);
+            let ihl = usize::from(frame[self.l3] & 0x0f) * 4;
+            let sum = checksum::checksum(&frame[self.l3..self.l3 + ihl]);
+            put16(frame, self.l3 + 10, sum);
+        }
+    }
+
+    /// Largest payload that keeps the IP length field in range.
+    fn max_payload(&self) -> usize {
+        let ip_headers = self.headers_len - self.l3;
+        if self.v6 {
+            0xffff + ipv6::HEADER_LEN - ip_headers
+        } else {
+            0xffff - ip_headers
+        }
+    }
+}
+
+/// Frames produced by [`segment`], stored back to back so that segmenting allocates
+/// nothing once the buffers have grown.
+#[derive(Debug, Clone, Default)]
+pub struct Segments {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Segments {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// The `index`-th frame.
+    pub fn get(&self, index: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(index)?;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        self.data.get(start..end)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.len()).filter_map(|index| self.get(index))
+    }
+}
+
+/// Splits the TCP super-frame `frame` (Ethernet + IPv4/IPv6 + TCP, checksums in any
+/// state) into frames of at most `mss` payload bytes, appended to `out`. Returns the
+/// number of frames. A frame without payload is passed through with fresh checksums.
+pub fn segment(frame: &[u8], mss: usize, out: &mut Segments) -> Result<usize, PacketError> {
+    if mss == 0 {
+        return Err(PacketError::Offload {
+            what: "MSS is zero",
+        });
+    }
+    let layout = TcpFrame::parse(frame)?;
+    let headers = &frame[..layout.headers_len];
+    let payload = &frame[layout.headers_len..layout.end];
+    let tcp_header_len = layout.headers_len - layout.tcp;
+    let pseudo = layout.pseudo_header(frame);
+    let first_id = be16(frame, layout.l3 + 4);
+    let first_seq = be32(frame, layout.tcp + 4);
+    let flags = frame[layout.tcp + 13];
+    let count = payload.len().div_ceil(mss).max(1);
+    out.data.reserve(count * layout.headers_len + payload.len());
+    let mut chunks = payload.chunks(mss);
+    for index in 0..count {
+        let chunk = chunks.next().unwrap_or(&[]);
+        let start = out.data.len();
+        out.data.extend_from_slice(headers);
+        out.data.extend_from_slice(chunk);
+        let segment = &mut out.data[start..];
+        layout.set_ip_lengths(
+            segment,
+            chunk.len(),
+            Some(first_id.wrapping_add(index as u16)),
+        );
+        let tcp = layout.tcp;
+        put32(
+            segment,
+            tcp + 4,
+            first_seq.wrapping_add((index * mss) as u32),
+        );
+        let mut segment_flags = flags;
+        if index + 1 < count {
+            segment_flags &= !(tcp::flags::FIN | tcp::flags::PSH);
+        }
+        if index > 0 {
+            segment_flags &= !tcp::flags::CWR;
+        }
+        segment[tcp + 13] = segment_flags;
+        put16(segment, tcp + 16, 0);
+        let tcp_len = tcp_header_len + chunk.len();
+        let sum = checksum::add(pseudo + tcp_len as u64, &segment[tcp..]);
+        put16(segment, tcp + 16, checksum::finish(sum));
+        out.ends.push(out.data.len());
+    }
+    Ok(count)
+}
+
+/// [`segment`] driven by the virtio-net header read with the frame from a TAP device: a
+/// GSO TCP frame is split by `gso_size`; a non-GSO frame with `NEEDS_CSUM` gets its
+/// checksum completed; any other frame is passed through.
+pub fn segment_with_header(
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    out: &mut Segments,
+) -> Result<usize, PacketError> {
+    match hdr.gso_type & !gso_type::ECN {
+        gso_type::NONE => {
+            let start = out.data.len();
+            out.data.extend_from_slice(frame);
+            if let Err(error) = complete_checksum(&mut out.data[start..], hdr) {
+                out.data.truncate(start);
+                return Err(error);
+            }
+            out.ends.push(out.data.len());
+            Ok(1)
+        }
+        kind @ (gso_type::TCPV4 | gso_type::TCPV6) => {
+            let layout = TcpFrame::parse(frame)?;
+            if layout.v6 != (kind == gso_type::TCPV6) {
+                return Err(PacketError::Offload {
+                    what: "GSO type does not match the IP version",
+                });
+            }
+            segment(frame, usize::from(hdr.gso_size), out)
+        }
+        _ => Err(PacketError::Unsupported {
+            layer: Layer::VirtioNet,
+            what: "GSO type",
+            value: u32::from(hdr.gso_type),
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    layout: TcpFrame,
+    mss: usize,
+    payload: usize,
+    next_seq: u32,
+    next_id: u16,
+    dont_fragment: bool,
+    segments: usize,
+    /// A short segment, PSH or FIN ended the super-frame.
+    closed: bool,
+    first_flags: u8,
+}
+
+/// Coalesces consecutive in-order TCP segments of one flow into one super-frame (GRO).
+///
+/// Feed frames with [`Coalescer::push`]; when it returns `Ok(false)` the frame does not
+/// continue the current super-frame: [`Coalescer::finish`] it and push the frame again.
+#[derive(Debug, Clone)]
+pub struct Coalescer {
+    frame: Vec<u8>,
+    flow: Option<Flow>,
+    verify_checksums: bool,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer::new(true)
+    }
+}
+
+const MERGEABLE_FLAGS: u8 =
+    tcp::flags::ACK | tcp::flags::PSH | tcp::flags::FIN | tcp::flags::CWR | tcp::flags::ECE;
+
+impl Coalescer {
+    /// `verify_checksums`: check each segment's IPv4 header and TCP checksums before
+    /// merging (the super-frame's checksum is recomputed, so a corrupt segment would
+    /// otherwise be laundered). Turn it off only for frames already verified.
+    pub fn new(verify_checksums: bool) -> Self {
+        Coalescer {
+            frame: Vec::new(),
+            flow: None,
+            verify_checksums,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flow.is_none()
+    }
+
+    /// Segments in the pending super-frame.
+    pub fn segments(&self) -> usize {
+        self.flow.map_or(0, |flow| flow.segments)
+    }
+
+    /// Takes `frame` into the pending super-frame (`Ok(true)`), or says it does not
+    /// continue it (`Ok(false)`; nothing changed). An error means the frame cannot be
+    /// coalesced at all (not TCP, SYN/RST/URG, no payload, bad checksum…): forward it
+    /// as it is.
+    pub fn push(&mut self, frame: &[u8]) -> Result<bool, PacketError> {
+        let layout = TcpFrame::parse(frame)?;
+        let flags = frame[layout.tcp + 13];
+        if flags & !MERGEABLE_FLAGS != 0 {
+            return Err(PacketError::Offload {
+                what: "SYN, RST or URG segment",
+            });
+        }
+        let payload = &frame[layout.headers_len..layout.end];
+        if payload.is_empty() {
+            return Err(PacketError::Offload {
+                what: "segment without payload",
+            });
+        }
+        if self.verify_checksums {
+            if !layout.v6 && !checksum::verifies(checksum::add(0, &frame[layout.l3..layout.tcp])) {
+                return Err(PacketError::BadChecksum { layer: Layer::Ipv4 });
+            }
+            let tcp_len = (layout.end - layout.tcp) as u64;
+            if !checksum::verifies(checksum::add(
+                layout.pseudo_header(frame) + tcp_len,
+                &frame[layout.tcp..layout.end],
+            )) {
+                return Err(PacketError::BadChecksum { layer: Layer::Tcp });
+            }
+        }
+        let seq = be32(frame, layout.tcp + 4);
+        let id = be16(frame, layout.l3 + 4);
+        let closes = payload.len() < self.flow.map_or(0, |flow| flow.mss)
+            || flags & (tcp::flags::PSH | tcp::flags::FIN) != 0;
+        let Some(flow) = self.flow.as_mut() else {
+            self.frame.clear();
+            self.frame.extend_from_slice(&frame[..layout.end]);
+            self.flow = Some(Flow {
+                layout,
+                mss: payload.len(),
+                payload: payload.len(),
+                next_seq: seq.wrapping_add(payload.len() as u32),
+                next_id: id.wrapping_add(1),
+                dont_fragment: !layout.v6 && be16(frame, layout.l3 + 6) & 0x4000 != 0,
+                segments: 1,
+                closed: flags & (tcp::flags::PSH | tcp::flags::FIN) != 0,
+                first_flags: flags,
+            });
+            return Ok(true);
+        };
+        let current = &self.frame;
+        let same = |range: std::ops::Range<usize>| frame.get(range.clone()) == current.get(range);
+        let l3 = layout.l3;
+        let tcp = layout.tcp;
+        let fits = !flow.closed
+            && layout.v6 == flow.layout.v6
+            && layout.l3 == flow.layout.l3
+            && layout.tcp == flow.layout.tcp
+            && layout.headers_len == flow.layout.headers_len
+            && payload.len() <= flow.mss
+            && flow.payload + payload.len() <= layout.max_payload()
+            && seq == flow.next_seq
+            && flags & tcp::flags::CWR == 0
+            && flags & !(tcp::flags::PSH | tcp::flags::FIN)
+                == flow.first_flags & !(tcp::flags::PSH | tcp::flags::CWR | tcp::flags::FIN)
+            && same(0..l3)
+            && if layout.v6 {
+                same(l3..l3 + 4) && same(l3 + 6..tcp)
+            } else {
+                same(l3..l3 + 2)
+                    && same(l3 + 6..l3 + 10)
+                    && same(l3 + 12..tcp)
+                    && (flow.dont_fragment || id == flow.next_id)
+            }
+            && same(tcp..tcp + 4)
+            && same(tcp + 8..tcp + 13)
+            && same(tcp + 14..tcp + 16)
+            && same(tcp + 18..layout.headers_len);
+        if !fits {
+            return Ok(false);
+        }
+        self.frame.extend_from_slice(payload);
+        self.frame[tcp + 13] |= flags & (tcp::flags::PSH | tcp::flags::FIN);
+        flow.payload += payload.len();
+        flow.next_seq = seq.wrapping_add(payload.len() as u32);
+        flow.next_id = id.wrapping_add(1);
+        flow.segments += 1;
+        flow.closed = closes;
+        Ok(true)
+    }
+
+    /// Moves the pending super-frame into `out` (replacing its contents) and returns its
+    /// virtio-net header; `None` when nothing is pending. A single segment leaves as it
+    /// came, with `DATA_VALID` when checksums were verified.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Option<VirtioNetHdr> {
+        let flow = self.flow.take()?;
+        std::mem::swap(out, &mut self.frame);
+        let layout = flow.layout;
+        if flow.segments == 1 {
+            let flags = if self.verify_checksums {
+                F_DATA_VALID
+            } else {
+                0
+            };
+            return Some(VirtioNetHdr {
+                flags,
+                ..VirtioNetHdr::default()
+            });
+        }
+        layout.set_ip_lengths(out, flow.payload, None);
+        let tcp_len = (layout.headers_len - layout.tcp + flow.payload) as u64;
+        let partial = checksum::fold(layout.pseudo_header(out) + tcp_len);
+        put16(out, layout.tcp + 16, partial);
+        let mut kind = if layout.v6 {
+            gso_type::TCPV6
+        } else {
+            gso_type::TCPV4
+        };
+        if flow.first_flags & tcp::flags::CWR != 0 {
+            kind |= gso_type::ECN;
+        }
+        Some(VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: kind,
+            hdr_len: layout.headers_len as u16,
+            gso_size: flow.mss as u16,
+            csum_start: layout.tcp as u16,
+            csum_offset: 16,
+        })
+    }
+}
+
+/// Coalesces all of `frames` into one super-frame in `out`; an error if any frame does
+/// not continue the previous ones.
+pub fn coalesce(
+    frames: &[&[u8]],
+    out: &mut Vec<u8>,
+    verify_checksums: bool,
+) -> Result<VirtioNetHdr, PacketError> {
+    let mut coalescer = Coalescer::new(verify_checksums);
+    for frame in frames {
+        if !coalescer.push(frame)? {
+            return Err(PacketError::Offload {
+                what: "frames are not consecutive segments of one flow",
+            });
+        }
+    }
+    coalescer
+        .finish(out)
+        .ok_or(PacketError::Offload { what: "no frames" })
+}
+
+/// Builds an Ethernet + IPv4/IPv6 + TCP frame with valid checksums (tests, benches,
+/// fuzz seeds).
+pub mod build {
+    use std::net::IpAddr;
+
+    use super::super::ethernet::{self, ethertype};
+    use super::super::ipv4::Ipv4Header;
+    use super::super::ipv6::Ipv6Header;
+    use super::super::{PacketError, checksum, ip_proto, put16, put32};
+
+    /// Fields of a TCP frame to build.
+    #[derive(Debug, Clone, Copy)]
+    pub struct TcpFrameSpec {
+        pub source: IpAddr,
+        pub destination: IpAddr,
+        pub source_port: u16,
+        pub destination_port: u16,
+        pub sequence: u32,
+        pub acknowledgment: u32,
+        pub flags: u8,
+        pub window: u16,
+        pub identification: u16,
+    }
+
+    /// An Ethernet frame carrying one TCP segment with `payload`; 12 bytes of timestamp
+    /// options make the TCP header 32 bytes, as Linux sends.
+    pub fn tcp_frame(spec: &TcpFrameSpec, payload: &[u8]) -> Result<Vec<u8>, PacketError> {
+        let tcp_len = 32 + payload.len();
+        let (ether_type, ip_len) = match spec.source {
+            IpAddr::V4(_) => (ethertype::IPV4, 20),
+            IpAddr::V6(_) => (ethertype::IPV6, 40),
+        };
+        let mut frame = vec![0u8; 14 + ip_len + tcp_len];
+        ethernet::write_header(
+            &mut frame,
+            &[2, 0, 0, 0, 0, 2],
+            &[2, 0, 0, 0, 0, 1],
+            None,
+            ether_type,
+        )?;
+        let payload_len = u16::try_from(tcp_len).map_err(|_| PacketError::NoRoom {
+            needed: tcp_len,
+            available: 0xffff,
+        })?;
+        let pseudo = match (spec.source, spec.destination) {
+            (IpAddr::V4(source), IpAddr::V4(destination)) => {
+                Ipv4Header {
+                    source,
+                    destination,
+                    protocol: ip_proto::TCP,
+                    ttl: 64,
+                    dscp_ecn: 0,
+                    identification: spec.identification,
+                    dont_fragment: true,
+                    payload_len,
+                }
+                .write(&mut frame[14..])?;
+                checksum::pseudo_header_v4(source, destination, ip_proto::TCP, payload_len)
+            }
+            (IpAddr::V6(source), IpAddr::V6(destination)) => {
+                Ipv6Header {
+                    source,
+                    destination,
+                    next_header: ip_proto::TCP,
+                    hop_limit: 64,
+                    traffic_class: 0,
+                    flow_label: 0,
+                    payload_len,
+                }
+                .write(&mut frame[14..])?;
+                checksum::pseudo_header_v6(
+                    &source,
+                    &destination,
+                    ip_proto::TCP,
+                    u32::from(payload_len),
+                )
+            }
+            _ => {
+                return Err(PacketError::Offload {
+                    what: "mixed address families",
+                });
+            }
+        };
+        let tcp = &mut frame[14 + ip_len..];
+        put16(tcp, 0, spec.source_port);
+        put16(tcp, 2, spec.destination_port);
+        put32(tcp, 4, spec.sequence);
+        put32(tcp, 8, spec.acknowledgment);
+        tcp[12] = 8 << 4;
+        tcp[13] = spec.flags;
+        put16(tcp, 14, spec.window);
+        // NOP, NOP, timestamps (kind 8, length 10).
+        tcp[20..24].copy_from_slice(&[1, 1, 8, 10]);
+        put32(tcp, 24, 0x0102_0304);
+        put32(tcp, 28, 0x0506_0708);
+        tcp[32..].copy_from_slice(payload);
+        let sum = checksum::finish(checksum::add(pseudo, tcp));
+        put16(tcp, 16, sum);
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::{TcpFrameSpec, tcp_frame};
+    use super::*;
+    use std::net::IpAddr;
+
+    fn spec(v6: bool, flags: u8) -> TcpFrameSpec {
+        let (source, destination): (IpAddr, IpAddr) = if v6 {
+            (
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+            )
+        } else {
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap())
+        };
+        TcpFrameSpec {
+            source,
+            destination,
+            source_port: 40000,
+            destination_port: 5201,
+            sequence: 0xffff_f000,
+            acknowledgment: 99,
+            flags,
+            window: 512,
+            identification: 0xfffe,
+        }
+    }
+
+    fn checksums_ok(frame: &[u8]) -> bool {
+        let layout = TcpFrame::parse(frame).unwrap();
+        let ip_ok =
+            layout.v6 || checksum::verifies(checksum::add(0, &frame[layout.l3..layout.tcp]));
+        let tcp_len = (layout.end - layout.tcp) as u64;
+        ip_ok
+            && checksum::verifies(checksum::add(
+                layout.pseudo_header(frame) + tcp_len,
+                &frame[layout.tcp..layout.end],
+            ))
+    }
+
+    #[test]
+    fn segments_carry_correct_headers() {
+        use tcp::flags::*;
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..10_000u32).map(|n| n as u8).collect();
+            let frame = tcp_frame(&spec(v6, ACK | PSH | FIN | CWR), &payload).unwrap();
+            let mut out = Segments::new();
+            assert_eq!(segment(&frame, 1448, &mut out).unwrap(), 7);
+            let mut reassembled = Vec::new();
+            for (index, piece) in out.iter().enumerate() {
+                assert!(checksums_ok(piece), "segment {index} checksums");
+                let layout = TcpFrame::parse(piece).unwrap();
+                let segment = TcpSegment::parse(&piece[layout.tcp..layout.end]).unwrap();
+                assert_eq!(
+                    segment.sequence(),
+                    0xffff_f000u32.wrapping_add(index as u32 * 1448)
+                );
+                let last = index == 6;
+                assert_eq!(segment.flags() & (FIN | PSH) != 0, last);
+                assert_eq!(segment.flags() & CWR != 0, index == 0);
+                assert_eq!(segment.flags() & ACK, ACK);
+                if !v6 {
+                    let ip = Ipv4Packet::parse(&piece[14..]).unwrap();
+                    assert_eq!(ip.identification(), 0xfffeu16.wrapping_add(index as u16));
+                }
+                reassembled.extend_from_slice(segment.payload());
+            }
+            assert_eq!(reassembled, payload);
+        }
+    }
+
+    #[test]
+    fn coalescing_inverts_segmentation() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..60_000u32).map(|n| (n * 7) as u8).collect();
+            let frame = tcp_frame(&spec(v6, tcp::flags::ACK | tcp::flags::PSH), &payload).unwrap();
+            let mut pieces = Segments::new();
+            segment(&frame, 1448, &mut pieces).unwrap();
+            let frames: Vec<&[u8]> = pieces.iter().collect();
+            let mut merged = Vec::new();
+            let hdr = coalesce(&frames, &mut merged, true).unwrap();
+            assert_eq!(hdr.gso_size, 1448);
+            assert_eq!(
+                hdr.gso_type,
+                if v6 { gso_type::TCPV6 } else { gso_type::TCPV4 }
+            );
+            assert_eq!(usize::from(hdr.hdr_len), frame.len() - payload.len());
+            complete_checksum(&mut merged, &hdr).unwrap();
+            assert_eq!(merged, frame, "the super-frame comes back byte for byte");
+            let mut again = Segments::new();
+            segment_with_header(&hdr, &merged, &mut again).unwrap();
+            assert!(again.iter().eq(pieces.iter()));
+        }
+    }
+
+    #[test]
+    fn coalescer_refuses_gaps_other_flows_and_bad_checksums() {
+        let ack = tcp::flags::ACK;
+        let first = tcp_frame(&spec(false, ack), &[1; 100]).unwrap();
+        let mut gap_spec = spec(false, ack);
+        gap_spec.sequence = gap_spec.sequence.wrapping_add(101);
+        gap_spec.identification = gap_spec.identification.wrapping_add(1);
+        let gap = tcp_frame(&gap_spec, &[2; 100]).unwrap();
+        let mut other_spec = spec(false, ack);
+        other_spec.sequence = other_spec.sequence.wrapping_add(100);
+        other_spec.source_port += 1;
+        let other_flow = tcp_frame(&other_spec, &[3; 100]).unwrap();
+        let mut coalescer = Coalescer::default();
+        assert!(coalescer.push(&first).unwrap());
+        assert!(!coalescer.push(&gap).unwrap());
+        assert!(!coalescer.push(&other_flow).unwrap());
+        let mut corrupt = gap.clone();
+        *corrupt.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            coalescer.push(&corrupt),
+            Err(PacketError::BadChecksum { layer: Layer::Tcp })
+        );
+        let syn = tcp_frame(&spec(false, tcp::flags::SYN), &[1; 10]).unwrap();
+        assert!(matches!(
+            coalescer.push(&syn),
+            Err(PacketError::Offload { .. })
+        ));
+        let mut out = Vec::new();
+        let hdr = coalescer.finish(&mut out).unwrap();
+        assert_eq!(hdr.gso_type, gso_type::NONE);
+        assert_eq!(out, first);
+    }
+
+    #[test]
+    fn virtio_header_round_trip() {
+        let hdr = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: gso_type::TCPV4,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut buf = [0u8; 10];
+        hdr.write(&mut buf).unwrap();
+        assert_eq!(buf, [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0]);
+        assert_eq!(VirtioNetHdr::parse(&buf).unwrap(), hdr);
+        assert!(VirtioNetHdr::parse(&buf[..9]).is_err());
+    }
+}

@@ -1,0 +1,769 @@
+//! VXLAN (RFC 7348): encapsulation into headroom in front of the inner frame, and
+//! checked decapsulation that says why it drops a packet.
+//!
+//! Outer frame: Ethernet (optionally one 802.1Q tag) + IPv4 or IPv6 + UDP + 8-byte VXLAN
+//! header (flags with the I bit, 24-bit VNI). Encapsulation precomputes everything that
+//! does not change per packet (an [`Encapsulator`] per tunnel), so the per-packet work is
+//! a few stores, a 20-byte IPv4 checksum finished from a precomputed sum, and, over IPv6
+//! (where RFC 8200 requires it), the UDP checksum over the inner frame.
+
+use std::net::IpAddr;
+
+use super::ethernet::{self, EthernetFrame, VlanTag, ethertype};
+use super::ipv4::{self, Ipv4Header, Ipv4Packet};
+use super::ipv6::{self, Ipv6Header, Ipv6Packet};
+use super::udp::{self, UdpDatagram};
+use super::{Layer, MacAddr, PacketError, be16, be32, checksum, ip_proto, need, put16, put32};
+
+/// Length of the VXLAN header.
+pub const HEADER_LEN: usize = 8;
+/// IANA-assigned VXLAN port.
+pub const DEFAULT_PORT: u16 = 4789;
+/// Linux's default source port range (`net.ipv4.ip_local_port_range`).
+pub const DEFAULT_SOURCE_PORTS: (u16, u16) = (32768, 60999);
+/// The I flag: the VNI is valid.
+const FLAG_VNI_VALID: u32 = 0x0800_0000;
+/// Largest VNI (24 bits).
+pub const MAX_VNI: u32 = 0x00ff_ffff;
+/// Outer header bytes in front of the inner frame (untagged outer Ethernet).
+pub const OVERHEAD_V4: usize =
+    ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
+pub const OVERHEAD_V6: usize =
+    ethernet::HEADER_LEN + ipv6::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
+/// Headroom that fits any outer header this module writes (IPv6 and a VLAN tag).
+pub const MAX_OVERHEAD: usize = OVERHEAD_V6 + 4;
+
+/// Per-tunnel encapsulation settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub destination_port: u16,
+    /// Inclusive range the flow-hashed source port is taken from.
+    pub source_ports: (u16, u16),
+    /// Outer TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
+    /// Outer DSCP/ECN (IPv4 TOS, IPv6 traffic class).
+    pub tos: u8,
+    /// IPv4 only: set the don't-fragment bit.
+    pub dont_fragment: bool,
+    /// IPv4 only: compute the outer UDP checksum (zero, "none", otherwise). Over IPv6 it
+    /// is always computed.
+    pub udp_checksum_v4: bool,
+}
+
+impl Default for VxlanConfig {
+    /// What a Linux vxlan device sends by default: port 4789, source ports from the local
+    /// port range, TTL 64 here (the kernel inherits it), DF clear, no IPv4 UDP checksum.
+    fn default() -> Self {
+        VxlanConfig {
+            destination_port: DEFAULT_PORT,
+            source_ports: DEFAULT_SOURCE_PORTS,
+            ttl: 64,
+            tos: 0,
+            dont_fragment: false,
+            udp_checksum_v4: false,
+        }
+    }
+}
+
+/// The outer addresses of a tunnel. Both IPs must be of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub source_mac: MacAddr,
+    pub destination_mac: MacAddr,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub vlan: Option<VlanTag>,
+}
+
+#[derive(Debug, Clone)]
+enum OuterIp {
+    V4 {
+        /// The header with length, ID and checksum zero.
+        template: [u8; ipv4::MIN_HEADER_LEN],
+        /// Its checksum sum, to which length and ID are added per packet.
+        template_sum: u64,
+        pseudo_header: u64,
+    },
+    V6 {
+        template: [u8; ipv6::HEADER_LEN],
+        /// Pseudo-header sum without the length.
+        pseudo_header: u64,
+    },
+}
+
+/// Encapsulates frames for one tunnel (one pair of outer endpoints).
+#[derive(Debug, Clone)]
+pub struct Encapsulator {
+    config: VxlanConfig,
+    ethernet: [u8; ethernet::VLAN_HEADER_LEN],
+    ethernet_len: usize,
+    outer: OuterIp,
+    overhead: usize,
+    next_id: u16,
+}
+
+impl Encapsulator {
+    pub fn new(config: VxlanConfig, endpoints: &Endpoints) -> Result<Self, PacketError> {
+        if config.source_ports.0 > config.source_ports.1 {
+            return Err(PacketError::Invalid {
+                layer: Layer::Udp,
+                what: "source port range is empty",
+            });
+        }
+        let mut eth = [0u8; ethernet::VLAN_HEADER_LEN];
+        let (outer, ether_type, ip_len) = match (endpoints.source, endpoints.destination) {
+            (IpAddr::V4(source), IpAddr::V4(destination)) => {
+                let mut template = [0u8; ipv4::MIN_HEADER_LEN];
+                Ipv4Header {
+                    source,
+                    destination,
+                    protocol: ip_proto::UDP,
+                    ttl: config.ttl,
+                    dscp_ecn: config.tos,
+                    identification: 0,
+                    dont_fragment: config.dont_fragment,
+                    payload_len: 0,
+                }
+                .write(&mut template)?;
+                // Zero length and checksum; the per-packet sum adds the real length.
+                put16(&mut template, 2, 0);
+                put16(&mut template, 10, 0);
+                let template_sum = checksum::add(0, &template);
+                let pseudo_header =
+                    checksum::pseudo_header_v4(source, destination, ip_proto::UDP, 0);
+                (
+                    OuterIp::V4 {
+                        template,
+                        template_sum,
+                        pseudo_header,
+                    },
+                    ethertype::IPV4,
+                    ipv4::MIN_HEADER_LEN,
+                )
+            }
+            (IpAddr::V6(source), IpAddr::V6(destination)) => {
+                let mut template = [0u8; ipv6::HEADER_LEN];
+                Ipv6Header {
+                    source,
+                    destination,
+                    next_header: ip_proto::UDP,
+                    hop_limit: config.ttl,
+                    traffic_class: config.tos,
+                    flow_label: 0,
+                    payload_len: 0,
+                }
+                .write(&mut template)?;
+                let pseudo_header =
+                    checksum::pseudo_header_v6(&source, &destination, ip_proto::UDP, 0);
+                (
+                    OuterIp::V6 {
+                        template,
+                        pseudo_header,
+                    },
+                    ethertype::IPV6,
+                    ipv6::HEADER_LEN,
+                )
+            }
+            _ => {
+                return Err(PacketError::Invalid {
+                    layer: Layer::Vxlan,
+                    what: "outer source and destination are of different address families",
+                });
+            }
+        };
+        let ethernet_len = ethernet::write_header(
+            &mut eth,
+            &endpoints.destination_mac,
+            &endpoints.source_mac,
+            endpoints.vlan,
+            ether_type,
+        )?;
+        Ok(Encapsulator {
+            config,
+            ethernet: eth,
+            ethernet_len,
+            outer,
+            overhead: ethernet_len + ip_len + udp::HEADER_LEN + HEADER_LEN,
+            next_id: 0,
+        })
+    }
+
+    /// Outer header bytes written in front of the inner frame.
+    pub fn overhead(&self) -> usize {
+        self.overhead
+    }
+
+    pub fn config(&self) -> &VxlanConfig {
+        &self.config
+    }
+
+    /// Encapsulates the inner frame `buf[inner_start..]` in place: the outer headers are
+    /// written into `buf[inner_start - overhead..inner_start]` (the headroom), the inner
+    /// frame is not moved. Returns the offset where the outer frame starts.
+    ///
+    /// `source_port: None` takes the port from a hash of the inner flow.
+    #[inline]
+    pub fn encapsulate(
+        &mut self,
+        buf: &mut [u8],
+        inner_start: usize,
+        vni: u32,
+        source_port: Option<u16>,
+    ) -> Result<usize, PacketError> {
+        if vni > MAX_VNI {
+            return Err(PacketError::VniOutOfRange { vni });
+        }
+        let start = inner_start
+            .checked_sub(self.overhead)
+            .ok_or(PacketError::NoRoom {
+                needed: self.overhead,
+                available: inner_start,
+            })?;
+        let (headroom_and_outer, inner) =
+            buf.split_at_mut_checked(inner_start)
+                .ok_or(PacketError::NoRoom {
+                    needed: inner_start,
+                    available: 0,
+                })?;
+        need(Layer::Ethernet, inner, ethernet::HEADER_LEN)?;
+        let udp_len = udp::HEADER_LEN + HEADER_LEN + inner.len();
+        let source_port =
+            source_port.unwrap_or_else(|| flow_source_port(inner, self.config.source_ports));
+        let outer = &mut headroom_and_outer[start..];
+        outer[..self.ethernet_len].copy_from_slice(&self.ethernet[..self.ethernet_len]);
+        let ip_start = self.ethernet_len;
+        match &self.outer {
+            OuterIp::V4 {
+                template,
+                template_sum,
+                pseudo_header,
+            } => {
+                let total = ipv4::MIN_HEADER_LEN + udp_len;
+                let total16 = u16::try_from(total).map_err(|_| PacketError::BadLength {
+                    layer: Layer::Ipv4,
+                    value: total,
+                })?;
+                let id = self.next_id;
+                self.next_id = id.wrapping_add(1);
+                let ip = &mut outer[ip_start..ip_start + ipv4::MIN_HEADER_LEN];
+                ip.copy_from_slice(template);
+                put16(ip, 2, total16);
+                put16(ip, 4, id);
+                put16(
+                    ip,
+                    10,
+                    checksum::finish(template_sum + u64::from(total16) + u64::from(id)),
+                );
+                let udp_start = ip_start + ipv4::MIN_HEADER_LEN;
+                write_udp_and_vxlan(
+                    &mut outer[udp_start..],
+                    source_port,
+                    self.config.destination_port,
+                    udp_len as u16,
+                    vni,
+                );
+                if self.config.udp_checksum_v4 {
+                    let sum = checksum::add(*pseudo_header + udp_len as u64, &outer[udp_start..]);
+                    put16(
+                        outer,
+                        udp_start + 6,
+                        nonzero_checksum(checksum::finish(checksum::add(sum, inner))),
+                    );
+                }
+            }
+            OuterIp::V6 {
+                template,
+                pseudo_header,
+            } => {
+                let udp_len16 = u16::try_from(udp_len).map_err(|_| PacketError::BadLength {
+                    layer: Layer::Udp,
+                    value: udp_len,
+                })?;
+                let ip = &mut outer[ip_start..ip_start + ipv6::HEADER_LEN];
+                ip.copy_from_slice(template);
+                put16(ip, 4, udp_len16);
+                let udp_start = ip_start + ipv6::HEADER_LEN;
+                write_udp_and_vxlan(
+                    &mut outer[udp_start..],
+                    source_port,
+                    self.config.destination_port,
+                    udp_len16,
+                    vni,
+                );
+                // RFC 8200 §8.1: a zero UDP checksum is not allowed over IPv6.
+                let sum = checksum::add(*pseudo_header + udp_len as u64, &outer[udp_start..]);
+                put16(
+                    outer,
+                    udp_start + 6,
+                    nonzero_checksum(checksum::finish(checksum::add(sum, inner))),
+                );
+            }
+        }
+        Ok(start)
+    }
+
+    /// Encapsulates a copy of `inner` into a new buffer holding exactly the outer frame.
+    pub fn encapsulate_to_vec(
+        &mut self,
+        inner: &[u8],
+        vni: u32,
+        source_port: Option<u16>,
+    ) -> Result<Vec<u8>, PacketError> {
+        let mut buf = vec![0u8; self.overhead + inner.len()];
+        buf[self.overhead..].copy_from_slice(inner);
+        let start = self.encapsulate(&mut buf, self.overhead, vni, source_port)?;
+        debug_assert_eq!(start, 0);
+        Ok(buf)
+    }
+}
+
+#[inline(always)]
+fn nonzero_checksum(sum: u16) -> u16 {
+    if sum == 0 { 0xffff } else { sum }
+}
+
+#[inline(always)]
+fn write_udp_and_vxlan(
+    buf: &mut [u8],
+    source_port: u16,
+    destination_port: u16,
+    udp_len: u16,
+    vni: u32,
+) {
+    put16(buf, 0, source_port);
+    put16(buf, 2, destination_port);
+    put16(buf, 4, udp_len);
+    put16(buf, 6, 0);
+    put32(buf, 8, FLAG_VNI_VALID);
+    put32(buf, 12, vni << 8);
+}
+
+/// A source port from `range` (inclusive) chosen by a hash of the inner frame's flow:
+/// MACs and EtherType, plus addresses, protocol and ports of IPv4/IPv6 TCP/UDP. Packets
+/// of one flow keep one outer port (no reordering across underlay ECMP paths), and
+/// different flows spread over the range (RFC 7348 §5).
+#[inline]
+pub fn flow_source_port(inner: &[u8], range: (u16, u16)) -> u16 {
+    let hash = flow_hash(inner);
+    let span = u64::from(range.1.saturating_sub(range.0)) + 1;
+    range.0 + ((u64::from(hash as u32) * span) >> 32) as u16
+}
+
+#[inline(always)]
+fn mix(state: u64, word: u64) -> u64 {
+    let wide = u128::from(state ^ word) * 0x9E37_79B9_7F4A_7C15u128;
+    (wide as u64) ^ ((wide >> 64) as u64)
+}
+
+fn word_at(bytes: &[u8], offset: usize) -> u64 {
+    bytes
+        .get(offset..offset + 8)
+        .map_or(0, |w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+}
+
+fn flow_hash(inner: &[u8]) -> u64 {
+    // MACs + EtherType: the first 14 bytes (length checked by the caller; missing bytes
+    // hash as zero anyway).
+    let mut state = mix(
+        mix(0x6b65_656c_6e65_7421, word_at(inner, 0)),
+        word_at(inner, 6),
+    );
+    let (l3, ether_type) = match EthernetFrame::parse(inner) {
+        Ok(frame) => (frame.payload(), frame.ethertype()),
+        Err(_) => return state,
+    };
+    state = mix(state, u64::from(ether_type));
+    let (protocol, ports) = match ether_type {
+        ethertype::IPV4 if l3.len() >= ipv4::MIN_HEADER_LEN => {
+            state = mix(
+                state,
+                u64::from(be32(l3, 12)) << 32 | u64::from(be32(l3, 16)),
+            );
+            let header_len = usize::from(l3[0] & 0x0f) * 4;
+            let fragment = be16(l3, 6) & 0x3fff != 0;
+            (
+                l3[9],
+                if fragment {
+                    None
+                } else {
+                    l3.get(header_len..header_len + 4)
+                },
+            )
+        }
+        ethertype::IPV6 if l3.len() >= ipv6::HEADER_LEN => {
+            state = mix(mix(state, word_at(l3, 8)), word_at(l3, 16));
+            state = mix(mix(state, word_at(l3, 24)), word_at(l3, 32));
+            (l3[6], l3.get(ipv6::HEADER_LEN..ipv6::HEADER_LEN + 4))
+        }
+        _ => return state,
+    };
+    state = mix(state, u64::from(protocol));
+    if let (ip_proto::TCP | ip_proto::UDP, Some(ports)) = (protocol, ports) {
+        state = mix(
+            state,
+            u64::from(u32::from_be_bytes([ports[0], ports[1], ports[2], ports[3]])),
+        );
+    }
+    state
+}
+
+/// What decapsulation checks beyond the headers' own consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// The VXLAN port; `None` accepts any UDP port (for inspecting captures).
+    pub destination_port: Option<u16>,
+    /// Verify a non-zero outer UDP checksum (over the whole inner frame). Off when the
+    /// NIC or kernel already verified it.
+    pub verify_udp_checksum: bool,
+    /// Accept a zero UDP checksum over IPv6 (RFC 6935 tunnels; Linux `udp6zerocsumrx`).
+    pub allow_zero_checksum_v6: bool,
+}
+
+impl Default for DecapConfig {
+    fn default() -> Self {
+        DecapConfig {
+            destination_port: Some(DEFAULT_PORT),
+            verify_udp_checksum: true,
+            allow_zero_checksum_v6: false,
+        }
+    }
+}
+
+/// A decapsulated frame: outer fields and the inner frame (borrowed, not copied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decapsulated<'a> {
+    pub vni: u32,
+    pub outer_source_mac: MacAddr,
+    pub outer_destination_mac: MacAddr,
+    pub outer_vlan: Option<VlanTag>,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub ttl: u8,
+    pub source_port: u16,
+    pub destination_port: u16,
+    /// Offset of the inner frame in the outer frame.
+    pub inner_offset: usize,
+    pub inner: &'a [u8],
+}
+
+/// Decapsulates a whole outer Ethernet frame, checking every layer; the error says why
+/// the packet is dropped.
+#[inline]
+pub fn decapsulate<'a>(
+    frame: &'a [u8],
+    config: &DecapConfig,
+) -> Result<Decapsulated<'a>, PacketError> {
+    let eth = EthernetFrame::parse(frame)?;
+    let l3 = eth.payload();
+    let (source, destination, ttl, udp_bytes, pseudo_header, is_v6) = match eth.ethertype() {
+        ethertype::IPV4 => {
+            let ip = Ipv4Packet::parse(l3)?;
+            if !ip.checksum_ok() {
+                return Err(PacketError::BadChecksum { layer: Layer::Ipv4 });
+            }
+            if ip.is_fragment() {
+                return Err(PacketError::Fragmented { layer: Layer::Ipv4 });
+            }
+            if ip.protocol() != ip_proto::UDP {
+                return Err(PacketError::NotUdp {
+                    protocol: ip.protocol(),
+                });
+            }
+            (
+                IpAddr::V4(ip.source()),
+                IpAddr::V4(ip.destination()),
+                ip.ttl(),
+                ip.payload(),
+                ip.pseudo_header(),
+                false,
+            )
+        }
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::parse(l3)?;
+            if ip.fragment().is_some() {
+                return Err(PacketError::Fragmented { layer: Layer::Ipv6 });
+            }
+            if ip.upper_protocol() != ip_proto::UDP {
+                return Err(PacketError::NotUdp {
+                    protocol: ip.upper_protocol(),
+                });
+            }
+            (
+                IpAddr::V6(ip.source()),
+                IpAddr::V6(ip.destination()),
+                ip.hop_limit(),
+                ip.upper_payload(),
+                ip.pseudo_header(),
+                true,
+            )
+        }
+        other => {
+            return Err(PacketError::Unsupported {
+                layer: Layer::Ethernet,
+                what: "outer EtherType",
+                value: u32::from(other),
+            });
+        }
+    };
+    let udp = UdpDatagram::parse(udp_bytes)?;
+    if udp.length() != udp_bytes.len() {
+        // The IP layer says the datagram is longer than UDP does: trailing garbage.
+        return Err(PacketError::BadLength {
+            layer: Layer::Udp,
+            value: udp.length(),
+        });
+    }
+    if let Some(port) = config.destination_port {
+        if udp.destination_port() != port {
+            return Err(PacketError::WrongPort {
+                port: udp.destination_port(),
+            });
+        }
+    }
+    if udp.checksum() == 0 {
+        if is_v6 && !config.allow_zero_checksum_v6 {
+            return Err(PacketError::Invalid {
+                layer: Layer::Udp,
+                what: "checksum is zero over IPv6",
+            });
+        }
+    } else if config.verify_udp_checksum && !udp.checksum_ok(pseudo_header) {
+        return Err(PacketError::BadChecksum { layer: Layer::Udp });
+    }
+    let (vni, inner) = parse_header(udp.payload())?;
+    let inner_offset =
+        frame.len() - (udp_bytes.len() - udp::HEADER_LEN - HEADER_LEN) - trailing(frame, udp_bytes);
+    Ok(Decapsulated {
+        vni,
+        outer_source_mac: eth.source(),
+        outer_destination_mac: eth.destination(),
+        outer_vlan: eth.vlan(),
+        source,
+        destination,
+        ttl,
+        source_port: udp.source_port(),
+        destination_port: udp.destination_port(),
+        inner_offset,
+        inner,
+    })
+}
+
+/// Bytes of `frame` after the end of `tail` (a sub-slice of it): Ethernet padding.
+fn trailing(frame: &[u8], tail: &[u8]) -> usize {
+    let frame_end = frame.as_ptr() as usize + frame.len();
+    let tail_end = tail.as_ptr() as usize + tail.len();
+    frame_end - tail_end
+}
+
+/// Checks the VXLAN header at the start of a UDP payload (as a UDP socket delivers it)
+/// and returns the VNI and the inner frame. Like Linux, rejects a clear I flag and any
+/// reserved bit set.
+#[inline]
+pub fn parse_header(payload: &[u8]) -> Result<(u32, &[u8]), PacketError> {
+    need(Layer::Vxlan, payload, HEADER_LEN)?;
+    let flags = be32(payload, 0);
+    if flags != FLAG_VNI_VALID {
+        return Err(PacketError::BadVxlanFlags { flags });
+    }
+    let vni_word = be32(payload, 4);
+    if vni_word & 0xff != 0 {
+        return Err(PacketError::BadVxlanReserved {
+            value: vni_word as u8,
+        });
+    }
+    let inner = &payload[HEADER_LEN..];
+    need(Layer::Ethernet, inner, ethernet::HEADER_LEN)?;
+    Ok((vni_word >> 8, inner))
+}
+
+/// Writes a VXLAN header (I flag, `vni`) at the start of `buf`, for senders that let a
+/// UDP socket build the outer headers.
+pub fn write_header(buf: &mut [u8], vni: u32) -> Result<usize, PacketError> {
+    if vni > MAX_VNI {
+        return Err(PacketError::VniOutOfRange { vni });
+    }
+    super::room(buf, HEADER_LEN)?;
+    put32(buf, 0, FLAG_VNI_VALID);
+    put32(buf, 4, vni << 8);
+    Ok(HEADER_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn inner_frame() -> Vec<u8> {
+        let mut frame = vec![0u8; 60];
+        ethernet::write_header(
+            &mut frame,
+            &[2, 0, 0, 0, 0, 2],
+            &[2, 0, 0, 0, 0, 1],
+            None,
+            ethertype::IPV4,
+        )
+        .unwrap();
+        Ipv4Header {
+            source: Ipv4Addr::new(10, 0, 0, 1),
+            destination: Ipv4Addr::new(10, 0, 0, 2),
+            protocol: ip_proto::UDP,
+            ttl: 64,
+            dscp_ecn: 0,
+            identification: 1,
+            dont_fragment: true,
+            payload_len: 26,
+        }
+        .write(&mut frame[14..])
+        .unwrap();
+        udp::write_header(&mut frame[34..], 5000, 53, 26).unwrap();
+        frame
+    }
+
+    fn endpoints(v6: bool) -> Endpoints {
+        let (source, destination) = if v6 {
+            (
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
+            )
+        } else {
+            (
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)),
+            )
+        };
+        Endpoints {
+            source_mac: [2, 0xaa, 0, 0, 0, 1],
+            destination_mac: [2, 0xbb, 0, 0, 0, 2],
+            source,
+            destination,
+            vlan: None,
+        }
+    }
+
+    #[test]
+    fn encapsulates_in_place_and_decapsulates() {
+        for v6 in [false, true] {
+            for udp_checksum_v4 in [false, true] {
+                let config = VxlanConfig {
+                    udp_checksum_v4,
+                    ..VxlanConfig::default()
+                };
+                let mut encap = Encapsulator::new(config, &endpoints(v6)).unwrap();
+                let inner = inner_frame();
+                let mut buf = vec![0u8; MAX_OVERHEAD];
+                buf.extend_from_slice(&inner);
+                let start = encap.encapsulate(&mut buf, MAX_OVERHEAD, 42, None).unwrap();
+                assert_eq!(
+                    MAX_OVERHEAD - start,
+                    if v6 { OVERHEAD_V6 } else { OVERHEAD_V4 }
+                );
+                let outer = &buf[start..];
+                let decap = decapsulate(outer, &DecapConfig::default()).unwrap();
+                assert_eq!(decap.vni, 42);
+                assert_eq!(decap.inner, &inner[..]);
+                assert_eq!(decap.inner_offset, encap.overhead());
+                assert_eq!(decap.source, endpoints(v6).source);
+                assert_eq!(decap.destination_port, DEFAULT_PORT);
+                assert!((32768..=60999).contains(&decap.source_port));
+                let udp_checksum = be16(outer, encap.overhead() - 10);
+                assert_eq!(udp_checksum != 0, v6 || udp_checksum_v4);
+            }
+        }
+    }
+
+    #[test]
+    fn decap_reports_drop_reasons() {
+        let mut encap = Encapsulator::new(
+            VxlanConfig {
+                udp_checksum_v4: true,
+                ..VxlanConfig::default()
+            },
+            &endpoints(false),
+        )
+        .unwrap();
+        let good = encap
+            .encapsulate_to_vec(&inner_frame(), 7, Some(40000))
+            .unwrap();
+        let config = DecapConfig::default();
+        // Header corruption also breaks the UDP checksum; check those without it.
+        let lenient = DecapConfig {
+            verify_udp_checksum: false,
+            ..config
+        };
+        let corrupt = |offset: usize, value: u8, config: &DecapConfig| {
+            let mut frame = good.clone();
+            frame[offset] = value;
+            decapsulate(&frame, config).map(|d| d.vni)
+        };
+        assert_eq!(
+            corrupt(14 + 8, 1, &config),
+            Err(PacketError::BadChecksum { layer: Layer::Ipv4 })
+        );
+        assert_eq!(
+            corrupt(42, 0x0c, &lenient),
+            Err(PacketError::BadVxlanFlags { flags: 0x0c00_0000 })
+        );
+        assert_eq!(
+            corrupt(42, 0x00, &lenient),
+            Err(PacketError::BadVxlanFlags { flags: 0 })
+        );
+        assert_eq!(
+            corrupt(49, 1, &lenient),
+            Err(PacketError::BadVxlanReserved { value: 1 })
+        );
+        assert_eq!(
+            corrupt(60, 0xff, &config),
+            Err(PacketError::BadChecksum { layer: Layer::Udp })
+        );
+        assert_eq!(corrupt(60, 0xff, &lenient), Ok(7));
+        assert!(matches!(
+            decapsulate(&good[..good.len() - 1], &config),
+            Err(PacketError::Truncated { .. })
+        ));
+        let other_port = DecapConfig {
+            destination_port: Some(8472),
+            ..config
+        };
+        assert_eq!(
+            decapsulate(&good, &other_port).map(|d| d.vni),
+            Err(PacketError::WrongPort { port: 4789 })
+        );
+        assert_eq!(
+            encap.encapsulate_to_vec(&inner_frame(), 1 << 24, None),
+            Err(PacketError::VniOutOfRange { vni: 1 << 24 })
+        );
+    }
+
+    #[test]
+    fn source_port_is_stable_per_flow_and_in_range() {
+        let inner = inner_frame();
+        let a = flow_source_port(&inner, (1000, 1009));
+        assert_eq!(a, flow_source_port(&inner, (1000, 1009)));
+        assert!((1000..=1009).contains(&a));
+        let ports: std::collections::HashSet<u16> = (0..64u16)
+            .map(|n| {
+                let mut other = inner.clone();
+                other[34..36].copy_from_slice(&n.to_be_bytes());
+                flow_source_port(&other, DEFAULT_SOURCE_PORTS)
+            })
+            .collect();
+        assert!(
+            ports.len() > 50,
+            "flows spread over the range: {}",
+            ports.len()
+        );
+    }
+
+    #[test]
+    fn refuses_mixed_families_and_missing_headroom() {
+        let mut mixed = endpoints(false);
+        mixed.destination = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert!(Encapsulator::new(VxlanConfig::default(), &mixed).is_err());
+        let mut encap = Encapsulator::new(VxlanConfig::default(), &endpoints(false)).unwrap();
+        let mut buf = inner_frame();
+        assert!(matches!(
+            encap.encapsulate(&mut buf, 10, 1, None),
+            Err(PacketError::NoRoom { .. })
+        ));
+    }
+}
