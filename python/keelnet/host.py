@@ -47,6 +47,7 @@ from keelnet.errors import (
 from keelnet.ipam import AddressPool
 from keelnet.kernel import iptables_compat, links, nftables
 from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
 from keelnet.store import PortTaken, Store, default_state_dir
 
@@ -68,7 +69,9 @@ class Host:
         self.store = Store(self.state_dir)
         self._exit = contextlib.ExitStack()
         self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
-        self._ctx = HostContext(self.netns_path, self._ipr)
+        self._rtnl = Rtnl(self.netns_path)
+        self._exit.callback(self._rtnl.close)
+        self._ctx = HostContext(self.netns_path, self._ipr, self._rtnl)
         try:
             self.reconcile()
         except BaseException:
@@ -76,6 +79,7 @@ class Host:
             raise
 
     def close(self) -> None:
+        nftables.close(self.netns_path)
         self._exit.close()
         self.store.close()
 

@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 from keelnet.errors import InvalidOption
 from keelnet.kernel.nftables import BridgeRules
+from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
 
 DATAPLANE_OPTION = "dataplane"
@@ -30,10 +31,11 @@ DATAPLANES = ("kernel", "userspace", "auto")
 
 @dataclass
 class HostContext:
-    """What a driver may use of the host: its namespace and a netlink socket into it."""
+    """What a driver may use of the host: its namespace and netlink sockets into it."""
 
     netns_path: str | None
     ipr: IPRoute
+    rtnl: Rtnl  # the fast path for per-connect requests
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from keelnet.drivers import _veth
 from keelnet.drivers.base import Driver, HostContext, NetworkRequest, option_bool
 from keelnet.errors import Conflict, InvalidOption, KernelError
-from keelnet.kernel import links
+from keelnet.kernel import links, rtnl
 from keelnet.kernel.namespaces import write_sysctl
 from keelnet.kernel.nftables import BridgeRules
 from keelnet.model import Endpoint, Network, PortMapping
@@ -87,43 +87,41 @@ class BridgeDriver(Driver):
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        bridge_index = links.link_index(ctx.ipr, self._bridge(network))
+        bridge = self._bridge(network)
+        bridge_index = ctx.rtnl.link_index(bridge)
         if bridge_index is None:
-            raise KernelError(f"bridge {self._bridge(network)} of {network.name} is missing")
+            raise KernelError(f"bridge {bridge} of {network.name} is missing")
         assert endpoint.host_ifname is not None
-        mtu = mtu_option(network.options)
-        sizes = {"mtu": mtu} if mtu else {}
         fd = links.open_netns_fd(sandbox_path)
         try:
-            ctx.ipr.link(
-                "add",
-                ifname=endpoint.host_ifname,
-                kind="veth",
-                master=bridge_index,
-                peer={"ifname": endpoint.ifname, "net_ns_fd": fd, "address": endpoint.mac, **sizes},
-                **sizes,
+            ctx.rtnl.run(
+                [
+                    rtnl.add_veth(
+                        endpoint.host_ifname,
+                        master=bridge_index,
+                        peer_ifname=endpoint.ifname,
+                        peer_netns_fd=fd,
+                        peer_mac=endpoint.mac,
+                        mtu=mtu_option(network.options),
+                    )
+                ]
             )
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
+        except rtnl.RtnlError as exc:
+            if exc.errno == errno.EEXIST:
                 raise Conflict(
                     f"interface {endpoint.ifname} or {endpoint.host_ifname} already exists"
                 ) from exc
-            raise links.netlink_error("creating veth pair", exc) from exc
+            raise KernelError(f"creating veth pair: {exc.strerror}") from exc
         finally:
             links.close_fd(fd)
         try:
-            index = links.link_index(ctx.ipr, endpoint.host_ifname)
-            assert index is not None
-            ctx.ipr.link(
-                "set",
-                index=index,
-                ifalias=links.alias_for(network.id, endpoint.id),
-                state="up",
-            )
+            alias = links.alias_for(network.id, endpoint.id)
+            ctx.rtnl.run([rtnl.set_link(endpoint.host_ifname, alias=alias, up=True)])
             if not option_bool(network.options, ICC, True):
                 # Isolated ports reach the bridge (gateway) but not each other: Docker's icc.
+                index = links.link_index(ctx.ipr, endpoint.host_ifname)
                 ctx.ipr.brport("set", index=index, isolated=1)
-        except (NetlinkError, AssertionError) as exc:
+        except (rtnl.RtnlError, NetlinkError) as exc:
             links.delete_link(ctx.ipr, endpoint.host_ifname)
             raise KernelError(f"setting up {endpoint.host_ifname}: {exc}") from exc
 

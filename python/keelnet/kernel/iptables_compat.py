@@ -15,72 +15,69 @@ import subprocess
 from collections.abc import Sequence
 
 from keelnet.errors import KernelError
-from keelnet.kernel.namespaces import preexec_setns
+from keelnet.kernel.namespaces import call_in_netns
 
 CHAIN = "KEELNET-FORWARD"
 _DOCKER_BRIDGES = ("docker0", "br-+")
 _TOOLS = ("iptables", "ip6tables")
 
 
-def _run(netns_path: str | None, argv: list[str], stdin: str | None = None) -> tuple[int, str]:
-    try:
-        result = subprocess.run(
-            argv,
-            input=stdin.encode() if stdin is not None else None,
-            capture_output=True,
-            preexec_fn=preexec_setns(netns_path),
-            check=False,
-        )
-    except FileNotFoundError:
-        return 127, ""
-    return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
+def _spawn(netns_path: str | None, argv: list[str]) -> subprocess.Popen[bytes] | None:
+    # Spawned from a thread inside the namespace: the child starts there, and no
+    # preexec_fn is needed (which would force a slow fork of this process).
+    def start() -> subprocess.Popen[bytes] | None:
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            return None
 
-
-def _forward_rules(netns_path: str | None, tool: str) -> list[str] | None:
-    code, out = _run(netns_path, [tool, "-w", "-t", "filter", "-S", "FORWARD"])
-    return out.splitlines() if code == 0 else None
+    return call_in_netns(netns_path, start)
 
 
 def sync(netns_path: str | None, bridges: Sequence[str]) -> None:
     """Make the iptables side accept keelnet's `bridges` when its FORWARD policy drops."""
-    for tool in _TOOLS:
-        forward = _forward_rules(netns_path, tool)
-        if forward is None:
+    saves = {tool: _spawn(netns_path, [f"{tool}-save", "-t", "filter"]) for tool in _TOOLS}
+    for tool, process in saves.items():
+        if process is None:
             continue
-        drops = "-P FORWARD DROP" in forward
-        hook = "DOCKER-USER" if _chain_exists(netns_path, tool, "DOCKER-USER") else "FORWARD"
-        if not bridges or not drops:
-            _remove(netns_path, tool)
+        out, _ = process.communicate(timeout=30)
+        if process.returncode != 0:
             continue
-        lines = ["*filter", f":{CHAIN} - [0:0]"]
+        script = _plan(out.decode(errors="replace").splitlines(), bridges)
+        if script is None:
+            continue
+        restore = _spawn(netns_path, [f"{tool}-restore", "-w", "--noflush"])
+        if restore is None:
+            raise KernelError(f"{tool}-restore is missing")
+        _, err = restore.communicate(script.encode(), timeout=30)
+        if restore.returncode != 0:
+            raise KernelError(f"{tool}-restore failed: {err.decode(errors='replace').strip()}")
+
+
+def _plan(saved: list[str], bridges: Sequence[str]) -> str | None:
+    """The iptables-restore script for the filter table as `iptables-save` showed it."""
+    drops = any(line.startswith(":FORWARD DROP") for line in saved)
+    ours = any(line.startswith(f":{CHAIN} ") for line in saved)
+    hook = "DOCKER-USER" if any(line.startswith(":DOCKER-USER ") for line in saved) else "FORWARD"
+    jumps = [line for line in saved if line.endswith(f"-j {CHAIN}")]
+    lines = ["*filter"]
+    if not bridges or not drops:
+        if not ours:
+            return None
+        lines += [line.replace("-A ", "-D ", 1) for line in jumps]
+        lines += [f":{CHAIN} - [0:0]", f"-X {CHAIN}"]
+    else:
+        lines.append(f":{CHAIN} - [0:0]")  # declaring it in a restore flushes it
         lines += [f"-A {CHAIN} -o {name} -j RETURN" for name in _DOCKER_BRIDGES]
         for bridge in bridges:
             lines.append(f"-A {CHAIN} -i {bridge} -j ACCEPT")
             lines.append(f"-A {CHAIN} -o {bridge} -j ACCEPT")
-        lines.append("COMMIT")
-        code, out = _run(
-            netns_path, [f"{tool}-restore", "-w", "--noflush"], "\n".join(lines) + "\n"
-        )
-        if code != 0:
-            raise KernelError(f"{tool}-restore failed: {out.strip()}")
-        jump = ["-j", CHAIN]
-        if _run(netns_path, [tool, "-w", "-C", hook, *jump])[0] != 0:
-            code, out = _run(netns_path, [tool, "-w", "-I", hook, "1", *jump])
-            if code != 0:
-                raise KernelError(f"{tool}: cannot add jump to {CHAIN}: {out.strip()}")
-
-
-def _chain_exists(netns_path: str | None, tool: str, chain: str) -> bool:
-    return _run(netns_path, [tool, "-w", "-t", "filter", "-S", chain])[0] == 0
-
-
-def _remove(netns_path: str | None, tool: str) -> None:
-    if not _chain_exists(netns_path, tool, CHAIN):
-        return
-    for hook in ("DOCKER-USER", "FORWARD"):
-        # Bounded: one jump per hook is all keelnet ever inserts; repeat a little in case.
-        for _ in range(4):
-            if _run(netns_path, [tool, "-w", "-D", hook, "-j", CHAIN])[0] != 0:
-                break
-    _run(netns_path, [tool, "-w", "-F", CHAIN])
-    _run(netns_path, [tool, "-w", "-X", CHAIN])
+        if f"-A {hook} -j {CHAIN}" not in jumps:
+            lines.append(f"-I {hook} 1 -j {CHAIN}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"

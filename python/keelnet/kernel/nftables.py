@@ -15,13 +15,15 @@ repeated one is a no-op, and nothing outside keelnet's tables is ever touched:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keelnet.errors import KernelError
-from keelnet.kernel.namespaces import preexec_setns
+from keelnet.kernel.namespaces import call_in_netns
 from keelnet.model import PortMapping
 
 FILTER_TABLE = ("inet", "keelnet")
@@ -41,14 +43,34 @@ class BridgeRules:
     ports: tuple[PortMapping, ...] = field(default_factory=tuple)
 
 
+_BASE_CHAINS = {
+    FILTER_TABLE: {"forward": "type filter hook forward priority filter; policy accept;"},
+    NAT_TABLE: {
+        "prerouting": "type nat hook prerouting priority dstnat; policy accept;",
+        "output": "type nat hook output priority -100; policy accept;",
+        "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
+        "published": "",
+    },
+}
+
+
 def render(bridges: Sequence[BridgeRules]) -> str:
-    """The nft script that makes keelnet's tables say exactly what `bridges` ask for."""
+    """The nft script that makes keelnet's tables say exactly what `bridges` ask for.
+
+    The chains are fixed and only their rules are replaced (`flush table`): re-creating
+    base chains re-registers netfilter hooks, which costs milliseconds per change.
+    """
     lines: list[str] = []
-    for family, name in TABLES:  # add-then-delete: removes the table whether it exists or not
-        lines += [f"add table {family} {name}", f"delete table {family} {name}"]
-    if not bridges:
+    if not bridges:  # add-then-delete: removes the table whether it exists or not
+        for family, name in TABLES:
+            lines += [f"add table {family} {name}", f"delete table {family} {name}"]
         return "\n".join(lines) + "\n"
-    lines += _filter_table(bridges) + _nat_table(bridges)
+    for (family, name), chains in _BASE_CHAINS.items():
+        lines.append(f"add table {family} {name}")
+        for chain, spec in chains.items():
+            lines.append(f"add chain {family} {name} {chain}" + (f" {{ {spec} }}" if spec else ""))
+        lines.append(f"flush table {family} {name}")
+    lines += _filter_rules(bridges) + _nat_rules(bridges)
     return "\n".join(lines) + "\n"
 
 
@@ -56,106 +78,141 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', "") + '"'
 
 
-def _chain_id(rules: BridgeRules) -> str:
-    return rules.network_id[:12]
-
-
-def _filter_table(bridges: Sequence[BridgeRules]) -> list[str]:
-    out = [
-        "table inet keelnet {",
-        "  chain forward {",
-        "    type filter hook forward priority filter; policy accept;",
-    ]
-    # Every "into a bridge" check first: a network's `from` chain accepts, and must not
-    # let traffic skip the destination network's `to` chain.
+def _filter_rules(bridges: Sequence[BridgeRules]) -> list[str]:
+    rule = "add rule inet keelnet forward "
+    out = []
+    # Into a bridge first: replies and (unless internal) DNAT-ed published ports only,
+    # which isolates networks from each other and from direct routing.
     for b in bridges:
-        out.append(f"    oifname {_q(b.bridge)} jump to-{_chain_id(b)}")
-    for b in bridges:
-        out.append(f"    iifname {_q(b.bridge)} jump from-{_chain_id(b)}")
-    out.append("  }")
-    for b in bridges:
-        # Into the bridge: replies, and (unless internal) DNAT-ed published ports; nothing
-        # else, which isolates networks from each other and from direct routing.
-        out.append(f"  chain to-{_chain_id(b)} {{")
-        out.append(f"    iifname {_q(b.bridge)} accept")
+        out.append(f"{rule}oifname {_q(b.bridge)} iifname {_q(b.bridge)} accept")
         if not b.internal:
-            out.append("    ct state established,related accept")
-            out.append("    ct status dnat accept")
-        out.append("    counter drop")
-        out.append("  }")
-        out.append(f"  chain from-{_chain_id(b)} {{")
+            out.append(f"{rule}oifname {_q(b.bridge)} ct state established,related accept")
+            out.append(f"{rule}oifname {_q(b.bridge)} ct status dnat accept")
+        out.append(f"{rule}oifname {_q(b.bridge)} counter drop")
+    # Out of a bridge: anywhere, except for internal networks.
+    for b in bridges:
         if b.internal:
-            out.append(f"    oifname != {_q(b.bridge)} counter drop")
-        out.append("    accept")
-        out.append("  }")
-    out.append("}")
+            out.append(f"{rule}iifname {_q(b.bridge)} counter drop")
     return out
 
 
-def _nat_table(bridges: Sequence[BridgeRules]) -> list[str]:
-    published = [(b, p) for b in bridges if not b.internal for p in b.ports]
+def _nat_rules(bridges: Sequence[BridgeRules]) -> list[str]:
+    table = "add rule inet keelnet-nat"
     out = [
-        "table inet keelnet-nat {",
-        "  chain prerouting {",
-        "    type nat hook prerouting priority dstnat; policy accept;",
-        "    fib daddr type local jump published",
-        "  }",
-        "  chain output {",
-        "    type nat hook output priority -100; policy accept;",
-        "    fib daddr type local jump published",
-        "  }",
-        "  chain published {",
+        f"{table} prerouting fib daddr type local jump published",
+        f"{table} output fib daddr type local jump published",
     ]
-    for _, port in published:
-        match = f"ip daddr {port.host_ip} " if port.host_ip else "meta nfproto ipv4 "
-        out.append(
-            f"    {match}{port.proto} dport {port.host_port} "
-            f"dnat ip to {port.container_ip}:{port.container_port}"
-        )
-    out += [
-        "  }",
-        "  chain postrouting {",
-        "    type nat hook postrouting priority srcnat; policy accept;",
-    ]
+    for b in bridges:
+        if b.internal:
+            continue
+        for port in b.ports:
+            match = f"ip daddr {port.host_ip} " if port.host_ip else "meta nfproto ipv4 "
+            out.append(
+                f"{table} published {match}{port.proto} dport {port.host_port} "
+                f"dnat ip to {port.container_ip}:{port.container_port}"
+            )
     for b in bridges:
         if b.internal:
             continue
         if b.masquerade:
             for subnet in b.subnets:
                 family = "ip6" if ipaddress.ip_network(subnet).version == 6 else "ip"
-                out.append(f"    {family} saddr {subnet} oifname != {_q(b.bridge)} masquerade")
+                out.append(
+                    f"{table} postrouting {family} saddr {subnet} "
+                    f"oifname != {_q(b.bridge)} masquerade"
+                )
         if b.ports:
             # From the host's loopback (route_localnet) and hairpin from the same bridge:
             # answers must come back through the host, so rewrite the source.
-            out.append(f"    oifname {_q(b.bridge)} ip saddr 127.0.0.0/8 masquerade")
+            out.append(
+                f"{table} postrouting oifname {_q(b.bridge)} ip saddr 127.0.0.0/8 masquerade"
+            )
             for subnet in b.subnets:
                 if ipaddress.ip_network(subnet).version == 4:
                     out.append(
-                        f"    oifname {_q(b.bridge)} ip saddr {subnet} ct status dnat masquerade"
+                        f"{table} postrouting oifname {_q(b.bridge)} ip saddr {subnet} "
+                        "ct status dnat masquerade"
                     )
-    out += ["  }", "}"]
     return out
 
 
 def apply(netns_path: str | None, script: str) -> None:
-    """Load `script` as one nft transaction inside the namespace."""
-    result = subprocess.run(
-        ["nft", "-f", "-"],
-        input=script.encode(),
-        capture_output=True,
-        preexec_fn=preexec_setns(netns_path),
-        check=False,
-    )
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise KernelError(f"nft rejected keelnet's rules: {message[0] if message else '?'}")
+    """Load `script` as one nft transaction inside the namespace.
+
+    In-process through libnftables when it is installed (no fork per change: network
+    create has a latency budget), else through the `nft` command.
+    """
+    library = _libnftables()
+    if library is None:
+        result = call_in_netns(
+            netns_path,
+            lambda: subprocess.run(
+                ["nft", "-f", "-"], input=script.encode(), capture_output=True, check=False
+            ),
+        )
+        failed, message = result.returncode != 0, result.stderr.decode(errors="replace")
+    else:
+        failed, message = call_in_netns(
+            netns_path, lambda: _run_library(library, netns_path, script)
+        )
+    if failed:
+        lines = message.strip().splitlines()
+        raise KernelError(f"nft rejected keelnet's rules: {lines[0] if lines else '?'}")
+
+
+_library: list[ctypes.CDLL | None] = []
+
+
+def _libnftables() -> ctypes.CDLL | None:
+    if not _library:
+        name = ctypes.util.find_library("nftables")
+        library = None
+        if name is not None:
+            try:
+                library = ctypes.CDLL(name)
+            except OSError:
+                library = None
+        if library is not None:
+            library.nft_ctx_new.restype = ctypes.c_void_p
+            library.nft_ctx_new.argtypes = [ctypes.c_uint32]
+            library.nft_ctx_free.argtypes = [ctypes.c_void_p]
+            library.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+            library.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+            library.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+            library.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+            library.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        _library.append(library)
+    return _library[0]
+
+
+_contexts: dict[str | None, int] = {}
+
+
+def _run_library(library: ctypes.CDLL, netns_path: str | None, script: str) -> tuple[bool, str]:
+    # One long-lived context per namespace, made on a thread inside it so its netlink
+    # socket lives there: closing that socket costs ~10 ms, too much for every change.
+    context = _contexts.get(netns_path)
+    if context is None:
+        context = library.nft_ctx_new(0)
+        library.nft_ctx_buffer_error(context)
+        library.nft_ctx_buffer_output(context)
+        _contexts[netns_path] = context
+    failed = library.nft_run_cmd_from_buffer(context, script.encode()) != 0
+    error = library.nft_ctx_get_error_buffer(context) or b""
+    return failed, error.decode(errors="replace")
+
+
+def close(netns_path: str | None) -> None:
+    """Release the namespace's libnftables context, if one was made."""
+    context = _contexts.pop(netns_path, None)
+    library = _libnftables()
+    if context is not None and library is not None:
+        library.nft_ctx_free(context)
 
 
 def list_ruleset(netns_path: str | None) -> str:
-    result = subprocess.run(
-        ["nft", "list", "ruleset"],
-        capture_output=True,
-        preexec_fn=preexec_setns(netns_path),
-        check=True,
+    result = call_in_netns(
+        netns_path,
+        lambda: subprocess.run(["nft", "list", "ruleset"], capture_output=True, check=True),
     )
     return result.stdout.decode()
