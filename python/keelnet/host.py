@@ -72,6 +72,7 @@ class Host:
         self._rtnl = Rtnl(self.netns_path)
         self._exit.callback(self._rtnl.close)
         self._ctx = HostContext(self.netns_path, self._ipr, self._rtnl)
+        self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
         try:
             self.reconcile()
         except BaseException:
@@ -532,7 +533,7 @@ class Host:
                 ):
                     self._disconnect(network, endpoint)  # the kernel lost it (e.g. reboot)
                     removed["endpoints"] += 1
-            self._sync_firewall(bridges_changed=True)
+            self._sync_firewall(bridges_changed=True, refresh=True)
         return removed
 
     def _clean_sandbox(self, box: Sandbox, endpoint_ids: set[str]) -> int:
@@ -552,7 +553,7 @@ class Host:
         path.mkdir(exist_ok=True)
         return path
 
-    def _sync_firewall(self, *, bridges_changed: bool = False) -> None:
+    def _sync_firewall(self, *, bridges_changed: bool = False, refresh: bool = False) -> None:
         rules = []
         for network in self.store.networks():
             ports = tuple(self.store.ports(network_id=network.id))
@@ -561,7 +562,7 @@ class Host:
                 rules.append(rule)
         nftables.apply(self.netns_path, nftables.render(rules))
         if bridges_changed:
-            iptables_compat.sync(self.netns_path, [r.bridge for r in rules])
+            self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
 
     @contextlib.contextmanager
     def _rollback(self) -> Iterator[list[Undo]]:

@@ -39,24 +39,58 @@ def _spawn(netns_path: str | None, argv: list[str]) -> subprocess.Popen[bytes] |
     return call_in_netns(netns_path, start)
 
 
-def sync(netns_path: str | None, bridges: Sequence[str]) -> None:
-    """Make the iptables side accept keelnet's `bridges` when its FORWARD policy drops."""
-    saves = {tool: _spawn(netns_path, [f"{tool}-save", "-t", "filter"]) for tool in _TOOLS}
-    for tool, process in saves.items():
-        if process is None:
-            continue
-        out, _ = process.communicate(timeout=30)
-        if process.returncode != 0:
-            continue
-        script = _plan(out.decode(errors="replace").splitlines(), bridges)
-        if script is None:
-            continue
-        restore = _spawn(netns_path, [f"{tool}-restore", "-w", "--noflush"])
-        if restore is None:
-            raise KernelError(f"{tool}-restore is missing")
-        _, err = restore.communicate(script.encode(), timeout=30)
-        if restore.returncode != 0:
-            raise KernelError(f"{tool}-restore failed: {err.decode(errors='replace').strip()}")
+class DockerCompat:
+    """Keeps the iptables side of one host in step with keelnet's bridges.
+
+    What iptables looks like (FORWARD policy, DOCKER-USER, our chain) is read with
+    `iptables-save` on the first sync and whenever `refresh` is asked for (reconcile does);
+    in between, syncs only write, and only where the policy drops: network create has a
+    latency budget and each iptables process costs milliseconds.
+    """
+
+    def __init__(self, netns_path: str | None) -> None:
+        self.netns_path = netns_path
+        self._saved: dict[str, list[str]] = {}
+
+    def sync(self, bridges: Sequence[str], *, refresh: bool = False) -> None:
+        if refresh or not self._saved:
+            self._saved = self._read()
+        for tool, saved in self._saved.items():
+            script = _plan(saved, bridges)
+            if script is None:
+                continue
+            restore = _spawn(self.netns_path, [f"{tool}-restore", "-w", "--noflush"])
+            if restore is None:
+                raise KernelError(f"{tool}-restore is missing")
+            _, err = restore.communicate(script.encode(), timeout=30)
+            if restore.returncode != 0:
+                self._saved = {}  # unknown state now: read it again next time
+                raise KernelError(f"{tool}-restore failed: {err.decode(errors='replace').strip()}")
+            self._saved[tool] = _after(saved, bridges)
+
+    def _read(self) -> dict[str, list[str]]:
+        saves = {tool: _spawn(self.netns_path, [f"{tool}-save", "-t", "filter"]) for tool in _TOOLS}
+        result = {}
+        for tool, process in saves.items():
+            if process is None:
+                continue
+            out, _ = process.communicate(timeout=30)
+            if process.returncode == 0:
+                result[tool] = out.decode(errors="replace").splitlines()
+        return result
+
+
+def _after(saved: list[str], bridges: Sequence[str]) -> list[str]:
+    """What `iptables-save` would show of the lines `_plan` looks at after its script ran."""
+    kept = [line for line in saved if not line.startswith(f":{CHAIN} ")]
+    kept = [line for line in kept if not line.endswith(f"-j {CHAIN}")]
+    drops = any(line.startswith(":FORWARD DROP") for line in saved)
+    if bridges and drops:
+        hook = (
+            "DOCKER-USER" if any(line.startswith(":DOCKER-USER ") for line in saved) else "FORWARD"
+        )
+        kept += [f":{CHAIN} - [0:0]", f"-A {hook} -j {CHAIN}"]
+    return kept
 
 
 def _plan(saved: list[str], bridges: Sequence[str]) -> str | None:
