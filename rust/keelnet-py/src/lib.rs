@@ -4,11 +4,13 @@
 use pyo3::prelude::*;
 
 mod ipam;
+mod packet;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<ipam::PyAddressPool>()?;
     m.add_class::<ipam::PySubnetPools>()?;
+    packet::register(m)?;
     Ok(())
 }

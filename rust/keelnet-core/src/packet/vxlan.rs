@@ -455,7 +455,8 @@ pub fn decapsulate<'a>(
 ) -> Result<Decapsulated<'a>, PacketError> {
     let eth = EthernetFrame::parse(frame)?;
     let l3 = eth.payload();
-    let (source, destination, ttl, udp_bytes, pseudo_header, is_v6) = match eth.ethertype() {
+    // The pseudo-header is summed only when a UDP checksum is verified.
+    let (source, destination, ttl, udp_bytes, is_v6) = match eth.ethertype() {
         ethertype::IPV4 => {
             let ip = Ipv4Packet::parse(l3)?;
             if !ip.checksum_ok() {
@@ -474,7 +475,6 @@ pub fn decapsulate<'a>(
                 IpAddr::V4(ip.destination()),
                 ip.ttl(),
                 ip.payload(),
-                ip.pseudo_header(),
                 false,
             )
         }
@@ -493,7 +493,6 @@ pub fn decapsulate<'a>(
                 IpAddr::V6(ip.destination()),
                 ip.hop_limit(),
                 ip.upper_payload(),
-                ip.pseudo_header(),
                 true,
             )
         }
@@ -527,8 +526,20 @@ pub fn decapsulate<'a>(
                 what: "checksum is zero over IPv6",
             });
         }
-    } else if config.verify_udp_checksum && !udp.checksum_ok(pseudo_header) {
-        return Err(PacketError::BadChecksum { layer: Layer::Udp });
+    } else if config.verify_udp_checksum {
+        let length = udp_bytes.len() as u32;
+        let pseudo_header = match (source, destination) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                checksum::pseudo_header_v4(s, d, ip_proto::UDP, length as u16)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                checksum::pseudo_header_v6(&s, &d, ip_proto::UDP, length)
+            }
+            _ => 0,
+        };
+        if !udp.checksum_ok(pseudo_header) {
+            return Err(PacketError::BadChecksum { layer: Layer::Udp });
+        }
     }
     let (vni, inner) = parse_header(udp.payload())?;
     let inner_offset =

@@ -1,0 +1,156 @@
+//! Packet figures of issue 3: VXLAN encap/decap per packet (IPv4 and IPv6 outer),
+//! segmenting a 64 KB TCP super-frame into 1448-byte segments and coalescing them back.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use keelnet_core::packet::offload::build::{TcpFrameSpec, tcp_frame};
+use keelnet_core::packet::offload::{Coalescer, Segments, segment};
+use keelnet_core::packet::vxlan::{self, DecapConfig, Encapsulator, Endpoints, VxlanConfig};
+
+fn endpoints(v6: bool) -> Endpoints {
+    let (source, destination): (IpAddr, IpAddr) = if v6 {
+        (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        )
+    } else {
+        (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        )
+    };
+    Endpoints {
+        source_mac: [2, 0xaa, 0, 0, 0, 1],
+        destination_mac: [2, 0xbb, 0, 0, 0, 2],
+        source,
+        destination,
+        vlan: None,
+    }
+}
+
+fn tcp_spec(v6: bool) -> TcpFrameSpec {
+    let (source, destination): (IpAddr, IpAddr) = if v6 {
+        ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap())
+    } else {
+        ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap())
+    };
+    TcpFrameSpec {
+        source,
+        destination,
+        source_port: 40000,
+        destination_port: 5201,
+        sequence: 1,
+        acknowledgment: 1,
+        flags: 0x18,
+        window: 512,
+        identification: 1,
+    }
+}
+
+/// An inner frame: a TCP segment of `payload` bytes (so the flow hash sees real headers).
+fn inner_frame(payload: usize) -> Vec<u8> {
+    tcp_frame(&tcp_spec(false), &vec![0x5a; payload]).unwrap()
+}
+
+fn encap_decap(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vxlan");
+    group.throughput(Throughput::Elements(1));
+    // (name, IPv6 outer, inner TCP payload bytes, IPv4 UDP checksum)
+    let cases = [
+        ("ipv4_outer", false, 0, false),
+        ("ipv4_outer_udp_csum_1400B", false, 1400, true),
+        ("ipv6_outer_64B_inner", true, 0, false),
+        ("ipv6_outer_1400B_inner", true, 1400, false),
+    ];
+    for (name, v6, payload, udp_checksum_v4) in cases {
+        let config = VxlanConfig {
+            udp_checksum_v4,
+            ..VxlanConfig::default()
+        };
+        let mut encap = Encapsulator::new(config, &endpoints(v6)).unwrap();
+        let inner = inner_frame(payload);
+        let mut buf = vec![0u8; vxlan::MAX_OVERHEAD];
+        buf.extend_from_slice(&inner);
+        group.bench_function(format!("encap_{name}"), |b| {
+            b.iter(|| {
+                black_box(
+                    encap
+                        .encapsulate(black_box(&mut buf), vxlan::MAX_OVERHEAD, 42, None)
+                        .unwrap(),
+                )
+            })
+        });
+        let outer = encap.encapsulate_to_vec(&inner, 42, None).unwrap();
+        let trusting = DecapConfig {
+            verify_udp_checksum: false,
+            ..DecapConfig::default()
+        };
+        group.bench_function(format!("decap_{name}_headers_only"), |b| {
+            b.iter(|| {
+                black_box(
+                    vxlan::decapsulate(black_box(&outer), &trusting)
+                        .unwrap()
+                        .vni,
+                )
+            })
+        });
+        if v6 || udp_checksum_v4 {
+            let verifying = DecapConfig::default();
+            group.bench_function(format!("decap_{name}_verify_udp_csum"), |b| {
+                b.iter(|| {
+                    black_box(
+                        vxlan::decapsulate(black_box(&outer), &verifying)
+                            .unwrap()
+                            .vni,
+                    )
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn offload(c: &mut Criterion) {
+    let mut group = c.benchmark_group("offload");
+    // 45 x 1448 = 65160 payload bytes: the largest TSO super-frame Linux builds at MSS 1448.
+    let payload: Vec<u8> = (0..45 * 1448u32).map(|n| n as u8).collect();
+    for v6 in [false, true] {
+        let family = if v6 { "tcp6" } else { "tcp4" };
+        let frame = tcp_frame(&tcp_spec(v6), &payload).unwrap();
+        group.throughput(Throughput::Bytes(frame.len() as u64));
+        let mut out = Segments::new();
+        group.bench_function(format!("segment_64KB_{family}_mss1448"), |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(segment(black_box(&frame), 1448, &mut out).unwrap())
+            })
+        });
+        out.clear();
+        segment(&frame, 1448, &mut out).unwrap();
+        let pieces: Vec<&[u8]> = out.iter().collect();
+        for verify in [true, false] {
+            let mut coalescer = Coalescer::new(verify);
+            let mut merged = Vec::with_capacity(frame.len());
+            let label = if verify { "verify_csum" } else { "trust_csum" };
+            group.bench_function(format!("coalesce_45_{family}_{label}"), |b| {
+                b.iter(|| {
+                    for piece in &pieces {
+                        coalescer.push(piece).unwrap();
+                    }
+                    black_box(coalescer.finish(&mut merged))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = encap_decap, offload
+}
+criterion_main!(benches);
