@@ -501,7 +501,9 @@ class Host:
 
     def reconcile(self) -> dict[str, int]:
         """Make the kernel match the store: remove leftovers, drop what the kernel lost."""
-        removed = {"links": 0, "sandbox_links": 0, "endpoints": 0, "sandboxes": 0, "namespaces": 0}
+        removed = dict.fromkeys(
+            ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated"), 0
+        )
         with self.store.transaction():
             networks = {n.id: n for n in self.store.networks()}
             endpoint_ids = {e.id for e in self.store.endpoints()}
@@ -516,6 +518,11 @@ class Host:
                     netns_sandbox.delete(netns_sandbox.named_path(marker.name))
                     removed["namespaces"] += 1
                 marker.unlink(missing_ok=True)
+            for network in networks.values():
+                # A bridge the kernel lost (a crash mid-removal, a reboot): make it again.
+                if network.kernel_name and links.link_index(self._ipr, network.kernel_name) is None:
+                    get_driver(network.driver).create_network(self._ctx, network)
+                    removed["recreated"] += 1
             for box in self.store.sandboxes():
                 if not netns_sandbox.exists(box.path):
                     for endpoint in self.store.endpoints(sandbox=box.name):

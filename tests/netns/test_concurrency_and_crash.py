@@ -121,3 +121,20 @@ def test_reconcile_at_start_drops_endpoints_of_vanished_sandboxes(lab: Lab) -> N
         assert second.sandboxes() == [] and second.endpoints("n") == []
         assert _owned_links(lab) == []
         second.remove_network("n")
+
+
+def test_reconcile_recreates_a_bridge_the_kernel_lost(lab: Lab, host: keelnet.Host) -> None:
+    network = host.create_network("lost", subnet="10.93.0.0/24")
+    bridge = str(network.kernel_name)
+    with iproute(netns_path(lab.host)) as ipr:
+        links.delete_link(ipr, bridge)
+    assert host.reconcile()["recreated"] == 1
+    with iproute(netns_path(lab.host)) as ipr:
+        index = links.link_index(ipr, bridge)
+        assert index is not None
+        addresses = [a.get("address") for a in ipr.addr("dump", index=index)]
+    assert "10.93.0.1" in addresses
+    s = lab.name("s")
+    host.create_sandbox(s)
+    host.connect("lost", s)
+    assert ping(s, "10.93.0.1")
