@@ -1,0 +1,303 @@
+"""VXLAN interoperability with the Linux kernel, inside throwaway namespaces.
+
+Two namespaces `kn-vxa-*` and `kn-vxb-*` are joined by a veth underlay (192.0.2.0/24 and
+2001:db8::/64). The kernel's own vxlan device is the reference implementation:
+- frames a kernel vxlan device sends are captured (AF_PACKET) on the peer and decoded by
+  our `decapsulate`;
+- frames our `encapsulate` builds are injected (AF_PACKET) towards a kernel vxlan device,
+  which must deliver the inner datagram to a socket behind it.
+(Our encoding is also checked field by field against scapy in tests/test_packet.py.)
+Nothing leaves the namespaces the test made; both are deleted afterwards, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from keelnet.errors import MalformedPacket
+from keelnet.packet import decapsulate, encapsulate
+
+pytestmark = pytest.mark.netns
+
+if os.geteuid() != 0:
+    pytest.skip("VXLAN interop tests need root (namespaces, veth, vxlan)", allow_module_level=True)
+
+CLONE_NEWNET = 0x40000000
+ETH_P_ALL = 0x0003
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM = 0x17
+VNI = 4242
+UNDERLAY = {
+    4: ("192.0.2.1", "192.0.2.2", 24),
+    6: ("2001:db8::1", "2001:db8::2", 64),
+}
+OVERLAY = ("10.42.0.1", "10.42.0.2")
+OVERLAY_PEER_MAC = "02:4b:4e:00:00:02"
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """Run the block in namespace `name` (this thread only), sockets made there stay there."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        _libc.setns(own, CLONE_NEWNET)
+        os.close(own)
+        os.close(target)
+
+
+def mac_of(namespace: str, device: str) -> str:
+    out = ip("-n", namespace, "-o", "link", "show", device)
+    return out.split("link/ether ")[1].split()[0]
+
+
+def disable_tx_checksum_offload(device: str) -> None:
+    """veth hands frames over with the UDP checksum still partial; a capture on the
+    peer would see unfinished checksums. Make the kernel finish them in software."""
+    value = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_STXCSUM, 0))
+    request = struct.pack("16sP", device.encode(), ctypes.addressof(value))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, SIOCETHTOOL, request)
+
+
+@dataclass
+class Underlay:
+    a: str
+    b: str
+    dev_a: str
+    dev_b: str
+
+
+@pytest.fixture
+def underlay() -> Iterator[Underlay]:
+    tag = secrets.token_hex(3)
+    lab = Underlay(a=f"kn-vxa-{tag}", b=f"kn-vxb-{tag}", dev_a="kn-ua", dev_b="kn-ub")
+    made: list[str] = []
+    try:
+        for name in (lab.a, lab.b):
+            ip("netns", "add", name)
+            made.append(name)
+        ip("-n", lab.a, "link", "add", lab.dev_a, "type", "veth", "peer", "name", lab.dev_b)
+        ip("-n", lab.a, "link", "set", lab.dev_b, "netns", lab.b)
+        for name, dev, index in ((lab.a, lab.dev_a, 0), (lab.b, lab.dev_b, 1)):
+            for family in (4, 6):
+                address, prefix = UNDERLAY[family][index], UNDERLAY[family][2]
+                ip("-n", name, "addr", "add", f"{address}/{prefix}", "dev", dev, "nodad")
+            ip("-n", name, "link", "set", dev, "up")
+            ip("-n", name, "link", "set", "lo", "up")
+            with netns(name):
+                disable_tx_checksum_offload(dev)
+        yield lab
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def add_kernel_vxlan(namespace: str, family: int, local_index: int, *flags: str) -> str:
+    """A kernel vxlan device `kn-vx<family>` with VNI 4242 on port 4789, addressed in
+    the overlay; returns its name."""
+    local, remote = UNDERLAY[family][local_index], UNDERLAY[family][1 - local_index]
+    device = f"kn-vx{family}"
+    ip(
+        "-n",
+        namespace,
+        "link",
+        "add",
+        device,
+        "type",
+        "vxlan",
+        "id",
+        str(VNI),
+        "local",
+        local,
+        "remote",
+        remote,
+        "dstport",
+        "4789",
+        "nolearning",
+        *flags,
+    )
+    ip("-n", namespace, "addr", "add", f"{OVERLAY[local_index]}/24", "dev", device)
+    ip("-n", namespace, "link", "set", device, "up")
+    return device
+
+
+def capture_vxlan(sock: socket.socket, marker: bytes, deadline: float) -> bytes:
+    """The first frame on `sock` that decapsulates and carries `marker`."""
+    while time.monotonic() < deadline:
+        try:
+            frame = sock.recv(65535)
+        except TimeoutError:
+            continue
+        try:
+            decap = decapsulate(frame)
+        except MalformedPacket:
+            continue  # neighbour discovery and other underlay noise
+        if marker in decap.inner:
+            return frame
+    raise AssertionError("no VXLAN frame with the marker was captured")
+
+
+@pytest.mark.parametrize(
+    ("family", "udp_checksum"),
+    [(4, False), (4, True), (6, True)],
+    ids=["ipv4-no-udp-csum", "ipv4-udp-csum", "ipv6"],
+)
+def test_we_decode_what_the_kernel_sends(
+    underlay: Underlay, family: int, udp_checksum: bool
+) -> None:
+    flags = [] if family == 6 else ["udpcsum" if udp_checksum else "noudpcsum"]
+    device = add_kernel_vxlan(underlay.a, family, 0, *flags)
+    # The peer's overlay MAC is static so the kernel sends the datagram at once (no ARP).
+    ip("-n", underlay.a, "neigh", "add", OVERLAY[1], "lladdr", OVERLAY_PEER_MAC, "dev", device)
+    with netns(underlay.b):
+        capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    marker = secrets.token_bytes(16)
+    try:
+        capture.bind((underlay.dev_b, 0))
+        capture.settimeout(0.2)
+        with netns(underlay.a), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(marker, (OVERLAY[1], 9999))
+        frame = capture_vxlan(capture, marker, time.monotonic() + 5)
+    finally:
+        capture.close()
+    decap = decapsulate(frame)
+    assert decap.vni == VNI
+    assert (decap.src, decap.dst) == (UNDERLAY[family][0], UNDERLAY[family][1])
+    assert decap.dst_port == 4789
+    assert decap.src_mac == mac_of(underlay.a, underlay.dev_a)
+    assert decap.dst_mac == mac_of(underlay.b, underlay.dev_b)
+    inner = Ether(decap.inner)
+    assert inner.src == mac_of(underlay.a, device)
+    assert inner.dst == OVERLAY_PEER_MAC
+    assert (inner[IP].src, inner[IP].dst) == OVERLAY
+    assert inner[UDP].dport == 9999
+    assert bytes(inner[UDP].payload) == marker
+    # The kernel's UDP checksum state is what we expect (zero only over IPv4 without udpcsum).
+    outer = Ether(frame)
+    assert (outer[UDP].chksum != 0) == udp_checksum
+    # Our own encapsulation of the same inner frame is the kernel's, byte for byte, apart
+    # from the IPv4 ID and the (hash-chosen) source port.
+    ours = bytearray(
+        encapsulate(
+            decap.inner,
+            vni=VNI,
+            src=decap.src,
+            dst=decap.dst,
+            src_mac=decap.src_mac,
+            dst_mac=decap.dst_mac,
+            src_port=decap.src_port,
+        )
+    )
+    theirs = bytearray(frame)
+    if family == 4:
+        for copy in (ours, theirs):
+            copy[14 + 4 : 14 + 6] = b"\0\0"  # identification
+            copy[14 + 10 : 14 + 12] = b"\0\0"  # header checksum (covers the ID)
+            copy[14 + 6] &= ~0x40  # DF: the kernel sets it only with `df set`
+            copy[14 + 26 : 14 + 28] = b"\0\0"  # UDP checksum, optional over IPv4
+        assert ours[14 + 8] == 64 and theirs[14 + 8] in (64, 255)  # TTL: kernel may inherit
+        ours[14 + 8] = theirs[14 + 8]
+    else:
+        assert ours[14 + 7] == 64
+        ours[14 + 7] = theirs[14 + 7]  # hop limit (the kernel's default may differ)
+        ours[14:18] = theirs[14:18]  # traffic class / flow label (the kernel sets one)
+    assert bytes(ours) == bytes(theirs)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_kernel_delivers_what_we_encapsulate(underlay: Underlay, family: int) -> None:
+    device = add_kernel_vxlan(underlay.b, family, 1)
+    marker = secrets.token_bytes(16)
+    inner = bytes(
+        Ether(src="02:4b:4e:00:00:01", dst=mac_of(underlay.b, device))
+        / IP(src=OVERLAY[0], dst=OVERLAY[1], ttl=64)
+        / UDP(sport=12345, dport=7777)
+        / Raw(marker)
+    )
+    frame = encapsulate(
+        inner,
+        vni=VNI,
+        src=UNDERLAY[family][0],
+        dst=UNDERLAY[family][1],
+        src_mac=mac_of(underlay.a, underlay.dev_a),
+        dst_mac=mac_of(underlay.b, underlay.dev_b),
+    )
+    with netns(underlay.b):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with netns(underlay.a):
+        injector = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        receiver.bind((OVERLAY[1], 7777))
+        receiver.settimeout(3)
+        injector.bind((underlay.dev_a, 0))
+        injector.send(frame)
+        data, source = receiver.recvfrom(2048)
+    finally:
+        receiver.close()
+        injector.close()
+    assert data == marker
+    assert source == (OVERLAY[0], 12345)
+    if family == 6:
+        # Sanity: the frame we injected was IPv6 all along.
+        assert IPv6 in Ether(frame)
+
+
+def test_kernel_drops_what_we_corrupt(underlay: Underlay) -> None:
+    """A wrong VNI must not be delivered: the kernel checks what we claim to encode."""
+    device = add_kernel_vxlan(underlay.b, 4, 1)
+    inner = bytes(
+        Ether(src="02:4b:4e:00:00:01", dst=mac_of(underlay.b, device))
+        / IP(src=OVERLAY[0], dst=OVERLAY[1])
+        / UDP(sport=12345, dport=7778)
+        / Raw(b"wrong vni")
+    )
+    frame = encapsulate(
+        inner,
+        vni=VNI + 1,
+        src=UNDERLAY[4][0],
+        dst=UNDERLAY[4][1],
+        src_mac=mac_of(underlay.a, underlay.dev_a),
+        dst_mac=mac_of(underlay.b, underlay.dev_b),
+    )
+    with netns(underlay.b):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with netns(underlay.a):
+        injector = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        receiver.bind((OVERLAY[1], 7778))
+        receiver.settimeout(0.5)
+        injector.bind((underlay.dev_a, 0))
+        injector.send(frame)
+        with pytest.raises(TimeoutError):
+            receiver.recvfrom(2048)
+    finally:
+        receiver.close()
+        injector.close()
