@@ -9,76 +9,34 @@ on failure: namespaces are deleted by their per-test prefix.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import sqlite3
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pyroute2 import netns as pyroute2_netns
+from netlab import (
+    DOCKER_RULES,
+    HOST_ADDRESS,
+    HOST_UPLINK,
+    OUTSIDE_ADDRESS,
+    Lab,
+    create_ns,
+    remove_prefix,
+    run_in,
+)
 
 import keelnet
-from keelnet.kernel import nftables
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
-
-if os.geteuid() != 0:
-    pytest.skip(
-        "netns tests need root (network namespaces, veth, nftables)", allow_module_level=True
-    )
-
-HOST_UPLINK = "kn-up0"
-HOST_ADDRESS = "192.0.2.1"
-OUTSIDE_ADDRESS = "192.0.2.2"
-DOCKER_RULES = [
-    "-P FORWARD DROP",
-    "-N DOCKER-USER",
-    "-N DOCKER-FORWARD",
-    "-A DOCKER-USER -j RETURN",
-    "-A FORWARD -j DOCKER-USER",
-    "-A FORWARD -j DOCKER-FORWARD",
-    "-A DOCKER-FORWARD -o docker0 -j DROP",
-]
+from keelnet.kernel.namespaces import iproute, netns_path
 
 
-@dataclass
-class Lab:
-    """The namespaces of one test: `host` runs keelnet, `outside` stands for the world."""
-
-    prefix: str
-    host: str
-    outside: str
-    state_dir: Path
-
-    def name(self, suffix: str) -> str:
-        """A sandbox name that the lab's cleanup removes whatever happens."""
-        return f"{self.prefix}-{suffix}"
-
-
-def run_in(netns: str, *argv: str, check: bool = True) -> str:
-    result = subprocess.run(
-        ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=30
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{argv}: {result.stderr}")
-    return result.stdout
-
-
-def _create_ns(name: str) -> None:
-    pyroute2_netns.create(name)
-    with iproute(netns_path(name)) as ipr:
-        ipr.link("set", index=1, state="up")
-
-
-def _remove_prefix(prefix: str) -> None:
-    for name in sorted(os.listdir(NETNS_RUN_DIR), reverse=True):
-        if name.startswith(prefix):
-            with contextlib.suppress(OSError):
-                pyroute2_netns.remove(name)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="netns tests need root (network namespaces, veth, nftables)")
+    for item in items:
+        if "tests/netns" in str(item.path):
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -86,8 +44,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     prefix = f"kn-t-{secrets.token_hex(3)}"
     the_lab = Lab(prefix, f"{prefix}-host", f"{prefix}-out", tmp_path / "state")
     try:
-        _create_ns(the_lab.host)
-        _create_ns(the_lab.outside)
+        create_ns(the_lab.host)
+        create_ns(the_lab.outside)
         with iproute(netns_path(the_lab.host)) as ipr:
             fd = os.open(netns_path(the_lab.outside), os.O_RDONLY)
             try:
@@ -107,7 +65,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             run_in(the_lab.host, "iptables", "-w", *rule.split())
         yield the_lab
     finally:
-        _remove_prefix(prefix)
+        remove_prefix(prefix)
 
 
 @pytest.fixture
@@ -123,49 +81,3 @@ def host(lab: Lab) -> Iterator[keelnet.Host]:
                 the_host.remove_network(network.name)
         finally:
             the_host.close()
-
-
-# --- state snapshots: "exactly as before" --------------------------------------------------
-
-
-def kernel_state(netns: str) -> dict[str, Any]:
-    """Links, addresses, routes and the nftables ruleset of a namespace."""
-    with iproute(netns_path(netns)) as ipr:
-        link_rows = sorted(
-            (
-                str(link.get("ifname")),
-                str(link.get(("linkinfo", "kind")) or ""),
-                str(link.get("ifalias") or ""),
-                int(link.get("master") or 0),
-                str(link.get("address") or ""),
-            )
-            for link in ipr.link("dump")
-        )
-        addresses = sorted(
-            (int(a["index"]), str(a.get("address")), int(a["prefixlen"])) for a in ipr.addr("dump")
-        )
-        routes = sorted(
-            (
-                int(r["family"]),
-                str(r.get("dst")),
-                int(r["dst_len"]),
-                int(r.get("oif") or 0),
-                int(r["table"]),
-            )
-            for r in ipr.route("dump")
-        )
-    return {
-        "links": link_rows,
-        "addresses": addresses,
-        "routes": routes,
-        "nft": nftables.list_ruleset(netns_path(netns)),
-        "iptables": run_in(netns, "iptables", "-w", "-S"),
-    }
-
-
-def store_state(state_dir: Path) -> list[str]:
-    db = sqlite3.connect(state_dir / "keelnet.db")
-    try:
-        return list(db.iterdump())
-    finally:
-        db.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import HOST_UPLINK, Lab, kernel_state, store_state
+from netlab import HOST_UPLINK, Lab, kernel_state, store_state
 
 import keelnet
 from keelnet import errors

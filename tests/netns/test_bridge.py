@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from conftest import HOST_ADDRESS, OUTSIDE_ADDRESS, Lab, run_in
+from netlab import HOST_ADDRESS, OUTSIDE_ADDRESS, Lab, run_in
 from nettools import TcpServer, ping, tcp_request
 
 import keelnet

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import OUTSIDE_ADDRESS, Lab
+from netlab import OUTSIDE_ADDRESS, Lab
 from nettools import TcpServer, tcp_request
 
 

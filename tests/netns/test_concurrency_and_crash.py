@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import Lab, kernel_state, store_state
+from netlab import Lab, kernel_state, store_state
 from nettools import ping
 
 import keelnet

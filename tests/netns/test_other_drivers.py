@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, store_state
+from netlab import HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, store_state
 from nettools import TcpServer, ping, tcp_request
 
 import keelnet
@@ -63,8 +63,9 @@ def test_macvlan_bad_mode_is_refused(lab: Lab, host: keelnet.Host) -> None:
         )
 
 
-@pytest.mark.skipif(links.kind_supported("ipvlan"), reason="this kernel has ipvlan")
 def test_ipvlan_without_kernel_module_says_what_to_use(lab: Lab, host: keelnet.Host) -> None:
+    if links.kind_supported("ipvlan", host.netns_path):
+        pytest.skip("this kernel has ipvlan")
     before = kernel_state(lab.host), store_state(lab.state_dir)
     with pytest.raises(errors.KernelFeatureMissing) as raised:
         host.create_network(
