@@ -359,7 +359,7 @@ class Host:
             endpoint_id = secrets.token_hex(32)
             addresses = self._allocate(net, ip) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
-            routed = driver.gateway_route and not net.internal
+            routed = driver.uses_gateway(net) and not net.internal
             if driver.uses_ipam:
                 used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
                 ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 
 from pyroute2 import netns
 
@@ -85,7 +84,3 @@ def popen_in(path: str, argv: Sequence[str], **kwargs: object) -> subprocess.Pop
     if not exists(path):
         raise SandboxNotFound(f"no network namespace at {path!r}")
     return subprocess.Popen(list(argv), preexec_fn=preexec_setns(path), **kwargs)  # type: ignore[call-overload, no-any-return]
-
-
-def is_named(path: str) -> bool:
-    return Path(path).parent == NETNS_RUN_DIR

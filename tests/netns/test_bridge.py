@@ -187,3 +187,19 @@ def test_docker_rules_untouched_and_keelnet_jump_removed(lab: Lab, host: keelnet
     host.remove_sandbox(s)
     host.remove_network("co")
     assert run_in(lab.host, "iptables", "-w", "-S") == "\n".join(before) + "\n"
+
+
+def test_keelnet_traffic_needs_its_iptables_jump_under_a_drop_policy(
+    lab: Lab, host: keelnet.Host
+) -> None:
+    host.create_network("jump", subnet="10.71.0.0/24")
+    s = lab.name("s")
+    host.create_sandbox(s)
+    host.connect("jump", s)
+    assert ping(s, OUTSIDE_ADDRESS)
+    # Without keelnet's jump, Docker's DROP policy wins over keelnet's nftables accept...
+    run_in(lab.host, "iptables", "-w", "-D", "DOCKER-USER", "-j", "KEELNET-FORWARD")
+    assert not ping(s, OUTSIDE_ADDRESS)
+    # ...and reconcile puts it back.
+    host.reconcile()
+    assert ping(s, OUTSIDE_ADDRESS)

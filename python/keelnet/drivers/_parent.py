@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -22,8 +23,7 @@ class Parent:
     vlan: int | None
 
 
-def parse(options: dict[str, str] | object, driver: str) -> Parent:
-    assert isinstance(options, dict)
+def parse(options: Mapping[str, str], driver: str) -> Parent:
     value = options.get(PARENT)
     if not value:
         raise MissingParentInterface(f"{driver} networks need a parent: -o parent=IFACE")

@@ -11,9 +11,18 @@ from keelnet.model import Endpoint, Network
 
 
 def configure_sandbox_interface(
-    network: Network, endpoint: Endpoint, sandbox_path: str, *, default_route: bool
+    network: Network,
+    endpoint: Endpoint,
+    sandbox_path: str,
+    *,
+    default_route: bool,
+    device_route: bool = False,
 ) -> None:
-    """Addresses, link up and default routes for `endpoint` inside the sandbox."""
+    """Addresses, link up and default routes for `endpoint` inside the sandbox.
+
+    `default_route`: via the endpoint's gateways; `device_route`: straight out of the
+    interface with no next hop (ipvlan l3, where the parent host routes).
+    """
     try:
         with rtnl.Rtnl(sandbox_path) as sandbox:
             index = sandbox.link_index(endpoint.ifname)
@@ -30,16 +39,21 @@ def configure_sandbox_interface(
             if endpoint.ipv6 and v6:
                 requests.append(rtnl.add_address(index, endpoint.ipv6, v6.prefix_length))
             sandbox.run(requests)
-            for gateway in (endpoint.gateway, endpoint.ipv6_gateway):
+            for version, gateway, address in (
+                (4, endpoint.gateway, endpoint.ip),
+                (6, endpoint.ipv6_gateway, endpoint.ipv6),
+            ):
                 if default_route and gateway:
-                    _default_route(sandbox, index, gateway)
+                    _default_route(sandbox, rtnl.add_default_route(index, gateway))
+                elif device_route and address:
+                    _default_route(sandbox, rtnl.add_default_route(index, None, version=version))
     except rtnl.RtnlError as exc:
         raise KernelError(f"configuring {endpoint.ifname} in the sandbox: {exc.strerror}") from exc
 
 
-def _default_route(sandbox: rtnl.Rtnl, index: int, gateway: str) -> None:
+def _default_route(sandbox: rtnl.Rtnl, route: rtnl.Request) -> None:
     try:
-        sandbox.run([rtnl.add_default_route(index, gateway)])
+        sandbox.run([route])
     except rtnl.RtnlError as exc:
         # Docker gives the first network joined the default route; later ones keep theirs.
         if exc.errno != errno.EEXIST:

@@ -83,6 +83,10 @@ class Driver(ABC):
             raise InvalidOption(f"driver {self.name!r} has no {requested} data plane")
         return requested
 
+    def uses_gateway(self, network: Network) -> bool:
+        """Whether this network's endpoints route through its gateway."""
+        return self.gateway_route
+
     def kernel_name(self, network_id: str, options: Mapping[str, str]) -> str | None:
         """The host-side device this network owns, if any (for isolation and cleanup)."""
         return None

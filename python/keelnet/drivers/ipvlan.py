@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from keelnet.drivers import _parent
+from keelnet.drivers import _parent, _veth
 from keelnet.drivers.base import DATAPLANES, HostContext
 from keelnet.drivers.macvlan import LowerDeviceDriver
 from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel import links
-from keelnet.model import Network
+from keelnet.model import Endpoint, Network
 
 USERSPACE_AVAILABLE = False  # flips when the userspace data plane (issue 4) lands
 
@@ -44,6 +44,22 @@ class IpvlanDriver(LowerDeviceDriver):
                 "emulates it is not built yet (issue 4)"
             )
         return "userspace"
+
+    def uses_gateway(self, network: Network) -> bool:
+        # l3: the parent host routes; sandboxes get a device default route, no gateway.
+        return network.options.get(self.mode_option, self.default_mode) != "l3"
+
+    def join(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        routed = not network.internal
+        _veth.configure_sandbox_interface(
+            network,
+            endpoint,
+            sandbox_path,
+            default_route=routed and self.uses_gateway(network),
+            device_route=routed and not self.uses_gateway(network),
+        )
 
     def link_attributes(self, network: Network) -> dict[str, object]:
         return {"ipvlan_mode": self.modes[network.options.get(self.mode_option, "l2")]}

@@ -29,13 +29,13 @@ class LowerDeviceDriver(Driver):
             raise InvalidOption(
                 f"{self.name}: {self.mode_option}={mode!r}: use one of {', '.join(self.modes)}"
             )
-        _parent.check(ctx, _parent.parse(dict(request.options), self.name), self.name)
+        _parent.check(ctx, _parent.parse(request.options, self.name), self.name)
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
-        _parent.ensure_vlan(ctx, _parent.parse(dict(network.options), self.name), network.id)
+        _parent.ensure_vlan(ctx, _parent.parse(network.options, self.name), network.id)
 
     def delete_network(self, ctx: HostContext, network: Network) -> None:
-        _parent.remove_vlan(ctx, _parent.parse(dict(network.options), self.name), network.id)
+        _parent.remove_vlan(ctx, _parent.parse(network.options, self.name), network.id)
 
     def link_attributes(self, network: Network) -> dict[str, object]:
         raise NotImplementedError
@@ -43,7 +43,7 @@ class LowerDeviceDriver(Driver):
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        parent = _parent.parse(dict(network.options), self.name)
+        parent = _parent.parse(network.options, self.name)
         parent_index = links.link_index(ctx.ipr, parent.name)
         if parent_index is None:
             raise KernelError(f"{self.name}: parent {parent.name} is gone")

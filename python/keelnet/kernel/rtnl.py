@@ -27,7 +27,7 @@ _IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
 _IFA_F_NODAD = 0x02
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
-_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST = 254, 3, 1
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST, _RT_SCOPE_LINK = 254, 3, 1, 253
 _IFF_UP = 0x1
 _NLA_F_NESTED = 0x8000
 
@@ -183,11 +183,16 @@ def add_address(index: int, address: str, prefix_length: int) -> Request:
     return Request(_RTM_NEWADDR, _F_REQUEST | _F_ACK | _F_CREATE | _F_EXCL, body)
 
 
-def add_default_route(index: int, gateway: str) -> Request:
-    parsed = ipaddress.ip_address(gateway)
-    family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
+def add_default_route(index: int, gateway: str | None, *, version: int = 4) -> Request:
+    """A default route via `gateway`, or straight out of the device when it is None."""
+    if gateway is not None:
+        version = ipaddress.ip_address(gateway).version
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    scope = 0 if gateway else _RT_SCOPE_LINK
     body = struct.pack(
-        "=BBBBBBBBI", family, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, 0, _RTN_UNICAST, 0
+        "=BBBBBBBBI", family, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, scope, _RTN_UNICAST, 0
     )
-    body += _attr(_RTA_GATEWAY, parsed.packed) + _attr(_RTA_OIF, struct.pack("=I", index))
+    if gateway is not None:
+        body += _attr(_RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+    body += _attr(_RTA_OIF, struct.pack("=I", index))
     return Request(_RTM_NEWROUTE, _F_REQUEST | _F_ACK | _F_CREATE, body)

@@ -114,7 +114,8 @@ class Store:
         ).fetchone()
         if row is None and len(name_or_id) >= 12:  # Docker accepts an id prefix
             row = self._db.execute(
-                "SELECT * FROM networks WHERE id LIKE ? || '%'", (name_or_id,)
+                "SELECT * FROM networks WHERE substr(id, 1, ?) = ?",
+                (len(name_or_id), name_or_id),
             ).fetchone()
         return _network(row) if row else None
 
