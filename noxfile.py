@@ -1,12 +1,12 @@
 """keelnet's sessions: the same commands locally and in CI.
 
-    nox -s tests     everything CI runs: cargo test + the Python suites (root ones included)
-    nox -s demo      build keelnet and run `keelnet demo`
-    nox -s lint      ruff, cargo fmt --check, cargo clippy -D warnings
-    nox -s typing    mypy on the package, stubtest on keelnet._core
-    nox -s bench     criterion + pytest-benchmark (not in CI)
-    nox -s fuzz      a short cargo-fuzz run of every target
-    nox -s build     build the wheel and check it installs and imports
+nox -s tests     everything CI runs: cargo test + the Python suites (root ones included)
+nox -s demo      build keelnet and run `keelnet demo`
+nox -s lint      ruff, cargo fmt --check, cargo clippy -D warnings
+nox -s typing    mypy on the package, stubtest on keelnet._core
+nox -s bench     criterion + pytest-benchmark (not in CI)
+nox -s fuzz      a short cargo-fuzz run of every target
+nox -s build     build the wheel and check it installs and imports
 """
 
 from __future__ import annotations
@@ -60,7 +60,14 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     session.run("cargo", "fmt", "--all", "--check", external=True)
     session.run(
-        "cargo", "clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings",
+        "cargo",
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
         external=True,
     )
 
@@ -78,8 +85,13 @@ def bench(session: nox.Session) -> None:
     session.run("cargo", "bench", "--locked", "-p", "keelnet-core", *session.posargs, external=True)
     install(session, "test")
     session.run(
-        "pytest", "benches", "--benchmark-enable", "--benchmark-only",
-        "--benchmark-columns=min,median,mean,ops", "-p", "no:randomly",
+        "pytest",
+        "benches",
+        "--benchmark-enable",
+        "--benchmark-only",
+        "--benchmark-columns=min,median,mean,ops",
+        "-p",
+        "no:randomly",
     )
 
 
@@ -98,10 +110,24 @@ def fuzz(session: nox.Session) -> None:
         "cargo", "fuzz", "list", "--fuzz-dir", str(fuzz_dir), external=True, silent=True, env=env
     )
     for target in str(targets).split():
+        # New inputs go to corpus/<target> (ignored by git); the run starts from the real
+        # frames committed in seeds/<target>.
+        corpus = fuzz_dir / "corpus" / target
+        corpus.mkdir(parents=True, exist_ok=True)
+        seeds = [str(path) for path in [fuzz_dir / "seeds" / target] if path.is_dir()]
         session.run(
-            "cargo", "fuzz", "run", "--fuzz-dir", str(fuzz_dir), target, "--",
+            "cargo",
+            "fuzz",
+            "run",
+            "--fuzz-dir",
+            str(fuzz_dir),
+            target,
+            str(corpus),
+            *seeds,
+            "--",
             f"-max_total_time={seconds}",
-            external=True, env=env,
+            external=True,
+            env=env,
         )
 
 
