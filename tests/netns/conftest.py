@@ -18,8 +18,10 @@ import pytest
 from netlab import (
     DOCKER_RULES,
     HOST_ADDRESS,
+    HOST_ADDRESS6,
     HOST_UPLINK,
     OUTSIDE_ADDRESS,
+    OUTSIDE_ADDRESS6,
     Lab,
     create_ns,
     remove_prefix,
@@ -27,6 +29,7 @@ from netlab import (
 )
 
 import keelnet
+from keelnet.kernel import links
 from keelnet.kernel.namespaces import iproute, netns_path
 
 
@@ -56,13 +59,16 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                 os.close(fd)
             index = ipr.link_lookup(ifname=HOST_UPLINK)[0]
             ipr.addr("add", index=index, address=HOST_ADDRESS, prefixlen=24)
+            links.add_address(ipr, index, HOST_ADDRESS6, 64)
             ipr.link("set", index=index, state="up")
         with iproute(netns_path(the_lab.outside)) as ipr:
             index = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=index, address=OUTSIDE_ADDRESS, prefixlen=24)
+            links.add_address(ipr, index, OUTSIDE_ADDRESS6, 64)
             ipr.link("set", index=index, state="up")
-        for rule in DOCKER_RULES:
-            run_in(the_lab.host, "iptables", "-w", *rule.split())
+        for tool in ("iptables", "ip6tables"):  # Docker drops IPv6 forwarding too
+            for rule in DOCKER_RULES:
+                run_in(the_lab.host, tool, "-w", *rule.split())
         yield the_lab
     finally:
         remove_prefix(prefix)

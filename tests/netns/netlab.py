@@ -18,6 +18,8 @@ from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
 HOST_UPLINK = "kn-up0"
 HOST_ADDRESS = "192.0.2.1"
 OUTSIDE_ADDRESS = "192.0.2.2"
+HOST_ADDRESS6 = "2001:db8:1::1"  # documentation prefix, never routed
+OUTSIDE_ADDRESS6 = "2001:db8:1::2"
 DOCKER_RULES = [
     "-P FORWARD DROP",
     "-N DOCKER-USER",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from netlab import HOST_ADDRESS, OUTSIDE_ADDRESS, Lab, run_in
+from netlab import HOST_ADDRESS, HOST_ADDRESS6, OUTSIDE_ADDRESS, OUTSIDE_ADDRESS6, Lab, run_in
 from nettools import TcpServer, ping, tcp_request
 
 import keelnet
@@ -75,6 +75,17 @@ def test_outbound_masquerade_reaches_outside_host(lab: Lab, host: keelnet.Host) 
     with TcpServer(lab.outside, "0.0.0.0", 7000, "world"):
         # The outside host sees the host's address, not the sandbox's: masquerade.
         assert tcp_request(s, OUTSIDE_ADDRESS, 7000, "hi") == f"world hi from {HOST_ADDRESS}"
+
+
+def test_ipv6_outbound_masquerade_reaches_outside_host(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network("out6", subnet="10.22.0.0/24", ipv6=True)
+    s = lab.name("s")
+    host.create_sandbox(s)
+    ep = host.connect("out6", s)
+    assert ep.ipv6 is not None
+    assert ping(s, OUTSIDE_ADDRESS6, timeout=3)
+    with TcpServer(lab.outside, "::", 7002, "world6"):
+        assert tcp_request(s, OUTSIDE_ADDRESS6, 7002, "hi") == f"world6 hi from {HOST_ADDRESS6}"
 
 
 def test_masquerade_disabled_keeps_sandbox_source(lab: Lab, host: keelnet.Host) -> None:
