@@ -9,6 +9,7 @@ from netlab import HOST_UPLINK, Lab, kernel_state, store_state
 
 import keelnet
 from keelnet import errors
+from keelnet.kernel import links
 
 Action = Callable[[keelnet.Host, Lab], object]
 
@@ -122,9 +123,7 @@ CASES: list[tuple[str, type[Exception], Action]] = [
 def test_bad_input_changes_nothing(
     lab: Lab, host: keelnet.Host, case: str, error: type[Exception], action: Action
 ) -> None:
-    if case.startswith("macvlan on a VLAN") and keelnet.host.links.kind_supported(
-        "vlan", host.netns_path
-    ):
+    if case.startswith("macvlan on a VLAN") and links.kind_supported("vlan", host.netns_path):
         pytest.skip("this kernel has 8021q: VLAN parents work")
     _prepare(host, lab)
     kernel_before, store_before = kernel_state(lab.host), store_state(lab.state_dir)
@@ -136,7 +135,7 @@ def test_bad_input_changes_nothing(
 
 
 def test_kernel_feature_missing_names_module_and_alternative(lab: Lab, host: keelnet.Host) -> None:
-    if keelnet.host.links.kind_supported("vlan", host.netns_path):
+    if links.kind_supported("vlan", host.netns_path):
         pytest.skip("this kernel has 8021q")
     with pytest.raises(errors.KernelFeatureMissing) as raised:
         host.create_network("v", driver="macvlan", options={"parent": f"{HOST_UPLINK}.10"})

@@ -66,7 +66,7 @@ def test_processes_connecting_at_once_get_distinct_addresses(lab: Lab, host: kee
         assert process.returncode == 0, err.decode()
         outputs.append(out.decode().strip())
     assert len(set(outputs)) == count
-    assert sorted(outputs) == sorted(e.ip for e in host.endpoints("busy"))
+    assert sorted(outputs) == sorted(str(e.ip) for e in host.endpoints("busy"))
     assert len(_owned_links(lab)) == count
     assert ping(names[0], outputs[-1]) and ping(names[-1], outputs[0])
 

@@ -12,7 +12,7 @@ from keelnet.kernel import links
 from keelnet.kernel.namespaces import iproute, netns_path
 
 # The underlay is 192.0.2.0/24: .1 is the host, .2 the outside host; sandboxes take .128/25.
-MACVLAN = {"subnet": "192.0.2.0/24", "gateway": "192.0.2.1", "ip_range": "192.0.2.128/25"}
+SUBNET, GATEWAY, RANGE = "192.0.2.0/24", "192.0.2.1", "192.0.2.128/25"
 
 
 def _links(netns: str) -> dict[str, str]:
@@ -24,7 +24,14 @@ def _links(netns: str) -> dict[str, str]:
 
 
 def test_macvlan_bridge_mode_reaches_peers_and_outside(lab: Lab, host: keelnet.Host) -> None:
-    host.create_network("mv", driver="macvlan", options={"parent": HOST_UPLINK}, **MACVLAN)
+    host.create_network(
+        "mv",
+        driver="macvlan",
+        subnet=SUBNET,
+        gateway=GATEWAY,
+        ip_range=RANGE,
+        options={"parent": HOST_UPLINK},
+    )
     a, b = lab.name("a"), lab.name("b")
     host.create_sandbox(a)
     host.create_sandbox(b)
@@ -44,8 +51,10 @@ def test_macvlan_private_mode_isolates_sandboxes(lab: Lab, host: keelnet.Host) -
     host.create_network(
         "mvp",
         driver="macvlan",
+        subnet=SUBNET,
+        gateway=GATEWAY,
+        ip_range=RANGE,
         options={"parent": HOST_UPLINK, "macvlan_mode": "private"},
-        **MACVLAN,
     )
     a, b = lab.name("a"), lab.name("b")
     host.create_sandbox(a)
