@@ -65,6 +65,47 @@ def test_macvlan_private_mode_isolates_sandboxes(lab: Lab, host: keelnet.Host) -
     assert ping(a, OUTSIDE_ADDRESS)
 
 
+def test_macvlan_vepa_sends_sandbox_traffic_to_the_wire(lab: Lab, host: keelnet.Host) -> None:
+    """vepa hands even local traffic to the parent's link; the outside peer does not
+    reflect it (no hairpin switch), so sandboxes do not see each other but do see it."""
+    host.create_network(
+        "vepa",
+        driver="macvlan",
+        subnet=SUBNET,
+        gateway=GATEWAY,
+        ip_range=RANGE,
+        options={"parent": HOST_UPLINK, "macvlan_mode": "vepa"},
+    )
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    host.connect("vepa", a)
+    ep_b = host.connect("vepa", b)
+    assert not ping(a, str(ep_b.ip))
+    assert ping(a, OUTSIDE_ADDRESS)
+
+
+def test_macvlan_passthru_takes_one_endpoint(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "pt",
+        driver="macvlan",
+        subnet=SUBNET,
+        gateway=GATEWAY,
+        ip_range=RANGE,
+        options={"parent": HOST_UPLINK, "macvlan_mode": "passthru"},
+    )
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    host.connect("pt", a)
+    assert ping(a, OUTSIDE_ADDRESS)
+    before = kernel_state(lab.host), store_state(lab.state_dir)
+    with pytest.raises(errors.Conflict):
+        host.connect("pt", b)
+    assert (kernel_state(lab.host), store_state(lab.state_dir)) == before
+    assert _links(b) == {"lo": ""}
+
+
 def test_macvlan_bad_mode_is_refused(lab: Lab, host: keelnet.Host) -> None:
     with pytest.raises(errors.InvalidOption):
         host.create_network(

@@ -61,6 +61,11 @@ class LowerDeviceDriver(Driver):
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
+            passthru = network.options.get(self.mode_option) == "passthru"
+            if passthru and exc.code == errno.EINVAL:
+                raise Conflict(
+                    f"{self.name} passthru: parent {parent.name} already carries its one endpoint"
+                ) from exc
             raise links.netlink_error(f"creating {self.name} endpoint", exc) from exc
         finally:
             links.close_fd(fd)
