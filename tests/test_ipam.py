@@ -136,7 +136,13 @@ def test_bytes_round_trip_and_corruption() -> None:
     assert (back.used, back.size, back.serial, back.gateway) == (100, pool.size, True, "fd00:7::1")
     assert all(back.contains(a) for a in got if a != got[10]) and not back.contains(got[10])
     assert back.allocate() == pool.allocate()
-    for damaged in (blob[:-1], blob[:5], b"", b"KNAP" + blob[4:5] + b"\x00" * 20, bytes([blob[0] ^ 1]) + blob[1:]):
+    for damaged in (
+        blob[:-1],
+        blob[:5],
+        b"",
+        b"KNAP" + blob[4:5] + b"\x00" * 20,
+        bytes([blob[0] ^ 1]) + blob[1:],
+    ):
         with pytest.raises(errors.CorruptState):
             AddressPool.from_bytes(damaged)
     future = bytearray(blob)

@@ -195,7 +195,7 @@ proptest! {
     /// The bitmap's search against a set, around chunk edges and the dense limit.
     #[test]
     fn bitmap_first_clear_matches_model(
-        base in prop_oneof![Just(0u64), Just(4096 - 70), Just(DENSE_LIMIT - 130), Just(u64::MAX - 300)],
+        base in prop_oneof![Just(0u64), Just(4096 - 70), Just(DENSE_LIMIT - 130), Just(3 * DENSE_LIMIT - 150), Just(u64::MAX - 300)],
         ops in proptest::collection::vec((any::<bool>(), 0u64..300), 1..300),
         queries in proptest::collection::vec((0u64..300, 0u64..300), 1..20),
     ) {

@@ -5,8 +5,10 @@
 //! summary, under a two-level summary of chunks that still have a free bit. A
 //! chunk that is all clear or all set holds no memory at all (`None`), so an
 //! empty /8 costs ~33 KB and a full one the same. Offsets past 2^24 (the rest of
-//! an IPv6 /64) are sparse: a B-tree of 64-bit words that exist only while a bit
-//! in them is set, so memory grows with the addresses handed out.
+//! an IPv6 /64) are sparse: a B-tree of the 4096-bit chunks that hold a set bit,
+//! each a few offsets inline or, once it fills, a chunk bitmap; so memory grows
+//! with the addresses handed out, and a serial walk through fresh space costs a
+//! lookup in a small, hot tree.
 
 use std::collections::BTreeMap;
 
@@ -90,6 +92,153 @@ fn above(i: u32) -> u64 {
     u64::MAX.checked_shl(i + 1).unwrap_or(0)
 }
 
+/// Offsets a sparse chunk keeps inline before it becomes a bitmap.
+const FEW: usize = 11;
+
+/// A chunk past the dense part: a few sorted offsets inline, or a bitmap.
+#[derive(Clone)]
+enum SparseChunk {
+    Few { len: u8, bits: [u16; FEW] },
+    Many(Box<Chunk>),
+}
+
+impl SparseChunk {
+    fn few(&self) -> Option<&[u16]> {
+        match self {
+            SparseChunk::Few { len, bits } => Some(&bits[..usize::from(*len)]),
+            SparseChunk::Many(_) => None,
+        }
+    }
+
+    fn get(&self, bit: u16) -> bool {
+        match self {
+            SparseChunk::Few { .. } => self
+                .few()
+                .is_some_and(|few| few.binary_search(&bit).is_ok()),
+            SparseChunk::Many(chunk) => chunk.words[usize::from(bit) / 64] >> (bit % 64) & 1 == 1,
+        }
+    }
+
+    /// Set `bit`; false when it was set already.
+    fn set(&mut self, bit: u16) -> bool {
+        match self {
+            SparseChunk::Few { len, bits } => {
+                let n = usize::from(*len);
+                let Err(at) = bits[..n].binary_search(&bit) else {
+                    return false;
+                };
+                if n < FEW {
+                    bits.copy_within(at..n, at + 1);
+                    bits[at] = bit;
+                    *len += 1;
+                } else {
+                    let mut chunk = Chunk::clear();
+                    for b in bits.iter().chain(std::iter::once(&bit)) {
+                        chunk.words[usize::from(*b) / 64] |= 1 << (b % 64);
+                    }
+                    *self = SparseChunk::Many(Chunk::from_words(&chunk.words));
+                }
+                true
+            }
+            SparseChunk::Many(chunk) => {
+                let (w, mask) = (usize::from(bit) / 64, 1u64 << (bit % 64));
+                if chunk.words[w] & mask != 0 {
+                    return false;
+                }
+                chunk.words[w] |= mask;
+                chunk.ones += 1;
+                if chunk.words[w] == u64::MAX {
+                    chunk.not_full &= !(1 << w);
+                }
+                true
+            }
+        }
+    }
+
+    /// Clear `bit`; false when it was clear. A bitmap that empties down to a few
+    /// offsets goes back inline, so memory follows what is allocated.
+    fn clear(&mut self, bit: u16) -> bool {
+        match self {
+            SparseChunk::Few { len, bits } => {
+                let n = usize::from(*len);
+                let Ok(at) = bits[..n].binary_search(&bit) else {
+                    return false;
+                };
+                bits.copy_within(at + 1..n, at);
+                *len -= 1;
+                true
+            }
+            SparseChunk::Many(chunk) => {
+                let (w, mask) = (usize::from(bit) / 64, 1u64 << (bit % 64));
+                if chunk.words[w] & mask == 0 {
+                    return false;
+                }
+                chunk.words[w] &= !mask;
+                chunk.not_full |= 1 << w;
+                chunk.ones -= 1;
+                if chunk.ones as usize <= FEW / 2 {
+                    let mut few = SparseChunk::Few {
+                        len: 0,
+                        bits: [0; FEW],
+                    };
+                    for (w, word) in chunk.words.iter().enumerate() {
+                        let mut word = *word;
+                        while word != 0 {
+                            few.set((w * 64) as u16 + word.trailing_zeros() as u16);
+                            word &= word - 1;
+                        }
+                    }
+                    *self = few;
+                }
+                true
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, SparseChunk::Few { len: 0, .. })
+    }
+
+    /// First clear bit at or after `bit`.
+    fn first_clear_from(&self, bit: u64) -> Option<u64> {
+        match self {
+            SparseChunk::Few { .. } => {
+                let mut candidate = bit;
+                for b in self.few().unwrap_or(&[]).iter().map(|b| u64::from(*b)) {
+                    if b == candidate {
+                        candidate += 1;
+                    } else if b > candidate {
+                        break;
+                    }
+                }
+                (candidate < CHUNK_BITS).then_some(candidate)
+            }
+            SparseChunk::Many(chunk) => chunk.first_clear_from(bit),
+        }
+    }
+
+    fn count_set(&self) -> u32 {
+        match self {
+            SparseChunk::Few { len, .. } => u32::from(*len),
+            SparseChunk::Many(chunk) => chunk.ones,
+        }
+    }
+
+    /// The chunk as 64-bit words, for serialization.
+    fn words(&self) -> [u64; CHUNK_WORDS] {
+        match self {
+            SparseChunk::Few { .. } => {
+                let mut words = [0u64; CHUNK_WORDS];
+                for b in self.few().unwrap_or(&[]) {
+                    words[usize::from(*b) / 64] |= 1 << (b % 64);
+                }
+                words
+            }
+            SparseChunk::Many(chunk) => chunk.words,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Bitmap {
     last: u64,
@@ -98,7 +247,8 @@ pub struct Bitmap {
     chunk_not_full: Vec<u64>,
     /// Bit i is set while `chunk_not_full[i]` is non-zero.
     top_not_full: u64,
-    sparse: BTreeMap<u64, u64>,
+    /// Chunks past the dense part that hold a set bit, by chunk index.
+    sparse: BTreeMap<u64, SparseChunk>,
 }
 
 impl Bitmap {
@@ -174,8 +324,8 @@ impl Bitmap {
             }
         } else {
             self.sparse
-                .get(&(offset / WORD_BITS))
-                .is_some_and(|word| word >> (offset % WORD_BITS) & 1 == 1)
+                .get(&(offset / CHUNK_BITS))
+                .is_some_and(|chunk| chunk.get((offset % CHUNK_BITS) as u16))
         }
     }
 
@@ -183,11 +333,14 @@ impl Bitmap {
     #[inline]
     pub fn set(&mut self, offset: u64) -> bool {
         if offset >= self.dense_end() {
-            let word = self.sparse.entry(offset / WORD_BITS).or_insert(0);
-            let mask = 1 << (offset % WORD_BITS);
-            let was_clear = *word & mask == 0;
-            *word |= mask;
-            return was_clear;
+            return self
+                .sparse
+                .entry(offset / CHUNK_BITS)
+                .or_insert(SparseChunk::Few {
+                    len: 0,
+                    bits: [0; FEW],
+                })
+                .set((offset % CHUNK_BITS) as u16);
         }
         let c = (offset / CHUNK_BITS) as usize;
         if !self.chunk_has_clear(c) {
@@ -215,18 +368,15 @@ impl Bitmap {
     #[inline]
     pub fn clear(&mut self, offset: u64) -> bool {
         if offset >= self.dense_end() {
-            let key = offset / WORD_BITS;
-            let mask = 1 << (offset % WORD_BITS);
-            return match self.sparse.get_mut(&key) {
-                Some(word) if *word & mask != 0 => {
-                    *word &= !mask;
-                    if *word == 0 {
-                        self.sparse.remove(&key);
-                    }
-                    true
-                }
-                _ => false,
+            let key = offset / CHUNK_BITS;
+            let Some(chunk) = self.sparse.get_mut(&key) else {
+                return false;
             };
+            let was_set = chunk.clear((offset % CHUNK_BITS) as u16);
+            if chunk.is_empty() {
+                self.sparse.remove(&key);
+            }
+            return was_set;
         }
         let c = (offset / CHUNK_BITS) as usize;
         if self.chunks[c].is_none() {
@@ -293,23 +443,21 @@ impl Bitmap {
     }
 
     /// First clear offset past the dense part, at or after `from`. Costs a B-tree
-    /// lookup plus one step per consecutive full word.
+    /// lookup plus one step per consecutive full chunk.
     fn sparse_first_clear(&self, from: u64) -> Option<u64> {
-        let mut key = from / WORD_BITS;
-        let mut mask = u64::MAX << (from % WORD_BITS);
-        for (&k, &word) in self.sparse.range(key..) {
+        let mut key = from / CHUNK_BITS;
+        let mut bit = from % CHUNK_BITS;
+        for (&k, chunk) in self.sparse.range(key..) {
             if k != key {
                 break;
             }
-            let clear = !word & mask;
-            if clear != 0 {
-                return Some(key * WORD_BITS + u64::from(clear.trailing_zeros()));
+            if let Some(found) = chunk.first_clear_from(bit) {
+                return Some(key * CHUNK_BITS + found);
             }
             key = key.checked_add(1)?;
-            mask = u64::MAX;
+            bit = 0;
         }
-        let candidate = key.checked_mul(WORD_BITS)? + u64::from(mask.trailing_zeros());
-        Some(candidate)
+        Some(key.checked_mul(CHUNK_BITS)? + bit)
     }
 
     /// First clear offset in `from..=to`.
@@ -347,8 +495,14 @@ impl Bitmap {
         self.chunks.len()
     }
 
+    /// The sparse part as (word index, word) pairs with a set bit, in order.
     pub fn sparse_words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.sparse.iter().map(|(k, v)| (*k, *v))
+        self.sparse.iter().flat_map(|(key, chunk)| {
+            let words = chunk.words();
+            (0..CHUNK_WORDS)
+                .filter(move |w| words[*w] != 0)
+                .map(move |w| (key * CHUNK_WORDS as u64 + w as u64, words[w]))
+        })
     }
 
     /// Rebuild from serialized parts; the caller validated counts and ranges.
@@ -385,8 +539,12 @@ impl Bitmap {
             if word == 0 || first < dense_end || last_bit > last {
                 return None;
             }
+            let mut rest = word;
+            while rest != 0 {
+                bitmap.set(first + u64::from(rest.trailing_zeros()));
+                rest &= rest - 1;
+            }
         }
-        bitmap.sparse = sparse;
         Some(bitmap)
     }
 
@@ -421,7 +579,7 @@ impl Bitmap {
         let sparse: u128 = self
             .sparse
             .values()
-            .map(|w| u128::from(w.count_ones()))
+            .map(|w| u128::from(w.count_set()))
             .sum();
         dense - padding + sparse
     }
@@ -430,7 +588,9 @@ impl Bitmap {
     pub fn heap_bytes(&self) -> usize {
         let leaves = self.chunks.iter().flatten().count() * std::mem::size_of::<Chunk>();
         // A B-tree leaf holds up to 11 entries; assume the typical 2/3 fill.
-        let sparse = self.sparse.len() * 2 * std::mem::size_of::<u64>() * 3 / 2;
+        let entry = std::mem::size_of::<u64>() + std::mem::size_of::<SparseChunk>();
+        let many = self.sparse.values().filter(|c| c.few().is_none()).count();
+        let sparse = self.sparse.len() * entry * 3 / 2 + many * std::mem::size_of::<Chunk>();
         self.chunks.capacity() * std::mem::size_of::<Option<Box<Chunk>>>()
             + self.chunk_not_full.capacity() * 8
             + leaves
@@ -479,6 +639,26 @@ mod tests {
         assert_eq!(b.first_clear(0, u64::MAX), Some(CHUNK_BITS + 7));
         assert!(b.set(CHUNK_BITS + 7));
         assert_eq!(b.first_clear(0, u64::MAX), Some(3 * CHUNK_BITS));
+    }
+
+    #[test]
+    fn sparse_chunks_go_inline_and_back() {
+        let mut b = Bitmap::new(u64::MAX);
+        let base = DENSE_LIMIT * 7;
+        for i in 0..100 {
+            assert!(b.set(base + i * 3));
+        }
+        assert_eq!(b.first_clear(base, u64::MAX), Some(base + 1));
+        for i in 0..100 {
+            assert!(b.get(base + i * 3) && !b.get(base + i * 3 + 1));
+        }
+        for i in 1..100 {
+            assert!(b.clear(base + i * 3));
+        }
+        assert!(b.get(base) && !b.get(base + 3));
+        assert_eq!(b.sparse_words().collect::<Vec<_>>(), vec![(base / 64, 1)]);
+        assert!(b.clear(base));
+        assert_eq!(b.sparse_words().count(), 0);
     }
 
     #[test]
