@@ -82,6 +82,7 @@ def test_iptables_plan_only_where_forward_policy_drops() -> None:
     [
         ("8080:80", (None, 8080, 80, "tcp")),
         ("127.0.0.1:53:53/udp", ("127.0.0.1", 53, 53, "udp")),
+        ("80", (None, 0, 80, "tcp")),
     ],
 )
 def test_port_mapping_syntax(text: str, expected: tuple[object, ...]) -> None:
@@ -90,7 +91,7 @@ def test_port_mapping_syntax(text: str, expected: tuple[object, ...]) -> None:
 
 def test_bad_port_mapping() -> None:
     with pytest.raises(errors.InvalidRequest):
-        parse_mapping("80")
+        parse_mapping("http:80")
 
 
 class _ThirdParty(Driver):

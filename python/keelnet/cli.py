@@ -324,6 +324,8 @@ def parse_mapping(text: str) -> tuple[str | None, int, int, str]:
             return parts[0] or None, int(parts[1]), int(parts[2]), proto or "tcp"
         if len(parts) == 2:
             return None, int(parts[0]), int(parts[1]), proto or "tcp"
+        if len(parts) == 1:  # `80`: an ephemeral host port, like docker -p
+            return None, 0, int(parts[0]), proto or "tcp"
     except ValueError:
         pass
     raise InvalidRequest(f"invalid port mapping {text!r}: use [HOST_IP:]HOST_PORT:PORT[/PROTO]")
@@ -331,7 +333,8 @@ def parse_mapping(text: str) -> tuple[str | None, int, int, str]:
 
 def port_publish(host: Host, args: argparse.Namespace) -> int:
     host_ip, host_port, container_port, proto = parse_mapping(args.mapping)
-    host.publish(args.network, args.sandbox, host_port, container_port, proto, host_ip)
+    mapping = host.publish(args.network, args.sandbox, host_port, container_port, proto, host_ip)
+    print(f"{container_port}/{proto} -> {mapping.host_ip or '0.0.0.0'}:{mapping.host_port}")
     return 0
 
 

@@ -46,7 +46,7 @@ from keelnet.errors import (
 )
 from keelnet.ipam import AddressPool
 from keelnet.kernel import iptables_compat, links, nftables
-from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
 from keelnet.store import PortTaken, Store, default_state_dir
@@ -444,7 +444,8 @@ class Host:
         host_ip: str | None = None,
     ) -> PortMapping:
         """Forward host_port on the host's addresses (and from the host itself) to the sandbox."""
-        _check_port(host_port, "host port")
+        if host_port != 0:  # 0: an ephemeral port, as Docker's `-p 80`
+            _check_port(host_port, "host port")
         _check_port(container_port, "container port")
         if proto not in _PROTOCOLS:
             raise InvalidRequest(f"invalid protocol {proto!r}: use tcp, udp or sctp")
@@ -458,6 +459,8 @@ class Host:
             endpoint = found[0]
             if endpoint.ip is None:
                 raise InvalidRequest(f"sandbox {sandbox} has no IPv4 address on {net.name}")
+            if host_port == 0:
+                host_port = self._ephemeral_port(proto, host_ip)
             mapping = PortMapping(
                 net.id, sandbox, host_port, container_port, proto, host_ip, endpoint.ip
             )
@@ -469,6 +472,21 @@ class Host:
                 raise PortInUse(f"Bind for {where} failed: port is already allocated") from None
             self._sync_firewall()
             return mapping
+
+    def _ephemeral_port(self, proto: str, host_ip: str | None) -> int:
+        """The lowest port of ip_local_port_range not yet published (Docker's choice)."""
+        try:
+            text = read_sysctl(self.netns_path, "net.ipv4.ip_local_port_range")
+            low, high = (int(part) for part in text.split())
+        except (OSError, ValueError):
+            low, high = 49153, 65535
+        taken = {
+            p.host_port for p in self.store.ports() if p.proto == proto and p.host_ip == host_ip
+        }
+        for port in range(low, high + 1):
+            if port not in taken:
+                return port
+        raise PortInUse(f"no free ephemeral {proto} port in {low}-{high}")
 
     def unpublish(
         self,

@@ -96,7 +96,11 @@ CASES: list[tuple[str, type[Exception], Action]] = [
         errors.EndpointNotFound,
         lambda h, lab: h.publish("taken", lab.name("free"), 8080, 80),
     ),
-    ("bad port", errors.InvalidRequest, lambda h, lab: h.publish("taken", lab.name("s"), 0, 80)),
+    (
+        "bad port",
+        errors.InvalidRequest,
+        lambda h, lab: h.publish("taken", lab.name("s"), 70000, 80),
+    ),
     (
         "network in use",
         errors.NetworkInUse,

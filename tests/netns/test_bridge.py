@@ -123,6 +123,20 @@ def test_published_port_from_outside_and_from_host(lab: Lab, host: keelnet.Host)
     host.unpublish("web", s, 8080)  # idempotent
 
 
+def test_ephemeral_host_port(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network("eph", subnet="10.31.0.0/24")
+    s = lab.name("s")
+    host.create_sandbox(s)
+    host.connect("eph", s)
+    low = int(run_in(lab.host, "cat", "/proc/sys/net/ipv4/ip_local_port_range").split()[0])
+    first = host.publish("eph", s, 0, 80)
+    second = host.publish("eph", s, 0, 81)
+    assert (first.host_port, second.host_port) == (low, low + 1)
+    with TcpServer(s, "0.0.0.0", 81, "eph"):
+        reply = tcp_request(lab.outside, HOST_ADDRESS, second.host_port, "e")
+        assert reply == f"eph e from {OUTSIDE_ADDRESS}"
+
+
 def test_internal_network_has_no_outside_access(lab: Lab, host: keelnet.Host) -> None:
     host.create_network("vault", subnet="10.40.0.0/24", internal=True)
     a, b = lab.name("a"), lab.name("b")

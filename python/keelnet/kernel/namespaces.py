@@ -93,6 +93,11 @@ def write_sysctl(path: str | None, key: str, value: str) -> None:
     call_in_netns(path, write)
 
 
+def read_sysctl(path: str | None, key: str) -> str:
+    target = Path("/proc/sys") / key.replace(".", "/")
+    return call_in_netns(path, lambda: target.read_text().strip())
+
+
 def preexec_setns(path: str | None) -> Callable[[], None] | None:
     """A `preexec_fn` that moves a child process into the namespace before exec."""
     if path is None:
