@@ -449,20 +449,30 @@ class Host:
         _check_port(container_port, "container port")
         if proto not in _PROTOCOLS:
             raise InvalidRequest(f"invalid protocol {proto!r}: use tcp, udp or sctp")
-        if host_ip is not None and _version_of(host_ip) != 4:
-            raise InvalidRequest(f"host IP {host_ip!r}: only IPv4 host addresses are supported")
+        host_version = _version_of(host_ip) if host_ip is not None else None
         with self.store.transaction(), self._rollback():
             net = self.network(network)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
                 raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
             endpoint = found[0]
-            if endpoint.ip is None:
-                raise InvalidRequest(f"sandbox {sandbox} has no IPv4 address on {net.name}")
+            # Like Docker: no host IP means the host's IPv4 and IPv6 addresses alike.
+            container_ip = endpoint.ip if host_version in (None, 4) else None
+            container_ipv6 = endpoint.ipv6 if host_version in (None, 6) else None
+            if container_ip is None and container_ipv6 is None:
+                family = f"IPv{host_version}" if host_version else "IP"
+                raise InvalidRequest(f"sandbox {sandbox} has no {family} address on {net.name}")
             if host_port == 0:
                 host_port = self._ephemeral_port(proto, host_ip)
             mapping = PortMapping(
-                net.id, sandbox, host_port, container_port, proto, host_ip, endpoint.ip
+                net.id,
+                sandbox,
+                host_port,
+                container_port,
+                proto,
+                host_ip,
+                container_ip,
+                container_ipv6,
             )
             get_driver(net.driver).program_external_connectivity(self._ctx, net, endpoint, mapping)
             try:

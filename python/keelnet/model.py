@@ -71,8 +71,9 @@ class PortMapping:
     host_port: int
     container_port: int
     proto: str
-    host_ip: str | None
-    container_ip: str
+    host_ip: str | None  # None: all the host's addresses, IPv4 and IPv6
+    container_ip: str | None
+    container_ipv6: str | None = None
 
 
 @dataclass(frozen=True)

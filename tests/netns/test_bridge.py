@@ -123,6 +123,26 @@ def test_published_port_from_outside_and_from_host(lab: Lab, host: keelnet.Host)
     host.unpublish("web", s, 8080)  # idempotent
 
 
+def test_published_port_over_ipv6(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network("web6", subnet="10.32.0.0/24", ipv6=True)
+    s = lab.name("s")
+    host.create_sandbox(s)
+    host.connect("web6", s)
+    host.publish("web6", s, 8443, 443)
+    with TcpServer(s, "::", 443, "six"):  # a dual-stack listener answers both
+        assert tcp_request(lab.outside, HOST_ADDRESS6, 8443, "v6") == (
+            f"six v6 from {OUTSIDE_ADDRESS6}"
+        )
+        assert tcp_request(lab.outside, HOST_ADDRESS, 8443, "v4") == (
+            f"six v4 from ::ffff:{OUTSIDE_ADDRESS}"
+        )
+    host.unpublish("web6", s, 8443)
+    host.publish("web6", s, 8444, 443, host_ip=HOST_ADDRESS6)
+    with TcpServer(s, "::", 443, "six"):
+        assert tcp_request(lab.outside, HOST_ADDRESS6, 8444, "only6").startswith("six only6")
+        assert tcp_request(lab.outside, HOST_ADDRESS, 8444, "not4", timeout=1) == ""
+
+
 def test_ephemeral_host_port(lab: Lab, host: keelnet.Host) -> None:
     host.create_network("eph", subnet="10.31.0.0/24")
     s = lab.name("s")

@@ -106,11 +106,19 @@ def _nat_rules(bridges: Sequence[BridgeRules]) -> list[str]:
         if b.internal:
             continue
         for port in b.ports:
-            match = f"ip daddr {port.host_ip} " if port.host_ip else "meta nfproto ipv4 "
-            out.append(
-                f"{table} published {match}{port.proto} dport {port.host_port} "
-                f"dnat ip to {port.container_ip}:{port.container_port}"
-            )
+            host_version = ipaddress.ip_address(port.host_ip).version if port.host_ip else None
+            if port.container_ip and host_version in (None, 4):
+                match = f"ip daddr {port.host_ip} " if port.host_ip else "meta nfproto ipv4 "
+                out.append(
+                    f"{table} published {match}{port.proto} dport {port.host_port} "
+                    f"dnat ip to {port.container_ip}:{port.container_port}"
+                )
+            if port.container_ipv6 and host_version in (None, 6):
+                match = f"ip6 daddr {port.host_ip} " if port.host_ip else "meta nfproto ipv6 "
+                out.append(
+                    f"{table} published {match}{port.proto} dport {port.host_port} "
+                    f"dnat ip6 to [{port.container_ipv6}]:{port.container_port}"
+                )
     for b in bridges:
         if b.internal:
             continue
@@ -128,11 +136,11 @@ def _nat_rules(bridges: Sequence[BridgeRules]) -> list[str]:
                 f"{table} postrouting oifname {_q(b.bridge)} ip saddr 127.0.0.0/8 masquerade"
             )
             for subnet in b.subnets:
-                if ipaddress.ip_network(subnet).version == 4:
-                    out.append(
-                        f"{table} postrouting oifname {_q(b.bridge)} ip saddr {subnet} "
-                        "ct status dnat masquerade"
-                    )
+                family = "ip6" if ipaddress.ip_network(subnet).version == 6 else "ip"
+                out.append(
+                    f"{table} postrouting oifname {_q(b.bridge)} {family} saddr {subnet} "
+                    "ct status dnat masquerade"
+                )
     return out
 
 

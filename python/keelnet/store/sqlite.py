@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
 CREATE TABLE IF NOT EXISTS ports (
     network_id TEXT NOT NULL REFERENCES networks(id), sandbox TEXT NOT NULL,
     host_ip TEXT NOT NULL, host_port INTEGER NOT NULL, proto TEXT NOT NULL,
-    container_port INTEGER NOT NULL, container_ip TEXT NOT NULL,
+    container_port INTEGER NOT NULL, container_ip TEXT, container_ipv6 TEXT,
     PRIMARY KEY (host_ip, host_port, proto)
 );
 """
@@ -252,6 +252,7 @@ class Store:
                 r["proto"],
                 r["host_ip"] or None,
                 r["container_ip"],
+                r["container_ipv6"],
             )
             for r in rows
         ]
@@ -259,7 +260,7 @@ class Store:
     def add_port(self, port: PortMapping) -> None:
         try:
             self._db.execute(
-                "INSERT INTO ports VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO ports VALUES (?,?,?,?,?,?,?,?)",
                 (
                     port.network_id,
                     port.sandbox,
@@ -268,6 +269,7 @@ class Store:
                     port.proto,
                     port.container_port,
                     port.container_ip,
+                    port.container_ipv6,
                 ),
             )
         except sqlite3.IntegrityError as exc:
