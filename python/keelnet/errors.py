@@ -145,3 +145,13 @@ class KernelError(KeelnetError):
 
 class DataPlaneUnavailable(KeelnetError):
     """The data plane a network asks for is not available in this build or on this host."""
+
+
+# --- userspace data plane --------------------------------------------------------------
+
+
+class DataplaneError(KeelnetError, OSError):
+    """The userspace data plane could not do what was asked (open a TAP, bind a VTEP...).
+
+    An :class:`OSError`: ``errno`` holds the kernel's error number (0 when there is none).
+    """

@@ -2,5 +2,7 @@
 //! tested, fuzzed and benchmarked on its own. `keelnet-py` is the thin pyo3 layer.
 
 pub mod fdb;
+pub mod io;
 pub mod ipam;
 pub mod packet;
+pub mod switch;

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod dataplane;
 mod ipam;
 mod packet;
 
@@ -12,5 +13,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ipam::PyAddressPool>()?;
     m.add_class::<ipam::PySubnetPools>()?;
     packet::register(m)?;
+    m.add_class::<dataplane::PySwitch>()?;
     Ok(())
 }

@@ -1,0 +1,186 @@
+"""keelnet's userspace data plane: a MAC-learning switch with VXLAN tunnel endpoints.
+
+A :class:`Switch` works in one host network namespace (the caller's by default). Its
+ports are TAP devices handed to sandboxes (``add_tap``), AF_PACKET sockets on existing
+interfaces (``add_packet_port``), and VXLAN tunnel endpoints on UDP (``add_vtep``) that
+talk to other keelnet switches or to Linux vxlan devices. Each port belongs to one VNI;
+frames never cross VNIs. Forwarding runs on Rust threads; Python is never in the packet
+path and the GIL is released while the switch starts, stops or opens ports.
+
+    with Switch(netns="kn-h1") as sw:
+        sw.add_vtep("192.0.2.1")
+        sw.add_tap("web", vni=42, sandbox="kn-web", mtu=1450)
+        sw.add_peer(42, "192.0.2.2")
+        ...
+
+Leaving the ``with`` block stops the switch and closes every port (TAP devices vanish).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from types import TracebackType
+from typing import Any, Self
+
+from keelnet import _core
+from keelnet.errors import InvalidRequest
+
+__all__ = ["DROP_REASONS", "Switch"]
+
+#: The reasons a drop is counted under in ``stats()``.
+DROP_REASONS = (
+    "truncated",
+    "malformed",
+    "oversized",
+    "invalid_source",
+    "unknown_vni",
+    "unknown_peer",
+    "bad_vxlan",
+    "no_vtep",
+    "hairpin",
+    "segmentation",
+    "tx_error",
+    "port_gone",
+)
+
+
+def _vni(vni: int) -> int:
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= 0xFFFFFF:
+        raise InvalidRequest(f"VNI must be an integer in 0..16777215, not {vni!r}")
+    return vni
+
+
+def _address(text: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidRequest(f"{what} {text!r} is not an IP address") from None
+
+
+class Switch:
+    """A userspace switch working in the host namespace ``netns`` (None: the caller's).
+
+    Options: ``learn_remote`` learns MACs seen in decapsulated traffic (like Linux
+    vxlan); ``learn_peers`` accepts VXLAN from VTEPs that are not configured peers
+    (off: dropped and counted as ``unknown_peer``); ``arp_suppression`` answers ARP
+    requests from local ports for known IPv4 addresses; ``fdb_max_age`` is the MAC
+    ageing time in seconds; ``coalesce`` re-assembles decapsulated TCP segments into
+    super-frames before they reach a TAP (GRO); ``udp_gso`` sends the segments of a
+    super-frame to a VTEP with one UDP GSO call.
+    """
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        learn_remote: bool = True,
+        learn_peers: bool = False,
+        arp_suppression: bool = False,
+        fdb_max_age: float = 300.0,
+        coalesce: bool = True,
+        udp_gso: bool = True,
+    ) -> None:
+        self.netns = netns
+        self._core = _core.Switch(
+            netns,
+            learn_remote=learn_remote,
+            learn_peers=learn_peers,
+            arp_suppression=arp_suppression,
+            fdb_max_age=float(fdb_max_age),
+            coalesce=coalesce,
+            udp_gso=udp_gso,
+        )
+
+    # --- ports ---------------------------------------------------------------------------
+
+    def add_tap(
+        self,
+        name: str,
+        *,
+        vni: int,
+        sandbox: str | None = None,
+        ifname: str = "eth0",
+        mac: str | None = None,
+        mtu: int | None = None,
+    ) -> None:
+        """Add a TAP port ``name`` in ``vni``.
+
+        With ``sandbox`` (a netns name or path) the device is created in the host
+        namespace and moved there as ``ifname``; without, it stays in the host namespace
+        under ``name``. ``mac`` and ``mtu`` are set before it comes up (over VXLAN, use
+        an MTU 50 bytes below the underlay's: 1450 on a 1500 underlay).
+        """
+        device = ifname if sandbox is not None else name
+        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu)
+
+    def add_packet_port(self, ifname: str, *, vni: int) -> None:
+        """Switch the existing host interface ``ifname`` (a veth, a macvlan parent...) in
+        ``vni`` through an AF_PACKET socket; the port is named ``ifname``."""
+        self._core.add_packet_port(ifname, _vni(vni))
+
+    def add_vtep(self, local: str, *, port: int = 4789) -> None:
+        """Add a VXLAN tunnel endpoint on the local underlay address ``local``. One VTEP
+        per address family sends; peers of the other family need a VTEP of theirs."""
+        if not 0 < port < 65536:
+            raise InvalidRequest(f"UDP port {port} is out of range")
+        self._core.add_vtep(_address(local, "VTEP address"), port)
+
+    def add_peer(self, vni: int, remote: str, *, mac: str | None = None, ip: str | None = None) -> None:
+        """Add the remote VTEP ``remote`` to ``vni``'s flood list (head-end replication).
+
+        With ``mac``: a static FDB entry sending that MAC to ``remote``; with ``ip`` as
+        well, an IPv4 → MAC binding used for ARP suppression.
+        """
+        self._core.add_peer(_vni(vni), _address(remote, "peer address"), mac, ip)
+
+    def remove_port(self, name: str) -> None:
+        """Remove a port; its TAP device disappears, its learned MACs are forgotten."""
+        self._core.remove_port(name)
+
+    def remove_peer(self, vni: int, remote: str, mac: str | None = None) -> None:
+        """Remove the static entry ``mac`` behind ``remote``, or (without ``mac``) the
+        peer itself with every FDB entry that points at it."""
+        self._core.remove_peer(_vni(vni), _address(remote, "peer address"), mac)
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start forwarding on the switch's worker thread (no-op when running)."""
+        self._core.start()
+
+    def stop(self) -> None:
+        """Stop forwarding and join the worker; ports stay (``start`` resumes)."""
+        self._core.stop()
+
+    def close(self) -> None:
+        """Stop and close every port and VTEP (TAP devices vanish)."""
+        self._core.close()
+
+    @property
+    def running(self) -> bool:
+        return self._core.running
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- state ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``ports`` (by name), ``vnis`` (by VNI), ``vteps``, ``drops`` (by
+        reason, see :data:`DROP_REASONS`), ``removed_ports`` (failed devices, with the
+        error), ``fdb`` and ``running``."""
+        return self._core.stats()
+
+    def fdb(self, vni: int) -> list[dict[str, Any]]:
+        """The forwarding entries of ``vni``: ``mac``, ``port`` (local) or ``remote``
+        (VTEP address), ``static``."""
+        return self._core.fdb(_vni(vni))

@@ -1,0 +1,936 @@
+//! The forwarding engine: what happens to one frame or datagram. Owned by the worker
+//! thread while the switch runs (behind a mutex the control calls take briefly).
+//!
+//! Frames from local ports carry a virtio-net header. Local-to-local forwarding passes
+//! frame and header through untouched, so a 64 KB TCP super-frame from one sandbox
+//! reaches the other in one write. Towards a VTEP, super-frames are segmented in software
+//! (checksums completed) and sent as one UDP GSO call; from a VTEP, GRO trains are split
+//! into datagrams, decapsulated, and consecutive TCP segments coalesced again into one
+//! super-frame per TAP write.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use super::counters::{DropReason, Drops, Traffic};
+use super::partial::{self, L4Checksum};
+use super::{FdbEntry, PortKind, PortStats, Stats, SwitchConfig, VniStats, VtepStats};
+use crate::fdb::{Destination, Fdb, FdbConfig, MacAddr};
+use crate::io::VNET_HDR_LEN;
+use crate::io::packet_socket::PacketSocket;
+use crate::io::tap::Tap;
+use crate::io::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, UdpReceiver, UdpSocket};
+use crate::packet::arp::{self, Arp, ArpPacket};
+use crate::packet::ethernet::{self, EthernetFrame, ethertype};
+use crate::packet::offload::{self, Coalescer, Segments, VirtioNetHdr, gso_type};
+use crate::packet::vxlan;
+
+/// Largest frame a port read can return: a 64 KB GSO super-frame plus headers.
+const RX_BUFFER: usize = 65_536 + 1_024;
+/// Frames read from one port per wakeup before others get their turn.
+const PORT_BUDGET: usize = 64;
+/// `recvmmsg` batches read from one VTEP per wakeup.
+const VTEP_BUDGET: usize = 8;
+/// Messages per `recvmmsg` (each up to a 64 KB GRO train).
+const VTEP_BATCH: usize = 16;
+/// Ethernet header with one VLAN tag: what a frame may add to the MTU.
+const L2_OVERHEAD: usize = ethernet::VLAN_HEADER_LEN;
+
+pub(crate) enum PortIo {
+    Tap(Tap),
+    Packet(PacketSocket),
+}
+
+impl PortIo {
+    fn read(&self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+        match self {
+            PortIo::Tap(tap) => tap.read(buffer),
+            PortIo::Packet(socket) => socket.read(buffer),
+        }
+    }
+
+    fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
+        match self {
+            PortIo::Tap(tap) => tap.write(parts),
+            PortIo::Packet(socket) => socket.write(parts),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        match self {
+            PortIo::Tap(tap) => tap.as_raw_fd(),
+            PortIo::Packet(socket) => socket.as_raw_fd(),
+        }
+    }
+
+    fn kind(&self) -> PortKind {
+        match self {
+            PortIo::Tap(_) => PortKind::Tap,
+            PortIo::Packet(_) => PortKind::Packet,
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        match self {
+            PortIo::Tap(tap) => tap.mtu(),
+            PortIo::Packet(socket) => socket.mtu(),
+        }
+    }
+
+    fn ifname(&self) -> &str {
+        match self {
+            PortIo::Tap(tap) => tap.ifname(),
+            PortIo::Packet(socket) => socket.ifname(),
+        }
+    }
+
+    fn mac(&self) -> Option<MacAddr> {
+        match self {
+            PortIo::Tap(tap) => Some(tap.mac()),
+            PortIo::Packet(_) => None,
+        }
+    }
+}
+
+pub(crate) struct Port {
+    pub name: String,
+    pub vni: u32,
+    pub io: PortIo,
+    max_frame: usize,
+    rx: Traffic,
+    tx: Traffic,
+    drops: Drops,
+}
+
+pub(crate) struct Vtep {
+    pub socket: UdpSocket,
+    rx: Traffic,
+    tx: Traffic,
+    drops: Drops,
+    errors: u64,
+}
+
+#[derive(Default)]
+struct Vni {
+    ports: Vec<u32>,
+    peers: BTreeSet<IpAddr>,
+    /// IPv4 → MAC for ARP suppression, and whether the control plane set it.
+    neighbors: HashMap<Ipv4Addr, (MacAddr, bool)>,
+    rx: Traffic,
+    tx: Traffic,
+    flooded: u64,
+    arp_suppressed: u64,
+    drops: Drops,
+}
+
+/// Where a drop is counted besides the switch total.
+#[derive(Clone, Copy)]
+enum At {
+    Port(u32),
+    Vtep(usize),
+    Nowhere,
+}
+
+/// Ports removed because their device failed, with the error.
+pub(crate) struct RemovedPort {
+    pub name: String,
+    pub error: String,
+}
+
+pub(crate) struct Engine {
+    pub config: SwitchConfig,
+    pub fdb: Fdb,
+    ports: BTreeMap<u32, Port>,
+    names: HashMap<String, u32>,
+    next_port: u32,
+    pub vteps: Vec<Vtep>,
+    vnis: BTreeMap<u32, Vni>,
+    drops: Drops,
+    removed: Vec<RemovedPort>,
+    failed: Vec<(u32, io::Error)>,
+    origin: Instant,
+    last_aging: u64,
+    rx_buffer: Vec<u8>,
+    segments: Segments,
+    receiver: Option<UdpReceiver>,
+    coalescer: Coalescer,
+    coalesce_port: Option<u32>,
+    super_frame: Vec<u8>,
+    header_scratch: [u8; VNET_HDR_LEN],
+    /// A decapsulated frame whose partial checksum was completed.
+    completed: Vec<u8>,
+}
+
+/// Errors that mean the port's device is gone (or the descriptor unusable).
+fn device_gone(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EBADFD | libc::EBADF | libc::EIO | libc::ENXIO | libc::ENODEV | libc::EPIPE)
+            | Some(libc::ENETDOWN)
+    )
+}
+
+impl Engine {
+    pub fn new(config: SwitchConfig) -> Engine {
+        let fdb = Fdb::new(FdbConfig {
+            max_age: config.fdb_max_age.as_nanos().min(u128::from(u64::MAX)) as u64,
+            ..FdbConfig::default()
+        });
+        Engine {
+            config,
+            fdb,
+            ports: BTreeMap::new(),
+            names: HashMap::new(),
+            next_port: 1,
+            vteps: Vec::new(),
+            vnis: BTreeMap::new(),
+            drops: Drops::default(),
+            removed: Vec::new(),
+            failed: Vec::new(),
+            origin: Instant::now(),
+            last_aging: 0,
+            rx_buffer: vec![0; RX_BUFFER],
+            segments: Segments::new(),
+            receiver: Some(UdpReceiver::new(VTEP_BATCH)),
+            // Checksums are inspected before frames reach it (see `partial`).
+            coalescer: Coalescer::new(false),
+            coalesce_port: None,
+            super_frame: Vec::new(),
+            header_scratch: [0; VNET_HDR_LEN],
+            completed: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    // --- configuration --------------------------------------------------------------
+
+    pub fn has_port(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Adds a port; returns its id (the epoll token).
+    pub fn add_port(&mut self, name: &str, vni: u32, io: PortIo) -> u32 {
+        let id = self.next_port;
+        self.next_port += 1;
+        let max_frame = io.mtu() as usize + L2_OVERHEAD;
+        self.ports.insert(
+            id,
+            Port {
+                name: name.to_owned(),
+                vni,
+                io,
+                max_frame,
+                rx: Traffic::default(),
+                tx: Traffic::default(),
+                drops: Drops::default(),
+            },
+        );
+        self.names.insert(name.to_owned(), id);
+        self.vnis.entry(vni).or_default().ports.push(id);
+        id
+    }
+
+    /// Removes a port and everything learned on it; returns it (dropping it closes the
+    /// descriptor and, for a TAP, removes the device).
+    pub fn remove_port(&mut self, name: &str) -> Option<(u32, Port)> {
+        let id = self.names.remove(name)?;
+        let port = self.ports.remove(&id)?;
+        if let Some(vni) = self.vnis.get_mut(&port.vni) {
+            vni.ports.retain(|&other| other != id);
+        }
+        let doomed: Vec<(u32, MacAddr)> = self
+            .fdb
+            .entries()
+            .filter(|(_, _, dest, _)| *dest == Destination::Port(id))
+            .map(|(vni, mac, _, _)| (vni, mac))
+            .collect();
+        for (vni, mac) in doomed {
+            self.fdb.remove(vni, &mac);
+        }
+        if self.coalesce_port == Some(id) {
+            self.coalesce_port = None;
+            self.coalescer.finish(&mut self.super_frame);
+        }
+        Some((id, port))
+    }
+
+    pub fn port_fds(&self) -> Vec<(u32, RawFd)> {
+        self.ports
+            .iter()
+            .map(|(id, port)| (*id, port.io.fd()))
+            .collect()
+    }
+
+    pub fn add_vtep(&mut self, socket: UdpSocket) -> usize {
+        self.vteps.push(Vtep {
+            socket,
+            rx: Traffic::default(),
+            tx: Traffic::default(),
+            drops: Drops::default(),
+            errors: 0,
+        });
+        self.vteps.len() - 1
+    }
+
+    pub fn add_peer(
+        &mut self,
+        vni: u32,
+        remote: IpAddr,
+        mac: Option<MacAddr>,
+        ip: Option<Ipv4Addr>,
+    ) {
+        let state = self.vnis.entry(vni).or_default();
+        state.peers.insert(remote);
+        if let (Some(mac), Some(ip)) = (mac, ip) {
+            state.neighbors.insert(ip, (mac, true));
+        }
+        self.fdb.add_flood(vni, remote);
+        if let Some(mac) = mac {
+            self.fdb
+                .insert_static(vni, &mac, Destination::Remote(remote));
+        }
+    }
+
+    /// Removes one static MAC behind `remote` (with `mac`), or the whole peer from the
+    /// VNI: flood list, and every entry pointing at it. Returns whether anything went.
+    pub fn remove_peer(&mut self, vni: u32, remote: IpAddr, mac: Option<MacAddr>) -> bool {
+        let Some(state) = self.vnis.get_mut(&vni) else {
+            return false;
+        };
+        let macs: Vec<MacAddr> = match mac {
+            Some(mac) => {
+                if self.fdb.lookup(vni, &mac) != Some(Destination::Remote(remote)) {
+                    return false;
+                }
+                vec![mac]
+            }
+            None => {
+                if !state.peers.remove(&remote) {
+                    return false;
+                }
+                self.fdb.remove_flood(vni, remote);
+                self.fdb
+                    .entries()
+                    .filter(|(entry_vni, _, dest, _)| {
+                        *entry_vni == vni && *dest == Destination::Remote(remote)
+                    })
+                    .map(|(_, mac, _, _)| mac)
+                    .collect()
+            }
+        };
+        for mac in &macs {
+            self.fdb.remove(vni, mac);
+        }
+        state
+            .neighbors
+            .retain(|_, (neighbor_mac, _)| !macs.contains(neighbor_mac));
+        true
+    }
+
+    pub fn fdb_entries(&self, vni: u32) -> Vec<FdbEntry> {
+        let mut entries: Vec<FdbEntry> = self
+            .fdb
+            .entries()
+            .filter(|(entry_vni, _, _, _)| *entry_vni == vni)
+            .map(|(_, mac, dest, is_static)| FdbEntry {
+                mac,
+                port: match dest {
+                    Destination::Port(id) => self.ports.get(&id).map(|port| port.name.clone()),
+                    Destination::Remote(_) => None,
+                },
+                remote: match dest {
+                    Destination::Remote(ip) => Some(ip),
+                    Destination::Port(_) => None,
+                },
+                is_static,
+            })
+            .collect();
+        entries.sort_by_key(|entry| entry.mac);
+        entries
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            ports: self
+                .ports
+                .values()
+                .map(|port| PortStats {
+                    name: port.name.clone(),
+                    kind: port.io.kind(),
+                    ifname: port.io.ifname().to_owned(),
+                    mac: port.io.mac(),
+                    vni: port.vni,
+                    rx: port.rx,
+                    tx: port.tx,
+                    drops: port.drops,
+                })
+                .collect(),
+            vnis: self
+                .vnis
+                .iter()
+                .map(|(&vni, state)| VniStats {
+                    vni,
+                    ports: state
+                        .ports
+                        .iter()
+                        .filter_map(|id| self.ports.get(id).map(|port| port.name.clone()))
+                        .collect(),
+                    peers: state.peers.iter().copied().collect(),
+                    rx: state.rx,
+                    tx: state.tx,
+                    flooded: state.flooded,
+                    arp_suppressed: state.arp_suppressed,
+                    drops: state.drops,
+                })
+                .collect(),
+            vteps: self
+                .vteps
+                .iter()
+                .map(|vtep| VtepStats {
+                    local: vtep.socket.local(),
+                    rx: vtep.rx,
+                    tx: vtep.tx,
+                    drops: vtep.drops,
+                    errors: vtep.errors,
+                    gso: vtep.socket.gso(),
+                    gro: vtep.socket.gro(),
+                })
+                .collect(),
+            drops: self.drops,
+            removed_ports: self
+                .removed
+                .iter()
+                .map(|removed| (removed.name.clone(), removed.error.clone()))
+                .collect(),
+            fdb: self.fdb.counters(),
+            fdb_entries: self.fdb.len(),
+            running: false,
+        }
+    }
+
+    // --- events ---------------------------------------------------------------------
+
+    fn count_drop(&mut self, reason: DropReason, at: At, vni: Option<u32>) {
+        self.drops.count(reason);
+        match at {
+            At::Port(id) => {
+                if let Some(port) = self.ports.get_mut(&id) {
+                    port.drops.count(reason);
+                }
+            }
+            At::Vtep(index) => {
+                if let Some(vtep) = self.vteps.get_mut(index) {
+                    vtep.drops.count(reason);
+                }
+            }
+            At::Nowhere => {}
+        }
+        if let Some(state) = vni.and_then(|vni| self.vnis.get_mut(&vni)) {
+            state.drops.count(reason);
+        }
+    }
+
+    /// Ages the FDB when due; called after every wakeup.
+    pub fn tick(&mut self) {
+        let now = self.now();
+        let period = (self.fdb.config().max_age / 4).clamp(50_000_000, 1_000_000_000);
+        if now.saturating_sub(self.last_aging) >= period {
+            self.last_aging = now;
+            self.fdb.age(now);
+        }
+    }
+
+    /// Ports whose device failed since the last call, removed (their descriptors are
+    /// returned to be taken off epoll and closed by the caller).
+    pub fn reap_failed(&mut self) -> Vec<Port> {
+        let failed = std::mem::take(&mut self.failed);
+        let mut gone = Vec::new();
+        for (id, error) in failed {
+            let Some(name) = self.ports.get(&id).map(|port| port.name.clone()) else {
+                continue;
+            };
+            if let Some((_, port)) = self.remove_port(&name) {
+                self.removed.push(RemovedPort {
+                    name,
+                    error: error.to_string(),
+                });
+                gone.push(port);
+            }
+        }
+        gone
+    }
+
+    fn port_failed(&mut self, id: u32, error: io::Error) {
+        if !self.failed.iter().any(|(failed, _)| *failed == id) {
+            self.failed.push((id, error));
+        }
+    }
+
+    pub fn port_readable(&mut self, id: u32) {
+        let mut buffer = std::mem::take(&mut self.rx_buffer);
+        for _ in 0..PORT_BUDGET {
+            let Some(port) = self.ports.get(&id) else {
+                break;
+            };
+            match port.io.read(&mut buffer) {
+                Ok(Some(length)) => self.on_local_frame(id, &buffer[..length]),
+                Ok(None) => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    self.port_failed(id, error);
+                    break;
+                }
+            }
+        }
+        self.rx_buffer = buffer;
+    }
+
+    pub fn port_error(&mut self, id: u32) {
+        // Read to learn the error; a readable port with a pending error reports it.
+        let mut probe = [0u8; 1];
+        if let Some(port) = self.ports.get(&id) {
+            match port.io.read(&mut probe) {
+                Err(error) => self.port_failed(id, error),
+                Ok(_) => self.port_failed(id, io::Error::from_raw_os_error(libc::ENODEV)),
+            }
+        }
+    }
+
+    fn on_local_frame(&mut self, id: u32, data: &[u8]) {
+        let Some(port) = self.ports.get_mut(&id) else {
+            return;
+        };
+        port.rx.add(data.len());
+        let vni = port.vni;
+        let max_frame = port.max_frame;
+        if data.len() < VNET_HDR_LEN + ethernet::HEADER_LEN || data.len() >= RX_BUFFER {
+            return self.count_drop(DropReason::Truncated, At::Port(id), Some(vni));
+        }
+        let (header_bytes, frame) = data.split_at(VNET_HDR_LEN);
+        let Ok(header) = VirtioNetHdr::parse(header_bytes) else {
+            return self.count_drop(DropReason::Malformed, At::Port(id), Some(vni));
+        };
+        if header.gso_type == gso_type::NONE && frame.len() > max_frame {
+            return self.count_drop(DropReason::Oversized, At::Port(id), Some(vni));
+        }
+        let Ok(eth) = EthernetFrame::parse(frame) else {
+            return self.count_drop(DropReason::Malformed, At::Port(id), Some(vni));
+        };
+        let source = eth.source();
+        let destination = eth.destination();
+        if ethernet::is_multicast(&source) || source == [0; 6] {
+            return self.count_drop(DropReason::InvalidSource, At::Port(id), Some(vni));
+        }
+        let now = self.now();
+        self.fdb.learn(vni, &source, Destination::Port(id), now);
+        if let Some(state) = self.vnis.get_mut(&vni) {
+            state.rx.add(frame.len());
+        }
+        if eth.ethertype() == ethertype::ARP && eth.vlan().is_none() && self.arp(id, vni, &eth) {
+            return;
+        }
+        if !ethernet::is_multicast(&destination) {
+            match self.fdb.lookup(vni, &destination) {
+                Some(Destination::Port(to)) if to == id => {
+                    return self.count_drop(DropReason::Hairpin, At::Port(id), Some(vni));
+                }
+                Some(Destination::Port(to)) => {
+                    self.send_to_port(
+                        to,
+                        vni,
+                        header_bytes,
+                        frame,
+                        header.gso_type != gso_type::NONE,
+                    );
+                    return;
+                }
+                Some(Destination::Remote(remote)) => {
+                    self.send_to_remotes(id, vni, &header, frame, &[remote]);
+                    return;
+                }
+                None => {}
+            }
+        }
+        // Broadcast, multicast, unknown unicast: every other port of the VNI and every
+        // peer VTEP (head-end replication).
+        let Some(state) = self.vnis.get_mut(&vni) else {
+            return;
+        };
+        state.flooded += 1;
+        let ports: Vec<u32> = state.ports.iter().copied().filter(|&to| to != id).collect();
+        let peers: Vec<IpAddr> = state.peers.iter().copied().collect();
+        for to in ports {
+            self.send_to_port(
+                to,
+                vni,
+                header_bytes,
+                frame,
+                header.gso_type != gso_type::NONE,
+            );
+        }
+        if !peers.is_empty() {
+            self.send_to_remotes(id, vni, &header, frame, &peers);
+        }
+    }
+
+    /// ARP snooping and suppression on a local port. Returns true when the request was
+    /// answered here (and must not be flooded).
+    fn arp(&mut self, id: u32, vni: u32, eth: &EthernetFrame<'_>) -> bool {
+        if !self.config.arp_suppression {
+            return false;
+        }
+        let Ok(packet) = ArpPacket::parse(eth.payload()) else {
+            return false;
+        };
+        let Some(state) = self.vnis.get_mut(&vni) else {
+            return false;
+        };
+        let sender_ip = packet.sender_ip();
+        let sender_mac = packet.sender_mac();
+        if !sender_ip.is_unspecified() && !ethernet::is_multicast(&sender_mac) {
+            let configured = state
+                .neighbors
+                .get(&sender_ip)
+                .is_some_and(|(_, configured)| *configured);
+            if !configured {
+                state.neighbors.insert(sender_ip, (sender_mac, false));
+            }
+        }
+        if packet.operation() != arp::OP_REQUEST {
+            return false;
+        }
+        let target_ip = packet.target_ip();
+        let Some(&(target_mac, _)) = state.neighbors.get(&target_ip) else {
+            return false;
+        };
+        if target_mac == sender_mac || sender_ip == target_ip {
+            // Gratuitous ARP or a duplicate-address probe: let the owner answer.
+            return false;
+        }
+        let mut reply = [0u8; ethernet::HEADER_LEN + arp::PACKET_LEN];
+        let built =
+            ethernet::write_header(&mut reply, &sender_mac, &target_mac, None, ethertype::ARP)
+                .and_then(|_| {
+                    Arp {
+                        operation: arp::OP_REPLY,
+                        sender_mac: target_mac,
+                        sender_ip: target_ip,
+                        target_mac: sender_mac,
+                        target_ip: sender_ip,
+                    }
+                    .write(&mut reply[ethernet::HEADER_LEN..])
+                });
+        if built.is_err() {
+            return false;
+        }
+        state.arp_suppressed += 1;
+        let header = [0u8; VNET_HDR_LEN];
+        self.send_to_port(id, vni, &header, &reply, false);
+        true
+    }
+
+    /// Writes a frame (with its virtio-net header) to a local port of `vni`.
+    fn send_to_port(&mut self, to: u32, vni: u32, header: &[u8], frame: &[u8], gso: bool) {
+        let Some(port) = self.ports.get_mut(&to) else {
+            return self.count_drop(DropReason::PortGone, At::Nowhere, Some(vni));
+        };
+        if port.vni != vni {
+            // Cannot happen (entries are per VNI); never leak across networks.
+            return self.count_drop(DropReason::UnknownVni, At::Port(to), Some(vni));
+        }
+        if !gso && frame.len() > port.max_frame {
+            return self.count_drop(DropReason::Oversized, At::Port(to), Some(vni));
+        }
+        match port.io.write(&[header, frame]) {
+            Ok(_) => {
+                port.tx.add(frame.len());
+                if let Some(state) = self.vnis.get_mut(&vni) {
+                    state.tx.add(frame.len());
+                }
+            }
+            Err(error) if device_gone(&error) => {
+                self.port_failed(to, error);
+                self.count_drop(DropReason::PortGone, At::Port(to), Some(vni));
+            }
+            Err(_) => self.count_drop(DropReason::TxError, At::Port(to), Some(vni)),
+        }
+    }
+
+    /// Encapsulates a local frame to each of `remotes`: super-frames are segmented (and
+    /// partial checksums completed) once, then each peer gets one GSO send per 64
+    /// segments.
+    fn send_to_remotes(
+        &mut self,
+        from: u32,
+        vni: u32,
+        header: &VirtioNetHdr,
+        frame: &[u8],
+        remotes: &[IpAddr],
+    ) {
+        self.segments.clear();
+        if offload::segment_with_header(header, frame, &mut self.segments).is_err() {
+            return self.count_drop(DropReason::Segmentation, At::Port(from), Some(vni));
+        }
+        let mut vxlan_header = [0u8; vxlan::HEADER_LEN];
+        if vxlan::write_header(&mut vxlan_header, vni).is_err() {
+            return self.count_drop(DropReason::UnknownVni, At::Port(from), Some(vni));
+        }
+        let segments = std::mem::take(&mut self.segments);
+        for &remote in remotes {
+            let Some(index) = self
+                .vteps
+                .iter()
+                .position(|vtep| vtep.socket.local().is_ipv4() == remote.is_ipv4())
+            else {
+                self.count_drop(DropReason::NoVtep, At::Port(from), Some(vni));
+                continue;
+            };
+            let vtep = &mut self.vteps[index];
+            let destination = SocketAddr::new(remote, vtep.socket.local().port());
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * MAX_GSO_SEGMENTS);
+            let mut chunk_bytes = 0usize;
+            let mut chunk_segments = 0usize;
+            let mut segment_size = 0usize;
+            let mut failed = false;
+            let mut sent = Traffic::default();
+            let total = segments.len();
+            for (index, segment) in segments.iter().enumerate() {
+                let datagram = vxlan::HEADER_LEN + segment.len();
+                if chunk_segments == 0 {
+                    segment_size = datagram;
+                }
+                parts.push(&vxlan_header);
+                parts.push(segment);
+                chunk_bytes += datagram;
+                chunk_segments += 1;
+                sent.add(datagram);
+                let next_fits = index + 1 < total
+                    && chunk_segments < MAX_GSO_SEGMENTS
+                    && chunk_bytes + segment_size <= MAX_GSO_BYTES;
+                if !next_fits {
+                    if vtep
+                        .socket
+                        .send_segmented(&destination, &parts, segment_size)
+                        .is_err()
+                    {
+                        failed = true;
+                    }
+                    parts.clear();
+                    chunk_bytes = 0;
+                    chunk_segments = 0;
+                }
+            }
+            if failed {
+                vtep.errors += 1;
+                self.count_drop(DropReason::TxError, At::Vtep(index), Some(vni));
+            } else {
+                vtep.tx.packets += sent.packets;
+                vtep.tx.bytes += sent.bytes;
+                if let Some(state) = self.vnis.get_mut(&vni) {
+                    state.tx.add(frame.len());
+                }
+            }
+        }
+        self.segments = segments;
+    }
+
+    pub fn vtep_readable(&mut self, index: usize) {
+        let Some(mut receiver) = self.receiver.take() else {
+            return;
+        };
+        for _ in 0..VTEP_BUDGET {
+            let Some(vtep) = self.vteps.get(index) else {
+                break;
+            };
+            let count = match receiver.receive(&vtep.socket) {
+                Ok(count) => count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // ICMP errors reported on the socket (port unreachable from a peer
+                    // that went away) must not stop the switch.
+                    self.vteps[index].errors += 1;
+                    continue;
+                }
+            };
+            if count == 0 {
+                break;
+            }
+            for message in 0..count {
+                let (received, bytes) = receiver.message(message);
+                if received.truncated {
+                    self.count_drop(DropReason::Truncated, At::Vtep(index), None);
+                    continue;
+                }
+                let source = received.source.ip();
+                for datagram in bytes.chunks(received.segment.max(1)) {
+                    self.on_vxlan_datagram(index, source, datagram);
+                }
+            }
+            self.flush_coalesced();
+        }
+        self.receiver = Some(receiver);
+    }
+
+    fn on_vxlan_datagram(&mut self, index: usize, source: IpAddr, datagram: &[u8]) {
+        self.vteps[index].rx.add(datagram.len());
+        let (vni, inner) = match vxlan::parse_header(datagram) {
+            Ok(parsed) => parsed,
+            Err(crate::packet::PacketError::Truncated { .. }) => {
+                return self.count_drop(DropReason::Truncated, At::Vtep(index), None);
+            }
+            Err(_) => return self.count_drop(DropReason::BadVxlan, At::Vtep(index), None),
+        };
+        let learn_peers = self.config.learn_peers;
+        let Some(state) = self.vnis.get_mut(&vni) else {
+            return self.count_drop(DropReason::UnknownVni, At::Vtep(index), None);
+        };
+        if !state.peers.contains(&source) {
+            if !learn_peers {
+                return self.count_drop(DropReason::UnknownPeer, At::Vtep(index), Some(vni));
+            }
+            state.peers.insert(source);
+            self.fdb.add_flood(vni, source);
+        }
+        let Ok(eth) = EthernetFrame::parse(inner) else {
+            return self.count_drop(DropReason::Malformed, At::Vtep(index), Some(vni));
+        };
+        let source_mac = eth.source();
+        if ethernet::is_multicast(&source_mac) || source_mac == [0; 6] {
+            return self.count_drop(DropReason::InvalidSource, At::Vtep(index), Some(vni));
+        }
+        if let Some(state) = self.vnis.get_mut(&vni) {
+            state.rx.add(inner.len());
+        }
+        if self.config.learn_remote {
+            let now = self.now();
+            self.fdb
+                .learn(vni, &source_mac, Destination::Remote(source), now);
+        }
+        let destination = eth.destination();
+        // A super-frame (the sender's underlay passed UDP tunnel GSO through unsplit):
+        // its checksum is partial by design; ports get it with GSO metadata.
+        let largest_frame = self.vnis.get(&vni).map_or(0, |state| {
+            state
+                .ports
+                .iter()
+                .filter_map(|id| self.ports.get(id))
+                .map(|port| port.max_frame)
+                .max()
+                .unwrap_or(0)
+        });
+        if inner.len() > largest_frame {
+            return self.deliver_decapsulated(index, vni, destination, inner, false);
+        }
+        let mut completed = std::mem::take(&mut self.completed);
+        let (inner, verified) = match partial::inspect(inner) {
+            L4Checksum::Fine => (inner, true),
+            L4Checksum::Bad => (inner, false),
+            L4Checksum::Partial { start, field } => {
+                completed.clear();
+                completed.extend_from_slice(inner);
+                partial::complete(&mut completed, start, field);
+                (&completed[..], true)
+            }
+        };
+        self.deliver_decapsulated(index, vni, destination, inner, verified);
+        self.completed = completed;
+    }
+
+    fn deliver_decapsulated(
+        &mut self,
+        index: usize,
+        vni: u32,
+        destination: MacAddr,
+        inner: &[u8],
+        verified: bool,
+    ) {
+        if !ethernet::is_multicast(&destination) {
+            match self.fdb.lookup(vni, &destination) {
+                Some(Destination::Port(to)) => {
+                    return self.remote_to_port(to, vni, inner, verified);
+                }
+                // Split horizon: never relay one VTEP's traffic to another.
+                Some(Destination::Remote(_)) => {
+                    return self.count_drop(DropReason::Hairpin, At::Vtep(index), Some(vni));
+                }
+                None => {}
+            }
+        }
+        self.flush_coalesced();
+        let ports: Vec<u32> = match self.vnis.get_mut(&vni) {
+            Some(state) => {
+                state.flooded += 1;
+                state.ports.clone()
+            }
+            None => return,
+        };
+        for to in ports {
+            self.decapsulated_to_port(to, vni, inner);
+        }
+    }
+
+    /// Writes a decapsulated frame to a port as it is, or, when it exceeds the port's
+    /// MTU, as a super-frame the port's kernel segments.
+    fn decapsulated_to_port(&mut self, to: u32, vni: u32, frame: &[u8]) {
+        let Some(port) = self.ports.get(&to) else {
+            return;
+        };
+        let mut header = [0u8; VNET_HDR_LEN];
+        let mut gso = false;
+        if frame.len() > port.max_frame {
+            match partial::gso_header(frame, port.io.mtu()) {
+                Some(super_header) if super_header.write(&mut header).is_ok() => gso = true,
+                _ => return self.count_drop(DropReason::Oversized, At::Port(to), Some(vni)),
+            }
+        }
+        self.send_to_port(to, vni, &header, frame, gso);
+    }
+
+    /// A decapsulated frame for a local port: TCP segments are coalesced into one
+    /// super-frame per port (written when the train ends), anything else goes at once.
+    fn remote_to_port(&mut self, to: u32, vni: u32, frame: &[u8], verified: bool) {
+        if self.config.coalesce && verified {
+            if self.coalesce_port != Some(to) {
+                self.flush_coalesced();
+            }
+            match self.coalescer.push(frame) {
+                Ok(true) => {
+                    self.coalesce_port = Some(to);
+                    return;
+                }
+                Ok(false) => {
+                    self.flush_coalesced();
+                    if let Ok(true) = self.coalescer.push(frame) {
+                        self.coalesce_port = Some(to);
+                        return;
+                    }
+                }
+                Err(_) => self.flush_coalesced(),
+            }
+        } else {
+            self.flush_coalesced();
+        }
+        self.decapsulated_to_port(to, vni, frame);
+    }
+
+    fn flush_coalesced(&mut self) {
+        let Some(to) = self.coalesce_port.take() else {
+            return;
+        };
+        let mut frame = std::mem::take(&mut self.super_frame);
+        if let Some(header) = self.coalescer.finish(&mut frame) {
+            let mut header_bytes = self.header_scratch;
+            if header.write(&mut header_bytes).is_ok() {
+                let vni = self.ports.get(&to).map_or(0, |port| port.vni);
+                let gso = header.gso_type != gso_type::NONE;
+                self.send_to_port(to, vni, &header_bytes, &frame, gso);
+            }
+        }
+        self.super_frame = frame;
+    }
+}

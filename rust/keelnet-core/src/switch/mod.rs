@@ -1,0 +1,483 @@
+//! The userspace switch: TAP ports, AF_PACKET ports and VXLAN tunnel endpoints joined by
+//! per-VNI MAC learning ([`crate::fdb`]).
+//!
+//! A [`Switch`] is a handle. Ports are opened on the calling thread (in the switch's
+//! host namespace, so errors come back to the caller), then handed to the engine. While
+//! running, one worker thread waits on an epoll set of every port and VTEP and forwards
+//! in batches, holding the engine's mutex only while it processes what woke it; control
+//! calls take the same mutex between batches. Stopping joins the thread; dropping the
+//! switch (or [`Switch::close`]) closes every descriptor, which removes the TAP devices.
+
+mod counters;
+mod engine;
+mod partial;
+
+pub use counters::{DropReason, Drops, Traffic};
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use engine::{Engine, PortIo};
+
+use crate::fdb::{FdbCounters, MacAddr};
+use crate::io::packet_socket::PacketSocket;
+use crate::io::tap::{Tap, TapConfig};
+use crate::io::udp::UdpSocket;
+use crate::packet::vxlan::MAX_VNI;
+
+/// Switch-wide settings.
+#[derive(Debug, Clone)]
+pub struct SwitchConfig {
+    /// The host namespace ports and VTEPs are opened in; `None`: the caller's.
+    pub netns: Option<PathBuf>,
+    /// Learn inner source MACs of decapsulated frames as behind their VTEP (as the
+    /// Linux vxlan device does by default). Static entries always win.
+    pub learn_remote: bool,
+    /// Accept VXLAN from VTEPs that are not configured peers of the VNI, and add them to
+    /// its flood list. Off: such packets are dropped as `unknown_peer`.
+    pub learn_peers: bool,
+    /// Answer ARP requests from local ports for known IPv4 → MAC bindings instead of
+    /// flooding them (bindings from [`Switch::add_peer`] and snooped local ARP).
+    pub arp_suppression: bool,
+    /// Learned MACs not seen for this long are forgotten.
+    pub fdb_max_age: Duration,
+    /// Coalesce decapsulated TCP segments into super-frames before writing to a port.
+    pub coalesce: bool,
+    /// Send each super-frame's segments with one UDP GSO call (off: one call each).
+    pub udp_gso: bool,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            netns: None,
+            learn_remote: true,
+            learn_peers: false,
+            arp_suppression: false,
+            fdb_max_age: Duration::from_secs(300),
+            coalesce: true,
+            udp_gso: true,
+        }
+    }
+}
+
+/// What kind of device a port is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    Tap,
+    Packet,
+}
+
+impl PortKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Packet => "packet",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PortStats {
+    pub name: String,
+    pub kind: PortKind,
+    /// The device's name (in the sandbox for a TAP port).
+    pub ifname: String,
+    pub mac: Option<MacAddr>,
+    pub vni: u32,
+    /// Frames read from the port.
+    pub rx: Traffic,
+    /// Frames written to the port.
+    pub tx: Traffic,
+    pub drops: Drops,
+}
+
+#[derive(Debug, Clone)]
+pub struct VniStats {
+    pub vni: u32,
+    pub ports: Vec<String>,
+    pub peers: Vec<IpAddr>,
+    /// Frames entering the VNI (from local ports and decapsulated).
+    pub rx: Traffic,
+    /// Frames delivered to local ports or sent to remote VTEPs.
+    pub tx: Traffic,
+    pub flooded: u64,
+    pub arp_suppressed: u64,
+    pub drops: Drops,
+}
+
+#[derive(Debug, Clone)]
+pub struct VtepStats {
+    pub local: SocketAddr,
+    /// VXLAN datagrams received / sent.
+    pub rx: Traffic,
+    pub tx: Traffic,
+    pub drops: Drops,
+    /// Socket errors (ICMP reports, failed sends).
+    pub errors: u64,
+    /// UDP GSO still in use (it is turned off when the kernel refuses it).
+    pub gso: bool,
+    pub gro: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub ports: Vec<PortStats>,
+    pub vnis: Vec<VniStats>,
+    pub vteps: Vec<VtepStats>,
+    /// Every drop of the switch, by reason.
+    pub drops: Drops,
+    /// Ports removed because their device failed: name and error.
+    pub removed_ports: Vec<(String, String)>,
+    pub fdb: FdbCounters,
+    pub fdb_entries: usize,
+    pub running: bool,
+}
+
+/// One forwarding entry of a VNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub mac: MacAddr,
+    /// The local port's name, for a local MAC.
+    pub port: Option<String>,
+    /// The VTEP's underlay address, for a remote MAC.
+    pub remote: Option<IpAddr>,
+    pub is_static: bool,
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+fn check_vni(vni: u32) -> io::Result<()> {
+    if vni > MAX_VNI {
+        return Err(invalid(format!("VNI {vni} does not fit in 24 bits")));
+    }
+    Ok(())
+}
+
+/// Epoll tokens: ports use their id (< 2^32), VTEPs `VTEP_TOKEN | index`.
+const VTEP_TOKEN: u64 = 1 << 32;
+const WAKE_TOKEN: u64 = u64::MAX;
+
+struct Shared {
+    engine: Mutex<Engine>,
+    stop: AtomicBool,
+    epoll: OwnedFd,
+    wake: OwnedFd,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic in the worker must not make the switch unusable for stats/cleanup.
+        self.engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLERR) as u32,
+            u64: token,
+        };
+        // SAFETY: registering a descriptor we own with an event struct on the stack.
+        crate::io::check(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        })?;
+        Ok(())
+    }
+
+    fn unwatch(&self, fd: RawFd) {
+        // SAFETY: removing a descriptor from our epoll set; failure (already gone) is fine.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our eventfd.
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+}
+
+/// A userspace switch (see the module documentation).
+pub struct Switch {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Switch {
+    pub fn new(config: SwitchConfig) -> io::Result<Switch> {
+        if let Some(path) = &config.netns {
+            // Fail now, not at the first port, when the namespace does not exist.
+            crate::io::netns::open(path)?;
+        }
+        // SAFETY: epoll_create1/eventfd return fresh descriptors owned right away.
+        let epoll = crate::io::check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        // SAFETY: as above.
+        let wake =
+            crate::io::check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(Engine::new(config)),
+            stop: AtomicBool::new(false),
+            epoll,
+            wake,
+        });
+        shared.watch(shared.wake.as_raw_fd(), WAKE_TOKEN)?;
+        Ok(Switch {
+            shared,
+            worker: None,
+        })
+    }
+
+    pub fn config(&self) -> SwitchConfig {
+        self.shared.engine().config.clone()
+    }
+
+    fn reserve_name(&self, name: &str) -> io::Result<()> {
+        if name.is_empty() {
+            return Err(invalid("a port needs a name".to_owned()));
+        }
+        if self.shared.engine().has_port(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("port {name:?} exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn attach(&self, name: &str, vni: u32, io: PortIo) -> io::Result<()> {
+        let fd = io.fd();
+        let mut engine = self.shared.engine();
+        if engine.has_port(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("port {name:?} exists"),
+            ));
+        }
+        let id = engine.add_port(name, vni, io);
+        if let Err(error) = self.shared.watch(fd, u64::from(id)) {
+            engine.remove_port(name);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Adds a TAP port in `vni`. `config.host_netns` is taken from the switch.
+    pub fn add_tap(&self, name: &str, vni: u32, mut config: TapConfig) -> io::Result<()> {
+        check_vni(vni)?;
+        self.reserve_name(name)?;
+        config.host_netns = self.shared.engine().config.netns.clone();
+        let tap = Tap::create(&config)?;
+        self.attach(name, vni, PortIo::Tap(tap))
+    }
+
+    /// Adds an AF_PACKET port on the existing interface `ifname` of the host namespace;
+    /// the port is named after the interface.
+    pub fn add_packet_port(&self, ifname: &str, vni: u32) -> io::Result<()> {
+        check_vni(vni)?;
+        self.reserve_name(ifname)?;
+        let netns = self.shared.engine().config.netns.clone();
+        let socket = PacketSocket::open(netns.as_deref(), ifname)?;
+        self.attach(ifname, vni, PortIo::Packet(socket))
+    }
+
+    /// Adds a VXLAN tunnel endpoint on `local` (one per address family is used for
+    /// sending: the first of the peer's family).
+    pub fn add_vtep(&self, local: SocketAddr) -> io::Result<()> {
+        let netns = self.shared.engine().config.netns.clone();
+        let mut socket = UdpSocket::bind(netns.as_deref(), local)?;
+        socket.set_gso(self.shared.engine().config.udp_gso);
+        let fd = socket.as_raw_fd();
+        let mut engine = self.shared.engine();
+        let index = engine.add_vtep(socket);
+        self.shared.watch(fd, VTEP_TOKEN | index as u64)
+    }
+
+    /// Adds `remote` to `vni`'s flood list; with `mac`, a static entry for it behind
+    /// `remote`; with `ip` too, an ARP suppression binding.
+    pub fn add_peer(
+        &self,
+        vni: u32,
+        remote: IpAddr,
+        mac: Option<MacAddr>,
+        ip: Option<Ipv4Addr>,
+    ) -> io::Result<()> {
+        check_vni(vni)?;
+        if remote.is_unspecified() || remote.is_multicast() {
+            return Err(invalid(format!("{remote} is not a unicast VTEP address")));
+        }
+        if let Some(mac) = &mac {
+            if crate::packet::ethernet::is_multicast(mac) || *mac == [0; 6] {
+                return Err(invalid("a peer MAC must be unicast".to_owned()));
+            }
+        }
+        if ip.is_some() && mac.is_none() {
+            return Err(invalid("an IP binding needs the MAC it maps to".to_owned()));
+        }
+        self.shared.engine().add_peer(vni, remote, mac, ip);
+        Ok(())
+    }
+
+    pub fn remove_peer(&self, vni: u32, remote: IpAddr, mac: Option<MacAddr>) -> io::Result<()> {
+        if self.shared.engine().remove_peer(vni, remote, mac) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no peer {remote} in VNI {vni}"),
+            ))
+        }
+    }
+
+    /// Removes a port; its descriptor is closed (a TAP device disappears).
+    pub fn remove_port(&self, name: &str) -> io::Result<()> {
+        let removed = self.shared.engine().remove_port(name);
+        match removed {
+            Some((_, port)) => {
+                self.shared.unwatch(port.io.fd());
+                drop(port);
+                Ok(())
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no port {name:?}"),
+            )),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Starts the worker thread (no-op when running).
+    pub fn start(&mut self) -> io::Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        self.shared.stop.store(false, Ordering::SeqCst);
+        let shared = Arc::clone(&self.shared);
+        let handle = std::thread::Builder::new()
+            .name("keelnet-switch".to_owned())
+            .spawn(move || run(&shared))?;
+        self.worker = Some(handle);
+        Ok(())
+    }
+
+    /// Stops and joins the worker thread; ports stay open (start resumes).
+    pub fn stop(&mut self) {
+        if let Some(handle) = self.worker.take() {
+            self.shared.stop.store(true, Ordering::SeqCst);
+            self.shared.wake();
+            let _ = handle.join();
+        }
+    }
+
+    /// Stops and removes every port and VTEP, closing all their descriptors.
+    pub fn close(&mut self) {
+        self.stop();
+        let mut engine = self.shared.engine();
+        for (_, fd) in engine.port_fds() {
+            self.shared.unwatch(fd);
+        }
+        let names: Vec<String> = engine
+            .stats()
+            .ports
+            .into_iter()
+            .map(|port| port.name)
+            .collect();
+        for name in names {
+            engine.remove_port(&name);
+        }
+        for vtep in engine.vteps.drain(..) {
+            self.shared.unwatch(vtep.socket.as_raw_fd());
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.shared.engine().stats();
+        stats.running = self.worker.is_some();
+        stats
+    }
+
+    /// The forwarding entries of `vni`, sorted by MAC.
+    pub fn fdb(&self, vni: u32) -> Vec<FdbEntry> {
+        self.shared.engine().fdb_entries(vni)
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The worker: wait, then handle every ready descriptor under the engine lock.
+fn run(shared: &Shared) {
+    const EVENTS: usize = 64;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    while !shared.stop.load(Ordering::SeqCst) {
+        // SAFETY: the events array is ours and holds EVENTS entries.
+        let ready = unsafe {
+            libc::epoll_wait(
+                shared.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as libc::c_int,
+                100,
+            )
+        };
+        if ready < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        let mut engine = shared.engine();
+        for event in &events[..ready as usize] {
+            let token = event.u64;
+            let flags = event.events;
+            if token == WAKE_TOKEN {
+                let mut counter = 0u64;
+                // SAFETY: reading the 8-byte eventfd counter into a local.
+                unsafe {
+                    libc::read(
+                        shared.wake.as_raw_fd(),
+                        (&mut counter as *mut u64).cast(),
+                        std::mem::size_of::<u64>(),
+                    );
+                }
+            } else if token & VTEP_TOKEN != 0 {
+                engine.vtep_readable((token & 0xffff_ffff) as usize);
+            } else if flags & libc::EPOLLIN as u32 != 0 {
+                engine.port_readable(token as u32);
+            } else if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                engine.port_error(token as u32);
+            }
+        }
+        for port in engine.reap_failed() {
+            shared.unwatch(port.io.fd());
+        }
+        engine.tick();
+    }
+}

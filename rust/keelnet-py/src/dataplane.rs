@@ -1,0 +1,283 @@
+//! `keelnet.dataplane`: the userspace switch. Blocking calls (opening ports, which
+//! enters namespaces and talks netlink; stopping, which joins the worker) release the GIL.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use keelnet_core::fdb::MacAddr;
+use keelnet_core::io::errno_of;
+use keelnet_core::io::netns;
+use keelnet_core::io::tap::TapConfig;
+use keelnet_core::switch::{Drops, Switch, SwitchConfig, Traffic};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+pyo3::import_exception!(keelnet.errors, DataplaneError);
+pyo3::import_exception!(keelnet.errors, InvalidRequest);
+pyo3::import_exception!(keelnet.errors, NotFound);
+pyo3::import_exception!(keelnet.errors, Conflict);
+
+/// Maps an I/O error onto `keelnet.errors`, keeping the errno.
+fn to_py(error: io::Error) -> PyErr {
+    let message = error.to_string();
+    if let Some(errno) = errno_of(&error) {
+        return DataplaneError::new_err((errno, message));
+    }
+    match error.kind() {
+        io::ErrorKind::InvalidInput => InvalidRequest::new_err(message),
+        io::ErrorKind::NotFound => NotFound::new_err(message),
+        io::ErrorKind::AlreadyExists => Conflict::new_err(message),
+        _ => DataplaneError::new_err((0, message)),
+    }
+}
+
+fn parse_mac(text: &str) -> PyResult<MacAddr> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(InvalidRequest::new_err(format!(
+            "{text:?} is not a MAC address"
+        )));
+    }
+    for (octet, part) in mac.iter_mut().zip(parts) {
+        *octet = u8::from_str_radix(part, 16)
+            .ok()
+            .filter(|_| part.len() == 2)
+            .ok_or_else(|| InvalidRequest::new_err(format!("{text:?} is not a MAC address")))?;
+    }
+    Ok(mac)
+}
+
+fn format_mac(mac: &MacAddr) -> String {
+    mac.iter()
+        .map(|octet| format!("{octet:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_ip(text: &str) -> PyResult<IpAddr> {
+    text.parse()
+        .map_err(|_| InvalidRequest::new_err(format!("{text:?} is not an IP address")))
+}
+
+fn traffic<'py>(py: Python<'py>, traffic: &Traffic) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("packets", traffic.packets)?;
+    dict.set_item("bytes", traffic.bytes)?;
+    Ok(dict)
+}
+
+fn drops<'py>(py: Python<'py>, drops: &Drops) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (reason, count) in drops.iter() {
+        dict.set_item(reason.as_str(), count)?;
+    }
+    Ok(dict)
+}
+
+/// The userspace switch (see `keelnet.dataplane.Switch`, the public wrapper).
+#[pyclass(module = "keelnet._core", name = "Switch")]
+pub struct PySwitch {
+    inner: Switch,
+}
+
+#[pymethods]
+impl PySwitch {
+    #[new]
+    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        netns: Option<&str>,
+        learn_remote: bool,
+        learn_peers: bool,
+        arp_suppression: bool,
+        fdb_max_age: f64,
+        coalesce: bool,
+        udp_gso: bool,
+    ) -> PyResult<Self> {
+        if !(fdb_max_age.is_finite() && fdb_max_age > 0.0) {
+            return Err(InvalidRequest::new_err(
+                "fdb_max_age must be a positive number of seconds",
+            ));
+        }
+        let netns = netns.map(netns::resolve).transpose().map_err(to_py)?;
+        let config = SwitchConfig {
+            netns,
+            learn_remote,
+            learn_peers,
+            arp_suppression,
+            fdb_max_age: Duration::from_secs_f64(fdb_max_age),
+            coalesce,
+            udp_gso,
+        };
+        let inner = py.detach(|| Switch::new(config)).map_err(to_py)?;
+        Ok(PySwitch { inner })
+    }
+
+    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_tap(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        vni: u32,
+        sandbox: Option<&str>,
+        ifname: &str,
+        mac: Option<&str>,
+        mtu: Option<u32>,
+    ) -> PyResult<()> {
+        let mut config = TapConfig::new(ifname);
+        config.sandbox_netns = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
+        config.mac = mac.map(parse_mac).transpose()?;
+        config.mtu = mtu;
+        py.detach(|| self.inner.add_tap(name, vni, config))
+            .map_err(to_py)
+    }
+
+    fn add_packet_port(&self, py: Python<'_>, ifname: &str, vni: u32) -> PyResult<()> {
+        py.detach(|| self.inner.add_packet_port(ifname, vni))
+            .map_err(to_py)
+    }
+
+    fn add_vtep(&self, py: Python<'_>, local: &str, port: u16) -> PyResult<()> {
+        let address = SocketAddr::new(parse_ip(local)?, port);
+        py.detach(|| self.inner.add_vtep(address)).map_err(to_py)
+    }
+
+    #[pyo3(signature = (vni, remote, mac, ip))]
+    fn add_peer(
+        &self,
+        vni: u32,
+        remote: &str,
+        mac: Option<&str>,
+        ip: Option<&str>,
+    ) -> PyResult<()> {
+        let remote = parse_ip(remote)?;
+        let mac = mac.map(parse_mac).transpose()?;
+        let ip = ip
+            .map(|text| {
+                text.parse::<Ipv4Addr>().map_err(|_| {
+                    InvalidRequest::new_err(format!("{text:?} is not an IPv4 address"))
+                })
+            })
+            .transpose()?;
+        self.inner.add_peer(vni, remote, mac, ip).map_err(to_py)
+    }
+
+    #[pyo3(signature = (vni, remote, mac))]
+    fn remove_peer(&self, vni: u32, remote: &str, mac: Option<&str>) -> PyResult<()> {
+        let remote = parse_ip(remote)?;
+        let mac = mac.map(parse_mac).transpose()?;
+        self.inner.remove_peer(vni, remote, mac).map_err(to_py)
+    }
+
+    fn remove_port(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        py.detach(|| self.inner.remove_port(name)).map_err(to_py)
+    }
+
+    fn start(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.start()).map_err(to_py)
+    }
+
+    fn stop(&mut self, py: Python<'_>) {
+        let inner = &mut self.inner;
+        py.detach(|| inner.stop());
+    }
+
+    fn close(&mut self, py: Python<'_>) {
+        let inner = &mut self.inner;
+        py.detach(|| inner.close());
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| self.inner.stats());
+        let result = PyDict::new(py);
+        let ports = PyDict::new(py);
+        for port in &stats.ports {
+            let entry = PyDict::new(py);
+            entry.set_item("kind", port.kind.as_str())?;
+            entry.set_item("ifname", &port.ifname)?;
+            entry.set_item("mac", port.mac.as_ref().map(format_mac))?;
+            entry.set_item("vni", port.vni)?;
+            entry.set_item("rx", traffic(py, &port.rx)?)?;
+            entry.set_item("tx", traffic(py, &port.tx)?)?;
+            entry.set_item("drops", drops(py, &port.drops)?)?;
+            ports.set_item(&port.name, entry)?;
+        }
+        result.set_item("ports", ports)?;
+        let vnis = PyDict::new(py);
+        for vni in &stats.vnis {
+            let entry = PyDict::new(py);
+            entry.set_item("ports", vni.ports.clone())?;
+            entry.set_item(
+                "peers",
+                vni.peers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )?;
+            entry.set_item("rx", traffic(py, &vni.rx)?)?;
+            entry.set_item("tx", traffic(py, &vni.tx)?)?;
+            entry.set_item("flooded", vni.flooded)?;
+            entry.set_item("arp_suppressed", vni.arp_suppressed)?;
+            entry.set_item("drops", drops(py, &vni.drops)?)?;
+            vnis.set_item(vni.vni, entry)?;
+        }
+        result.set_item("vnis", vnis)?;
+        let vteps = PyList::empty(py);
+        for vtep in &stats.vteps {
+            let entry = PyDict::new(py);
+            entry.set_item("local", vtep.local.ip().to_string())?;
+            entry.set_item("port", vtep.local.port())?;
+            entry.set_item("rx", traffic(py, &vtep.rx)?)?;
+            entry.set_item("tx", traffic(py, &vtep.tx)?)?;
+            entry.set_item("drops", drops(py, &vtep.drops)?)?;
+            entry.set_item("errors", vtep.errors)?;
+            entry.set_item("gso", vtep.gso)?;
+            entry.set_item("gro", vtep.gro)?;
+            vteps.append(entry)?;
+        }
+        result.set_item("vteps", vteps)?;
+        result.set_item("drops", drops(py, &stats.drops)?)?;
+        let removed = PyList::empty(py);
+        for (name, error) in &stats.removed_ports {
+            let entry = PyDict::new(py);
+            entry.set_item("name", name)?;
+            entry.set_item("error", error)?;
+            removed.append(entry)?;
+        }
+        result.set_item("removed_ports", removed)?;
+        let fdb = PyDict::new(py);
+        fdb.set_item("entries", stats.fdb_entries)?;
+        fdb.set_item("learned", stats.fdb.learned)?;
+        fdb.set_item("moves", stats.fdb.moves)?;
+        fdb.set_item("aged_out", stats.fdb.aged_out)?;
+        fdb.set_item("limit_drops", stats.fdb.limit_drops)?;
+        fdb.set_item("static_conflicts", stats.fdb.static_conflicts)?;
+        result.set_item("fdb", fdb)?;
+        result.set_item("running", stats.running)?;
+        Ok(result)
+    }
+
+    fn fdb<'py>(&self, py: Python<'py>, vni: u32) -> PyResult<Bound<'py, PyList>> {
+        let entries = py.detach(|| self.inner.fdb(vni));
+        let list = PyList::empty(py);
+        for entry in entries {
+            let item = PyDict::new(py);
+            item.set_item("mac", format_mac(&entry.mac))?;
+            item.set_item("port", entry.port)?;
+            item.set_item("remote", entry.remote.map(|ip| ip.to_string()))?;
+            item.set_item("static", entry.is_static)?;
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+}

@@ -1,0 +1,351 @@
+"""Test hosts for the userspace data plane: namespaces joined by an underlay bridge.
+
+A `DpLab` makes throwaway namespaces named `kn-dp<random>-…`: an underlay namespace with
+a bridge, "hosts" (each with a veth `ul0` on that bridge, 192.0.2.N/24 and
+2001:db8::N/64), and sandboxes. Everything is removed by prefix on exit, also on
+failure. Tools run inside namespaces with `ip netns exec` and check the bytes that
+arrive, not only exit codes. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+NETNS_DIR = Path("/var/run/netns")
+UNDERLAY_V4 = "192.0.2.{}"
+UNDERLAY_V6 = "2001:db8::{}"
+
+
+def sh(*argv: str, netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
+    """Run a command (inside `netns` when given) and return its stdout."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    result = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(full)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+_PING = textwrap.dedent(
+    """
+    import socket, struct, sys, time
+    dst, timeout, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    v6 = ":" in dst
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
+                      socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+    s.settimeout(0.2)
+    def csum(b):
+        if len(b) % 2: b += b"\\0"
+        t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xFFFF)
+        return ~(t + (t >> 16)) & 0xFFFF
+    ident = 0x4b4e
+    payload = b"keelnet-dataplane-ping"
+    got = 0
+    rtts = []
+    deadline = time.time() + timeout
+    for seq in range(1, count + 1):
+        kind = 128 if v6 else 8
+        hdr = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
+        pkt = struct.pack("!BBHHH", kind, 0, 0 if v6 else csum(hdr + payload), ident, seq) + payload
+        while time.time() < deadline:
+            sent = time.perf_counter()
+            s.sendto(pkt, (dst, 0))
+            answered = False
+            until = time.time() + 0.3
+            while time.time() < until:
+                try:
+                    data = s.recv(4096)
+                except (socket.timeout, TimeoutError):
+                    break
+                icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
+                if icmp[0] == (129 if v6 else 0) and icmp[4:8] == struct.pack("!HH", ident, seq) and payload in icmp:
+                    rtts.append(time.perf_counter() - sent)
+                    answered = True
+                    break
+            if answered:
+                got += 1
+                break
+    print(got, " ".join("%.1f" % (r * 1e6) for r in rtts))
+    sys.exit(0 if got == count else 1)
+    """
+)
+
+
+def ping(netns: str, address: str, timeout: float = 3.0, count: int = 1) -> bool:
+    """`count` ICMP echoes from `netns` to `address`, retried until `timeout`; True when
+    every one was answered with our payload."""
+    result = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-c",
+            _PING,
+            address,
+            str(timeout),
+            str(count),
+        ],
+        capture_output=True,
+        timeout=timeout + 10,
+    )
+    return result.returncode == 0
+
+
+_ECHO_SERVER = textwrap.dedent(
+    """
+    import socket, sys
+    host, port = sys.argv[1], int(sys.argv[2])
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port)); s.listen(8)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        c.settimeout(30)
+        try:
+            while True:
+                b = c.recv(1 << 16)
+                if not b: break
+                c.sendall(b)
+        except OSError:
+            pass
+        c.close()
+    """
+)
+
+_ECHO_CLIENT = textwrap.dedent(
+    """
+    import hashlib, os, socket, sys, threading
+    host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    data = os.urandom(size)
+    s = socket.create_connection((host, port), timeout=float(sys.argv[4]))
+    def send():
+        s.sendall(data); s.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send); t.start()
+    got = bytearray()
+    while True:
+        b = s.recv(1 << 16)
+        if not b: break
+        got += b
+    t.join()
+    print(hashlib.sha256(data).hexdigest(), hashlib.sha256(got).hexdigest(), len(got))
+    """
+)
+
+
+class EchoServer:
+    """A TCP echo server in a namespace."""
+
+    def __init__(self, netns: str, host: str, port: int = 5001) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", _ECHO_SERVER, host, str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != b"ready":
+            self.stop()
+            raise RuntimeError(f"echo server in {netns} did not start")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=5)
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def echo_transfer(netns: str, host: str, size: int, port: int = 5001, timeout: float = 20) -> bool:
+    """Send `size` random bytes to the echo server at `host` and check that exactly the
+    same bytes come back (both directions byte-exact)."""
+    result = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-c",
+            _ECHO_CLIENT,
+            host,
+            str(port),
+            str(size),
+            str(timeout),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+    )
+    if result.returncode != 0:
+        return False
+    sent, received, length = result.stdout.split()
+    return sent == received and int(length) == size
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class DpLab:
+    """Namespaces of one test; `close()` removes every namespace with the prefix."""
+
+    def __init__(self) -> None:
+        self.prefix = f"kn-dp{secrets.token_hex(3)}"
+        self.underlay = f"{self.prefix}-ul"
+        self.hosts: list[str] = []
+        self._create(self.underlay)
+        sh("ip", "link", "add", "br0", "type", "bridge", netns=self.underlay)
+        sh("ip", "link", "set", "br0", "up", netns=self.underlay)
+
+    def _create(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        sh("ip", "link", "set", "lo", "up", netns=name)
+        sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", netns=name)
+        sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", netns=name)
+
+    def host(self, number: int) -> str:
+        """Host `number`: a namespace with `ul0` = 192.0.2.N/24, 2001:db8::N/64."""
+        name = f"{self.prefix}-h{number}"
+        self._create(name)
+        peer = f"ul-h{number}"
+        sh(
+            "ip",
+            "link",
+            "add",
+            "ul0",
+            "netns",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            netns=self.underlay,
+        )
+        sh("ip", "link", "set", peer, "master", "br0", "up", netns=self.underlay)
+        sh("ip", "addr", "add", f"{UNDERLAY_V4.format(number)}/24", "dev", "ul0", netns=name)
+        sh(
+            "ip",
+            "addr",
+            "add",
+            f"{UNDERLAY_V6.format(number)}/64",
+            "dev",
+            "ul0",
+            "nodad",
+            netns=name,
+        )
+        sh("ip", "link", "set", "ul0", "up", netns=name)
+        self.hosts.append(name)
+        return name
+
+    def sandbox(self, suffix: str) -> str:
+        name = f"{self.prefix}-{suffix}"
+        self._create(name)
+        return name
+
+    def close(self) -> None:
+        for name in sorted(os.listdir(NETNS_DIR), reverse=True):
+            if name.startswith(self.prefix):
+                with contextlib.suppress(Exception):
+                    sh("ip", "netns", "del", name, check=False)
+
+
+@contextlib.contextmanager
+def dp_lab() -> Iterator[DpLab]:
+    lab = DpLab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def address(netns: str, ifname: str, cidr: str) -> None:
+    """Put `cidr` on `ifname` in `netns` (no DAD for IPv6) and bring it up."""
+    extra = ["nodad"] if ":" in cidr else []
+    sh("ip", "addr", "add", cidr, "dev", ifname, *extra, netns=netns)
+    sh("ip", "link", "set", ifname, "up", netns=netns)
+
+
+def mac_of(netns: str, ifname: str) -> str:
+    return (
+        Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+        if netns == ""
+        else sh("cat", f"/sys/class/net/{ifname}/address", netns=netns).strip()
+    )
+
+
+def kernel_vxlan_host(
+    host: str,
+    sandbox: str,
+    *,
+    vni: int,
+    local: str,
+    remotes: list[str],
+    overlay_cidr: str,
+    mtu: int = 1450,
+) -> None:
+    """Docker-overlay style on `host`: bridge `br<vni>` + vxlan `vx<vni>` (port 4789,
+    flooding to `remotes`) + a veth into `sandbox` as eth0 with `overlay_cidr`."""
+    vx, br = f"vx{vni}", f"br{vni}"
+    sh(
+        "ip",
+        "link",
+        "add",
+        vx,
+        "type",
+        "vxlan",
+        "id",
+        str(vni),
+        "local",
+        local,
+        "dstport",
+        "4789",
+        "dev",
+        "ul0",
+        netns=host,
+    )
+    for remote in remotes:
+        sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", remote, netns=host)
+    sh("ip", "link", "add", br, "type", "bridge", netns=host)
+    sh("ip", "link", "set", vx, "master", br, "mtu", str(mtu), "up", netns=host)
+    sh("ip", "link", "set", br, "up", netns=host)
+    sh(
+        "ip",
+        "link",
+        "add",
+        "vs0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        sandbox,
+        netns=host,
+    )
+    sh("ip", "link", "set", "vs0", "master", br, "mtu", str(mtu), "up", netns=host)
+    sh("ip", "link", "set", "eth0", "mtu", str(mtu), netns=sandbox)
+    address(sandbox, "eth0", overlay_cidr)
