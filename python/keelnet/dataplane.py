@@ -153,8 +153,13 @@ class Switch:
         self._core.stop()
 
     def close(self) -> None:
-        """Stop and close every port and VTEP (TAP devices vanish)."""
+        """Stop and close every port, VTEP and descriptor of the switch (TAP devices
+        vanish). A closed switch cannot be used again; closing twice is fine."""
         self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
 
     @property
     def running(self) -> bool:

@@ -261,9 +261,14 @@ class DpLab:
         self.hosts.append(name)
         return name
 
-    def sandbox(self, suffix: str) -> str:
+    def sandbox(self, suffix: str, *, ipv6: bool = False) -> str:
+        """A sandbox namespace; IPv6 off unless asked (no router solicitations or MLD
+        reports that would refresh MACs or count as floods behind a test's back)."""
         name = f"{self.prefix}-{suffix}"
         self._create(name)
+        if not ipv6:
+            sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", netns=name)
+            sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1", netns=name)
         return name
 
     def close(self) -> None:
@@ -290,11 +295,28 @@ def address(netns: str, ifname: str, cidr: str) -> None:
 
 
 def mac_of(netns: str, ifname: str) -> str:
-    return (
-        Path(f"/sys/class/net/{ifname}/address").read_text().strip()
-        if netns == ""
-        else sh("cat", f"/sys/class/net/{ifname}/address", netns=netns).strip()
+    return sh("cat", f"/sys/class/net/{ifname}/address", netns=netns).strip()
+
+
+def neighbour_mac(netns: str, ip: str) -> str | None:
+    """The MAC `netns` resolved `ip` to (ARP/ND), if any."""
+    words = sh("ip", "neigh", "show", ip, netns=netns).split()
+    return words[words.index("lladdr") + 1] if "lladdr" in words else None
+
+
+def send_udp(netns: str, source: str, destination: str, port: int, payloads: list[bytes]) -> None:
+    """Send raw UDP payloads from `source` (bound) to `destination`:`port` in `netns`."""
+    script = (
+        "import socket, sys\n"
+        "src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+        "fam = socket.AF_INET6 if ':' in dst else socket.AF_INET\n"
+        "s = socket.socket(fam, socket.SOCK_DGRAM)\n"
+        "s.bind((src, 0))\n"
+        "for hexed in sys.argv[4:]:\n"
+        "    s.sendto(bytes.fromhex(hexed), (dst, port))\n"
     )
+    argv = [sys.executable, "-c", script, source, destination, str(port)]
+    sh(*argv, *(payload.hex() for payload in payloads), netns=netns)
 
 
 def kernel_vxlan_host(

@@ -79,7 +79,16 @@ fn drops<'py>(py: Python<'py>, drops: &Drops) -> PyResult<Bound<'py, PyDict>> {
 /// The userspace switch (see `keelnet.dataplane.Switch`, the public wrapper).
 #[pyclass(module = "keelnet._core", name = "Switch")]
 pub struct PySwitch {
-    inner: Switch,
+    /// `None` once closed: every descriptor (epoll and eventfd too) is released.
+    inner: Option<Switch>,
+}
+
+impl PySwitch {
+    fn switch(&self) -> PyResult<&Switch> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| InvalidRequest::new_err("the switch is closed"))
+    }
 }
 
 #[pymethods]
@@ -113,7 +122,7 @@ impl PySwitch {
             udp_gso,
         };
         let inner = py.detach(|| Switch::new(config)).map_err(to_py)?;
-        Ok(PySwitch { inner })
+        Ok(PySwitch { inner: Some(inner) })
     }
 
     #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu))]
@@ -132,18 +141,21 @@ impl PySwitch {
         config.sandbox_netns = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
         config.mac = mac.map(parse_mac).transpose()?;
         config.mtu = mtu;
-        py.detach(|| self.inner.add_tap(name, vni, config))
+        let switch = self.switch()?;
+        py.detach(|| switch.add_tap(name, vni, config))
             .map_err(to_py)
     }
 
     fn add_packet_port(&self, py: Python<'_>, ifname: &str, vni: u32) -> PyResult<()> {
-        py.detach(|| self.inner.add_packet_port(ifname, vni))
+        let switch = self.switch()?;
+        py.detach(|| switch.add_packet_port(ifname, vni))
             .map_err(to_py)
     }
 
     fn add_vtep(&self, py: Python<'_>, local: &str, port: u16) -> PyResult<()> {
+        let switch = self.switch()?;
         let address = SocketAddr::new(parse_ip(local)?, port);
-        py.detach(|| self.inner.add_vtep(address)).map_err(to_py)
+        py.detach(|| switch.add_vtep(address)).map_err(to_py)
     }
 
     #[pyo3(signature = (vni, remote, mac, ip))]
@@ -154,6 +166,7 @@ impl PySwitch {
         mac: Option<&str>,
         ip: Option<&str>,
     ) -> PyResult<()> {
+        let switch = self.switch()?;
         let remote = parse_ip(remote)?;
         let mac = mac.map(parse_mac).transpose()?;
         let ip = ip
@@ -163,42 +176,56 @@ impl PySwitch {
                 })
             })
             .transpose()?;
-        self.inner.add_peer(vni, remote, mac, ip).map_err(to_py)
+        switch.add_peer(vni, remote, mac, ip).map_err(to_py)
     }
 
     #[pyo3(signature = (vni, remote, mac))]
     fn remove_peer(&self, vni: u32, remote: &str, mac: Option<&str>) -> PyResult<()> {
+        let switch = self.switch()?;
         let remote = parse_ip(remote)?;
         let mac = mac.map(parse_mac).transpose()?;
-        self.inner.remove_peer(vni, remote, mac).map_err(to_py)
+        switch.remove_peer(vni, remote, mac).map_err(to_py)
     }
 
     fn remove_port(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        py.detach(|| self.inner.remove_port(name)).map_err(to_py)
+        let switch = self.switch()?;
+        py.detach(|| switch.remove_port(name)).map_err(to_py)
     }
 
     fn start(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = &mut self.inner;
+        let inner = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| InvalidRequest::new_err("the switch is closed"))?;
         py.detach(|| inner.start()).map_err(to_py)
     }
 
     fn stop(&mut self, py: Python<'_>) {
-        let inner = &mut self.inner;
-        py.detach(|| inner.stop());
+        if let Some(inner) = self.inner.as_mut() {
+            py.detach(|| inner.stop());
+        }
     }
 
+    /// Stops and releases everything; the switch cannot be used afterwards.
     fn close(&mut self, py: Python<'_>) {
-        let inner = &mut self.inner;
-        py.detach(|| inner.close());
+        if let Some(inner) = self.inner.take() {
+            py.detach(move || drop(inner));
+        }
     }
 
     #[getter]
     fn running(&self) -> bool {
-        self.inner.is_running()
+        self.inner.as_ref().is_some_and(Switch::is_running)
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_none()
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = py.detach(|| self.inner.stats());
+        let switch = self.switch()?;
+        let stats = py.detach(|| switch.stats());
         let result = PyDict::new(py);
         let ports = PyDict::new(py);
         for port in &stats.ports {
@@ -268,7 +295,8 @@ impl PySwitch {
     }
 
     fn fdb<'py>(&self, py: Python<'py>, vni: u32) -> PyResult<Bound<'py, PyList>> {
-        let entries = py.detach(|| self.inner.fdb(vni));
+        let switch = self.switch()?;
+        let entries = py.detach(|| switch.fdb(vni));
         let list = PyList::empty(py);
         for entry in entries {
             let item = PyDict::new(py);

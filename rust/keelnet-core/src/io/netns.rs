@@ -32,10 +32,7 @@ pub fn resolve(spec: &str) -> io::Result<PathBuf> {
 /// Opens a namespace file (to pass its descriptor to `setns` or `IFLA_NET_NS_FD`).
 pub fn open(path: &Path) -> io::Result<File> {
     File::open(path).map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!("network namespace {}: {error}", path.display()),
-        )
+        super::sys::context(error, format!("network namespace {}", path.display()))
     })
 }
 
