@@ -70,12 +70,21 @@ class BridgeDriver(Driver):
             for config in network.ipam:
                 if config.gateway:
                     links.add_address(ctx.ipr, index, config.gateway, config.prefix_length)
+            if network.ipv6:
+                # Forwarded packets are resolved with the bridge's link-local address as
+                # source; while that is tentative (DAD, ~1 s) the kernel sends no
+                # solicitation and IPv6 to new sandboxes silently stalls.
+                write_sysctl(ctx.netns_path, f"net.ipv6.conf.{bridge}.accept_dad", "0")
             ctx.ipr.link("set", index=index, state="up")
+            # Published ports are reachable from the host's loopback (Docker's hairpin mode).
+            write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.route_localnet", "1")
         except NetlinkError as exc:
             links.delete_link(ctx.ipr, bridge)
             raise links.netlink_error(f"creating bridge {bridge}", exc) from exc
-        # Published ports are reachable from the host's loopback (like Docker's hairpin mode).
-        write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.route_localnet", "1")
+        except BaseException:
+            links.delete_link(ctx.ipr, bridge)
+            raise
+        # Host-wide switches, left on when the network goes (Docker does the same).
         if not network.internal:
             write_sysctl(ctx.netns_path, "net.ipv4.ip_forward", "1")
             if network.ipv6:
