@@ -116,7 +116,7 @@ class Network:
             "Created": self.created,
             "Scope": "local",
             "Driver": self.driver,
-            "EnableIPv4": self.ipam_for(4) is not None or self.driver in ("bridge",),
+            "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
             "EnableIPv6": self.ipv6,
             "IPAM": {
                 "Driver": "default",

@@ -57,6 +57,9 @@ def test_cli_network_lifecycle(lab: Lab) -> None:
     assert inspected[0]["Labels"] == {"team": "net"}
     assert inspected[0]["Containers"][sandbox]["IPv4Address"] == "10.95.0.50/24"
 
+    listed = keelnet_cli(lab, "sandbox", "ls", "--format", "json")
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["Name"] == sandbox and row["Networks"]["front"]["IPAddress"] == "10.95.0.50"
     shown = keelnet_cli(lab, "sandbox", "exec", sandbox, "--", "ip", "-4", "-o", "addr")
     assert "10.95.0.50/24" in shown.stdout
 
