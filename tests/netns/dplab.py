@@ -76,7 +76,8 @@ _PING = textwrap.dedent(
                 except (socket.timeout, TimeoutError):
                     break
                 icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
-                if icmp[0] == (129 if v6 else 0) and icmp[4:8] == struct.pack("!HH", ident, seq) and payload in icmp:
+                mine = icmp[4:8] == struct.pack("!HH", ident, seq) and payload in icmp
+                if icmp[0] == (129 if v6 else 0) and mine:
                     rtts.append(time.perf_counter() - sent)
                     answered = True
                     break

@@ -91,7 +91,7 @@ def test_vnis_are_isolated(lab: DpLab) -> None:
     host = lab.host(1)
     with Switch(netns=host) as sw:
         s1 = tap_sandbox(sw, lab, 1, vni=10)
-        s2 = tap_sandbox(sw, lab, 2, vni=10)
+        tap_sandbox(sw, lab, 2, vni=10)
         s3 = tap_sandbox(sw, lab, 3, vni=20)
         assert ping(s1, NET.format(2))
         assert not ping(s1, NET.format(3), timeout=1)
@@ -128,7 +128,9 @@ def test_arp_suppression_answers_for_known_addresses(lab: DpLab) -> None:
         sw.add_vtep("192.0.2.1")
         s1 = tap_sandbox(sw, lab, 1)
         sw.add_peer(VNI, "192.0.2.2", mac=remote_mac, ip=NET.format(99))
-        assert {"mac": remote_mac, "port": None, "remote": "192.0.2.2", "static": True} in sw.fdb(VNI)
+        assert {"mac": remote_mac, "port": None, "remote": "192.0.2.2", "static": True} in sw.fdb(
+            VNI
+        )
         before = sw.stats()["vnis"][VNI]
         # Any datagram to .99 makes s1 resolve it first.
         send_udp(s1, NET.format(1), NET.format(99), 9, [b"resolve me"])
@@ -160,19 +162,25 @@ def test_malformed_and_foreign_vxlan_is_dropped_and_counted(lab: DpLab) -> None:
     with Switch(netns=h1) as sw:
         sw.add_vtep("192.0.2.1")
         s1 = tap_sandbox(sw, lab, 1)
-        s2 = tap_sandbox(sw, lab, 2)
+        tap_sandbox(sw, lab, 2)
         sw.add_peer(VNI, "192.0.2.2")
         assert ping(s1, NET.format(2))  # s1's MAC is known: the oversized frame is unicast
         good = _inner_frame("02:00:00:00:00:02")
         send_udp(h3, "192.0.2.3", "192.0.2.1", 4789, [_vxlan(VNI, good)])  # not a peer
-        send_udp(h2, "192.0.2.2", "192.0.2.1", 4789, [
-            _vxlan(99, good),  # a VNI this switch does not serve
-            _vxlan(VNI, good, flags=0x0C),  # reserved flag bit
-            b"\x08\0\0",  # shorter than a VXLAN header
-            _vxlan(VNI, good[:10]),  # inner frame cut short
-            _vxlan(VNI, _inner_frame("01:00:5e:00:00:01")),  # group source MAC
-            _vxlan(VNI, _inner_frame("02:00:00:00:00:03", dst=mac_of(s1, "eth0"), size=3000)),
-        ])
+        send_udp(
+            h2,
+            "192.0.2.2",
+            "192.0.2.1",
+            4789,
+            [
+                _vxlan(99, good),  # a VNI this switch does not serve
+                _vxlan(VNI, good, flags=0x0C),  # reserved flag bit
+                b"\x08\0\0",  # shorter than a VXLAN header
+                _vxlan(VNI, good[:10]),  # inner frame cut short
+                _vxlan(VNI, _inner_frame("01:00:5e:00:00:01")),  # group source MAC
+                _vxlan(VNI, _inner_frame("02:00:00:00:00:03", dst=mac_of(s1, "eth0"), size=3000)),
+            ],
+        )
         expected = {
             "unknown_peer": 1,
             "unknown_vni": 1,
@@ -198,7 +206,7 @@ def test_bad_frames_from_a_sandbox_are_dropped_and_counted(lab: DpLab) -> None:
     host = lab.host(1)
     with Switch(netns=host) as sw:
         s1 = tap_sandbox(sw, lab, 1)
-        s2 = tap_sandbox(sw, lab, 2)
+        tap_sandbox(sw, lab, 2)
         script = (
             "import socket\n"
             "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
@@ -285,7 +293,24 @@ def test_packet_port_switches_an_existing_veth(lab: DpLab) -> None:
     with Switch(netns=host) as sw:
         s1 = tap_sandbox(sw, lab, 1)
         s4 = lab.sandbox("s4")
-        sh("ip", "link", "add", "vp4", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450", "netns", s4, netns=host)
+        sh(
+            "ip",
+            "link",
+            "add",
+            "vp4",
+            "mtu",
+            "1450",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "mtu",
+            "1450",
+            "netns",
+            s4,
+            netns=host,
+        )
         sh("ip", "link", "set", "vp4", "up", netns=host)
         address(s4, "eth0", f"{NET.format(4)}/24")
         sw.add_packet_port("vp4", vni=VNI)

@@ -1,0 +1,154 @@
+"""The keelnet VTEP across test hosts: against the Linux kernel's bridge + vxlan (both
+ways, IPv4 and IPv6 underlay), against another keelnet switch, and flooding to several
+peers (head-end replication).
+
+Hosts are namespaces on an underlay bridge (192.0.2.0/24, 2001:db8::/64); sandboxes
+use 198.51.100.0/24 inside VNI 42. Everything is removed after each test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from dplab import (
+    UNDERLAY_V4,
+    UNDERLAY_V6,
+    DpLab,
+    EchoServer,
+    address,
+    dp_lab,
+    echo_transfer,
+    kernel_vxlan_host,
+    mac_of,
+    neighbour_mac,
+    ping,
+    sh,
+)
+
+from keelnet.dataplane import Switch
+
+if os.geteuid() != 0:
+    pytest.skip("data plane tests need root (namespaces, TAP devices)", allow_module_level=True)
+
+VNI = 42
+NET = "198.51.100.{}"
+
+
+@pytest.fixture
+def lab() -> Iterator[DpLab]:
+    with dp_lab() as the_lab:
+        yield the_lab
+
+
+@pytest.mark.parametrize("underlay", [UNDERLAY_V4, UNDERLAY_V6], ids=["ipv4", "ipv6"])
+def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(lab: DpLab, underlay: str) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
+    mtu = 1450 if underlay == UNDERLAY_V4 else 1430  # 50 / 70 bytes of VXLAN overhead
+    kernel_vxlan_host(
+        h2,
+        s2,
+        vni=VNI,
+        local=underlay.format(2),
+        remotes=[underlay.format(1)],
+        overlay_cidr=f"{NET.format(2)}/24",
+        mtu=mtu,
+    )
+    with Switch(netns=h1) as sw:
+        sw.add_vtep(underlay.format(1))
+        sw.add_tap("p1", vni=VNI, sandbox=s1, mtu=mtu)
+        address(s1, "eth0", f"{NET.format(1)}/24")
+        sw.add_peer(VNI, underlay.format(2))
+        # ARP both ways: each side resolved the other's real MAC through the tunnel.
+        assert ping(s1, NET.format(2), timeout=5)
+        assert neighbour_mac(s1, NET.format(2)) == mac_of(s2, "eth0")
+        sh("ip", "neigh", "flush", "all", netns=s2)
+        assert ping(s2, NET.format(1), timeout=5)
+        assert neighbour_mac(s2, NET.format(1)) == mac_of(s1, "eth0")
+        # TCP, byte-exact, with each side as client (both directions carry 4 MB).
+        with EchoServer(s2, NET.format(2)):
+            assert echo_transfer(s1, NET.format(2), 4_000_000)
+        with EchoServer(s1, NET.format(1)):
+            assert echo_transfer(s2, NET.format(1), 4_000_000)
+        # The kernel's MAC was learned behind its VTEP; the kernel learned ours.
+        entries = {entry["mac"]: entry for entry in sw.fdb(VNI)}
+        assert entries[mac_of(s2, "eth0")]["remote"] == underlay.format(2)
+        kernel_fdb = sh("bridge", "fdb", "show", "dev", f"vx{VNI}", netns=h2)
+        assert f"{mac_of(s1, 'eth0')} dst {underlay.format(1)}" in kernel_fdb
+        stats = sw.stats()
+        vtep = stats["vteps"][0]
+        assert vtep["rx"]["bytes"] > 4_000_000 and vtep["tx"]["bytes"] > 4_000_000
+        assert sum(stats["drops"].values()) == 0
+
+
+def test_two_keelnet_switches_with_static_peers(lab: DpLab) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
+    mac1, mac2 = "02:42:c6:33:64:01", "02:42:c6:33:64:02"
+    with Switch(netns=h1, learn_remote=False) as sw1, Switch(netns=h2, learn_remote=False) as sw2:
+        sw1.add_vtep(UNDERLAY_V4.format(1))
+        sw2.add_vtep(UNDERLAY_V4.format(2))
+        sw1.add_tap("p1", vni=VNI, sandbox=s1, mac=mac1, mtu=1450)
+        sw2.add_tap("p2", vni=VNI, sandbox=s2, mac=mac2, mtu=1450)
+        address(s1, "eth0", f"{NET.format(1)}/24")
+        address(s2, "eth0", f"{NET.format(2)}/24")
+        sw1.add_peer(VNI, UNDERLAY_V4.format(2), mac=mac2, ip=NET.format(2))
+        sw2.add_peer(VNI, UNDERLAY_V4.format(1), mac=mac1, ip=NET.format(1))
+        assert ping(s1, NET.format(2), timeout=5)
+        with EchoServer(s2, NET.format(2)):
+            assert echo_transfer(s1, NET.format(2), 8_000_000)
+        remote_entries = [entry for entry in sw1.fdb(VNI) if entry["remote"]]
+        assert remote_entries == [
+            {"mac": mac2, "port": None, "remote": UNDERLAY_V4.format(2), "static": True}
+        ]
+        # Removing the static entry leaves the peer (flooding still reaches it).
+        sw1.remove_peer(VNI, UNDERLAY_V4.format(2), mac=mac2)
+        assert not [entry for entry in sw1.fdb(VNI) if entry["remote"]]
+        assert sw1.stats()["vnis"][VNI]["peers"] == [UNDERLAY_V4.format(2)]
+        sw1.remove_peer(VNI, UNDERLAY_V4.format(2))
+        assert sw1.stats()["vnis"][VNI]["peers"] == []
+        sh("ip", "neigh", "flush", "all", netns=s1)
+        assert not ping(s1, NET.format(2), timeout=1)
+
+
+def test_floods_reach_every_peer_and_unknown_peers_are_refused(lab: DpLab) -> None:
+    h1, h2, h3 = lab.host(1), lab.host(2), lab.host(3)
+    s1, s2, s3 = lab.sandbox("s1"), lab.sandbox("s2"), lab.sandbox("s3")
+    for number, (host, sandbox) in ((2, (h2, s2)), (3, (h3, s3))):
+        kernel_vxlan_host(
+            host,
+            sandbox,
+            vni=VNI,
+            local=UNDERLAY_V4.format(number),
+            remotes=[UNDERLAY_V4.format(1)],
+            overlay_cidr=f"{NET.format(number)}/24",
+        )
+    with Switch(netns=h1) as sw:
+        sw.add_vtep(UNDERLAY_V4.format(1))
+        sw.add_tap("p1", vni=VNI, sandbox=s1, mtu=1450)
+        address(s1, "eth0", f"{NET.format(1)}/24")
+        sw.add_peer(VNI, UNDERLAY_V4.format(2))
+        assert ping(s1, NET.format(2), timeout=5)
+        # h3 is not a peer yet: its ARP replies and requests are dropped.
+        assert not ping(s1, NET.format(3), timeout=1)
+        assert sw.stats()["drops"]["unknown_peer"] > 0
+        sw.add_peer(VNI, UNDERLAY_V4.format(3))
+        before = sw.stats()
+        sh("ip", "neigh", "flush", "all", netns=s1)
+        # One broadcast ARP from s1 is replicated to both peers, whose kernels deliver it.
+        assert ping(s1, NET.format(3), timeout=5)
+        assert ping(s1, NET.format(2), timeout=5)
+        after = sw.stats()
+        assert after["vnis"][VNI]["flooded"] >= before["vnis"][VNI]["flooded"] + 2
+        assert sorted(after["vnis"][VNI]["peers"]) == [UNDERLAY_V4.format(2), UNDERLAY_V4.format(3)]
+        for sandbox in (s2, s3):
+            assert neighbour_mac(sandbox, NET.format(1)) == mac_of(s1, "eth0")
+        # The peers' kernels only tunnel to h1, which never relays VTEP to VTEP (split
+        # horizon): s2's ARP for s3 reaches s1 and goes no further.
+        sent = sw.stats()["vteps"][0]["tx"]["packets"]
+        delivered = sw.stats()["ports"]["p1"]["tx"]["packets"]
+        assert not ping(s2, NET.format(3), timeout=1)
+        assert sw.stats()["vteps"][0]["tx"]["packets"] == sent
+        assert sw.stats()["ports"]["p1"]["tx"]["packets"] > delivered
