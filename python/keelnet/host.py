@@ -73,6 +73,7 @@ class Host:
         self._exit.callback(self._rtnl.close)
         self._ctx = HostContext(self.netns_path, self._ipr, self._rtnl)
         self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
+        self._applied_script: str | None = None  # the nft script last loaded by this Host
         try:
             self.reconcile()
         except BaseException:
@@ -595,9 +596,19 @@ class Host:
             rule = get_driver(network.driver).firewall(network, ports)
             if rule is not None:
                 rules.append(rule)
-        nftables.apply(self.netns_path, nftables.render(rules))
+        script = nftables.render(rules)
+        nftables.apply(self.netns_path, script)
         if bridges_changed:
-            self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
+            try:
+                self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
+            except BaseException:
+                # Always the last step of an operation: put nftables back as it was, so the
+                # failed operation leaves the kernel as before (the store rolls back).
+                if self._applied_script is not None:
+                    with contextlib.suppress(KeelnetError):
+                        nftables.apply(self.netns_path, self._applied_script)
+                raise
+        self._applied_script = script
 
     @contextlib.contextmanager
     def _rollback(self) -> Iterator[list[Undo]]:

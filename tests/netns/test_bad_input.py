@@ -9,7 +9,7 @@ from netlab import HOST_UPLINK, Lab, kernel_state, store_state
 
 import keelnet
 from keelnet import errors
-from keelnet.kernel import links
+from keelnet.kernel import iptables_compat, links
 
 Action = Callable[[keelnet.Host, Lab], object]
 
@@ -166,6 +166,36 @@ def test_failed_kernel_step_rolls_back_everything(
     assert store_state(lab.state_dir) == store_before
     monkeypatch.undo()
     assert host.connect("taken", lab.name("free")).ip == "10.80.0.2"
+
+
+def test_failing_last_step_restores_nftables(
+    lab: Lab, host: keelnet.Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The iptables step fails after nftables already took the new network's rules."""
+    _prepare(host, lab)
+    kernel_before, store_before = kernel_state(lab.host), store_state(lab.state_dir)
+
+    def broken_sync(*args: object, **kwargs: object) -> None:
+        raise errors.KernelError("injected iptables failure")
+
+    monkeypatch.setattr(iptables_compat.DockerCompat, "sync", broken_sync)
+    with pytest.raises(errors.KernelError):
+        host.create_network("late", subnet="10.84.0.0/24")
+    assert kernel_state(lab.host) == kernel_before
+    assert store_state(lab.state_dir) == store_before
+
+
+def test_publishing_on_macvlan_is_refused(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "mv", driver="macvlan", subnet="10.85.0.0/24", options={"parent": HOST_UPLINK}
+    )
+    s = lab.name("m")
+    host.create_sandbox(s)
+    host.connect("mv", s)
+    before = kernel_state(lab.host), store_state(lab.state_dir)
+    with pytest.raises(errors.InvalidOption):
+        host.publish("mv", s, 8080, 80)
+    assert (kernel_state(lab.host), store_state(lab.state_dir)) == before
 
 
 def test_teardown_is_idempotent(lab: Lab, host: keelnet.Host) -> None:
