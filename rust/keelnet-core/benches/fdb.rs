@@ -3,7 +3,11 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+#[path = "support/thread_cpu_time.rs"]
+mod thread_cpu_time;
+
+use criterion::measurement::Measurement;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use keelnet_core::fdb::{Destination, Fdb, FdbConfig, MacAddr};
 
 fn mac(n: u32) -> MacAddr {
@@ -40,7 +44,7 @@ fn filled(entries: u32) -> Fdb {
 
 const BATCH: usize = 4_096;
 
-fn lookups(c: &mut Criterion) {
+fn lookups<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("fdb_lookup");
     group.throughput(Throughput::Elements(BATCH as u64));
     for entries in [4_096u32, 1 << 20] {
@@ -57,7 +61,7 @@ fn lookups(c: &mut Criterion) {
     group.finish();
 }
 
-fn learning(c: &mut Criterion) {
+fn learning<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("fdb_learn");
     group.throughput(Throughput::Elements(BATCH as u64));
     // Steady state of a switch: sources are mostly known, learning refreshes in place.
@@ -104,7 +108,7 @@ fn learning(c: &mut Criterion) {
     group.finish();
 }
 
-fn aging(c: &mut Criterion) {
+fn aging<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("fdb_age");
     group.sample_size(10);
     let table = filled(1 << 20);
@@ -125,9 +129,29 @@ fn aging(c: &mut Criterion) {
     group.finish();
 }
 
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
 criterion_group! {
-    name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    name = wall_time;
+    config = config();
     targets = lookups, learning, aging
 }
-criterion_main!(benches);
+
+criterion_group! {
+    name = cpu_time;
+    config = config().with_measurement(thread_cpu_time::ThreadCpuTime);
+    targets = lookups, learning, aging
+}
+
+fn main() {
+    if thread_cpu_time::requested() {
+        cpu_time();
+    } else {
+        wall_time();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

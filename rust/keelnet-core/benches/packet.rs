@@ -5,7 +5,12 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+#[path = "support/thread_cpu_time.rs"]
+mod thread_cpu_time;
+
+use criterion::measurement::Measurement;
+use criterion::{Criterion, Throughput, criterion_group};
+use keelnet_core::packet::checksum;
 use keelnet_core::packet::offload::build::{TcpFrameSpec, tcp_frame};
 use keelnet_core::packet::offload::{Coalescer, Segments, segment};
 use keelnet_core::packet::vxlan::{self, DecapConfig, Encapsulator, Endpoints, VxlanConfig};
@@ -55,7 +60,7 @@ fn inner_frame(payload: usize) -> Vec<u8> {
     tcp_frame(&tcp_spec(false), &vec![0x5a; payload]).unwrap()
 }
 
-fn encap_decap(c: &mut Criterion) {
+fn encap_decap<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("vxlan");
     group.throughput(Throughput::Elements(1));
     // (name, IPv6 outer, inner TCP payload bytes, IPv4 UDP checksum)
@@ -113,7 +118,7 @@ fn encap_decap(c: &mut Criterion) {
     group.finish();
 }
 
-fn offload(c: &mut Criterion) {
+fn offload<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("offload");
     // 45 x 1448 = 65160 payload bytes: the largest TSO super-frame Linux builds at MSS 1448.
     let payload: Vec<u8> = (0..45 * 1448u32).map(|n| n as u8).collect();
@@ -148,9 +153,41 @@ fn offload(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = encap_decap, offload
+fn checksums<M: Measurement>(c: &mut Criterion<M>) {
+    let mut group = c.benchmark_group("checksum");
+    for len in [20usize, 1500, 65536] {
+        let data: Vec<u8> = (0..len).map(|n| (n * 31) as u8).collect();
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(format!("{len}B"), |b| {
+            b.iter(|| black_box(checksum::checksum(black_box(&data))))
+        });
+    }
+    group.finish();
 }
-criterion_main!(benches);
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = wall_time;
+    config = config();
+    targets = encap_decap, offload, checksums
+}
+
+criterion_group! {
+    name = cpu_time;
+    config = config().with_measurement(thread_cpu_time::ThreadCpuTime);
+    targets = encap_decap, offload, checksums
+}
+
+fn main() {
+    if thread_cpu_time::requested() {
+        cpu_time();
+    } else {
+        wall_time();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -16,6 +16,7 @@ pub struct ArpPacket<'a> {
 }
 
 impl<'a> ArpPacket<'a> {
+    #[inline]
     pub fn parse(bytes: &'a [u8]) -> Result<Self, PacketError> {
         need(Layer::Arp, bytes, PACKET_LEN)?;
         let unsupported = |what, value: u16| PacketError::Unsupported {
@@ -38,23 +39,29 @@ impl<'a> ArpPacket<'a> {
         Ok(ArpPacket { bytes })
     }
 
+    #[inline]
     pub fn operation(&self) -> u16 {
         be16(self.bytes, 6)
     }
+    #[inline]
     pub fn sender_mac(&self) -> MacAddr {
         mac_at(self.bytes, 8)
     }
+    #[inline]
     pub fn sender_ip(&self) -> Ipv4Addr {
         ipv4_at(self.bytes, 14)
     }
+    #[inline]
     pub fn target_mac(&self) -> MacAddr {
         mac_at(self.bytes, 18)
     }
+    #[inline]
     pub fn target_ip(&self) -> Ipv4Addr {
         ipv4_at(self.bytes, 24)
     }
 }
 
+#[inline]
 fn ipv4_at(bytes: &[u8], offset: usize) -> Ipv4Addr {
     Ipv4Addr::new(
         bytes[offset],
@@ -76,6 +83,7 @@ pub struct Arp {
 
 impl Arp {
     /// Writes the packet at the start of `buf`; returns its length (28).
+    #[inline]
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, PacketError> {
         room(buf, PACKET_LEN)?;
         put16(buf, 0, 1);

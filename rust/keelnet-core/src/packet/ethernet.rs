@@ -65,15 +65,18 @@ impl<'a> EthernetFrame<'a> {
         Ok(EthernetFrame { bytes, header_len })
     }
 
+    #[inline]
     pub fn destination(&self) -> MacAddr {
         mac_at(self.bytes, 0)
     }
 
+    #[inline]
     pub fn source(&self) -> MacAddr {
         mac_at(self.bytes, 6)
     }
 
     /// The 802.1Q tag, if the frame has one.
+    #[inline]
     pub fn vlan(&self) -> Option<VlanTag> {
         (self.header_len == VLAN_HEADER_LEN).then(|| {
             let tci = be16(self.bytes, 14);
@@ -86,18 +89,22 @@ impl<'a> EthernetFrame<'a> {
     }
 
     /// The EtherType of the payload (after the tag, if any).
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         be16(self.bytes, self.header_len - 2)
     }
 
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.header_len
     }
 
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[self.header_len..]
     }
 
+    #[inline]
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }

@@ -54,37 +54,48 @@ impl<'a> Ipv4Packet<'a> {
         })
     }
 
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.header_len
     }
+    #[inline]
     pub fn total_len(&self) -> usize {
         self.bytes.len()
     }
+    #[inline]
     pub fn dscp_ecn(&self) -> u8 {
         self.bytes[1]
     }
+    #[inline]
     pub fn identification(&self) -> u16 {
         be16(self.bytes, 4)
     }
+    #[inline]
     pub fn dont_fragment(&self) -> bool {
         be16(self.bytes, 6) & FLAG_DF != 0
     }
     /// True for any fragment (more-fragments set or a non-zero offset).
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         be16(self.bytes, 6) & (FLAG_MF | OFFSET_MASK) != 0
     }
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.bytes[8]
     }
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.bytes[9]
     }
+    #[inline]
     pub fn header_checksum(&self) -> u16 {
         be16(self.bytes, 10)
     }
+    #[inline]
     pub fn source(&self) -> Ipv4Addr {
         addr_at(self.bytes, 12)
     }
+    #[inline]
     pub fn destination(&self) -> Ipv4Addr {
         addr_at(self.bytes, 16)
     }
@@ -106,14 +117,17 @@ impl<'a> Ipv4Packet<'a> {
         checksum::verifies(checksum::add(0, &self.bytes[..self.header_len]))
     }
     /// The header, options included.
+    #[inline]
     pub fn header(&self) -> &'a [u8] {
         &self.bytes[..self.header_len]
     }
     /// The payload up to the total length.
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[self.header_len..]
     }
     /// The pseudo-header sum for the upper-layer checksum of this packet's payload.
+    #[inline]
     pub fn pseudo_header(&self) -> u64 {
         checksum::pseudo_header_v4(
             self.source(),
@@ -124,6 +138,7 @@ impl<'a> Ipv4Packet<'a> {
     }
 }
 
+#[inline]
 fn addr_at(bytes: &[u8], offset: usize) -> Ipv4Addr {
     Ipv4Addr::new(
         bytes[offset],

@@ -90,47 +90,59 @@ impl<'a> Ipv6Packet<'a> {
         })
     }
 
+    #[inline]
     pub fn traffic_class(&self) -> u8 {
         ((be16(self.bytes, 0) >> 4) & 0xff) as u8
     }
+    #[inline]
     pub fn flow_label(&self) -> u32 {
         super::be32(self.bytes, 0) & 0x000f_ffff
     }
+    #[inline]
     pub fn payload_len(&self) -> usize {
         self.bytes.len() - HEADER_LEN
     }
+    #[inline]
     pub fn hop_limit(&self) -> u8 {
         self.bytes[7]
     }
+    #[inline]
     pub fn source(&self) -> Ipv6Addr {
         addr_at(self.bytes, 8)
     }
+    #[inline]
     pub fn destination(&self) -> Ipv6Addr {
         addr_at(self.bytes, 24)
     }
     /// The protocol after the extension headers (59 = no next header).
+    #[inline]
     pub fn upper_protocol(&self) -> u8 {
         self.upper_protocol
     }
     /// Offset of the upper-layer header from the start of the packet.
+    #[inline]
     pub fn upper_offset(&self) -> usize {
         self.upper_offset
     }
     /// The fragment header, if present.
+    #[inline]
     pub fn fragment(&self) -> Option<Fragment> {
         self.fragment
     }
     /// Fixed header plus extension headers.
+    #[inline]
     pub fn headers(&self) -> &'a [u8] {
         &self.bytes[..self.upper_offset]
     }
     /// The upper-layer payload (after the extension headers).
+    #[inline]
     pub fn upper_payload(&self) -> &'a [u8] {
         &self.bytes[self.upper_offset..]
     }
     /// The pseudo-header sum for the upper-layer checksum. (With a routing header the
     /// final destination would be the last segment; routed packets are not tunnels
     /// keelnet terminates, so this uses the header's destination.)
+    #[inline]
     pub fn pseudo_header(&self) -> u64 {
         checksum::pseudo_header_v6(
             &self.source(),
@@ -141,6 +153,7 @@ impl<'a> Ipv6Packet<'a> {
     }
 }
 
+#[inline]
 fn addr_at(bytes: &[u8], offset: usize) -> Ipv6Addr {
     let mut octets = [0u8; 16];
     octets.copy_from_slice(&bytes[offset..offset + 16]);

@@ -38,41 +38,53 @@ impl<'a> TcpSegment<'a> {
         Ok(TcpSegment { bytes, header_len })
     }
 
+    #[inline]
     pub fn source_port(&self) -> u16 {
         be16(self.bytes, 0)
     }
+    #[inline]
     pub fn destination_port(&self) -> u16 {
         be16(self.bytes, 2)
     }
+    #[inline]
     pub fn sequence(&self) -> u32 {
         be32(self.bytes, 4)
     }
+    #[inline]
     pub fn acknowledgment(&self) -> u32 {
         be32(self.bytes, 8)
     }
+    #[inline]
     pub fn header_len(&self) -> usize {
         self.header_len
     }
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.bytes[13]
     }
+    #[inline]
     pub fn window(&self) -> u16 {
         be16(self.bytes, 14)
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.bytes, 16)
     }
+    #[inline]
     pub fn urgent_pointer(&self) -> u16 {
         be16(self.bytes, 18)
     }
     /// Header bytes, options included.
+    #[inline]
     pub fn header(&self) -> &'a [u8] {
         &self.bytes[..self.header_len]
     }
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[self.header_len..]
     }
     /// True when the checksum verifies against the IP layer's pseudo-header sum.
+    #[inline]
     pub fn checksum_ok(&self, pseudo_header: u64) -> bool {
         super::checksum::verifies(super::checksum::add(pseudo_header, self.bytes))
     }

@@ -28,18 +28,23 @@ impl<'a> UdpDatagram<'a> {
         })
     }
 
+    #[inline]
     pub fn source_port(&self) -> u16 {
         be16(self.bytes, 0)
     }
+    #[inline]
     pub fn destination_port(&self) -> u16 {
         be16(self.bytes, 2)
     }
+    #[inline]
     pub fn length(&self) -> usize {
         self.bytes.len()
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.bytes, 6)
     }
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         &self.bytes[HEADER_LEN..]
     }
