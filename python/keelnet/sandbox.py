@@ -7,11 +7,12 @@ import os
 import re
 import subprocess
 from collections.abc import Sequence
+from typing import Any
 
 from pyroute2 import netns
 
 from keelnet.errors import DuplicateSandbox, InvalidName, SandboxNotFound
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, preexec_setns
+from keelnet.kernel.namespaces import NETNS_RUN_DIR, call_in_netns, iproute
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -72,15 +73,16 @@ def delete(path: str) -> None:
             raise
 
 
-def exec_in(path: str, argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+def exec_in(path: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     """Run a command inside the sandbox's network namespace."""
     if not exists(path):
         raise SandboxNotFound(f"no network namespace at {path!r}")
-    return subprocess.run(list(argv), preexec_fn=preexec_setns(path), **kwargs)  # type: ignore[call-overload, no-any-return]
+    # Started while this thread is in the namespace: the child begins its life there.
+    return call_in_netns(path, lambda: subprocess.run(list(argv), **kwargs))
 
 
-def popen_in(path: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+def popen_in(path: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start a command inside the sandbox's network namespace."""
     if not exists(path):
         raise SandboxNotFound(f"no network namespace at {path!r}")
-    return subprocess.Popen(list(argv), preexec_fn=preexec_setns(path), **kwargs)  # type: ignore[call-overload, no-any-return]
+    return call_in_netns(path, lambda: subprocess.Popen(list(argv), **kwargs))

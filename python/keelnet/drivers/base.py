@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from pyroute2 import IPRoute
 
-from keelnet.errors import InvalidOption
+from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel.nftables import BridgeRules
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
@@ -80,7 +80,9 @@ class Driver(ABC):
         if requested == "auto":
             return self.dataplanes[0]
         if requested not in self.dataplanes:
-            raise InvalidOption(f"driver {self.name!r} has no {requested} data plane")
+            raise DataPlaneUnavailable(
+                f"driver {self.name!r} has no {requested} data plane yet (issue 4)"
+            )
         return requested
 
     def uses_gateway(self, network: Network) -> bool:

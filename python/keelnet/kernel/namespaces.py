@@ -96,14 +96,3 @@ def write_sysctl(path: str | None, key: str, value: str) -> None:
 def read_sysctl(path: str | None, key: str) -> str:
     target = Path("/proc/sys") / key.replace(".", "/")
     return call_in_netns(path, lambda: target.read_text().strip())
-
-
-def preexec_setns(path: str | None) -> Callable[[], None] | None:
-    """A `preexec_fn` that moves a child process into the namespace before exec."""
-    if path is None:
-        return None
-
-    def enter() -> None:
-        setns(path)
-
-    return enter
