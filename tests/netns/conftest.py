@@ -30,7 +30,7 @@ from netlab import (
 
 import keelnet
 from keelnet.kernel import links
-from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,6 +58,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             finally:
                 os.close(fd)
             index = ipr.link_lookup(ifname=HOST_UPLINK)[0]
+            # No DAD: its end would add routes a second later, in the middle of a test.
+            write_sysctl(netns_path(the_lab.host), f"net.ipv6.conf.{HOST_UPLINK}.accept_dad", "0")
             ipr.addr("add", index=index, address=HOST_ADDRESS, prefixlen=24)
             links.add_address(ipr, index, HOST_ADDRESS6, 64)
             ipr.link("set", index=index, state="up")

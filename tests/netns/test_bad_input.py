@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -121,6 +122,17 @@ CASES: list[tuple[str, type[Exception], Action]] = [
         lambda h, lab: h.create_sandbox(lab.name("s")),
     ),
 ]
+
+
+def test_kernel_state_is_settled_when_operations_return(lab: Lab, host: keelnet.Host) -> None:
+    """Nothing keelnet made changes later on its own (e.g. addresses finishing DAD), so
+    before/after comparisons in these tests compare like with like."""
+    _prepare(host, lab)
+    host.create_network("v4only", subnet="10.86.0.0/24")
+    host.connect("v4only", lab.name("free"))
+    settled = kernel_state(lab.host)
+    time.sleep(2.5)  # longer than IPv6 duplicate address detection takes
+    assert kernel_state(lab.host) == settled
 
 
 @pytest.mark.parametrize(("case", "error", "action"), CASES, ids=[c[0] for c in CASES])

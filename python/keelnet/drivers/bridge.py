@@ -75,6 +75,8 @@ class BridgeDriver(Driver):
                 # source; while that is tentative (DAD, ~1 s) the kernel sends no
                 # solicitation and IPv6 to new sandboxes silently stalls.
                 write_sysctl(ctx.netns_path, f"net.ipv6.conf.{bridge}.accept_dad", "0")
+            else:  # an IPv4-only network gives the host no IPv6 on it (as Docker does)
+                write_sysctl(ctx.netns_path, f"net.ipv6.conf.{bridge}.disable_ipv6", "1")
             ctx.ipr.link("set", index=index, state="up")
             # Published ports are reachable from the host's loopback (Docker's hairpin mode).
             write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.route_localnet", "1")
@@ -126,11 +128,14 @@ class BridgeDriver(Driver):
         try:
             alias = links.alias_for(network.id, endpoint.id)
             ctx.rtnl.run([rtnl.set_link(endpoint.host_ifname, alias=alias, up=True)])
+            # A bridge port needs no addresses of its own; without this, its link-local
+            # address and routes appear a second later, when DAD ends.
+            write_sysctl(ctx.netns_path, f"net.ipv6.conf.{endpoint.host_ifname}.disable_ipv6", "1")
             if not option_bool(network.options, ICC, True):
                 # Isolated ports reach the bridge (gateway) but not each other: Docker's icc.
                 index = links.link_index(ctx.ipr, endpoint.host_ifname)
                 ctx.ipr.brport("set", index=index, isolated=1)
-        except (rtnl.RtnlError, NetlinkError) as exc:
+        except (NetlinkError, OSError) as exc:  # RtnlError is an OSError
             links.delete_link(ctx.ipr, endpoint.host_ifname)
             raise KernelError(f"setting up {endpoint.host_ifname}: {exc}") from exc
 
