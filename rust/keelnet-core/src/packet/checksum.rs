@@ -60,6 +60,36 @@ pub fn add(sum: u64, data: &[u8]) -> u64 {
     sum + u64::from(be16)
 }
 
+/// Copies `src` into `dst` (same length) and returns the unfolded sum of the bytes, in
+/// one pass: segmentation copies every payload byte and must checksum it too.
+#[inline]
+pub fn copy_and_add(dst: &mut [u8], src: &[u8]) -> u64 {
+    let len = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..len], &src[..len]);
+    let mut acc = [0u64; 4];
+    let mut dst_chunks = dst.chunks_exact_mut(32);
+    let mut src_chunks = src.chunks_exact(32);
+    for (out, chunk) in (&mut dst_chunks).zip(&mut src_chunks) {
+        out.copy_from_slice(chunk);
+        for (lane, pair) in chunk.chunks_exact(8).enumerate() {
+            let word = u64::from_ne_bytes(pair.try_into().unwrap_or([0; 8]));
+            acc[lane] += (word & 0xffff_ffff) + (word >> 32);
+        }
+    }
+    let rest = src_chunks.remainder();
+    dst_chunks.into_remainder().copy_from_slice(rest);
+    let native = acc
+        .iter()
+        .fold(0, |total, lane| fold64_into32(total + fold64_into32(*lane)));
+    // `add` byte-swaps its native sum; fold ours into the same big-endian domain.
+    let head = u64::from(if cfg!(target_endian = "little") {
+        fold(native).swap_bytes()
+    } else {
+        fold(native)
+    });
+    add(head, rest)
+}
+
 #[inline(always)]
 fn fold64_into32(value: u64) -> u64 {
     (value & 0xffff_ffff) + (value >> 32)
@@ -177,6 +207,14 @@ mod tests {
         #[test]
         fn matches_reference(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             prop_assert_eq!(checksum(&data), reference(&data));
+        }
+
+        #[test]
+        fn copy_and_add_copies_and_sums(data in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let mut copy = vec![0u8; data.len()];
+            let sum = copy_and_add(&mut copy, &data);
+            prop_assert_eq!(&copy, &data);
+            prop_assert_eq!(finish(sum), checksum(&data));
         }
 
         #[test]

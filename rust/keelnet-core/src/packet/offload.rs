@@ -189,7 +189,11 @@ impl TcpFrame {
 /// nothing once the buffers have grown.
 #[derive(Debug, Clone, Default)]
 pub struct Segments {
+    /// Initialised bytes, of which the first `used` hold frames: kept initialised across
+    /// `clear` so segments are written in place (and checksummed while copied) without
+    /// zero-filling the buffer each time.
     data: Vec<u8>,
+    used: usize,
     ends: Vec<usize>,
 }
 
@@ -198,8 +202,23 @@ impl Segments {
         Self::default()
     }
     pub fn clear(&mut self) {
-        self.data.clear();
+        self.used = 0;
         self.ends.clear();
+    }
+
+    /// `len` writable bytes after the used ones (growing the buffer if needed).
+    fn grow(&mut self, len: usize) -> &mut [u8] {
+        let end = self.used + len;
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        &mut self.data[self.used..end]
+    }
+
+    /// Marks the next `len` bytes as one frame.
+    fn commit(&mut self, len: usize) {
+        self.used += len;
+        self.ends.push(self.used);
     }
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -211,7 +230,7 @@ impl Segments {
     pub fn get(&self, index: usize) -> Option<&[u8]> {
         let end = *self.ends.get(index)?;
         let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        self.data.get(start..end)
+        self.data[..self.used].get(start..end)
     }
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         (0..self.len()).filter_map(|index| self.get(index))
@@ -236,14 +255,14 @@ pub fn segment(frame: &[u8], mss: usize, out: &mut Segments) -> Result<usize, Pa
     let first_seq = be32(frame, layout.tcp + 4);
     let flags = frame[layout.tcp + 13];
     let count = payload.len().div_ceil(mss).max(1);
-    out.data.reserve(count * layout.headers_len + payload.len());
     let mut chunks = payload.chunks(mss);
+    let headers_len = layout.headers_len;
     for index in 0..count {
         let chunk = chunks.next().unwrap_or(&[]);
-        let start = out.data.len();
-        out.data.extend_from_slice(headers);
-        out.data.extend_from_slice(chunk);
-        let segment = &mut out.data[start..];
+        let segment = out.grow(headers_len + chunk.len());
+        segment[..headers_len].copy_from_slice(headers);
+        // One pass over the payload: copied and summed together.
+        let payload_sum = checksum::copy_and_add(&mut segment[headers_len..], chunk);
         layout.set_ip_lengths(
             segment,
             chunk.len(),
@@ -265,9 +284,10 @@ pub fn segment(frame: &[u8], mss: usize, out: &mut Segments) -> Result<usize, Pa
         segment[tcp + 13] = segment_flags;
         put16(segment, tcp + 16, 0);
         let tcp_len = tcp_header_len + chunk.len();
-        let sum = checksum::add(pseudo + tcp_len as u64, &segment[tcp..]);
+        // The TCP header has an even length, so the two sums combine.
+        let sum = checksum::add(pseudo + tcp_len as u64, &segment[tcp..headers_len]) + payload_sum;
         put16(segment, tcp + 16, checksum::finish(sum));
-        out.ends.push(out.data.len());
+        out.commit(headers_len + chunk.len());
     }
     Ok(count)
 }
@@ -282,13 +302,10 @@ pub fn segment_with_header(
 ) -> Result<usize, PacketError> {
     match hdr.gso_type & !gso_type::ECN {
         gso_type::NONE => {
-            let start = out.data.len();
-            out.data.extend_from_slice(frame);
-            if let Err(error) = complete_checksum(&mut out.data[start..], hdr) {
-                out.data.truncate(start);
-                return Err(error);
-            }
-            out.ends.push(out.data.len());
+            let copy = out.grow(frame.len());
+            copy.copy_from_slice(frame);
+            complete_checksum(copy, hdr)?;
+            out.commit(frame.len());
             Ok(1)
         }
         kind @ (gso_type::TCPV4 | gso_type::TCPV6) => {
@@ -328,7 +345,10 @@ struct Flow {
 /// continue the current super-frame: [`Coalescer::finish`] it and push the frame again.
 #[derive(Debug, Clone)]
 pub struct Coalescer {
+    /// Initialised buffer; the pending super-frame is `frame[..frame_len]`. Kept
+    /// initialised so segments are copied (and checksummed) in without zero-filling.
     frame: Vec<u8>,
+    frame_len: usize,
     flow: Option<Flow>,
     verify_checksums: bool,
 }
@@ -349,6 +369,7 @@ impl Coalescer {
     pub fn new(verify_checksums: bool) -> Self {
         Coalescer {
             frame: Vec::new(),
+            frame_len: 0,
             flow: None,
             verify_checksums,
         }
@@ -381,25 +402,39 @@ impl Coalescer {
                 what: "segment without payload",
             });
         }
-        if self.verify_checksums {
+        // The TCP checksum is verified while the payload is copied in (one pass); here
+        // only the IPv4 header and the sum of the TCP header.
+        let header_sum = if self.verify_checksums {
             if !layout.v6 && !checksum::verifies(checksum::add(0, &frame[layout.l3..layout.tcp])) {
                 return Err(PacketError::BadChecksum { layer: Layer::Ipv4 });
             }
             let tcp_len = (layout.end - layout.tcp) as u64;
-            if !checksum::verifies(checksum::add(
+            Some(checksum::add(
                 layout.pseudo_header(frame) + tcp_len,
-                &frame[layout.tcp..layout.end],
-            )) {
-                return Err(PacketError::BadChecksum { layer: Layer::Tcp });
+                &frame[layout.tcp..layout.headers_len],
+            ))
+        } else {
+            None
+        };
+        // Copies the payload into `dst`; false when the TCP checksum is checked and fails.
+        let copy_checked = |dst: &mut [u8]| match header_sum {
+            Some(sum) => checksum::verifies(sum + checksum::copy_and_add(dst, payload)),
+            None => {
+                dst.copy_from_slice(payload);
+                true
             }
-        }
+        };
         let seq = be32(frame, layout.tcp + 4);
         let id = be16(frame, layout.l3 + 4);
         let closes = payload.len() < self.flow.map_or(0, |flow| flow.mss)
             || flags & (tcp::flags::PSH | tcp::flags::FIN) != 0;
         let Some(flow) = self.flow.as_mut() else {
-            self.frame.clear();
-            self.frame.extend_from_slice(&frame[..layout.end]);
+            let copy = grow(&mut self.frame, 0, layout.end);
+            copy[..layout.headers_len].copy_from_slice(&frame[..layout.headers_len]);
+            if !copy_checked(&mut copy[layout.headers_len..]) {
+                return Err(PacketError::BadChecksum { layer: Layer::Tcp });
+            }
+            self.frame_len = layout.end;
             self.flow = Some(Flow {
                 layout,
                 mss: payload.len(),
@@ -413,7 +448,7 @@ impl Coalescer {
             });
             return Ok(true);
         };
-        let current = &self.frame;
+        let current = &self.frame[..self.frame_len];
         let same = |range: std::ops::Range<usize>| frame.get(range.clone()) == current.get(range);
         let l3 = layout.l3;
         let tcp = layout.tcp;
@@ -444,7 +479,11 @@ impl Coalescer {
         if !fits {
             return Ok(false);
         }
-        self.frame.extend_from_slice(payload);
+        let copy = grow(&mut self.frame, self.frame_len, payload.len());
+        if !copy_checked(copy) {
+            return Err(PacketError::BadChecksum { layer: Layer::Tcp });
+        }
+        self.frame_len += payload.len();
         self.frame[tcp + 13] |= flags & (tcp::flags::PSH | tcp::flags::FIN);
         flow.payload += payload.len();
         flow.next_seq = seq.wrapping_add(payload.len() as u32);
@@ -460,6 +499,7 @@ impl Coalescer {
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Option<VirtioNetHdr> {
         let flow = self.flow.take()?;
         std::mem::swap(out, &mut self.frame);
+        out.truncate(self.frame_len);
         let layout = flow.layout;
         if flow.segments == 1 {
             let flags = if self.verify_checksums {
@@ -493,6 +533,14 @@ impl Coalescer {
             csum_offset: 16,
         })
     }
+}
+
+/// `len` writable bytes of `buf` from `start`, growing it (zero-filled) only if needed.
+fn grow(buf: &mut Vec<u8>, start: usize, len: usize) -> &mut [u8] {
+    if buf.len() < start + len {
+        buf.resize(start + len, 0);
+    }
+    &mut buf[start..start + len]
 }
 
 /// Coalesces all of `frames` into one super-frame in `out`; an error if any frame does
@@ -728,7 +776,10 @@ mod tests {
         assert!(coalescer.push(&first).unwrap());
         assert!(!coalescer.push(&gap).unwrap());
         assert!(!coalescer.push(&other_flow).unwrap());
-        let mut corrupt = gap.clone();
+        let mut next_spec = spec(false, ack);
+        next_spec.sequence = next_spec.sequence.wrapping_add(100);
+        next_spec.identification = next_spec.identification.wrapping_add(1);
+        let mut corrupt = tcp_frame(&next_spec, &[2; 100]).unwrap();
         *corrupt.last_mut().unwrap() ^= 1;
         assert_eq!(
             coalescer.push(&corrupt),
