@@ -27,7 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_commands(commands)
     add_sandbox_commands(commands)
     add_port_commands(commands)
+    demo = commands.add_parser(
+        "demo", help="build networks in throwaway namespaces, check them, show IPAM at work"
+    )
+    demo.set_defaults(standalone=run_demo)
     return parser
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Networks (root: real namespaces, removed afterwards), then IPAM."""
+    from keelnet.demo import run_network_demo
+    from keelnet.ipam_demo import run_ipam_demo
+
+    status = run_network_demo()
+    print()
+    run_ipam_demo()
+    return status
 
 
 def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -382,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    standalone: Callable[[argparse.Namespace], int] | None = getattr(args, "standalone", None)
+    if standalone is not None:
+        return standalone(args)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
