@@ -6,12 +6,14 @@ import os
 
 import pytest
 
-from keelnet.demo import run_network_demo
+from keelnet import cli
 from keelnet.kernel.namespaces import NETNS_RUN_DIR
 
 
-def test_network_demo_passes_and_cleans_up(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_network_demo() == 0
+def test_keelnet_demo_passes_and_cleans_up(capsys: pytest.CaptureFixture[str]) -> None:
+    """`keelnet demo`, the README's first command, as the CLI runs it."""
+    assert cli.main(["demo"]) == 0
     output = capsys.readouterr().out
     assert "WRONG" not in output and "bridge: web -> db" in output
+    assert "IPAM" in output and "a damaged blob" in output and "refused" in output
     assert not [n for n in os.listdir(NETNS_RUN_DIR) if n.startswith("kn-demo-")]
