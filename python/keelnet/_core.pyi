@@ -98,6 +98,7 @@ class Switch:
         fdb_max_age: float = 300.0,
         coalesce: bool = True,
         udp_gso: bool = True,
+        busy_poll_us: int = 0,
     ) -> Self: ...
     def add_tap(
         self,

@@ -66,7 +66,8 @@ class Switch:
     requests from local ports for known IPv4 addresses; ``fdb_max_age`` is the MAC
     ageing time in seconds; ``coalesce`` re-assembles decapsulated TCP segments into
     super-frames before they reach a TAP (GRO); ``udp_gso`` sends the segments of a
-    super-frame to a VTEP with one UDP GSO call.
+    super-frame to a VTEP with one UDP GSO call; ``busy_poll_us`` keeps the worker
+    polling that long after traffic instead of sleeping (lower latency, a busy core).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Switch:
         fdb_max_age: float = 300.0,
         coalesce: bool = True,
         udp_gso: bool = True,
+        busy_poll_us: int = 0,
     ) -> None:
         self.netns = netns
         self._core = _core.Switch(
@@ -89,6 +91,7 @@ class Switch:
             fdb_max_age=float(fdb_max_age),
             coalesce=coalesce,
             udp_gso=udp_gso,
+            busy_poll_us=busy_poll_us,
         )
 
     # --- ports ---------------------------------------------------------------------------
@@ -125,7 +128,9 @@ class Switch:
             raise InvalidRequest(f"UDP port {port} is out of range")
         self._core.add_vtep(_address(local, "VTEP address"), port)
 
-    def add_peer(self, vni: int, remote: str, *, mac: str | None = None, ip: str | None = None) -> None:
+    def add_peer(
+        self, vni: int, remote: str, *, mac: str | None = None, ip: str | None = None
+    ) -> None:
         """Add the remote VTEP ``remote`` to ``vni``'s flood list (head-end replication).
 
         With ``mac``: a static FDB entry sending that MAC to ``remote``; with ``ip`` as

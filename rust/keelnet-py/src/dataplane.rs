@@ -94,7 +94,7 @@ impl PySwitch {
 #[pymethods]
 impl PySwitch {
     #[new]
-    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true))]
+    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true, busy_poll_us=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -105,6 +105,7 @@ impl PySwitch {
         fdb_max_age: f64,
         coalesce: bool,
         udp_gso: bool,
+        busy_poll_us: u64,
     ) -> PyResult<Self> {
         if !(fdb_max_age.is_finite() && fdb_max_age > 0.0) {
             return Err(InvalidRequest::new_err(
@@ -120,6 +121,7 @@ impl PySwitch {
             fdb_max_age: Duration::from_secs_f64(fdb_max_age),
             coalesce,
             udp_gso,
+            busy_poll: Duration::from_micros(busy_poll_us),
         };
         let inner = py.detach(|| Switch::new(config)).map_err(to_py)?;
         Ok(PySwitch { inner: Some(inner) })

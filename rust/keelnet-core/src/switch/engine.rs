@@ -151,6 +151,8 @@ pub(crate) struct Engine {
     removed: Vec<RemovedPort>,
     failed: Vec<(u32, io::Error)>,
     origin: Instant,
+    /// `now()` read once per wakeup batch: learning needs no finer clock.
+    clock: u64,
     last_aging: u64,
     rx_buffer: Vec<u8>,
     segments: Segments,
@@ -190,6 +192,7 @@ impl Engine {
             removed: Vec::new(),
             failed: Vec::new(),
             origin: Instant::now(),
+            clock: 0,
             last_aging: 0,
             rx_buffer: vec![0; RX_BUFFER],
             segments: Segments::new(),
@@ -472,6 +475,7 @@ impl Engine {
     }
 
     pub fn port_readable(&mut self, id: u32) {
+        self.clock = self.now();
         let mut buffer = std::mem::take(&mut self.rx_buffer);
         for _ in 0..PORT_BUDGET {
             let Some(port) = self.ports.get(&id) else {
@@ -526,8 +530,8 @@ impl Engine {
         if ethernet::is_multicast(&source) || source == [0; 6] {
             return self.count_drop(DropReason::InvalidSource, At::Port(id), Some(vni));
         }
-        let now = self.now();
-        self.fdb.learn(vni, &source, Destination::Port(id), now);
+        self.fdb
+            .learn(vni, &source, Destination::Port(id), self.clock);
         if let Some(state) = self.vnis.get_mut(&vni) {
             state.rx.add(frame.len());
         }
@@ -740,6 +744,7 @@ impl Engine {
     }
 
     pub fn vtep_readable(&mut self, index: usize) {
+        self.clock = self.now();
         let Some(mut receiver) = self.receiver.take() else {
             return;
         };
@@ -807,9 +812,8 @@ impl Engine {
             state.rx.add(inner.len());
         }
         if self.config.learn_remote {
-            let now = self.now();
             self.fdb
-                .learn(vni, &source_mac, Destination::Remote(source), now);
+                .learn(vni, &source_mac, Destination::Remote(source), self.clock);
         }
         let destination = eth.destination();
         // A super-frame (the sender's underlay passed UDP tunnel GSO through unsplit):

@@ -51,6 +51,9 @@ pub struct SwitchConfig {
     pub coalesce: bool,
     /// Send each super-frame's segments with one UDP GSO call (off: one call each).
     pub udp_gso: bool,
+    /// Keep polling (without sleeping) this long after the last packet: lower latency,
+    /// one core spinning while traffic flows. Zero: always sleep in `epoll_wait`.
+    pub busy_poll: Duration,
 }
 
 impl Default for SwitchConfig {
@@ -63,6 +66,7 @@ impl Default for SwitchConfig {
             fdb_max_age: Duration::from_secs(300),
             coalesce: true,
             udp_gso: true,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -378,9 +382,10 @@ impl Switch {
         }
         self.shared.stop.store(false, Ordering::SeqCst);
         let shared = Arc::clone(&self.shared);
+        let busy_poll = self.shared.engine().config.busy_poll;
         let handle = std::thread::Builder::new()
             .name("keelnet-switch".to_owned())
-            .spawn(move || run(&shared))?;
+            .spawn(move || run(&shared, busy_poll))?;
         self.worker = Some(handle);
         Ok(())
     }
@@ -434,17 +439,22 @@ impl Drop for Switch {
 }
 
 /// The worker: wait, then handle every ready descriptor under the engine lock.
-fn run(shared: &Shared) {
+fn run(shared: &Shared, busy_poll: Duration) {
     const EVENTS: usize = 64;
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    let mut last_busy = std::time::Instant::now();
+    let mut last_tick = last_busy;
     while !shared.stop.load(Ordering::SeqCst) {
+        // Busy polling keeps the thread awake for a while after traffic: the next
+        // packet does not pay a wakeup (latency), at the price of a spinning core.
+        let spinning = !busy_poll.is_zero() && last_busy.elapsed() < busy_poll;
         // SAFETY: the events array is ours and holds EVENTS entries.
         let ready = unsafe {
             libc::epoll_wait(
                 shared.epoll.as_raw_fd(),
                 events.as_mut_ptr(),
                 EVENTS as libc::c_int,
-                100,
+                if spinning { 0 } else { 100 },
             )
         };
         if ready < 0 {
@@ -453,6 +463,14 @@ fn run(shared: &Shared) {
             }
             break;
         }
+        if ready == 0 && spinning && last_tick.elapsed() < Duration::from_millis(50) {
+            std::hint::spin_loop();
+            continue;
+        }
+        if ready > 0 {
+            last_busy = std::time::Instant::now();
+        }
+        last_tick = std::time::Instant::now();
         let mut engine = shared.engine();
         for event in &events[..ready as usize] {
             let token = event.u64;
