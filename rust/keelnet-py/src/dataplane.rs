@@ -239,6 +239,7 @@ impl PySwitch {
             entry.set_item("rx", traffic(py, &port.rx)?)?;
             entry.set_item("tx", traffic(py, &port.tx)?)?;
             entry.set_item("drops", drops(py, &port.drops)?)?;
+            entry.set_item("errors", port.errors)?;
             ports.set_item(&port.name, entry)?;
         }
         result.set_item("ports", ports)?;

@@ -19,7 +19,7 @@ use super::partial::{self, L4Checksum};
 use super::{FdbEntry, PortKind, PortStats, Stats, SwitchConfig, VniStats, VtepStats};
 use crate::fdb::{Destination, Fdb, FdbConfig, MacAddr};
 use crate::io::VNET_HDR_LEN;
-use crate::io::packet_socket::PacketSocket;
+use crate::io::packet_socket::{PacketReceiver, PacketSocket};
 use crate::io::tap::Tap;
 use crate::io::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, UdpReceiver, UdpSocket};
 use crate::packet::arp::{self, Arp, ArpPacket};
@@ -33,6 +33,8 @@ const RX_BUFFER: usize = 65_536 + 1_024;
 const PORT_BUDGET: usize = 64;
 /// `recvmmsg` batches read from one VTEP per wakeup.
 const VTEP_BUDGET: usize = 8;
+/// Frames per `recvmmsg` on an AF_PACKET port.
+const PACKET_BATCH: usize = 16;
 /// Messages per `recvmmsg` (each up to a 64 KB GRO train).
 const VTEP_BATCH: usize = 16;
 /// Ethernet header with one VLAN tag: what a frame may add to the MTU.
@@ -102,6 +104,8 @@ pub(crate) struct Port {
     rx: Traffic,
     tx: Traffic,
     drops: Drops,
+    /// Read errors that did not remove the port.
+    errors: u64,
 }
 
 pub(crate) struct Vtep {
@@ -157,6 +161,7 @@ pub(crate) struct Engine {
     rx_buffer: Vec<u8>,
     segments: Segments,
     receiver: Option<UdpReceiver>,
+    packet_receiver: Option<PacketReceiver>,
     coalescer: Coalescer,
     coalesce_port: Option<u32>,
     super_frame: Vec<u8>,
@@ -170,7 +175,6 @@ fn device_gone(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
         Some(libc::EBADFD | libc::EBADF | libc::EIO | libc::ENXIO | libc::ENODEV | libc::EPIPE)
-            | Some(libc::ENETDOWN)
     )
 }
 
@@ -197,6 +201,7 @@ impl Engine {
             rx_buffer: vec![0; RX_BUFFER],
             segments: Segments::new(),
             receiver: Some(UdpReceiver::new(VTEP_BATCH)),
+            packet_receiver: Some(PacketReceiver::new(PACKET_BATCH, RX_BUFFER)),
             // Checksums are inspected before frames reach it (see `partial`).
             coalescer: Coalescer::new(false),
             coalesce_port: None,
@@ -231,6 +236,7 @@ impl Engine {
                 rx: Traffic::default(),
                 tx: Traffic::default(),
                 drops: Drops::default(),
+                errors: 0,
             },
         );
         self.names.insert(name.to_owned(), id);
@@ -371,6 +377,7 @@ impl Engine {
                     rx: port.rx,
                     tx: port.tx,
                     drops: port.drops,
+                    errors: port.errors,
                 })
                 .collect(),
             vnis: self
@@ -476,6 +483,12 @@ impl Engine {
 
     pub fn port_readable(&mut self, id: u32) {
         self.clock = self.now();
+        if matches!(
+            self.ports.get(&id).map(|port| &port.io),
+            Some(PortIo::Packet(_))
+        ) {
+            return self.packet_port_readable(id);
+        }
         let mut buffer = std::mem::take(&mut self.rx_buffer);
         for _ in 0..PORT_BUDGET {
             let Some(port) = self.ports.get(&id) else {
@@ -486,7 +499,7 @@ impl Engine {
                 Ok(None) => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    self.port_failed(id, error);
+                    self.port_read_error(id, error);
                     break;
                 }
             }
@@ -494,12 +507,55 @@ impl Engine {
         self.rx_buffer = buffer;
     }
 
+    /// AF_PACKET ports receive in batches (`recvmmsg`).
+    fn packet_port_readable(&mut self, id: u32) {
+        let Some(mut receiver) = self.packet_receiver.take() else {
+            return;
+        };
+        for _ in 0..PORT_BUDGET / PACKET_BATCH {
+            let result = match self.ports.get(&id).map(|port| &port.io) {
+                Some(PortIo::Packet(socket)) => receiver.receive(socket),
+                _ => break,
+            };
+            match result {
+                Ok(0) => break,
+                Ok(count) => {
+                    for index in 0..count {
+                        let (frame, truncated) = receiver.frame(index);
+                        if truncated {
+                            let vni = self.ports.get(&id).map(|port| port.vni);
+                            self.count_drop(DropReason::Truncated, At::Port(id), vni);
+                        } else {
+                            self.on_local_frame(id, frame);
+                        }
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    self.port_read_error(id, error);
+                    break;
+                }
+            }
+        }
+        self.packet_receiver = Some(receiver);
+    }
+
+    /// A read error: the port is removed when its device is gone; anything else (a
+    /// link going down under an AF_PACKET socket) is counted and the port kept.
+    fn port_read_error(&mut self, id: u32, error: io::Error) {
+        if device_gone(&error) {
+            self.port_failed(id, error);
+        } else if let Some(port) = self.ports.get_mut(&id) {
+            port.errors += 1;
+        }
+    }
+
     pub fn port_error(&mut self, id: u32) {
         // Read to learn the error; a readable port with a pending error reports it.
         let mut probe = [0u8; 1];
         if let Some(port) = self.ports.get(&id) {
             match port.io.read(&mut probe) {
-                Err(error) => self.port_failed(id, error),
+                Err(error) => self.port_read_error(id, error),
                 Ok(_) => self.port_failed(id, io::Error::from_raw_os_error(libc::ENODEV)),
             }
         }

@@ -100,6 +100,8 @@ pub struct PortStats {
     /// Frames written to the port.
     pub tx: Traffic,
     pub drops: Drops,
+    /// Read errors that did not remove the port (e.g. its link went down).
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone)]
