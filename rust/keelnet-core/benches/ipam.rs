@@ -42,6 +42,25 @@ fn mode_name(serial: bool) -> &'static str {
     if serial { "serial" } else { "lowest" }
 }
 
+/// Run `measure` on fresh pools, `population` operations at most per pool, until
+/// `iters` operations are timed; `measure` returns the time its operations took.
+fn over_fresh_pools(
+    iters: u64,
+    population: u64,
+    subnet: &str,
+    serial: bool,
+    mut measure: impl FnMut(&mut AddressPool, u64) -> Duration,
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(population);
+        spent += measure(&mut fresh(subnet, serial), n);
+        left -= n;
+    }
+    spent
+}
+
 /// Allocate into empty pools, `population` addresses per pool, then release them all.
 fn fill(c: &mut Criterion) {
     let mut group = c.benchmark_group("ipam_fill");
@@ -51,38 +70,26 @@ fn fill(c: &mut Criterion) {
             let id = format!("{name}/{}", mode_name(serial));
             group.bench_function(BenchmarkId::new("allocate", &id), |b| {
                 b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    let mut left = iters;
-                    while left > 0 {
-                        let mut pool = fresh(subnet, serial);
-                        let n = left.min(population);
+                    over_fresh_pools(iters, population, subnet, serial, |pool, n| {
                         let start = Instant::now();
                         for _ in 0..n {
                             black_box(pool.allocate_offset().unwrap());
                         }
-                        spent += start.elapsed();
-                        left -= n;
-                    }
-                    spent
+                        start.elapsed()
+                    })
                 })
             });
             group.bench_function(BenchmarkId::new("release", &id), |b| {
                 b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    let mut left = iters;
-                    while left > 0 {
-                        let mut pool = fresh(subnet, serial);
-                        let n = left.min(population);
+                    over_fresh_pools(iters, population, subnet, serial, |pool, n| {
                         let offsets: Vec<u64> =
                             (0..n).map(|_| pool.allocate_offset().unwrap()).collect();
                         let start = Instant::now();
                         for offset in &offsets {
                             pool.release_offset(black_box(*offset)).unwrap();
                         }
-                        spent += start.elapsed();
-                        left -= n;
-                    }
-                    spent
+                        start.elapsed()
+                    })
                 })
             });
         }

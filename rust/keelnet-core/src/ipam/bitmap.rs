@@ -37,7 +37,7 @@ struct Chunk {
 }
 
 impl Chunk {
-    fn clear() -> Box<Chunk> {
+    fn all_clear() -> Box<Chunk> {
         Box::new(Chunk {
             words: [0; CHUNK_WORDS],
             not_full: u64::MAX,
@@ -45,7 +45,7 @@ impl Chunk {
         })
     }
 
-    fn set() -> Box<Chunk> {
+    fn all_set() -> Box<Chunk> {
         Box::new(Chunk {
             words: [u64::MAX; CHUNK_WORDS],
             not_full: 0,
@@ -67,6 +67,39 @@ impl Chunk {
             not_full,
             ones,
         })
+    }
+
+    #[inline]
+    fn get(&self, bit: u64) -> bool {
+        self.words[(bit / WORD_BITS) as usize] >> (bit % WORD_BITS) & 1 == 1
+    }
+
+    /// Set `bit`; false when it was set already.
+    #[inline]
+    fn set(&mut self, bit: u64) -> bool {
+        let (w, mask) = ((bit / WORD_BITS) as usize, 1u64 << (bit % WORD_BITS));
+        if self.words[w] & mask != 0 {
+            return false;
+        }
+        self.words[w] |= mask;
+        self.ones += 1;
+        if self.words[w] == u64::MAX {
+            self.not_full &= !(1 << w);
+        }
+        true
+    }
+
+    /// Clear `bit`; false when it was clear already.
+    #[inline]
+    fn clear(&mut self, bit: u64) -> bool {
+        let (w, mask) = ((bit / WORD_BITS) as usize, 1u64 << (bit % WORD_BITS));
+        if self.words[w] & mask == 0 {
+            return false;
+        }
+        self.words[w] &= !mask;
+        self.not_full |= 1 << w;
+        self.ones -= 1;
+        true
     }
 
     /// First clear bit at or after `bit`.
@@ -115,7 +148,7 @@ impl SparseChunk {
             SparseChunk::Few { .. } => self
                 .few()
                 .is_some_and(|few| few.binary_search(&bit).is_ok()),
-            SparseChunk::Many(chunk) => chunk.words[usize::from(bit) / 64] >> (bit % 64) & 1 == 1,
+            SparseChunk::Many(chunk) => chunk.get(u64::from(bit)),
         }
     }
 
@@ -132,26 +165,15 @@ impl SparseChunk {
                     bits[at] = bit;
                     *len += 1;
                 } else {
-                    let mut chunk = Chunk::clear();
+                    let mut chunk = Chunk::all_clear();
                     for b in bits.iter().chain(std::iter::once(&bit)) {
-                        chunk.words[usize::from(*b) / 64] |= 1 << (b % 64);
+                        chunk.set(u64::from(*b));
                     }
-                    *self = SparseChunk::Many(Chunk::from_words(&chunk.words));
+                    *self = SparseChunk::Many(chunk);
                 }
                 true
             }
-            SparseChunk::Many(chunk) => {
-                let (w, mask) = (usize::from(bit) / 64, 1u64 << (bit % 64));
-                if chunk.words[w] & mask != 0 {
-                    return false;
-                }
-                chunk.words[w] |= mask;
-                chunk.ones += 1;
-                if chunk.words[w] == u64::MAX {
-                    chunk.not_full &= !(1 << w);
-                }
-                true
-            }
+            SparseChunk::Many(chunk) => chunk.set(u64::from(bit)),
         }
     }
 
@@ -169,13 +191,9 @@ impl SparseChunk {
                 true
             }
             SparseChunk::Many(chunk) => {
-                let (w, mask) = (usize::from(bit) / 64, 1u64 << (bit % 64));
-                if chunk.words[w] & mask == 0 {
+                if !chunk.clear(u64::from(bit)) {
                     return false;
                 }
-                chunk.words[w] &= !mask;
-                chunk.not_full |= 1 << w;
-                chunk.ones -= 1;
                 if chunk.ones as usize <= FEW / 2 {
                     let mut few = SparseChunk::Few {
                         len: 0,
@@ -317,10 +335,7 @@ impl Bitmap {
             let c = (offset / CHUNK_BITS) as usize;
             match &self.chunks[c] {
                 None => !self.chunk_has_clear(c),
-                Some(chunk) => {
-                    let bit = offset % CHUNK_BITS;
-                    chunk.words[(bit / WORD_BITS) as usize] >> (bit % WORD_BITS) & 1 == 1
-                }
+                Some(chunk) => chunk.get(offset % CHUNK_BITS),
             }
         } else {
             self.sparse
@@ -346,20 +361,13 @@ impl Bitmap {
         if !self.chunk_has_clear(c) {
             return false;
         }
-        let chunk = self.chunks[c].get_or_insert_with(Chunk::clear);
-        let bit = offset % CHUNK_BITS;
-        let (w, mask) = ((bit / WORD_BITS) as usize, 1u64 << (bit % WORD_BITS));
-        if chunk.words[w] & mask != 0 {
+        let chunk = self.chunks[c].get_or_insert_with(Chunk::all_clear);
+        if !chunk.set(offset % CHUNK_BITS) {
             return false;
         }
-        chunk.words[w] |= mask;
-        chunk.ones += 1;
-        if chunk.words[w] == u64::MAX {
-            chunk.not_full &= !(1 << w);
-            if chunk.not_full == 0 {
-                self.chunks[c] = None;
-                self.mark_chunk(c, false);
-            }
+        if chunk.not_full == 0 {
+            self.chunks[c] = None;
+            self.mark_chunk(c, false);
         }
         true
     }
@@ -383,20 +391,15 @@ impl Bitmap {
             if self.chunk_has_clear(c) {
                 return false;
             }
-            self.chunks[c] = Some(Chunk::set());
+            self.chunks[c] = Some(Chunk::all_set());
             self.mark_chunk(c, true);
         }
         let Some(chunk) = self.chunks[c].as_mut() else {
             return false;
         };
-        let bit = offset % CHUNK_BITS;
-        let (w, mask) = ((bit / WORD_BITS) as usize, 1u64 << (bit % WORD_BITS));
-        if chunk.words[w] & mask == 0 {
+        if !chunk.clear(offset % CHUNK_BITS) {
             return false;
         }
-        chunk.words[w] &= !mask;
-        chunk.not_full |= 1 << w;
-        chunk.ones -= 1;
         if chunk.ones == 0 {
             self.chunks[c] = None;
         }
@@ -518,17 +521,14 @@ impl Bitmap {
         let padding_from = last.min(DENSE_LIMIT - 1) + 1;
         for (c, state) in chunks.into_iter().enumerate() {
             let chunk = match state {
-                ChunkStateOwned::Clear => Chunk::clear(),
-                ChunkStateOwned::Set => Chunk::set(),
+                ChunkStateOwned::Clear => Chunk::all_clear(),
+                ChunkStateOwned::Set => Chunk::all_set(),
                 ChunkStateOwned::Mixed(words) => Chunk::from_words(&words),
             };
             // The padding past `last` must be set, as `new` leaves it.
             let base = c as u64 * CHUNK_BITS;
-            for offset in padding_from.max(base)..base + CHUNK_BITS {
-                let bit = offset - base;
-                if chunk.words[(bit / WORD_BITS) as usize] >> (bit % WORD_BITS) & 1 == 0 {
-                    return None;
-                }
+            if (padding_from.max(base)..base + CHUNK_BITS).any(|offset| !chunk.get(offset - base)) {
+                return None;
             }
             bitmap.install_chunk(c, chunk);
         }
