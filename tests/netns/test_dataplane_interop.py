@@ -152,3 +152,26 @@ def test_floods_reach_every_peer_and_unknown_peers_are_refused(lab: DpLab) -> No
         assert not ping(s2, NET.format(3), timeout=1)
         assert sw.stats()["vteps"][0]["tx"]["packets"] == sent
         assert sw.stats()["ports"]["p1"]["tx"]["packets"] > delivered
+
+
+def test_peer_learning_accepts_an_unconfigured_vtep(lab: DpLab) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
+    kernel_vxlan_host(
+        h2,
+        s2,
+        vni=VNI,
+        local=UNDERLAY_V4.format(2),
+        remotes=[UNDERLAY_V4.format(1)],
+        overlay_cidr=f"{NET.format(2)}/24",
+    )
+    with Switch(netns=h1, learn_peers=True) as sw:
+        sw.add_vtep(UNDERLAY_V4.format(1))
+        sw.add_tap("p1", vni=VNI, sandbox=s1, mtu=1450)
+        address(s1, "eth0", f"{NET.format(1)}/24")
+        assert sw.stats()["vnis"][VNI]["peers"] == []
+        # h2 is nobody's configured peer: its first broadcast makes it one.
+        assert ping(s2, NET.format(1), timeout=5)
+        assert sw.stats()["vnis"][VNI]["peers"] == [UNDERLAY_V4.format(2)]
+        assert sw.stats()["drops"]["unknown_peer"] == 0
+        assert ping(s1, NET.format(2), timeout=5)
