@@ -4,5 +4,6 @@
 pub mod fdb;
 pub mod io;
 pub mod ipam;
+pub mod ipvlan;
 pub mod packet;
 pub mod switch;

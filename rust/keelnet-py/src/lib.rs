@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod dataplane;
 mod ipam;
+mod ipvlan;
 mod packet;
 
 #[pymodule]
@@ -14,5 +15,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ipam::PySubnetPools>()?;
     packet::register(m)?;
     m.add_class::<dataplane::PySwitch>()?;
+    m.add_class::<ipvlan::PyIpvlan>()?;
     Ok(())
 }
