@@ -116,31 +116,51 @@ fn fragmented(
     (pool, allocated)
 }
 
+/// How a churn step finds a random allocated address to release.
+#[derive(Clone, Copy, PartialEq)]
+enum Victims {
+    /// Probe random offsets of the populated span until one is allocated (1.33
+    /// probes on average; the probe reads the bitmap word the release writes).
+    Probe,
+    /// Keep a list of allocated offsets and swap-remove at a random index; its
+    /// upkeep (a cache miss in a multi-megabyte list) is part of the figure.
+    List,
+}
+
 /// Steady churn: each step allocates one address and releases a random allocated
 /// one, so the pool stays 75 % full with holes everywhere. Reported per operation
 /// (a step is two).
 ///
-/// The address to release: random offsets below the population's top are probed
-/// until one is allocated (1.33 probes on average, on the bitmap word the release
-/// then touches). Serial allocation in the /64 walks into fresh space and never
-/// comes back, so there a probed span would run dry; that case keeps a list of
-/// allocated offsets instead (swap-remove at a random index), and its upkeep, a
-/// cache miss per step in a 6 MB list, is included in the figure.
+/// Serial allocation in the /64 walks into fresh space and never wraps, so probing
+/// a fixed span would run dry: it needs the list. The /64 lowest-free case runs
+/// with both, so the list's own cost can be read off in the same run.
 fn churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("ipam_churn_25pct_holes");
     group.throughput(Throughput::Elements(2));
     for (name, subnet, population) in POOLS {
         let fills_pool =
             u128::from(population) + 2 >= subnet.parse::<Subnet>().unwrap().last_offset();
-        for serial in [false, true] {
+        let cases: &[(bool, Victims)] = if fills_pool {
+            &[(false, Victims::Probe), (true, Victims::Probe)]
+        } else {
+            &[
+                (false, Victims::Probe),
+                (false, Victims::List),
+                (true, Victims::List),
+            ]
+        };
+        for &(serial, victims) in cases {
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
             let (mut pool, mut allocated) = fragmented(subnet, population, serial, &mut rng);
             let span = population + 2;
-            let probe = fills_pool || !serial;
-            let id = format!("{name}/{}", mode_name(serial));
-            group.bench_function(BenchmarkId::new("allocate+release", id), |b| {
-                if probe {
-                    b.iter(|| {
+            let mut id = format!("{name}/{}", mode_name(serial));
+            if victims == Victims::List {
+                id.push_str("/list");
+            }
+            group.bench_function(
+                BenchmarkId::new("allocate+release", id),
+                |b| match victims {
+                    Victims::Probe => b.iter(|| {
                         black_box(pool.allocate_offset().unwrap());
                         loop {
                             let offset = rng.next() % span;
@@ -148,15 +168,14 @@ fn churn(c: &mut Criterion) {
                                 break;
                             }
                         }
-                    })
-                } else {
-                    b.iter(|| {
+                    }),
+                    Victims::List => b.iter(|| {
                         allocated.push(pool.allocate_offset().unwrap());
                         let i = (rng.next() % allocated.len() as u64) as usize;
                         pool.release_offset(allocated.swap_remove(i)).unwrap();
-                    })
-                }
-            });
+                    }),
+                },
+            );
         }
     }
     group.finish();
