@@ -163,6 +163,7 @@ impl PySwitch {
     #[pyo3(signature = (vni, remote, mac, ip))]
     fn add_peer(
         &self,
+        py: Python<'_>,
         vni: u32,
         remote: &str,
         mac: Option<&str>,
@@ -178,15 +179,24 @@ impl PySwitch {
                 })
             })
             .transpose()?;
-        switch.add_peer(vni, remote, mac, ip).map_err(to_py)
+        // The engine lock may be held by the worker for a batch: never wait with the GIL.
+        py.detach(|| switch.add_peer(vni, remote, mac, ip))
+            .map_err(to_py)
     }
 
     #[pyo3(signature = (vni, remote, mac))]
-    fn remove_peer(&self, vni: u32, remote: &str, mac: Option<&str>) -> PyResult<()> {
+    fn remove_peer(
+        &self,
+        py: Python<'_>,
+        vni: u32,
+        remote: &str,
+        mac: Option<&str>,
+    ) -> PyResult<()> {
         let switch = self.switch()?;
         let remote = parse_ip(remote)?;
         let mac = mac.map(parse_mac).transpose()?;
-        switch.remove_peer(vni, remote, mac).map_err(to_py)
+        py.detach(|| switch.remove_peer(vni, remote, mac))
+            .map_err(to_py)
     }
 
     fn remove_port(&self, py: Python<'_>, name: &str) -> PyResult<()> {

@@ -384,7 +384,8 @@ impl RecvBatch {
             while !cmsg.is_null() {
                 if (*cmsg).cmsg_level == level && (*cmsg).cmsg_type == kind {
                     let data = libc::CMSG_DATA(cmsg);
-                    let length = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let length =
+                        ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                     return Some(if length >= 4 {
                         std::ptr::read_unaligned(data.cast::<i32>())
                     } else {

@@ -43,6 +43,12 @@ const L2_OVERHEAD: usize = ethernet::VLAN_HEADER_LEN;
 pub(crate) enum PortIo {
     Tap(Tap),
     Packet(PacketSocket),
+    /// Unit tests: frames written are kept, nothing is read.
+    #[cfg(test)]
+    Capture {
+        mtu: u32,
+        frames: std::sync::Mutex<Vec<Vec<u8>>>,
+    },
 }
 
 impl PortIo {
@@ -50,6 +56,8 @@ impl PortIo {
         match self {
             PortIo::Tap(tap) => tap.read(buffer),
             PortIo::Packet(socket) => socket.read(buffer),
+            #[cfg(test)]
+            PortIo::Capture { .. } => Ok(None),
         }
     }
 
@@ -57,6 +65,13 @@ impl PortIo {
         match self {
             PortIo::Tap(tap) => tap.write(parts),
             PortIo::Packet(socket) => socket.write(parts),
+            #[cfg(test)]
+            PortIo::Capture { frames, .. } => {
+                let frame = parts.concat();
+                let length = frame.len();
+                frames.lock().unwrap_or_else(|e| e.into_inner()).push(frame);
+                Ok(length)
+            }
         }
     }
 
@@ -64,6 +79,8 @@ impl PortIo {
         match self {
             PortIo::Tap(tap) => tap.as_raw_fd(),
             PortIo::Packet(socket) => socket.as_raw_fd(),
+            #[cfg(test)]
+            PortIo::Capture { .. } => -1,
         }
     }
 
@@ -71,6 +88,8 @@ impl PortIo {
         match self {
             PortIo::Tap(_) => PortKind::Tap,
             PortIo::Packet(_) => PortKind::Packet,
+            #[cfg(test)]
+            PortIo::Capture { .. } => PortKind::Tap,
         }
     }
 
@@ -78,6 +97,8 @@ impl PortIo {
         match self {
             PortIo::Tap(tap) => tap.mtu(),
             PortIo::Packet(socket) => socket.mtu(),
+            #[cfg(test)]
+            PortIo::Capture { mtu, .. } => *mtu,
         }
     }
 
@@ -85,6 +106,8 @@ impl PortIo {
         match self {
             PortIo::Tap(tap) => tap.ifname(),
             PortIo::Packet(socket) => socket.ifname(),
+            #[cfg(test)]
+            PortIo::Capture { .. } => "capture",
         }
     }
 
@@ -92,6 +115,8 @@ impl PortIo {
         match self {
             PortIo::Tap(tap) => Some(tap.mac()),
             PortIo::Packet(_) => None,
+            #[cfg(test)]
+            PortIo::Capture { .. } => None,
         }
     }
 }
@@ -992,5 +1017,306 @@ impl Engine {
             }
         }
         self.super_frame = frame;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::checksum;
+    use crate::packet::offload::F_NEEDS_CSUM;
+    use crate::packet::offload::build::{TcpFrameSpec, tcp_frame};
+    use proptest::prelude::*;
+
+    const A: MacAddr = [2, 0, 0, 0, 0, 0xa];
+    const B: MacAddr = [2, 0, 0, 0, 0, 0xb];
+    const BROADCAST: MacAddr = [0xff; 6];
+
+    fn capture(mtu: u32) -> PortIo {
+        PortIo::Capture {
+            mtu,
+            frames: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn written(engine: &Engine, name: &str) -> Vec<Vec<u8>> {
+        let id = engine.names[name];
+        match &engine.ports[&id].io {
+            PortIo::Capture { frames, .. } => frames.lock().unwrap().clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// A virtio-net header (all zero) and an Ethernet frame of `size` bytes.
+    fn local_frame(destination: MacAddr, source: MacAddr, ethertype: u16, size: usize) -> Vec<u8> {
+        let mut data = vec![0u8; VNET_HDR_LEN + size];
+        ethernet::write_header(
+            &mut data[VNET_HDR_LEN..],
+            &destination,
+            &source,
+            None,
+            ethertype,
+        )
+        .unwrap();
+        data
+    }
+
+    fn engine(config: SwitchConfig) -> Engine {
+        let mut engine = Engine::new(config);
+        engine.add_port("a", 1, capture(1500));
+        engine.add_port("b", 1, capture(1500));
+        engine.add_port("c", 2, capture(1500));
+        engine
+    }
+
+    fn tcp(payload: usize) -> Vec<u8> {
+        let spec = TcpFrameSpec {
+            source: "198.51.100.2".parse().unwrap(),
+            destination: "198.51.100.1".parse().unwrap(),
+            source_port: 5201,
+            destination_port: 40000,
+            sequence: 7,
+            acknowledgment: 9,
+            flags: 0x10,
+            window: 512,
+            identification: 1,
+        };
+        let mut frame = tcp_frame(&spec, &vec![0x5a; payload]).unwrap();
+        frame[0..6].copy_from_slice(&A);
+        frame[6..12].copy_from_slice(&B);
+        frame
+    }
+
+    #[test]
+    fn floods_stay_in_their_vni_and_unicast_follows_learning() {
+        let mut engine = engine(SwitchConfig::default());
+        let a = engine.names["a"];
+        let b = engine.names["b"];
+        engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 60));
+        assert_eq!(written(&engine, "b").len(), 1);
+        assert!(written(&engine, "a").is_empty());
+        assert!(
+            written(&engine, "c").is_empty(),
+            "VNI 2 saw VNI 1's broadcast"
+        );
+        // B answers A: unicast to a only, the virtio-net header passed through as is.
+        let mut reply = local_frame(A, B, 0x88b5, 60);
+        reply[1] = gso_type::TCPV4;
+        engine.on_local_frame(b, &reply);
+        assert_eq!(written(&engine, "a"), vec![reply]);
+        assert_eq!(written(&engine, "b").len(), 1);
+        assert_eq!(engine.fdb.lookup(1, &A), Some(Destination::Port(a)));
+        assert_eq!(engine.fdb.lookup(1, &B), Some(Destination::Port(b)));
+        assert_eq!(engine.fdb.lookup(2, &A), None);
+        // A frame for a MAC behind the port it came from goes nowhere.
+        engine.on_local_frame(a, &local_frame(A, A, 0x88b5, 60));
+        assert_eq!(engine.drops.total(), 1);
+    }
+
+    #[test]
+    fn bad_local_frames_are_counted_by_reason() {
+        let mut engine = engine(SwitchConfig::default());
+        let a = engine.names["a"];
+        engine.on_local_frame(a, &[0u8; VNET_HDR_LEN + 5]);
+        engine.on_local_frame(a, &local_frame(BROADCAST, BROADCAST, 0x88b5, 60));
+        engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 1600));
+        let stats = engine.stats();
+        assert_eq!(stats.drops.get(DropReason::Truncated), 1);
+        assert_eq!(stats.drops.get(DropReason::InvalidSource), 1);
+        assert_eq!(stats.drops.get(DropReason::Oversized), 1);
+        assert!(written(&engine, "b").is_empty());
+    }
+
+    #[test]
+    fn arp_requests_for_known_addresses_are_answered_locally() {
+        let mut engine = engine(SwitchConfig {
+            arp_suppression: true,
+            ..SwitchConfig::default()
+        });
+        let a = engine.names["a"];
+        let remote_mac = [2, 0, 0, 0, 0, 0x99];
+        engine.add_peer(
+            1,
+            "192.0.2.2".parse().unwrap(),
+            Some(remote_mac),
+            Some("198.51.100.9".parse().unwrap()),
+        );
+        let mut request = local_frame(BROADCAST, A, ethertype::ARP, 42);
+        Arp {
+            operation: arp::OP_REQUEST,
+            sender_mac: A,
+            sender_ip: "198.51.100.1".parse().unwrap(),
+            target_mac: [0; 6],
+            target_ip: "198.51.100.9".parse().unwrap(),
+        }
+        .write(&mut request[VNET_HDR_LEN + ethernet::HEADER_LEN..])
+        .unwrap();
+        engine.on_local_frame(a, &request);
+        let replies = written(&engine, "a");
+        assert_eq!(replies.len(), 1);
+        let reply = &replies[0][VNET_HDR_LEN..];
+        let arp = ArpPacket::parse(&reply[ethernet::HEADER_LEN..]).unwrap();
+        assert_eq!(arp.operation(), arp::OP_REPLY);
+        assert_eq!(arp.sender_mac(), remote_mac);
+        assert_eq!(arp.target_mac(), A);
+        assert!(
+            written(&engine, "b").is_empty(),
+            "a suppressed request is not flooded"
+        );
+        assert_eq!(engine.stats().vnis[0].arp_suppressed, 1);
+    }
+
+    fn with_vtep(engine: &mut Engine) -> Option<usize> {
+        let socket = UdpSocket::bind(None, "127.0.0.1:0".parse().unwrap()).ok()?;
+        let index = engine.add_vtep(socket);
+        engine.add_peer(1, "127.0.0.2".parse().unwrap(), None, None);
+        Some(index)
+    }
+
+    fn vxlan_datagram(vni: u32, inner: &[u8]) -> Vec<u8> {
+        let mut datagram = vec![0u8; vxlan::HEADER_LEN];
+        vxlan::write_header(&mut datagram, vni).unwrap();
+        datagram.extend_from_slice(inner);
+        datagram
+    }
+
+    #[test]
+    fn partial_checksums_from_a_kernel_peer_are_completed() {
+        let mut engine = engine(SwitchConfig {
+            coalesce: false,
+            ..SwitchConfig::default()
+        });
+        let Some(vtep) = with_vtep(&mut engine) else {
+            return;
+        };
+        let a = engine.names["a"];
+        engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 60));
+        let good = tcp(500);
+        let mut partial_frame = good.clone();
+        let field = 14 + 20 + 16;
+        let pseudo = crate::packet::ipv4::Ipv4Packet::parse(&good[14..])
+            .unwrap()
+            .pseudo_header();
+        partial_frame[field..field + 2].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+        engine.on_vxlan_datagram(
+            vtep,
+            "127.0.0.2".parse().unwrap(),
+            &vxlan_datagram(1, &partial_frame),
+        );
+        let frames = written(&engine, "a");
+        assert_eq!(frames.last().unwrap()[VNET_HDR_LEN..], good[..]);
+        assert_eq!(
+            engine.fdb.lookup(1, &B),
+            Some(Destination::Remote("127.0.0.2".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn a_decapsulated_super_frame_reaches_the_port_with_gso_metadata() {
+        let mut engine = engine(SwitchConfig::default());
+        let Some(vtep) = with_vtep(&mut engine) else {
+            return;
+        };
+        let a = engine.names["a"];
+        engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 60));
+        let super_frame = tcp(6000);
+        engine.on_vxlan_datagram(
+            vtep,
+            "127.0.0.2".parse().unwrap(),
+            &vxlan_datagram(1, &super_frame),
+        );
+        let frames = written(&engine, "a");
+        let last = frames.last().unwrap();
+        let header = VirtioNetHdr::parse(last).unwrap();
+        assert_eq!(header.gso_type, gso_type::TCPV4);
+        assert_eq!(header.flags, F_NEEDS_CSUM);
+        assert_eq!(usize::from(header.gso_size), 1500 - 20 - 32);
+        assert_eq!(last[VNET_HDR_LEN..], super_frame[..]);
+    }
+
+    #[test]
+    fn vxlan_from_strangers_or_for_other_vnis_is_dropped() {
+        let mut engine = engine(SwitchConfig::default());
+        let Some(vtep) = with_vtep(&mut engine) else {
+            return;
+        };
+        let frame = local_frame(BROADCAST, B, 0x88b5, 60)[VNET_HDR_LEN..].to_vec();
+        engine.on_vxlan_datagram(
+            vtep,
+            "127.0.0.3".parse().unwrap(),
+            &vxlan_datagram(1, &frame),
+        );
+        engine.on_vxlan_datagram(
+            vtep,
+            "127.0.0.2".parse().unwrap(),
+            &vxlan_datagram(7, &frame),
+        );
+        let drops = engine.stats().drops;
+        assert_eq!(drops.get(DropReason::UnknownPeer), 1);
+        assert_eq!(drops.get(DropReason::UnknownVni), 1);
+        assert!(written(&engine, "a").is_empty() && written(&engine, "b").is_empty());
+    }
+
+    #[test]
+    fn decapsulated_tcp_segments_are_coalesced_into_one_write() {
+        let mut engine = engine(SwitchConfig::default());
+        let Some(vtep) = with_vtep(&mut engine) else {
+            return;
+        };
+        let a = engine.names["a"];
+        engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 60));
+        let spec = |sequence: u32, identification: u16| TcpFrameSpec {
+            source: "198.51.100.2".parse().unwrap(),
+            destination: "198.51.100.1".parse().unwrap(),
+            source_port: 5201,
+            destination_port: 40000,
+            sequence,
+            acknowledgment: 9,
+            flags: 0x10,
+            window: 512,
+            identification,
+        };
+        let before = written(&engine, "a").len();
+        for index in 0..3u32 {
+            let mut frame = tcp_frame(&spec(1 + index * 1000, index as u16), &[7u8; 1000]).unwrap();
+            frame[0..6].copy_from_slice(&A);
+            frame[6..12].copy_from_slice(&B);
+            engine.on_vxlan_datagram(
+                vtep,
+                "127.0.0.2".parse().unwrap(),
+                &vxlan_datagram(1, &frame),
+            );
+        }
+        engine.flush_coalesced();
+        let frames = written(&engine, "a");
+        assert_eq!(frames.len(), before + 1, "three segments, one write");
+        let header = VirtioNetHdr::parse(frames.last().unwrap()).unwrap();
+        assert_eq!(header.gso_type, gso_type::TCPV4);
+        assert_eq!(header.gso_size, 1000);
+        assert_eq!(
+            frames.last().unwrap().len(),
+            VNET_HDR_LEN + 14 + 20 + 32 + 3000
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            local in proptest::collection::vec(any::<u8>(), 0..2000),
+            remote in proptest::collection::vec(any::<u8>(), 0..2000),
+            vni in 0u32..3,
+        ) {
+            let mut engine = engine(SwitchConfig { arp_suppression: true, ..SwitchConfig::default() });
+            let a = engine.names["a"];
+            engine.on_local_frame(a, &local);
+            if let Some(vtep) = with_vtep(&mut engine) {
+                let mut datagram = vxlan_datagram(vni, &remote);
+                engine.on_vxlan_datagram(vtep, "127.0.0.2".parse().unwrap(), &datagram);
+                engine.on_vxlan_datagram(vtep, "127.0.0.2".parse().unwrap(), &remote);
+                datagram.truncate(datagram.len() / 2);
+                engine.on_vxlan_datagram(vtep, "127.0.0.2".parse().unwrap(), &datagram);
+                engine.flush_coalesced();
+            }
+        }
     }
 }
