@@ -193,6 +193,37 @@ pub struct Fdb {
     vtep_index: FastMap<IpAddr, u32>,
     free_vteps: Vec<u32>,
     counters: FdbCounters,
+    /// Reused by [`Fdb::age`] for its bitmap of expired slots.
+    expired_scratch: Vec<u64>,
+}
+
+/// Per-VNI learned counts to subtract after a sweep, gathered in a small direct-mapped
+/// cache: a host has few networks, and a map update per removed entry would dominate.
+struct ForgottenCounts([(u32, u32); 64]);
+
+impl Default for ForgottenCounts {
+    fn default() -> Self {
+        ForgottenCounts([(0, 0); 64])
+    }
+}
+
+impl ForgottenCounts {
+    fn add(&mut self, fdb: &mut Fdb, vni: u32) {
+        let cached = &mut self.0[vni as usize % 64];
+        if cached.0 != vni && cached.1 != 0 {
+            fdb.forget_learned(cached.0, cached.1);
+            cached.1 = 0;
+        }
+        *cached = (vni, cached.1 + 1);
+    }
+
+    fn flush(&mut self, fdb: &mut Fdb) {
+        for (vni, count) in self.0 {
+            if count != 0 {
+                fdb.forget_learned(vni, count);
+            }
+        }
+    }
 }
 
 impl Default for Fdb {
@@ -227,6 +258,7 @@ impl Fdb {
             vtep_index: FastMap::default(),
             free_vteps: Vec::new(),
             counters: FdbCounters::default(),
+            expired_scratch: Vec::new(),
         }
     }
 
@@ -396,13 +428,50 @@ impl Fdb {
     }
 
     /// Removes learned entries last seen `max_age` or longer before `now`; returns how many.
-    /// One sequential pass over the deadline array.
+    ///
+    /// Two passes: a branch-free scan of the deadline array into a bitmap of expired
+    /// slots, then removal of just those, back to front. Which entries expire is random,
+    /// so a single pass that branches per slot mispredicts on about every other entry.
     pub fn age(&mut self, now: u64) -> usize {
         // Marks are above LATEST_DEADLINE, so this one compare skips empty, tombstone and
-        // static slots without a data-dependent branch.
+        // static slots.
         let now = now.min(LATEST_DEADLINE);
-        let removed = self.sweep(|_, deadline| deadline <= now);
+        let mut expired = std::mem::take(&mut self.expired_scratch);
+        expired.clear();
+        expired.extend(self.deadlines.chunks(64).map(|chunk| {
+            chunk
+                .iter()
+                .enumerate()
+                .fold(0u64, |bits, (bit, &deadline)| {
+                    bits | (u64::from(deadline <= now) << bit)
+                })
+        }));
+        let mut forgotten = ForgottenCounts::default();
+        let mut removed = 0;
+        for (word_index, &word) in expired.iter().enumerate().rev() {
+            let mut bits = word;
+            while bits != 0 {
+                let bit = 63 - bits.leading_zeros() as usize;
+                bits &= !(1u64 << bit);
+                let index = word_index * 64 + bit;
+                let slot = self.vacate_slot(index);
+                forgotten.add(self, slot.vni);
+                removed += 1;
+                // Tombstones right in front of an empty slot are on no probe path: empty
+                // them (this one and any run before it).
+                let mut at = index;
+                while self.deadlines[(at + 1) & self.mask] == EMPTY_MARK
+                    && self.deadlines[at] == TOMBSTONE_MARK
+                {
+                    self.empty_tombstone(at);
+                    at = at.wrapping_sub(1) & self.mask;
+                }
+            }
+        }
+        forgotten.flush(self);
+        self.expired_scratch = expired;
         self.counters.aged_out += removed as u64;
+        self.maybe_rehash();
         removed
     }
 
@@ -422,9 +491,7 @@ impl Fdb {
         let mut next_is_empty = start.is_some();
         let start = start.unwrap_or(0);
         let mut removed = 0;
-        // Per-VNI learned counts to subtract, gathered in a small direct-mapped cache: a
-        // host has few networks, and a map update per removed entry would dominate.
-        let mut forgotten = [(0u32, 0u32); 64];
+        let mut forgotten = ForgottenCounts::default();
         let order = (0..start).rev().chain((start..capacity).rev());
         for index in order {
             let deadline = self.deadlines[index];
@@ -433,13 +500,7 @@ impl Fdb {
             } else if doomed(&self.slots[index], deadline) {
                 let slot = self.vacate_slot(index);
                 if slot.tagged_mac & STATIC == 0 {
-                    let cached = &mut forgotten[slot.vni as usize % 64];
-                    if cached.0 != slot.vni && cached.1 != 0 {
-                        let (vni, count) = *cached;
-                        self.forget_learned(vni, count);
-                        *cached = (slot.vni, 0);
-                    }
-                    *cached = (slot.vni, cached.1 + 1);
+                    forgotten.add(self, slot.vni);
                 }
                 if next_is_empty {
                     self.empty_tombstone(index);
@@ -448,11 +509,7 @@ impl Fdb {
             }
             next_is_empty = self.deadlines[index] == EMPTY_MARK;
         }
-        for (vni, count) in forgotten {
-            if count != 0 {
-                self.forget_learned(vni, count);
-            }
-        }
+        forgotten.flush(self);
         self.maybe_rehash();
         removed
     }
