@@ -353,6 +353,10 @@ def kernel_vxlan_host(
     for remote in remotes:
         sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", remote, netns=host)
     sh("ip", "link", "add", br, "type", "bridge", netns=host)
+    # No IPv6 on the overlay's host-side links: their router solicitations and MLD
+    # reports would be flooded into the tunnel behind the tests' backs.
+    for link in (vx, br):
+        sh("sysctl", "-qw", f"net.ipv6.conf.{link}.disable_ipv6=1", netns=host)
     sh("ip", "link", "set", vx, "master", br, "mtu", str(mtu), "up", netns=host)
     sh("ip", "link", "set", br, "up", netns=host)
     sh(
@@ -369,6 +373,7 @@ def kernel_vxlan_host(
         sandbox,
         netns=host,
     )
+    sh("sysctl", "-qw", "net.ipv6.conf.vs0.disable_ipv6=1", netns=host)
     sh("ip", "link", "set", "vs0", "master", br, "mtu", str(mtu), "up", netns=host)
     sh("ip", "link", "set", "eth0", "mtu", str(mtu), netns=sandbox)
     address(sandbox, "eth0", overlay_cidr)

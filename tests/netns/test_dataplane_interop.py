@@ -80,7 +80,9 @@ def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(lab: DpLab, underlay: st
         stats = sw.stats()
         vtep = stats["vteps"][0]
         assert vtep["rx"]["bytes"] > 4_000_000 and vtep["tx"]["bytes"] > 4_000_000
-        assert sum(stats["drops"].values()) == 0
+        # Frames the kernel flooded before VNI 42 existed here may count as unknown_vni;
+        # nothing else may be dropped.
+        assert sum(stats["drops"].values()) == stats["drops"]["unknown_vni"]
 
 
 def test_two_keelnet_switches_with_static_peers(lab: DpLab) -> None:
