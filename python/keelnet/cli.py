@@ -31,7 +31,32 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="build networks in throwaway namespaces, check them, show IPAM at work"
     )
     demo.set_defaults(standalone=run_demo)
+    agent = commands.add_parser(
+        "agent", help="hold this host's userspace data planes and serve keelnet commands"
+    )
+    agent.set_defaults(standalone=run_agent)
     return parser
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from keelnet import agent
+
+    return agent.serve(args, run_in_agent)
+
+
+def run_in_agent(host: Host, argv: list[str]) -> int:
+    """One forwarded command, run against the agent's Host."""
+    args = build_parser().parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None or not _forwardable(args):
+        _error("the agent runs network, sandbox and port commands only")
+        return 2
+    return _run(handler, host, args)
+
+
+def _forwardable(args: argparse.Namespace) -> bool:
+    # `sandbox exec` runs a program with the caller's terminal: never in the agent.
+    return getattr(args, "handler", None) is not None and args.handler is not sandbox_exec
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -404,14 +429,33 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    if _forwardable(args):
+        from keelnet import agent
+
+        answer = agent.forward(
+            args.netns, args.state_dir, list(sys.argv[1:] if argv is None else argv)
+        )
+        if answer is not None:
+            status, out, err = answer
+            sys.stdout.write(out)
+            sys.stderr.write(err)
+            return status
     try:
         with Host(netns=args.netns, state_dir=args.state_dir) as host:
-            return handler(host, args)
+            return _run(handler, host, args)
     except KeelnetError as exc:
         _error(exc)
         return 1
     except PermissionError as exc:
         _error(f"permission denied: {exc.filename or exc} (keelnet needs root)")
+        return 1
+
+
+def _run(handler: Handler, host: Host, args: argparse.Namespace) -> int:
+    try:
+        return handler(host, args)
+    except KeelnetError as exc:
+        _error(exc)
         return 1
 
 
