@@ -10,7 +10,7 @@ from __future__ import annotations
 from keelnet import _core
 from keelnet._core import Decapsulated
 
-__all__ = ["Decapsulated", "decapsulate", "encapsulate"]
+__all__ = ["Decapsulated", "coalesce", "decapsulate", "encapsulate", "segment"]
 
 VXLAN_PORT = 4789
 """The IANA-assigned VXLAN UDP port."""
@@ -58,3 +58,21 @@ def decapsulate(frame: bytes, *, dst_port: int | None = None) -> Decapsulated:
     ``ttl`` and ``inner`` (the inner frame, bytes).
     """
     return _core.decapsulate(frame, dst_port=dst_port)
+
+
+def segment(frame: bytes, mss: int) -> list[bytes]:
+    """Split a TCP super-frame (Ethernet + IPv4/IPv6 + TCP) into frames of at most ``mss``
+    payload bytes, as the kernel's GSO does: IPv4 ID +1 and sequence number advanced per
+    frame, FIN/PSH only on the last, CWR only on the first, all checksums computed."""
+    return _core.segment(frame, mss)
+
+
+def coalesce(frames: list[bytes], *, verify_checksums: bool = True) -> list[tuple[bytes, int]]:
+    """Merge consecutive in-order TCP segments of one flow into super-frames, as GRO does.
+
+    Returns ``(super_frame, segment_size)`` pairs, checksums complete; ``segment_size`` is
+    the size to segment it back with (0 for a frame that stayed a single segment). A frame
+    that cannot be coalesced at all (not TCP, SYN/RST, no payload, bad checksum when
+    ``verify_checksums``) raises :class:`~keelnet.errors.MalformedPacket`.
+    """
+    return _core.coalesce(frames, verify_checksums=verify_checksums)

@@ -12,19 +12,21 @@ Nothing leaves the namespaces the test made; both are deleted afterwards, also o
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import fcntl
 import os
 import secrets
 import socket
-import struct
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
+from packetlab import (
+    ETH_P_ALL,
+    UNDERLAY,
+    Underlay,
+    ip,
+    mac_of,
+    netns,
+    underlay_fixture,  # noqa: F401  (provides `underlay`)
+)
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -38,86 +40,9 @@ pytestmark = pytest.mark.netns
 if os.geteuid() != 0:
     pytest.skip("VXLAN interop tests need root (namespaces, veth, vxlan)", allow_module_level=True)
 
-CLONE_NEWNET = 0x40000000
-ETH_P_ALL = 0x0003
-SIOCETHTOOL = 0x8946
-ETHTOOL_STXCSUM = 0x17
 VNI = 4242
-UNDERLAY = {
-    4: ("192.0.2.1", "192.0.2.2", 24),
-    6: ("2001:db8::1", "2001:db8::2", 64),
-}
 OVERLAY = ("10.42.0.1", "10.42.0.2")
 OVERLAY_PEER_MAC = "02:4b:4e:00:00:02"
-
-
-def ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def netns(name: str) -> Iterator[None]:
-    """Run the block in namespace `name` (this thread only), sockets made there stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        _libc.setns(own, CLONE_NEWNET)
-        os.close(own)
-        os.close(target)
-
-
-def mac_of(namespace: str, device: str) -> str:
-    out = ip("-n", namespace, "-o", "link", "show", device)
-    return out.split("link/ether ")[1].split()[0]
-
-
-def disable_tx_checksum_offload(device: str) -> None:
-    """veth hands frames over with the UDP checksum still partial; a capture on the
-    peer would see unfinished checksums. Make the kernel finish them in software."""
-    value = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_STXCSUM, 0))
-    request = struct.pack("16sP", device.encode(), ctypes.addressof(value))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        fcntl.ioctl(sock, SIOCETHTOOL, request)
-
-
-@dataclass
-class Underlay:
-    a: str
-    b: str
-    dev_a: str
-    dev_b: str
-
-
-@pytest.fixture
-def underlay() -> Iterator[Underlay]:
-    tag = secrets.token_hex(3)
-    lab = Underlay(a=f"kn-vxa-{tag}", b=f"kn-vxb-{tag}", dev_a="kn-ua", dev_b="kn-ub")
-    made: list[str] = []
-    try:
-        for name in (lab.a, lab.b):
-            ip("netns", "add", name)
-            made.append(name)
-        ip("-n", lab.a, "link", "add", lab.dev_a, "type", "veth", "peer", "name", lab.dev_b)
-        ip("-n", lab.a, "link", "set", lab.dev_b, "netns", lab.b)
-        for name, dev, index in ((lab.a, lab.dev_a, 0), (lab.b, lab.dev_b, 1)):
-            for family in (4, 6):
-                address, prefix = UNDERLAY[family][index], UNDERLAY[family][2]
-                ip("-n", name, "addr", "add", f"{address}/{prefix}", "dev", dev, "nodad")
-            ip("-n", name, "link", "set", dev, "up")
-            ip("-n", name, "link", "set", "lo", "up")
-            with netns(name):
-                disable_tx_checksum_offload(dev)
-        yield lab
-    finally:
-        for name in made:
-            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 def add_kernel_vxlan(namespace: str, family: int, local_index: int, *flags: str) -> str:

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use keelnet_core::packet::offload::{self, Coalescer, Segments};
 use keelnet_core::packet::vxlan::{self, DecapConfig, Encapsulator, Endpoints, VxlanConfig};
 use keelnet_core::packet::{MacAddr, PacketError};
 use pyo3::prelude::*;
@@ -164,7 +165,51 @@ fn decapsulate(py: Python<'_>, frame: &[u8], dst_port: Option<i64>) -> PyResult<
     })
 }
 
+/// Splits a TCP super-frame into `mss`-sized frames; see `keelnet.packet.segment`.
+#[pyfunction]
+fn segment<'py>(py: Python<'py>, frame: &[u8], mss: i64) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    if !(1..=65535).contains(&mss) {
+        return Err(bad_argument(format!("mss {mss} is outside 1..=65535")));
+    }
+    let mut out = Segments::new();
+    offload::segment(frame, mss as usize, &mut out).map_err(malformed)?;
+    Ok(out.iter().map(|piece| PyBytes::new(py, piece)).collect())
+}
+
+/// Coalesces TCP segments into super-frames; see `keelnet.packet.coalesce`.
+#[pyfunction]
+#[pyo3(signature = (frames, *, verify_checksums=true))]
+fn coalesce<'py>(
+    py: Python<'py>,
+    frames: Vec<Vec<u8>>,
+    verify_checksums: bool,
+) -> PyResult<Vec<(Bound<'py, PyBytes>, u16)>> {
+    let mut coalescer = Coalescer::new(verify_checksums);
+    let mut merged = Vec::new();
+    let mut result = Vec::new();
+    let mut flush =
+        |coalescer: &mut Coalescer, result: &mut Vec<(Bound<'py, PyBytes>, u16)>| -> PyResult<()> {
+            if let Some(hdr) = coalescer.finish(&mut merged) {
+                offload::complete_checksum(&mut merged, &hdr).map_err(malformed)?;
+                result.push((PyBytes::new(py, &merged), hdr.gso_size));
+            }
+            Ok(())
+        };
+    for frame in &frames {
+        if !coalescer.push(frame).map_err(malformed)? {
+            flush(&mut coalescer, &mut result)?;
+            if !coalescer.push(frame).map_err(malformed)? {
+                return Err(bad_argument("a frame could not start a super-frame".into()));
+            }
+        }
+    }
+    flush(&mut coalescer, &mut result)?;
+    Ok(result)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(segment, m)?)?;
+    m.add_function(wrap_pyfunction!(coalesce, m)?)?;
     m.add_function(wrap_pyfunction!(encapsulate, m)?)?;
     m.add_function(wrap_pyfunction!(decapsulate, m)?)?;
     m.add_class::<PyDecapsulated>()?;
