@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import pathlib
 import secrets
 import socket
 import struct
@@ -99,3 +100,13 @@ def underlay_fixture() -> Iterator[Underlay]:
     finally:
         for name in made:
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+SEEDS = pathlib.Path(__file__).resolve().parents[2] / "rust" / "fuzz" / "seeds"
+
+
+def save_fuzz_seed(target: str, name: str, data: bytes) -> None:
+    """With KEELNET_WRITE_FUZZ_SEEDS=1, keep a kernel-made frame as a fuzz seed."""
+    if os.environ.get("KEELNET_WRITE_FUZZ_SEEDS") == "1":
+        (SEEDS / target).mkdir(parents=True, exist_ok=True)
+        (SEEDS / target / name).write_bytes(data)

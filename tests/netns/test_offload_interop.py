@@ -21,6 +21,7 @@ from packetlab import (
     Underlay,
     ethtool_set,
     netns,
+    save_fuzz_seed,
     underlay_fixture,  # noqa: F401  (provides `underlay`)
 )
 from scapy.layers.inet import IP, TCP
@@ -95,6 +96,10 @@ def test_coalesce_then_segment_reproduces_the_kernels_frames(
     frames, received = capture_stream(underlay, family)
     assert len(received) == STREAM_BYTES
     assert len(frames) > STREAM_BYTES // 65536, "the stream was captured"
+    # Three consecutive kernel segments, length-prefixed as the gro_coalesce target reads.
+    seed = b"".join(len(frame).to_bytes(2, "little") + frame for frame in frames[:3])
+    save_fuzz_seed("gro_coalesce", f"kernel_tcp{family}", seed)
+    save_fuzz_seed("parse_ethernet", f"kernel_tcp{family}", frames[0])
     merged = coalesce(frames)
     assert len(merged) < len(frames), "segments were coalesced"
     resegmented: list[bytes] = []

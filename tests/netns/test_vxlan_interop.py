@@ -25,6 +25,7 @@ from packetlab import (
     ip,
     mac_of,
     netns,
+    save_fuzz_seed,
     underlay_fixture,  # noqa: F401  (provides `underlay`)
 )
 from scapy.layers.inet import IP, UDP
@@ -114,6 +115,9 @@ def test_we_decode_what_the_kernel_sends(
     finally:
         capture.close()
     decap = decapsulate(frame)
+    name = f"kernel_ipv{family}{'_udpcsum' if udp_checksum else ''}"
+    save_fuzz_seed("vxlan_decap", name, frame)
+    save_fuzz_seed("parse_ethernet", name, frame)
     assert decap.vni == VNI
     assert (decap.src, decap.dst) == (UNDERLAY[family][0], UNDERLAY[family][1])
     assert decap.dst_port == 4789
