@@ -86,31 +86,30 @@ impl Tap {
         } else {
             config.ifname.clone()
         };
-        let (fd, staged_name, mtu, mac) =
-            netns::run_in(config.host_netns.as_deref(), || -> io::Result<_> {
-                let (fd, name) = open_tap(&staged_name, config.offloads)?;
-                if let Some(mac) = &config.mac {
-                    sys::set_mac(&name, mac)?;
-                }
-                if let Some(mtu) = config.mtu {
-                    sys::set_mtu(&name, mtu)?;
-                }
-                let mtu = sys::interface_mtu(&name)?;
-                let mac = sys::mac_of(&name)?;
-                if let Some(sandbox) = &config.sandbox_netns {
-                    let index = sys::interface_index(&name)?;
-                    let target = netns::open(sandbox)?;
-                    sys::move_link(index, target.as_raw_fd(), &config.ifname).map_err(|error| {
-                        context(
-                            error,
-                            format!("moving TAP into {} as {}", sandbox.display(), config.ifname),
-                        )
-                    })?;
-                } else {
-                    sys::set_up(&name)?;
-                }
-                Ok((fd, name, mtu, mac))
-            })?;
+        let (fd, mtu, mac) = netns::run_in(config.host_netns.as_deref(), || -> io::Result<_> {
+            let (fd, name) = open_tap(&staged_name, config.offloads)?;
+            if let Some(mac) = &config.mac {
+                sys::set_mac(&name, mac)?;
+            }
+            if let Some(mtu) = config.mtu {
+                sys::set_mtu(&name, mtu)?;
+            }
+            let mtu = sys::interface_mtu(&name)?;
+            let mac = sys::mac_of(&name)?;
+            if let Some(sandbox) = &config.sandbox_netns {
+                let index = sys::interface_index(&name)?;
+                let target = netns::open(sandbox)?;
+                sys::move_link(index, target.as_raw_fd(), &config.ifname).map_err(|error| {
+                    context(
+                        error,
+                        format!("moving TAP into {} as {}", sandbox.display(), config.ifname),
+                    )
+                })?;
+            } else {
+                sys::set_up(&name)?;
+            }
+            Ok((fd, mtu, mac))
+        })?;
         let tap = Tap {
             fd,
             ifname: config.ifname.clone(),
@@ -126,7 +125,6 @@ impl Tap {
             let ifname = tap.ifname.clone();
             netns::run_in(tap.netns.as_deref(), move || sys::set_up(&ifname))?;
         }
-        let _ = staged_name;
         Ok(tap)
     }
 
