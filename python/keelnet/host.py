@@ -25,10 +25,10 @@ from pyroute2 import IPRoute
 
 from keelnet import sandbox as netns_sandbox
 from keelnet.drivers import get_driver
-from keelnet.drivers.base import DATAPLANE_OPTION, HostContext, NetworkRequest
+from keelnet.drivers._userspace import PlaneHostContext
+from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
 from keelnet.errors import (
     AddressOutOfRange,
-    DataPlaneUnavailable,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
@@ -71,7 +71,9 @@ class Host:
         self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
         self._rtnl = Rtnl(self.netns_path)
         self._exit.callback(self._rtnl.close)
-        self._ctx = HostContext(self.netns_path, self._ipr, self._rtnl)
+        self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl)
+        # Userspace data planes run on this process's threads: they stop with the Host.
+        self._exit.callback(self._ctx.planes.close_all)
         self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
         self._applied_script: str | None = None  # the nft script last loaded by this Host
         try:
@@ -125,10 +127,6 @@ class Host:
                 raise DuplicateNetwork(f"only one instance of {the_driver.name!r} can be created")
             the_driver.validate(self._ctx, NetworkRequest(name, opts, ipv6, internal))
             dataplane = the_driver.choose_dataplane(self._ctx, opts.get(DATAPLANE_OPTION, "auto"))
-            if dataplane != "kernel":
-                raise DataPlaneUnavailable(
-                    f"the {dataplane} data plane is not available yet (issue 4)"
-                )
             network_id = secrets.token_hex(32)
             configs: tuple[IpamConfig, ...] = ()
             pools: dict[int, AddressPool] = {}
@@ -569,8 +567,36 @@ class Host:
                 ):
                     self._disconnect(network, endpoint)  # the kernel lost it (e.g. reboot)
                     removed["endpoints"] += 1
+            for network in networks.values():
+                if network.dataplane == "userspace":
+                    removed["recreated"] += self._restore_userspace(network)
             self._sync_firewall(bridges_changed=True, refresh=True)
         return removed
+
+    def _restore_userspace(self, network: Network) -> int:
+        """Re-create the endpoints whose interface the sandbox lost: a userspace plane's
+        TAPs die with the process that ran it. Endpoints whose interface is there are
+        served by this or another running process and are left alone."""
+        driver = get_driver(network.driver)
+        restored = 0
+        for endpoint in self.store.endpoints(network_id=network.id):
+            box = self.store.find_sandbox(endpoint.sandbox)
+            if box is None or not netns_sandbox.exists(box.path):
+                continue
+            with iproute(box.path) as ipr:
+                if links.link_index(ipr, endpoint.ifname) is not None:
+                    continue
+            try:
+                driver.create_endpoint(self._ctx, network, endpoint, box.path)
+                driver.join(self._ctx, network, endpoint, box.path)
+            except KeelnetError:
+                # The Host must start even when a parent is gone; the endpoint stays in
+                # the store and the next reconcile tries again.
+                with contextlib.suppress(KeelnetError):
+                    driver.leave(self._ctx, network, endpoint, box.path)
+                continue
+            restored += 1
+        return restored
 
     def _clean_sandbox(self, box: Sandbox, endpoint_ids: set[str]) -> int:
         """Remove interfaces keelnet made in a sandbox for endpoints that never committed."""

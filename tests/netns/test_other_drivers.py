@@ -123,13 +123,15 @@ def test_ipvlan_without_kernel_module_says_what_to_use(lab: Lab, host: keelnet.H
         )
     assert raised.value.module == "ipvlan"
     assert "dataplane=userspace" in str(raised.value)
-    with pytest.raises(errors.DataPlaneUnavailable):  # auto falls back to userspace: not built
-        host.create_network("iv", driver="ipvlan", options={"parent": HOST_UPLINK})
     with pytest.raises(errors.InvalidOption):
         host.create_network(
             "iv", driver="ipvlan", options={"parent": HOST_UPLINK, "ipvlan_mode": "l9"}
         )
     assert (kernel_state(lab.host), store_state(lab.state_dir)) == before
+    # auto falls back to the userspace emulation (tested in test_ipvlan_userspace.py).
+    network = host.create_network("iv", driver="ipvlan", options={"parent": HOST_UPLINK})
+    assert network.dataplane == "userspace"
+    assert host.inspect_network("iv")["DataPlane"] == "userspace"
 
 
 def test_none_network_leaves_loopback_only(lab: Lab, host: keelnet.Host) -> None:

@@ -12,8 +12,8 @@ from keelnet.errors import InvalidOption, KernelFeatureMissing, MissingParentInt
 from keelnet.kernel import links
 
 PARENT = "parent"
-USERSPACE_LATER = "the userspace data plane (dataplane=userspace) does this without it; it "
-USERSPACE_LATER += "arrives with issue 4"
+NO_USERSPACE_VLAN = "keelnet's userspace data plane does not tag 802.1q VLANs yet: use an "
+NO_USERSPACE_VLAN += "untagged parent"
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def check(ctx: HostContext, parent: Parent, driver: str) -> None:
             "vlan",
             "8021q",
             f"{driver}: parent {parent.name} needs an 802.1q VLAN device",
-            USERSPACE_LATER,
+            NO_USERSPACE_VLAN,
         )
 
 
@@ -77,5 +77,5 @@ def remove_vlan(ctx: HostContext, parent: Parent, network_id: str) -> None:
         links.delete_link(ctx.ipr, parent.name)
 
 
-def missing_module(what: str, module: str) -> KernelFeatureMissing:
-    return KernelFeatureMissing(what, module=module, alternative=USERSPACE_LATER)
+def missing_module(what: str, module: str, alternative: str) -> KernelFeatureMissing:
+    return KernelFeatureMissing(what, module=module, alternative=alternative)

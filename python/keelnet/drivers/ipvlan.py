@@ -1,22 +1,38 @@
 """ipvlan: endpoints share the parent's MAC; l2 or l3 mode (`ipvlan_mode`).
 
-Kernel ipvlan where the kernel has the module. Where it does not, the userspace data plane
-(issue 4) will emulate it: this driver already declares that plane so `dataplane=auto`
-resolves to it once it exists; until then such requests fail with a clear error.
+Kernel ipvlan where the kernel has the module. Where it does not, the userspace data
+plane emulates it (`keelnet.dataplane_ipvlan`): an AF_PACKET socket on the parent and a
+TAP with the parent's MAC in each sandbox, demultiplexed by IP address. `auto` picks the
+kernel module when it exists, the emulation otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 from typing import ClassVar
 
-from keelnet.drivers import _parent, _veth
+from keelnet.dataplane_ipvlan import Ipvlan
+from keelnet.drivers import _parent, _userspace, _veth
 from keelnet.drivers.base import DATAPLANES, HostContext
 from keelnet.drivers.macvlan import LowerDeviceDriver
-from keelnet.errors import DataPlaneUnavailable, InvalidOption
-from keelnet.kernel import links
+from keelnet.errors import (
+    Conflict,
+    DataplaneError,
+    InvalidOption,
+    KeelnetError,
+    KernelError,
+    MissingParentInterface,
+    NotFound,
+)
+from keelnet.kernel import links, nftables
+from keelnet.kernel.namespaces import iproute, write_sysctl
 from keelnet.model import Endpoint, Network
 
-USERSPACE_AVAILABLE = False  # flips when the userspace data plane (issue 4) lands
+USERSPACE_AVAILABLE = True
+_IFF_NOARP = 0x80  # linux/if.h
+#: Where the emulation keeps the host's own stack off its sandboxes' packets.
+STEERING_TABLE = ("netdev", "keelnet-ipvlan")
 
 
 class IpvlanDriver(LowerDeviceDriver):
@@ -36,22 +52,106 @@ class IpvlanDriver(LowerDeviceDriver):
         kernel_has_it = links.kind_supported("ipvlan", ctx.netns_path)
         if requested == "kernel" or (requested == "auto" and kernel_has_it):
             if not kernel_has_it:
-                raise _parent.missing_module("ipvlan networks on the kernel data plane", "ipvlan")
+                raise _parent.missing_module(
+                    "ipvlan networks on the kernel data plane",
+                    "ipvlan",
+                    "the userspace data plane emulates it: dataplane=userspace (or auto)",
+                )
             return "kernel"
-        if not USERSPACE_AVAILABLE:
-            raise DataPlaneUnavailable(
-                "ipvlan: this kernel has no ipvlan module and the userspace data plane that "
-                "emulates it is not built yet (issue 4)"
-            )
         return "userspace"
 
     def uses_gateway(self, network: Network) -> bool:
         # l3: the parent host routes; sandboxes get a device default route, no gateway.
-        return network.options.get(self.mode_option, self.default_mode) != "l3"
+        return self._mode(network) != "l3"
+
+    def _mode(self, network: Network) -> str:
+        return network.options.get(self.mode_option, self.default_mode)
+
+    def link_attributes(self, network: Network) -> dict[str, object]:
+        return {"ipvlan_mode": self.modes[self._mode(network)]}
+
+    # --- the userspace emulation ---------------------------------------------------------
+
+    def _plane(self, ctx: HostContext, network: Network) -> Ipvlan:
+        """The network's running emulation, opened when this Host has none yet (after a
+        restart, or on the first use by this process)."""
+        planes = _userspace.planes_of(ctx)
+        existing = planes.get(network.id)
+        if isinstance(existing, Ipvlan):
+            return existing
+        parent = _parent.parse(network.options, self.name)
+        mode = self._mode(network)
+        for running in planes.running():
+            if isinstance(running, Ipvlan) and running.parent == parent.name:
+                # One ipvlan port per parent, with one mode, as in the kernel: networks on
+                # the same parent share it (so l3 routes between their subnets).
+                if running.mode != mode:
+                    raise Conflict(
+                        f"ipvlan: parent {parent.name} already carries {running.mode} "
+                        f"networks; one mode per parent"
+                    )
+                planes.add(network.id, running)
+                return running
+        if links.link_index(ctx.ipr, parent.name) is None:
+            raise MissingParentInterface(f"ipvlan: parent interface {parent.name!r} does not exist")
+        try:
+            plane = Ipvlan(parent.name, netns=ctx.netns_path, mode=mode)
+        except DataplaneError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENXIO):
+                raise MissingParentInterface(
+                    f"ipvlan: parent interface {parent.name!r} does not exist"
+                ) from exc
+            raise
+        try:
+            plane.start()
+            planes.add(network.id, plane)
+        except BaseException:
+            plane.close()
+            raise
+        return plane
+
+    def create_network(self, ctx: HostContext, network: Network) -> None:
+        super().create_network(ctx, network)  # the VLAN parent, where the kernel can
+        if network.dataplane == "userspace":
+            try:
+                self._plane(ctx, network)
+            except BaseException:
+                super().delete_network(ctx, network)
+                raise
+
+    def delete_network(self, ctx: HostContext, network: Network) -> None:
+        if network.dataplane == "userspace":
+            _userspace.planes_of(ctx).close(network.id)
+            sync_steering(ctx)
+        super().delete_network(ctx, network)
+
+    def create_endpoint(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        if network.dataplane == "kernel":
+            super().create_endpoint(ctx, network, endpoint, sandbox_path)
+            return
+        addresses = [a for a in (endpoint.ip, endpoint.ipv6) if a is not None]
+        plane = self._plane(ctx, network)
+        try:
+            plane.add_slave(
+                endpoint.id, sandbox=sandbox_path, addresses=addresses, ifname=endpoint.ifname
+            )
+        except DataplaneError as exc:
+            if exc.errno == errno.EEXIST:
+                raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
+            raise
+        try:
+            sync_steering(ctx)
+        except BaseException:
+            plane.remove_slave(endpoint.id)
+            raise
 
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
+        if network.dataplane == "userspace":
+            _prepare_slave(network, endpoint, sandbox_path, l3=self._mode(network) == "l3")
         routed = not network.internal
         _veth.configure_sandbox_interface(
             network,
@@ -61,5 +161,67 @@ class IpvlanDriver(LowerDeviceDriver):
             device_route=routed and not self.uses_gateway(network),
         )
 
-    def link_attributes(self, network: Network) -> dict[str, object]:
-        return {"ipvlan_mode": self.modes[network.options.get(self.mode_option, "l2")]}
+    def leave(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
+    ) -> None:
+        if network.dataplane == "userspace":
+            plane = _userspace.planes_of(ctx).get(network.id)
+            if isinstance(plane, Ipvlan):
+                with contextlib.suppress(NotFound):  # already gone: teardown is idempotent
+                    plane.remove_slave(endpoint.id)
+                sync_steering(ctx)
+        # Kernel child, or a TAP another process still holds: delete it in the sandbox.
+        _veth.remove_sandbox_interface(endpoint, sandbox_path)
+
+
+def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l3: bool) -> None:
+    """What kernel ipvlan slaves have and a TAP lacks: NOARP in l3 mode; and no IPv6
+    link-local on IPv4-only networks (every slave has the parent's MAC, so every slave's
+    EUI-64 link-local would be the same address)."""
+    try:
+        with iproute(sandbox_path) as ipr:
+            index = links.link_index(ipr, endpoint.ifname)
+            if index is None:
+                raise KernelError(f"{endpoint.ifname} did not appear in the sandbox")
+            if l3:
+                ipr.link("set", index=index, flags=_IFF_NOARP, change=_IFF_NOARP)
+        if network.ipam_for(6) is None:
+            with contextlib.suppress(OSError):  # a kernel without IPv6 has none to disable
+                write_sysctl(sandbox_path, f"net.ipv6.conf.{endpoint.ifname}.disable_ipv6", "1")
+    except KeelnetError:
+        raise
+    except Exception as exc:
+        raise KernelError(f"preparing {endpoint.ifname} in the sandbox: {exc}") from exc
+
+
+def sync_steering(ctx: HostContext) -> None:
+    """Make the host's own stack ignore packets for the sandboxes' addresses, as kernel
+    ipvlan (which takes them off the parent) does: without it a host that forwards would
+    answer them too, with ICMP errors or duplicates. A netdev ingress chain per parent
+    drops them after the emulation's AF_PACKET socket has seen them (packet taps run
+    before ingress hooks). Rendered whole from the running planes: an atomic replace."""
+    chains = []
+    for plane in _userspace.planes_of(ctx).running():
+        if not isinstance(plane, Ipvlan) or plane.closed:
+            continue
+        owned: dict[int, list[str]] = {4: [], 6: []}
+        for slave in plane.stats()["slaves"].values():
+            if slave["failed"] is None:
+                for address in slave["addresses"]:
+                    owned[6 if ":" in address else 4].append(address)
+        rules = [
+            f"{family} daddr {{ {', '.join(addresses)} }} drop"
+            for family, addresses in (("ip", owned[4]), ("ip6", owned[6]))
+            if addresses
+        ]
+        if rules:
+            hook = f'type filter hook ingress device "{plane.parent}" priority 0; policy accept;'
+            chains.append(f"  chain in-{plane.parent.replace('.', '-')} {{\n    {hook}\n")
+            chains.extend(f"    {rule}\n" for rule in rules)
+            chains.append("  }\n")
+    family, name = STEERING_TABLE
+    # add-then-delete: removes the table whether it exists or not
+    script = f"add table {family} {name}\ndelete table {family} {name}\n"
+    if chains:
+        script += f"table {family} {name} {{\n{''.join(chains)}}}\n"
+    nftables.apply(ctx.netns_path, script)

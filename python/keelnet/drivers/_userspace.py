@@ -1,0 +1,76 @@
+"""Userspace data planes of one Host: the Rust threads its networks run on.
+
+A userspace plane (an emulated ipvlan, ...) lives in the process that owns the Host: its
+TAP devices vanish when the process ends. The Host keeps its planes here, by network id,
+and closes them on `remove_network` and `Host.close`; `reconcile()` re-creates the
+endpoints a restarted Host finds missing. Drivers reach the registry through the
+HostContext the Host hands them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from keelnet.drivers.base import HostContext
+from keelnet.errors import DataPlaneUnavailable, KeelnetError
+
+
+class Plane(Protocol):
+    def close(self) -> None: ...
+
+
+class DataPlanes:
+    """The running planes of one Host, by network id. Networks may share one plane (the
+    ipvlan networks of one parent, as they share the kernel's ipvlan port)."""
+
+    def __init__(self) -> None:
+        self._planes: dict[str, Plane] = {}
+
+    def get(self, network_id: str) -> Plane | None:
+        return self._planes.get(network_id)
+
+    def running(self) -> list[Plane]:
+        """Every distinct running plane."""
+        distinct: list[Plane] = []
+        for plane in self._planes.values():
+            if not any(plane is seen for seen in distinct):
+                distinct.append(plane)
+        return distinct
+
+    def add(self, network_id: str, plane: Plane) -> None:
+        if network_id in self._planes:
+            raise KeelnetError(f"network {network_id[:12]} already has a data plane")
+        self._planes[network_id] = plane
+
+    def close(self, network_id: str) -> None:
+        """The network stops using its plane, which stops (its TAPs vanish) when no other
+        network uses it; none running is fine."""
+        plane = self._planes.pop(network_id, None)
+        if plane is not None and not any(plane is other for other in self._planes.values()):
+            plane.close()
+
+    def close_all(self) -> None:
+        for network_id in list(self._planes):
+            with contextlib.suppress(KeelnetError):  # close the rest whatever one says
+                self.close(network_id)
+
+    def __len__(self) -> int:
+        return len(self.running())
+
+
+@dataclass
+class PlaneHostContext(HostContext):
+    """A HostContext that also owns the Host's userspace data planes."""
+
+    planes: DataPlanes = field(default_factory=DataPlanes)
+
+
+def planes_of(ctx: HostContext) -> DataPlanes:
+    if isinstance(ctx, PlaneHostContext):
+        return ctx.planes
+    raise DataPlaneUnavailable(
+        "userspace data planes need a keelnet.Host to own their threads (this driver call "
+        "came without one)"
+    )

@@ -1,0 +1,301 @@
+"""ipvlan emulated by the userspace data plane (this kernel has no ipvlan module).
+
+The lab's underlay 192.0.2.0/24 is the parent's segment: the host's uplink (the parent)
+is .1, the outside host .2. l2 sandboxes take 192.0.2.128/25 on that segment; l3
+sandboxes live in 198.51.100.0/24 and 203.0.113.0/24, routed by the host, which the
+outside host reaches through routes via .1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from netlab import HOST_ADDRESS, HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, store_state
+from nettools import TcpServer, ping, tcp_request
+
+import keelnet
+from keelnet import errors, sandbox
+from keelnet.kernel.namespaces import iproute, netns_path
+
+SUBNET, GATEWAY, RANGE = "192.0.2.0/24", "192.0.2.1", "192.0.2.128/25"
+L3_SUBNET_A, L3_SUBNET_B = "198.51.100.0/24", "203.0.113.0/24"
+USERSPACE = {"parent": HOST_UPLINK, "dataplane": "userspace"}
+
+# Captures what crosses the outside host's eth0 (both directions) until stdin closes or
+# the time is up, then prints one JSON object per frame.
+_SNIFF = textwrap.dedent(
+    """
+    import json, select, socket, struct, sys, time
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind(("eth0", 0))
+    print("ready", flush=True)
+    frames = []
+    deadline = time.time() + float(sys.argv[1])
+    while time.time() < deadline:
+        ready, _, _ = select.select([s, sys.stdin], [], [], 0.1)
+        if sys.stdin in ready:
+            break
+        if s not in ready:
+            continue
+        data, meta = s.recvfrom(65535)
+        mac = lambda b: ":".join("%02x" % x for x in b)
+        kind = struct.unpack("!H", data[12:14])[0]
+        frame = {"dst": mac(data[0:6]), "src": mac(data[6:12]), "type": kind,
+                 "outgoing": meta[2] == socket.PACKET_OUTGOING}
+        if kind == 0x0806:
+            frame["op"] = struct.unpack("!H", data[20:22])[0]
+            frame["sender_mac"] = mac(data[22:28])
+            frame["sender_ip"] = socket.inet_ntoa(data[28:32])
+        elif kind == 0x0800:
+            frame["ip_src"] = socket.inet_ntoa(data[26:30])
+            frame["ip_dst"] = socket.inet_ntoa(data[30:34])
+        frames.append(frame)
+    print(json.dumps(frames), flush=True)
+    """
+)
+
+
+class Sniffer:
+    """Frames seen on the outside host's eth0 while the `with` block runs."""
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns
+        self.frames: list[dict[str, Any]] = []
+
+    def __enter__(self) -> Sniffer:
+        self.process = sandbox.popen_in(
+            netns_path(self.netns),
+            [sys.executable, "-c", _SNIFF, "20"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != b"ready":
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise RuntimeError("sniffer did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            out, _ = self.process.communicate(input=b"stop", timeout=25)
+            self.frames = json.loads(out.decode() or "[]")
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def arriving(self) -> list[dict[str, Any]]:
+        """Frames the outside host received (sent by the keelnet host)."""
+        return [f for f in self.frames if not f["outgoing"]]
+
+
+def _link(netns: str, ifname: str) -> dict[str, Any] | None:
+    with iproute(netns_path(netns)) as ipr:
+        for link in ipr.link("dump"):
+            if link.get("ifname") == ifname:
+                return {
+                    "mac": link.get("address"),
+                    "noarp": bool(link["flags"] & 0x80),
+                    "kind": link.get(("linkinfo", "kind")),
+                }
+    return None
+
+
+def _neighbour(netns: str, address: str) -> str | None:
+    with iproute(netns_path(netns)) as ipr:
+        for entry in ipr.neigh("dump"):
+            if entry.get("dst") == address and entry.get("lladdr"):
+                return str(entry.get("lladdr"))
+    return None
+
+
+def _parent_mac(lab: Lab) -> str:
+    found = _link(lab.host, HOST_UPLINK)
+    assert found is not None
+    return str(found["mac"])
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _route_outside_to(lab: Lab, subnet: str) -> None:
+    with iproute(netns_path(lab.outside)) as ipr:
+        prefix, length = subnet.split("/")
+        ipr.route("add", dst=prefix, dst_len=int(length), gateway=HOST_ADDRESS)
+
+
+@pytest.fixture
+def l2(lab: Lab, host: keelnet.Host) -> Iterator[str]:
+    host.create_network(
+        "iv", driver="ipvlan", subnet=SUBNET, gateway=GATEWAY, ip_range=RANGE, options=USERSPACE
+    )
+    yield "iv"
+
+
+def test_l2_outside_and_sandboxes_reach_each_other(lab: Lab, host: keelnet.Host, l2: str) -> None:
+    assert host.inspect_network(l2)["DataPlane"] == "userspace"
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    ep_a = host.connect(l2, a)
+    ep_b = host.connect(l2, b)
+    assert (ep_a.ip, ep_b.ip) == ("192.0.2.128", "192.0.2.129")
+    # Like a kernel ipvlan slave: the sandbox's interface has the parent's MAC.
+    parent_mac = _parent_mac(lab)
+    assert _link(a, "eth0") == {"mac": parent_mac, "noarp": False, "kind": "tun"}
+    assert ping(lab.outside, str(ep_a.ip))
+    assert ping(a, str(ep_b.ip))
+    with TcpServer(a, "0.0.0.0", 7200, "sandbox-a"):
+        assert tcp_request(lab.outside, str(ep_a.ip), 7200, "hi") == (
+            f"sandbox-a hi from {OUTSIDE_ADDRESS}"
+        )
+        assert tcp_request(b, str(ep_a.ip), 7200, "hey") == f"sandbox-a hey from {ep_b.ip}"
+    # On the wire as itself (no NAT), from the parent's MAC.
+    with TcpServer(lab.outside, "0.0.0.0", 7201, "out"):
+        assert tcp_request(b, OUTSIDE_ADDRESS, 7201, "m") == f"out m from {ep_b.ip}"
+    assert _neighbour(lab.outside, str(ep_b.ip)) == parent_mac
+
+
+def test_l2_frames_and_arp_replies_carry_the_parent_mac(
+    lab: Lab, host: keelnet.Host, l2: str
+) -> None:
+    a = lab.name("a")
+    host.create_sandbox(a)
+    ep = host.connect(l2, a, mac="02:00:00:00:00:aa")  # ipvlan has no MAC of its own
+    parent_mac = _parent_mac(lab)
+    assert _neighbour(lab.outside, str(ep.ip)) is None  # the outside host must ask
+    with Sniffer(lab.outside) as sniffer, TcpServer(a, "0.0.0.0", 7202, "a"):
+        assert tcp_request(lab.outside, str(ep.ip), 7202, "x") == f"a x from {OUTSIDE_ADDRESS}"
+    from_sandbox = [
+        f for f in sniffer.arriving() if f.get("ip_src") == ep.ip or f.get("sender_ip") == ep.ip
+    ]
+    arp_replies = [f for f in from_sandbox if f["type"] == 0x0806 and f["op"] == 2]
+    assert arp_replies, sniffer.frames
+    assert all(f["sender_mac"] == parent_mac for f in arp_replies)
+    assert any(f["type"] == 0x0800 for f in from_sandbox)
+    assert {f["src"] for f in from_sandbox} == {parent_mac}
+    assert _neighbour(lab.outside, str(ep.ip)) == parent_mac
+
+
+def test_l3_routes_between_subnets_and_sends_no_broadcast(lab: Lab, host: keelnet.Host) -> None:
+    options = {**USERSPACE, "ipvlan_mode": "l3"}
+    host.create_network("l3a", driver="ipvlan", subnet=L3_SUBNET_A, options=options)
+    host.create_network("l3b", driver="ipvlan", subnet=L3_SUBNET_B, options=options)
+    _route_outside_to(lab, L3_SUBNET_A)
+    _route_outside_to(lab, L3_SUBNET_B)
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    ep_a = host.connect("l3a", a)
+    ep_b = host.connect("l3b", b)
+    # Docker's l3: no gateway, a connected default route out of the interface, NOARP.
+    assert ep_a.gateway is None
+    with iproute(netns_path(a)) as ipr:
+        defaults = [r for r in ipr.route("dump", family=2) if r["dst_len"] == 0]
+    assert len(defaults) == 1 and defaults[0].get("gateway") is None
+    assert _link(a, "eth0") == {"mac": _parent_mac(lab), "noarp": True, "kind": "tun"}
+    with Sniffer(lab.outside) as sniffer:
+        assert ping(a, str(ep_b.ip))  # between subnets, on one parent
+        assert ping(lab.outside, str(ep_a.ip))
+        with TcpServer(lab.outside, "0.0.0.0", 7203, "out"):
+            assert tcp_request(b, OUTSIDE_ADDRESS, 7203, "l3") == f"out l3 from {ep_b.ip}"
+        # A broadcast from the sandbox (its ARP is off, so send one by hand).
+        sandbox.exec_in(
+            netns_path(a),
+            [
+                sys.executable,
+                "-c",
+                "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1); "
+                "s.sendto(b'x', ('255.255.255.255', 9))",
+            ],
+            check=True,
+            timeout=10,
+        )
+    arriving = sniffer.arriving()
+    assert any(f.get("ip_src") == ep_b.ip for f in arriving)
+    assert not [f for f in arriving if int(f["dst"].split(":")[0], 16) & 1 and f["type"] != 0x86DD]
+    stats = host.inspect_network("l3a")
+    assert stats["DataPlane"] == "userspace"
+
+
+def test_bad_input_leaves_nothing(lab: Lab, host: keelnet.Host) -> None:
+    before = kernel_state(lab.host), store_state(lab.state_dir), _open_fds()
+    with pytest.raises(errors.MissingParentInterface):
+        host.create_network("x", driver="ipvlan", options={**USERSPACE, "parent": "kn-nope0"})
+    with pytest.raises(errors.MissingParentInterface):
+        host.create_network("x", driver="ipvlan", options={"dataplane": "userspace"})
+    with pytest.raises(errors.InvalidOption):
+        host.create_network("x", driver="ipvlan", options={**USERSPACE, "ipvlan_mode": "l9"})
+    with pytest.raises(errors.InvalidOption):
+        host.create_network("x", driver="ipvlan", options={**USERSPACE, "dataplane": "fast"})
+    with pytest.raises(errors.KernelFeatureMissing) as raised:  # eth.10 needs 8021q
+        host.create_network("x", driver="ipvlan", options={**USERSPACE, "parent": "kn-up0.10"})
+    assert raised.value.module == "8021q"
+    assert (kernel_state(lab.host), store_state(lab.state_dir), _open_fds()) == before
+
+
+def test_one_mode_per_parent(lab: Lab, host: keelnet.Host, l2: str) -> None:
+    before = kernel_state(lab.host), store_state(lab.state_dir)
+    with pytest.raises(errors.Conflict):
+        host.create_network(
+            "l3", driver="ipvlan", subnet=L3_SUBNET_A, options={**USERSPACE, "ipvlan_mode": "l3"}
+        )
+    assert (kernel_state(lab.host), store_state(lab.state_dir)) == before
+
+
+def test_teardown_is_idempotent_and_closes_everything(lab: Lab, host: keelnet.Host) -> None:
+    fds = _open_fds()
+    host.create_network(
+        "iv", driver="ipvlan", subnet=SUBNET, gateway=GATEWAY, ip_range=RANGE, options=USERSPACE
+    )
+    a = lab.name("a")
+    host.create_sandbox(a)
+    ep = host.connect("iv", a)
+    assert ping(lab.outside, str(ep.ip))
+    host.disconnect("iv", a)
+    host.disconnect("iv", a)
+    assert _link(a, "eth0") is None
+    assert not ping(lab.outside, str(ep.ip), timeout=0.3)
+    host.remove_network("iv")
+    host.remove_network("iv")
+    assert _open_fds() == fds  # the AF_PACKET socket, epoll, eventfd and TAPs are closed
+
+
+def test_a_restarted_host_recreates_its_sandboxes_interfaces(lab: Lab) -> None:
+    first = keelnet.Host(netns=lab.host, state_dir=lab.state_dir)
+    a = lab.name("a")
+    try:
+        first.create_network(
+            "iv",
+            driver="ipvlan",
+            subnet=SUBNET,
+            gateway=GATEWAY,
+            ip_range=RANGE,
+            options=USERSPACE,
+        )
+        first.create_sandbox(a)
+        ep = first.connect("iv", a)
+        assert ping(lab.outside, str(ep.ip))
+    finally:
+        first.close()
+    # The process that ran the plane is gone (closed): its TAP vanished with it.
+    assert _link(a, "eth0") is None
+    with keelnet.Host(netns=lab.host, state_dir=lab.state_dir) as second:
+        try:
+            assert _link(a, "eth0") is not None
+            assert ping(lab.outside, str(ep.ip))
+            assert second.endpoints("iv")[0].ip == ep.ip
+        finally:
+            second.remove_sandbox(a)
+            second.remove_network("iv")
