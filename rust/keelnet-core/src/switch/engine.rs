@@ -162,6 +162,16 @@ enum At {
     Nowhere,
 }
 
+/// Small datagrams to one peer waiting to leave in one UDP GSO send.
+struct SmallBatch {
+    vtep: usize,
+    destination: SocketAddr,
+    /// Size of every datagram queued.
+    segment: usize,
+    count: usize,
+    data: Vec<u8>,
+}
+
 /// Ports removed because their device failed, with the error.
 pub(crate) struct RemovedPort {
     pub name: String,
@@ -193,6 +203,7 @@ pub(crate) struct Engine {
     header_scratch: [u8; VNET_HDR_LEN],
     /// A decapsulated frame whose partial checksum was completed.
     completed: Vec<u8>,
+    small: SmallBatch,
 }
 
 /// Errors that mean the port's device is gone (or the descriptor unusable).
@@ -233,6 +244,13 @@ impl Engine {
             super_frame: Vec::new(),
             header_scratch: [0; VNET_HDR_LEN],
             completed: Vec::new(),
+            small: SmallBatch {
+                vtep: 0,
+                destination: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                segment: 0,
+                count: 0,
+                data: Vec::new(),
+            },
         }
     }
 
@@ -530,6 +548,7 @@ impl Engine {
             }
         }
         self.rx_buffer = buffer;
+        self.flush_small();
     }
 
     /// AF_PACKET ports receive in batches (`recvmmsg`).
@@ -563,6 +582,7 @@ impl Engine {
             }
         }
         self.packet_receiver = Some(receiver);
+        self.flush_small();
     }
 
     /// A read error: the port is removed when its device is gone; anything else (a
@@ -775,8 +795,16 @@ impl Engine {
                 self.count_drop(DropReason::NoVtep, At::Port(from), Some(vni));
                 continue;
             };
+            let destination = SocketAddr::new(remote, self.vteps[index].socket.local().port());
+            if remotes.len() == 1 && segments.len() == 1 {
+                if let Some(segment) = segments.get(0) {
+                    self.queue_small(index, destination, vni, &vxlan_header, segment);
+                }
+                continue;
+            }
+            // Keep order: what was queued for any peer leaves before this.
+            self.flush_small();
             let vtep = &mut self.vteps[index];
-            let destination = SocketAddr::new(remote, vtep.socket.local().port());
             let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * MAX_GSO_SEGMENTS);
             let mut chunk_bytes = 0usize;
             let mut chunk_segments = 0usize;
@@ -822,6 +850,71 @@ impl Engine {
             }
         }
         self.segments = segments;
+    }
+
+    /// Queues one small datagram for `destination`: equal-sized datagrams to one peer
+    /// read in the same batch (64-byte floods, TCP ACKs) leave in one UDP GSO send.
+    fn queue_small(
+        &mut self,
+        vtep: usize,
+        destination: SocketAddr,
+        vni: u32,
+        vxlan_header: &[u8],
+        frame: &[u8],
+    ) {
+        let datagram = vxlan_header.len() + frame.len();
+        let pending = &self.small;
+        let fits = pending.count > 0
+            && pending.vtep == vtep
+            && pending.destination == destination
+            && pending.segment == datagram
+            && pending.count < MAX_GSO_SEGMENTS
+            && pending.data.len() + datagram <= MAX_GSO_BYTES;
+        if !fits {
+            self.flush_small();
+            let pending = &mut self.small;
+            pending.vtep = vtep;
+            pending.destination = destination;
+            pending.segment = datagram;
+        }
+        let pending = &mut self.small;
+        pending.data.extend_from_slice(vxlan_header);
+        pending.data.extend_from_slice(frame);
+        pending.count += 1;
+        if let Some(vtep) = self.vteps.get_mut(vtep) {
+            vtep.tx.add(datagram);
+        }
+        if let Some(state) = self.vnis.get_mut(&vni) {
+            state.tx.add(frame.len());
+        }
+    }
+
+    /// Sends what [`Engine::queue_small`] gathered. Called at the end of every batch and
+    /// before any other send to a VTEP.
+    pub fn flush_small(&mut self) {
+        if self.small.count == 0 {
+            return;
+        }
+        let pending = &mut self.small;
+        let count = pending.count;
+        pending.count = 0;
+        let result = match self.vteps.get_mut(pending.vtep) {
+            Some(vtep) => {
+                vtep.socket
+                    .send_segmented(&pending.destination, &[&pending.data], pending.segment)
+            }
+            None => Ok(()),
+        };
+        pending.data.clear();
+        if result.is_err() {
+            let vtep = pending.vtep;
+            if let Some(vtep) = self.vteps.get_mut(vtep) {
+                vtep.errors += 1;
+            }
+            for _ in 0..count {
+                self.count_drop(DropReason::TxError, At::Vtep(vtep), None);
+            }
+        }
     }
 
     pub fn vtep_readable(&mut self, index: usize) {
