@@ -8,6 +8,7 @@ outside host reaches through routes via .1.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -18,10 +19,11 @@ from typing import Any
 
 import pytest
 from netlab import HOST_ADDRESS, HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, store_state
-from nettools import TcpServer, ping, tcp_request
+from nettools import TcpServer, ping, tcp_request, wait_until
 
 import keelnet
 from keelnet import errors, sandbox
+from keelnet.dataplane_ipvlan import Ipvlan
 from keelnet.kernel.namespaces import iproute, netns_path
 
 SUBNET, GATEWAY, RANGE = "192.0.2.0/24", "192.0.2.1", "192.0.2.128/25"
@@ -299,3 +301,77 @@ def test_a_restarted_host_recreates_its_sandboxes_interfaces(lab: Lab) -> None:
         finally:
             second.remove_sandbox(a)
             second.remove_network("iv")
+
+
+# --- the emulation on its own (keelnet.dataplane_ipvlan) --------------------------------
+
+_SEND_RAW = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((sys.argv[1], 0))
+    for frame in sys.argv[2:]:
+        s.send(bytes.fromhex(frame))
+    """
+)
+
+
+def _send_raw(netns: str, ifname: str, *frames: bytes) -> None:
+    sandbox.exec_in(
+        netns_path(netns),
+        [sys.executable, "-c", _SEND_RAW, ifname, *(f.hex() for f in frames)],
+        check=True,
+        timeout=10,
+    )
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def test_malformed_frames_are_dropped_and_counted(lab: Lab) -> None:
+    s = lab.name("s")
+    sandbox.create(s)
+    fds = _open_fds()
+    with Ipvlan(HOST_UPLINK, netns=lab.host) as plane:
+        plane.add_slave("s", sandbox=s, addresses=["192.0.2.140"])
+        with iproute(netns_path(s)) as ipr:
+            index = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=index, address="192.0.2.140", prefixlen=24)
+        parent = _mac_bytes(plane.parent_mac)
+        outside = bytes.fromhex("020000000002")
+        ipv4_cut = parent + outside + b"\x08\x00" + b"\x45\x00\x00\x54" + b"\x00" * 6  # 20 < 84
+        arp_cut = parent + outside + b"\x08\x06" + b"\x00\x01\x08\x00\x06"
+        bad_version = parent + outside + b"\x08\x00" + b"\x65" + b"\x00" * 40
+        _send_raw(lab.outside, "eth0", ipv4_cut, arp_cut, bad_version)
+        # From the sandbox too: to the parent's MAC (another slave?) with a broken header.
+        _send_raw(s, "eth0", parent + parent + b"\x86\xdd" + b"\x60" + b"\x00" * 10)
+        assert wait_until(lambda: plane.stats()["drops"]["malformed"] == 4)
+        assert ping(lab.outside, "192.0.2.140")  # still forwarding
+        stats = plane.stats()
+        assert stats["slaves"]["s"]["addresses"] == ["192.0.2.140"]
+        assert stats["slaves"]["s"]["tx"]["packets"] >= 1
+        assert stats["parent_failed"] is None
+        with pytest.raises(errors.Conflict):  # an address belongs to one slave
+            plane.add_slave("t", sandbox=s, ifname="eth1", addresses=["192.0.2.140"])
+        with pytest.raises(errors.NotFound):
+            plane.remove_slave("nobody")
+    assert plane.closed and not plane.running
+    plane.close()  # twice is fine
+    assert _link(s, "eth0") is None
+    assert _open_fds() == fds
+
+
+def test_emulation_refuses_bad_arguments(lab: Lab) -> None:
+    fds = _open_fds()
+    with pytest.raises(errors.InvalidRequest):
+        Ipvlan(HOST_UPLINK, netns=lab.host, mode="l9")
+    with pytest.raises(errors.DataplaneError) as raised:
+        Ipvlan("kn-nope0", netns=lab.host)
+    assert raised.value.errno == errno.ENODEV
+    with Ipvlan(HOST_UPLINK, netns=lab.host) as plane:
+        with pytest.raises(errors.InvalidRequest):
+            plane.add_slave("x", sandbox=lab.outside, addresses=["not-an-ip"])
+        with pytest.raises(errors.InvalidRequest):
+            plane.add_slave("x", sandbox=lab.outside, addresses=["224.0.0.1"])
+    assert _open_fds() == fds
