@@ -18,7 +18,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netlab import HOST_ADDRESS, HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, store_state
+from netlab import (
+    HOST_ADDRESS,
+    HOST_UPLINK,
+    OUTSIDE_ADDRESS,
+    OUTSIDE_ADDRESS6,
+    Lab,
+    kernel_state,
+    store_state,
+)
 from nettools import TcpServer, ping, tcp_request, wait_until
 
 import keelnet
@@ -29,6 +37,7 @@ from keelnet.kernel.namespaces import iproute, netns_path
 SUBNET, GATEWAY, RANGE = "192.0.2.0/24", "192.0.2.1", "192.0.2.128/25"
 L3_SUBNET_A, L3_SUBNET_B = "198.51.100.0/24", "203.0.113.0/24"
 USERSPACE = {"parent": HOST_UPLINK, "dataplane": "userspace"}
+IFA_F_DADFAILED = 0x08  # linux/if_addr.h
 
 # Captures what crosses the outside host's eth0 (both directions) until stdin closes or
 # the time is up, then prints one JSON object per frame.
@@ -229,6 +238,46 @@ def test_l3_routes_between_subnets_and_sends_no_broadcast(lab: Lab, host: keelne
     assert not [f for f in arriving if int(f["dst"].split(":")[0], 16) & 1 and f["type"] != 0x86DD]
     stats = host.inspect_network("l3a")
     assert stats["DataPlane"] == "userspace"
+
+
+def _link_locals(netns: str) -> list[tuple[str, int]]:
+    """(address, flags) of the IPv6 link-local addresses on eth0."""
+    with iproute(netns_path(netns)) as ipr:
+        index = ipr.link_lookup(ifname="eth0")[0]
+        return [
+            (str(a.get("address")), int(a.get("IFA_FLAGS")))
+            for a in ipr.addr("dump", family=10, index=index)
+            if str(a.get("address")).startswith("fe80:")
+        ]
+
+
+def test_l2_dual_stack_answers_ndp_with_the_parent_mac(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "iv6",
+        driver="ipvlan",
+        subnet=[SUBNET, "2001:db8:1::/64"],
+        gateway=[GATEWAY, "2001:db8:1::1"],
+        ip_range=[RANGE, "2001:db8:1::100/120"],
+        ipv6=True,
+        options=USERSPACE,
+    )
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    ep_a = host.connect("iv6", a)
+    ep_b = host.connect("iv6", b)
+    assert (ep_a.ipv6, ep_b.ipv6) == ("2001:db8:1::100", "2001:db8:1::101")
+    assert ping(lab.outside, str(ep_a.ipv6))
+    assert ping(b, str(ep_a.ipv6))
+    with TcpServer(a, "::", 7204, "a6"):
+        assert tcp_request(lab.outside, str(ep_a.ipv6), 7204, "v6") == (
+            f"a6 v6 from {OUTSIDE_ADDRESS6}"
+        )
+    assert _neighbour(lab.outside, str(ep_a.ipv6)) == _parent_mac(lab)
+    # Same MAC everywhere, yet one link-local each, none failing duplicate detection.
+    locals_a, locals_b = _link_locals(a), _link_locals(b)
+    assert len(locals_a) == len(locals_b) == 1 and locals_a[0][0] != locals_b[0][0]
+    assert not (locals_a[0][1] | locals_b[0][1]) & IFA_F_DADFAILED
 
 
 def test_bad_input_leaves_nothing(lab: Lab, host: keelnet.Host) -> None:

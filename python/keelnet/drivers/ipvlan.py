@@ -175,23 +175,31 @@ class IpvlanDriver(LowerDeviceDriver):
 
 
 def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l3: bool) -> None:
-    """What kernel ipvlan slaves have and a TAP lacks: NOARP in l3 mode; and no IPv6
-    link-local on IPv4-only networks (every slave has the parent's MAC, so every slave's
-    EUI-64 link-local would be the same address)."""
+    """What kernel ipvlan slaves have and a TAP lacks. NOARP in l3 mode. A link-local
+    address of its own: every slave has the parent's MAC, so every slave's EUI-64
+    link-local would be the same (the kernel gives each slave a dev_id for that); here
+    a random one (addr_gen_mode 3, made when the link comes up again) on IPv6 networks,
+    none on IPv4-only ones."""
+    ifname = endpoint.ifname
     try:
-        with iproute(sandbox_path) as ipr:
-            index = links.link_index(ipr, endpoint.ifname)
-            if index is None:
-                raise KernelError(f"{endpoint.ifname} did not appear in the sandbox")
-            if l3:
-                ipr.link("set", index=index, flags=_IFF_NOARP, change=_IFF_NOARP)
         if network.ipam_for(6) is None:
             with contextlib.suppress(OSError):  # a kernel without IPv6 has none to disable
-                write_sysctl(sandbox_path, f"net.ipv6.conf.{endpoint.ifname}.disable_ipv6", "1")
+                write_sysctl(sandbox_path, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+        else:
+            write_sysctl(sandbox_path, f"net.ipv6.conf.{ifname}.addr_gen_mode", "3")
+        with iproute(sandbox_path) as ipr:
+            index = links.link_index(ipr, ifname)
+            if index is None:
+                raise KernelError(f"{ifname} did not appear in the sandbox")
+            if l3:
+                ipr.link("set", index=index, flags=_IFF_NOARP, change=_IFF_NOARP)
+            if network.ipam_for(6) is not None:
+                ipr.link("set", index=index, state="down")
+                ipr.link("set", index=index, state="up")
     except KeelnetError:
         raise
     except Exception as exc:
-        raise KernelError(f"preparing {endpoint.ifname} in the sandbox: {exc}") from exc
+        raise KernelError(f"preparing {ifname} in the sandbox: {exc}") from exc
 
 
 def sync_steering(ctx: HostContext) -> None:
