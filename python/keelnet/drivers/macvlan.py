@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from typing import ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.drivers import _parent, _veth
-from keelnet.drivers.base import Driver, HostContext, NetworkRequest
-from keelnet.errors import Conflict, InvalidOption, KernelError
+from keelnet.dataplane import Switch
+from keelnet.drivers import _parent, _userspace, _veth
+from keelnet.drivers.base import DATAPLANE_OPTION, DATAPLANES, Driver, HostContext, NetworkRequest
+from keelnet.errors import (
+    Conflict,
+    DataplaneError,
+    InvalidOption,
+    KernelError,
+    MissingParentInterface,
+    NotFound,
+)
 from keelnet.kernel import links
 from keelnet.model import Endpoint, Network
 
@@ -86,6 +95,24 @@ class LowerDeviceDriver(Driver):
         return  # the child lives only in the sandbox; `leave` removed it
 
 
+class MacvlanPlane:
+    """macvlan bridge mode on the userspace data plane: keelnet's switch with an AF_PACKET
+    port on the parent and a TAP per sandbox, each with the endpoint's own MAC."""
+
+    def __init__(self, ctx: HostContext, parent: str) -> None:
+        self.parent = parent
+        self.switch = Switch(ctx.netns_path)
+        try:
+            self.switch.add_packet_port(parent, vni=0)
+            self.switch.start()
+        except BaseException:
+            self.switch.close()
+            raise
+
+    def close(self) -> None:
+        self.switch.close()
+
+
 class MacvlanDriver(LowerDeviceDriver):
     name = "macvlan"
     kind = "macvlan"
@@ -94,7 +121,107 @@ class MacvlanDriver(LowerDeviceDriver):
     # linux/if_link.h MACVLAN_MODE_*
     modes: ClassVar[dict[str, int]] = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
     default_mode = "bridge"
+    dataplanes = ("kernel", "userspace")
+
+    def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
+        super().validate(ctx, request)
+        requested = request.options.get(DATAPLANE_OPTION, "auto")
+        mode = request.options.get(self.mode_option, self.default_mode)
+        if mode != "bridge" and self.choose_dataplane(ctx, requested) == "userspace":
+            raise InvalidOption(
+                f"macvlan: macvlan_mode={mode} is not emulated by the userspace data plane "
+                "(bridge mode only)"
+            )
+
+    def choose_dataplane(self, ctx: HostContext, requested: str) -> str:
+        if requested not in DATAPLANES:
+            raise InvalidOption(
+                f"invalid dataplane {requested!r}: use one of {', '.join(DATAPLANES)}"
+            )
+        kernel_has_it = links.kind_supported("macvlan", ctx.netns_path)
+        if requested == "kernel" or (requested == "auto" and kernel_has_it):
+            if not kernel_has_it:
+                raise _parent.missing_module(
+                    "macvlan networks on the kernel data plane",
+                    "macvlan",
+                    "the userspace data plane emulates bridge mode: dataplane=userspace",
+                )
+            return "kernel"
+        return "userspace"
 
     def link_attributes(self, network: Network) -> dict[str, object]:
         mode = network.options.get(self.mode_option, self.default_mode)
         return {"macvlan_mode": mode}
+
+    # --- the userspace emulation ---------------------------------------------------------
+
+    def _plane(self, ctx: HostContext, network: Network) -> MacvlanPlane:
+        """The network's running switch; networks on one parent share it (as kernel
+        macvlan networks share the parent's macvlan port)."""
+        planes = _userspace.planes_of(ctx)
+        existing = planes.get(network.id)
+        if isinstance(existing, MacvlanPlane):
+            return existing
+        parent = _parent.parse(network.options, self.name).name
+        for running in planes.running():
+            if isinstance(running, MacvlanPlane) and running.parent == parent:
+                planes.add(network.id, running)
+                return running
+        if links.link_index(ctx.ipr, parent) is None:
+            raise MissingParentInterface(f"macvlan: parent interface {parent!r} does not exist")
+        plane = MacvlanPlane(ctx, parent)
+        try:
+            planes.add(network.id, plane)
+        except BaseException:
+            plane.close()
+            raise
+        return plane
+
+    def create_network(self, ctx: HostContext, network: Network) -> None:
+        super().create_network(ctx, network)  # the VLAN parent, where the kernel can
+        if network.dataplane == "userspace":
+            try:
+                self._plane(ctx, network)
+            except BaseException:
+                super().delete_network(ctx, network)
+                raise
+
+    def delete_network(self, ctx: HostContext, network: Network) -> None:
+        if network.dataplane == "userspace":
+            _userspace.planes_of(ctx).close(network.id)
+        super().delete_network(ctx, network)
+
+    def create_endpoint(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        if network.dataplane == "kernel":
+            super().create_endpoint(ctx, network, endpoint, sandbox_path)
+            return
+        plane = self._plane(ctx, network)
+        parent_index = links.link_index(ctx.ipr, plane.parent)
+        if parent_index is None:
+            raise KernelError(f"macvlan: parent {plane.parent} is gone")
+        mtu = ctx.ipr.link("get", index=parent_index)[0].get("mtu")
+        try:
+            plane.switch.add_tap(
+                endpoint.id,
+                vni=0,
+                sandbox=sandbox_path,
+                ifname=endpoint.ifname,
+                mac=endpoint.mac,
+                mtu=int(mtu) if mtu else None,
+            )
+        except DataplaneError as exc:
+            if exc.errno == errno.EEXIST:
+                raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
+            raise
+
+    def leave(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
+    ) -> None:
+        if network.dataplane == "userspace":
+            plane = _userspace.planes_of(ctx).get(network.id)
+            if isinstance(plane, MacvlanPlane):
+                with contextlib.suppress(NotFound):  # already gone: teardown is idempotent
+                    plane.switch.remove_port(endpoint.id)
+        super().leave(ctx, network, endpoint, sandbox_path)
