@@ -374,7 +374,11 @@ class Host:
                 id=endpoint_id,
                 network_id=net.id,
                 sandbox=sandbox,
-                host_ifname=f"kn-v{endpoint_id[:11]}" if net.kernel_name else None,
+                host_ifname=(
+                    f"kn-v{endpoint_id[:11]}"
+                    if net.kernel_name and net.dataplane == "kernel"
+                    else None
+                ),
                 aliases=tuple(aliases),
             )
             driver.create_endpoint(self._ctx, net, endpoint, box.path)

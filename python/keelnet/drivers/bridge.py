@@ -1,15 +1,28 @@
-"""bridge: a Linux bridge holding the gateway address, one veth pair per endpoint."""
+"""bridge: a Linux bridge holding the gateway address, one veth pair per endpoint.
+
+With `dataplane=userspace`: keelnet's switch instead, a TAP per sandbox and a host-side
+TAP named like the bridge holding the gateway address (so routing, NAT and the firewall
+rules work on it as on a bridge). `enable_icc=false` needs the kernel bridge.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Mapping
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.drivers import _veth
-from keelnet.drivers.base import Driver, HostContext, NetworkRequest, option_bool
-from keelnet.errors import Conflict, InvalidOption, KernelError
+from keelnet.dataplane import Switch
+from keelnet.drivers import _userspace, _veth
+from keelnet.drivers.base import (
+    DATAPLANE_OPTION,
+    Driver,
+    HostContext,
+    NetworkRequest,
+    option_bool,
+)
+from keelnet.errors import Conflict, DataplaneError, InvalidOption, KernelError, NotFound
 from keelnet.kernel import links, rtnl
 from keelnet.kernel.namespaces import write_sysctl
 from keelnet.kernel.nftables import BridgeRules
@@ -31,15 +44,38 @@ def mtu_option(options: Mapping[str, str]) -> int | None:
     return int(value)
 
 
+class BridgePlane:
+    """A userspace bridge: keelnet's switch with the gateway TAP in the host namespace."""
+
+    def __init__(self, ctx: HostContext, gateway_device: str, mtu: int | None) -> None:
+        self.switch = Switch(ctx.netns_path)
+        try:
+            self.switch.add_tap(gateway_device, vni=0, mtu=mtu)
+            self.switch.start()
+        except BaseException:
+            self.switch.close()
+            raise
+
+    def close(self) -> None:
+        self.switch.close()
+
+
 class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME, MASQUERADE, ICC, MTU})
+    dataplanes = ("kernel", "userspace")
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
         mtu_option(request.options)
         option_bool(request.options, MASQUERADE, True)
-        option_bool(request.options, ICC, True)
+        icc = option_bool(request.options, ICC, True)
+        requested = request.options.get(DATAPLANE_OPTION, "auto")
+        if not icc and self.choose_dataplane(ctx, requested) == "userspace":
+            raise InvalidOption(
+                f"option {ICC}=false needs the kernel bridge (port isolation); the userspace "
+                "data plane switches every port to every other"
+            )
         bridge = request.options.get(NAME)
         if bridge is not None:
             if not 0 < len(bridge) <= _IFNAMSIZ or "/" in bridge or " " in bridge:
@@ -53,16 +89,25 @@ class BridgeDriver(Driver):
     def create_network(self, ctx: HostContext, network: Network) -> None:
         bridge = self._bridge(network)
         mtu = mtu_option(network.options)
+        userspace = network.dataplane == "userspace"
         try:
-            # A fixed MAC: otherwise the bridge takes its ports' lowest MAC, which changes
-            # under the sandboxes' feet as endpoints come and go.
-            ctx.ipr.link(
-                "add",
-                ifname=bridge,
-                kind="bridge",
-                address=links.random_mac(),
-                **({"mtu": mtu} if mtu else {}),
-            )
+            if userspace:
+                planes = _userspace.planes_of(ctx)
+                if links.link_index(ctx.ipr, bridge) is not None:
+                    raise Conflict(
+                        f"the userspace bridge {bridge} of {network.name} runs in another process"
+                    )
+                planes.add(network.id, BridgePlane(ctx, bridge, mtu))
+            else:
+                # A fixed MAC: otherwise the bridge takes its ports' lowest MAC, which
+                # changes under the sandboxes' feet as endpoints come and go.
+                ctx.ipr.link(
+                    "add",
+                    ifname=bridge,
+                    kind="bridge",
+                    address=links.random_mac(),
+                    **({"mtu": mtu} if mtu else {}),
+                )
             index = links.link_index(ctx.ipr, bridge)
             if index is None:
                 raise KernelError(f"bridge {bridge} vanished after creation")
@@ -81,10 +126,10 @@ class BridgeDriver(Driver):
             # Published ports are reachable from the host's loopback (Docker's hairpin mode).
             write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.route_localnet", "1")
         except NetlinkError as exc:
-            links.delete_link(ctx.ipr, bridge)
+            self._remove(ctx, network)
             raise links.netlink_error(f"creating bridge {bridge}", exc) from exc
         except BaseException:
-            links.delete_link(ctx.ipr, bridge)
+            self._remove(ctx, network)
             raise
         # Host-wide switches, left on when the network goes (Docker does the same).
         if not network.internal:
@@ -92,12 +137,21 @@ class BridgeDriver(Driver):
             if network.ipv6:
                 write_sysctl(ctx.netns_path, "net.ipv6.conf.all.forwarding", "1")
 
+    def _remove(self, ctx: HostContext, network: Network) -> None:
+        if network.dataplane == "userspace":
+            _userspace.planes_of(ctx).close(network.id)  # its gateway TAP vanishes
+        else:
+            links.delete_link(ctx.ipr, self._bridge(network))
+
     def delete_network(self, ctx: HostContext, network: Network) -> None:
-        links.delete_link(ctx.ipr, self._bridge(network))
+        self._remove(ctx, network)
 
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
+        if network.dataplane == "userspace":
+            self._create_tap_endpoint(ctx, network, endpoint, sandbox_path)
+            return
         bridge = self._bridge(network)
         bridge_index = ctx.rtnl.link_index(bridge)
         if bridge_index is None:
@@ -146,11 +200,36 @@ class BridgeDriver(Driver):
             network, endpoint, sandbox_path, default_route=not network.internal
         )
 
+    def _create_tap_endpoint(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        plane = _userspace.planes_of(ctx).get(network.id)
+        if not isinstance(plane, BridgePlane):
+            raise KernelError(f"the userspace bridge of {network.name} is not running here")
+        try:
+            plane.switch.add_tap(
+                endpoint.id,
+                vni=0,
+                sandbox=sandbox_path,
+                ifname=endpoint.ifname,
+                mac=endpoint.mac,
+                mtu=mtu_option(network.options),
+            )
+        except DataplaneError as exc:
+            if exc.errno == errno.EEXIST:
+                raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
+            raise
+
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
-        # Deleting the host end removes the pair; the sandbox needs nothing else.
-        return
+        if network.dataplane == "userspace":
+            plane = _userspace.planes_of(ctx).get(network.id)
+            if isinstance(plane, BridgePlane):
+                with contextlib.suppress(NotFound):  # already gone: teardown is idempotent
+                    plane.switch.remove_port(endpoint.id)
+            _veth.remove_sandbox_interface(endpoint, sandbox_path)
+        # Kernel: deleting the host end removes the pair; the sandbox needs nothing else.
 
     def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
         if endpoint.host_ifname:
