@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -424,3 +425,25 @@ def test_emulation_refuses_bad_arguments(lab: Lab) -> None:
         with pytest.raises(errors.InvalidRequest):
             plane.add_slave("x", sandbox=lab.outside, addresses=["224.0.0.1"])
     assert _open_fds() == fds
+
+
+def test_a_sandbox_deleted_behind_keelnets_back(lab: Lab) -> None:
+    """Its TAP vanishes with the namespace: the slave is marked failed (the worker does not
+    spin on the dead descriptor), the others keep working, removal still succeeds."""
+    gone, kept = lab.name("gone"), lab.name("kept")
+    sandbox.create(gone)
+    sandbox.create(kept)
+    with Ipvlan(HOST_UPLINK, netns=lab.host) as plane:
+        plane.add_slave("gone", sandbox=gone, addresses=["192.0.2.150"])
+        plane.add_slave("kept", sandbox=kept, addresses=["192.0.2.151"])
+        with iproute(netns_path(kept)) as ipr:
+            index = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=index, address="192.0.2.151", prefixlen=24)
+        sandbox.delete(netns_path(gone))
+        assert wait_until(lambda: plane.stats()["slaves"]["gone"]["failed"] is not None)
+        cpu_before = time.process_time()
+        assert ping(lab.outside, "192.0.2.151")
+        time.sleep(0.3)
+        assert time.process_time() - cpu_before < 0.25  # no busy loop on the dead TAP
+        plane.remove_slave("gone")
+        assert list(plane.stats()["slaves"]) == ["kept"]
