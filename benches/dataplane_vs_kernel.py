@@ -159,7 +159,9 @@ def percentile(values: list[float], q: float) -> float:
 class Topology:
     """Kernel hosts 1-2, keelnet hosts 3-4, and a same-host pair of each kind on 5/6."""
 
-    def __init__(self, lab: DpLab, gso: bool, coalesce: bool, busy_poll: int) -> None:
+    def __init__(
+        self, lab: DpLab, gso: bool, coalesce: bool, busy_poll: int, workers: int = 1
+    ) -> None:
         self.switches: list[Switch] = []
         h = {n: lab.host(n) for n in range(1, 7)}
         self.hosts = h
@@ -184,7 +186,9 @@ class Topology:
         )
         # keelnet overlay: h3/s3 ↔ h4/s4.
         for n, peer in ((3, 4), (4, 3)):
-            sw = Switch(netns=h[n], udp_gso=gso, coalesce=coalesce, busy_poll_us=busy_poll)
+            sw = Switch(
+                netns=h[n], udp_gso=gso, coalesce=coalesce, busy_poll_us=busy_poll, workers=workers
+            )
             sw.add_vtep(UNDERLAY_V4.format(n))
             sw.add_tap("p", vni=VNI, sandbox=s[n], mtu=1450)
             address(s[n], "eth0", f"{NET.format(n)}/24")
@@ -212,7 +216,7 @@ class Topology:
             sh("ip", "link", "set", f"v{n}", "master", "br0", "up", netns=h[5])
             address(s[n], "eth0", f"{NET.format(n)}/24")
         # Same host, keelnet: one switch on h6 with TAP ports (s7, s8).
-        sw = Switch(netns=h[6], coalesce=coalesce, busy_poll_us=busy_poll)
+        sw = Switch(netns=h[6], coalesce=coalesce, busy_poll_us=busy_poll, workers=workers)
         for n in (7, 8):
             sw.add_tap(f"p{n}", vni=VNI, sandbox=s[n])
             address(s[n], "eth0", f"{NET.format(n)}/24")
@@ -263,6 +267,7 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--no-gso", action="store_true", help="VTEP without UDP GSO")
     parser.add_argument("--no-coalesce", action="store_true", help="no GRO towards TAPs")
+    parser.add_argument("--workers", type=int, default=1, help="switch worker threads")
     parser.add_argument("--busy-poll-us", type=int, default=0, help="switch busy polling")
     parser.add_argument("--tcp-only", action="store_true", help="skip packet rate and latency")
     args = parser.parse_args()
@@ -273,7 +278,11 @@ def main() -> None:
     )
     with dp_lab() as lab:
         topo = Topology(
-            lab, gso=not args.no_gso, coalesce=not args.no_coalesce, busy_poll=args.busy_poll_us
+            lab,
+            gso=not args.no_gso,
+            coalesce=not args.no_coalesce,
+            busy_poll=args.busy_poll_us,
+            workers=args.workers,
         )
         s, t = topo.sandboxes, args.seconds
         try:

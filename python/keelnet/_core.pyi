@@ -103,6 +103,7 @@ class Switch:
         coalesce: bool = True,
         udp_gso: bool = True,
         busy_poll_us: int = 0,
+        workers: int = 1,
     ) -> Self: ...
     def add_tap(
         self,

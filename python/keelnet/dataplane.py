@@ -67,7 +67,9 @@ class Switch:
     ageing time in seconds; ``coalesce`` re-assembles decapsulated TCP segments into
     super-frames before they reach a TAP (GRO); ``udp_gso`` sends the segments of a
     super-frame to a VTEP with one UDP GSO call; ``busy_poll_us`` keeps the worker
-    polling that long after traffic instead of sleeping (lower latency, a busy core).
+    polling that long after traffic instead of sleeping (lower latency, a busy core);
+    ``workers`` is the number of forwarding threads (each port is drained by one at a
+    time; TAP reads and local writes run outside the engine lock).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Switch:
         coalesce: bool = True,
         udp_gso: bool = True,
         busy_poll_us: int = 0,
+        workers: int = 1,
     ) -> None:
         self.netns = netns
         self._core = _core.Switch(
@@ -92,6 +95,7 @@ class Switch:
             coalesce=coalesce,
             udp_gso=udp_gso,
             busy_poll_us=busy_poll_us,
+            workers=workers,
         )
 
     # --- ports ---------------------------------------------------------------------------

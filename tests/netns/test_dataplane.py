@@ -50,9 +50,10 @@ def tap_sandbox(sw: Switch, lab: DpLab, number: int, *, vni: int = VNI, mtu: int
     return sandbox
 
 
-def test_tap_to_tap_ping_and_tcp_are_byte_exact(lab: DpLab) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tap_to_tap_ping_and_tcp_are_byte_exact(lab: DpLab, workers: int) -> None:
     host = lab.host(1)
-    with Switch(netns=host) as sw:
+    with Switch(netns=host, workers=workers) as sw:
         s1 = tap_sandbox(sw, lab, 1)
         s2 = tap_sandbox(sw, lab, 2)
         assert sh("cat", "/sys/class/net/eth0/mtu", netns=s1).strip() == "1450"
@@ -229,11 +230,12 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def test_stop_and_start_leak_no_descriptors_or_threads(lab: DpLab) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stop_and_start_leak_no_descriptors_or_threads(lab: DpLab, workers: int) -> None:
     host = lab.host(1)
     s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
     fds, threads = _fds(), _threads()
-    sw = Switch(netns=host)
+    sw = Switch(netns=host, workers=workers)
     try:
         sw.add_vtep("192.0.2.1")
         sw.add_tap("p1", vni=VNI, sandbox=s1, mtu=1450)
@@ -243,7 +245,7 @@ def test_stop_and_start_leak_no_descriptors_or_threads(lab: DpLab) -> None:
         for _ in range(3):
             sw.start()
             assert sw.running
-            assert _threads() == threads + 1
+            assert _threads() == threads + workers
             assert ping(s1, NET.format(2))
             sw.stop()
             assert not sw.running

@@ -56,7 +56,7 @@ def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(lab: DpLab, underlay: st
         overlay_cidr=f"{NET.format(2)}/24",
         mtu=mtu,
     )
-    with Switch(netns=h1) as sw:
+    with Switch(netns=h1, workers=2) as sw:
         sw.add_vtep(underlay.format(1))
         sw.add_tap("p1", vni=VNI, sandbox=s1, mtu=mtu)
         address(s1, "eth0", f"{NET.format(1)}/24")

@@ -94,7 +94,7 @@ impl PySwitch {
 #[pymethods]
 impl PySwitch {
     #[new]
-    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true, busy_poll_us=0))]
+    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true, busy_poll_us=0, workers=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -106,7 +106,11 @@ impl PySwitch {
         coalesce: bool,
         udp_gso: bool,
         busy_poll_us: u64,
+        workers: usize,
     ) -> PyResult<Self> {
+        if !(1..=64).contains(&workers) {
+            return Err(InvalidRequest::new_err("workers must be between 1 and 64"));
+        }
         if !(fdb_max_age.is_finite() && fdb_max_age > 0.0) {
             return Err(InvalidRequest::new_err(
                 "fdb_max_age must be a positive number of seconds",
@@ -122,6 +126,7 @@ impl PySwitch {
             coalesce,
             udp_gso,
             busy_poll: Duration::from_micros(busy_poll_us),
+            workers,
         };
         let inner = py.detach(|| Switch::new(config)).map_err(to_py)?;
         Ok(PySwitch { inner: Some(inner) })

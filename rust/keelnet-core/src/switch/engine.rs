@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::counters::{DropReason, Drops, Traffic};
@@ -28,9 +29,9 @@ use crate::packet::offload::{self, Coalescer, Segments, VirtioNetHdr, gso_type};
 use crate::packet::vxlan;
 
 /// Largest frame a port read can return: a 64 KB GSO super-frame plus headers.
-const RX_BUFFER: usize = 65_536 + 1_024;
+pub(crate) const RX_BUFFER: usize = 65_536 + 1_024;
 /// Frames read from one port per wakeup before others get their turn.
-const PORT_BUDGET: usize = 64;
+pub(crate) const PORT_BUDGET: usize = 64;
 /// `recvmmsg` batches read from one VTEP per wakeup.
 const VTEP_BUDGET: usize = 8;
 /// Frames per `recvmmsg` on an AF_PACKET port.
@@ -52,7 +53,7 @@ pub(crate) enum PortIo {
 }
 
 impl PortIo {
-    fn read(&self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    pub(crate) fn read(&self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
         match self {
             PortIo::Tap(tap) => tap.read(buffer),
             PortIo::Packet(socket) => socket.read(buffer),
@@ -61,7 +62,7 @@ impl PortIo {
         }
     }
 
-    fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
+    pub(crate) fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
         match self {
             PortIo::Tap(tap) => tap.write(parts),
             PortIo::Packet(socket) => socket.write(parts),
@@ -124,7 +125,7 @@ impl PortIo {
 pub(crate) struct Port {
     pub name: String,
     pub vni: u32,
-    pub io: PortIo,
+    pub io: Arc<PortIo>,
     max_frame: usize,
     rx: Traffic,
     tx: Traffic,
@@ -160,6 +161,13 @@ enum At {
     Port(u32),
     Vtep(usize),
     Nowhere,
+}
+
+/// A write to a local port that the worker does without holding the engine lock.
+pub(crate) struct Deferred {
+    pub to: u32,
+    pub vni: u32,
+    pub io: Arc<PortIo>,
 }
 
 /// Small datagrams to one peer waiting to leave in one UDP GSO send.
@@ -204,6 +212,10 @@ pub(crate) struct Engine {
     /// A decapsulated frame whose partial checksum was completed.
     completed: Vec<u8>,
     small: SmallBatch,
+    /// Set while a worker reads a TAP outside the lock: a unicast write to a local
+    /// port is handed back ([`Deferred`]) instead of done under the lock.
+    defer_local: bool,
+    deferred: Option<Deferred>,
 }
 
 /// Errors that mean the port's device is gone (or the descriptor unusable).
@@ -251,6 +263,8 @@ impl Engine {
                 count: 0,
                 data: Vec::new(),
             },
+            defer_local: false,
+            deferred: None,
         }
     }
 
@@ -274,7 +288,7 @@ impl Engine {
             Port {
                 name: name.to_owned(),
                 vni,
-                io,
+                io: Arc::new(io),
                 max_frame,
                 rx: Traffic::default(),
                 tx: Traffic::default(),
@@ -527,7 +541,7 @@ impl Engine {
     pub fn port_readable(&mut self, id: u32) {
         self.clock = self.now();
         if matches!(
-            self.ports.get(&id).map(|port| &port.io),
+            self.ports.get(&id).map(|port| &*port.io),
             Some(PortIo::Packet(_))
         ) {
             return self.packet_port_readable(id);
@@ -557,7 +571,7 @@ impl Engine {
             return;
         };
         for _ in 0..PORT_BUDGET / PACKET_BATCH {
-            let result = match self.ports.get(&id).map(|port| &port.io) {
+            let result = match self.ports.get(&id).map(|port| &*port.io) {
                 Some(PortIo::Packet(socket)) => receiver.receive(socket),
                 _ => break,
             };
@@ -585,9 +599,61 @@ impl Engine {
         self.flush_small();
     }
 
+    /// The TAP of port `id`, for a worker to read without the lock (`None` for other
+    /// port kinds, which are read under the lock in batches).
+    pub(crate) fn tap_io(&mut self, id: u32) -> Option<Arc<PortIo>> {
+        self.clock = self.now();
+        let port = self.ports.get(&id)?;
+        match &*port.io {
+            PortIo::Packet(_) => None,
+            _ => Some(Arc::clone(&port.io)),
+        }
+    }
+
+    /// Forwards one frame read outside the lock; a unicast to a local port comes back
+    /// to be written outside the lock too.
+    pub(crate) fn on_local_frame_deferred(&mut self, id: u32, data: &[u8]) -> Option<Deferred> {
+        self.defer_local = true;
+        self.on_local_frame(id, data);
+        self.defer_local = false;
+        self.deferred.take()
+    }
+
+    /// Accounts for a [`Deferred`] write.
+    pub(crate) fn deferred_done(
+        &mut self,
+        done: &Deferred,
+        length: usize,
+        result: io::Result<usize>,
+    ) {
+        match result {
+            Ok(_) => {
+                if let Some(port) = self.ports.get_mut(&done.to) {
+                    port.tx.add(length);
+                }
+                if let Some(state) = self.vnis.get_mut(&done.vni) {
+                    state.tx.add(length);
+                }
+            }
+            Err(error) if device_gone(&error) => {
+                self.port_failed(done.to, error);
+                self.count_drop(DropReason::PortGone, At::Port(done.to), Some(done.vni));
+            }
+            Err(_) => self.count_drop(DropReason::TxError, At::Port(done.to), Some(done.vni)),
+        }
+    }
+
+    pub(crate) fn port_fd(&self, id: u32) -> Option<RawFd> {
+        self.ports.get(&id).map(|port| port.io.fd())
+    }
+
+    pub(crate) fn vtep_fd(&self, index: usize) -> Option<RawFd> {
+        self.vteps.get(index).map(|vtep| vtep.socket.as_raw_fd())
+    }
+
     /// A read error: the port is removed when its device is gone; anything else (a
     /// link going down under an AF_PACKET socket) is counted and the port kept.
-    fn port_read_error(&mut self, id: u32, error: io::Error) {
+    pub(crate) fn port_read_error(&mut self, id: u32, error: io::Error) {
         if device_gone(&error) {
             self.port_failed(id, error);
         } else if let Some(port) = self.ports.get_mut(&id) {
@@ -645,13 +711,20 @@ impl Engine {
                     return self.count_drop(DropReason::Hairpin, At::Port(id), Some(vni));
                 }
                 Some(Destination::Port(to)) => {
-                    self.send_to_port(
-                        to,
-                        vni,
-                        header_bytes,
-                        frame,
-                        header.gso_type != gso_type::NONE,
-                    );
+                    let gso = header.gso_type != gso_type::NONE;
+                    if self.defer_local {
+                        if let Some(port) = self.ports.get(&to) {
+                            if port.vni == vni && (gso || frame.len() <= port.max_frame) {
+                                self.deferred = Some(Deferred {
+                                    to,
+                                    vni,
+                                    io: Arc::clone(&port.io),
+                                });
+                                return;
+                            }
+                        }
+                    }
+                    self.send_to_port(to, vni, header_bytes, frame, gso);
                     return;
                 }
                 Some(Destination::Remote(remote)) => {
@@ -1134,7 +1207,7 @@ mod tests {
 
     fn written(engine: &Engine, name: &str) -> Vec<Vec<u8>> {
         let id = engine.names[name];
-        match &engine.ports[&id].io {
+        match &*engine.ports[&id].io {
             PortIo::Capture { frames, .. } => frames.lock().unwrap().clone(),
             _ => unreachable!(),
         }

@@ -54,6 +54,8 @@ pub struct SwitchConfig {
     /// Keep polling (without sleeping) this long after the last packet: lower latency,
     /// one core spinning while traffic flows. Zero: always sleep in `epoll_wait`.
     pub busy_poll: Duration,
+    /// Worker threads sharing the ports (each port is drained by one at a time).
+    pub workers: usize,
 }
 
 impl Default for SwitchConfig {
@@ -67,6 +69,7 @@ impl Default for SwitchConfig {
             coalesce: true,
             udp_gso: true,
             busy_poll: Duration::ZERO,
+            workers: 1,
         }
     }
 }
@@ -189,7 +192,7 @@ impl Shared {
 
     fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLERR) as u32,
+            events: Self::events_for(token),
             u64: token,
         };
         // SAFETY: registering a descriptor we own with an event struct on the stack.
@@ -197,6 +200,40 @@ impl Shared {
             libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
         })?;
         Ok(())
+    }
+
+    fn events_for(token: u64) -> u32 {
+        if token == WAKE_TOKEN {
+            libc::EPOLLIN as u32
+        } else {
+            (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLONESHOT) as u32
+        }
+    }
+
+    /// Re-arms a one-shot descriptor after a worker drained it (a removed port's
+    /// descriptor is no longer registered: the error is expected and ignored).
+    fn rearm(&self, fd: RawFd, token: u64) {
+        let mut event = libc::epoll_event {
+            events: Self::events_for(token),
+            u64: token,
+        };
+        // SAFETY: modifying our epoll set with an event struct on the stack.
+        unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event);
+        }
+    }
+
+    /// Empties the stop eventfd so a restarted switch does not see an old stop.
+    fn clear_wake(&self) {
+        let mut counter = 0u64;
+        // SAFETY: reading the 8-byte eventfd counter into a local (EAGAIN when empty).
+        unsafe {
+            libc::read(
+                self.wake.as_raw_fd(),
+                (&mut counter as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
     }
 
     fn unwatch(&self, fd: RawFd) {
@@ -227,7 +264,7 @@ impl Shared {
 /// A userspace switch (see the module documentation).
 pub struct Switch {
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl Switch {
@@ -252,7 +289,7 @@ impl Switch {
         shared.watch(shared.wake.as_raw_fd(), WAKE_TOKEN)?;
         Ok(Switch {
             shared,
-            worker: None,
+            workers: Vec::new(),
         })
     }
 
@@ -374,29 +411,44 @@ impl Switch {
     }
 
     pub fn is_running(&self) -> bool {
-        self.worker.is_some()
+        !self.workers.is_empty()
     }
 
-    /// Starts the worker thread (no-op when running).
+    /// Starts the worker threads (no-op when running).
     pub fn start(&mut self) -> io::Result<()> {
-        if self.worker.is_some() {
+        if !self.workers.is_empty() {
             return Ok(());
         }
         self.shared.stop.store(false, Ordering::SeqCst);
-        let shared = Arc::clone(&self.shared);
-        let busy_poll = self.shared.engine().config.busy_poll;
-        let handle = std::thread::Builder::new()
-            .name("keelnet-switch".to_owned())
-            .spawn(move || run(&shared, busy_poll))?;
-        self.worker = Some(handle);
+        self.shared.clear_wake();
+        let (busy_poll, workers) = {
+            let engine = self.shared.engine();
+            (engine.config.busy_poll, engine.config.workers.max(1))
+        };
+        for index in 0..workers {
+            let shared = Arc::clone(&self.shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("keelnet-switch-{index}"))
+                .spawn(move || run(&shared, busy_poll));
+            match spawned {
+                Ok(handle) => self.workers.push(handle),
+                Err(error) => {
+                    self.stop();
+                    return Err(error);
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Stops and joins the worker thread; ports stay open (start resumes).
+    /// Stops and joins the workers; ports stay open (start resumes).
     pub fn stop(&mut self) {
-        if let Some(handle) = self.worker.take() {
-            self.shared.stop.store(true, Ordering::SeqCst);
-            self.shared.wake();
+        if self.workers.is_empty() {
+            return;
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake();
+        for handle in self.workers.drain(..) {
             let _ = handle.join();
         }
     }
@@ -424,7 +476,7 @@ impl Switch {
 
     pub fn stats(&self) -> Stats {
         let mut stats = self.shared.engine().stats();
-        stats.running = self.worker.is_some();
+        stats.running = !self.workers.is_empty();
         stats
     }
 
@@ -440,10 +492,13 @@ impl Drop for Switch {
     }
 }
 
-/// The worker: wait, then handle every ready descriptor under the engine lock.
+/// A worker: wait, then handle every ready descriptor. Port and VTEP descriptors are
+/// registered one-shot, so one worker at a time drains each (no reordering within a
+/// port) and re-arms it when done; several workers share the epoll set.
 fn run(shared: &Shared, busy_poll: Duration) {
-    const EVENTS: usize = 64;
+    const EVENTS: usize = 16;
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    let mut buffer = vec![0u8; engine::RX_BUFFER];
     let mut last_busy = std::time::Instant::now();
     let mut last_tick = last_busy;
     while !shared.stop.load(Ordering::SeqCst) {
@@ -473,31 +528,76 @@ fn run(shared: &Shared, busy_poll: Duration) {
             last_busy = std::time::Instant::now();
         }
         last_tick = std::time::Instant::now();
-        let mut engine = shared.engine();
         for event in &events[..ready as usize] {
             let token = event.u64;
             let flags = event.events;
             if token == WAKE_TOKEN {
-                let mut counter = 0u64;
-                // SAFETY: reading the 8-byte eventfd counter into a local.
-                unsafe {
-                    libc::read(
-                        shared.wake.as_raw_fd(),
-                        (&mut counter as *mut u64).cast(),
-                        std::mem::size_of::<u64>(),
-                    );
+                // Only `stop` writes it; left readable so every worker sees it.
+                continue;
+            }
+            if token & VTEP_TOKEN != 0 {
+                let index = (token & 0xffff_ffff) as usize;
+                let mut engine = shared.engine();
+                engine.vtep_readable(index);
+                if let Some(fd) = engine.vtep_fd(index) {
+                    shared.rearm(fd, token);
                 }
-            } else if token & VTEP_TOKEN != 0 {
-                engine.vtep_readable((token & 0xffff_ffff) as usize);
-            } else if flags & libc::EPOLLIN as u32 != 0 {
-                engine.port_readable(token as u32);
-            } else if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
-                engine.port_error(token as u32);
+                continue;
+            }
+            let id = token as u32;
+            if flags & libc::EPOLLIN as u32 == 0 {
+                let mut engine = shared.engine();
+                engine.port_error(id);
+                if let Some(fd) = engine.port_fd(id) {
+                    shared.rearm(fd, token);
+                }
+                continue;
+            }
+            let tap = shared.engine().tap_io(id);
+            match tap {
+                Some(io) => {
+                    tap_readable(shared, id, &io, &mut buffer);
+                    shared.rearm(io.fd(), token);
+                }
+                None => {
+                    let mut engine = shared.engine();
+                    engine.port_readable(id);
+                    if let Some(fd) = engine.port_fd(id) {
+                        shared.rearm(fd, token);
+                    }
+                }
             }
         }
+        let mut engine = shared.engine();
         for port in engine.reap_failed() {
             shared.unwatch(port.io.fd());
         }
         engine.tick();
     }
+}
+
+/// Drains a TAP port: reads and local unicast writes (the expensive part: the receiving
+/// sandbox's stack runs inside the write) happen without the engine lock, so workers
+/// on different ports run in parallel; the forwarding decision takes the lock.
+fn tap_readable(shared: &Shared, id: u32, tap: &PortIo, buffer: &mut [u8]) {
+    for _ in 0..engine::PORT_BUDGET {
+        match tap.read(buffer) {
+            Ok(Some(length)) => {
+                let data = &buffer[..length];
+                let deferred = shared.engine().on_local_frame_deferred(id, data);
+                if let (Some(write), true) = (deferred, length >= crate::io::VNET_HDR_LEN) {
+                    let (header, frame) = data.split_at(crate::io::VNET_HDR_LEN);
+                    let result = write.io.write(&[header, frame]);
+                    shared.engine().deferred_done(&write, frame.len(), result);
+                }
+            }
+            Ok(None) => break,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                shared.engine().port_read_error(id, error);
+                break;
+            }
+        }
+    }
+    shared.engine().flush_small();
 }
