@@ -29,6 +29,7 @@ from netlab import (
     store_state,
 )
 from nettools import TcpServer, ping, tcp_request, wait_until
+from test_agent import agent, keelnet_cli  # noqa: F401 (agent: a fixture used by name)
 
 import keelnet
 from keelnet import errors, sandbox
@@ -447,3 +448,25 @@ def test_a_sandbox_deleted_behind_keelnets_back(lab: Lab) -> None:
         assert time.process_time() - cpu_before < 0.25  # no busy loop on the dead TAP
         plane.remove_slave("gone")
         assert list(plane.stats()["slaves"]) == ["kept"]
+
+
+@pytest.mark.usefixtures("agent")
+def test_cli_users_get_the_emulation_from_the_agent(lab: Lab) -> None:
+    """Each `keelnet` command exits; the agent holds the plane, so the sandbox stays
+    reachable between commands."""
+    created = keelnet_cli(
+        lab, "network", "create", "-d", "ipvlan", "--subnet", SUBNET, "--gateway", GATEWAY,
+        "--ip-range", RANGE, "-o", f"parent={HOST_UPLINK}", "-o", "dataplane=userspace", "iv",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    a = lab.name("a")
+    assert keelnet_cli(lab, "sandbox", "create", a).returncode == 0
+    connected = keelnet_cli(lab, "network", "connect", "iv", a)
+    assert connected.returncode == 0, connected.stderr
+    assert ping(lab.outside, "192.0.2.128")
+    inspected = keelnet_cli(lab, "network", "inspect", "iv")
+    assert json.loads(inspected.stdout)[0]["DataPlane"] == "userspace"
+    assert keelnet_cli(lab, "network", "disconnect", "iv", a).returncode == 0
+    assert not ping(lab.outside, "192.0.2.128", timeout=0.3)
+    assert keelnet_cli(lab, "sandbox", "rm", a).returncode == 0
+    assert keelnet_cli(lab, "network", "rm", "iv").returncode == 0
