@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from netlab import (
     HOST_ADDRESS,
+    HOST_ADDRESS6,
     HOST_UPLINK,
     OUTSIDE_ADDRESS,
     OUTSIDE_ADDRESS6,
@@ -470,3 +471,22 @@ def test_cli_users_get_the_emulation_from_the_agent(lab: Lab) -> None:
     assert not ping(lab.outside, "192.0.2.128", timeout=0.3)
     assert keelnet_cli(lab, "sandbox", "rm", a).returncode == 0
     assert keelnet_cli(lab, "network", "rm", "iv").returncode == 0
+
+
+def test_l3_routes_ipv6_through_the_host(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "l3v6",
+        driver="ipvlan",
+        subnet=[L3_SUBNET_A, "2001:db8:2::/64"],
+        ipv6=True,
+        options={**USERSPACE, "ipvlan_mode": "l3"},
+    )
+    with iproute(netns_path(lab.outside)) as ipr:
+        ipr.route("add", dst="2001:db8:2::", dst_len=64, gateway=HOST_ADDRESS6)
+    a = lab.name("a")
+    host.create_sandbox(a)
+    ep = host.connect("l3v6", a)
+    assert ep.ipv6 is not None and ep.ipv6_gateway is None
+    assert ping(lab.outside, ep.ipv6)
+    with TcpServer(lab.outside, "::", 7205, "out6"):
+        assert tcp_request(a, OUTSIDE_ADDRESS6, 7205, "q") == f"out6 q from {ep.ipv6}"
