@@ -35,6 +35,7 @@ from test_agent import agent, keelnet_cli  # noqa: F401 (agent: a fixture used b
 import keelnet
 from keelnet import errors, sandbox
 from keelnet.dataplane_ipvlan import Ipvlan
+from keelnet.kernel import nftables
 from keelnet.kernel.namespaces import iproute, netns_path
 
 SUBNET, GATEWAY, RANGE = "192.0.2.0/24", "192.0.2.1", "192.0.2.128/25"
@@ -310,19 +311,24 @@ def test_one_mode_per_parent(lab: Lab, host: keelnet.Host, l2: str) -> None:
 
 def test_teardown_is_idempotent_and_closes_everything(lab: Lab, host: keelnet.Host) -> None:
     fds = _open_fds()
-    host.create_network(
+    network = host.create_network(
         "iv", driver="ipvlan", subnet=SUBNET, gateway=GATEWAY, ip_range=RANGE, options=USERSPACE
     )
     a = lab.name("a")
     host.create_sandbox(a)
     ep = host.connect("iv", a)
     assert ping(lab.outside, str(ep.ip))
+    # The host's own stack is kept off the sandbox's packets, as kernel ipvlan does.
+    steering = f"table netdev keelnet-ipvlan-{network.id[:12]}"
+    ruleset = nftables.list_ruleset(netns_path(lab.host))
+    assert steering in ruleset and f"ip daddr {ep.ip} drop" in ruleset
     host.disconnect("iv", a)
     host.disconnect("iv", a)
     assert _link(a, "eth0") is None
     assert not ping(lab.outside, str(ep.ip), timeout=0.3)
     host.remove_network("iv")
     host.remove_network("iv")
+    assert steering not in nftables.list_ruleset(netns_path(lab.host))
     assert _open_fds() == fds  # the AF_PACKET socket, epoll, eventfd and TAPs are closed
 
 

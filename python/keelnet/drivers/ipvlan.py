@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 from typing import ClassVar
 
 from keelnet.dataplane_ipvlan import Ipvlan
@@ -32,7 +33,7 @@ from keelnet.model import Endpoint, Network
 USERSPACE_AVAILABLE = True
 _IFF_NOARP = 0x80  # linux/if.h
 #: Where the emulation keeps the host's own stack off its sandboxes' packets.
-STEERING_TABLE = ("netdev", "keelnet-ipvlan")
+STEERING_FAMILY = "netdev"
 
 
 class IpvlanDriver(LowerDeviceDriver):
@@ -122,7 +123,7 @@ class IpvlanDriver(LowerDeviceDriver):
     def delete_network(self, ctx: HostContext, network: Network) -> None:
         if network.dataplane == "userspace":
             _userspace.planes_of(ctx).close(network.id)
-            sync_steering(ctx)
+            sync_steering(ctx, network)
         super().delete_network(ctx, network)
 
     def create_endpoint(
@@ -142,7 +143,7 @@ class IpvlanDriver(LowerDeviceDriver):
                 raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
             raise
         try:
-            sync_steering(ctx)
+            sync_steering(ctx, network)
         except BaseException:
             plane.remove_slave(endpoint.id)
             raise
@@ -169,7 +170,7 @@ class IpvlanDriver(LowerDeviceDriver):
             if isinstance(plane, Ipvlan):
                 with contextlib.suppress(NotFound):  # already gone: teardown is idempotent
                     plane.remove_slave(endpoint.id)
-                sync_steering(ctx)
+                sync_steering(ctx, network)
         # Kernel child, or a TAP another process still holds: delete it in the sandbox.
         _veth.remove_sandbox_interface(endpoint, sandbox_path)
 
@@ -202,34 +203,32 @@ def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l
         raise KernelError(f"preparing {ifname} in the sandbox: {exc}") from exc
 
 
-def sync_steering(ctx: HostContext) -> None:
-    """Make the host's own stack ignore packets for the sandboxes' addresses, as kernel
-    ipvlan (which takes them off the parent) does: without it a host that forwards would
-    answer them too, with ICMP errors or duplicates. A netdev ingress chain per parent
-    drops them after the emulation's AF_PACKET socket has seen them (packet taps run
-    before ingress hooks). Rendered whole from the running planes: an atomic replace."""
-    chains = []
-    for plane in _userspace.planes_of(ctx).running():
-        if not isinstance(plane, Ipvlan) or plane.closed:
-            continue
-        owned: dict[int, list[str]] = {4: [], 6: []}
+def sync_steering(ctx: HostContext, network: Network) -> None:
+    """Make the host's own stack ignore packets for the network's sandbox addresses, as
+    kernel ipvlan (which takes them off the parent) does: without it a host that forwards
+    would answer them too, with ICMP errors or duplicates. A netdev ingress chain on the
+    parent drops them after the emulation's AF_PACKET socket has seen them (packet taps
+    run before ingress hooks). One table per network, so a process only ever rewrites
+    the networks it runs; replaced whole, atomically."""
+    subnets = [ipaddress.ip_network(config.subnet) for config in network.ipam]
+    owned: dict[int, list[str]] = {4: [], 6: []}
+    plane = _userspace.planes_of(ctx).get(network.id)
+    if isinstance(plane, Ipvlan) and not plane.closed:
         for slave in plane.stats()["slaves"].values():
-            if slave["failed"] is None:
-                for address in slave["addresses"]:
-                    owned[6 if ":" in address else 4].append(address)
-        rules = [
-            f"{family} daddr {{ {', '.join(addresses)} }} drop"
-            for family, addresses in (("ip", owned[4]), ("ip6", owned[6]))
-            if addresses
-        ]
-        if rules:
-            hook = f'type filter hook ingress device "{plane.parent}" priority 0; policy accept;'
-            chains.append(f"  chain in-{plane.parent.replace('.', '-')} {{\n    {hook}\n")
-            chains.extend(f"    {rule}\n" for rule in rules)
-            chains.append("  }\n")
-    family, name = STEERING_TABLE
+            for text in slave["addresses"] if slave["failed"] is None else ():
+                address = ipaddress.ip_address(text)
+                if any(address in subnet for subnet in subnets):
+                    owned[address.version].append(text)
+    rules = [
+        f"    {family} daddr {{ {', '.join(addresses)} }} drop\n"
+        for family, addresses in (("ip", owned[4]), ("ip6", owned[6]))
+        if addresses
+    ]
+    family, name = STEERING_FAMILY, f"keelnet-ipvlan-{network.id[:12]}"
     # add-then-delete: removes the table whether it exists or not
     script = f"add table {family} {name}\ndelete table {family} {name}\n"
-    if chains:
-        script += f"table {family} {name} {{\n{''.join(chains)}}}\n"
+    if rules and isinstance(plane, Ipvlan):
+        hook = f'type filter hook ingress device "{plane.parent}" priority 0; policy accept;'
+        script += f"table {family} {name} {{\n  chain ingress {{\n    {hook}\n"
+        script += "".join(rules) + "  }\n}\n"
     nftables.apply(ctx.netns_path, script)
