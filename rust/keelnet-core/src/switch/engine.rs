@@ -250,8 +250,9 @@ impl Engine {
             segments: Segments::new(),
             receiver: Some(UdpReceiver::new(VTEP_BATCH)),
             packet_receiver: Some(PacketReceiver::new(PACKET_BATCH, RX_BUFFER)),
-            // Checksums are inspected before frames reach it (see `partial`).
-            coalescer: Coalescer::new(false),
+            // It verifies what it merges: a super-frame leaves with a partial checksum
+            // that the receiving kernel trusts.
+            coalescer: Coalescer::new(true),
             coalesce_port: None,
             super_frame: Vec::new(),
             header_scratch: [0; VNET_HDR_LEN],
@@ -1077,6 +1078,16 @@ impl Engine {
         if inner.len() > largest_frame {
             return self.deliver_decapsulated(index, vni, destination, inner, false);
         }
+        // The common case, a TCP segment for a known local port: the coalescer verifies
+        // and copies it in one pass. Whatever it refuses (a partial or bad checksum,
+        // no payload, not TCP) takes the checked path below.
+        if self.config.coalesce && !ethernet::is_multicast(&destination) {
+            if let Some(Destination::Port(to)) = self.fdb.lookup(vni, &destination) {
+                if self.try_coalesce(to, inner) {
+                    return;
+                }
+            }
+        }
         let mut completed = std::mem::take(&mut self.completed);
         let (inner, verified) = match partial::inspect(inner) {
             L4Checksum::Fine => (inner, true),
@@ -1167,6 +1178,29 @@ impl Engine {
             self.flush_coalesced();
         }
         self.decapsulated_to_port(to, vni, frame);
+    }
+
+    /// Adds a segment to the super-frame pending for port `to` (flushing another
+    /// port's first); false when the coalescer refuses it.
+    fn try_coalesce(&mut self, to: u32, frame: &[u8]) -> bool {
+        if self.coalesce_port != Some(to) {
+            self.flush_coalesced();
+        }
+        match self.coalescer.push(frame) {
+            Ok(true) => {
+                self.coalesce_port = Some(to);
+                true
+            }
+            Ok(false) => {
+                self.flush_coalesced();
+                if let Ok(true) = self.coalescer.push(frame) {
+                    self.coalesce_port = Some(to);
+                    return true;
+                }
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     fn flush_coalesced(&mut self) {
