@@ -9,6 +9,7 @@ outside host reaches through routes via .1.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import subprocess
@@ -496,3 +497,62 @@ def test_l3_routes_ipv6_through_the_host(lab: Lab, host: keelnet.Host) -> None:
     assert ping(lab.outside, ep.ipv6)
     with TcpServer(lab.outside, "::", 7205, "out6"):
         assert tcp_request(a, OUTSIDE_ADDRESS6, 7205, "q") == f"out6 q from {ep.ipv6}"
+
+
+_BULK_SERVER = textwrap.dedent(
+    """
+    import hashlib, socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 7999)); s.listen(1)
+    print("ready", flush=True)
+    c, _ = s.accept(); c.settimeout(20); digest = hashlib.sha256(); size = 0
+    while chunk := c.recv(1 << 16):
+        digest.update(chunk); size += len(chunk)
+    print(size, digest.hexdigest(), flush=True)
+    """
+)
+_BULK_CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], 7999), timeout=20)
+    s.sendall(bytes(range(256)) * 32768); s.close()
+    """
+)
+_BULK = bytes(range(256)) * 32768  # 8 MiB: TCP super-frames (GSO) in both directions
+
+
+def _bulk(server: str, client: str, address: str) -> tuple[int, str]:
+    process = sandbox.popen_in(
+        netns_path(server), [sys.executable, "-c", _BULK_SERVER], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+        sandbox.exec_in(
+            netns_path(client), [sys.executable, "-c", _BULK_CLIENT, address], timeout=30
+        )
+        size, digest = process.stdout.readline().decode().split()
+        return int(size), digest
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("mode", ["l2", "l3"])
+def test_bulk_tcp_arrives_intact(lab: Lab, host: keelnet.Host, mode: str) -> None:
+    subnet = SUBNET if mode == "l2" else L3_SUBNET_A
+    host.create_network(
+        "iv",
+        driver="ipvlan",
+        subnet=subnet,
+        ip_range=RANGE if mode == "l2" else None,
+        options={**USERSPACE, "ipvlan_mode": mode},
+    )
+    if mode == "l3":
+        _route_outside_to(lab, L3_SUBNET_A)
+    a = lab.name("a")
+    host.create_sandbox(a)
+    ep = host.connect("iv", a)
+    expected = (len(_BULK), hashlib.sha256(_BULK).hexdigest())
+    assert _bulk(lab.outside, a, OUTSIDE_ADDRESS) == expected
+    assert _bulk(a, lab.outside, str(ep.ip)) == expected
