@@ -133,7 +133,9 @@ class Switch:
 
 @final
 class Ipvlan:
-    def __new__(cls, netns: str | None, parent: str, mode: str) -> Self: ...
+    def __new__(
+        cls, netns: str | None, parent: str, mode: str, vlan: int | None = None
+    ) -> Self: ...
     def add_slave(
         self, name: str, sandbox: str, ifname: str, addresses: list[str], mtu: int | None
     ) -> None: ...

@@ -7,6 +7,8 @@ sandbox sends leaves with the parent's MAC. ``mode="l2"`` passes broadcast and
 multicast (the sandboxes answer ARP and NDP themselves, with the parent's MAC);
 ``mode="l3"`` passes none and hands every packet not for another slave to the host's
 routing (slaves should be ``NOARP`` with a device default route, as Docker sets them).
+With ``vlan`` (l2 only), frames leave ``parent`` with that 802.1Q tag and only frames
+carrying it are taken in: the emulation of a parent like ``eth1.10``.
 Forwarding runs on a Rust thread; Python is never in the packet path.
 
     with Ipvlan("eth1", netns="kn-h1") as plane:
@@ -42,15 +44,20 @@ DROP_REASONS = (
 
 class Ipvlan:
     """An emulated ipvlan on ``parent`` of the host namespace ``netns`` (None: the
-    caller's), in ``mode`` l2 or l3."""
+    caller's), in ``mode`` l2 or l3, tagging VLAN ``vlan`` on the wire if given."""
 
-    def __init__(self, parent: str, *, netns: str | None = None, mode: str = "l2") -> None:
+    def __init__(
+        self, parent: str, *, netns: str | None = None, mode: str = "l2", vlan: int | None = None
+    ) -> None:
         if mode not in MODES:
             raise InvalidRequest(f"ipvlan mode {mode!r}: use one of {', '.join(MODES)}")
+        if vlan is not None and not (isinstance(vlan, int) and 1 <= vlan <= 4094):
+            raise InvalidRequest(f"VLAN id {vlan!r}: use 1-4094")
         self.netns = netns
         self.parent = parent
         self.mode = mode
-        self._core = _core.Ipvlan(netns, parent, mode)
+        self.vlan = vlan
+        self._core = _core.Ipvlan(netns, parent, mode, vlan)
 
     @property
     def parent_mac(self) -> str:
@@ -117,5 +124,5 @@ class Ipvlan:
         """Counters: ``wire_rx``/``wire_tx`` (the parent), ``for_host`` (frames for the
         parent's own addresses), ``slaves`` (by name: ``ifname``, ``addresses``, ``rx``,
         ``tx``, ``failed``), ``drops`` (by reason, see :data:`DROP_REASONS`),
-        ``parent_failed``, ``running``, ``parent``, ``parent_mac``, ``mode``."""
+        ``parent_failed``, ``running``, ``parent``, ``parent_mac``, ``mode``, ``vlan``."""
         return self._core.stats()

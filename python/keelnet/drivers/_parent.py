@@ -12,8 +12,8 @@ from keelnet.errors import InvalidOption, KernelFeatureMissing, MissingParentInt
 from keelnet.kernel import links
 
 PARENT = "parent"
-NO_USERSPACE_VLAN = "keelnet's userspace data plane does not tag 802.1q VLANs yet: use an "
-NO_USERSPACE_VLAN += "untagged parent"
+NO_USERSPACE_VLAN = "keelnet's userspace data plane tags 802.1q VLANs for ipvlan l2 only "
+NO_USERSPACE_VLAN += "(-o dataplane=userspace)"
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,13 @@ def parse(options: Mapping[str, str], driver: str) -> Parent:
     return Parent(value, base, int(tag))
 
 
-def check(ctx: HostContext, parent: Parent, driver: str) -> None:
-    """The parent exists, and a VLAN parent can be made by this kernel."""
+def check(ctx: HostContext, parent: Parent, driver: str, *, tag_in_userspace: bool = False) -> None:
+    """The parent exists, and a VLAN parent can be made by this kernel (unless the
+    userspace data plane tags the VLAN itself)."""
     if links.link_index(ctx.ipr, parent.base) is None:
         raise MissingParentInterface(f"{driver}: parent interface {parent.base!r} does not exist")
+    if tag_in_userspace:
+        return
     if parent.vlan is not None and links.link_index(ctx.ipr, parent.name) is None:
         links.require_kind(
             ctx.netns_path,

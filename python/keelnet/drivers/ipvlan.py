@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from keelnet.dataplane_ipvlan import Ipvlan
 from keelnet.drivers import _parent, _userspace, _veth
-from keelnet.drivers.base import DATAPLANES, HostContext
+from keelnet.drivers.base import DATAPLANE_OPTION, DATAPLANES, HostContext, NetworkRequest
 from keelnet.drivers.macvlan import LowerDeviceDriver
 from keelnet.errors import (
     Conflict,
@@ -61,6 +61,18 @@ class IpvlanDriver(LowerDeviceDriver):
             return "kernel"
         return "userspace"
 
+    def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
+        parent = _parent.parse(request.options, self.name)
+        requested = request.options.get(DATAPLANE_OPTION, "auto")
+        if parent.vlan is None or self.choose_dataplane(ctx, requested) != "userspace":
+            return False
+        if request.options.get(self.mode_option, self.default_mode) != "l2":
+            raise InvalidOption(
+                f"ipvlan: parent {parent.name}: the userspace data plane tags VLANs in l2 "
+                "mode only (l3 routes through the host, which would need the VLAN device)"
+            )
+        return True
+
     def uses_gateway(self, network: Network) -> bool:
         # l3: the parent host routes; sandboxes get a device default route, no gateway.
         return self._mode(network) != "l3"
@@ -83,7 +95,9 @@ class IpvlanDriver(LowerDeviceDriver):
         parent = _parent.parse(network.options, self.name)
         mode = self._mode(network)
         for running in planes.running():
-            if isinstance(running, Ipvlan) and running.parent == parent.name:
+            if not isinstance(running, Ipvlan):
+                continue
+            if (running.parent, running.vlan) == (parent.base, parent.vlan):
                 # One ipvlan port per parent, with one mode, as in the kernel: networks on
                 # the same parent share it (so l3 routes between their subnets).
                 if running.mode != mode:
@@ -93,14 +107,15 @@ class IpvlanDriver(LowerDeviceDriver):
                     )
                 planes.add(network.id, running)
                 return running
-        if links.link_index(ctx.ipr, parent.name) is None:
-            raise MissingParentInterface(f"ipvlan: parent interface {parent.name!r} does not exist")
+        # A VLAN parent is tagged here, on its base interface: no VLAN device.
+        if links.link_index(ctx.ipr, parent.base) is None:
+            raise MissingParentInterface(f"ipvlan: parent interface {parent.base!r} does not exist")
         try:
-            plane = Ipvlan(parent.name, netns=ctx.netns_path, mode=mode)
+            plane = Ipvlan(parent.base, netns=ctx.netns_path, mode=mode, vlan=parent.vlan)
         except DataplaneError as exc:
             if exc.errno in (errno.ENODEV, errno.ENXIO):
                 raise MissingParentInterface(
-                    f"ipvlan: parent interface {parent.name!r} does not exist"
+                    f"ipvlan: parent interface {parent.base!r} does not exist"
                 ) from exc
             raise
         try:
@@ -112,19 +127,17 @@ class IpvlanDriver(LowerDeviceDriver):
         return plane
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
-        super().create_network(ctx, network)  # the VLAN parent, where the kernel can
-        if network.dataplane == "userspace":
-            try:
-                self._plane(ctx, network)
-            except BaseException:
-                super().delete_network(ctx, network)
-                raise
+        if network.dataplane == "kernel":
+            super().create_network(ctx, network)  # the VLAN device, for a VLAN parent
+        else:
+            self._plane(ctx, network)
 
     def delete_network(self, ctx: HostContext, network: Network) -> None:
-        if network.dataplane == "userspace":
-            _userspace.planes_of(ctx).close(network.id)
-            sync_steering(ctx, network)
-        super().delete_network(ctx, network)
+        if network.dataplane == "kernel":
+            super().delete_network(ctx, network)
+            return
+        _userspace.planes_of(ctx).close(network.id)
+        sync_steering(ctx, network)
 
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
@@ -213,7 +226,8 @@ def sync_steering(ctx: HostContext, network: Network) -> None:
     subnets = [ipaddress.ip_network(config.subnet) for config in network.ipam]
     owned: dict[int, list[str]] = {4: [], 6: []}
     plane = _userspace.planes_of(ctx).get(network.id)
-    if isinstance(plane, Ipvlan) and not plane.closed:
+    # A tagged VLAN never reaches the host's stack (it has no VLAN device): nothing to do.
+    if isinstance(plane, Ipvlan) and not plane.closed and plane.vlan is None:
         for slave in plane.stats()["slaves"].values():
             for text in slave["addresses"] if slave["failed"] is None else ():
                 address = ipaddress.ip_address(text)

@@ -38,7 +38,12 @@ class LowerDeviceDriver(Driver):
             raise InvalidOption(
                 f"{self.name}: {self.mode_option}={mode!r}: use one of {', '.join(self.modes)}"
             )
-        _parent.check(ctx, _parent.parse(request.options, self.name), self.name)
+        parent = _parent.parse(request.options, self.name)
+        _parent.check(ctx, parent, self.name, tag_in_userspace=self.tags_in_userspace(ctx, request))
+
+    def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
+        """Whether the userspace data plane tags this network's VLAN (no VLAN device)."""
+        return False
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
         _parent.ensure_vlan(ctx, _parent.parse(network.options, self.name), network.id)

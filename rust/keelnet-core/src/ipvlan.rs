@@ -15,6 +15,10 @@
 //!   IP are delivered to it, all others are handed to the host's routing through a raw
 //!   IP socket bound to the parent (what kernel ipvlan does with `ip_local_out`).
 //!
+//! A VLAN parent (`eth1.10`) is emulated too, in l2 mode: frames leave the base
+//! interface with the 802.1Q tag, and only frames the kernel received with that tag
+//! (reported in `PACKET_AUXDATA`, as it strips tags before packet taps) are taken in.
+//!
 //! One worker thread waits on an epoll set of the parent socket and every TAP; control
 //! calls take the engine's mutex between batches. Malformed frames are dropped and
 //! counted. Dropping an [`Ipvlan`] (or [`Ipvlan::close`]) closes every descriptor: the
@@ -118,6 +122,7 @@ pub struct Stats {
     pub parent: String,
     pub parent_mac: MacAddr,
     pub mode: Mode,
+    pub vlan: Option<u16>,
     /// Frames read from the parent / sent on it (l3: handed to the host's routing).
     pub wire_rx: Traffic,
     pub wire_tx: Traffic,
@@ -153,6 +158,10 @@ const WAKE_TOKEN: u64 = u64::MAX;
 
 struct Engine {
     mode: Mode,
+    /// The VLAN id frames carry on the wire, for a VLAN parent.
+    vlan: Option<u16>,
+    /// A tagged copy of a frame being sent (VLAN parents only).
+    tagged: Vec<u8>,
     parent: PacketSocket,
     parent_mac: MacAddr,
     parent_failed: Option<String>,
@@ -222,9 +231,10 @@ impl Engine {
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut failed = false;
         for _ in 0..BUDGET {
-            match read_from(self.parent.read(&mut buffer)) {
+            let mut vid = None;
+            match read_from(receive_tagged(&self.parent, &mut buffer, &mut vid)) {
                 Read::Frame(0) => continue,
-                Read::Frame(length) => self.on_wire_frame(&mut buffer[..length]),
+                Read::Frame(length) => self.on_wire_frame(&mut buffer[..length], vid),
                 Read::Empty => break,
                 Read::Failed(error) => {
                     self.parent_failed = Some(error.to_string());
@@ -262,7 +272,8 @@ impl Engine {
         gone
     }
 
-    fn on_wire_frame(&mut self, data: &mut [u8]) {
+    /// A frame from the parent; `vid`: the VLAN tag the kernel took off it.
+    fn on_wire_frame(&mut self, data: &mut [u8], vid: Option<u16>) {
         self.wire_rx.add(data.len());
         if data.len() < VNET_HDR_LEN + ethernet::HEADER_LEN || data.len() >= RX_BUFFER {
             return self.drop_frame(DropReason::Truncated);
@@ -271,8 +282,8 @@ impl Engine {
         let Ok(eth) = EthernetFrame::parse(frame) else {
             return self.drop_frame(DropReason::Malformed);
         };
-        if eth.vlan().is_some() {
-            return; // another VLAN's traffic on the same wire: not ours
+        if eth.vlan().is_some() || vid != self.vlan {
+            return; // another VLAN's traffic (or the untagged LAN's) on the same wire
         }
         let destination = eth.destination();
         if ethernet::is_multicast(&destination) {
@@ -359,7 +370,14 @@ impl Engine {
     }
 
     fn send_to_wire(&mut self, header: &[u8], frame: &[u8]) {
-        match self.parent.write(&[header, frame]) {
+        let sent = match self.vlan {
+            None => self.parent.write(&[header, frame]),
+            Some(vid) => match tag(&mut self.tagged, header, frame, vid) {
+                Ok(()) => self.parent.write(&[&self.tagged]),
+                Err(()) => return self.drop_frame(DropReason::Malformed),
+            },
+        };
+        match sent {
             Ok(_) => self.wire_tx.add(frame.len()),
             Err(_) => self.drop_frame(DropReason::TxError),
         }
@@ -416,6 +434,7 @@ impl Engine {
             parent: self.parent.ifname().to_owned(),
             parent_mac: self.parent_mac,
             mode: self.mode,
+            vlan: self.vlan,
             wire_rx: self.wire_rx,
             wire_tx: self.wire_tx,
             for_host: self.for_host,
@@ -445,6 +464,90 @@ impl Engine {
 /// caller parsed it, so the length field is within the bytes.
 fn ipv6_total_len(packet: &[u8]) -> usize {
     crate::packet::ipv6::HEADER_LEN + usize::from(u16::from_be_bytes([packet[4], packet[5]]))
+}
+
+/// `frame` with an 802.1Q tag after the MACs, into `out` behind its virtio-net header;
+/// offsets in the header move by the 4 tag bytes.
+fn tag(out: &mut Vec<u8>, header: &[u8], frame: &[u8], vid: u16) -> Result<(), ()> {
+    let mut vnet = VirtioNetHdr::parse(header).map_err(|_| ())?;
+    if vnet.flags & offload::F_NEEDS_CSUM != 0 {
+        vnet.csum_start = vnet.csum_start.checked_add(4).ok_or(())?;
+    }
+    if vnet.gso_type != gso_type::NONE {
+        vnet.hdr_len = vnet.hdr_len.checked_add(4).ok_or(())?;
+    }
+    out.clear();
+    out.resize(VNET_HDR_LEN, 0);
+    vnet.write(out).map_err(|_| ())?;
+    out.extend_from_slice(&frame[..12]);
+    out.extend_from_slice(&ethertype::VLAN.to_be_bytes());
+    out.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    Ok(())
+}
+
+/// `PACKET_AUXDATA` (linux/if_packet.h) and its `tp_status` bit for a valid VLAN tag.
+const PACKET_AUXDATA: libc::c_int = 8;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+
+/// `struct tpacket_auxdata`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AuxData {
+    status: u32,
+    len: u32,
+    snaplen: u32,
+    mac: u16,
+    net: u16,
+    vlan_tci: u16,
+    vlan_tpid: u16,
+}
+
+/// Reads one frame from the parent like [`PacketSocket::read`], and the VLAN id the
+/// kernel took off it into `vid` (the socket has `PACKET_AUXDATA` on).
+fn receive_tagged(
+    socket: &PacketSocket,
+    buffer: &mut [u8],
+    vid: &mut Option<u16>,
+) -> io::Result<Option<usize>> {
+    let mut control = [0u64; 8];
+    let mut iovec = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; it points at the iovec and control buffer above.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iovec;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = size_of::<[u64; 8]>();
+    // SAFETY: recvmsg into buffers that outlive the call, of the stated sizes.
+    let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_DONTWAIT) };
+    if received < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(error);
+    }
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&message);
+        while !cmsg.is_null() {
+            let length = (*cmsg).cmsg_len as usize;
+            if (*cmsg).cmsg_level == libc::SOL_PACKET
+                && (*cmsg).cmsg_type == PACKET_AUXDATA
+                && length >= libc::CMSG_LEN(size_of::<AuxData>() as u32) as usize
+            {
+                let aux = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<AuxData>());
+                if aux.status & TP_STATUS_VLAN_VALID != 0 {
+                    *vid = Some(aux.vlan_tci & 0x0fff);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&message, cmsg);
+        }
+    }
+    Ok(Some(received as usize))
 }
 
 fn send_raw_v4(socket: &OwnedFd, packet: &[u8], to: std::net::Ipv4Addr) -> io::Result<usize> {
@@ -608,6 +711,9 @@ pub struct IpvlanConfig {
     pub netns: Option<PathBuf>,
     pub parent: String,
     pub mode: Mode,
+    /// Tag frames with this VLAN id on the wire (a parent like `eth1.10`: `parent` is
+    /// `eth1`). l2 mode only.
+    pub vlan: Option<u16>,
 }
 
 /// An emulated ipvlan on one parent (see the module documentation).
@@ -626,7 +732,25 @@ fn invalid(message: String) -> io::Error {
 impl Ipvlan {
     /// Opens the parent's socket (and, in l3 mode, the raw sockets to route with).
     pub fn open(config: IpvlanConfig) -> io::Result<Ipvlan> {
+        if let Some(vid) = config.vlan {
+            if !(1..=4094).contains(&vid) || config.mode != Mode::L2 {
+                return Err(invalid(format!(
+                    "VLAN {vid}: ids are 1-4094, and only l2 mode tags in userspace"
+                )));
+            }
+        }
         let parent = PacketSocket::open(config.netns.as_deref(), &config.parent)?;
+        let on: libc::c_int = 1;
+        // SAFETY: setting an int option, which outlives the call, on the socket we own.
+        crate::io::check(unsafe {
+            libc::setsockopt(
+                parent.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_AUXDATA,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
         let ifname = config.parent.clone();
         let mode = config.mode;
         let (parent_mac, router) = netns::run_in(config.netns.as_deref(), move || {
@@ -653,6 +777,8 @@ impl Ipvlan {
         let shared = Arc::new(Shared {
             engine: Mutex::new(Engine {
                 mode,
+                vlan: config.vlan,
+                tagged: Vec::new(),
                 parent,
                 parent_mac,
                 parent_failed: None,
@@ -923,6 +1049,31 @@ mod tests {
     }
 
     #[test]
+    fn tagging_inserts_the_tag_and_moves_the_offsets() {
+        let mut frame = [0u8; 60];
+        ethernet::write_header(&mut frame, &[2; 6], &[4; 6], None, ethertype::IPV4).unwrap();
+        let vnet = VirtioNetHdr {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: gso_type::TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut header = [0u8; VNET_HDR_LEN];
+        vnet.write(&mut header).unwrap();
+        let mut out = Vec::new();
+        tag(&mut out, &header, &frame, 10).unwrap();
+        let moved = VirtioNetHdr::parse(&out).unwrap();
+        assert_eq!((moved.csum_start, moved.hdr_len), (38, 58));
+        let tagged = EthernetFrame::parse(&out[VNET_HDR_LEN..]).unwrap();
+        assert_eq!(tagged.vlan().map(|t| t.vid), Some(10));
+        assert_eq!(tagged.ethertype(), ethertype::IPV4);
+        assert_eq!(tagged.payload(), &frame[14..]);
+        assert_eq!(tag(&mut out, &header[..4], &frame, 10), Err(()));
+    }
+
+    #[test]
     fn drop_reasons_have_distinct_names() {
         let names: std::collections::HashSet<&str> =
             DropReason::ALL.iter().map(|r| r.as_str()).collect();
@@ -935,6 +1086,7 @@ mod tests {
             netns: None,
             parent: "kn-no-such0".to_owned(),
             mode: Mode::L2,
+            vlan: None,
         });
         assert!(error.is_err());
     }

@@ -55,8 +55,14 @@ impl PyIpvlan {
 #[pymethods]
 impl PyIpvlan {
     #[new]
-    #[pyo3(signature = (netns, parent, mode))]
-    fn new(py: Python<'_>, netns: Option<&str>, parent: &str, mode: &str) -> PyResult<Self> {
+    #[pyo3(signature = (netns, parent, mode, vlan=None))]
+    fn new(
+        py: Python<'_>,
+        netns: Option<&str>,
+        parent: &str,
+        mode: &str,
+        vlan: Option<u16>,
+    ) -> PyResult<Self> {
         let mode = match mode {
             "l2" => Mode::L2,
             "l3" => Mode::L3,
@@ -70,6 +76,7 @@ impl PyIpvlan {
             netns: netns.map(netns::resolve).transpose().map_err(to_py)?,
             parent: parent.to_owned(),
             mode,
+            vlan,
         };
         let inner = py.detach(|| Ipvlan::open(config)).map_err(to_py)?;
         Ok(PyIpvlan { inner: Some(inner) })
@@ -146,6 +153,7 @@ impl PyIpvlan {
         dict.set_item("parent", &stats.parent)?;
         dict.set_item("parent_mac", format_mac(&stats.parent_mac))?;
         dict.set_item("mode", stats.mode.as_str())?;
+        dict.set_item("vlan", stats.vlan)?;
         dict.set_item("running", stats.running)?;
         dict.set_item("wire_rx", traffic(py, &stats.wire_rx)?)?;
         dict.set_item("wire_tx", traffic(py, &stats.wire_tx)?)?;
