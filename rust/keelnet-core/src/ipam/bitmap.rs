@@ -5,12 +5,13 @@
 //! summary, under a two-level summary of chunks that still have a free bit. A
 //! chunk that is all clear or all set holds no memory at all (`None`), so an
 //! empty /8 costs ~33 KB and a full one the same. Offsets past 2^24 (the rest of
-//! an IPv6 /64) are sparse: a B-tree of the 4096-bit chunks that hold a set bit,
+//! an IPv6 /64) are sparse: a hash map of the 4096-bit chunks that hold a set bit,
 //! each a few offsets inline or, once it fills, a chunk bitmap; so memory grows
 //! with the addresses handed out, and a serial walk through fresh space costs a
 //! lookup in a small, hot tree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 const WORD_BITS: u64 = 64;
 const CHUNK_WORDS: usize = 64;
@@ -124,6 +125,32 @@ impl Chunk {
 fn above(i: u32) -> u64 {
     u64::MAX.checked_shl(i + 1).unwrap_or(0)
 }
+
+/// Hashes chunk indexes (plain integers, not attacker-chosen keys) with the
+/// splitmix64 finalizer: a few cycles, and every output bit depends on every input bit.
+#[derive(Default)]
+struct ChunkIndexHasher(u64);
+
+impl Hasher for ChunkIndexHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        self.0 = z ^ (z >> 31);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type ChunkMap = HashMap<u64, SparseChunk, BuildHasherDefault<ChunkIndexHasher>>;
 
 /// Offsets a sparse chunk keeps inline before it becomes a bitmap.
 const FEW: usize = 11;
@@ -266,7 +293,7 @@ pub struct Bitmap {
     /// Bit i is set while `chunk_not_full[i]` is non-zero.
     top_not_full: u64,
     /// Chunks past the dense part that hold a set bit, by chunk index.
-    sparse: BTreeMap<u64, SparseChunk>,
+    sparse: ChunkMap,
 }
 
 impl Bitmap {
@@ -289,7 +316,7 @@ impl Bitmap {
             chunks: (0..chunk_count).map(|_| None).collect(),
             chunk_not_full,
             top_not_full,
-            sparse: BTreeMap::new(),
+            sparse: ChunkMap::default(),
         };
         // Bits past `last` in the final chunk are set for good, so searches never find them.
         for offset in dense_bits..chunk_count as u64 * CHUNK_BITS {
@@ -445,15 +472,12 @@ impl Bitmap {
         }
     }
 
-    /// First clear offset past the dense part, at or after `from`. Costs a B-tree
-    /// lookup plus one step per consecutive full chunk.
+    /// First clear offset past the dense part, at or after `from`. Chunks are
+    /// consecutive, so a missing one is free: one lookup, plus one per full chunk.
     fn sparse_first_clear(&self, from: u64) -> Option<u64> {
         let mut key = from / CHUNK_BITS;
         let mut bit = from % CHUNK_BITS;
-        for (&k, chunk) in self.sparse.range(key..) {
-            if k != key {
-                break;
-            }
+        while let Some(chunk) = self.sparse.get(&key) {
             if let Some(found) = chunk.first_clear_from(bit) {
                 return Some(key * CHUNK_BITS + found);
             }
@@ -500,7 +524,10 @@ impl Bitmap {
 
     /// The sparse part as (word index, word) pairs with a set bit, in order.
     pub fn sparse_words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.sparse.iter().flat_map(|(key, chunk)| {
+        let mut keys: Vec<u64> = self.sparse.keys().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter().flat_map(|key| {
+            let chunk = &self.sparse[&key];
             let words = chunk.words();
             (0..CHUNK_WORDS)
                 .filter(move |w| words[*w] != 0)
@@ -587,10 +614,10 @@ impl Bitmap {
     /// Heap bytes held, for memory figures.
     pub fn heap_bytes(&self) -> usize {
         let leaves = self.chunks.iter().flatten().count() * std::mem::size_of::<Chunk>();
-        // A B-tree leaf holds up to 11 entries; assume the typical 2/3 fill.
-        let entry = std::mem::size_of::<u64>() + std::mem::size_of::<SparseChunk>();
+        // One bucket plus one control byte per slot of the map's capacity.
+        let entry = std::mem::size_of::<u64>() + std::mem::size_of::<SparseChunk>() + 1;
         let many = self.sparse.values().filter(|c| c.few().is_none()).count();
-        let sparse = self.sparse.len() * entry * 3 / 2 + many * std::mem::size_of::<Chunk>();
+        let sparse = self.sparse.capacity() * entry + many * std::mem::size_of::<Chunk>();
         self.chunks.capacity() * std::mem::size_of::<Option<Box<Chunk>>>()
             + self.chunk_not_full.capacity() * 8
             + leaves
