@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from keelnet.drivers.base import Driver, HostContext
+from keelnet.drivers.base import HostContext
+from keelnet.drivers.none import NoneDriver
 from keelnet.errors import InvalidRequest
 from keelnet.model import Endpoint, Network
 
@@ -14,17 +15,10 @@ def _same_namespace(a: str, b: str) -> bool:
     return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
-class HostDriver(Driver):
+class HostDriver(NoneDriver):
+    """Plumbs nothing, as `none` does; the sandbox must be the host's own namespace."""
+
     name = "host"
-    uses_ipam = False
-    gateway_route = False
-    singleton = True
-
-    def create_network(self, ctx: HostContext, network: Network) -> None:
-        return
-
-    def delete_network(self, ctx: HostContext, network: Network) -> None:
-        return
 
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
@@ -37,16 +31,3 @@ class HostDriver(Driver):
                 f"sandbox {endpoint.sandbox!r} has its own network namespace; only a sandbox "
                 "adopted from the host's namespace can join a host network"
             )
-
-    def join(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
-    ) -> None:
-        return
-
-    def leave(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
-    ) -> None:
-        return
-
-    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
-        return
