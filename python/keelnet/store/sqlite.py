@@ -199,15 +199,21 @@ class Store:
     def endpoints(
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[Endpoint]:
-        query, args = "SELECT * FROM endpoints WHERE 1=1", []
+        rows = self._rows("endpoints", "sandbox", network_id=network_id, sandbox=sandbox)
+        return [_endpoint(row) for row in rows]
+
+    def _rows(
+        self, table: str, order_by: str, *, network_id: str | None, sandbox: str | None
+    ) -> list[sqlite3.Row]:
+        """Rows of `table` (endpoints or ports), filtered by what is given."""
+        query, args = f"SELECT * FROM {table} WHERE 1=1", []
         if network_id is not None:
             query += " AND network_id=?"
             args.append(network_id)
         if sandbox is not None:
             query += " AND sandbox=?"
             args.append(sandbox)
-        rows = self._db.execute(query + " ORDER BY sandbox", args).fetchall()
-        return [_endpoint(row) for row in rows]
+        return list(self._db.execute(f"{query} ORDER BY {order_by}", args).fetchall())
 
     def add_endpoint(self, ep: Endpoint) -> None:
         self._db.execute(
@@ -235,14 +241,7 @@ class Store:
     def ports(
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[PortMapping]:
-        query, args = "SELECT * FROM ports WHERE 1=1", []
-        if network_id is not None:
-            query += " AND network_id=?"
-            args.append(network_id)
-        if sandbox is not None:
-            query += " AND sandbox=?"
-            args.append(sandbox)
-        rows = self._db.execute(query + " ORDER BY host_port", args).fetchall()
+        rows = self._rows("ports", "host_port", network_id=network_id, sandbox=sandbox)
         return [
             PortMapping(
                 r["network_id"],
