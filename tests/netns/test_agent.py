@@ -27,7 +27,7 @@ def agent(lab: Lab) -> Iterator[subprocess.Popen[str]]:
     command += ["--state-dir", str(lab.state_dir), "agent"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert process.stdout is not None
+        assert process.stdout is not None and process.stderr is not None
         banner = process.stdout.readline()
         assert banner.startswith("keelnet agent: serving"), banner + process.stderr.read()
         yield process
