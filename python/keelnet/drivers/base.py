@@ -81,7 +81,8 @@ class Driver(ABC):
             return self.dataplanes[0]
         if requested not in self.dataplanes:
             raise DataPlaneUnavailable(
-                f"driver {self.name!r} has no {requested} data plane yet (issue 4)"
+                f"driver {self.name!r} has no {requested} data plane: "
+                f"use {' or '.join(self.dataplanes)} (or auto)"
             )
         return requested
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from keelnet.dataplane_ipvlan import Ipvlan
 from keelnet.drivers import _parent, _userspace, _veth
-from keelnet.drivers.base import DATAPLANE_OPTION, DATAPLANES, HostContext, NetworkRequest
+from keelnet.drivers.base import DATAPLANE_OPTION, HostContext, NetworkRequest
 from keelnet.drivers.macvlan import LowerDeviceDriver
 from keelnet.errors import (
     Conflict,
@@ -39,27 +39,11 @@ STEERING_FAMILY = "netdev"
 class IpvlanDriver(LowerDeviceDriver):
     name = "ipvlan"
     kind = "ipvlan"
+    userspace_instead = "the userspace data plane emulates it: dataplane=userspace (or auto)"
     mode_option = "ipvlan_mode"
     options = frozenset({_parent.PARENT, "ipvlan_mode"})
     modes: ClassVar[dict[str, int]] = {"l2": 0, "l3": 1}  # linux/if_link.h IPVLAN_MODE_*
     default_mode = "l2"
-    dataplanes = ("kernel", "userspace")
-
-    def choose_dataplane(self, ctx: HostContext, requested: str) -> str:
-        if requested not in DATAPLANES:
-            raise InvalidOption(
-                f"invalid dataplane {requested!r}: use one of {', '.join(DATAPLANES)}"
-            )
-        kernel_has_it = links.kind_supported("ipvlan", ctx.netns_path)
-        if requested == "kernel" or (requested == "auto" and kernel_has_it):
-            if not kernel_has_it:
-                raise _parent.missing_module(
-                    "ipvlan networks on the kernel data plane",
-                    "ipvlan",
-                    "the userspace data plane emulates it: dataplane=userspace (or auto)",
-                )
-            return "kernel"
-        return "userspace"
 
     def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
         parent = _parent.parse(request.options, self.name)

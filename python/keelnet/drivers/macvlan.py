@@ -30,6 +30,26 @@ class LowerDeviceDriver(Driver):
     mode_option: ClassVar[str]
     modes: ClassVar[dict[str, int]]
     default_mode: ClassVar[str]
+    dataplanes = ("kernel", "userspace")
+    #: What to tell a user whose kernel lacks the module.
+    userspace_instead: ClassVar[str]
+
+    def choose_dataplane(self, ctx: HostContext, requested: str) -> str:
+        """`auto` takes the kernel where it has the module, the userspace plane elsewhere."""
+        if requested not in DATAPLANES:
+            raise InvalidOption(
+                f"invalid dataplane {requested!r}: use one of {', '.join(DATAPLANES)}"
+            )
+        kernel_has_it = links.kind_supported(self.kind, ctx.netns_path)
+        if requested == "kernel" or (requested == "auto" and kernel_has_it):
+            if not kernel_has_it:
+                raise _parent.missing_module(
+                    f"{self.kind} networks on the kernel data plane",
+                    self.kind,
+                    self.userspace_instead,
+                )
+            return "kernel"
+        return "userspace"
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -121,12 +141,12 @@ class MacvlanPlane:
 class MacvlanDriver(LowerDeviceDriver):
     name = "macvlan"
     kind = "macvlan"
+    userspace_instead = "the userspace data plane emulates bridge mode: dataplane=userspace"
     mode_option = "macvlan_mode"
     options = frozenset({_parent.PARENT, "macvlan_mode"})
     # linux/if_link.h MACVLAN_MODE_*
     modes: ClassVar[dict[str, int]] = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
     default_mode = "bridge"
-    dataplanes = ("kernel", "userspace")
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -137,22 +157,6 @@ class MacvlanDriver(LowerDeviceDriver):
                 f"macvlan: macvlan_mode={mode} is not emulated by the userspace data plane "
                 "(bridge mode only)"
             )
-
-    def choose_dataplane(self, ctx: HostContext, requested: str) -> str:
-        if requested not in DATAPLANES:
-            raise InvalidOption(
-                f"invalid dataplane {requested!r}: use one of {', '.join(DATAPLANES)}"
-            )
-        kernel_has_it = links.kind_supported("macvlan", ctx.netns_path)
-        if requested == "kernel" or (requested == "auto" and kernel_has_it):
-            if not kernel_has_it:
-                raise _parent.missing_module(
-                    "macvlan networks on the kernel data plane",
-                    "macvlan",
-                    "the userspace data plane emulates bridge mode: dataplane=userspace",
-                )
-            return "kernel"
-        return "userspace"
 
     def link_attributes(self, network: Network) -> dict[str, object]:
         mode = network.options.get(self.mode_option, self.default_mode)
