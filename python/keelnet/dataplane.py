@@ -25,7 +25,7 @@ from typing import Any, Self
 from keelnet import _core
 from keelnet.errors import InvalidRequest
 
-__all__ = ["DROP_REASONS", "Switch"]
+__all__ = ["DROP_REASONS", "ISOLATIONS", "Switch"]
 
 #: The reasons a drop is counted under in ``stats()``.
 DROP_REASONS = (
@@ -41,7 +41,11 @@ DROP_REASONS = (
     "segmentation",
     "tx_error",
     "port_gone",
+    "isolated",
 )
+
+#: Forwarding rules of a TAP port (``add_tap(isolation=...)``).
+ISOLATIONS = ("open", "vepa", "private")
 
 
 def _vni(vni: int) -> int:
@@ -109,6 +113,7 @@ class Switch:
         ifname: str = "eth0",
         mac: str | None = None,
         mtu: int | None = None,
+        isolation: str = "open",
     ) -> None:
         """Add a TAP port ``name`` in ``vni``.
 
@@ -116,9 +121,17 @@ class Switch:
         namespace and moved there as ``ifname``; without, it stays in the host namespace
         under ``name``. ``mac`` and ``mtu`` are set before it comes up (over VXLAN, use
         an MTU 50 bytes below the underlay's: 1450 on a 1500 underlay).
+
+        ``isolation`` (see :data:`ISOLATIONS`): an ``open`` port reaches every port; a
+        ``vepa`` or ``private`` port reaches only open ports (the uplink, a gateway), so
+        frames between two such ports leave through the open ports. A ``vepa`` port
+        receives such frames when the outside switch reflects them back (hairpin); a
+        ``private`` port never does (counted as ``isolated`` drops).
         """
+        if isolation not in ISOLATIONS:
+            raise InvalidRequest(f"isolation {isolation!r}: use one of {', '.join(ISOLATIONS)}")
         device = ifname if sandbox is not None else name
-        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu)
+        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation)
 
     def add_packet_port(self, ifname: str, *, vni: int) -> None:
         """Switch the existing host interface ``ifname`` (a veth, a macvlan parent...) in

@@ -120,9 +120,16 @@ class LowerDeviceDriver(Driver):
         return  # the child lives only in the sandbox; `leave` removed it
 
 
+#: macvlan modes on the userspace switch, as the forwarding rule of each sandbox's TAP:
+#: bridge ports reach each other; vepa ports reach each other only when the outside switch
+#: hairpins their frames back; private ports never reach each other.
+USERSPACE_ISOLATION = {"bridge": "open", "vepa": "vepa", "private": "private"}
+
+
 class MacvlanPlane:
-    """macvlan bridge mode on the userspace data plane: keelnet's switch with an AF_PACKET
-    port on the parent and a TAP per sandbox, each with the endpoint's own MAC."""
+    """macvlan on the userspace data plane: keelnet's switch with an AF_PACKET port on the
+    parent and a TAP per sandbox, each with the endpoint's own MAC and its mode's
+    forwarding rule (USERSPACE_ISOLATION)."""
 
     def __init__(self, ctx: HostContext, parent: str) -> None:
         self.parent = parent
@@ -141,7 +148,9 @@ class MacvlanPlane:
 class MacvlanDriver(LowerDeviceDriver):
     name = "macvlan"
     kind = "macvlan"
-    userspace_instead = "the userspace data plane emulates bridge mode: dataplane=userspace"
+    userspace_instead = (
+        "the userspace data plane emulates bridge, private and vepa modes: dataplane=userspace"
+    )
     mode_option = "macvlan_mode"
     options = frozenset({_parent.PARENT, "macvlan_mode"})
     # linux/if_link.h MACVLAN_MODE_*
@@ -152,10 +161,10 @@ class MacvlanDriver(LowerDeviceDriver):
         super().validate(ctx, request)
         requested = request.options.get(DATAPLANE_OPTION, "auto")
         mode = request.options.get(self.mode_option, self.default_mode)
-        if mode != "bridge" and self.choose_dataplane(ctx, requested) == "userspace":
+        if mode not in USERSPACE_ISOLATION and self.choose_dataplane(ctx, requested) == "userspace":
             raise InvalidOption(
                 f"macvlan: macvlan_mode={mode} is not emulated by the userspace data plane "
-                "(bridge mode only)"
+                f"(modes {', '.join(USERSPACE_ISOLATION)}; passthru needs the kernel's macvlan)"
             )
 
     def link_attributes(self, network: Network) -> dict[str, object]:
@@ -219,6 +228,9 @@ class MacvlanDriver(LowerDeviceDriver):
                 ifname=endpoint.ifname,
                 mac=endpoint.mac,
                 mtu=int(mtu) if mtu else None,
+                isolation=USERSPACE_ISOLATION[
+                    network.options.get(self.mode_option, self.default_mode)
+                ],
             )
         except DataplaneError as exc:
             if exc.errno == errno.EEXIST:

@@ -9,7 +9,7 @@ use keelnet_core::fdb::MacAddr;
 use keelnet_core::io::errno_of;
 use keelnet_core::io::netns;
 use keelnet_core::io::tap::TapConfig;
-use keelnet_core::switch::{Drops, Switch, SwitchConfig, Traffic};
+use keelnet_core::switch::{Drops, Isolation, Switch, SwitchConfig, Traffic};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -132,7 +132,7 @@ impl PySwitch {
         Ok(PySwitch { inner: Some(inner) })
     }
 
-    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu))]
+    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open"))]
     #[allow(clippy::too_many_arguments)]
     fn add_tap(
         &self,
@@ -143,13 +143,19 @@ impl PySwitch {
         ifname: &str,
         mac: Option<&str>,
         mtu: Option<u32>,
+        isolation: &str,
     ) -> PyResult<()> {
+        let isolation = Isolation::parse(isolation).ok_or_else(|| {
+            InvalidRequest::new_err(format!(
+                "isolation {isolation:?}: use one of open, vepa, private"
+            ))
+        })?;
         let mut config = TapConfig::new(ifname);
         config.sandbox_netns = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
         config.mac = mac.map(parse_mac).transpose()?;
         config.mtu = mtu;
         let switch = self.switch()?;
-        py.detach(|| switch.add_tap(name, vni, config))
+        py.detach(|| switch.add_tap(name, vni, config, isolation))
             .map_err(to_py)
     }
 

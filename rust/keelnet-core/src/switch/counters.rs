@@ -45,10 +45,12 @@ pub enum DropReason {
     TxError,
     /// The destination port failed (its device vanished) while sending.
     PortGone,
+    /// Between two private ports (also when the wire reflected it back).
+    Isolated,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::Oversized,
@@ -61,6 +63,7 @@ impl DropReason {
         DropReason::Segmentation,
         DropReason::TxError,
         DropReason::PortGone,
+        DropReason::Isolated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +80,7 @@ impl DropReason {
             DropReason::Segmentation => "segmentation",
             DropReason::TxError => "tx_error",
             DropReason::PortGone => "port_gone",
+            DropReason::Isolated => "isolated",
         }
     }
 }
@@ -128,6 +132,6 @@ mod tests {
         for (times, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(drops.get(*reason), times as u64 + 1, "{reason}");
         }
-        assert_eq!(drops.total(), (1..=12).sum::<u64>());
+        assert_eq!(drops.total(), (1..=13).sum::<u64>());
     }
 }

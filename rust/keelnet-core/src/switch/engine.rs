@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::counters::{DropReason, Drops, Traffic};
 use super::partial::{self, L4Checksum};
-use super::{FdbEntry, PortKind, PortStats, Stats, SwitchConfig, VniStats, VtepStats};
+use super::{FdbEntry, Isolation, PortKind, PortStats, Stats, SwitchConfig, VniStats, VtepStats};
 use crate::fdb::{Destination, Fdb, FdbConfig, MacAddr};
 use crate::io::VNET_HDR_LEN;
 use crate::io::packet_socket::{PacketReceiver, PacketSocket};
@@ -126,6 +126,7 @@ pub(crate) struct Port {
     pub name: String,
     pub vni: u32,
     pub io: Arc<PortIo>,
+    isolation: Isolation,
     max_frame: usize,
     rx: Traffic,
     tx: Traffic,
@@ -280,7 +281,19 @@ impl Engine {
     }
 
     /// Adds a port; returns its id (the epoll token).
+    #[cfg(test)]
     pub fn add_port(&mut self, name: &str, vni: u32, io: PortIo) -> u32 {
+        self.add_port_isolated(name, vni, io, Isolation::Open)
+    }
+
+    /// Adds a port with an [`Isolation`] rule; returns its id.
+    pub fn add_port_isolated(
+        &mut self,
+        name: &str,
+        vni: u32,
+        io: PortIo,
+        isolation: Isolation,
+    ) -> u32 {
         let id = self.next_port;
         self.next_port += 1;
         let max_frame = io.mtu() as usize + L2_OVERHEAD;
@@ -290,6 +303,7 @@ impl Engine {
                 name: name.to_owned(),
                 vni,
                 io: Arc::new(io),
+                isolation,
                 max_frame,
                 rx: Traffic::default(),
                 tx: Traffic::default(),
@@ -673,6 +687,12 @@ impl Engine {
         }
     }
 
+    fn isolation_of(&self, id: u32) -> Isolation {
+        self.ports
+            .get(&id)
+            .map_or(Isolation::Open, |port| port.isolation)
+    }
+
     fn on_local_frame(&mut self, id: u32, data: &[u8]) {
         let Some(port) = self.ports.get_mut(&id) else {
             return;
@@ -698,8 +718,30 @@ impl Engine {
         if ethernet::is_multicast(&source) || source == [0; 6] {
             return self.count_drop(DropReason::InvalidSource, At::Port(id), Some(vni));
         }
-        self.fdb
-            .learn(vni, &source, Destination::Port(id), self.clock);
+        let isolation = self.isolation_of(id);
+        // An open port (the wire) bringing back the source MAC of a local isolated port:
+        // the outside switch reflected that port's frame (VEPA hairpin). Its MAC stays
+        // where it lives; private ports never receive it.
+        let reflected_from = match self.fdb.lookup(vni, &source) {
+            Some(Destination::Port(owner))
+                if owner != id
+                    && isolation == Isolation::Open
+                    && self.isolation_of(owner) != Isolation::Open =>
+            {
+                Some(owner)
+            }
+            _ => None,
+        };
+        match reflected_from {
+            Some(owner) if self.isolation_of(owner) == Isolation::Private => {
+                return self.count_drop(DropReason::Isolated, At::Port(id), Some(vni));
+            }
+            Some(_) => {}
+            None => {
+                self.fdb
+                    .learn(vni, &source, Destination::Port(id), self.clock);
+            }
+        }
         if let Some(state) = self.vnis.get_mut(&vni) {
             state.rx.add(frame.len());
         }
@@ -710,6 +752,12 @@ impl Engine {
             match self.fdb.lookup(vni, &destination) {
                 Some(Destination::Port(to)) if to == id => {
                     return self.count_drop(DropReason::Hairpin, At::Port(id), Some(vni));
+                }
+                Some(Destination::Port(to))
+                    if isolation != Isolation::Open && self.isolation_of(to) != Isolation::Open =>
+                {
+                    // Isolated to isolated: only the open ports (the wire) may carry it,
+                    // as if the destination were unknown.
                 }
                 Some(Destination::Port(to)) => {
                     let gso = header.gso_type != gso_type::NONE;
@@ -741,8 +789,13 @@ impl Engine {
             return;
         };
         state.flooded += 1;
-        let ports: Vec<u32> = state.ports.iter().copied().filter(|&to| to != id).collect();
+        let candidates: Vec<u32> = state.ports.iter().copied().filter(|&to| to != id).collect();
         let peers: Vec<IpAddr> = state.peers.iter().copied().collect();
+        let ports: Vec<u32> = candidates
+            .into_iter()
+            .filter(|&to| isolation == Isolation::Open || self.isolation_of(to) == Isolation::Open)
+            .filter(|&to| Some(to) != reflected_from)
+            .collect();
         for to in ports {
             self.send_to_port(
                 to,
@@ -1311,6 +1364,73 @@ mod tests {
         // A frame for a MAC behind the port it came from goes nowhere.
         engine.on_local_frame(a, &local_frame(A, A, 0x88b5, 60));
         assert_eq!(engine.drops.total(), 1);
+    }
+
+    /// An uplink ("wire") and two sandbox ports under `isolation`, all in VNI 1.
+    fn isolated_engine(isolation: Isolation) -> (Engine, u32, u32, u32) {
+        let mut engine = Engine::new(SwitchConfig::default());
+        let wire = engine.add_port_isolated("wire", 1, capture(1500), Isolation::Open);
+        let a = engine.add_port_isolated("a", 1, capture(1500), isolation);
+        let b = engine.add_port_isolated("b", 1, capture(1500), isolation);
+        // Both sandboxes have spoken once (their MACs are learned).
+        engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 60));
+        engine.on_local_frame(b, &local_frame(BROADCAST, B, 0x88b5, 60));
+        (engine, wire, a, b)
+    }
+
+    #[test]
+    fn isolated_ports_reach_only_the_wire() {
+        for isolation in [Isolation::Private, Isolation::Vepa] {
+            let (mut engine, wire, a, _) = isolated_engine(isolation);
+            assert_eq!(
+                written(&engine, "wire").len(),
+                2,
+                "{isolation:?}: broadcasts go out"
+            );
+            assert!(
+                written(&engine, "a").is_empty(),
+                "{isolation:?}: b's broadcast reached a"
+            );
+            assert!(
+                written(&engine, "b").is_empty(),
+                "{isolation:?}: a's broadcast reached b"
+            );
+            // A unicast to b leaves through the wire, not to b.
+            let to_b = local_frame(B, A, 0x88b5, 60);
+            engine.on_local_frame(a, &to_b);
+            assert_eq!(written(&engine, "wire").last(), Some(&to_b));
+            assert!(written(&engine, "b").is_empty());
+            // The wire reaches both.
+            let from_outside = local_frame(A, [2, 0, 0, 0, 0, 0xe], 0x88b5, 60);
+            engine.on_local_frame(wire, &from_outside);
+            assert_eq!(written(&engine, "a"), vec![from_outside]);
+            assert_eq!(engine.fdb.lookup(1, &A), Some(Destination::Port(a)));
+        }
+    }
+
+    #[test]
+    fn reflected_frames_reach_vepa_ports_but_never_private_ones() {
+        let (mut engine, wire, a, _) = isolated_engine(Isolation::Vepa);
+        // The outside switch hairpins a's unicast and broadcast back.
+        let to_b = local_frame(B, A, 0x88b5, 60);
+        engine.on_local_frame(wire, &to_b);
+        assert_eq!(written(&engine, "b"), vec![to_b.clone()]);
+        let broadcast = local_frame(BROADCAST, A, 0x88b5, 60);
+        engine.on_local_frame(wire, &broadcast);
+        assert_eq!(written(&engine, "b"), vec![to_b.clone(), broadcast]);
+        assert!(written(&engine, "a").is_empty(), "a got its own frame back");
+        assert_eq!(
+            engine.fdb.lookup(1, &A),
+            Some(Destination::Port(a)),
+            "a reflected frame moved a's MAC to the wire"
+        );
+
+        let (mut engine, wire, a, _) = isolated_engine(Isolation::Private);
+        engine.on_local_frame(wire, &to_b);
+        engine.on_local_frame(wire, &local_frame(BROADCAST, A, 0x88b5, 60));
+        assert!(written(&engine, "b").is_empty());
+        assert_eq!(engine.drops.get(DropReason::Isolated), 2);
+        assert_eq!(engine.fdb.lookup(1, &A), Some(Destination::Port(a)));
     }
 
     #[test]

@@ -74,6 +74,31 @@ impl Default for SwitchConfig {
     }
 }
 
+/// Which ports a port's frames may reach: the per-port rules of Linux bridge port
+/// isolation and of macvlan's private and VEPA modes. Open ports (the uplink, a gateway)
+/// reach every port; a non-open port reaches only open ports, so frames between two of
+/// them leave through the open ports (the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    #[default]
+    Open,
+    /// VEPA: frames the outside switch reflects back (hairpin) are delivered.
+    Vepa,
+    /// Never reached by another non-open port, not even through the wire.
+    Private,
+}
+
+impl Isolation {
+    pub fn parse(text: &str) -> Option<Isolation> {
+        match text {
+            "open" => Some(Isolation::Open),
+            "vepa" => Some(Isolation::Vepa),
+            "private" => Some(Isolation::Private),
+            _ => None,
+        }
+    }
+}
+
 /// What kind of device a port is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortKind {
@@ -310,7 +335,7 @@ impl Switch {
         Ok(())
     }
 
-    fn attach(&self, name: &str, vni: u32, io: PortIo) -> io::Result<()> {
+    fn attach(&self, name: &str, vni: u32, io: PortIo, isolation: Isolation) -> io::Result<()> {
         let fd = io.fd();
         let mut engine = self.shared.engine();
         if engine.has_port(name) {
@@ -319,7 +344,7 @@ impl Switch {
                 format!("port {name:?} exists"),
             ));
         }
-        let id = engine.add_port(name, vni, io);
+        let id = engine.add_port_isolated(name, vni, io, isolation);
         if let Err(error) = self.shared.watch(fd, u64::from(id)) {
             engine.remove_port(name);
             return Err(error);
@@ -327,13 +352,20 @@ impl Switch {
         Ok(())
     }
 
-    /// Adds a TAP port in `vni`. `config.host_netns` is taken from the switch.
-    pub fn add_tap(&self, name: &str, vni: u32, mut config: TapConfig) -> io::Result<()> {
+    /// Adds a TAP port in `vni` under the forwarding rule `isolation`.
+    /// `config.host_netns` is taken from the switch.
+    pub fn add_tap(
+        &self,
+        name: &str,
+        vni: u32,
+        mut config: TapConfig,
+        isolation: Isolation,
+    ) -> io::Result<()> {
         check_vni(vni)?;
         self.reserve_name(name)?;
         config.host_netns = self.shared.engine().config.netns.clone();
         let tap = Tap::create(&config)?;
-        self.attach(name, vni, PortIo::Tap(tap))
+        self.attach(name, vni, PortIo::Tap(tap), isolation)
     }
 
     /// Adds an AF_PACKET port on the existing interface `ifname` of the host namespace;
@@ -343,7 +375,7 @@ impl Switch {
         self.reserve_name(ifname)?;
         let netns = self.shared.engine().config.netns.clone();
         let socket = PacketSocket::open(netns.as_deref(), ifname)?;
-        self.attach(ifname, vni, PortIo::Packet(socket))
+        self.attach(ifname, vni, PortIo::Packet(socket), Isolation::Open)
     }
 
     /// Adds a VXLAN tunnel endpoint on `local` (one per address family is used for
