@@ -48,11 +48,33 @@ def test_sandboxes_reach_each_other_the_outside_and_published_ports(
     assert _open_fds() == fds
 
 
-def test_icc_false_needs_the_kernel_bridge(lab: Lab, host: keelnet.Host) -> None:
+def test_icc_false_isolates_sandboxes_but_not_the_gateway(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "ub",
+        subnet="198.51.100.0/24",
+        options={**USERSPACE, "com.docker.network.bridge.enable_icc": "false"},
+    )
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    ep_a = host.connect("ub", a)
+    ep_b = host.connect("ub", b)
+    assert not ping(a, str(ep_b.ip))
+    assert not ping(b, str(ep_a.ip))
+    with TcpServer(b, "0.0.0.0", 7401, "b"):
+        assert tcp_request(a, str(ep_b.ip), 7401, "x", timeout=1.0) == ""
+    assert ping(a, "198.51.100.1")  # the gateway is still reachable
+    assert ping(b, "198.51.100.1")
+    with TcpServer(lab.outside, "0.0.0.0", 7402, "out"):  # and so is the outside
+        assert tcp_request(a, OUTSIDE_ADDRESS, 7402, "m") == f"out m from {HOST_ADDRESS}"
+        assert tcp_request(b, OUTSIDE_ADDRESS, 7402, "n") == f"out n from {HOST_ADDRESS}"
+
+
+def test_a_bad_icc_value_leaves_nothing(lab: Lab, host: keelnet.Host) -> None:
     before = kernel_state(lab.host), store_state(lab.state_dir), _open_fds()
     with pytest.raises(errors.InvalidOption):
         host.create_network(
-            "ub", options={**USERSPACE, "com.docker.network.bridge.enable_icc": "false"}
+            "ub", options={**USERSPACE, "com.docker.network.bridge.enable_icc": "maybe"}
         )
     assert (kernel_state(lab.host), store_state(lab.state_dir), _open_fds()) == before
 

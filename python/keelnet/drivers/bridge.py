@@ -2,7 +2,9 @@
 
 With `dataplane=userspace`: keelnet's switch instead, a TAP per sandbox and a host-side
 TAP named like the bridge holding the gateway address (so routing, NAT and the firewall
-rules work on it as on a bridge). `enable_icc=false` needs the kernel bridge.
+rules work on it as on a bridge). `enable_icc=false` isolates the sandboxes' ports
+(the kernel bridge's port isolation; the switch's private ports): each reaches the
+gateway, never another sandbox.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from keelnet.dataplane import Switch
 from keelnet.drivers import _userspace, _veth
 from keelnet.drivers.base import (
-    DATAPLANE_OPTION,
     Driver,
     HostContext,
     NetworkRequest,
@@ -69,13 +70,7 @@ class BridgeDriver(Driver):
         super().validate(ctx, request)
         mtu_option(request.options)
         option_bool(request.options, MASQUERADE, True)
-        icc = option_bool(request.options, ICC, True)
-        requested = request.options.get(DATAPLANE_OPTION, "auto")
-        if not icc and self.choose_dataplane(ctx, requested) == "userspace":
-            raise InvalidOption(
-                f"option {ICC}=false needs the kernel bridge (port isolation); the userspace "
-                "data plane switches every port to every other"
-            )
+        option_bool(request.options, ICC, True)
         bridge = request.options.get(NAME)
         if bridge is not None:
             if not 0 < len(bridge) <= _IFNAMSIZ or "/" in bridge or " " in bridge:
@@ -214,6 +209,8 @@ class BridgeDriver(Driver):
                 ifname=endpoint.ifname,
                 mac=endpoint.mac,
                 mtu=mtu_option(network.options),
+                # The gateway TAP stays open: isolated sandboxes still reach it.
+                isolation="open" if option_bool(network.options, ICC, True) else "private",
             )
         except DataplaneError as exc:
             if exc.errno == errno.EEXIST:
