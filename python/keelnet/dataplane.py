@@ -133,10 +133,16 @@ class Switch:
         device = ifname if sandbox is not None else name
         self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation)
 
-    def add_packet_port(self, ifname: str, *, vni: int) -> None:
+    def add_packet_port(self, ifname: str, *, vni: int, vlan: int | None = None) -> None:
         """Switch the existing host interface ``ifname`` (a veth, a macvlan parent...) in
-        ``vni`` through an AF_PACKET socket; the port is named ``ifname``."""
-        self._core.add_packet_port(ifname, _vni(vni))
+        ``vni`` through an AF_PACKET socket; the port is named ``ifname``. With ``vlan``
+        (1-4094) the port is that 802.1Q VLAN of ``ifname``: frames leave tagged, and only
+        frames of that VLAN come in (no VLAN device or 8021q module needed)."""
+        if vlan is not None and (
+            isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094
+        ):
+            raise InvalidRequest(f"VLAN id must be an integer in 1..4094, not {vlan!r}")
+        self._core.add_packet_port(ifname, _vni(vni), vlan)
 
     def add_vtep(self, local: str, *, port: int = 4789) -> None:
         """Add a VXLAN tunnel endpoint on the local underlay address ``local``. One VTEP

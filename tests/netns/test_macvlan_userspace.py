@@ -7,13 +7,19 @@ sandboxes in 192.0.2.128/25. Unlike ipvlan, every sandbox leaves with its own MA
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import pytest
 from netlab import HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, run_in, store_state
 from nettools import TcpServer, ping, tcp_request
 from test_ipvlan_userspace import GATEWAY, RANGE, SUBNET, Sniffer, _link, _neighbour, _open_fds
 
 import keelnet
-from keelnet import errors
+from keelnet import errors, sandbox
+from keelnet.kernel.namespaces import netns_path
 
 USERSPACE = {"parent": HOST_UPLINK, "dataplane": "userspace"}
 
@@ -51,12 +57,14 @@ def test_bridge_mode_sandboxes_use_their_own_macs(lab: Lab, host: keelnet.Host) 
     assert _open_fds() == fds  # the switch, its AF_PACKET port and the TAPs are closed
 
 
-def test_passthru_is_refused(lab: Lab, host: keelnet.Host) -> None:
+def test_refused_options_leave_nothing(lab: Lab, host: keelnet.Host) -> None:
     before = kernel_state(lab.host), store_state(lab.state_dir), _open_fds()
     with pytest.raises(errors.InvalidOption, match="passthru needs the kernel"):
         host.create_network(
             "mv", driver="macvlan", options={**USERSPACE, "macvlan_mode": "passthru"}
         )
+    with pytest.raises(errors.InvalidOption, match="VLAN id must be 1-4094"):
+        host.create_network("mv", driver="macvlan", options={**USERSPACE, "parent": "kn-up0.5000"})
     with pytest.raises(errors.MissingParentInterface):
         host.create_network("mv", driver="macvlan", options={**USERSPACE, "parent": "kn-nope0"})
     assert (kernel_state(lab.host), store_state(lab.state_dir), _open_fds()) == before
@@ -140,3 +148,124 @@ def test_vepa_sandboxes_do_not_reach_each_other_without_hairpin(
 def test_auto_keeps_the_kernel_macvlan_where_it_exists(lab: Lab, host: keelnet.Host) -> None:
     network = host.create_network("mv", driver="macvlan", options={"parent": HOST_UPLINK})
     assert network.dataplane == "kernel"
+
+
+# A hand-built VLAN 10 host on the outside's eth0 (this kernel has no 8021q): it answers
+# ARP and ICMP echo for its address only in frames whose tag (reported in PACKET_AUXDATA,
+# the kernel strips it) is VLAN 10, replying with tagged frames. Prints the VLAN ids of the
+# frames it saw from the sandbox's address.
+_VLAN_PEER = textwrap.dedent(
+    """
+    import json, select, socket, struct, sys, time
+    my_ip, my_mac, watch = socket.inet_aton(sys.argv[1]), bytes.fromhex("02000000a002"), sys.argv[2]
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA
+    s.bind(("eth0", 0))
+    print("ready", flush=True)
+
+    def checksum(data):
+        data += b"\\0" * (len(data) % 2)
+        total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+        total = (total >> 16) + (total & 0xFFFF)
+        return ~(total + (total >> 16)) & 0xFFFF
+
+    def send(dst, kind, payload):
+        s.send(dst + my_mac + struct.pack("!HHH", 0x8100, 10, kind) + payload)
+
+    seen = []
+    deadline = time.time() + float(sys.argv[3])
+    while time.time() < deadline:
+        ready, _, _ = select.select([s, sys.stdin], [], [], 0.1)
+        if sys.stdin in ready:
+            break
+        if s not in ready:
+            continue
+        data, ancillary, _, meta = s.recvmsg(65535, 64)
+        if meta[2] == socket.PACKET_OUTGOING:
+            continue
+        vid = None
+        for level, kind, value in ancillary:
+            status, _, _, _, _, tci, _ = struct.unpack("IIIHHHH", value[:20])
+            if level == 263 and kind == 8 and status & (1 << 4):
+                vid = tci & 0xFFF
+        kind = struct.unpack("!H", data[12:14])[0]
+        if kind == 0x0806 and data[28:32] == socket.inet_aton(watch):
+            seen.append(vid)
+        if kind == 0x0800 and data[26:30] == socket.inet_aton(watch):
+            seen.append(vid)
+        if vid != 10:
+            continue
+        if kind == 0x0806 and data[20:22] == b"\\0\\1" and data[38:42] == my_ip:
+            arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + my_mac + my_ip + data[22:32]
+            send(data[6:12], 0x0806, arp)
+        elif kind == 0x0800 and data[30:34] == my_ip and data[23] == 1 and data[34] == 8:
+            ip_len = (data[14] & 15) * 4
+            total = struct.unpack("!H", data[16:18])[0]
+            header = bytearray(data[14 : 14 + ip_len])
+            header[12:16], header[16:20] = data[30:34], data[26:30]
+            icmp = bytearray(data[14 + ip_len : 14 + total])
+            icmp[0], icmp[2:4] = 0, b"\\0\\0"
+            icmp[2:4] = struct.pack("!H", checksum(bytes(icmp)))
+            send(data[6:12], 0x0800, bytes(header) + bytes(icmp))
+    print(json.dumps(seen), flush=True)
+    """
+)
+
+
+class VlanPeer:
+    """The hand-built VLAN 10 host at `address`, while the `with` block runs."""
+
+    def __init__(self, netns: str, address: str, watch: str) -> None:
+        self.argv = [sys.executable, "-c", _VLAN_PEER, address, watch, "20"]
+        self.netns = netns
+        self.seen: list[int | None] = []
+
+    def __enter__(self) -> VlanPeer:
+        self.process = sandbox.popen_in(
+            netns_path(self.netns),
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != b"ready":
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise RuntimeError("VLAN peer did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            out, _ = self.process.communicate(input=b"stop", timeout=25)
+            self.seen = json.loads(out.decode() or "[]")
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+# Sandboxes get addresses from the bottom of the subnet; the outside hosts sit at the top.
+VLAN_SUBNET, VLAN_PEER, VLAN_UNTAGGED = "203.0.113.0/24", "203.0.113.200", "203.0.113.201"
+
+
+def test_a_vlan_parent_is_tagged_by_the_switch(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "mv10",
+        driver="macvlan",
+        subnet=VLAN_SUBNET,
+        options={**USERSPACE, "parent": f"{HOST_UPLINK}.10"},
+    )
+    assert _link(lab.host, f"{HOST_UPLINK}.10") is None  # no VLAN device: tagged in userspace
+    a = lab.name("a")
+    host.create_sandbox(a)
+    ep = host.connect("mv10", a)
+    with VlanPeer(lab.outside, VLAN_PEER, str(ep.ip)) as peer:
+        assert ping(a, VLAN_PEER)
+    assert peer.seen and set(peer.seen) == {10}, peer.seen
+    # The untagged LAN on the same wire (the outside's own stack): no reach either way.
+    run_in(lab.outside, "ip", "addr", "add", f"{VLAN_UNTAGGED}/24", "dev", "eth0")
+    assert not ping(a, VLAN_UNTAGGED)
+    assert not ping(lab.outside, str(ep.ip))
+    host.disconnect("mv10", a)
+    host.remove_network("mv10")

@@ -12,8 +12,8 @@ from keelnet.errors import InvalidOption, KernelFeatureMissing, MissingParentInt
 from keelnet.kernel import links
 
 PARENT = "parent"
-NO_USERSPACE_VLAN = "keelnet's userspace data plane tags 802.1q VLANs for ipvlan l2 only "
-NO_USERSPACE_VLAN += "(-o dataplane=userspace)"
+NO_USERSPACE_VLAN = "keelnet's userspace data plane tags 802.1q VLANs for macvlan and "
+NO_USERSPACE_VLAN += "ipvlan l2 (-o dataplane=userspace)"
 
 
 @dataclass(frozen=True)

@@ -129,13 +129,15 @@ USERSPACE_ISOLATION = {"bridge": "open", "vepa": "vepa", "private": "private"}
 class MacvlanPlane:
     """macvlan on the userspace data plane: keelnet's switch with an AF_PACKET port on the
     parent and a TAP per sandbox, each with the endpoint's own MAC and its mode's
-    forwarding rule (USERSPACE_ISOLATION)."""
+    forwarding rule (USERSPACE_ISOLATION). A VLAN parent is tagged by the switch's port."""
 
-    def __init__(self, ctx: HostContext, parent: str) -> None:
-        self.parent = parent
+    def __init__(self, ctx: HostContext, parent: _parent.Parent) -> None:
+        self.parent = parent.name  # networks on the same parent (and VLAN) share the plane
+        self.base = parent.base  # the interface the AF_PACKET port is on
         self.switch = Switch(ctx.netns_path)
         try:
-            self.switch.add_packet_port(parent, vni=0)
+            # A VLAN parent `eth1.10`: the port tags VLAN 10 itself (no VLAN device).
+            self.switch.add_packet_port(parent.base, vni=0, vlan=parent.vlan)
             self.switch.start()
         except BaseException:
             self.switch.close()
@@ -180,13 +182,15 @@ class MacvlanDriver(LowerDeviceDriver):
         existing = planes.get(network.id)
         if isinstance(existing, MacvlanPlane):
             return existing
-        parent = _parent.parse(network.options, self.name).name
+        parent = _parent.parse(network.options, self.name)
         for running in planes.running():
-            if isinstance(running, MacvlanPlane) and running.parent == parent:
+            if isinstance(running, MacvlanPlane) and running.parent == parent.name:
                 planes.add(network.id, running)
                 return running
-        if links.link_index(ctx.ipr, parent) is None:
-            raise MissingParentInterface(f"macvlan: parent interface {parent!r} does not exist")
+        if links.link_index(ctx.ipr, parent.base) is None:
+            raise MissingParentInterface(
+                f"macvlan: parent interface {parent.base!r} does not exist"
+            )
         plane = MacvlanPlane(ctx, parent)
         try:
             planes.add(network.id, plane)
@@ -195,19 +199,22 @@ class MacvlanDriver(LowerDeviceDriver):
             raise
         return plane
 
+    def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
+        parent = _parent.parse(request.options, self.name)
+        requested = request.options.get(DATAPLANE_OPTION, "auto")
+        return parent.vlan is not None and self.choose_dataplane(ctx, requested) == "userspace"
+
     def create_network(self, ctx: HostContext, network: Network) -> None:
-        super().create_network(ctx, network)  # the VLAN parent, where the kernel can
-        if network.dataplane == "userspace":
-            try:
-                self._plane(ctx, network)
-            except BaseException:
-                super().delete_network(ctx, network)
-                raise
+        if network.dataplane == "kernel":
+            super().create_network(ctx, network)  # the VLAN device, for a VLAN parent
+        else:
+            self._plane(ctx, network)  # tags a VLAN parent's frames itself
 
     def delete_network(self, ctx: HostContext, network: Network) -> None:
         if network.dataplane == "userspace":
             _userspace.planes_of(ctx).close(network.id)
-        super().delete_network(ctx, network)
+        else:
+            super().delete_network(ctx, network)
 
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
@@ -216,9 +223,9 @@ class MacvlanDriver(LowerDeviceDriver):
             super().create_endpoint(ctx, network, endpoint, sandbox_path)
             return
         plane = self._plane(ctx, network)
-        parent_index = links.link_index(ctx.ipr, plane.parent)
+        parent_index = links.link_index(ctx.ipr, plane.base)
         if parent_index is None:
-            raise KernelError(f"macvlan: parent {plane.parent} is gone")
+            raise KernelError(f"macvlan: parent {plane.base} is gone")
         mtu = ctx.ipr.link("get", index=parent_index)[0].get("mtu")
         try:
             plane.switch.add_tap(

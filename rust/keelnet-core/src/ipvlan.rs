@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crate::fdb::MacAddr;
-use crate::io::packet_socket::PacketSocket;
+use crate::io::packet_socket::{PacketSocket, receive_tagged, tag};
 use crate::io::tap::{self, Tap, TapConfig};
 use crate::io::{VNET_HDR_LEN, netns};
 use crate::packet::arp::ArpPacket;
@@ -466,90 +466,6 @@ fn ipv6_total_len(packet: &[u8]) -> usize {
     crate::packet::ipv6::HEADER_LEN + usize::from(u16::from_be_bytes([packet[4], packet[5]]))
 }
 
-/// `frame` with an 802.1Q tag after the MACs, into `out` behind its virtio-net header;
-/// offsets in the header move by the 4 tag bytes.
-fn tag(out: &mut Vec<u8>, header: &[u8], frame: &[u8], vid: u16) -> Result<(), ()> {
-    let mut vnet = VirtioNetHdr::parse(header).map_err(|_| ())?;
-    if vnet.flags & offload::F_NEEDS_CSUM != 0 {
-        vnet.csum_start = vnet.csum_start.checked_add(4).ok_or(())?;
-    }
-    if vnet.gso_type != gso_type::NONE {
-        vnet.hdr_len = vnet.hdr_len.checked_add(4).ok_or(())?;
-    }
-    out.clear();
-    out.resize(VNET_HDR_LEN, 0);
-    vnet.write(out).map_err(|_| ())?;
-    out.extend_from_slice(&frame[..12]);
-    out.extend_from_slice(&ethertype::VLAN.to_be_bytes());
-    out.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
-    out.extend_from_slice(&frame[12..]);
-    Ok(())
-}
-
-/// `PACKET_AUXDATA` (linux/if_packet.h) and its `tp_status` bit for a valid VLAN tag.
-const PACKET_AUXDATA: libc::c_int = 8;
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-
-/// `struct tpacket_auxdata`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AuxData {
-    status: u32,
-    len: u32,
-    snaplen: u32,
-    mac: u16,
-    net: u16,
-    vlan_tci: u16,
-    vlan_tpid: u16,
-}
-
-/// Reads one frame from the parent like [`PacketSocket::read`], and the VLAN id the
-/// kernel took off it into `vid` (the socket has `PACKET_AUXDATA` on).
-fn receive_tagged(
-    socket: &PacketSocket,
-    buffer: &mut [u8],
-    vid: &mut Option<u16>,
-) -> io::Result<Option<usize>> {
-    let mut control = [0u64; 8];
-    let mut iovec = libc::iovec {
-        iov_base: buffer.as_mut_ptr().cast(),
-        iov_len: buffer.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; it points at the iovec and control buffer above.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &mut iovec;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = size_of::<[u64; 8]>();
-    // SAFETY: recvmsg into buffers that outlive the call, of the stated sizes.
-    let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_DONTWAIT) };
-    if received < 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() == io::ErrorKind::WouldBlock {
-            return Ok(None);
-        }
-        return Err(error);
-    }
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&message);
-        while !cmsg.is_null() {
-            let length = (*cmsg).cmsg_len as usize;
-            if (*cmsg).cmsg_level == libc::SOL_PACKET
-                && (*cmsg).cmsg_type == PACKET_AUXDATA
-                && length >= libc::CMSG_LEN(size_of::<AuxData>() as u32) as usize
-            {
-                let aux = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<AuxData>());
-                if aux.status & TP_STATUS_VLAN_VALID != 0 {
-                    *vid = Some(aux.vlan_tci & 0x0fff);
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&message, cmsg);
-        }
-    }
-    Ok(Some(received as usize))
-}
-
 fn send_raw_v4(socket: &OwnedFd, packet: &[u8], to: std::net::Ipv4Addr) -> io::Result<usize> {
     // SAFETY: zeroed sockaddr_in is valid; completed below.
     let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -740,17 +656,7 @@ impl Ipvlan {
             }
         }
         let parent = PacketSocket::open(config.netns.as_deref(), &config.parent)?;
-        let on: libc::c_int = 1;
-        // SAFETY: setting an int option, which outlives the call, on the socket we own.
-        crate::io::check(unsafe {
-            libc::setsockopt(
-                parent.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_AUXDATA,
-                (&on as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
+        crate::io::packet_socket::enable_auxdata(&parent)?;
         let ifname = config.parent.clone();
         let mode = config.mode;
         let (parent_mac, router) = netns::run_in(config.netns.as_deref(), move || {
@@ -1046,31 +952,6 @@ mod tests {
             owner_address(&EthernetFrame::parse(&frame).unwrap()),
             Ok(None)
         );
-    }
-
-    #[test]
-    fn tagging_inserts_the_tag_and_moves_the_offsets() {
-        let mut frame = [0u8; 60];
-        ethernet::write_header(&mut frame, &[2; 6], &[4; 6], None, ethertype::IPV4).unwrap();
-        let vnet = VirtioNetHdr {
-            flags: offload::F_NEEDS_CSUM,
-            gso_type: gso_type::TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-        };
-        let mut header = [0u8; VNET_HDR_LEN];
-        vnet.write(&mut header).unwrap();
-        let mut out = Vec::new();
-        tag(&mut out, &header, &frame, 10).unwrap();
-        let moved = VirtioNetHdr::parse(&out).unwrap();
-        assert_eq!((moved.csum_start, moved.hdr_len), (38, 58));
-        let tagged = EthernetFrame::parse(&out[VNET_HDR_LEN..]).unwrap();
-        assert_eq!(tagged.vlan().map(|t| t.vid), Some(10));
-        assert_eq!(tagged.ethertype(), ethertype::IPV4);
-        assert_eq!(tagged.payload(), &frame[14..]);
-        assert_eq!(tag(&mut out, &header[..4], &frame, 10), Err(()));
     }
 
     #[test]

@@ -159,9 +159,16 @@ impl PySwitch {
             .map_err(to_py)
     }
 
-    fn add_packet_port(&self, py: Python<'_>, ifname: &str, vni: u32) -> PyResult<()> {
+    #[pyo3(signature = (ifname, vni, vlan=None))]
+    fn add_packet_port(
+        &self,
+        py: Python<'_>,
+        ifname: &str,
+        vni: u32,
+        vlan: Option<u16>,
+    ) -> PyResult<()> {
         let switch = self.switch()?;
-        py.detach(|| switch.add_packet_port(ifname, vni))
+        py.detach(|| switch.add_packet_port(ifname, vni, vlan))
             .map_err(to_py)
     }
 

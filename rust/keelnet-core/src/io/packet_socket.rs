@@ -6,6 +6,10 @@
 //! and the switch handles both port kinds alike. Receive is batched with `recvmmsg`.
 //! The interface is put in promiscuous mode (a switch port must see every frame), and
 //! our own transmissions are not looped back (`PACKET_IGNORE_OUTGOING`).
+//!
+//! A socket opened with a VLAN id stands for the VLAN device `eth1.<id>` where the kernel
+//! has no 8021q module: it tags what it sends, and takes in only frames of that VLAN
+//! (the kernel strips the tag before packet taps and reports it in `PACKET_AUXDATA`).
 
 use std::io;
 use std::mem::size_of;
@@ -14,6 +18,8 @@ use std::path::Path;
 
 use super::sys::{self, RecvBatch, check, context};
 use super::{VNET_HDR_LEN, netns};
+use crate::packet::ethernet::{self, ethertype};
+use crate::packet::offload::{self, VirtioNetHdr, gso_type};
 
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -25,7 +31,12 @@ pub struct PacketSocket {
     ifname: String,
     ifindex: u32,
     mtu: u32,
+    /// The VLAN this socket tags and accepts (`None`: the untagged LAN).
+    vlan: Option<u16>,
 }
+
+/// Frames read at most per [`PacketSocket::read`] call while skipping other VLANs'.
+const VLAN_SKIP_BUDGET: usize = 64;
 
 impl PacketSocket {
     /// Opens a socket on `ifname` in namespace `netns` (`None`: the caller's).
@@ -87,8 +98,31 @@ impl PacketSocket {
                 ifname: ifname.clone(),
                 ifindex,
                 mtu,
+                vlan: None,
             })
         })
+    }
+
+    /// Opens a socket on `ifname` that carries VLAN `vlan` (1-4094) only.
+    pub fn open_vlan(
+        netns_path: Option<&Path>,
+        ifname: &str,
+        vlan: u16,
+    ) -> io::Result<PacketSocket> {
+        if !(1..=4094).contains(&vlan) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("VLAN {vlan}: ids are 1-4094"),
+            ));
+        }
+        let mut socket = PacketSocket::open(netns_path, ifname)?;
+        enable_auxdata(&socket)?;
+        socket.vlan = Some(vlan);
+        Ok(socket)
+    }
+
+    pub fn vlan(&self) -> Option<u16> {
+        self.vlan
     }
 
     pub fn ifname(&self) -> &str {
@@ -105,13 +139,43 @@ impl PacketSocket {
 
     /// Receives one frame (virtio-net header + Ethernet frame); `Ok(None)` when none
     /// waits.
+    /// On a VLAN socket, other VLANs' frames (and untagged ones) are skipped; after
+    /// [`VLAN_SKIP_BUDGET`] of them it returns `Ok(None)` (the socket stays readable).
     pub fn read(&self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
-        sys::read_nonblocking(self.fd.as_raw_fd(), buffer)
+        let Some(vlan) = self.vlan else {
+            return sys::read_nonblocking(self.fd.as_raw_fd(), buffer);
+        };
+        for _ in 0..VLAN_SKIP_BUDGET {
+            let mut vid = None;
+            let Some(length) = receive_tagged(self, buffer, &mut vid)? else {
+                return Ok(None);
+            };
+            let inner_tagged = length >= VNET_HDR_LEN + ethernet::HEADER_LEN
+                && buffer[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == ethertype::VLAN.to_be_bytes();
+            if vid == Some(vlan) && !inner_tagged {
+                return Ok(Some(length));
+            }
+        }
+        Ok(None)
     }
 
-    /// Sends one frame given in parts (virtio-net header first).
+    /// Sends one frame given in parts (virtio-net header first); a VLAN socket tags it.
     pub fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
-        sys::write_vectored(self.fd.as_raw_fd(), parts)
+        let Some(vlan) = self.vlan else {
+            return sys::write_vectored(self.fd.as_raw_fd(), parts);
+        };
+        let data = parts.concat();
+        if data.len() < VNET_HDR_LEN + ethernet::HEADER_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame too short",
+            ));
+        }
+        let (header, frame) = data.split_at(VNET_HDR_LEN);
+        let mut tagged = Vec::with_capacity(data.len() + 4);
+        tag(&mut tagged, header, frame, vlan)
+            .map_err(|()| io::Error::new(io::ErrorKind::InvalidInput, "bad virtio-net header"))?;
+        sys::write_vectored(self.fd.as_raw_fd(), &[&tagged])
     }
 
     /// Bytes of virtio-net header in front of each frame.
@@ -152,5 +216,126 @@ impl PacketReceiver {
             &self.batch.buffers[index][..length],
             self.batch.truncated[index],
         )
+    }
+}
+
+/// `frame` with an 802.1Q tag after the MACs, into `out` behind its virtio-net header;
+/// offsets in the header move by the 4 tag bytes.
+pub(crate) fn tag(out: &mut Vec<u8>, header: &[u8], frame: &[u8], vid: u16) -> Result<(), ()> {
+    let mut vnet = VirtioNetHdr::parse(header).map_err(|_| ())?;
+    if vnet.flags & offload::F_NEEDS_CSUM != 0 {
+        vnet.csum_start = vnet.csum_start.checked_add(4).ok_or(())?;
+    }
+    if vnet.gso_type != gso_type::NONE {
+        vnet.hdr_len = vnet.hdr_len.checked_add(4).ok_or(())?;
+    }
+    out.clear();
+    out.resize(VNET_HDR_LEN, 0);
+    vnet.write(out).map_err(|_| ())?;
+    out.extend_from_slice(&frame[..12]);
+    out.extend_from_slice(&ethertype::VLAN.to_be_bytes());
+    out.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    Ok(())
+}
+
+/// `PACKET_AUXDATA` (linux/if_packet.h) and its `tp_status` bit for a valid VLAN tag.
+pub(crate) const PACKET_AUXDATA: libc::c_int = 8;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+
+/// `struct tpacket_auxdata`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AuxData {
+    status: u32,
+    len: u32,
+    snaplen: u32,
+    mac: u16,
+    net: u16,
+    vlan_tci: u16,
+    vlan_tpid: u16,
+}
+
+/// Reads one frame from the parent like [`PacketSocket::read`], and the VLAN id the
+/// kernel took off it into `vid` (the socket has `PACKET_AUXDATA` on).
+pub(crate) fn receive_tagged(
+    socket: &PacketSocket,
+    buffer: &mut [u8],
+    vid: &mut Option<u16>,
+) -> io::Result<Option<usize>> {
+    let mut control = [0u64; 8];
+    let mut iovec = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; it points at the iovec and control buffer above.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iovec;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = size_of::<[u64; 8]>();
+    // SAFETY: recvmsg into buffers that outlive the call, of the stated sizes.
+    let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_DONTWAIT) };
+    if received < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(error);
+    }
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&message);
+        while !cmsg.is_null() {
+            let length = (*cmsg).cmsg_len as usize;
+            if (*cmsg).cmsg_level == libc::SOL_PACKET
+                && (*cmsg).cmsg_type == PACKET_AUXDATA
+                && length >= libc::CMSG_LEN(size_of::<AuxData>() as u32) as usize
+            {
+                let aux = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<AuxData>());
+                if aux.status & TP_STATUS_VLAN_VALID != 0 {
+                    *vid = Some(aux.vlan_tci & 0x0fff);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&message, cmsg);
+        }
+    }
+    Ok(Some(received as usize))
+}
+
+/// Asks the kernel to report the VLAN tag it took off each frame (`PACKET_AUXDATA`).
+pub(crate) fn enable_auxdata(socket: &PacketSocket) -> io::Result<()> {
+    sys::set_int_option(socket.as_raw_fd(), libc::SOL_PACKET, PACKET_AUXDATA, 1)
+        .map_err(|error| context(error, "PACKET_AUXDATA"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::ethernet::EthernetFrame;
+
+    #[test]
+    fn tagging_inserts_the_tag_and_moves_the_offsets() {
+        let mut frame = [0u8; 60];
+        ethernet::write_header(&mut frame, &[2; 6], &[4; 6], None, ethertype::IPV4).unwrap();
+        let vnet = VirtioNetHdr {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: gso_type::TCPV4,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut header = [0u8; VNET_HDR_LEN];
+        vnet.write(&mut header).unwrap();
+        let mut out = Vec::new();
+        tag(&mut out, &header, &frame, 10).unwrap();
+        let moved = VirtioNetHdr::parse(&out).unwrap();
+        assert_eq!((moved.csum_start, moved.hdr_len), (38, 58));
+        let tagged = EthernetFrame::parse(&out[VNET_HDR_LEN..]).unwrap();
+        assert_eq!(tagged.vlan().map(|t| t.vid), Some(10));
+        assert_eq!(tagged.ethertype(), ethertype::IPV4);
+        assert_eq!(tagged.payload(), &frame[14..]);
+        assert_eq!(tag(&mut out, &header[..4], &frame, 10), Err(()));
     }
 }

@@ -555,9 +555,11 @@ impl Engine {
 
     pub fn port_readable(&mut self, id: u32) {
         self.clock = self.now();
+        // A VLAN socket reads one frame at a time (each needs its tag from the control
+        // message); the others in batches.
         if matches!(
             self.ports.get(&id).map(|port| &*port.io),
-            Some(PortIo::Packet(_))
+            Some(PortIo::Packet(socket)) if socket.vlan().is_none()
         ) {
             return self.packet_port_readable(id);
         }

@@ -369,12 +369,16 @@ impl Switch {
     }
 
     /// Adds an AF_PACKET port on the existing interface `ifname` of the host namespace;
-    /// the port is named after the interface.
-    pub fn add_packet_port(&self, ifname: &str, vni: u32) -> io::Result<()> {
+    /// the port is named after the interface. With `vlan`, the port is that 802.1Q VLAN
+    /// on the interface (tagged in userspace, like a VLAN device `ifname.<vlan>`).
+    pub fn add_packet_port(&self, ifname: &str, vni: u32, vlan: Option<u16>) -> io::Result<()> {
         check_vni(vni)?;
         self.reserve_name(ifname)?;
         let netns = self.shared.engine().config.netns.clone();
-        let socket = PacketSocket::open(netns.as_deref(), ifname)?;
+        let socket = match vlan {
+            None => PacketSocket::open(netns.as_deref(), ifname)?,
+            Some(vid) => PacketSocket::open_vlan(netns.as_deref(), ifname, vid)?,
+        };
         self.attach(ifname, vni, PortIo::Packet(socket), Isolation::Open)
     }
 
