@@ -126,7 +126,9 @@ class Host:
             ):
                 raise DuplicateNetwork(f"only one instance of {the_driver.name!r} can be created")
             the_driver.validate(self._ctx, NetworkRequest(name, opts, ipv6, internal))
-            dataplane = the_driver.choose_dataplane(self._ctx, opts.get(DATAPLANE_OPTION, "auto"))
+            dataplane = the_driver.choose_dataplane(
+                self._ctx, opts.get(DATAPLANE_OPTION, "auto"), options=opts
+            )
             network_id = secrets.token_hex(32)
             configs: tuple[IpamConfig, ...] = ()
             pools: dict[int, AddressPool] = {}

@@ -111,7 +111,10 @@ CASES: list[tuple[str, type[Exception], Action]] = [
         "macvlan on a VLAN parent without 8021q",
         errors.KernelFeatureMissing,
         lambda h, lab: h.create_network(
-            "o", driver="macvlan", subnet="10.83.0.0/24", options={"parent": f"{HOST_UPLINK}.10"}
+            "o",
+            driver="macvlan",
+            subnet="10.83.0.0/24",
+            options={"parent": f"{HOST_UPLINK}.10", "dataplane": "kernel"},
         ),
     ),
     ("bad network name", errors.InvalidName, lambda h, lab: h.create_network("a b")),
@@ -154,7 +157,9 @@ def test_kernel_feature_missing_names_module_and_alternative(lab: Lab, host: kee
     if links.kind_supported("vlan", host.netns_path):
         pytest.skip("this kernel has 8021q")
     with pytest.raises(errors.KernelFeatureMissing) as raised:
-        host.create_network("v", driver="macvlan", options={"parent": f"{HOST_UPLINK}.10"})
+        host.create_network(
+            "v", driver="macvlan", options={"parent": f"{HOST_UPLINK}.10", "dataplane": "kernel"}
+        )
     assert raised.value.module == "8021q"
     assert "userspace" in raised.value.alternative
 

@@ -19,6 +19,7 @@ from test_ipvlan_userspace import GATEWAY, RANGE, SUBNET, Sniffer, _link, _neigh
 
 import keelnet
 from keelnet import errors, sandbox
+from keelnet.kernel import links
 from keelnet.kernel.namespaces import netns_path
 
 USERSPACE = {"parent": HOST_UPLINK, "dataplane": "userspace"}
@@ -269,3 +270,18 @@ def test_a_vlan_parent_is_tagged_by_the_switch(lab: Lab, host: keelnet.Host) -> 
     assert not ping(lab.outside, str(ep.ip))
     host.disconnect("mv10", a)
     host.remove_network("mv10")
+
+
+def test_auto_tags_a_vlan_parent_in_userspace_without_8021q(lab: Lab, host: keelnet.Host) -> None:
+    if links.kind_supported("vlan", host.netns_path):
+        pytest.skip("this kernel has 8021q: auto takes the kernel's VLAN device")
+    host.create_network(
+        "mv10", driver="macvlan", subnet=VLAN_SUBNET, options={"parent": f"{HOST_UPLINK}.10"}
+    )
+    assert host.inspect_network("mv10")["DataPlane"] == "userspace"
+    a = lab.name("a")
+    host.create_sandbox(a)
+    ep = host.connect("mv10", a)
+    with VlanPeer(lab.outside, VLAN_PEER, str(ep.ip)) as peer:
+        assert ping(a, VLAN_PEER)
+    assert peer.seen and set(peer.seen) == {10}, peer.seen

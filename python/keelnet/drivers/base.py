@@ -71,8 +71,11 @@ class Driver(ABC):
                 f"driver {self.name!r} does not know option(s) {', '.join(sorted(unknown))}"
             )
 
-    def choose_dataplane(self, ctx: HostContext, requested: str) -> str:
-        """The data plane that will run for `requested` (kernel|userspace|auto)."""
+    def choose_dataplane(
+        self, ctx: HostContext, requested: str, options: Mapping[str, str] | None = None
+    ) -> str:
+        """The data plane that will run for `requested` (kernel|userspace|auto), for a
+        network with `options`."""
         if requested not in DATAPLANES:
             raise InvalidOption(
                 f"invalid dataplane {requested!r}: use one of {', '.join(DATAPLANES)}"

@@ -48,7 +48,8 @@ class IpvlanDriver(LowerDeviceDriver):
     def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
         parent = _parent.parse(request.options, self.name)
         requested = request.options.get(DATAPLANE_OPTION, "auto")
-        if parent.vlan is None or self.choose_dataplane(ctx, requested) != "userspace":
+        dataplane = self.choose_dataplane(ctx, requested, request.options)
+        if parent.vlan is None or dataplane != "userspace":
             return False
         if request.options.get(self.mode_option, self.default_mode) != "l2":
             raise InvalidOption(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from collections.abc import Mapping
 from typing import ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -34,14 +35,18 @@ class LowerDeviceDriver(Driver):
     #: What to tell a user whose kernel lacks the module.
     userspace_instead: ClassVar[str]
 
-    def choose_dataplane(self, ctx: HostContext, requested: str) -> str:
-        """`auto` takes the kernel where it has the module, the userspace plane elsewhere."""
+    def choose_dataplane(
+        self, ctx: HostContext, requested: str, options: Mapping[str, str] | None = None
+    ) -> str:
+        """`auto` takes the kernel where it has the module (and, for a VLAN parent, the
+        VLAN device or 8021q), the userspace plane elsewhere."""
         if requested not in DATAPLANES:
             raise InvalidOption(
                 f"invalid dataplane {requested!r}: use one of {', '.join(DATAPLANES)}"
             )
         kernel_has_it = links.kind_supported(self.kind, ctx.netns_path)
-        if requested == "kernel" or (requested == "auto" and kernel_has_it):
+        kernel_serves_it = kernel_has_it and self._kernel_has_vlan_parent(ctx, options)
+        if requested == "kernel" or (requested == "auto" and kernel_serves_it):
             if not kernel_has_it:
                 raise _parent.missing_module(
                     f"{self.kind} networks on the kernel data plane",
@@ -50,6 +55,16 @@ class LowerDeviceDriver(Driver):
                 )
             return "kernel"
         return "userspace"
+
+    def _kernel_has_vlan_parent(self, ctx: HostContext, options: Mapping[str, str] | None) -> bool:
+        """Whether the kernel can give a VLAN parent `eth1.10` (it exists, or 8021q can
+        make it); true for plain parents."""
+        if not options or not options.get(_parent.PARENT):
+            return True
+        parent = _parent.parse(options, self.name)
+        if parent.vlan is None or links.link_index(ctx.ipr, parent.name) is not None:
+            return True
+        return links.kind_supported("vlan", ctx.netns_path)
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -163,7 +178,8 @@ class MacvlanDriver(LowerDeviceDriver):
         super().validate(ctx, request)
         requested = request.options.get(DATAPLANE_OPTION, "auto")
         mode = request.options.get(self.mode_option, self.default_mode)
-        if mode not in USERSPACE_ISOLATION and self.choose_dataplane(ctx, requested) == "userspace":
+        dataplane = self.choose_dataplane(ctx, requested, request.options)
+        if mode not in USERSPACE_ISOLATION and dataplane == "userspace":
             raise InvalidOption(
                 f"macvlan: macvlan_mode={mode} is not emulated by the userspace data plane "
                 f"(modes {', '.join(USERSPACE_ISOLATION)}; passthru needs the kernel's macvlan)"
@@ -202,7 +218,8 @@ class MacvlanDriver(LowerDeviceDriver):
     def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
         parent = _parent.parse(request.options, self.name)
         requested = request.options.get(DATAPLANE_OPTION, "auto")
-        return parent.vlan is not None and self.choose_dataplane(ctx, requested) == "userspace"
+        dataplane = self.choose_dataplane(ctx, requested, request.options)
+        return parent.vlan is not None and dataplane == "userspace"
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
         if network.dataplane == "kernel":
