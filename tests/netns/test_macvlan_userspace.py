@@ -8,14 +8,26 @@ sandboxes in 192.0.2.128/25. Unlike ipvlan, every sandbox leaves with its own MA
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from netlab import HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, run_in, store_state
 from nettools import TcpServer, ping, tcp_request
-from test_ipvlan_userspace import GATEWAY, RANGE, SUBNET, Sniffer, _link, _neighbour, _open_fds
+from test_ipvlan_userspace import (
+    GATEWAY,
+    RANGE,
+    SUBNET,
+    Sniffer,
+    _link,
+    _neighbour,
+    _open_fds,
+    _send_raw,
+)
 
 import keelnet
 from keelnet import errors, sandbox
@@ -285,3 +297,29 @@ def test_auto_tags_a_vlan_parent_in_userspace_without_8021q(lab: Lab, host: keel
     with VlanPeer(lab.outside, VLAN_PEER, str(ep.ip)) as peer:
         assert ping(a, VLAN_PEER)
     assert peer.seen and set(peer.seen) == {10}, peer.seen
+
+
+def _arp_request(sender_ip: str, target_ip: str, vlan: int | None) -> bytes:
+    sender_mac = bytes.fromhex("02000000a003")
+    tag = b"" if vlan is None else struct.pack("!HH", 0x8100, vlan)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + sender_mac
+    arp += socket.inet_aton(sender_ip) + bytes(6) + socket.inet_aton(target_ip)
+    return b"\xff" * 6 + sender_mac + tag + b"\x08\x06" + arp
+
+
+def test_an_untagged_parent_ignores_vlan_frames(lab: Lab, host: keelnet.Host) -> None:
+    host.create_network(
+        "mv", driver="macvlan", subnet=SUBNET, gateway=GATEWAY, ip_range=RANGE, options=USERSPACE
+    )
+    b = lab.name("b")
+    host.create_sandbox(b)
+    ep = host.connect("mv", b)
+
+    def replies_to(vlan: int | None) -> list[dict[str, object]]:
+        with Sniffer(lab.outside) as sniffer:
+            _send_raw(lab.outside, "eth0", _arp_request("192.0.2.77", str(ep.ip), vlan))
+            time.sleep(0.5)  # time for an answer to come back
+        return [f for f in sniffer.arriving() if f.get("op") == 2 and f["sender_ip"] == ep.ip]
+
+    assert replies_to(10) == []  # VLAN 10's request is not the untagged LAN's
+    assert replies_to(None)  # while the same request untagged is answered

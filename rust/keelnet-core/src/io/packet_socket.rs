@@ -101,6 +101,12 @@ impl PacketSocket {
                 vlan: None,
             })
         })
+        .and_then(|socket| {
+            // Every socket learns each frame's VLAN: an untagged port must not take in
+            // tagged frames the kernel stripped before handing them over.
+            enable_auxdata(&socket)?;
+            Ok(socket)
+        })
     }
 
     /// Opens a socket on `ifname` that carries VLAN `vlan` (1-4094) only.
@@ -116,7 +122,6 @@ impl PacketSocket {
             ));
         }
         let mut socket = PacketSocket::open(netns_path, ifname)?;
-        enable_auxdata(&socket)?;
         socket.vlan = Some(vlan);
         Ok(socket)
     }
@@ -217,6 +222,11 @@ impl PacketReceiver {
             self.batch.truncated[index],
         )
     }
+
+    /// The VLAN id frame `index` carried on the wire (`None`: untagged).
+    pub fn vlan(&self, index: usize) -> Option<u16> {
+        auxdata_vlan(self.batch.header(index))
+    }
 }
 
 /// `frame` with an 802.1Q tag after the MACs, into `out` behind its virtio-net header;
@@ -283,9 +293,16 @@ pub(crate) fn receive_tagged(
         }
         return Err(error);
     }
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled.
+    *vid = auxdata_vlan(&message);
+    Ok(Some(received as usize))
+}
+
+/// The VLAN id the kernel took off a received frame, from its `PACKET_AUXDATA`.
+fn auxdata_vlan(message: &libc::msghdr) -> Option<u16> {
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // msg_controllen.
     unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&message);
+        let mut cmsg = libc::CMSG_FIRSTHDR(message);
         while !cmsg.is_null() {
             let length = (*cmsg).cmsg_len as usize;
             if (*cmsg).cmsg_level == libc::SOL_PACKET
@@ -294,13 +311,13 @@ pub(crate) fn receive_tagged(
             {
                 let aux = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<AuxData>());
                 if aux.status & TP_STATUS_VLAN_VALID != 0 {
-                    *vid = Some(aux.vlan_tci & 0x0fff);
+                    return Some(aux.vlan_tci & 0x0fff);
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&message, cmsg);
+            cmsg = libc::CMSG_NXTHDR(message, cmsg);
         }
     }
-    Ok(Some(received as usize))
+    None
 }
 
 /// Asks the kernel to report the VLAN tag it took off each frame (`PACKET_AUXDATA`).

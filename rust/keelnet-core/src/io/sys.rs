@@ -375,6 +375,11 @@ impl RecvBatch {
         Ok(received)
     }
 
+    /// The header of message `index` of the last receive (its control messages).
+    pub fn header(&self, index: usize) -> &libc::msghdr {
+        &self.headers[index].msg_hdr
+    }
+
     /// The first control message of `level`/`kind` of message `index`, as a u16 or i32.
     pub fn control_int(&self, index: usize, level: libc::c_int, kind: libc::c_int) -> Option<i32> {
         let header = &self.headers[index].msg_hdr;

@@ -555,11 +555,9 @@ impl Engine {
 
     pub fn port_readable(&mut self, id: u32) {
         self.clock = self.now();
-        // A VLAN socket reads one frame at a time (each needs its tag from the control
-        // message); the others in batches.
         if matches!(
             self.ports.get(&id).map(|port| &*port.io),
-            Some(PortIo::Packet(socket)) if socket.vlan().is_none()
+            Some(PortIo::Packet(_))
         ) {
             return self.packet_port_readable(id);
         }
@@ -588,8 +586,8 @@ impl Engine {
             return;
         };
         for _ in 0..PORT_BUDGET / PACKET_BATCH {
-            let result = match self.ports.get(&id).map(|port| &*port.io) {
-                Some(PortIo::Packet(socket)) => receiver.receive(socket),
+            let (result, port_vlan) = match self.ports.get(&id).map(|port| &*port.io) {
+                Some(PortIo::Packet(socket)) => (receiver.receive(socket), socket.vlan()),
                 _ => break,
             };
             match result {
@@ -597,6 +595,10 @@ impl Engine {
                 Ok(count) => {
                     for index in 0..count {
                         let (frame, truncated) = receiver.frame(index);
+                        if receiver.vlan(index) != port_vlan {
+                            // Another VLAN's traffic (or the untagged LAN's) on this wire.
+                            continue;
+                        }
                         if truncated {
                             let vni = self.ports.get(&id).map(|port| port.vni);
                             self.count_drop(DropReason::Truncated, At::Port(id), vni);
