@@ -369,7 +369,7 @@ class Host:
             endpoint = Endpoint(
                 ip=addresses.get(4),
                 ipv6=addresses.get(6),
-                mac=(mac or links.random_mac()).lower() if driver.uses_ipam else "",
+                mac=driver.endpoint_mac(self._ctx, net, mac) if driver.uses_ipam else "",
                 ifname=ifname,
                 gateway=v4.gateway if v4 and routed else None,
                 ipv6_gateway=v6.gateway if v6 and routed else None,

@@ -187,8 +187,11 @@ def test_l2_frames_and_arp_replies_carry_the_parent_mac(
 ) -> None:
     a = lab.name("a")
     host.create_sandbox(a)
-    ep = host.connect(l2, a, mac="02:00:00:00:00:aa")  # ipvlan has no MAC of its own
+    ep = host.connect(l2, a)
     parent_mac = _parent_mac(lab)
+    assert ep.mac == parent_mac  # ipvlan has no MAC of its own
+    containers = host.inspect_network(l2)["Containers"]
+    assert [c["MacAddress"] for c in containers.values()] == [parent_mac]
     assert _neighbour(lab.outside, str(ep.ip)) is None  # the outside host must ask
     with Sniffer(lab.outside) as sniffer, TcpServer(a, "0.0.0.0", 7202, "a"):
         assert tcp_request(lab.outside, str(ep.ip), 7202, "x") == f"a x from {OUTSIDE_ADDRESS}"
@@ -288,6 +291,16 @@ def test_l2_dual_stack_answers_ndp_with_the_parent_mac(lab: Lab, host: keelnet.H
     locals_a, locals_b = _link_locals(a), _link_locals(b)
     assert len(locals_a) == len(locals_b) == 1 and locals_a[0][0] != locals_b[0][0]
     assert not (locals_a[0][1] | locals_b[0][1]) & IFA_F_DADFAILED
+
+
+def test_a_mac_address_of_its_own_is_refused(lab: Lab, host: keelnet.Host, l2: str) -> None:
+    a = lab.name("a")
+    host.create_sandbox(a)
+    before = kernel_state(lab.host), store_state(lab.state_dir)
+    with pytest.raises(errors.InvalidOption, match="parent's MAC address"):
+        host.connect(l2, a, mac="02:00:00:00:00:aa")
+    assert (kernel_state(lab.host), store_state(lab.state_dir)) == before
+    assert host.connect(l2, a, mac=_parent_mac(lab).upper()).mac == _parent_mac(lab)
 
 
 def test_bad_input_leaves_nothing(lab: Lab, host: keelnet.Host) -> None:

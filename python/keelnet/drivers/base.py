@@ -21,6 +21,7 @@ from typing import ClassVar
 from pyroute2 import IPRoute
 
 from keelnet.errors import DataPlaneUnavailable, InvalidOption
+from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
@@ -88,6 +89,10 @@ class Driver(ABC):
                 f"use {' or '.join(self.dataplanes)} (or auto)"
             )
         return requested
+
+    def endpoint_mac(self, ctx: HostContext, network: Network, requested: str | None) -> str:
+        """The MAC address the endpoint's interface will carry: `requested`, else a random one."""
+        return (requested or links.random_mac()).lower()
 
     def uses_gateway(self, network: Network) -> bool:
         """Whether this network's endpoints route through its gateway."""

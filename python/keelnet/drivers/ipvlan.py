@@ -124,6 +124,21 @@ class IpvlanDriver(LowerDeviceDriver):
         _userspace.planes_of(ctx).close(network.id)
         sync_steering(ctx, network)
 
+    def endpoint_mac(self, ctx: HostContext, network: Network, requested: str | None) -> str:
+        """Every ipvlan slave carries its parent's MAC: that is what ipvlan is."""
+        parent = _parent.parse(network.options, self.name)
+        index = links.link_index(ctx.ipr, parent.base)
+        if index is None:
+            raise MissingParentInterface(f"ipvlan: parent interface {parent.base!r} is gone")
+        mac = str(ctx.ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")).lower()
+        if requested is not None and requested.lower() != mac:
+            # Docker refuses this too.
+            raise InvalidOption(
+                f"ipvlan endpoints carry the parent's MAC address ({mac}); "
+                "a MAC address cannot be set for them"
+            )
+        return mac
+
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
