@@ -36,6 +36,7 @@ use std::thread::JoinHandle;
 
 use crate::fdb::MacAddr;
 use crate::io::packet_socket::{PacketSocket, receive_tagged, tag};
+use crate::io::poller::Poller;
 use crate::io::tap::{self, Tap, TapConfig};
 use crate::io::{VNET_HDR_LEN, netns};
 use crate::packet::arp::ArpPacket;
@@ -571,8 +572,7 @@ fn hardware_address(ifname: &str) -> io::Result<MacAddr> {
 struct Shared {
     engine: Mutex<Engine>,
     stop: AtomicBool,
-    epoll: OwnedFd,
-    wake: OwnedFd,
+    poller: Poller,
 }
 
 impl Shared {
@@ -584,39 +584,8 @@ impl Shared {
     }
 
     fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLERR) as u32,
-            u64: token,
-        };
-        // SAFETY: registering a descriptor we own with an event on the stack.
-        crate::io::check(unsafe {
-            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
-        })?;
-        Ok(())
-    }
-
-    fn unwatch(&self, fd: RawFd) {
-        // SAFETY: removing a descriptor from our epoll set; failure (not there) is fine.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            );
-        }
-    }
-
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to our eventfd.
-        unsafe {
-            libc::write(
-                self.wake.as_raw_fd(),
-                (&one as *const u64).cast(),
-                size_of::<u64>(),
-            );
-        }
+        self.poller
+            .add(fd, token, (libc::EPOLLIN | libc::EPOLLERR) as u32)
     }
 }
 
@@ -671,13 +640,6 @@ impl Ipvlan {
             };
             Ok((mac, router))
         })?;
-        // SAFETY: epoll_create1/eventfd return fresh descriptors owned right away.
-        let epoll = crate::io::check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        // SAFETY: as above.
-        let wake =
-            crate::io::check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
         let parent_fd = parent.as_raw_fd();
         let parent_mtu = parent.mtu();
         let shared = Arc::new(Shared {
@@ -700,10 +662,8 @@ impl Ipvlan {
                 buffer: vec![0; RX_BUFFER],
             }),
             stop: AtomicBool::new(false),
-            epoll,
-            wake,
+            poller: Poller::new(WAKE_TOKEN)?,
         });
-        shared.watch(shared.wake.as_raw_fd(), WAKE_TOKEN)?;
         shared.watch(parent_fd, PARENT_TOKEN)?;
         Ok(Ipvlan {
             netns: config.netns,
@@ -814,7 +774,7 @@ impl Ipvlan {
                     engine.owners.remove(address);
                 }
             }
-            self.shared.unwatch(slave.tap.as_raw_fd());
+            self.shared.poller.remove(slave.tap.as_raw_fd());
         }
         Ok(())
     }
@@ -841,7 +801,7 @@ impl Ipvlan {
     pub fn stop(&mut self) {
         if let Some(handle) = self.worker.take() {
             self.shared.stop.store(true, Ordering::SeqCst);
-            self.shared.wake();
+            self.shared.poller.wake();
             let _ = handle.join();
         }
     }
@@ -873,44 +833,24 @@ fn run(shared: &Shared) {
     const EVENTS: usize = 64;
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     while !shared.stop.load(Ordering::SeqCst) {
-        // SAFETY: the events array is ours and holds EVENTS entries.
-        let ready = unsafe {
-            libc::epoll_wait(
-                shared.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                EVENTS as libc::c_int,
-                100,
-            )
+        let ready = match shared.poller.wait(&mut events, 100) {
+            Ok(ready) => ready,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
-        if ready < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
         let mut engine = shared.engine();
-        for event in &events[..ready as usize] {
+        for event in &events[..ready] {
             match event.u64 {
-                WAKE_TOKEN => {
-                    let mut counter = 0u64;
-                    // SAFETY: reading the 8-byte eventfd counter into a local.
-                    unsafe {
-                        libc::read(
-                            shared.wake.as_raw_fd(),
-                            (&mut counter as *mut u64).cast(),
-                            size_of::<u64>(),
-                        );
-                    }
-                }
+                WAKE_TOKEN => shared.poller.clear_wake(),
                 PARENT_TOKEN => {
                     if engine.parent_readable() {
                         // A vanished parent must not spin the worker.
-                        shared.unwatch(engine.parent.as_raw_fd());
+                        shared.poller.remove(engine.parent.as_raw_fd());
                     }
                 }
                 token => {
                     if let Some(fd) = engine.slave_readable(token as u32) {
-                        shared.unwatch(fd);
+                        shared.poller.remove(fd);
                     }
                 }
             }

@@ -7,6 +7,7 @@
 
 pub mod netns;
 pub mod packet_socket;
+pub mod poller;
 pub mod tap;
 pub mod udp;
 

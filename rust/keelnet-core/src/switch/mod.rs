@@ -16,7 +16,7 @@ pub use counters::{DropReason, Drops, Traffic};
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +27,7 @@ use engine::{Engine, PortIo};
 
 use crate::fdb::{FdbCounters, MacAddr};
 use crate::io::packet_socket::PacketSocket;
+use crate::io::poller::Poller;
 use crate::io::tap::{Tap, TapConfig};
 use crate::io::udp::UdpSocket;
 use crate::packet::vxlan::MAX_VNI;
@@ -203,8 +204,7 @@ const WAKE_TOKEN: u64 = u64::MAX;
 struct Shared {
     engine: Mutex<Engine>,
     stop: AtomicBool,
-    epoll: OwnedFd,
-    wake: OwnedFd,
+    poller: Poller,
 }
 
 impl Shared {
@@ -215,74 +215,16 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Ports and VTEPs are one-shot: one worker at a time drains each.
+    const EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLONESHOT) as u32;
+
     fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: Self::events_for(token),
-            u64: token,
-        };
-        // SAFETY: registering a descriptor we own with an event struct on the stack.
-        crate::io::check(unsafe {
-            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
-        })?;
-        Ok(())
+        self.poller.add(fd, token, Self::EVENTS)
     }
 
-    fn events_for(token: u64) -> u32 {
-        if token == WAKE_TOKEN {
-            libc::EPOLLIN as u32
-        } else {
-            (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLONESHOT) as u32
-        }
-    }
-
-    /// Re-arms a one-shot descriptor after a worker drained it (a removed port's
-    /// descriptor is no longer registered: the error is expected and ignored).
+    /// Re-arms a one-shot descriptor after a worker drained it.
     fn rearm(&self, fd: RawFd, token: u64) {
-        let mut event = libc::epoll_event {
-            events: Self::events_for(token),
-            u64: token,
-        };
-        // SAFETY: modifying our epoll set with an event struct on the stack.
-        unsafe {
-            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event);
-        }
-    }
-
-    /// Empties the stop eventfd so a restarted switch does not see an old stop.
-    fn clear_wake(&self) {
-        let mut counter = 0u64;
-        // SAFETY: reading the 8-byte eventfd counter into a local (EAGAIN when empty).
-        unsafe {
-            libc::read(
-                self.wake.as_raw_fd(),
-                (&mut counter as *mut u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
-    }
-
-    fn unwatch(&self, fd: RawFd) {
-        // SAFETY: removing a descriptor from our epoll set; failure (already gone) is fine.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            );
-        }
-    }
-
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to our eventfd.
-        unsafe {
-            libc::write(
-                self.wake.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            );
-        }
+        self.poller.modify(fd, token, Self::EVENTS);
     }
 }
 
@@ -298,20 +240,11 @@ impl Switch {
             // Fail now, not at the first port, when the namespace does not exist.
             crate::io::netns::open(path)?;
         }
-        // SAFETY: epoll_create1/eventfd return fresh descriptors owned right away.
-        let epoll = crate::io::check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        // SAFETY: as above.
-        let wake =
-            crate::io::check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
         let shared = Arc::new(Shared {
             engine: Mutex::new(Engine::new(config)),
             stop: AtomicBool::new(false),
-            epoll,
-            wake,
+            poller: Poller::new(WAKE_TOKEN)?,
         });
-        shared.watch(shared.wake.as_raw_fd(), WAKE_TOKEN)?;
         Ok(Switch {
             shared,
             workers: Vec::new(),
@@ -435,7 +368,7 @@ impl Switch {
         let removed = self.shared.engine().remove_port(name);
         match removed {
             Some((_, port)) => {
-                self.shared.unwatch(port.io.fd());
+                self.shared.poller.remove(port.io.fd());
                 drop(port);
                 Ok(())
             }
@@ -456,7 +389,7 @@ impl Switch {
             return Ok(());
         }
         self.shared.stop.store(false, Ordering::SeqCst);
-        self.shared.clear_wake();
+        self.shared.poller.clear_wake();
         let (busy_poll, workers) = {
             let engine = self.shared.engine();
             (engine.config.busy_poll, engine.config.workers.max(1))
@@ -483,7 +416,7 @@ impl Switch {
             return;
         }
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.wake();
+        self.shared.poller.wake();
         for handle in self.workers.drain(..) {
             let _ = handle.join();
         }
@@ -494,7 +427,7 @@ impl Switch {
         self.stop();
         let mut engine = self.shared.engine();
         for (_, fd) in engine.port_fds() {
-            self.shared.unwatch(fd);
+            self.shared.poller.remove(fd);
         }
         let names: Vec<String> = engine
             .stats()
@@ -506,7 +439,7 @@ impl Switch {
             engine.remove_port(&name);
         }
         for vtep in engine.vteps.drain(..) {
-            self.shared.unwatch(vtep.socket.as_raw_fd());
+            self.shared.poller.remove(vtep.socket.as_raw_fd());
         }
     }
 
@@ -541,21 +474,14 @@ fn run(shared: &Shared, busy_poll: Duration) {
         // Busy polling keeps the thread awake for a while after traffic: the next
         // packet does not pay a wakeup (latency), at the price of a spinning core.
         let spinning = !busy_poll.is_zero() && last_busy.elapsed() < busy_poll;
-        // SAFETY: the events array is ours and holds EVENTS entries.
-        let ready = unsafe {
-            libc::epoll_wait(
-                shared.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                EVENTS as libc::c_int,
-                if spinning { 0 } else { 100 },
-            )
+        let ready = match shared
+            .poller
+            .wait(&mut events, if spinning { 0 } else { 100 })
+        {
+            Ok(ready) => ready,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
-        if ready < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
         if ready == 0 && spinning && last_tick.elapsed() < Duration::from_millis(50) {
             std::hint::spin_loop();
             continue;
@@ -564,7 +490,7 @@ fn run(shared: &Shared, busy_poll: Duration) {
             last_busy = std::time::Instant::now();
         }
         last_tick = std::time::Instant::now();
-        for event in &events[..ready as usize] {
+        for event in &events[..ready] {
             let token = event.u64;
             let flags = event.events;
             if token == WAKE_TOKEN {
@@ -606,7 +532,7 @@ fn run(shared: &Shared, busy_poll: Duration) {
         }
         let mut engine = shared.engine();
         for port in engine.reap_failed() {
-            shared.unwatch(port.io.fd());
+            shared.poller.remove(port.io.fd());
         }
         engine.tick();
     }
