@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from keelnet import _core
 from keelnet.errors import InvalidRequest
@@ -61,7 +61,63 @@ def _address(text: str, what: str) -> str:
         raise InvalidRequest(f"{what} {text!r} is not an IP address") from None
 
 
-class Switch:
+class _Core(Protocol):
+    """What a Rust engine object offers for its life cycle."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def running(self) -> bool: ...
+
+
+CoreT = TypeVar("CoreT", bound=_Core)
+
+
+class Engine(Generic[CoreT]):
+    """The life cycle of a forwarding engine (the switch, the ipvlan emulation): a Rust
+    object that forwards on its own threads, started, stopped and closed from here, and a
+    context manager (leaving the ``with`` block closes it)."""
+
+    _core: CoreT
+
+    def start(self) -> None:
+        """Start forwarding on the worker thread(s) (no-op when running)."""
+        self._core.start()
+
+    def stop(self) -> None:
+        """Stop forwarding and join the workers; ports stay (``start`` resumes)."""
+        self._core.stop()
+
+    def close(self) -> None:
+        """Stop and close every port and descriptor (TAP devices vanish). A closed
+        engine cannot be used again; closing twice is fine."""
+        self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    @property
+    def running(self) -> bool:
+        return self._core.running
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Switch(Engine[_core.Switch]):
     """A userspace switch working in the host namespace ``netns`` (None: the caller's).
 
     Options: ``learn_remote`` learns MACs seen in decapsulated traffic (like Linux
@@ -169,41 +225,6 @@ class Switch:
         """Remove the static entry ``mac`` behind ``remote``, or (without ``mac``) the
         peer itself with every FDB entry that points at it."""
         self._core.remove_peer(_vni(vni), _address(remote, "peer address"), mac)
-
-    # --- life cycle ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start forwarding on the switch's worker thread (no-op when running)."""
-        self._core.start()
-
-    def stop(self) -> None:
-        """Stop forwarding and join the worker; ports stay (``start`` resumes)."""
-        self._core.stop()
-
-    def close(self) -> None:
-        """Stop and close every port, VTEP and descriptor of the switch (TAP devices
-        vanish). A closed switch cannot be used again; closing twice is fine."""
-        self._core.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._core.closed
-
-    @property
-    def running(self) -> bool:
-        return self._core.running
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- state ---------------------------------------------------------------------------
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from keelnet import _core
+from keelnet.dataplane import Engine
 from keelnet.errors import InvalidRequest
 
 __all__ = ["DROP_REASONS", "MODES", "Ipvlan"]
@@ -42,7 +42,7 @@ DROP_REASONS = (
 )
 
 
-class Ipvlan:
+class Ipvlan(Engine[_core.Ipvlan]):
     """An emulated ipvlan on ``parent`` of the host namespace ``netns`` (None: the
     caller's), in ``mode`` l2 or l3, tagging VLAN ``vlan`` on the wire if given."""
 
@@ -87,38 +87,6 @@ class Ipvlan:
     def remove_slave(self, name: str) -> None:
         """Remove a slave; its TAP vanishes. An unknown name raises NotFound."""
         self._core.remove_slave(name)
-
-    def start(self) -> None:
-        """Start forwarding on the worker thread (no-op when running)."""
-        self._core.start()
-
-    def stop(self) -> None:
-        """Stop forwarding and join the worker; slaves stay (``start`` resumes)."""
-        self._core.stop()
-
-    def close(self) -> None:
-        """Stop and close every descriptor; closing twice is fine."""
-        self._core.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._core.closed
-
-    @property
-    def running(self) -> bool:
-        return self._core.running
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``wire_rx``/``wire_tx`` (the parent), ``for_host`` (frames for the
