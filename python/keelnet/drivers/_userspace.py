@@ -10,11 +10,14 @@ HostContext the Host hands them.
 from __future__ import annotations
 
 import contextlib
+import errno
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from keelnet.dataplane import Switch
 from keelnet.drivers.base import HostContext
-from keelnet.errors import DataPlaneUnavailable, KeelnetError
+from keelnet.errors import Conflict, DataplaneError, DataPlaneUnavailable, KeelnetError, NotFound
+from keelnet.model import Endpoint
 
 
 class Plane(Protocol):
@@ -74,3 +77,29 @@ def planes_of(ctx: HostContext) -> DataPlanes:
         "userspace data planes need a keelnet.Host to own their threads (this driver call "
         "came without one)"
     )
+
+
+def add_sandbox_tap(
+    switch: Switch, endpoint: Endpoint, sandbox_path: str, *, mtu: int | None, isolation: str
+) -> None:
+    """The endpoint's TAP port on `switch`, moved into the sandbox as its interface."""
+    try:
+        switch.add_tap(
+            endpoint.id,
+            vni=0,
+            sandbox=sandbox_path,
+            ifname=endpoint.ifname,
+            mac=endpoint.mac,
+            mtu=mtu,
+            isolation=isolation,
+        )
+    except DataplaneError as exc:
+        if exc.errno == errno.EEXIST:
+            raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
+        raise
+
+
+def remove_sandbox_tap(switch: Switch, endpoint: Endpoint) -> None:
+    """Remove the endpoint's TAP port; one already gone is fine (idempotent teardown)."""
+    with contextlib.suppress(NotFound):
+        switch.remove_port(endpoint.id)

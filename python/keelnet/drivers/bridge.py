@@ -9,7 +9,6 @@ gateway, never another sandbox.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 from collections.abc import Mapping
 
@@ -23,7 +22,7 @@ from keelnet.drivers.base import (
     NetworkRequest,
     option_bool,
 )
-from keelnet.errors import Conflict, DataplaneError, InvalidOption, KernelError, NotFound
+from keelnet.errors import Conflict, InvalidOption, KernelError
 from keelnet.kernel import links, rtnl
 from keelnet.kernel.namespaces import write_sysctl
 from keelnet.kernel.nftables import BridgeRules
@@ -201,21 +200,14 @@ class BridgeDriver(Driver):
         plane = _userspace.planes_of(ctx).get(network.id)
         if not isinstance(plane, BridgePlane):
             raise KernelError(f"the userspace bridge of {network.name} is not running here")
-        try:
-            plane.switch.add_tap(
-                endpoint.id,
-                vni=0,
-                sandbox=sandbox_path,
-                ifname=endpoint.ifname,
-                mac=endpoint.mac,
-                mtu=mtu_option(network.options),
-                # The gateway TAP stays open: isolated sandboxes still reach it.
-                isolation="open" if option_bool(network.options, ICC, True) else "private",
-            )
-        except DataplaneError as exc:
-            if exc.errno == errno.EEXIST:
-                raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
-            raise
+        _userspace.add_sandbox_tap(
+            plane.switch,
+            endpoint,
+            sandbox_path,
+            mtu=mtu_option(network.options),
+            # The gateway TAP stays open: isolated sandboxes still reach it.
+            isolation="open" if option_bool(network.options, ICC, True) else "private",
+        )
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
@@ -223,8 +215,7 @@ class BridgeDriver(Driver):
         if network.dataplane == "userspace":
             plane = _userspace.planes_of(ctx).get(network.id)
             if isinstance(plane, BridgePlane):
-                with contextlib.suppress(NotFound):  # already gone: teardown is idempotent
-                    plane.switch.remove_port(endpoint.id)
+                _userspace.remove_sandbox_tap(plane.switch, endpoint)
             _veth.remove_sandbox_interface(endpoint, sandbox_path)
         # Kernel: deleting the host end removes the pair; the sandbox needs nothing else.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 from collections.abc import Mapping
 from typing import ClassVar
@@ -14,11 +13,9 @@ from keelnet.drivers import _parent, _userspace, _veth
 from keelnet.drivers.base import DATAPLANE_OPTION, DATAPLANES, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
     Conflict,
-    DataplaneError,
     InvalidOption,
     KernelError,
     MissingParentInterface,
-    NotFound,
 )
 from keelnet.kernel import links
 from keelnet.model import Endpoint, Network
@@ -244,22 +241,13 @@ class MacvlanDriver(LowerDeviceDriver):
         if parent_index is None:
             raise KernelError(f"macvlan: parent {plane.base} is gone")
         mtu = ctx.ipr.link("get", index=parent_index)[0].get("mtu")
-        try:
-            plane.switch.add_tap(
-                endpoint.id,
-                vni=0,
-                sandbox=sandbox_path,
-                ifname=endpoint.ifname,
-                mac=endpoint.mac,
-                mtu=int(mtu) if mtu else None,
-                isolation=USERSPACE_ISOLATION[
-                    network.options.get(self.mode_option, self.default_mode)
-                ],
-            )
-        except DataplaneError as exc:
-            if exc.errno == errno.EEXIST:
-                raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
-            raise
+        _userspace.add_sandbox_tap(
+            plane.switch,
+            endpoint,
+            sandbox_path,
+            mtu=int(mtu) if mtu else None,
+            isolation=USERSPACE_ISOLATION[network.options.get(self.mode_option, self.default_mode)],
+        )
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
@@ -267,6 +255,5 @@ class MacvlanDriver(LowerDeviceDriver):
         if network.dataplane == "userspace":
             plane = _userspace.planes_of(ctx).get(network.id)
             if isinstance(plane, MacvlanPlane):
-                with contextlib.suppress(NotFound):  # already gone: teardown is idempotent
-                    plane.switch.remove_port(endpoint.id)
+                _userspace.remove_sandbox_tap(plane.switch, endpoint)
         super().leave(ctx, network, endpoint, sandbox_path)
