@@ -472,21 +472,7 @@ fn send_raw_v4(socket: &OwnedFd, packet: &[u8], to: std::net::Ipv4Addr) -> io::R
     let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     address.sin_family = libc::AF_INET as libc::sa_family_t;
     address.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
-    // SAFETY: sending a live slice to a sockaddr_in of the stated size.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            libc::MSG_DONTWAIT,
-            (&address as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(sent as usize)
+    send_to(socket, packet, &address)
 }
 
 fn send_raw_v6(socket: &OwnedFd, packet: &[u8], to: std::net::Ipv6Addr) -> io::Result<usize> {
@@ -494,15 +480,20 @@ fn send_raw_v6(socket: &OwnedFd, packet: &[u8], to: std::net::Ipv6Addr) -> io::R
     let mut address: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     address.sin6_family = libc::AF_INET6 as libc::sa_family_t;
     address.sin6_addr.s6_addr = to.octets();
-    // SAFETY: sending a live slice to a sockaddr_in6 of the stated size.
+    send_to(socket, packet, &address)
+}
+
+/// `sendto` without blocking; `address` is a `sockaddr_in` or `sockaddr_in6`.
+fn send_to<A>(socket: &OwnedFd, packet: &[u8], address: &A) -> io::Result<usize> {
+    // SAFETY: sending a live slice to a socket address of the stated size.
     let sent = unsafe {
         libc::sendto(
             socket.as_raw_fd(),
             packet.as_ptr().cast(),
             packet.len(),
             libc::MSG_DONTWAIT,
-            (&address as *const libc::sockaddr_in6).cast(),
-            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            (address as *const A).cast(),
+            size_of::<A>() as libc::socklen_t,
         )
     };
     if sent < 0 {
