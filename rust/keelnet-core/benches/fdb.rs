@@ -1,13 +1,13 @@
 //! FDB figures of issue 3: lookups at 4 K and 1 M entries, learning, aging sweep.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 #[path = "support/thread_cpu_time.rs"]
+#[macro_use]
 mod thread_cpu_time;
 
 use criterion::measurement::Measurement;
-use criterion::{BatchSize, Criterion, Throughput, criterion_group};
+use criterion::{BatchSize, Criterion, Throughput};
 use keelnet_core::fdb::{Destination, Fdb, FdbConfig, MacAddr};
 
 fn mac(n: u32) -> MacAddr {
@@ -129,29 +129,4 @@ fn aging<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
-criterion_group! {
-    name = wall_time;
-    config = config();
-    targets = lookups, learning, aging
-}
-
-criterion_group! {
-    name = cpu_time;
-    config = config().with_measurement(thread_cpu_time::ThreadCpuTime);
-    targets = lookups, learning, aging
-}
-
-fn main() {
-    if thread_cpu_time::requested() {
-        cpu_time();
-    } else {
-        wall_time();
-    }
-    Criterion::default().configure_from_args().final_summary();
-}
+wall_or_cpu_time_main!(lookups, learning, aging);

@@ -3,13 +3,13 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::time::Duration;
 
 #[path = "support/thread_cpu_time.rs"]
+#[macro_use]
 mod thread_cpu_time;
 
 use criterion::measurement::Measurement;
-use criterion::{Criterion, Throughput, criterion_group};
+use criterion::{Criterion, Throughput};
 use keelnet_core::packet::checksum;
 use keelnet_core::packet::offload::build::{TcpFrameSpec, tcp_frame};
 use keelnet_core::packet::offload::{Coalescer, Segments, segment};
@@ -165,29 +165,4 @@ fn checksums<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
-criterion_group! {
-    name = wall_time;
-    config = config();
-    targets = encap_decap, offload, checksums
-}
-
-criterion_group! {
-    name = cpu_time;
-    config = config().with_measurement(thread_cpu_time::ThreadCpuTime);
-    targets = encap_decap, offload, checksums
-}
-
-fn main() {
-    if thread_cpu_time::requested() {
-        cpu_time();
-    } else {
-        wall_time();
-    }
-    Criterion::default().configure_from_args().final_summary();
-}
+wall_or_cpu_time_main!(encap_decap, offload, checksums);

@@ -89,3 +89,36 @@ impl ValueFormatter for NanosecondFormatter {
         "ns"
     }
 }
+
+/// The bench binary's `main`: runs `targets` timed by the wall clock, or by the thread's
+/// CPU time when `KEELNET_BENCH_CLOCK=thread-cpu`, with warm-up 1 s and measurement 3 s.
+macro_rules! wall_or_cpu_time_main {
+    ($($target:path),+ $(,)?) => {
+        fn config() -> criterion::Criterion {
+            criterion::Criterion::default()
+                .warm_up_time(std::time::Duration::from_secs(1))
+                .measurement_time(std::time::Duration::from_secs(3))
+        }
+
+        criterion::criterion_group! {
+            name = wall_time;
+            config = config();
+            targets = $($target),+
+        }
+
+        criterion::criterion_group! {
+            name = cpu_time;
+            config = config().with_measurement(thread_cpu_time::ThreadCpuTime);
+            targets = $($target),+
+        }
+
+        fn main() {
+            if thread_cpu_time::requested() {
+                cpu_time();
+            } else {
+                wall_time();
+            }
+            criterion::Criterion::default().configure_from_args().final_summary();
+        }
+    };
+}
