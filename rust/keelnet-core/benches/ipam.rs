@@ -1,12 +1,18 @@
 //! IPAM: allocate and release per operation, for a /16, a /8 and an IPv6 /64,
 //! filling an empty pool and in steady churn over 25 % random holes, lowest-free
-//! and serial. `cargo bench -p keelnet-core --bench ipam`
+//! and serial. `[KEELNET_BENCH_CLOCK=thread-cpu] cargo bench -p keelnet-core --bench ipam`
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+#[path = "support/thread_cpu_time.rs"]
+#[macro_use]
+mod thread_cpu_time;
+
+use criterion::measurement::Measurement;
+use criterion::{BenchmarkId, Criterion, Throughput};
 use keelnet_core::ipam::{AddressPool, PoolConfig, Subnet};
+use thread_cpu_time::selected_clock_now;
 
 /// Pools under test; the /64 is populated over its first 2^20 addresses.
 const POOLS: [(&str, &str, u64); 3] = [
@@ -62,7 +68,7 @@ fn over_fresh_pools(
 }
 
 /// Allocate into empty pools, `population` addresses per pool, then release them all.
-fn fill(c: &mut Criterion) {
+fn fill<M: Measurement<Value = Duration>>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("ipam_fill");
     group.throughput(Throughput::Elements(1));
     for (name, subnet, population) in POOLS {
@@ -71,11 +77,11 @@ fn fill(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("allocate", &id), |b| {
                 b.iter_custom(|iters| {
                     over_fresh_pools(iters, population, subnet, serial, |pool, n| {
-                        let start = Instant::now();
+                        let start = selected_clock_now();
                         for _ in 0..n {
                             black_box(pool.allocate_offset().unwrap());
                         }
-                        start.elapsed()
+                        selected_clock_now() - start
                     })
                 })
             });
@@ -84,11 +90,11 @@ fn fill(c: &mut Criterion) {
                     over_fresh_pools(iters, population, subnet, serial, |pool, n| {
                         let offsets: Vec<u64> =
                             (0..n).map(|_| pool.allocate_offset().unwrap()).collect();
-                        let start = Instant::now();
+                        let start = selected_clock_now();
                         for offset in &offsets {
                             pool.release_offset(black_box(*offset)).unwrap();
                         }
-                        start.elapsed()
+                        selected_clock_now() - start
                     })
                 })
             });
@@ -122,9 +128,29 @@ enum Victims {
     /// Probe random offsets of the populated span until one is allocated (1.33
     /// probes on average; the probe reads the bitmap word the release writes).
     Probe,
-    /// Keep a list of allocated offsets and swap-remove at a random index; its
-    /// upkeep (a cache miss in a multi-megabyte list) is part of the figure.
+    /// Keep a list of allocated offsets and swap-remove at a random index. Indexes
+    /// are drawn `LIST_LOOKAHEAD` steps ahead and their list slots prefetched, so the
+    /// list's own cache miss (a multi-megabyte list) overlaps earlier steps instead
+    /// of adding to this one; nothing of the pool is prefetched.
     List,
+}
+
+/// How many steps ahead the list harness draws its victims. The list's length is
+/// the same at every step (one push, one remove), so an index drawn early stays valid.
+const LIST_LOOKAHEAD: usize = 4;
+
+/// Ask the CPU to start loading `value`'s cache line; harness bookkeeping only.
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// Steady churn: each step allocates one address and releases a random allocated
@@ -134,7 +160,7 @@ enum Victims {
 /// Serial allocation in the /64 walks into fresh space and never wraps, so probing
 /// a fixed span would run dry: it needs the list. The /64 lowest-free case runs
 /// with both, so the list's own cost can be read off in the same run.
-fn churn(c: &mut Criterion) {
+fn churn<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("ipam_churn_25pct_holes");
     group.throughput(Throughput::Elements(2));
     for (name, subnet, population) in POOLS {
@@ -169,11 +195,19 @@ fn churn(c: &mut Criterion) {
                             }
                         }
                     }),
-                    Victims::List => b.iter(|| {
-                        allocated.push(pool.allocate_offset().unwrap());
-                        let i = (rng.next() % allocated.len() as u64) as usize;
-                        pool.release_offset(allocated.swap_remove(i)).unwrap();
-                    }),
+                    Victims::List => {
+                        let live = allocated.len() as u64;
+                        let mut ahead = [0; LIST_LOOKAHEAD].map(|_| (rng.next() % live) as usize);
+                        let mut turn = 0;
+                        b.iter(|| {
+                            allocated.push(pool.allocate_offset().unwrap());
+                            let victim = allocated.swap_remove(ahead[turn]);
+                            ahead[turn] = (rng.next() % live) as usize;
+                            prefetch(&allocated[ahead[turn]]);
+                            turn = (turn + 1) % LIST_LOOKAHEAD;
+                            pool.release_offset(victim).unwrap();
+                        })
+                    }
                 },
             );
         }
@@ -181,9 +215,4 @@ fn churn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = fill, churn
-}
-criterion_main!(benches);
+wall_or_cpu_time_main!(fill, churn);

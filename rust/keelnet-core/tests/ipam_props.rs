@@ -192,9 +192,9 @@ proptest! {
         check(case)?;
     }
 
-    /// The bitmap's search against a set, around chunk edges and the dense limit.
+    /// The bitmap's search and take against a set, around chunk edges and the dense limit.
     #[test]
-    fn bitmap_first_clear_matches_model(
+    fn bitmap_search_matches_model(
         base in prop_oneof![Just(0u64), Just(4096 - 70), Just(DENSE_LIMIT - 130), Just(3 * DENSE_LIMIT - 150), Just(u64::MAX - 300)],
         ops in proptest::collection::vec((any::<bool>(), 0u64..300), 1..300),
         queries in proptest::collection::vec((0u64..300, 0u64..300), 1..20),
@@ -209,10 +209,20 @@ proptest! {
                 prop_assert_eq!(bitmap.clear(offset), set.remove(&offset));
             }
         }
-        for (a, b) in queries {
+        for &(a, b) in &queries {
             let (from, to) = (base + a.min(b), base + a.max(b));
             let expected = (from..=to).find(|o| !set.contains(o));
             prop_assert_eq!(bitmap.first_clear(from, to), expected);
+        }
+        // Taking sets what the search finds, and nothing when it finds nothing.
+        for (a, b) in queries {
+            let (from, to) = (base + a.min(b), base + a.max(b));
+            let expected = (from..=to).find(|o| !set.contains(o));
+            prop_assert_eq!(bitmap.take_first_clear(from, to), expected);
+            if let Some(offset) = expected {
+                set.insert(offset);
+            }
+            prop_assert!((from..=to).all(|o| bitmap.get(o) == set.contains(&o)));
         }
     }
 

@@ -16,6 +16,17 @@ pub fn requested() -> bool {
     std::env::var("KEELNET_BENCH_CLOCK").is_ok_and(|clock| clock == "thread-cpu")
 }
 
+/// The selected clock's reading, for benches that time themselves (`iter_custom`).
+#[allow(dead_code)] // not every bench times itself
+pub fn selected_clock_now() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    if requested() {
+        now()
+    } else {
+        START.get_or_init(std::time::Instant::now).elapsed()
+    }
+}
+
 fn now() -> Duration {
     let mut spec = libc::timespec {
         tv_sec: 0,

@@ -506,6 +506,29 @@ impl Bitmap {
         self.sparse_first_clear(from).filter(|offset| *offset <= to)
     }
 
+    /// Set and return the first clear offset in `from..=to`. Past the dense part the
+    /// chunk that holds `from` is looked up once for both the search and the set: it
+    /// is where a serial walk through fresh space finds its next address.
+    pub fn take_first_clear(&mut self, from: u64, to: u64) -> Option<u64> {
+        let to = to.min(self.last);
+        if from >= self.dense_end() && from <= to {
+            let key = from / CHUNK_BITS;
+            if let Some(chunk) = self.sparse.get_mut(&key) {
+                if let Some(bit) = chunk.first_clear_from(from % CHUNK_BITS) {
+                    let offset = key * CHUNK_BITS + bit;
+                    if offset > to {
+                        return None;
+                    }
+                    chunk.set(bit as u16);
+                    return Some(offset);
+                }
+            }
+        }
+        let offset = self.first_clear(from, to)?;
+        self.set(offset);
+        Some(offset)
+    }
+
     /// Each dense chunk's state, in order, for serialization.
     pub fn chunk_states(&self) -> impl Iterator<Item = ChunkState<'_>> {
         self.chunks

@@ -249,13 +249,13 @@ impl AddressPool {
     pub fn allocate_offset(&mut self) -> Result<u64> {
         let found = if self.serial {
             self.bits
-                .first_clear(self.next, self.range_last)
-                .or_else(|| self.bits.first_clear(self.range_first, self.next))
+                .take_first_clear(self.next, self.range_last)
+                .or_else(|| self.bits.take_first_clear(self.range_first, self.next))
         } else {
-            self.bits.first_clear(self.range_first, self.range_last)
+            self.bits
+                .take_first_clear(self.range_first, self.range_last)
         };
         let offset = found.ok_or_else(|| self.exhausted())?;
-        self.bits.set(offset);
         self.used += 1;
         if self.serial {
             self.next = if offset >= self.range_last {
