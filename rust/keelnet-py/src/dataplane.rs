@@ -1,36 +1,17 @@
 //! `keelnet.dataplane`: the userspace switch. Blocking calls (opening ports, which
 //! enters namespaces and talks netlink; stopping, which joins the worker) release the GIL.
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use keelnet_core::fdb::MacAddr;
-use keelnet_core::io::errno_of;
 use keelnet_core::io::netns;
 use keelnet_core::io::tap::TapConfig;
-use keelnet_core::switch::{Drops, Isolation, Switch, SwitchConfig, Traffic};
+use keelnet_core::switch::{Drops, Isolation, Switch, SwitchConfig};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-pyo3::import_exception!(keelnet.errors, DataplaneError);
-pyo3::import_exception!(keelnet.errors, InvalidRequest);
-pyo3::import_exception!(keelnet.errors, NotFound);
-pyo3::import_exception!(keelnet.errors, Conflict);
-
-/// Maps an I/O error onto `keelnet.errors`, keeping the errno.
-fn to_py(error: io::Error) -> PyErr {
-    let message = error.to_string();
-    if let Some(errno) = errno_of(&error) {
-        return DataplaneError::new_err((errno, message));
-    }
-    match error.kind() {
-        io::ErrorKind::InvalidInput => InvalidRequest::new_err(message),
-        io::ErrorKind::NotFound => NotFound::new_err(message),
-        io::ErrorKind::AlreadyExists => Conflict::new_err(message),
-        _ => DataplaneError::new_err((0, message)),
-    }
-}
+use crate::engine::{InvalidRequest, Owned, parse_ip, to_py, traffic};
 
 fn parse_mac(text: &str) -> PyResult<MacAddr> {
     let parts: Vec<&str> = text.split(':').collect();
@@ -56,18 +37,6 @@ fn format_mac(mac: &MacAddr) -> String {
         .join(":")
 }
 
-fn parse_ip(text: &str) -> PyResult<IpAddr> {
-    text.parse()
-        .map_err(|_| InvalidRequest::new_err(format!("{text:?} is not an IP address")))
-}
-
-fn traffic<'py>(py: Python<'py>, traffic: &Traffic) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    dict.set_item("packets", traffic.packets)?;
-    dict.set_item("bytes", traffic.bytes)?;
-    Ok(dict)
-}
-
 fn drops<'py>(py: Python<'py>, drops: &Drops) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (reason, count) in drops.iter() {
@@ -79,16 +48,7 @@ fn drops<'py>(py: Python<'py>, drops: &Drops) -> PyResult<Bound<'py, PyDict>> {
 /// The userspace switch (see `keelnet.dataplane.Switch`, the public wrapper).
 #[pyclass(module = "keelnet._core", name = "Switch")]
 pub struct PySwitch {
-    /// `None` once closed: every descriptor (epoll and eventfd too) is released.
-    inner: Option<Switch>,
-}
-
-impl PySwitch {
-    fn switch(&self) -> PyResult<&Switch> {
-        self.inner
-            .as_ref()
-            .ok_or_else(|| InvalidRequest::new_err("the switch is closed"))
-    }
+    inner: Owned<Switch>,
 }
 
 #[pymethods]
@@ -129,7 +89,9 @@ impl PySwitch {
             workers,
         };
         let inner = py.detach(|| Switch::new(config)).map_err(to_py)?;
-        Ok(PySwitch { inner: Some(inner) })
+        Ok(PySwitch {
+            inner: Owned::new(inner, "switch"),
+        })
     }
 
     #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open"))]
@@ -154,7 +116,7 @@ impl PySwitch {
         config.sandbox_netns = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
         config.mac = mac.map(parse_mac).transpose()?;
         config.mtu = mtu;
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         py.detach(|| switch.add_tap(name, vni, config, isolation))
             .map_err(to_py)
     }
@@ -167,13 +129,13 @@ impl PySwitch {
         vni: u32,
         vlan: Option<u16>,
     ) -> PyResult<()> {
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         py.detach(|| switch.add_packet_port(ifname, vni, vlan))
             .map_err(to_py)
     }
 
     fn add_vtep(&self, py: Python<'_>, local: &str, port: u16) -> PyResult<()> {
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         let address = SocketAddr::new(parse_ip(local)?, port);
         py.detach(|| switch.add_vtep(address)).map_err(to_py)
     }
@@ -187,7 +149,7 @@ impl PySwitch {
         mac: Option<&str>,
         ip: Option<&str>,
     ) -> PyResult<()> {
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         let remote = parse_ip(remote)?;
         let mac = mac.map(parse_mac).transpose()?;
         let ip = ip
@@ -210,7 +172,7 @@ impl PySwitch {
         remote: &str,
         mac: Option<&str>,
     ) -> PyResult<()> {
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         let remote = parse_ip(remote)?;
         let mac = mac.map(parse_mac).transpose()?;
         py.detach(|| switch.remove_peer(vni, remote, mac))
@@ -218,43 +180,35 @@ impl PySwitch {
     }
 
     fn remove_port(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         py.detach(|| switch.remove_port(name)).map_err(to_py)
     }
 
     fn start(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = self
-            .inner
-            .as_mut()
-            .ok_or_else(|| InvalidRequest::new_err("the switch is closed"))?;
-        py.detach(|| inner.start()).map_err(to_py)
+        self.inner.start(py)
     }
 
     fn stop(&mut self, py: Python<'_>) {
-        if let Some(inner) = self.inner.as_mut() {
-            py.detach(|| inner.stop());
-        }
+        self.inner.stop(py)
     }
 
     /// Stops and releases everything; the switch cannot be used afterwards.
     fn close(&mut self, py: Python<'_>) {
-        if let Some(inner) = self.inner.take() {
-            py.detach(move || drop(inner));
-        }
+        self.inner.close(py)
     }
 
     #[getter]
     fn running(&self) -> bool {
-        self.inner.as_ref().is_some_and(Switch::is_running)
+        self.inner.running()
     }
 
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.is_none()
+        self.inner.closed()
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         let stats = py.detach(|| switch.stats());
         let result = PyDict::new(py);
         let ports = PyDict::new(py);
@@ -326,7 +280,7 @@ impl PySwitch {
     }
 
     fn fdb<'py>(&self, py: Python<'py>, vni: u32) -> PyResult<Bound<'py, PyList>> {
-        let switch = self.switch()?;
+        let switch = self.inner.get()?;
         let entries = py.detach(|| switch.fdb(vni));
         let list = PyList::empty(py);
         for entry in entries {

@@ -2,54 +2,19 @@
 //! parent, adding slaves, which enter namespaces; stopping, which joins the worker)
 //! release the GIL.
 
-use std::io;
 use std::net::IpAddr;
 
-use keelnet_core::io::{errno_of, netns};
+use keelnet_core::io::netns;
 use keelnet_core::ipvlan::{Ipvlan, IpvlanConfig, Mode};
-use keelnet_core::switch::Traffic;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-pyo3::import_exception!(keelnet.errors, DataplaneError);
-pyo3::import_exception!(keelnet.errors, InvalidRequest);
-pyo3::import_exception!(keelnet.errors, NotFound);
-pyo3::import_exception!(keelnet.errors, Conflict);
-
-/// Maps an I/O error onto `keelnet.errors`, keeping the errno.
-fn to_py(error: io::Error) -> PyErr {
-    let message = error.to_string();
-    if let Some(errno) = errno_of(&error) {
-        return DataplaneError::new_err((errno, message));
-    }
-    match error.kind() {
-        io::ErrorKind::InvalidInput => InvalidRequest::new_err(message),
-        io::ErrorKind::NotFound => NotFound::new_err(message),
-        io::ErrorKind::AlreadyExists => Conflict::new_err(message),
-        _ => DataplaneError::new_err((0, message)),
-    }
-}
-
-fn traffic<'py>(py: Python<'py>, traffic: &Traffic) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    dict.set_item("packets", traffic.packets)?;
-    dict.set_item("bytes", traffic.bytes)?;
-    Ok(dict)
-}
+use crate::engine::{InvalidRequest, Owned, parse_ip, to_py, traffic};
 
 /// An emulated ipvlan (see `keelnet.dataplane_ipvlan.Ipvlan`, the public wrapper).
 #[pyclass(module = "keelnet._core", name = "Ipvlan")]
 pub struct PyIpvlan {
-    /// `None` once closed: every descriptor is released.
-    inner: Option<Ipvlan>,
-}
-
-impl PyIpvlan {
-    fn ipvlan(&self) -> PyResult<&Ipvlan> {
-        self.inner
-            .as_ref()
-            .ok_or_else(|| InvalidRequest::new_err("the ipvlan is closed"))
-    }
+    inner: Owned<Ipvlan>,
 }
 
 #[pymethods]
@@ -79,7 +44,9 @@ impl PyIpvlan {
             vlan,
         };
         let inner = py.detach(|| Ipvlan::open(config)).map_err(to_py)?;
-        Ok(PyIpvlan { inner: Some(inner) })
+        Ok(PyIpvlan {
+            inner: Owned::new(inner, "ipvlan"),
+        })
     }
 
     #[pyo3(signature = (name, sandbox, ifname, addresses, mtu))]
@@ -94,60 +61,49 @@ impl PyIpvlan {
     ) -> PyResult<()> {
         let addresses = addresses
             .iter()
-            .map(|text| {
-                text.parse::<IpAddr>()
-                    .map_err(|_| InvalidRequest::new_err(format!("{text:?} is not an IP address")))
-            })
+            .map(|text| parse_ip(text))
             .collect::<PyResult<Vec<IpAddr>>>()?;
         let sandbox = netns::resolve(sandbox).map_err(to_py)?;
-        let ipvlan = self.ipvlan()?;
+        let ipvlan = self.inner.get()?;
         py.detach(|| ipvlan.add_slave(name, sandbox, ifname, &addresses, mtu))
             .map_err(to_py)
     }
 
     fn remove_slave(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        let ipvlan = self.ipvlan()?;
+        let ipvlan = self.inner.get()?;
         py.detach(|| ipvlan.remove_slave(name)).map_err(to_py)
     }
 
     fn start(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = self
-            .inner
-            .as_mut()
-            .ok_or_else(|| InvalidRequest::new_err("the ipvlan is closed"))?;
-        py.detach(|| inner.start()).map_err(to_py)
+        self.inner.start(py)
     }
 
     fn stop(&mut self, py: Python<'_>) {
-        if let Some(inner) = self.inner.as_mut() {
-            py.detach(|| inner.stop());
-        }
+        self.inner.stop(py)
     }
 
     /// Stops and releases everything; the ipvlan cannot be used afterwards.
     fn close(&mut self, py: Python<'_>) {
-        if let Some(inner) = self.inner.take() {
-            py.detach(move || drop(inner));
-        }
+        self.inner.close(py)
     }
 
     #[getter]
     fn running(&self) -> bool {
-        self.inner.as_ref().is_some_and(Ipvlan::is_running)
+        self.inner.running()
     }
 
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.is_none()
+        self.inner.closed()
     }
 
     #[getter]
     fn parent_mac(&self) -> PyResult<String> {
-        Ok(format_mac(&self.ipvlan()?.parent_mac()))
+        Ok(format_mac(&self.inner.get()?.parent_mac()))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let ipvlan = self.ipvlan()?;
+        let ipvlan = self.inner.get()?;
         let stats = py.detach(|| ipvlan.stats());
         let dict = PyDict::new(py);
         dict.set_item("parent", &stats.parent)?;

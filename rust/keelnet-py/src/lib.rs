@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod dataplane;
+mod engine;
 mod ipam;
 mod ipvlan;
 mod packet;
