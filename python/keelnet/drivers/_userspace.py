@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +62,23 @@ class DataPlanes:
 
     def __len__(self) -> int:
         return len(self.running())
+
+
+class SwitchPlane:
+    """A plane on one keelnet switch, started with its first port; nothing is left
+    running when that port cannot be added."""
+
+    def __init__(self, ctx: HostContext, add_first_port: Callable[[Switch], None]) -> None:
+        self.switch = Switch(ctx.netns_path)
+        try:
+            add_first_port(self.switch)
+            self.switch.start()
+        except BaseException:
+            self.switch.close()
+            raise
+
+    def close(self) -> None:
+        self.switch.close()
 
 
 @dataclass

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.dataplane import Switch
 from keelnet.drivers import _userspace, _veth
 from keelnet.drivers.base import (
     Driver,
@@ -44,20 +43,11 @@ def mtu_option(options: Mapping[str, str]) -> int | None:
     return int(value)
 
 
-class BridgePlane:
+class BridgePlane(_userspace.SwitchPlane):
     """A userspace bridge: keelnet's switch with the gateway TAP in the host namespace."""
 
     def __init__(self, ctx: HostContext, gateway_device: str, mtu: int | None) -> None:
-        self.switch = Switch(ctx.netns_path)
-        try:
-            self.switch.add_tap(gateway_device, vni=0, mtu=mtu)
-            self.switch.start()
-        except BaseException:
-            self.switch.close()
-            raise
-
-    def close(self) -> None:
-        self.switch.close()
+        super().__init__(ctx, lambda switch: switch.add_tap(gateway_device, vni=0, mtu=mtu))
 
 
 class BridgeDriver(Driver):

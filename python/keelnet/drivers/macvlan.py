@@ -8,7 +8,6 @@ from typing import ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.dataplane import Switch
 from keelnet.drivers import _parent, _userspace, _veth
 from keelnet.drivers.base import DATAPLANE_OPTION, DATAPLANES, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
@@ -138,7 +137,7 @@ class LowerDeviceDriver(Driver):
 USERSPACE_ISOLATION = {"bridge": "open", "vepa": "vepa", "private": "private"}
 
 
-class MacvlanPlane:
+class MacvlanPlane(_userspace.SwitchPlane):
     """macvlan on the userspace data plane: keelnet's switch with an AF_PACKET port on the
     parent and a TAP per sandbox, each with the endpoint's own MAC and its mode's
     forwarding rule (USERSPACE_ISOLATION). A VLAN parent is tagged by the switch's port."""
@@ -146,17 +145,10 @@ class MacvlanPlane:
     def __init__(self, ctx: HostContext, parent: _parent.Parent) -> None:
         self.parent = parent.name  # networks on the same parent (and VLAN) share the plane
         self.base = parent.base  # the interface the AF_PACKET port is on
-        self.switch = Switch(ctx.netns_path)
-        try:
-            # A VLAN parent `eth1.10`: the port tags VLAN 10 itself (no VLAN device).
-            self.switch.add_packet_port(parent.base, vni=0, vlan=parent.vlan)
-            self.switch.start()
-        except BaseException:
-            self.switch.close()
-            raise
-
-    def close(self) -> None:
-        self.switch.close()
+        # A VLAN parent `eth1.10`: the port tags VLAN 10 itself (no VLAN device).
+        super().__init__(
+            ctx, lambda switch: switch.add_packet_port(parent.base, vni=0, vlan=parent.vlan)
+        )
 
 
 class MacvlanDriver(LowerDeviceDriver):
