@@ -6,10 +6,12 @@ bytes that arrive are checked, not only exit codes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import time
+from typing import Any, Self
 
 from keelnet import sandbox
 from keelnet.kernel.namespaces import netns_path
@@ -118,6 +120,40 @@ class TcpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class WatcherScript:
+    """A Python script run in a namespace while a `with` block runs. It prints "ready"
+    once it listens, and a JSON result, kept in `result`, when stdin says "stop"."""
+
+    def __init__(self, netns: str, script: str, *args: str) -> None:
+        self.netns = netns
+        self.argv = _argv(script, *args)
+        self.result: Any = None
+
+    def __enter__(self) -> Self:
+        self.process = sandbox.popen_in(
+            netns_path(self.netns),
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != b"ready":
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise RuntimeError(f"{type(self).__name__} in {self.netns} did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            out, _ = self.process.communicate(input=b"stop", timeout=25)
+            self.result = json.loads(out.decode() or "null")
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=5)
 
 
 def tcp_request(netns: str | None, host: str, port: int, message: str, timeout: float = 2.0) -> str:

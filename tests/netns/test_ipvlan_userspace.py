@@ -30,7 +30,7 @@ from netlab import (
     kernel_state,
     store_state,
 )
-from nettools import TcpServer, ping, tcp_request, wait_until
+from nettools import TcpServer, WatcherScript, ping, tcp_request, wait_until
 from test_agent import agent, keelnet_cli  # noqa: F401 (agent: a fixture used by name)
 
 import keelnet
@@ -78,36 +78,15 @@ _SNIFF = textwrap.dedent(
 )
 
 
-class Sniffer:
+class Sniffer(WatcherScript):
     """Frames seen on the outside host's eth0 while the `with` block runs."""
 
     def __init__(self, netns: str) -> None:
-        self.netns = netns
-        self.frames: list[dict[str, Any]] = []
+        super().__init__(netns, _SNIFF, "20")
 
-    def __enter__(self) -> Sniffer:
-        self.process = sandbox.popen_in(
-            netns_path(self.netns),
-            [sys.executable, "-c", _SNIFF, "20"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != b"ready":
-            self.process.kill()
-            self.process.wait(timeout=5)
-            raise RuntimeError("sniffer did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            out, _ = self.process.communicate(input=b"stop", timeout=25)
-            self.frames = json.loads(out.decode() or "[]")
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait(timeout=5)
+    @property
+    def frames(self) -> list[dict[str, Any]]:
+        return self.result or []
 
     def arriving(self) -> list[dict[str, Any]]:
         """Frames the outside host received (sent by the keelnet host)."""

@@ -7,17 +7,14 @@ sandboxes in 192.0.2.128/25. Unlike ipvlan, every sandbox leaves with its own MA
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 from netlab import HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, run_in, store_state
-from nettools import TcpServer, ping, tcp_request
+from nettools import TcpServer, WatcherScript, ping, tcp_request
 from test_ipvlan_userspace import (
     GATEWAY,
     RANGE,
@@ -30,9 +27,8 @@ from test_ipvlan_userspace import (
 )
 
 import keelnet
-from keelnet import errors, sandbox
+from keelnet import errors
 from keelnet.kernel import links
-from keelnet.kernel.namespaces import netns_path
 
 USERSPACE = {"parent": HOST_UPLINK, "dataplane": "userspace"}
 
@@ -225,37 +221,16 @@ _VLAN_PEER = textwrap.dedent(
 )
 
 
-class VlanPeer:
-    """The hand-built VLAN 10 host at `address`, while the `with` block runs."""
+class VlanPeer(WatcherScript):
+    """The hand-built VLAN 10 host at `address`, while the `with` block runs; `seen`: the
+    VLAN ids of the frames about `watch` it received."""
 
     def __init__(self, netns: str, address: str, watch: str) -> None:
-        self.argv = [sys.executable, "-c", _VLAN_PEER, address, watch, "20"]
-        self.netns = netns
-        self.seen: list[int | None] = []
+        super().__init__(netns, _VLAN_PEER, address, watch, "20")
 
-    def __enter__(self) -> VlanPeer:
-        self.process = sandbox.popen_in(
-            netns_path(self.netns),
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != b"ready":
-            self.process.kill()
-            self.process.wait(timeout=5)
-            raise RuntimeError("VLAN peer did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            out, _ = self.process.communicate(input=b"stop", timeout=25)
-            self.seen = json.loads(out.decode() or "[]")
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait(timeout=5)
+    @property
+    def seen(self) -> list[int | None]:
+        return self.result or []
 
 
 # Sandboxes get addresses from the bottom of the subnet; the outside hosts sit at the top.
