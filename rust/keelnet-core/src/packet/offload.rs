@@ -156,21 +156,44 @@ impl TcpFrame {
         checksum::add(0, addresses) + u64::from(ip_proto::TCP)
     }
 
-    /// Sets the IP length fields for `payload` bytes after the headers, and the IPv4 ID
-    /// and header checksum.
-    fn set_ip_lengths(&self, frame: &mut [u8], payload: usize, id: Option<u16>) {
+    /// Sum of the IPv4 header without its total length, ID and checksum (0 for IPv6):
+    /// [`TcpFrame::set_ip_fields`] adds the new ones back.
+    fn ipv4_fixed_sum(&self, frame: &[u8]) -> u64 {
+        if self.v6 {
+            return 0;
+        }
+        let header = &frame[self.l3..self.tcp];
+        checksum::add(0, header)
+            + checksum::without16(be16(header, 2))
+            + checksum::without16(be16(header, 4))
+            + checksum::without16(be16(header, 10))
+    }
+
+    /// Sum of the TCP header without sequence number, data offset and flags word, and
+    /// checksum, plus the pseudo-header without the length: what every segment's TCP
+    /// checksum shares.
+    fn tcp_fixed_sum(&self, frame: &[u8]) -> u64 {
+        let header = &frame[self.tcp..self.headers_len];
+        self.pseudo_header(frame)
+            + checksum::add(0, header)
+            + checksum::without16(be16(header, 4))
+            + checksum::without16(be16(header, 6))
+            + checksum::without16(be16(header, 12))
+            + checksum::without16(be16(header, 16))
+    }
+
+    /// Sets the IP length field for `payload` bytes after the headers and, for IPv4,
+    /// the ID and the header checksum, computed from `ipv4_fixed_sum` (see
+    /// [`TcpFrame::ipv4_fixed_sum`]) instead of re-reading the header just written.
+    fn set_ip_fields(&self, frame: &mut [u8], payload: usize, id: u16, ipv4_fixed_sum: u64) {
         let ip_len = self.headers_len - self.l3 + payload;
         if self.v6 {
             put16(frame, self.l3 + 4, (ip_len - ipv6::HEADER_LEN) as u16);
         } else {
             put16(frame, self.l3 + 2, ip_len as u16);
-            if let Some(id) = id {
-                put16(frame, self.l3 + 4, id);
-            }
-            put16(frame, self.l3 + 10, 0);
-            let ihl = usize::from(frame[self.l3] & 0x0f) * 4;
-            let sum = checksum::checksum(&frame[self.l3..self.l3 + ihl]);
-            put16(frame, self.l3 + 10, sum);
+            put16(frame, self.l3 + 4, id);
+            let sum = ipv4_fixed_sum + ip_len as u64 + u64::from(id);
+            put16(frame, self.l3 + 10, checksum::finish(sum));
         }
     }
 
@@ -250,30 +273,29 @@ pub fn segment(frame: &[u8], mss: usize, out: &mut Segments) -> Result<usize, Pa
     let headers = &frame[..layout.headers_len];
     let payload = &frame[layout.headers_len..layout.end];
     let tcp_header_len = layout.headers_len - layout.tcp;
-    let pseudo = layout.pseudo_header(frame);
+    // Each segment's headers are the super-frame's, copied, with a few fields patched;
+    // their checksums are the sums of the fixed fields plus the patched ones, so no
+    // header is summed again (nor read back right after being written).
+    let ipv4_fixed_sum = layout.ipv4_fixed_sum(frame);
+    let tcp_fixed_sum = layout.tcp_fixed_sum(frame);
     let first_id = be16(frame, layout.l3 + 4);
     let first_seq = be32(frame, layout.tcp + 4);
+    let data_offset = frame[layout.tcp + 12];
     let flags = frame[layout.tcp + 13];
     let count = payload.len().div_ceil(mss).max(1);
     let mut chunks = payload.chunks(mss);
     let headers_len = layout.headers_len;
+    let tcp = layout.tcp;
     for index in 0..count {
         let chunk = chunks.next().unwrap_or(&[]);
         let segment = out.grow(headers_len + chunk.len());
         segment[..headers_len].copy_from_slice(headers);
         // One pass over the payload: copied and summed together.
         let payload_sum = checksum::copy_and_add(&mut segment[headers_len..], chunk);
-        layout.set_ip_lengths(
-            segment,
-            chunk.len(),
-            Some(first_id.wrapping_add(index as u16)),
-        );
-        let tcp = layout.tcp;
-        put32(
-            segment,
-            tcp + 4,
-            first_seq.wrapping_add((index * mss) as u32),
-        );
+        let id = first_id.wrapping_add(index as u16);
+        layout.set_ip_fields(segment, chunk.len(), id, ipv4_fixed_sum);
+        let seq = first_seq.wrapping_add((index * mss) as u32);
+        put32(segment, tcp + 4, seq);
         let mut segment_flags = flags;
         if index + 1 < count {
             segment_flags &= !(tcp::flags::FIN | tcp::flags::PSH);
@@ -282,10 +304,13 @@ pub fn segment(frame: &[u8], mss: usize, out: &mut Segments) -> Result<usize, Pa
             segment_flags &= !tcp::flags::CWR;
         }
         segment[tcp + 13] = segment_flags;
-        put16(segment, tcp + 16, 0);
         let tcp_len = tcp_header_len + chunk.len();
-        // The TCP header has an even length, so the two sums combine.
-        let sum = checksum::add(pseudo + tcp_len as u64, &segment[tcp..headers_len]) + payload_sum;
+        let sum = tcp_fixed_sum
+            + tcp_len as u64
+            + u64::from(seq >> 16)
+            + u64::from(seq & 0xffff)
+            + u64::from(u16::from_be_bytes([data_offset, segment_flags]))
+            + payload_sum;
         put16(segment, tcp + 16, checksum::finish(sum));
         out.commit(headers_len + chunk.len());
     }
@@ -512,7 +537,10 @@ impl Coalescer {
                 ..VirtioNetHdr::default()
             });
         }
-        layout.set_ip_lengths(out, flow.payload, None);
+        // The super-frame keeps the first segment's IPv4 ID.
+        let first_id = be16(out, layout.l3 + 4);
+        let ipv4_fixed_sum = layout.ipv4_fixed_sum(out);
+        layout.set_ip_fields(out, flow.payload, first_id, ipv4_fixed_sum);
         let tcp_len = (layout.headers_len - layout.tcp + flow.payload) as u64;
         let partial = checksum::fold(layout.pseudo_header(out) + tcp_len);
         put16(out, layout.tcp + 16, partial);
