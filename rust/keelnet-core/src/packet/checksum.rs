@@ -11,11 +11,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// From this length on the lane-parallel loop beats the add-with-carry chain.
 const WIDE_MIN_LEN: usize = 128;
-/// 64-bit lanes of the lane-parallel loops: two AVX2 vectors, so that each vector
-/// accumulator's dependency chain has half the additions.
-const LANES: usize = 8;
-/// Bytes per iteration of the lane-parallel loops.
-const LANES_BYTES: usize = LANES * 8;
+/// 64-bit lanes of the copy-and-sum loop: two AVX2 vectors, so that each vector
+/// accumulator's dependency chain has half the additions. (The sum-only loop keeps
+/// four: with eight, LLVM's loop vectoriser interleaves iterations and gathers every
+/// lane with scalar loads.)
+const COPY_LANES: usize = 8;
+const SUM_LANES: usize = 4;
 
 /// Adds `data` to a running (unfolded) sum. Sums of separately summed pieces may be
 /// added together as long as every piece but the last has an even length.
@@ -78,7 +79,7 @@ unsafe fn copy_and_sum_lanes_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
 /// Independent lanes of 32-bit halves: no carry chain, so the compiler vectorises it.
 /// Halves below 2^32 added into 64 bits cannot overflow for any slice.
 #[inline(always)]
-fn add_to_lanes(lanes: &mut [u64; LANES], chunk: &[u8]) {
+fn add_to_lanes<const N: usize>(lanes: &mut [u64; N], chunk: &[u8]) {
     for (lane, word) in lanes.iter_mut().zip(chunk.chunks_exact(8)) {
         let word = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
         *lane += (word & 0xffff_ffff) + (word >> 32);
@@ -87,7 +88,7 @@ fn add_to_lanes(lanes: &mut [u64; LANES], chunk: &[u8]) {
 
 /// The lanes' total, below 2^33.
 #[inline(always)]
-fn reduce_lanes(lanes: &[u64; LANES]) -> u64 {
+fn reduce_lanes<const N: usize>(lanes: &[u64; N]) -> u64 {
     lanes
         .iter()
         .fold(0, |total, lane| fold64_into32(total + fold64_into32(*lane)))
@@ -95,8 +96,8 @@ fn reduce_lanes(lanes: &[u64; LANES]) -> u64 {
 
 #[inline(always)]
 fn sum_lanes(data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(LANES_BYTES);
-    let mut lanes = [0u64; LANES];
+    let mut chunks = data.chunks_exact(SUM_LANES * 8);
+    let mut lanes = [0u64; SUM_LANES];
     for chunk in &mut chunks {
         add_to_lanes(&mut lanes, chunk);
     }
@@ -105,13 +106,14 @@ fn sum_lanes(data: &[u8]) -> u64 {
 
 #[inline(always)]
 fn copy_and_sum_lanes(dst: &mut [u8], src: &[u8]) -> u64 {
-    let mut dst_chunks = dst.chunks_exact_mut(LANES_BYTES);
-    let mut src_chunks = src.chunks_exact(LANES_BYTES);
-    let mut lanes = [0u64; LANES];
+    const BLOCK: usize = COPY_LANES * 8;
+    let mut dst_chunks = dst.chunks_exact_mut(BLOCK);
+    let mut src_chunks = src.chunks_exact(BLOCK);
+    let mut lanes = [0u64; COPY_LANES];
     for (out, chunk) in (&mut dst_chunks).zip(&mut src_chunks) {
         // Loaded once, summed and stored from the same registers: a reload after the
         // store would wait on it whenever source and destination alias modulo 4 KiB.
-        let block: [u8; LANES_BYTES] = chunk.try_into().unwrap_or([0; LANES_BYTES]);
+        let block: [u8; BLOCK] = chunk.try_into().unwrap_or([0; BLOCK]);
         add_to_lanes(&mut lanes, &block);
         out.copy_from_slice(&block);
     }
