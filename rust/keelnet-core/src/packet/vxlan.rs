@@ -389,6 +389,7 @@ fn word_at(bytes: &[u8], offset: usize) -> u64 {
 /// Seed of [`flow_hash`].
 const FLOW_HASH_SEED: u64 = 0x6b65_656c_6e65_7421;
 
+#[inline(always)]
 fn flow_hash(inner: &[u8]) -> u64 {
     // The common shape first, untagged IPv4 without options, at fixed offsets after one
     // bounds check; it hashes what the general path would.
@@ -405,6 +406,7 @@ fn flow_hash(inner: &[u8]) -> u64 {
 /// for IP, the Ethernet header otherwise. Words are combined before one or two
 /// multiplies, not chained through one per field: this runs for every encapsulated
 /// packet.
+#[inline(never)]
 fn flow_hash_any(inner: &[u8]) -> u64 {
     let (l3, ether_type) = match EthernetFrame::parse(inner) {
         Ok(frame) => (frame.payload(), frame.ethertype()),
