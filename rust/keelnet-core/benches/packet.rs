@@ -2,63 +2,21 @@
 //! segmenting a 64 KB TCP super-frame into 1448-byte segments and coalescing them back.
 
 use std::hint::black_box;
-use std::net::IpAddr;
 
 #[path = "support/thread_cpu_time.rs"]
 #[macro_use]
 mod thread_cpu_time;
 
+#[path = "support/packet_cases.rs"]
+mod packet_cases;
+
 use criterion::measurement::Measurement;
 use criterion::{Criterion, Throughput};
 use keelnet_core::packet::checksum;
-use keelnet_core::packet::offload::build::{TcpFrameSpec, tcp_frame};
+use keelnet_core::packet::offload::build::tcp_frame;
 use keelnet_core::packet::offload::{Coalescer, Segments, segment};
-use keelnet_core::packet::vxlan::{self, DecapConfig, Encapsulator, Endpoints, VxlanConfig};
-
-fn endpoints(v6: bool) -> Endpoints {
-    let (source, destination): (IpAddr, IpAddr) = if v6 {
-        (
-            "2001:db8::1".parse().unwrap(),
-            "2001:db8::2".parse().unwrap(),
-        )
-    } else {
-        (
-            "192.0.2.1".parse().unwrap(),
-            "198.51.100.2".parse().unwrap(),
-        )
-    };
-    Endpoints {
-        source_mac: [2, 0xaa, 0, 0, 0, 1],
-        destination_mac: [2, 0xbb, 0, 0, 0, 2],
-        source,
-        destination,
-        vlan: None,
-    }
-}
-
-fn tcp_spec(v6: bool) -> TcpFrameSpec {
-    let (source, destination): (IpAddr, IpAddr) = if v6 {
-        ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap())
-    } else {
-        ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap())
-    };
-    TcpFrameSpec {
-        source,
-        destination,
-        source_port: 40000,
-        destination_port: 5201,
-        sequence: 1,
-        acknowledgment: 1,
-        flags: 0x18,
-        window: 512,
-        identification: 1,
-    }
-}
-
-/// An inner frame: a TCP segment of `payload` bytes (so the flow hash sees real headers).
-fn inner_frame(payload: usize) -> Vec<u8> {
-    tcp_frame(&tcp_spec(false), &vec![0x5a; payload]).unwrap()
-}
+use keelnet_core::packet::vxlan::{self, DecapConfig, Encapsulator, VxlanConfig};
+use packet_cases::{endpoints, inner_frame, super_frame_payload, tcp_spec};
 
 fn encap_decap<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("vxlan");
@@ -120,8 +78,7 @@ fn encap_decap<M: Measurement>(c: &mut Criterion<M>) {
 
 fn offload<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("offload");
-    // 45 x 1448 = 65160 payload bytes: the largest TSO super-frame Linux builds at MSS 1448.
-    let payload: Vec<u8> = (0..45 * 1448u32).map(|n| n as u8).collect();
+    let payload = super_frame_payload();
     for v6 in [false, true] {
         let family = if v6 { "tcp6" } else { "tcp4" };
         let frame = tcp_frame(&tcp_spec(v6), &payload).unwrap();

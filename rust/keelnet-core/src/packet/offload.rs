@@ -13,8 +13,8 @@
 //! (`NEEDS_CSUM`: pseudo-header sum in the field, as Linux's `CHECKSUM_PARTIAL`) and a
 //! virtio-net header announcing GSO with the segments' size.
 
-use super::ethernet::{EthernetFrame, ethertype};
-use super::ipv4::Ipv4Packet;
+use super::ethernet::{self, EthernetFrame, ethertype};
+use super::ipv4::{self, Ipv4Packet};
 use super::ipv6::{self, Ipv6Packet};
 use super::tcp::{self, TcpSegment};
 use super::{Layer, PacketError, be16, be32, checksum, ip_proto, need, put16, put32};
@@ -92,9 +92,9 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &VirtioNetHdr) -> Result<(), Pac
 }
 
 /// Where the headers of an Ethernet + IP + TCP frame are.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TcpFrame {
-    v6: bool,
+    version: IpVersion,
     l3: usize,
     tcp: usize,
     /// Ethernet + IP (+ IPv6 extension headers) + TCP header.
@@ -103,8 +103,83 @@ struct TcpFrame {
     end: usize,
 }
 
+/// IP version of a [`TcpFrame`]. Word-sized so that the struct has no padding: LLVM
+/// copies the padding of a value merged from two paths (fast and general parse) with
+/// overlapping narrow moves, whose reloads then stall (no store forwarding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+enum IpVersion {
+    V4 = 4,
+    V6 = 6,
+}
+
+impl IpVersion {
+    fn new(v6: bool) -> Self {
+        if v6 { IpVersion::V6 } else { IpVersion::V4 }
+    }
+}
+
 impl TcpFrame {
+    fn v6(&self) -> bool {
+        self.version == IpVersion::V6
+    }
+
+    #[inline]
     fn parse(frame: &[u8]) -> Result<Self, PacketError> {
+        match Self::parse_common(frame) {
+            Some(layout) => Ok(layout),
+            None => Self::parse_any(frame),
+        }
+    }
+
+    /// The common shapes, untagged IPv4 without options and untagged IPv6 without
+    /// extension headers, checked at fixed offsets after one bounds check. `None` sends
+    /// the frame through [`TcpFrame::parse_any`], which handles the rest and names the
+    /// reason for a refusal.
+    #[inline(always)]
+    fn parse_common(frame: &[u8]) -> Option<Self> {
+        const L3: usize = ethernet::HEADER_LEN;
+        const LONGEST: usize = L3 + ipv6::HEADER_LEN + tcp::MIN_HEADER_LEN;
+        let head = frame.first_chunk::<LONGEST>()?;
+        let (v6, tcp, end) = match be16(head, 12) {
+            ethertype::IPV4 => {
+                if head[L3] != 0x45
+                    || be16(head, L3 + 6) & 0x3fff != 0
+                    || head[L3 + 9] != ip_proto::TCP
+                {
+                    return None;
+                }
+                let tcp = L3 + ipv4::MIN_HEADER_LEN;
+                (false, tcp, L3 + usize::from(be16(head, L3 + 2)))
+            }
+            ethertype::IPV6 => {
+                if head[L3] >> 4 != 6 || head[L3 + 6] != ip_proto::TCP {
+                    return None;
+                }
+                let tcp = L3 + ipv6::HEADER_LEN;
+                (true, tcp, tcp + usize::from(be16(head, L3 + 4)))
+            }
+            _ => return None,
+        };
+        let tcp_header_len = usize::from(head[tcp + 12] >> 4) * 4;
+        let headers_len = tcp + tcp_header_len;
+        if tcp_header_len < tcp::MIN_HEADER_LEN || end < headers_len || end > frame.len() {
+            return None;
+        }
+        Some(TcpFrame {
+            version: IpVersion::new(v6),
+            l3: L3,
+            tcp,
+            headers_len,
+            end,
+        })
+    }
+
+    /// [`TcpFrame::parse`] for every frame shape, and the reasons for refusals. Cold and
+    /// out of line, so the common path keeps the layout in registers.
+    #[cold]
+    #[inline(never)]
+    fn parse_any(frame: &[u8]) -> Result<Self, PacketError> {
         let eth = EthernetFrame::parse(frame)?;
         let l3 = eth.header_len();
         let (v6, upper_offset, ip_len) = match eth.ethertype() {
@@ -138,7 +213,7 @@ impl TcpFrame {
         let end = l3 + ip_len;
         let segment = TcpSegment::parse(&frame[tcp..end])?;
         Ok(TcpFrame {
-            v6,
+            version: IpVersion::new(v6),
             l3,
             tcp,
             headers_len: tcp + segment.header_len(),
@@ -148,7 +223,7 @@ impl TcpFrame {
 
     /// Pseudo-header sum without the length.
     fn pseudo_header(&self, frame: &[u8]) -> u64 {
-        let addresses = if self.v6 {
+        let addresses = if self.v6() {
             &frame[self.l3 + 8..self.l3 + 40]
         } else {
             &frame[self.l3 + 12..self.l3 + 20]
@@ -156,28 +231,69 @@ impl TcpFrame {
         checksum::add(0, addresses) + u64::from(ip_proto::TCP)
     }
 
-    /// Sets the IP length fields for `payload` bytes after the headers, and the IPv4 ID
-    /// and header checksum.
-    fn set_ip_lengths(&self, frame: &mut [u8], payload: usize, id: Option<u16>) {
+    /// Sum of the IPv4 header without its total length, ID and checksum (0 for IPv6):
+    /// [`TcpFrame::set_ip_fields`] adds the new ones back.
+    fn ipv4_fixed_sum(&self, frame: &[u8]) -> u64 {
+        if self.v6() {
+            return 0;
+        }
+        let header = &frame[self.l3..self.tcp];
+        checksum::add(0, header)
+            + checksum::without16(be16(header, 2))
+            + checksum::without16(be16(header, 4))
+            + checksum::without16(be16(header, 10))
+    }
+
+    /// Sum of the TCP header without sequence number, data offset and flags word, and
+    /// checksum, plus the pseudo-header without the length: what every segment's TCP
+    /// checksum shares.
+    fn tcp_fixed_sum(&self, frame: &[u8]) -> u64 {
+        let header = &frame[self.tcp..self.headers_len];
+        self.pseudo_header(frame)
+            + checksum::add(0, header)
+            + checksum::without16(be16(header, 4))
+            + checksum::without16(be16(header, 6))
+            + checksum::without16(be16(header, 12))
+            + checksum::without16(be16(header, 16))
+    }
+
+    /// Sets the IP length field for `payload` bytes after the headers and, for IPv4,
+    /// the ID and the header checksum, computed from `ipv4_fixed_sum` (see
+    /// [`TcpFrame::ipv4_fixed_sum`]) instead of re-reading the header just written.
+    fn set_ip_fields(&self, frame: &mut [u8], payload: usize, id: u16, ipv4_fixed_sum: u64) {
         let ip_len = self.headers_len - self.l3 + payload;
-        if self.v6 {
+        if self.v6() {
             put16(frame, self.l3 + 4, (ip_len - ipv6::HEADER_LEN) as u16);
         } else {
             put16(frame, self.l3 + 2, ip_len as u16);
-            if let Some(id) = id {
-                put16(frame, self.l3 + 4, id);
-            }
-            put16(frame, self.l3 + 10, 0);
-            let ihl = usize::from(frame[self.l3] & 0x0f) * 4;
-            let sum = checksum::checksum(&frame[self.l3..self.l3 + ihl]);
-            put16(frame, self.l3 + 10, sum);
+            put16(frame, self.l3 + 4, id);
+            let sum = ipv4_fixed_sum + ip_len as u64 + u64::from(id);
+            put16(frame, self.l3 + 10, checksum::finish(sum));
         }
+    }
+
+    /// A mask over the headers: 0x00 on the bytes that differ between segments of one
+    /// super-frame and are checked on their own (IP length, IPv4 ID and checksum, TCP
+    /// sequence number, flags and checksum), 0xff on those that must be equal.
+    fn varying_fields_mask(&self, mask: &mut Vec<u8>) {
+        mask.clear();
+        mask.resize(self.headers_len, 0xff);
+        let (l3, tcp) = (self.l3, self.tcp);
+        if self.v6() {
+            mask[l3 + 4..l3 + 6].fill(0);
+        } else {
+            mask[l3 + 2..l3 + 6].fill(0);
+            mask[l3 + 10..l3 + 12].fill(0);
+        }
+        mask[tcp + 4..tcp + 8].fill(0);
+        mask[tcp + 13] = 0;
+        mask[tcp + 16..tcp + 18].fill(0);
     }
 
     /// Largest payload that keeps the IP length field in range.
     fn max_payload(&self) -> usize {
         let ip_headers = self.headers_len - self.l3;
-        if self.v6 {
+        if self.v6() {
             0xffff + ipv6::HEADER_LEN - ip_headers
         } else {
             0xffff - ip_headers
@@ -250,30 +366,29 @@ pub fn segment(frame: &[u8], mss: usize, out: &mut Segments) -> Result<usize, Pa
     let headers = &frame[..layout.headers_len];
     let payload = &frame[layout.headers_len..layout.end];
     let tcp_header_len = layout.headers_len - layout.tcp;
-    let pseudo = layout.pseudo_header(frame);
+    // Each segment's headers are the super-frame's, copied, with a few fields patched;
+    // their checksums are the sums of the fixed fields plus the patched ones, so no
+    // header is summed again (nor read back right after being written).
+    let ipv4_fixed_sum = layout.ipv4_fixed_sum(frame);
+    let tcp_fixed_sum = layout.tcp_fixed_sum(frame);
     let first_id = be16(frame, layout.l3 + 4);
     let first_seq = be32(frame, layout.tcp + 4);
+    let data_offset = frame[layout.tcp + 12];
     let flags = frame[layout.tcp + 13];
     let count = payload.len().div_ceil(mss).max(1);
     let mut chunks = payload.chunks(mss);
     let headers_len = layout.headers_len;
+    let tcp = layout.tcp;
     for index in 0..count {
         let chunk = chunks.next().unwrap_or(&[]);
         let segment = out.grow(headers_len + chunk.len());
         segment[..headers_len].copy_from_slice(headers);
         // One pass over the payload: copied and summed together.
         let payload_sum = checksum::copy_and_add(&mut segment[headers_len..], chunk);
-        layout.set_ip_lengths(
-            segment,
-            chunk.len(),
-            Some(first_id.wrapping_add(index as u16)),
-        );
-        let tcp = layout.tcp;
-        put32(
-            segment,
-            tcp + 4,
-            first_seq.wrapping_add((index * mss) as u32),
-        );
+        let id = first_id.wrapping_add(index as u16);
+        layout.set_ip_fields(segment, chunk.len(), id, ipv4_fixed_sum);
+        let seq = first_seq.wrapping_add((index * mss) as u32);
+        put32(segment, tcp + 4, seq);
         let mut segment_flags = flags;
         if index + 1 < count {
             segment_flags &= !(tcp::flags::FIN | tcp::flags::PSH);
@@ -282,10 +397,13 @@ pub fn segment(frame: &[u8], mss: usize, out: &mut Segments) -> Result<usize, Pa
             segment_flags &= !tcp::flags::CWR;
         }
         segment[tcp + 13] = segment_flags;
-        put16(segment, tcp + 16, 0);
         let tcp_len = tcp_header_len + chunk.len();
-        // The TCP header has an even length, so the two sums combine.
-        let sum = checksum::add(pseudo + tcp_len as u64, &segment[tcp..headers_len]) + payload_sum;
+        let sum = tcp_fixed_sum
+            + tcp_len as u64
+            + u64::from(seq >> 16)
+            + u64::from(seq & 0xffff)
+            + u64::from(u16::from_be_bytes([data_offset, segment_flags]))
+            + payload_sum;
         put16(segment, tcp + 16, checksum::finish(sum));
         out.commit(headers_len + chunk.len());
     }
@@ -310,7 +428,7 @@ pub fn segment_with_header(
         }
         kind @ (gso_type::TCPV4 | gso_type::TCPV6) => {
             let layout = TcpFrame::parse(frame)?;
-            if layout.v6 != (kind == gso_type::TCPV6) {
+            if layout.v6() != (kind == gso_type::TCPV6) {
                 return Err(PacketError::Offload {
                     what: "GSO type does not match the IP version",
                 });
@@ -350,6 +468,8 @@ pub struct Coalescer {
     frame: Vec<u8>,
     frame_len: usize,
     flow: Option<Flow>,
+    /// The pending flow's [`TcpFrame::varying_fields_mask`].
+    header_mask: Vec<u8>,
     verify_checksums: bool,
 }
 
@@ -371,6 +491,7 @@ impl Coalescer {
             frame: Vec::new(),
             frame_len: 0,
             flow: None,
+            header_mask: Vec::new(),
             verify_checksums,
         }
     }
@@ -405,7 +526,8 @@ impl Coalescer {
         // The TCP checksum is verified while the payload is copied in (one pass); here
         // only the IPv4 header and the sum of the TCP header.
         let header_sum = if self.verify_checksums {
-            if !layout.v6 && !checksum::verifies(checksum::add(0, &frame[layout.l3..layout.tcp])) {
+            if !layout.v6() && !checksum::verifies(checksum::add(0, &frame[layout.l3..layout.tcp]))
+            {
                 return Err(PacketError::BadChecksum { layer: Layer::Ipv4 });
             }
             let tcp_len = (layout.end - layout.tcp) as u64;
@@ -435,47 +557,39 @@ impl Coalescer {
                 return Err(PacketError::BadChecksum { layer: Layer::Tcp });
             }
             self.frame_len = layout.end;
+            layout.varying_fields_mask(&mut self.header_mask);
             self.flow = Some(Flow {
                 layout,
                 mss: payload.len(),
                 payload: payload.len(),
                 next_seq: seq.wrapping_add(payload.len() as u32),
                 next_id: id.wrapping_add(1),
-                dont_fragment: !layout.v6 && be16(frame, layout.l3 + 6) & 0x4000 != 0,
+                dont_fragment: !layout.v6() && be16(frame, layout.l3 + 6) & 0x4000 != 0,
                 segments: 1,
                 closed: flags & (tcp::flags::PSH | tcp::flags::FIN) != 0,
                 first_flags: flags,
             });
             return Ok(true);
         };
-        let current = &self.frame[..self.frame_len];
-        let same = |range: std::ops::Range<usize>| frame.get(range.clone()) == current.get(range);
-        let l3 = layout.l3;
-        let tcp = layout.tcp;
+        let headers_len = layout.headers_len;
         let fits = !flow.closed
-            && layout.v6 == flow.layout.v6
+            && layout.version == flow.layout.version
             && layout.l3 == flow.layout.l3
             && layout.tcp == flow.layout.tcp
-            && layout.headers_len == flow.layout.headers_len
+            && headers_len == flow.layout.headers_len
             && payload.len() <= flow.mss
             && flow.payload + payload.len() <= layout.max_payload()
             && seq == flow.next_seq
             && flags & tcp::flags::CWR == 0
             && flags & !(tcp::flags::PSH | tcp::flags::FIN)
                 == flow.first_flags & !(tcp::flags::PSH | tcp::flags::CWR | tcp::flags::FIN)
-            && same(0..l3)
-            && if layout.v6 {
-                same(l3..l3 + 4) && same(l3 + 6..tcp)
-            } else {
-                same(l3..l3 + 2)
-                    && same(l3 + 6..l3 + 10)
-                    && same(l3 + 12..tcp)
-                    && (flow.dont_fragment || id == flow.next_id)
-            }
-            && same(tcp..tcp + 4)
-            && same(tcp + 8..tcp + 13)
-            && same(tcp + 14..tcp + 16)
-            && same(tcp + 18..layout.headers_len);
+            && (layout.v6() || flow.dont_fragment || id == flow.next_id)
+            // All other header bytes as in the first segment: one masked comparison.
+            && equal_under_mask(
+                &frame[..headers_len],
+                &self.frame[..headers_len],
+                &self.header_mask,
+            );
         if !fits {
             return Ok(false);
         }
@@ -484,7 +598,7 @@ impl Coalescer {
             return Err(PacketError::BadChecksum { layer: Layer::Tcp });
         }
         self.frame_len += payload.len();
-        self.frame[tcp + 13] |= flags & (tcp::flags::PSH | tcp::flags::FIN);
+        self.frame[layout.tcp + 13] |= flags & (tcp::flags::PSH | tcp::flags::FIN);
         flow.payload += payload.len();
         flow.next_seq = seq.wrapping_add(payload.len() as u32);
         flow.next_id = id.wrapping_add(1);
@@ -512,11 +626,14 @@ impl Coalescer {
                 ..VirtioNetHdr::default()
             });
         }
-        layout.set_ip_lengths(out, flow.payload, None);
+        // The super-frame keeps the first segment's IPv4 ID.
+        let first_id = be16(out, layout.l3 + 4);
+        let ipv4_fixed_sum = layout.ipv4_fixed_sum(out);
+        layout.set_ip_fields(out, flow.payload, first_id, ipv4_fixed_sum);
         let tcp_len = (layout.headers_len - layout.tcp + flow.payload) as u64;
         let partial = checksum::fold(layout.pseudo_header(out) + tcp_len);
         put16(out, layout.tcp + 16, partial);
-        let mut kind = if layout.v6 {
+        let mut kind = if layout.v6() {
             gso_type::TCPV6
         } else {
             gso_type::TCPV4
@@ -533,6 +650,27 @@ impl Coalescer {
             csum_offset: 16,
         })
     }
+}
+
+/// True when `a` and `b` are equal in every byte where `mask` (as long as both) is 0xff;
+/// a word at a time, without a branch per field.
+fn equal_under_mask(a: &[u8], b: &[u8], mask: &[u8]) -> bool {
+    let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().unwrap_or([0; 8]));
+    let (a_words, b_words, mask_words) =
+        (a.chunks_exact(8), b.chunks_exact(8), mask.chunks_exact(8));
+    let tail_differs = a_words
+        .remainder()
+        .iter()
+        .zip(b_words.remainder())
+        .zip(mask_words.remainder())
+        .fold(0u8, |differs, ((x, y), m)| differs | ((x ^ y) & m));
+    let words_differ = a_words
+        .zip(b_words)
+        .zip(mask_words)
+        .fold(0u64, |differs, ((x, y), m)| {
+            differs | ((word(x) ^ word(y)) & word(m))
+        });
+    a.len() == b.len() && a.len() == mask.len() && words_differ == 0 && tail_differs == 0
 }
 
 /// `len` writable bytes of `buf` from `start`, growing it (zero-filled) only if needed.
@@ -696,7 +834,7 @@ mod tests {
     fn checksums_ok(frame: &[u8]) -> bool {
         let layout = TcpFrame::parse(frame).unwrap();
         let ip_ok =
-            layout.v6 || checksum::verifies(checksum::add(0, &frame[layout.l3..layout.tcp]));
+            layout.v6() || checksum::verifies(checksum::add(0, &frame[layout.l3..layout.tcp]));
         let tcp_len = (layout.end - layout.tcp) as u64;
         ip_ok
             && checksum::verifies(checksum::add(
@@ -794,6 +932,59 @@ mod tests {
         let hdr = coalescer.finish(&mut out).unwrap();
         assert_eq!(hdr.gso_type, gso_type::NONE);
         assert_eq!(out, first);
+    }
+
+    proptest::proptest! {
+        /// The fixed-offset fast path accepts only what the general path accepts, with
+        /// the same result.
+        #[test]
+        fn parse_fast_path_agrees_with_general_path(
+            v6 in proptest::bool::ANY,
+            flips in proptest::collection::vec((0usize..90, proptest::num::u8::ANY), 0..3),
+            cut in 0usize..120,
+        ) {
+            let mut frame = tcp_frame(&spec(v6, tcp::flags::ACK), &[7; 100]).unwrap();
+            for (at, value) in flips {
+                frame[at] = value;
+            }
+            frame.truncate(frame.len().saturating_sub(cut));
+            if let Some(fast) = TcpFrame::parse_common(&frame) {
+                proptest::prop_assert_eq!(Ok(fast), TcpFrame::parse_any(&frame));
+            }
+        }
+
+        /// A segment whose headers differ from the first one's in any byte outside the
+        /// per-segment fields does not join it (checksums trusted, so that only the
+        /// header comparison decides).
+        #[test]
+        fn coalescer_refuses_any_other_header_difference(
+            v6 in proptest::bool::ANY,
+            at in 0usize..86,
+            value in proptest::num::u8::ANY,
+        ) {
+            let ack = tcp::flags::ACK;
+            let payload: Vec<u8> = (0..2896u32).map(|n| n as u8).collect();
+            let frame = tcp_frame(&spec(v6, ack), &payload).unwrap();
+            let mut pieces = Segments::new();
+            segment(&frame, 1448, &mut pieces).unwrap();
+            let layout = TcpFrame::parse(&frame).unwrap();
+            let mut mask = Vec::new();
+            layout.varying_fields_mask(&mut mask);
+            let at = at % layout.headers_len;
+            let mut second = pieces.get(1).unwrap().to_vec();
+            proptest::prop_assume!(second[at] != value);
+            second[at] = value;
+            let mut coalescer = Coalescer::new(false);
+            proptest::prop_assert!(coalescer.push(pieces.get(0).unwrap()).unwrap());
+            let joined = coalescer.push(&second) == Ok(true);
+            if mask[at] == 0xff {
+                proptest::prop_assert!(!joined, "byte {} differs but joined", at);
+            }
+            let checksum_bytes = [layout.tcp + 16, layout.tcp + 17];
+            if checksum_bytes.contains(&at) || (!v6 && [layout.l3 + 10, layout.l3 + 11].contains(&at)) {
+                proptest::prop_assert!(joined, "checksum byte {} differs, not joined", at);
+            }
+        }
     }
 
     #[test]
