@@ -205,6 +205,10 @@ struct Shared {
     engine: Mutex<Engine>,
     stop: AtomicBool,
     poller: Poller,
+    /// Several workers: ports and VTEPs are registered one-shot, so one worker at a
+    /// time drains each, and re-armed after. One worker: level-triggered, no re-arm
+    /// (one `epoll_ctl` less per wakeup).
+    oneshot: bool,
 }
 
 impl Shared {
@@ -215,16 +219,24 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Ports and VTEPs are one-shot: one worker at a time drains each.
-    const EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLONESHOT) as u32;
+    fn events(&self) -> u32 {
+        let level = (libc::EPOLLIN | libc::EPOLLERR) as u32;
+        if self.oneshot {
+            level | libc::EPOLLONESHOT as u32
+        } else {
+            level
+        }
+    }
 
     fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.poller.add(fd, token, Self::EVENTS)
+        self.poller.add(fd, token, self.events())
     }
 
     /// Re-arms a one-shot descriptor after a worker drained it.
     fn rearm(&self, fd: RawFd, token: u64) {
-        self.poller.modify(fd, token, Self::EVENTS);
+        if self.oneshot {
+            self.poller.modify(fd, token, self.events());
+        }
     }
 }
 
@@ -240,8 +252,10 @@ impl Switch {
             // Fail now, not at the first port, when the namespace does not exist.
             crate::io::netns::open(path)?;
         }
+        let oneshot = config.workers > 1;
         let shared = Arc::new(Shared {
             engine: Mutex::new(Engine::new(config)),
+            oneshot,
             stop: AtomicBool::new(false),
             poller: Poller::new(WAKE_TOKEN)?,
         });
