@@ -161,6 +161,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def added_latency(runs: dict[str, list[list[float]]], name: str) -> tuple[float, float]:
+    """(p50, p99) of `name`'s RTTs minus the underlay's p50, per interleaved round, then
+    the median over rounds: load from other sessions that comes and goes between rounds
+    moves both terms of one round together."""
+    rounds = list(zip(runs[name], runs["underlay"], strict=True))
+    return (
+        statistics.median(percentile(own, 0.5) - percentile(base, 0.5) for own, base in rounds),
+        statistics.median(percentile(own, 0.99) - percentile(base, 0.5) for own, base in rounds),
+    )
+
+
 class Topology:
     """Kernel hosts 1-2, keelnet hosts 3-4, and a same-host pair of each kind on 5/6."""
 
@@ -349,14 +360,10 @@ def main() -> None:
             f"({', '.join(f'{v / 1e3:.1f}' for v in values)})",
         )
     print(f"\nping RTT, {args.repeats} x {args.pings} echoes (µs)")
-    under = statistics.median(latency["underlay"])
     for name, values in latency.items():
         p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
         print(f"  {name:32s} p50 {p50:7.1f}  p99 {p99:7.1f}  ({len(values)} answered)")
-    add = {
-        name: (percentile(latency[name], 0.5) - under, percentile(latency[name], 0.99) - under)
-        for name in ("kernel vxlan", "keelnet vtep")
-    }
+    add = {name: added_latency(latency_runs, name) for name in ("kernel vxlan", "keelnet vtep")}
     print(
         "\nOffloads: TAP IFF_VNET_HDR + TUN_F_CSUM|TSO4|TSO6|TSO_ECN; "
         f"VTEP UDP GSO {vtep_stats['gso']}, UDP GRO {vtep_stats['gro']}; "
