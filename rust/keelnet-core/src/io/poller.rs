@@ -2,8 +2,10 @@
 //! both forwarding engines (the switch and the ipvlan emulation), and [`SpinPolicy`],
 //! which polls a little before sleeping when packets come back and forth.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use super::check;
@@ -118,14 +120,20 @@ impl Poller {
 /// on its CPU run at once. A long gap between two polls means another task wanted the
 /// CPU (it ran a time slice); then polling stops and backs off (10 ms, doubling up to
 /// 1 s), since a runnable poller is not woken early by a packet the way a sleeper is: it
-/// waits out the other task's slice (~4 ms here).
-#[derive(Debug, Clone)]
+/// waits out the other task's slice (~4 ms here). For the same reason polling starts
+/// only while some CPU is idle (the kernel's count of runnable tasks, `/proc/loadavg`).
+#[derive(Debug)]
 pub struct SpinPolicy {
     max: Duration,
     window: Duration,
     /// No polling before this (after contention for the CPU).
     resume: Instant,
     backoff: Duration,
+    cpus: usize,
+    loadavg: Option<File>,
+    /// The last [`SpinPolicy::cpus_busy`] answer and when it was read: reading costs
+    /// ~2 µs, which would add to every handoff.
+    busy: (bool, Instant),
 }
 
 impl SpinPolicy {
@@ -135,6 +143,8 @@ impl SpinPolicy {
     const CONTENDED: Duration = Duration::from_micros(200);
     const FIRST_BACKOFF: Duration = Duration::from_millis(10);
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    /// How often the count of runnable tasks is read.
+    const LOAD_CHECK: Duration = Duration::from_millis(2);
 
     /// Polls for at most `max` before sleeping; zero: always sleep at once.
     pub fn new(max: Duration) -> SpinPolicy {
@@ -143,7 +153,33 @@ impl SpinPolicy {
             window: Duration::ZERO,
             resume: Instant::now(),
             backoff: Self::FIRST_BACKOFF,
+            cpus: std::thread::available_parallelism().map_or(1, |cpus| cpus.get()),
+            loadavg: File::open("/proc/loadavg").ok(),
+            busy: (false, Instant::now() - Self::LOAD_CHECK),
         }
+    }
+
+    /// Whether another task could run if this thread kept its CPU: runnable tasks
+    /// (this one included) at least as many as the CPUs. Unknown: assume not.
+    fn cpus_busy(&mut self, now: Instant) -> bool {
+        let (busy, checked) = self.busy;
+        if now - checked < Self::LOAD_CHECK {
+            return busy;
+        }
+        let busy = self.read_cpus_busy();
+        self.busy = (busy, now);
+        busy
+    }
+
+    fn read_cpus_busy(&self) -> bool {
+        let Some(file) = &self.loadavg else {
+            return false;
+        };
+        let mut text = [0u8; 128];
+        let Ok(length) = file.read_at(&mut text, 0) else {
+            return false;
+        };
+        runnable_tasks(&text[..length]).is_some_and(|runnable| runnable > self.cpus)
     }
 
     /// How long the next wait polls before sleeping.
@@ -187,7 +223,7 @@ impl Poller {
         spin: &mut SpinPolicy,
     ) -> io::Result<usize> {
         let idle_since = Instant::now();
-        if !spin.window.is_zero() && idle_since >= spin.resume {
+        if !spin.window.is_zero() && idle_since >= spin.resume && !spin.cpus_busy(idle_since) {
             let mut last_poll = idle_since;
             loop {
                 let ready = self.wait(events, 0)?;
@@ -219,9 +255,22 @@ impl Poller {
     }
 }
 
+/// The runnable-task count of `/proc/loadavg` ("0.52 0.58 0.59 3/219 12345": 3).
+fn runnable_tasks(loadavg: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(loadavg).ok()?;
+    let field = text.split_whitespace().nth(3)?;
+    field.split('/').next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runnable_tasks_come_from_the_fourth_field() {
+        assert_eq!(runnable_tasks(b"0.52 0.58 0.59 3/219 12345\n"), Some(3));
+        assert_eq!(runnable_tasks(b"garbage"), None);
+    }
 
     #[test]
     fn the_window_grows_with_short_sleeps_and_shrinks_with_long_ones() {
