@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::check;
@@ -121,7 +122,8 @@ impl Poller {
 /// CPU (it ran a time slice); then polling stops and backs off (10 ms, doubling up to
 /// 1 s), since a runnable poller is not woken early by a packet the way a sleeper is: it
 /// waits out the other task's slice (~4 ms here). For the same reason polling starts
-/// only while some CPU is idle (the kernel's count of runnable tasks, `/proc/loadavg`).
+/// only while the runnable tasks (`/proc/loadavg`), not counting other polling workers
+/// of this process (they sleep as soon as a task needs their CPU), leave a CPU idle.
 #[derive(Debug)]
 pub struct SpinPolicy {
     max: Duration,
@@ -159,8 +161,8 @@ impl SpinPolicy {
         }
     }
 
-    /// Whether another task could run if this thread kept its CPU: runnable tasks
-    /// (this one included) at least as many as the CPUs. Unknown: assume not.
+    /// Whether another task could run if this thread kept its CPU: more runnable tasks
+    /// (this one included, other polling workers not) than CPUs. Unknown: assume not.
     fn cpus_busy(&mut self, now: Instant) -> bool {
         let (busy, checked) = self.busy;
         if now - checked < Self::LOAD_CHECK {
@@ -179,7 +181,9 @@ impl SpinPolicy {
         let Ok(length) = file.read_at(&mut text, 0) else {
             return false;
         };
-        runnable_tasks(&text[..length]).is_some_and(|runnable| runnable > self.cpus)
+        let polling_others = POLLING.load(Ordering::Relaxed);
+        runnable_tasks(&text[..length])
+            .is_some_and(|runnable| runnable.saturating_sub(polling_others) > self.cpus)
     }
 
     /// How long the next wait polls before sleeping.
@@ -215,6 +219,36 @@ impl SpinPolicy {
 }
 
 impl Poller {
+    /// Polls until something is ready (returns how many), the window ends or another
+    /// task takes the CPU (0).
+    fn poll_for(
+        &self,
+        events: &mut [libc::epoll_event],
+        spin: &mut SpinPolicy,
+        idle_since: Instant,
+    ) -> io::Result<usize> {
+        let mut last_poll = idle_since;
+        loop {
+            let ready = self.wait(events, 0)?;
+            if ready > 0 {
+                spin.polled_and_found();
+                return Ok(ready);
+            }
+            let now = Instant::now();
+            // Off the CPU between two polls: another task wanted it.
+            if now - last_poll > SpinPolicy::CONTENDED {
+                spin.contended(now);
+                return Ok(0);
+            }
+            if now - idle_since >= spin.window {
+                return Ok(0);
+            }
+            last_poll = now;
+            // SAFETY: sched_yield has no arguments and cannot fail on Linux.
+            unsafe { libc::sched_yield() };
+        }
+    }
+
     /// [`Poller::wait`], polling first for as long as `spin` says (see [`SpinPolicy`]).
     pub fn wait_spinning(
         &self,
@@ -224,25 +258,12 @@ impl Poller {
     ) -> io::Result<usize> {
         let idle_since = Instant::now();
         if !spin.window.is_zero() && idle_since >= spin.resume && !spin.cpus_busy(idle_since) {
-            let mut last_poll = idle_since;
-            loop {
-                let ready = self.wait(events, 0)?;
-                if ready > 0 {
-                    spin.polled_and_found();
-                    return Ok(ready);
-                }
-                let now = Instant::now();
-                // Off the CPU between two polls: another task wanted it.
-                if now - last_poll > SpinPolicy::CONTENDED {
-                    spin.contended(now);
-                    break;
-                }
-                if now - idle_since >= spin.window {
-                    break;
-                }
-                last_poll = now;
-                // SAFETY: sched_yield has no arguments and cannot fail on Linux.
-                unsafe { libc::sched_yield() };
+            POLLING.fetch_add(1, Ordering::Relaxed);
+            let polled = self.poll_for(events, spin, idle_since);
+            POLLING.fetch_sub(1, Ordering::Relaxed);
+            match polled? {
+                0 => {}
+                ready => return Ok(ready),
             }
         }
         let ready = self.wait(events, timeout_ms)?;
@@ -254,6 +275,9 @@ impl Poller {
         Ok(ready)
     }
 }
+
+/// Workers of this process polling right now (several switches may share a machine).
+static POLLING: AtomicUsize = AtomicUsize::new(0);
 
 /// The runnable-task count of `/proc/loadavg` ("0.52 0.58 0.59 3/219 12345": 3).
 fn runnable_tasks(loadavg: &[u8]) -> Option<usize> {
