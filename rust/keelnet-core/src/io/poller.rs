@@ -123,7 +123,7 @@ impl Poller {
 /// 1 s), since a runnable poller is not woken early by a packet the way a sleeper is: it
 /// waits out the other task's slice (~4 ms here). For the same reason polling starts
 /// only while the runnable tasks (`/proc/loadavg`), not counting other polling workers
-/// of this process (they sleep as soon as a task needs their CPU), leave a CPU idle.
+/// of this process (they stop when another task needs their CPU), leave a CPU idle.
 #[derive(Debug)]
 pub struct SpinPolicy {
     max: Duration,
@@ -156,8 +156,18 @@ impl SpinPolicy {
             resume: Instant::now(),
             backoff: Self::FIRST_BACKOFF,
             cpus: std::thread::available_parallelism().map_or(1, |cpus| cpus.get()),
-            loadavg: File::open("/proc/loadavg").ok(),
-            busy: (false, Instant::now() - Self::LOAD_CHECK),
+            loadavg: if max.is_zero() {
+                None
+            } else {
+                File::open("/proc/loadavg").ok()
+            },
+            // Read at the first poll.
+            busy: (
+                false,
+                Instant::now()
+                    .checked_sub(Self::LOAD_CHECK)
+                    .unwrap_or_else(Instant::now),
+            ),
         }
     }
 
