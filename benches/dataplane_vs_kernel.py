@@ -13,8 +13,8 @@ MTU 1500) and, interleaving kernel and keelnet runs:
 3. 64-byte frames (18-byte UDP payloads) at full speed across two hosts, from a small C
    sender with sendmmsg (iperf3 tops out at ~50 kpps here: it would measure itself):
    packets per second delivered to the receiving sandbox.
-4. Latency: ping RTT p50/p99 across two hosts, and the latency each overlay adds to the
-   bare underlay's.
+4. Latency: ping RTT p50/p99 across two hosts and on one host (interleaved rounds), and
+   the latency each overlay adds to the bare underlay's.
 
 Prints every figure and the keelnet/kernel ratios against the goals of issue 4.
 """
@@ -54,6 +54,11 @@ def cpu_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    """Other sessions share the machine: the load average says how much."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: float, *extra: str) -> dict:
@@ -156,11 +161,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def added_latency(runs: dict[str, list[list[float]]], name: str) -> tuple[float, float]:
+    """(p50, p99) of `name`'s RTTs minus the underlay's p50, per interleaved round, then
+    the median over rounds: load from other sessions that comes and goes between rounds
+    moves both terms of one round together."""
+    rounds = list(zip(runs[name], runs["underlay"], strict=True))
+    return (
+        statistics.median(percentile(own, 0.5) - percentile(base, 0.5) for own, base in rounds),
+        statistics.median(percentile(own, 0.99) - percentile(base, 0.5) for own, base in rounds),
+    )
+
+
 class Topology:
     """Kernel hosts 1-2, keelnet hosts 3-4, and a same-host pair of each kind on 5/6."""
 
     def __init__(
-        self, lab: DpLab, gso: bool, coalesce: bool, busy_poll: int, workers: int = 1
+        self, lab: DpLab, gso: bool, coalesce: bool, busy_poll: int | None, workers: int = 1
     ) -> None:
         self.switches: list[Switch] = []
         h = {n: lab.host(n) for n in range(1, 7)}
@@ -264,17 +280,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--pings", type=int, default=300)
+    parser.add_argument("--pings", type=int, default=300, help="echoes per repeat")
     parser.add_argument("--no-gso", action="store_true", help="VTEP without UDP GSO")
     parser.add_argument("--no-coalesce", action="store_true", help="no GRO towards TAPs")
     parser.add_argument("--workers", type=int, default=1, help="switch worker threads")
-    parser.add_argument("--busy-poll-us", type=int, default=0, help="switch busy polling")
+    parser.add_argument(
+        "--busy-poll-us", type=int, default=None, help="switch polling limit (default: keelnet's)"
+    )
     parser.add_argument("--tcp-only", action="store_true", help="skip packet rate and latency")
+    parser.add_argument("--latency-only", action="store_true", help="only the ping RTTs")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (namespaces, TAP devices)")
     print(
-        f"kernel {os.uname().release}, {os.cpu_count()} CPUs, {args.seconds:g} s x {args.repeats}"
+        f"kernel {os.uname().release}, {os.cpu_count()} CPUs, {args.seconds:g} s x {args.repeats}",
+        f"load average {load_average()}",
     )
     with dp_lab() as lab:
         topo = Topology(
@@ -290,69 +310,71 @@ def main() -> None:
             for a, b in ((1, 2), (2, 1), (3, 4), (4, 3), (5, 6), (7, 8), (8, 7)):
                 sh("ip", "netns", "exec", s[a], "true")
                 rtts(s[a], NET.format(b), 3)
-            tcp = interleave(
-                args.repeats,
-                {
-                    "kernel vxlan →": lambda: tcp_run(s[1], s[2], NET.format(2), t, False),
-                    "keelnet vtep →": lambda: tcp_run(s[3], s[4], NET.format(4), t, False),
-                    "kernel vxlan ←": lambda: tcp_run(s[1], s[2], NET.format(2), t, True),
-                    "keelnet vtep ←": lambda: tcp_run(s[3], s[4], NET.format(4), t, True),
-                    "kernel bridge+veth (same host)": lambda: tcp_run(
-                        s[5], s[6], NET.format(6), t, False
-                    ),
-                    "keelnet tap (same host)": lambda: tcp_run(s[7], s[8], NET.format(8), t, False),
-                },
-            )
+            tcp_runs: dict[str, Callable[[], object]] = {
+                "kernel vxlan →": lambda: tcp_run(s[1], s[2], NET.format(2), t, False),
+                "keelnet vtep →": lambda: tcp_run(s[3], s[4], NET.format(4), t, False),
+                "kernel vxlan ←": lambda: tcp_run(s[1], s[2], NET.format(2), t, True),
+                "keelnet vtep ←": lambda: tcp_run(s[3], s[4], NET.format(4), t, True),
+                "kernel bridge+veth (same host)": lambda: tcp_run(
+                    s[5], s[6], NET.format(6), t, False
+                ),
+                "keelnet tap (same host)": lambda: tcp_run(s[7], s[8], NET.format(8), t, False),
+            }
+            tcp = {} if args.latency_only else interleave(args.repeats, tcp_runs)
             if args.tcp_only:
                 print("\nRatios keelnet / kernel (goal)")
                 print_tcp_ratios(print_tcp(tcp))
                 return
-            pps = interleave(
+            pps_runs: dict[str, Callable[[], object]] = {
+                "kernel vxlan": lambda: udp_pps(s[1], s[2], NET.format(2), t),
+                "keelnet vtep": lambda: udp_pps(s[3], s[4], NET.format(4), t),
+            }
+            pps = {} if args.latency_only else interleave(args.repeats, pps_runs)
+            # Interleaved like the rest: a burst of load from other sessions hits both sides.
+            latency_runs = interleave(
                 args.repeats,
                 {
-                    "kernel vxlan": lambda: udp_pps(s[1], s[2], NET.format(2), t),
-                    "keelnet vtep": lambda: udp_pps(s[3], s[4], NET.format(4), t),
+                    "underlay": lambda: rtts(topo.hosts[1], UNDERLAY_V4.format(2), args.pings),
+                    "kernel vxlan": lambda: rtts(s[1], NET.format(2), args.pings),
+                    "keelnet vtep": lambda: rtts(s[3], NET.format(4), args.pings),
+                    "kernel bridge+veth": lambda: rtts(s[5], NET.format(6), args.pings),
+                    "keelnet tap": lambda: rtts(s[7], NET.format(8), args.pings),
                 },
             )
             latency = {
-                "underlay": rtts(topo.hosts[1], UNDERLAY_V4.format(2), args.pings),
-                "kernel vxlan": rtts(s[1], NET.format(2), args.pings),
-                "keelnet vtep": rtts(s[3], NET.format(4), args.pings),
-                "kernel bridge+veth": rtts(s[5], NET.format(6), args.pings),
-                "keelnet tap": rtts(s[7], NET.format(8), args.pings),
+                name: [rtt for run in runs for rtt in run] for name, runs in latency_runs.items()
             }
             vtep_stats = topo.switches[0].stats()["vteps"][0]
             drops = [sum(sw.stats()["drops"].values()) for sw in topo.switches]
         finally:
             topo.close()
 
-    med = print_tcp(tcp)
-    print("\n64-byte UDP frames, delivered packets/s")
+    print(f"load average at the end {load_average()}")
+    med = print_tcp(tcp) if tcp else {}
+    if pps:
+        print("\n64-byte UDP frames, delivered packets/s")
     pps_med = {name: statistics.median(v) for name, v in pps.items()}
     for name, values in pps.items():
         print(
             f"  {name:32s} {pps_med[name] / 1e3:8.1f} kpps",
             f"({', '.join(f'{v / 1e3:.1f}' for v in values)})",
         )
-    print(f"\nping RTT, {args.pings} echoes (µs)")
-    under = statistics.median(latency["underlay"])
+    print(f"\nping RTT, {args.repeats} x {args.pings} echoes (µs)")
     for name, values in latency.items():
         p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
         print(f"  {name:32s} p50 {p50:7.1f}  p99 {p99:7.1f}  ({len(values)} answered)")
-    add = {
-        name: (percentile(latency[name], 0.5) - under, percentile(latency[name], 0.99) - under)
-        for name in ("kernel vxlan", "keelnet vtep")
-    }
+    add = {name: added_latency(latency_runs, name) for name in ("kernel vxlan", "keelnet vtep")}
     print(
         "\nOffloads: TAP IFF_VNET_HDR + TUN_F_CSUM|TSO4|TSO6|TSO_ECN; "
         f"VTEP UDP GSO {vtep_stats['gso']}, UDP GRO {vtep_stats['gro']}; "
         f"coalescing towards TAPs {not args.no_coalesce}; switch drops {drops}"
     )
     print("\nRatios keelnet / kernel (goal)")
-    print_tcp_ratios(med)
-    print(
-        f"  64-byte pps:         {pps_med['keelnet vtep'] / pps_med['kernel vxlan']:.2f}x (≥ 0.5)"
-    )
+    if med:
+        print_tcp_ratios(med)
+    if pps_med:
+        pps_ratio = pps_med["keelnet vtep"] / pps_med["kernel vxlan"]
+        print(f"  64-byte pps:         {pps_ratio:.2f}x (≥ 0.5)")
     for i, label in ((0, "p50"), (1, "p99")):
         k_add, u_add = add["kernel vxlan"][i], add["keelnet vtep"][i]
         print(

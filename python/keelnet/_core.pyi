@@ -101,7 +101,7 @@ class Switch:
         fdb_max_age: float = 300.0,
         coalesce: bool = True,
         udp_gso: bool = True,
-        busy_poll_us: int = 0,
+        busy_poll_us: int | None = None,
         workers: int = 1,
     ) -> Self: ...
     def add_tap(

@@ -126,8 +126,10 @@ class Switch(Engine[_core.Switch]):
     requests from local ports for known IPv4 addresses; ``fdb_max_age`` is the MAC
     ageing time in seconds; ``coalesce`` re-assembles decapsulated TCP segments into
     super-frames before they reach a TAP (GRO); ``udp_gso`` sends the segments of a
-    super-frame to a VTEP with one UDP GSO call; ``busy_poll_us`` keeps the worker
-    polling that long after traffic instead of sleeping (lower latency, a busy core);
+    super-frame to a VTEP with one UDP GSO call; ``busy_poll_us`` is the most a worker
+    polls for the next packet before sleeping when packets come back and forth within
+    that time (request/response latency without thread wakeups; adaptive, and it yields
+    the CPU to other tasks); None: the default (100 µs), 0: always sleep at once;
     ``workers`` is the number of forwarding threads (each port is drained by one at a
     time; TAP reads and local writes run outside the engine lock).
     """
@@ -142,7 +144,7 @@ class Switch(Engine[_core.Switch]):
         fdb_max_age: float = 300.0,
         coalesce: bool = True,
         udp_gso: bool = True,
-        busy_poll_us: int = 0,
+        busy_poll_us: int | None = None,
         workers: int = 1,
     ) -> None:
         self.netns = netns

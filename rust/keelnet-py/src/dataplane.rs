@@ -7,7 +7,7 @@ use std::time::Duration;
 use keelnet_core::fdb::MacAddr;
 use keelnet_core::io::netns;
 use keelnet_core::io::tap::TapConfig;
-use keelnet_core::switch::{Drops, Isolation, Switch, SwitchConfig};
+use keelnet_core::switch::{DEFAULT_BUSY_POLL, Drops, Isolation, Switch, SwitchConfig};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -54,7 +54,7 @@ pub struct PySwitch {
 #[pymethods]
 impl PySwitch {
     #[new]
-    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true, busy_poll_us=0, workers=1))]
+    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true, busy_poll_us=None, workers=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -65,7 +65,7 @@ impl PySwitch {
         fdb_max_age: f64,
         coalesce: bool,
         udp_gso: bool,
-        busy_poll_us: u64,
+        busy_poll_us: Option<u64>,
         workers: usize,
     ) -> PyResult<Self> {
         if !(1..=64).contains(&workers) {
@@ -85,7 +85,7 @@ impl PySwitch {
             fdb_max_age: Duration::from_secs_f64(fdb_max_age),
             coalesce,
             udp_gso,
-            busy_poll: Duration::from_micros(busy_poll_us),
+            busy_poll: busy_poll_us.map_or(DEFAULT_BUSY_POLL, Duration::from_micros),
             workers,
         };
         let inner = py.detach(|| Switch::new(config)).map_err(to_py)?;

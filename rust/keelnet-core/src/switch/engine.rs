@@ -606,6 +606,10 @@ impl Engine {
                             self.on_local_frame(id, frame);
                         }
                     }
+                    if count < PACKET_BATCH {
+                        // A short batch means the queue is empty (as for VTEPs).
+                        break;
+                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
@@ -1082,6 +1086,10 @@ impl Engine {
                 }
             }
             self.flush_coalesced();
+            if count < VTEP_BATCH {
+                // recvmmsg stops short only on an empty queue: no need to ask again.
+                break;
+            }
         }
         self.receiver = Some(receiver);
     }

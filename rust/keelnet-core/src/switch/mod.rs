@@ -27,7 +27,7 @@ use engine::{Engine, PortIo};
 
 use crate::fdb::{FdbCounters, MacAddr};
 use crate::io::packet_socket::PacketSocket;
-use crate::io::poller::Poller;
+use crate::io::poller::{Poller, SpinPolicy};
 use crate::io::tap::{Tap, TapConfig};
 use crate::io::udp::UdpSocket;
 use crate::packet::vxlan::MAX_VNI;
@@ -52,12 +52,19 @@ pub struct SwitchConfig {
     pub coalesce: bool,
     /// Send each super-frame's segments with one UDP GSO call (off: one call each).
     pub udp_gso: bool,
-    /// Keep polling (without sleeping) this long after the last packet: lower latency,
-    /// one core spinning while traffic flows. Zero: always sleep in `epoll_wait`.
+    /// Most a worker polls for the next packet before it sleeps, when packets come back
+    /// and forth within that time (request/response: each poll that finds one saves a
+    /// thread wakeup); adaptive, yields the CPU to other tasks ([`SpinPolicy`]).
+    /// Zero: always sleep in `epoll_wait` at once.
     pub busy_poll: Duration,
     /// Worker threads sharing the ports (each port is drained by one at a time).
     pub workers: usize,
 }
+
+/// Default [`SwitchConfig::busy_poll`]: covers the gap between a request leaving and its
+/// reply arriving across two hosts, and between a reply and the next request of a
+/// sandbox that answers at once (BENCHMARKS.md, issue 4).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
 
 impl Default for SwitchConfig {
     fn default() -> Self {
@@ -69,7 +76,7 @@ impl Default for SwitchConfig {
             fdb_max_age: Duration::from_secs(300),
             coalesce: true,
             udp_gso: true,
-            busy_poll: Duration::ZERO,
+            busy_poll: DEFAULT_BUSY_POLL,
             workers: 1,
         }
     }
@@ -205,6 +212,10 @@ struct Shared {
     engine: Mutex<Engine>,
     stop: AtomicBool,
     poller: Poller,
+    /// Several workers: ports and VTEPs are registered one-shot, so one worker at a
+    /// time drains each, and re-armed after. One worker: level-triggered, no re-arm
+    /// (one `epoll_ctl` less per wakeup).
+    oneshot: bool,
 }
 
 impl Shared {
@@ -215,16 +226,24 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Ports and VTEPs are one-shot: one worker at a time drains each.
-    const EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLONESHOT) as u32;
+    fn events(&self) -> u32 {
+        let level = (libc::EPOLLIN | libc::EPOLLERR) as u32;
+        if self.oneshot {
+            level | libc::EPOLLONESHOT as u32
+        } else {
+            level
+        }
+    }
 
     fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.poller.add(fd, token, Self::EVENTS)
+        self.poller.add(fd, token, self.events())
     }
 
     /// Re-arms a one-shot descriptor after a worker drained it.
     fn rearm(&self, fd: RawFd, token: u64) {
-        self.poller.modify(fd, token, Self::EVENTS);
+        if self.oneshot {
+            self.poller.modify(fd, token, self.events());
+        }
     }
 }
 
@@ -240,8 +259,10 @@ impl Switch {
             // Fail now, not at the first port, when the namespace does not exist.
             crate::io::netns::open(path)?;
         }
+        let oneshot = config.workers > 1;
         let shared = Arc::new(Shared {
             engine: Mutex::new(Engine::new(config)),
+            oneshot,
             stop: AtomicBool::new(false),
             poller: Poller::new(WAKE_TOKEN)?,
         });
@@ -461,35 +482,20 @@ impl Drop for Switch {
     }
 }
 
-/// A worker: wait, then handle every ready descriptor. Port and VTEP descriptors are
-/// registered one-shot, so one worker at a time drains each (no reordering within a
-/// port) and re-arms it when done; several workers share the epoll set.
+/// A worker: wait, then handle every ready descriptor. With several workers sharing the
+/// epoll set, port and VTEP descriptors are registered one-shot, so one worker at a
+/// time drains each (no reordering within a port) and re-arms it when done.
 fn run(shared: &Shared, busy_poll: Duration) {
     const EVENTS: usize = 16;
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     let mut buffer = vec![0u8; engine::RX_BUFFER];
-    let mut last_busy = std::time::Instant::now();
-    let mut last_tick = last_busy;
+    let mut spin = SpinPolicy::new(busy_poll);
     while !shared.stop.load(Ordering::SeqCst) {
-        // Busy polling keeps the thread awake for a while after traffic: the next
-        // packet does not pay a wakeup (latency), at the price of a spinning core.
-        let spinning = !busy_poll.is_zero() && last_busy.elapsed() < busy_poll;
-        let ready = match shared
-            .poller
-            .wait(&mut events, if spinning { 0 } else { 100 })
-        {
+        let ready = match shared.poller.wait_spinning(&mut events, 100, &mut spin) {
             Ok(ready) => ready,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        if ready == 0 && spinning && last_tick.elapsed() < Duration::from_millis(50) {
-            std::hint::spin_loop();
-            continue;
-        }
-        if ready > 0 {
-            last_busy = std::time::Instant::now();
-        }
-        last_tick = std::time::Instant::now();
         for event in &events[..ready] {
             let token = event.u64;
             let flags = event.events;
