@@ -42,6 +42,7 @@ from dplab import (
     kernel_vxlan_host,
     sh,
 )
+from nettools import PING_SCRIPT
 
 from keelnet.dataplane import Switch
 
@@ -148,10 +149,16 @@ def udp_pps(client: str, server: str, ip: str, seconds: float) -> float:
 
 def rtts(netns: str, ip: str, count: int) -> list[float]:
     """RTTs in microseconds of `count` sequential ICMP echoes (raw socket, Python)."""
-    from dplab import _PING
-
     out = sh(
-        sys.executable, "-c", _PING, ip, "30", str(count), netns=netns, timeout=60, check=False
+        sys.executable,
+        "-c",
+        PING_SCRIPT,
+        ip,
+        "30",
+        str(count),
+        netns=netns,
+        timeout=60,
+        check=False,
     )
     return [float(x) for x in out.split()[1:]]
 

@@ -16,9 +16,10 @@ import secrets
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+
+import nettools
 
 NETNS_DIR = Path("/var/run/netns")
 UNDERLAY_V4 = "192.0.2.{}"
@@ -34,82 +35,10 @@ def sh(*argv: str, netns: str | None = None, check: bool = True, timeout: float 
     return result.stdout
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.05) -> bool:
-    """Poll `predicate` until it holds or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
-
-
-_PING = textwrap.dedent(
-    """
-    import socket, struct, sys, time
-    dst, timeout, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-    v6 = ":" in dst
-    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
-                      socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
-    s.settimeout(0.2)
-    def csum(b):
-        if len(b) % 2: b += b"\\0"
-        t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xFFFF)
-        return ~(t + (t >> 16)) & 0xFFFF
-    ident = 0x4b4e
-    payload = b"keelnet-dataplane-ping"
-    got = 0
-    rtts = []
-    deadline = time.time() + timeout
-    for seq in range(1, count + 1):
-        kind = 128 if v6 else 8
-        hdr = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
-        pkt = struct.pack("!BBHHH", kind, 0, 0 if v6 else csum(hdr + payload), ident, seq) + payload
-        while time.time() < deadline:
-            sent = time.perf_counter()
-            s.sendto(pkt, (dst, 0))
-            answered = False
-            until = time.time() + 0.3
-            while time.time() < until:
-                try:
-                    data = s.recv(4096)
-                except (socket.timeout, TimeoutError):
-                    break
-                icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
-                mine = icmp[4:8] == struct.pack("!HH", ident, seq) and payload in icmp
-                if icmp[0] == (129 if v6 else 0) and mine:
-                    rtts.append(time.perf_counter() - sent)
-                    answered = True
-                    break
-            if answered:
-                got += 1
-                break
-    print(got, " ".join("%.1f" % (r * 1e6) for r in rtts))
-    sys.exit(0 if got == count else 1)
-    """
-)
-
-
 def ping(netns: str, address: str, timeout: float = 3.0, count: int = 1) -> bool:
-    """`count` ICMP echoes from `netns` to `address`, retried until `timeout`; True when
-    every one was answered with our payload."""
-    result = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            sys.executable,
-            "-c",
-            _PING,
-            address,
-            str(timeout),
-            str(count),
-        ],
-        capture_output=True,
-        timeout=timeout + 10,
-    )
-    return result.returncode == 0
+    """`nettools.ping` with more time by default: the first echo across an overlay waits
+    for ARP through the switch."""
+    return nettools.ping(netns, address, timeout, count)
 
 
 _ECHO_SERVER = textwrap.dedent(

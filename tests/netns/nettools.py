@@ -11,43 +11,57 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from typing import Any, Self
 
 from keelnet import sandbox
 from keelnet.kernel.namespaces import netns_path
 
-_PING = textwrap.dedent(
+PING_SCRIPT = textwrap.dedent(
     """
     import socket, struct, sys, time
-    dst = sys.argv[1]
+    dst, timeout, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     v6 = ":" in dst
-    fam = socket.AF_INET6 if v6 else socket.AF_INET
-    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
-    s = socket.socket(fam, socket.SOCK_RAW, proto)
-    s.settimeout(float(sys.argv[2]))
-    ident = 0x6b6e
-    def checksum(b):
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
+                      socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+    s.settimeout(0.2)
+    def csum(b):
         if len(b) % 2: b += b"\\0"
         t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xFFFF)
         return ~(t + (t >> 16)) & 0xFFFF
-    kind = 128 if v6 else 8
+    ident = 0x4b4e
     payload = b"keelnet-ping"
-    hdr = struct.pack("!BBHHH", kind, 0, 0, ident, 1)
-    pkt = struct.pack("!BBHHH", kind, 0, 0 if v6 else checksum(hdr + payload), ident, 1) + payload
-    s.sendto(pkt, (dst, 0))
-    deadline = time.time() + float(sys.argv[2])
-    while time.time() < deadline:
-        try:
-            data, addr = s.recvfrom(2048)
-        except (socket.timeout, TimeoutError):
-            break
-        icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
-        reply = icmp[0] == (129 if v6 else 0) and icmp[4:6] == struct.pack("!H", ident)
-        if reply and payload in icmp:
-            sys.exit(0)
-    sys.exit(1)
+    got = 0
+    rtts = []
+    deadline = time.time() + timeout
+    for seq in range(1, count + 1):
+        kind = 128 if v6 else 8
+        hdr = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
+        pkt = struct.pack("!BBHHH", kind, 0, 0 if v6 else csum(hdr + payload), ident, seq) + payload
+        while time.time() < deadline:
+            sent = time.perf_counter()
+            s.sendto(pkt, (dst, 0))
+            answered = False
+            until = time.time() + 0.3
+            while time.time() < until:
+                try:
+                    data = s.recv(4096)
+                except (socket.timeout, TimeoutError):
+                    break
+                icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
+                mine = icmp[4:8] == struct.pack("!HH", ident, seq) and payload in icmp
+                if icmp[0] == (129 if v6 else 0) and mine:
+                    rtts.append(time.perf_counter() - sent)
+                    answered = True
+                    break
+            if answered:
+                got += 1
+                break
+    print(got, " ".join("%.1f" % (r * 1e6) for r in rtts))
+    sys.exit(0 if got == count else 1)
     """
 )
+
 
 _SERVER = textwrap.dedent(
     """
@@ -87,10 +101,14 @@ def _argv(script: str, *args: str) -> list[str]:
     return [sys.executable, "-c", script, *args]
 
 
-def ping(netns: str, address: str, timeout: float = 1.0) -> bool:
-    """One ICMP echo from `netns` to `address`; True when the matching reply came back."""
+def ping(netns: str, address: str, timeout: float = 1.0, count: int = 1) -> bool:
+    """`count` ICMP echoes from `netns` to `address`, each retried until `timeout` runs
+    out; True when every one was answered with our payload."""
     result = sandbox.exec_in(
-        netns_path(netns), _argv(_PING, address, str(timeout)), capture_output=True, timeout=10
+        netns_path(netns),
+        _argv(PING_SCRIPT, address, str(timeout), str(count)),
+        capture_output=True,
+        timeout=timeout + 10,
     )
     return result.returncode == 0
 
@@ -166,12 +184,11 @@ def tcp_request(netns: str | None, host: str, port: int, message: str, timeout: 
     return result.stdout.decode() if result.returncode == 0 else ""
 
 
-def wait_until(predicate: object, timeout: float = 5.0) -> bool:
-    """Poll `predicate` (bounded) until it holds."""
-    assert callable(predicate)
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.05)
+        time.sleep(step)
     return bool(predicate())

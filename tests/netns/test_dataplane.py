@@ -23,8 +23,8 @@ from dplab import (
     ping,
     send_udp,
     sh,
-    wait_until,
 )
+from nettools import wait_until
 
 from keelnet import errors
 from keelnet.dataplane import DROP_REASONS, Switch
