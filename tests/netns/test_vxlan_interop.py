@@ -91,6 +91,26 @@ def capture_vxlan(sock: socket.socket, marker: bytes, deadline: float) -> bytes:
     raise AssertionError("no VXLAN frame with the marker was captured")
 
 
+def inject_and_receive(
+    underlay: Underlay, frame: bytes, port: int, *, timeout: float
+) -> tuple[bytes, tuple[str, int]]:
+    """Send `frame` raw out of host a's underlay device; return the datagram a UDP socket
+    on b's overlay address and `port` receives (TimeoutError when none arrives)."""
+    with netns(underlay.b):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with netns(underlay.a):
+        injector = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        receiver.bind((OVERLAY[1], port))
+        receiver.settimeout(timeout)
+        injector.bind((underlay.dev_a, 0))
+        injector.send(frame)
+        return receiver.recvfrom(2048)
+    finally:
+        receiver.close()
+        injector.close()
+
+
 @pytest.mark.parametrize(
     ("family", "udp_checksum"),
     [(4, False), (4, True), (6, True)],
@@ -179,19 +199,7 @@ def test_kernel_delivers_what_we_encapsulate(underlay: Underlay, family: int) ->
         src_mac=mac_of(underlay.a, underlay.dev_a),
         dst_mac=mac_of(underlay.b, underlay.dev_b),
     )
-    with netns(underlay.b):
-        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with netns(underlay.a):
-        injector = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        receiver.bind((OVERLAY[1], 7777))
-        receiver.settimeout(3)
-        injector.bind((underlay.dev_a, 0))
-        injector.send(frame)
-        data, source = receiver.recvfrom(2048)
-    finally:
-        receiver.close()
-        injector.close()
+    data, source = inject_and_receive(underlay, frame, 7777, timeout=3)
     assert data == marker
     assert source == (OVERLAY[0], 12345)
     if family == 6:
@@ -216,17 +224,5 @@ def test_kernel_drops_what_we_corrupt(underlay: Underlay) -> None:
         src_mac=mac_of(underlay.a, underlay.dev_a),
         dst_mac=mac_of(underlay.b, underlay.dev_b),
     )
-    with netns(underlay.b):
-        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with netns(underlay.a):
-        injector = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        receiver.bind((OVERLAY[1], 7778))
-        receiver.settimeout(0.5)
-        injector.bind((underlay.dev_a, 0))
-        injector.send(frame)
-        with pytest.raises(TimeoutError):
-            receiver.recvfrom(2048)
-    finally:
-        receiver.close()
-        injector.close()
+    with pytest.raises(TimeoutError):
+        inject_and_receive(underlay, frame, 7778, timeout=0.5)
