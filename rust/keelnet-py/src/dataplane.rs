@@ -12,29 +12,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::engine::{InvalidRequest, Owned, parse_ip, to_py, traffic};
+use crate::mac;
 
 fn parse_mac(text: &str) -> PyResult<MacAddr> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(InvalidRequest::new_err(format!(
-            "{text:?} is not a MAC address"
-        )));
-    }
-    for (octet, part) in mac.iter_mut().zip(parts) {
-        *octet = u8::from_str_radix(part, 16)
-            .ok()
-            .filter(|_| part.len() == 2)
-            .ok_or_else(|| InvalidRequest::new_err(format!("{text:?} is not a MAC address")))?;
-    }
-    Ok(mac)
-}
-
-fn format_mac(mac: &MacAddr) -> String {
-    mac.iter()
-        .map(|octet| format!("{octet:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac::parse(text, &[':'])
+        .ok_or_else(|| InvalidRequest::new_err(format!("{text:?} is not a MAC address")))
 }
 
 fn drops<'py>(py: Python<'py>, drops: &Drops) -> PyResult<Bound<'py, PyDict>> {
@@ -216,7 +198,7 @@ impl PySwitch {
             let entry = PyDict::new(py);
             entry.set_item("kind", port.kind.as_str())?;
             entry.set_item("ifname", &port.ifname)?;
-            entry.set_item("mac", port.mac.as_ref().map(format_mac))?;
+            entry.set_item("mac", port.mac.as_ref().map(mac::format))?;
             entry.set_item("vni", port.vni)?;
             entry.set_item("rx", traffic(py, &port.rx)?)?;
             entry.set_item("tx", traffic(py, &port.tx)?)?;
@@ -285,7 +267,7 @@ impl PySwitch {
         let list = PyList::empty(py);
         for entry in entries {
             let item = PyDict::new(py);
-            item.set_item("mac", format_mac(&entry.mac))?;
+            item.set_item("mac", mac::format(&entry.mac))?;
             item.set_item("port", entry.port)?;
             item.set_item("remote", entry.remote.map(|ip| ip.to_string()))?;
             item.set_item("static", entry.is_static)?;

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::engine::{InvalidRequest, Owned, parse_ip, to_py, traffic};
+use crate::mac;
 
 /// An emulated ipvlan (see `keelnet.dataplane_ipvlan.Ipvlan`, the public wrapper).
 #[pyclass(module = "keelnet._core", name = "Ipvlan")]
@@ -99,7 +100,7 @@ impl PyIpvlan {
 
     #[getter]
     fn parent_mac(&self) -> PyResult<String> {
-        Ok(format_mac(&self.inner.get()?.parent_mac()))
+        Ok(mac::format(&self.inner.get()?.parent_mac()))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -107,7 +108,7 @@ impl PyIpvlan {
         let stats = py.detach(|| ipvlan.stats());
         let dict = PyDict::new(py);
         dict.set_item("parent", &stats.parent)?;
-        dict.set_item("parent_mac", format_mac(&stats.parent_mac))?;
+        dict.set_item("parent_mac", mac::format(&stats.parent_mac))?;
         dict.set_item("mode", stats.mode.as_str())?;
         dict.set_item("vlan", stats.vlan)?;
         dict.set_item("running", stats.running)?;
@@ -134,11 +135,4 @@ impl PyIpvlan {
         dict.set_item("drops", drops)?;
         Ok(dict)
     }
-}
-
-fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|octet| format!("{octet:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

@@ -7,6 +7,7 @@ mod dataplane;
 mod engine;
 mod ipam;
 mod ipvlan;
+mod mac;
 mod packet;
 
 #[pymodule]

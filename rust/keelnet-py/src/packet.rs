@@ -10,6 +10,8 @@ use keelnet_core::packet::{MacAddr, PacketError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::mac;
+
 pyo3::import_exception!(keelnet.errors, MalformedPacket);
 
 fn malformed(error: PacketError) -> PyErr {
@@ -27,31 +29,11 @@ fn parse_ip(text: &str, what: &str) -> PyResult<IpAddr> {
 
 /// `aa:bb:cc:dd:ee:ff` (or with `-`), case-insensitive.
 fn parse_mac(text: &str, what: &str) -> PyResult<MacAddr> {
-    let invalid = || {
+    mac::parse(text, &[':', '-']).ok_or_else(|| {
         bad_argument(format!(
             "{what} {text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
         ))
-    };
-    let mut mac = [0u8; 6];
-    let mut parts = text.split([':', '-']);
-    for octet in &mut mac {
-        let part = parts
-            .next()
-            .filter(|part| part.len() == 2)
-            .ok_or_else(invalid)?;
-        *octet = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
-    }
-    if parts.next().is_some() {
-        return Err(invalid());
-    }
-    Ok(mac)
-}
-
-fn format_mac(mac: &MacAddr) -> String {
-    mac.iter()
-        .map(|octet| format!("{octet:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    })
 }
 
 fn in_range(value: i64, max: i64, what: &str) -> PyResult<u32> {
@@ -158,8 +140,8 @@ fn decapsulate(py: Python<'_>, frame: &[u8], dst_port: Option<i64>) -> PyResult<
         dst: decap.destination.to_string(),
         src_port: decap.source_port,
         dst_port: decap.destination_port,
-        src_mac: format_mac(&decap.outer_source_mac),
-        dst_mac: format_mac(&decap.outer_destination_mac),
+        src_mac: mac::format(&decap.outer_source_mac),
+        dst_mac: mac::format(&decap.outer_destination_mac),
         ttl: decap.ttl,
         inner: PyBytes::new(py, decap.inner).unbind(),
     })
