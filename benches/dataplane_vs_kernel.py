@@ -183,7 +183,13 @@ class Topology:
     """Kernel hosts 1-2, keelnet hosts 3-4, and a same-host pair of each kind on 5/6."""
 
     def __init__(
-        self, lab: DpLab, gso: bool, coalesce: bool, busy_poll: int | None, workers: int = 1
+        self,
+        lab: DpLab,
+        gso: bool,
+        coalesce: bool,
+        busy_poll: int | None,
+        workers: int = 1,
+        tunnel_gso: bool = True,
     ) -> None:
         self.switches: list[Switch] = []
         h = {n: lab.host(n) for n in range(1, 7)}
@@ -210,7 +216,12 @@ class Topology:
         # keelnet overlay: h3/s3 ↔ h4/s4.
         for n, peer in ((3, 4), (4, 3)):
             sw = Switch(
-                netns=h[n], udp_gso=gso, coalesce=coalesce, busy_poll_us=busy_poll, workers=workers
+                netns=h[n],
+                udp_gso=gso,
+                tunnel_gso=tunnel_gso,
+                coalesce=coalesce,
+                busy_poll_us=busy_poll,
+                workers=workers,
             )
             sw.add_vtep(UNDERLAY_V4.format(n))
             sw.add_tap("p", vni=VNI, sandbox=s[n], mtu=1450)
@@ -289,6 +300,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--pings", type=int, default=300, help="echoes per repeat")
     parser.add_argument("--no-gso", action="store_true", help="VTEP without UDP GSO")
+    parser.add_argument(
+        "--no-tunnel-gso", action="store_true", help="segment super-frames in the switch"
+    )
     parser.add_argument("--no-coalesce", action="store_true", help="no GRO towards TAPs")
     parser.add_argument("--workers", type=int, default=1, help="switch worker threads")
     parser.add_argument(
@@ -307,6 +321,7 @@ def main() -> None:
         topo = Topology(
             lab,
             gso=not args.no_gso,
+            tunnel_gso=not args.no_tunnel_gso,
             coalesce=not args.no_coalesce,
             busy_poll=args.busy_poll_us,
             workers=args.workers,
@@ -373,7 +388,8 @@ def main() -> None:
     add = {name: added_latency(latency_runs, name) for name in ("kernel vxlan", "keelnet vtep")}
     print(
         "\nOffloads: TAP IFF_VNET_HDR + TUN_F_CSUM|TSO4|TSO6|TSO_ECN; "
-        f"VTEP UDP GSO {vtep_stats['gso']}, UDP GRO {vtep_stats['gro']}; "
+        f"VTEP UDP GSO {vtep_stats['gso']}, UDP GRO {vtep_stats['gro']}, "
+        f"tunnel GSO through {vtep_stats['tunnel_device'] or vtep_stats['tunnel_error']}; "
         f"coalescing towards TAPs {not args.no_coalesce}; switch drops {drops}"
     )
     print("\nRatios keelnet / kernel (goal)")

@@ -24,6 +24,8 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 from keelnet import _core
 from keelnet.errors import InvalidRequest
+from keelnet.kernel import iptables_compat
+from keelnet.kernel.namespaces import netns_path
 
 __all__ = ["DROP_REASONS", "ISOLATIONS", "Switch"]
 
@@ -126,7 +128,10 @@ class Switch(Engine[_core.Switch]):
     requests from local ports for known IPv4 addresses; ``fdb_max_age`` is the MAC
     ageing time in seconds; ``coalesce`` re-assembles decapsulated TCP segments into
     super-frames before they reach a TAP (GRO); ``udp_gso`` sends the segments of a
-    super-frame to a VTEP with one UDP GSO call; ``busy_poll_us`` is the most a worker
+    super-frame to a VTEP with one UDP GSO call; ``tunnel_gso`` hands super-frames to the
+    host's stack whole instead, as UDP-tunnel GSO packets through one TAP per VTEP
+    (``kn-vtepN``, Linux >= 6.17; used where the host forwards them, see ``add_vtep``);
+    ``busy_poll_us`` is the most a worker
     polls for the next packet before sleeping when packets come back and forth within
     that time (request/response latency without thread wakeups; adaptive, and it yields
     the CPU to other tasks); None: the default (100 µs), 0: always sleep at once;
@@ -144,10 +149,12 @@ class Switch(Engine[_core.Switch]):
         fdb_max_age: float = 300.0,
         coalesce: bool = True,
         udp_gso: bool = True,
+        tunnel_gso: bool = True,
         busy_poll_us: int | None = None,
         workers: int = 1,
     ) -> None:
         self.netns = netns
+        self._tunnel_gso = tunnel_gso
         self._core = _core.Switch(
             netns,
             learn_remote=learn_remote,
@@ -156,6 +163,7 @@ class Switch(Engine[_core.Switch]):
             fdb_max_age=float(fdb_max_age),
             coalesce=coalesce,
             udp_gso=udp_gso,
+            tunnel_gso=tunnel_gso,
             busy_poll_us=busy_poll_us,
             workers=workers,
         )
@@ -204,10 +212,21 @@ class Switch(Engine[_core.Switch]):
 
     def add_vtep(self, local: str, *, port: int = 4789) -> None:
         """Add a VXLAN tunnel endpoint on the local underlay address ``local``. One VTEP
-        per address family sends; peers of the other family need a VTEP of theirs."""
+        per address family sends; peers of the other family need a VTEP of theirs.
+
+        Super-frames leave through a tunnel TAP (``stats()["vteps"][i]["tunnel_device"]``)
+        unless the kernel lacks UDP-tunnel GSO on TAP, reverse-path filtering is on for
+        ``all``, or iptables drops forwarded packets by policy (a Docker host): then they
+        are segmented here, and ``tunnel_error`` says why."""
         if not 0 < port < 65536:
             raise InvalidRequest(f"UDP port {port} is out of range")
-        self._core.add_vtep(_address(local, "VTEP address"), port)
+        address = _address(local, "VTEP address")
+        refused = None
+        if self._tunnel_gso and iptables_compat.forward_drops(
+            None if self.netns is None else netns_path(self.netns)
+        ):
+            refused = "iptables drops forwarded packets by policy (FORWARD DROP) in this namespace"
+        self._core.add_vtep(address, port, refused)
 
     def add_peer(
         self, vni: int, remote: str, *, mac: str | None = None, ip: str | None = None

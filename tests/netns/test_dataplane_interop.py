@@ -42,8 +42,11 @@ def lab() -> Iterator[DpLab]:
         yield the_lab
 
 
+@pytest.mark.parametrize("tunnel_gso", [True, False], ids=["tunnel-gso", "segmented"])
 @pytest.mark.parametrize("underlay", [UNDERLAY_V4, UNDERLAY_V6], ids=["ipv4", "ipv6"])
-def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(lab: DpLab, underlay: str) -> None:
+def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(
+    lab: DpLab, underlay: str, tunnel_gso: bool
+) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
     mtu = 1450 if underlay == UNDERLAY_V4 else 1430  # 50 / 70 bytes of VXLAN overhead
@@ -56,8 +59,22 @@ def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(lab: DpLab, underlay: st
         overlay_cidr=f"{NET.format(2)}/24",
         mtu=mtu,
     )
-    with Switch(netns=h1, workers=2) as sw:
+    with Switch(netns=h1, workers=2, tunnel_gso=tunnel_gso) as sw:
         sw.add_vtep(underlay.format(1))
+        tunnel_device = sw.stats()["vteps"][0]["tunnel_device"]
+        if tunnel_gso:
+            # Super-frames leave whole through a TAP of the host: it exists, forwards.
+            assert sw.stats()["vteps"][0]["tunnel_error"] is None
+            family = "ipv4" if underlay == UNDERLAY_V4 else "ipv6"
+            forwarding = "forwarding" if family == "ipv4" else "force_forwarding"
+            assert (
+                sh(
+                    "sysctl", "-n", f"net.{family}.conf.{tunnel_device}.{forwarding}", netns=h1
+                ).strip()
+                == "1"
+            )
+        else:
+            assert tunnel_device is None
         sw.add_tap("p1", vni=VNI, sandbox=s1, mtu=mtu)
         address(s1, "eth0", f"{NET.format(1)}/24")
         sw.add_peer(VNI, underlay.format(2))
@@ -80,6 +97,8 @@ def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(lab: DpLab, underlay: st
         stats = sw.stats()
         vtep = stats["vteps"][0]
         assert vtep["rx"]["bytes"] > 4_000_000 and vtep["tx"]["bytes"] > 4_000_000
+        # The TCP transfers' super-frames took the tunnel TAP exactly when it is on.
+        assert (vtep["tunnel_frames"] > 0) == tunnel_gso
         # Frames the kernel flooded before VNI 42 existed here may count as unknown_vni;
         # nothing else may be dropped.
         assert sum(stats["drops"].values()) == stats["drops"]["unknown_vni"]

@@ -80,6 +80,19 @@ class DockerCompat:
         return result
 
 
+def forward_drops(netns_path: str | None) -> bool:
+    """Whether iptables (either family) drops forwarded packets by policy in this
+    namespace, as on a Docker host. Without iptables there is no such policy."""
+    for tool in _TOOLS:
+        process = _spawn(netns_path, [f"{tool}-save", "-t", "filter"])
+        if process is None:
+            continue
+        out, _ = process.communicate(timeout=30)
+        if process.returncode == 0 and b"\n:FORWARD DROP" in b"\n" + out:
+            return True
+    return False
+
+
 def _after(saved: list[str], bridges: Sequence[str]) -> list[str]:
     """What `iptables-save` would show of the lines `_plan` looks at after its script ran."""
     kept = [line for line in saved if not line.startswith(f":{CHAIN} ")]

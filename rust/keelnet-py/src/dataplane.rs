@@ -36,7 +36,7 @@ pub struct PySwitch {
 #[pymethods]
 impl PySwitch {
     #[new]
-    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true, busy_poll_us=None, workers=1))]
+    #[pyo3(signature = (netns=None, *, learn_remote=true, learn_peers=false, arp_suppression=false, fdb_max_age=300.0, coalesce=true, udp_gso=true, tunnel_gso=true, busy_poll_us=None, workers=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -47,6 +47,7 @@ impl PySwitch {
         fdb_max_age: f64,
         coalesce: bool,
         udp_gso: bool,
+        tunnel_gso: bool,
         busy_poll_us: Option<u64>,
         workers: usize,
     ) -> PyResult<Self> {
@@ -67,6 +68,7 @@ impl PySwitch {
             fdb_max_age: Duration::from_secs_f64(fdb_max_age),
             coalesce,
             udp_gso,
+            tunnel_gso,
             busy_poll: busy_poll_us.map_or(DEFAULT_BUSY_POLL, Duration::from_micros),
             workers,
         };
@@ -116,10 +118,18 @@ impl PySwitch {
             .map_err(to_py)
     }
 
-    fn add_vtep(&self, py: Python<'_>, local: &str, port: u16) -> PyResult<()> {
+    #[pyo3(signature = (local, port, tunnel_refused=None))]
+    fn add_vtep(
+        &self,
+        py: Python<'_>,
+        local: &str,
+        port: u16,
+        tunnel_refused: Option<String>,
+    ) -> PyResult<()> {
         let switch = self.inner.get()?;
         let address = SocketAddr::new(parse_ip(local)?, port);
-        py.detach(|| switch.add_vtep(address)).map_err(to_py)
+        py.detach(|| switch.add_vtep(address, tunnel_refused))
+            .map_err(to_py)
     }
 
     #[pyo3(signature = (vni, remote, mac, ip))]
@@ -237,6 +247,9 @@ impl PySwitch {
             entry.set_item("errors", vtep.errors)?;
             entry.set_item("gso", vtep.gso)?;
             entry.set_item("gro", vtep.gro)?;
+            entry.set_item("tunnel_device", &vtep.tunnel_device)?;
+            entry.set_item("tunnel_error", &vtep.tunnel_error)?;
+            entry.set_item("tunnel_frames", vtep.tunnel_frames)?;
             vteps.append(entry)?;
         }
         result.set_item("vteps", vteps)?;

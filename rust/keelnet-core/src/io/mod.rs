@@ -9,6 +9,7 @@ pub mod netns;
 pub mod packet_socket;
 pub mod poller;
 pub mod tap;
+pub mod tunnel_tap;
 pub mod udp;
 
 mod sys;

@@ -27,6 +27,10 @@ pub mod offload {
     pub const TSO_ECN: u32 = 0x08;
     pub const USO4: u32 = 0x20;
     pub const USO6: u32 = 0x40;
+    /// Super-frames inside a UDP tunnel (kernel >= 6.17), with and without the outer
+    /// UDP checksum; they need the 24-byte tunnel virtio-net header.
+    pub const UDP_TUNNEL_GSO: u32 = 0x80;
+    pub const UDP_TUNNEL_GSO_CSUM: u32 = 0x100;
     /// What the switch handles: checksum offload and TCP segmentation (both families,
     /// with ECN). UDP segmentation (USO) is left off: the VTEP path would have to split
     /// it in software for foreign peers, and it measured no better for TCP traffic.
@@ -46,6 +50,8 @@ pub struct TapConfig {
     pub mtu: Option<u32>,
     /// `TUNSETOFFLOAD` bits ([`offload`]).
     pub offloads: u32,
+    /// Bytes of virtio-net header in front of each frame (`TUNSETVNETHDRSZ`).
+    pub vnet_hdr_len: usize,
 }
 
 impl TapConfig {
@@ -57,6 +63,7 @@ impl TapConfig {
             mac: None,
             mtu: None,
             offloads: offload::DEFAULT,
+            vnet_hdr_len: VNET_HDR_LEN,
         }
     }
 }
@@ -86,33 +93,39 @@ impl Tap {
         } else {
             config.ifname.clone()
         };
-        let (fd, mtu, mac) = netns::run_in(config.host_netns.as_deref(), || -> io::Result<_> {
-            let (fd, name) = open_tap(&staged_name, config.offloads)?;
-            if let Some(mac) = &config.mac {
-                sys::set_mac(&name, mac)?;
-            }
-            if let Some(mtu) = config.mtu {
-                sys::set_mtu(&name, mtu)?;
-            }
-            let mtu = sys::interface_mtu(&name)?;
-            let mac = sys::mac_of(&name)?;
-            if let Some(sandbox) = &config.sandbox_netns {
-                let index = sys::interface_index(&name)?;
-                let target = netns::open(sandbox)?;
-                sys::move_link(index, target.as_raw_fd(), &config.ifname).map_err(|error| {
-                    context(
-                        error,
-                        format!("moving TAP into {} as {}", sandbox.display(), config.ifname),
-                    )
-                })?;
-            } else {
-                sys::set_up(&name)?;
-            }
-            Ok((fd, mtu, mac))
-        })?;
+        let (fd, mtu, mac, name) =
+            netns::run_in(config.host_netns.as_deref(), || -> io::Result<_> {
+                let (fd, name) = open_tap(&staged_name, config.offloads, config.vnet_hdr_len)?;
+                if let Some(mac) = &config.mac {
+                    sys::set_mac(&name, mac)?;
+                }
+                if let Some(mtu) = config.mtu {
+                    sys::set_mtu(&name, mtu)?;
+                }
+                let mtu = sys::interface_mtu(&name)?;
+                let mac = sys::mac_of(&name)?;
+                if let Some(sandbox) = &config.sandbox_netns {
+                    let index = sys::interface_index(&name)?;
+                    let target = netns::open(sandbox)?;
+                    sys::move_link(index, target.as_raw_fd(), &config.ifname).map_err(|error| {
+                        context(
+                            error,
+                            format!("moving TAP into {} as {}", sandbox.display(), config.ifname),
+                        )
+                    })?;
+                } else {
+                    sys::set_up(&name)?;
+                }
+                Ok((fd, mtu, mac, name))
+            })?;
         let tap = Tap {
             fd,
-            ifname: config.ifname.clone(),
+            // The kernel's name when a `%d` template stayed in the host namespace.
+            ifname: if config.sandbox_netns.is_some() {
+                config.ifname.clone()
+            } else {
+                name
+            },
             netns: config
                 .sandbox_netns
                 .clone()
@@ -167,8 +180,9 @@ impl AsRawFd for Tap {
 }
 
 /// Opens `/dev/net/tun` as TAP `name` (a `%d` template is numbered by the kernel) with
-/// virtio-net headers and `offloads`; returns the descriptor and the actual name.
-fn open_tap(name: &str, offloads: u32) -> io::Result<(OwnedFd, String)> {
+/// virtio-net headers of `header_len` bytes and `offloads`; returns the descriptor and
+/// the actual name.
+fn open_tap(name: &str, offloads: u32, header_len: usize) -> io::Result<(OwnedFd, String)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -180,7 +194,7 @@ fn open_tap(name: &str, offloads: u32) -> io::Result<(OwnedFd, String)> {
     request.set_short((libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16);
     sys::ioctl_ifreq(fd.as_raw_fd(), libc::TUNSETIFF, &mut request)
         .map_err(|error| context(error, format!("creating TAP {name}")))?;
-    let header_len = VNET_HDR_LEN as libc::c_int;
+    let header_len = header_len as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int.
     sys::check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) })
         .map_err(|error| context(error, "TUNSETVNETHDRSZ"))?;

@@ -35,6 +35,71 @@ pub mod gso_type {
     pub const UDP_L4: u8 = 5;
     /// Or-ed in: the super-frame has CWR set on its first segment.
     pub const ECN: u8 = 0x80;
+    /// Or-ed in: the segments travel in a UDP tunnel over IPv4 / IPv6 (kernel >= 6.17).
+    pub const UDP_TUNNEL_IPV4: u8 = 0x20;
+    pub const UDP_TUNNEL_IPV6: u8 = 0x40;
+}
+
+/// `flags`: the kernel completes the outer UDP checksum of each segment.
+pub const F_UDP_TUNNEL_CSUM: u8 = 8;
+
+/// Length of `struct virtio_net_hdr_v1_hash_tunnel`: the header a TAP with UDP-tunnel
+/// offloads exchanges (the 12-byte v1 header, 8 bytes of hash report, then the offsets
+/// of the outer transport header and the inner network header).
+pub const TUNNEL_HDR_LEN: usize = 24;
+
+/// Writes the virtio-net header of an encapsulated super-frame: `inner` describes the
+/// inner frame as its own TAP reported it (offsets relative to the inner frame),
+/// `outer_len` bytes of outer headers go in front, whose transport (UDP) header starts at
+/// `outer_transport`. The inner frame's checksum must be partial (`NEEDS_CSUM`).
+pub fn write_tunnel_header(
+    buf: &mut [u8; TUNNEL_HDR_LEN],
+    inner: &VirtioNetHdr,
+    inner_frame: &[u8],
+    outer_len: usize,
+    outer_transport: usize,
+    outer_ipv6: bool,
+    outer_checksum: bool,
+) -> Result<(), PacketError> {
+    let invalid = |what| PacketError::Invalid {
+        layer: Layer::VirtioNet,
+        what,
+    };
+    if inner.flags & F_NEEDS_CSUM == 0 || inner.gso_type & !gso_type::ECN == gso_type::NONE {
+        return Err(invalid("not a super-frame with a partial checksum"));
+    }
+    // hdr_len covers every header up to and including the inner TCP header.
+    let transport = usize::from(inner.csum_start);
+    let data_offset = inner_frame
+        .get(transport + 12)
+        .ok_or(invalid("inner transport header out of the frame"))?;
+    let headers = outer_len + transport + usize::from(data_offset >> 4) * 4;
+    let inner_network = outer_len + ethernet_header_len(inner_frame)?;
+    let narrow = |value: usize| u16::try_from(value).map_err(|_| invalid("offset beyond 64 KB"));
+    let tunnel = if outer_ipv6 {
+        gso_type::UDP_TUNNEL_IPV6
+    } else {
+        gso_type::UDP_TUNNEL_IPV4
+    };
+    let header = VirtioNetHdr {
+        flags: inner.flags | if outer_checksum { F_UDP_TUNNEL_CSUM } else { 0 },
+        gso_type: inner.gso_type | tunnel,
+        hdr_len: narrow(headers)?,
+        gso_size: inner.gso_size,
+        csum_start: narrow(outer_len + transport)?,
+        csum_offset: inner.csum_offset,
+    };
+    buf.fill(0);
+    header.write(buf)?;
+    buf[20..22].copy_from_slice(&narrow(outer_transport)?.to_le_bytes());
+    buf[22..24].copy_from_slice(&narrow(inner_network)?.to_le_bytes());
+    Ok(())
+}
+
+/// Bytes of Ethernet header (with a VLAN tag, if any) in front of the network header.
+fn ethernet_header_len(frame: &[u8]) -> Result<usize, PacketError> {
+    let ethernet = super::ethernet::EthernetFrame::parse(frame)?;
+    Ok(frame.len() - ethernet.payload().len())
 }
 
 /// `struct virtio_net_hdr` (little-endian on the wire, as TUN uses by default on

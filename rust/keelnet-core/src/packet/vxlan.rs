@@ -95,6 +95,15 @@ enum TunnelHeaders {
     },
 }
 
+/// How the outer UDP checksum is filled in.
+#[derive(Clone, Copy)]
+enum UdpChecksum {
+    /// Computed over the whole datagram.
+    Full,
+    /// Left to the kernel: the pseudo-header sum only.
+    Offloaded,
+}
+
 /// Encapsulates frames for one tunnel (one pair of outer endpoints).
 #[derive(Debug, Clone)]
 pub struct Encapsulator {
@@ -106,6 +115,8 @@ pub struct Encapsulator {
     /// protocol, destination port, VXLAN flags. Per packet only the lengths, the source
     /// port, the VNI and the inner frame are added (incremental checksum).
     udp_constant_sum: u64,
+    /// The pseudo-header sum without the length (the seed of an offloaded checksum).
+    pseudo_sum: u64,
     overhead: usize,
     next_id: u16,
 }
@@ -200,6 +211,7 @@ impl Encapsulator {
             udp_constant_sum: pseudo_header
                 + u64::from(config.destination_port)
                 + u64::from(FLAG_VNI_VALID >> 16),
+            pseudo_sum: pseudo_header,
             overhead: ethernet_len + tunnel_len,
             next_id: 0,
         })
@@ -227,9 +239,6 @@ impl Encapsulator {
         vni: u32,
         source_port: Option<u16>,
     ) -> Result<usize, PacketError> {
-        if vni > MAX_VNI {
-            return Err(PacketError::VniOutOfRange { vni });
-        }
         let start = inner_start
             .checked_sub(self.overhead)
             .ok_or(PacketError::NoRoom {
@@ -242,26 +251,83 @@ impl Encapsulator {
                     needed: inner_start,
                     available: 0,
                 })?;
+        self.write_outer(
+            &mut headroom_and_outer[start..],
+            inner,
+            vni,
+            source_port,
+            UdpChecksum::Full,
+        )?;
+        Ok(start)
+    }
+
+    /// Writes the outer headers for `inner` into `out[..overhead]` and returns their
+    /// length, for a super-frame the kernel segments (UDP-tunnel GSO): the outer UDP
+    /// checksum, where one is sent, holds only the pseudo-header sum (the kernel completes
+    /// it per segment, `VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM`). Whether it is sent:
+    /// [`Encapsulator::offloaded_udp_checksum`].
+    pub fn write_outer_for_gso(
+        &mut self,
+        out: &mut [u8],
+        inner: &[u8],
+        vni: u32,
+        source_port: Option<u16>,
+    ) -> Result<usize, PacketError> {
+        let overhead = self.overhead;
+        let out_len = out.len();
+        let outer = out.get_mut(..overhead).ok_or(PacketError::NoRoom {
+            needed: overhead,
+            available: out_len,
+        })?;
+        self.write_outer(outer, inner, vni, source_port, UdpChecksum::Offloaded)?;
+        Ok(overhead)
+    }
+
+    /// Whether [`Encapsulator::write_outer_for_gso`] leaves an outer UDP checksum for
+    /// the kernel to complete (always over IPv6).
+    pub fn offloaded_udp_checksum(&self) -> bool {
+        matches!(self.tunnel_headers, TunnelHeaders::V6 { .. }) || self.config.udp_checksum_v4
+    }
+
+    /// Outer Ethernet, IP, UDP and VXLAN headers into `outer` (exactly `overhead` bytes
+    /// or more) for the inner frame `inner`.
+    #[inline(always)]
+    fn write_outer(
+        &mut self,
+        outer: &mut [u8],
+        inner: &[u8],
+        vni: u32,
+        source_port: Option<u16>,
+        checksum: UdpChecksum,
+    ) -> Result<(), PacketError> {
+        if vni > MAX_VNI {
+            return Err(PacketError::VniOutOfRange { vni });
+        }
         need(Layer::Ethernet, inner, ethernet::HEADER_LEN)?;
         let udp_len = udp::HEADER_LEN + HEADER_LEN + inner.len();
         let source_port =
             source_port.unwrap_or_else(|| flow_source_port(inner, self.config.source_ports));
-        let outer = &mut headroom_and_outer[start..];
         // Constant-size copies compile to a few moves; a variable length calls memcpy.
         if self.ethernet_len == ethernet::HEADER_LEN {
-            outer[..ethernet::HEADER_LEN].copy_from_slice(&self.ethernet[..ethernet::HEADER_LEN]);
+            fixed_size::<{ ethernet::HEADER_LEN }>(outer)?
+                .copy_from_slice(&self.ethernet[..ethernet::HEADER_LEN]);
         } else {
-            outer[..ethernet::VLAN_HEADER_LEN].copy_from_slice(&self.ethernet);
+            *fixed_size::<{ ethernet::VLAN_HEADER_LEN }>(outer)? = self.ethernet;
         }
         let tunnel = &mut outer[self.ethernet_len..];
-        let udp_sum = |udp_len: usize| {
-            let vni_word = vni << 8;
-            // The length appears twice: in the pseudo-header and in the UDP header.
-            self.udp_constant_sum
-                + 2 * udp_len as u64
-                + u64::from(source_port)
-                + u64::from(vni_word >> 16)
-                + u64::from(vni_word & 0xffff)
+        let udp_checksum = |udp_len: usize| match checksum {
+            UdpChecksum::Full => {
+                let vni_word = vni << 8;
+                // The length appears twice: in the pseudo-header and in the UDP header.
+                let sum = self.udp_constant_sum
+                    + 2 * udp_len as u64
+                    + u64::from(source_port)
+                    + u64::from(vni_word >> 16)
+                    + u64::from(vni_word & 0xffff);
+                nonzero_checksum(checksum::finish(checksum::add(sum, inner)))
+            }
+            // The seed the kernel's own UDP tunnels leave for GSO (`udp_set_csum`).
+            UdpChecksum::Offloaded => checksum::fold(self.pseudo_sum + udp_len as u64),
         };
         match &self.tunnel_headers {
             TunnelHeaders::V4 { template, ip_sum } => {
@@ -284,8 +350,7 @@ impl Encapsulator {
                 let udp = &mut headers[ipv4::MIN_HEADER_LEN..];
                 fill_udp_and_vxlan(udp, source_port, udp_len as u16, vni);
                 if self.config.udp_checksum_v4 {
-                    let sum = checksum::add(udp_sum(udp_len), inner);
-                    put16(udp, 6, nonzero_checksum(checksum::finish(sum)));
+                    put16(udp, 6, udp_checksum(udp_len));
                 }
             }
             TunnelHeaders::V6 { template } => {
@@ -299,11 +364,10 @@ impl Encapsulator {
                 let udp = &mut headers[ipv6::HEADER_LEN..];
                 fill_udp_and_vxlan(udp, source_port, udp_len16, vni);
                 // RFC 8200 §8.1: a zero UDP checksum is not allowed over IPv6.
-                let sum = checksum::add(udp_sum(udp_len), inner);
-                put16(udp, 6, nonzero_checksum(checksum::finish(sum)));
+                put16(udp, 6, udp_checksum(udp_len));
             }
         }
-        Ok(start)
+        Ok(())
     }
 
     /// Encapsulates a copy of `inner` into a new buffer holding exactly the outer frame.

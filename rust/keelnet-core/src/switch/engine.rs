@@ -8,6 +8,7 @@
 //! into datagrams, decapsulated, and consecutive TCP segments coalesced again into one
 //! super-frame per TAP write.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,11 +23,12 @@ use crate::fdb::{Destination, Fdb, FdbConfig, MacAddr};
 use crate::io::VNET_HDR_LEN;
 use crate::io::packet_socket::{PacketReceiver, PacketSocket};
 use crate::io::tap::Tap;
+use crate::io::tunnel_tap::TunnelTap;
 use crate::io::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, UdpReceiver, UdpSocket};
 use crate::packet::arp::{self, Arp, ArpPacket};
 use crate::packet::ethernet::{self, EthernetFrame, ethertype};
-use crate::packet::offload::{self, Coalescer, Segments, VirtioNetHdr, gso_type};
-use crate::packet::vxlan;
+use crate::packet::offload::{self, Coalescer, Segments, TUNNEL_HDR_LEN, VirtioNetHdr, gso_type};
+use crate::packet::{udp, vxlan};
 
 /// Largest frame a port read can return: a 64 KB GSO super-frame plus headers.
 pub(crate) const RX_BUFFER: usize = 65_536 + 1_024;
@@ -137,10 +139,32 @@ pub(crate) struct Port {
 
 pub(crate) struct Vtep {
     pub socket: UdpSocket,
+    /// Where super-frames to peers leave whole; `None` when the kernel or the host's
+    /// settings do not allow it (then they are segmented here).
+    tunnel: Option<TunnelPath>,
+    /// Why super-frames are segmented here (no tunnel TAP, or it failed).
+    tunnel_error: Option<String>,
+    /// Super-frames sent whole through the tunnel TAP.
+    tunnel_frames: u64,
     rx: Traffic,
     tx: Traffic,
     drops: Drops,
     errors: u64,
+}
+
+/// A VTEP's tunnel TAP and the outer headers of each peer.
+pub(crate) struct TunnelPath {
+    tap: TunnelTap,
+    encapsulators: HashMap<IpAddr, vxlan::Encapsulator>,
+}
+
+impl TunnelPath {
+    pub fn new(tap: TunnelTap) -> TunnelPath {
+        TunnelPath {
+            tap,
+            encapsulators: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -347,9 +371,20 @@ impl Engine {
             .collect()
     }
 
-    pub fn add_vtep(&mut self, socket: UdpSocket) -> usize {
+    pub fn add_vtep(
+        &mut self,
+        socket: UdpSocket,
+        tunnel: Result<Option<TunnelPath>, String>,
+    ) -> usize {
+        let (tunnel, tunnel_error) = match tunnel {
+            Ok(tunnel) => (tunnel, None),
+            Err(error) => (None, Some(error)),
+        };
         self.vteps.push(Vtep {
             socket,
+            tunnel,
+            tunnel_error,
+            tunnel_frames: 0,
             rx: Traffic::default(),
             tx: Traffic::default(),
             drops: Drops::default(),
@@ -481,6 +516,9 @@ impl Engine {
                     errors: vtep.errors,
                     gso: vtep.socket.gso(),
                     gro: vtep.socket.gro(),
+                    tunnel_device: vtep.tunnel.as_ref().map(|t| t.tap.ifname().to_owned()),
+                    tunnel_error: vtep.tunnel_error.clone(),
+                    tunnel_frames: vtep.tunnel_frames,
                 })
                 .collect(),
             drops: self.drops,
@@ -912,6 +950,22 @@ impl Engine {
         frame: &[u8],
         remotes: &[IpAddr],
     ) {
+        let left;
+        let mut remotes = remotes;
+        if header.gso_type != gso_type::NONE && self.vteps.iter().any(|vtep| vtep.tunnel.is_some())
+        {
+            // Keep order: what was queued for any peer leaves before this.
+            self.flush_small();
+            left = remotes
+                .iter()
+                .copied()
+                .filter(|&remote| !self.send_through_tunnel(vni, header, frame, remote))
+                .collect::<Vec<_>>();
+            remotes = &left;
+            if remotes.is_empty() {
+                return;
+            }
+        }
         self.segments.clear();
         if offload::segment_with_header(header, frame, &mut self.segments).is_err() {
             return self.count_drop(DropReason::Segmentation, At::Port(from), Some(vni));
@@ -985,6 +1039,94 @@ impl Engine {
             }
         }
         self.segments = segments;
+    }
+
+    /// Sends a super-frame to `remote` whole through the tunnel TAP of the VTEP of its
+    /// family (the host's stack routes it; the kernel segments it, or the underlay
+    /// carries it as one UDP-tunnel GSO packet). False: not sent, segment it instead.
+    fn send_through_tunnel(
+        &mut self,
+        vni: u32,
+        header: &VirtioNetHdr,
+        frame: &[u8],
+        remote: IpAddr,
+    ) -> bool {
+        let Some(vtep) = self
+            .vteps
+            .iter_mut()
+            .find(|vtep| vtep.socket.local().is_ipv4() == remote.is_ipv4())
+        else {
+            return false;
+        };
+        let local = vtep.socket.local();
+        let Some(tunnel) = vtep.tunnel.as_mut() else {
+            return false;
+        };
+        let encapsulator = match tunnel.encapsulators.entry(remote) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let config = vxlan::VxlanConfig {
+                    destination_port: local.port(),
+                    ..vxlan::VxlanConfig::default()
+                };
+                let endpoints = vxlan::Endpoints {
+                    source_mac: tunnel.tap.source_mac(),
+                    destination_mac: tunnel.tap.mac(),
+                    source: local.ip(),
+                    destination: remote,
+                    vlan: None,
+                };
+                match vxlan::Encapsulator::new(config, &endpoints) {
+                    Ok(encapsulator) => entry.insert(encapsulator),
+                    Err(_) => return false,
+                }
+            }
+        };
+        let mut outer = [0u8; vxlan::MAX_OVERHEAD];
+        let Ok(outer_len) = encapsulator.write_outer_for_gso(&mut outer, frame, vni, None) else {
+            // Too long for one outer datagram: segmented here instead.
+            return false;
+        };
+        let mut tunnel_header = [0u8; TUNNEL_HDR_LEN];
+        if offload::write_tunnel_header(
+            &mut tunnel_header,
+            header,
+            frame,
+            outer_len,
+            outer_len - udp::HEADER_LEN - vxlan::HEADER_LEN,
+            remote.is_ipv6(),
+            encapsulator.offloaded_udp_checksum(),
+        )
+        .is_err()
+        {
+            return false;
+        }
+        match tunnel
+            .tap
+            .write(&[&tunnel_header, &outer[..outer_len], frame])
+        {
+            Ok(_) => {
+                let payload = frame.len().saturating_sub(usize::from(header.hdr_len));
+                let segments = payload.div_ceil(usize::from(header.gso_size.max(1))).max(1);
+                vtep.tx.packets += segments as u64;
+                vtep.tx.bytes += (segments * outer_len + frame.len()) as u64;
+                vtep.tunnel_frames += 1;
+                if let Some(state) = self.vnis.get_mut(&vni) {
+                    state.tx.add(frame.len());
+                }
+                true
+            }
+            Err(error) => {
+                // The kernel refused it: stop trying, segment from now on.
+                vtep.errors += 1;
+                vtep.tunnel_error = Some(format!(
+                    "writing to {} failed, segmenting instead: {error}",
+                    tunnel.tap.ifname()
+                ));
+                vtep.tunnel = None;
+                false
+            }
+        }
     }
 
     /// Queues one small datagram for `destination`: equal-sized datagrams to one peer
@@ -1500,7 +1642,7 @@ mod tests {
 
     fn with_vtep(engine: &mut Engine) -> Option<usize> {
         let socket = UdpSocket::bind(None, "127.0.0.1:0".parse().unwrap()).ok()?;
-        let index = engine.add_vtep(socket);
+        let index = engine.add_vtep(socket, Ok(None));
         engine.add_peer(1, "127.0.0.2".parse().unwrap(), None, None);
         Some(index)
     }

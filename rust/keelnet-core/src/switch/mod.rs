@@ -23,12 +23,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use engine::{Engine, PortIo};
+use engine::{Engine, PortIo, TunnelPath};
 
 use crate::fdb::{FdbCounters, MacAddr};
 use crate::io::packet_socket::PacketSocket;
 use crate::io::poller::{Poller, SpinPolicy};
 use crate::io::tap::{Tap, TapConfig};
+use crate::io::tunnel_tap::TunnelTap;
 use crate::io::udp::UdpSocket;
 use crate::packet::vxlan::MAX_VNI;
 
@@ -52,6 +53,10 @@ pub struct SwitchConfig {
     pub coalesce: bool,
     /// Send each super-frame's segments with one UDP GSO call (off: one call each).
     pub udp_gso: bool,
+    /// Hand super-frames to the host's stack whole, as UDP-tunnel GSO packets, through
+    /// a TAP per VTEP ([`TunnelTap`]), where the kernel allows it; segment them here
+    /// otherwise (and when off).
+    pub tunnel_gso: bool,
     /// Most a worker polls for the next packet before it sleeps, when packets come back
     /// and forth within that time (request/response: each poll that finds one saves a
     /// thread wakeup); adaptive, yields the CPU to other tasks ([`SpinPolicy`]).
@@ -76,6 +81,7 @@ impl Default for SwitchConfig {
             fdb_max_age: Duration::from_secs(300),
             coalesce: true,
             udp_gso: true,
+            tunnel_gso: true,
             busy_poll: DEFAULT_BUSY_POLL,
             workers: 1,
         }
@@ -166,6 +172,12 @@ pub struct VtepStats {
     /// UDP GSO still in use (it is turned off when the kernel refuses it).
     pub gso: bool,
     pub gro: bool,
+    /// The TAP super-frames to peers leave through whole (UDP-tunnel GSO).
+    pub tunnel_device: Option<String>,
+    /// Why super-frames are segmented in userspace instead.
+    pub tunnel_error: Option<String>,
+    /// Super-frames sent whole through the tunnel TAP.
+    pub tunnel_frames: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -337,14 +349,29 @@ impl Switch {
     }
 
     /// Adds a VXLAN tunnel endpoint on `local` (one per address family is used for
-    /// sending: the first of the peer's family).
-    pub fn add_vtep(&self, local: SocketAddr) -> io::Result<()> {
-        let netns = self.shared.engine().config.netns.clone();
-        let mut socket = UdpSocket::bind(netns.as_deref(), local)?;
-        socket.set_gso(self.shared.engine().config.udp_gso);
+    /// sending: the first of the peer's family). With `tunnel_gso` (and the switch's
+    /// [`SwitchConfig::tunnel_gso`]), super-frames leave through a tunnel TAP when the
+    /// kernel allows it. `tunnel_refused`: why the caller knows the host would not
+    /// forward them (an iptables FORWARD policy of DROP); they are segmented here then.
+    pub fn add_vtep(&self, local: SocketAddr, tunnel_refused: Option<String>) -> io::Result<()> {
+        let config = self.shared.engine().config.clone();
+        let netns = config.netns.as_deref();
+        let mut socket = UdpSocket::bind(netns, local)?;
+        socket.set_gso(config.udp_gso);
+        let tunnel = if !config.tunnel_gso {
+            Ok(None)
+        } else if let Some(reason) = tunnel_refused {
+            Err(reason)
+        } else if local.ip().is_unspecified() {
+            Err("a VTEP on a wildcard address has no source address for the tunnel TAP".into())
+        } else {
+            TunnelTap::create(netns, local.ip())
+                .map(|tap| Some(TunnelPath::new(tap)))
+                .map_err(|error| error.to_string())
+        };
         let fd = socket.as_raw_fd();
         let mut engine = self.shared.engine();
-        let index = engine.add_vtep(socket);
+        let index = engine.add_vtep(socket, tunnel);
         self.shared.watch(fd, VTEP_TOKEN | index as u64)
     }
 
