@@ -909,6 +909,37 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_header_points_at_outer_udp_and_inner_headers() {
+        let frame = tcp_frame(&spec(false, 0x10), &[7u8; 4000]).unwrap();
+        let inner = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: gso_type::TCPV4,
+            hdr_len: 66,
+            gso_size: 1398,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut buf = [0xffu8; TUNNEL_HDR_LEN];
+        write_tunnel_header(&mut buf, &inner, &frame, 50, 34, false, false).unwrap();
+        let header = VirtioNetHdr::parse(&buf).unwrap();
+        assert_eq!(header.gso_type, gso_type::TCPV4 | gso_type::UDP_TUNNEL_IPV4);
+        assert_eq!(header.flags, F_NEEDS_CSUM);
+        assert_eq!(header.hdr_len, 50 + 34 + 32);
+        assert_eq!(header.gso_size, 1398);
+        assert_eq!((header.csum_start, header.csum_offset), (84, 16));
+        assert_eq!(&buf[10..20], &[0; 10]);
+        assert_eq!(u16::from_le_bytes([buf[20], buf[21]]), 34);
+        assert_eq!(u16::from_le_bytes([buf[22], buf[23]]), 64);
+        write_tunnel_header(&mut buf, &inner, &frame, 70, 54, true, true).unwrap();
+        let header = VirtioNetHdr::parse(&buf).unwrap();
+        assert_eq!(header.gso_type, gso_type::TCPV4 | gso_type::UDP_TUNNEL_IPV6);
+        assert_eq!(header.flags, F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM);
+        // Not a super-frame with a partial checksum: refused.
+        let plain = VirtioNetHdr::default();
+        assert!(write_tunnel_header(&mut buf, &plain, &frame, 50, 34, false, false).is_err());
+    }
+
+    #[test]
     fn segments_carry_correct_headers() {
         use tcp::flags::*;
         for v6 in [false, true] {
