@@ -104,6 +104,38 @@ def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(
         assert sum(stats["drops"].values()) == stats["drops"]["unknown_vni"]
 
 
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        (["iptables", "-P", "FORWARD", "DROP"], "FORWARD DROP"),
+        (["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"], "rp_filter is 1"),
+    ],
+    ids=["docker-forward-drop", "rp-filter"],
+)
+def test_super_frames_are_segmented_where_the_host_would_not_forward_them(
+    lab: DpLab, setting: list[str], reason: str
+) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
+    sh(*setting, netns=h1)
+    with Switch(netns=h1) as sw1, Switch(netns=h2) as sw2:
+        for sw, n, peer, sandbox in ((sw1, 1, 2, s1), (sw2, 2, 1, s2)):
+            sw.add_vtep(UNDERLAY_V4.format(n))
+            sw.add_tap("p", vni=VNI, sandbox=sandbox, mtu=1450)
+            address(sandbox, "eth0", f"{NET.format(n)}/24")
+            sw.add_peer(VNI, UNDERLAY_V4.format(peer))
+        vtep1 = sw1.stats()["vteps"][0]
+        assert vtep1["tunnel_device"] is None
+        assert reason in vtep1["tunnel_error"]
+        # No tunnel TAP was left behind in the host.
+        assert "kn-vtep" not in sh("ip", "-o", "link", "show", netns=h1)
+        assert sw2.stats()["vteps"][0]["tunnel_device"] is not None
+        with EchoServer(s2, NET.format(2)):
+            assert echo_transfer(s1, NET.format(2), 4_000_000)
+        assert sw1.stats()["vteps"][0]["tunnel_frames"] == 0
+        assert sw2.stats()["vteps"][0]["tunnel_frames"] > 0
+
+
 def test_two_keelnet_switches_with_static_peers(lab: DpLab) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
