@@ -135,8 +135,9 @@ class Switch(Engine[_core.Switch]):
     polls for the next packet before sleeping when packets come back and forth within
     that time (request/response latency without thread wakeups; adaptive, and it yields
     the CPU to other tasks); None: the default (100 µs), 0: always sleep at once;
-    ``workers`` is the number of forwarding threads (each port is drained by one at a
-    time; TAP reads and local writes run outside the engine lock).
+    ``workers`` is the number of forwarding threads (ports and VTEPs are dealt to them
+    round-robin in the order added, each drained by its own worker; TAP reads and local
+    writes run outside the engine lock).
     """
 
     def __init__(

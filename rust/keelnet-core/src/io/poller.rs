@@ -44,16 +44,6 @@ impl Poller {
         Ok(())
     }
 
-    /// Change what `fd` is watched for (re-arming a one-shot descriptor). A descriptor
-    /// no longer in the set (a removed port) makes this a no-op.
-    pub fn modify(&self, fd: RawFd, token: u64, events: u32) {
-        let mut event = libc::epoll_event { events, u64: token };
-        // SAFETY: modifying our epoll set with an event struct on the stack.
-        unsafe {
-            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event);
-        }
-    }
-
     /// Stop watching `fd`; one already gone is fine.
     pub fn remove(&self, fd: RawFd) {
         // SAFETY: removing a descriptor from our epoll set.

@@ -704,14 +704,6 @@ impl Engine {
         }
     }
 
-    pub(crate) fn port_fd(&self, id: u32) -> Option<RawFd> {
-        self.ports.get(&id).map(|port| port.io.fd())
-    }
-
-    pub(crate) fn vtep_fd(&self, index: usize) -> Option<RawFd> {
-        self.vteps.get(index).map(|vtep| vtep.socket.as_raw_fd())
-    }
-
     /// A read error: the port is removed when its device is gone; anything else (a
     /// link going down under an AF_PACKET socket) is counted and the port kept.
     pub(crate) fn port_read_error(&mut self, id: u32, error: io::Error) {

@@ -3,10 +3,11 @@
 //!
 //! A [`Switch`] is a handle. Ports are opened on the calling thread (in the switch's
 //! host namespace, so errors come back to the caller), then handed to the engine. While
-//! running, one worker thread waits on an epoll set of every port and VTEP and forwards
-//! in batches, holding the engine's mutex only while it processes what woke it; control
-//! calls take the same mutex between batches. Stopping joins the thread; dropping the
-//! switch (or [`Switch::close`]) closes every descriptor, which removes the TAP devices.
+//! running, each worker thread waits on the epoll set of its share of the ports and VTEPs
+//! and forwards in batches, holding the engine's mutex only while it processes what woke
+//! it; control calls take the same mutex between batches. Stopping joins the threads;
+//! dropping the switch (or [`Switch::close`]) closes every descriptor, which removes the
+//! TAP devices.
 
 mod counters;
 mod engine;
@@ -18,7 +19,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -62,7 +63,7 @@ pub struct SwitchConfig {
     /// thread wakeup); adaptive, yields the CPU to other tasks ([`SpinPolicy`]).
     /// Zero: always sleep in `epoll_wait` at once.
     pub busy_poll: Duration,
-    /// Worker threads sharing the ports (each port is drained by one at a time).
+    /// Worker threads; ports and VTEPs are dealt to them round-robin, in the order added.
     pub workers: usize,
 }
 
@@ -223,11 +224,12 @@ const WAKE_TOKEN: u64 = u64::MAX;
 struct Shared {
     engine: Mutex<Engine>,
     stop: AtomicBool,
-    poller: Poller,
-    /// Several workers: ports and VTEPs are registered one-shot, so one worker at a
-    /// time drains each, and re-armed after. One worker: level-triggered, no re-arm
-    /// (one `epoll_ctl` less per wakeup).
-    oneshot: bool,
+    /// One epoll set per worker. Each port and VTEP belongs to one worker, like the
+    /// queues of a multi-queue NIC to their interrupts: level-triggered, no re-arming,
+    /// no two workers woken for one event, one port never drained by two at once.
+    pollers: Vec<Poller>,
+    /// Round-robin assignment of descriptors to workers.
+    next_poller: AtomicUsize,
 }
 
 impl Shared {
@@ -238,23 +240,16 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn events(&self) -> u32 {
-        let level = (libc::EPOLLIN | libc::EPOLLERR) as u32;
-        if self.oneshot {
-            level | libc::EPOLLONESHOT as u32
-        } else {
-            level
-        }
-    }
-
+    /// Gives `fd` to the next worker.
     fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.poller.add(fd, token, self.events())
+        let index = self.next_poller.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
+        self.pollers[index].add(fd, token, (libc::EPOLLIN | libc::EPOLLERR) as u32)
     }
 
-    /// Re-arms a one-shot descriptor after a worker drained it.
-    fn rearm(&self, fd: RawFd, token: u64) {
-        if self.oneshot {
-            self.poller.modify(fd, token, self.events());
+    fn unwatch(&self, fd: RawFd) {
+        // Only the owner's set holds it; the others answer ENOENT, which is ignored.
+        for poller in &self.pollers {
+            poller.remove(fd);
         }
     }
 }
@@ -271,12 +266,14 @@ impl Switch {
             // Fail now, not at the first port, when the namespace does not exist.
             crate::io::netns::open(path)?;
         }
-        let oneshot = config.workers > 1;
+        let pollers = (0..config.workers.max(1))
+            .map(|_| Poller::new(WAKE_TOKEN))
+            .collect::<io::Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             engine: Mutex::new(Engine::new(config)),
-            oneshot,
             stop: AtomicBool::new(false),
-            poller: Poller::new(WAKE_TOKEN)?,
+            pollers,
+            next_poller: AtomicUsize::new(0),
         });
         Ok(Switch {
             shared,
@@ -416,7 +413,7 @@ impl Switch {
         let removed = self.shared.engine().remove_port(name);
         match removed {
             Some((_, port)) => {
-                self.shared.poller.remove(port.io.fd());
+                self.shared.unwatch(port.io.fd());
                 drop(port);
                 Ok(())
             }
@@ -437,16 +434,13 @@ impl Switch {
             return Ok(());
         }
         self.shared.stop.store(false, Ordering::SeqCst);
-        self.shared.poller.clear_wake();
-        let (busy_poll, workers) = {
-            let engine = self.shared.engine();
-            (engine.config.busy_poll, engine.config.workers.max(1))
-        };
-        for index in 0..workers {
+        let busy_poll = self.shared.engine().config.busy_poll;
+        for (index, poller) in self.shared.pollers.iter().enumerate() {
+            poller.clear_wake();
             let shared = Arc::clone(&self.shared);
             let spawned = std::thread::Builder::new()
                 .name(format!("keelnet-switch-{index}"))
-                .spawn(move || run(&shared, busy_poll));
+                .spawn(move || run(&shared, index, busy_poll));
             match spawned {
                 Ok(handle) => self.workers.push(handle),
                 Err(error) => {
@@ -464,7 +458,9 @@ impl Switch {
             return;
         }
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.poller.wake();
+        for poller in &self.shared.pollers {
+            poller.wake();
+        }
         for handle in self.workers.drain(..) {
             let _ = handle.join();
         }
@@ -475,7 +471,7 @@ impl Switch {
         self.stop();
         let mut engine = self.shared.engine();
         for (_, fd) in engine.port_fds() {
-            self.shared.poller.remove(fd);
+            self.shared.unwatch(fd);
         }
         let names: Vec<String> = engine
             .stats()
@@ -487,7 +483,7 @@ impl Switch {
             engine.remove_port(&name);
         }
         for vtep in engine.vteps.drain(..) {
-            self.shared.poller.remove(vtep.socket.as_raw_fd());
+            self.shared.unwatch(vtep.socket.as_raw_fd());
         }
     }
 
@@ -509,63 +505,45 @@ impl Drop for Switch {
     }
 }
 
-/// A worker: wait, then handle every ready descriptor. With several workers sharing the
-/// epoll set, port and VTEP descriptors are registered one-shot, so one worker at a
-/// time drains each (no reordering within a port) and re-arms it when done.
-fn run(shared: &Shared, busy_poll: Duration) {
+/// Worker `index`: wait on its epoll set, then handle every ready descriptor.
+fn run(shared: &Shared, index: usize, busy_poll: Duration) {
     const EVENTS: usize = 16;
+    let poller = &shared.pollers[index];
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     let mut buffer = vec![0u8; engine::RX_BUFFER];
     let mut spin = SpinPolicy::new(busy_poll);
     while !shared.stop.load(Ordering::SeqCst) {
-        let ready = match shared.poller.wait_spinning(&mut events, 100, &mut spin) {
+        let ready = match poller.wait_spinning(&mut events, 100, &mut spin) {
             Ok(ready) => ready,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
         for event in &events[..ready] {
             let token = event.u64;
-            let flags = event.events;
             if token == WAKE_TOKEN {
-                // Only `stop` writes it; left readable so every worker sees it.
+                // Only `stop` writes it.
                 continue;
             }
             if token & VTEP_TOKEN != 0 {
-                let index = (token & 0xffff_ffff) as usize;
-                let mut engine = shared.engine();
-                engine.vtep_readable(index);
-                if let Some(fd) = engine.vtep_fd(index) {
-                    shared.rearm(fd, token);
-                }
+                shared
+                    .engine()
+                    .vtep_readable((token & 0xffff_ffff) as usize);
                 continue;
             }
             let id = token as u32;
-            if flags & libc::EPOLLIN as u32 == 0 {
-                let mut engine = shared.engine();
-                engine.port_error(id);
-                if let Some(fd) = engine.port_fd(id) {
-                    shared.rearm(fd, token);
-                }
+            if event.events & libc::EPOLLIN as u32 == 0 {
+                shared.engine().port_error(id);
                 continue;
             }
             let tap = shared.engine().tap_io(id);
             match tap {
-                Some(io) => {
-                    tap_readable(shared, id, &io, &mut buffer);
-                    shared.rearm(io.fd(), token);
-                }
-                None => {
-                    let mut engine = shared.engine();
-                    engine.port_readable(id);
-                    if let Some(fd) = engine.port_fd(id) {
-                        shared.rearm(fd, token);
-                    }
-                }
+                Some(io) => tap_readable(shared, id, &io, &mut buffer),
+                None => shared.engine().port_readable(id),
             }
         }
         let mut engine = shared.engine();
         for port in engine.reap_failed() {
-            shared.poller.remove(port.io.fd());
+            shared.unwatch(port.io.fd());
         }
         engine.tick();
     }
