@@ -104,13 +104,37 @@ def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(
         assert sum(stats["drops"].values()) == stats["drops"]["unknown_vni"]
 
 
+def test_super_frames_leave_whole_under_a_loose_reverse_path_filter(lab: DpLab) -> None:
+    """Many distributions set net.ipv4.conf.all.rp_filter=2: the tunnel TAP then holds
+    the VTEP's address (host scope, no route) so that the check finds it."""
+    h1, h2 = lab.host(1), lab.host(2)
+    s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
+    sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", netns=h1)
+    routes_before = sh("ip", "route", "show", "table", "all", netns=h1)
+    with Switch(netns=h1) as sw1, Switch(netns=h2) as sw2:
+        for sw, n, peer, sandbox in ((sw1, 1, 2, s1), (sw2, 2, 1, s2)):
+            sw.add_vtep(UNDERLAY_V4.format(n))
+            sw.add_tap("p", vni=VNI, sandbox=sandbox, mtu=1450)
+            address(sandbox, "eth0", f"{NET.format(n)}/24")
+            sw.add_peer(VNI, UNDERLAY_V4.format(peer))
+        device = sw1.stats()["vteps"][0]["tunnel_device"]
+        assert device is not None
+        shown = sh("ip", "-4", "-o", "addr", "show", "dev", device, netns=h1)
+        assert f"inet {UNDERLAY_V4.format(1)}/32 scope host" in shown
+        with EchoServer(s1, NET.format(1)):
+            assert echo_transfer(s2, NET.format(1), 4_000_000)
+        assert sw1.stats()["vteps"][0]["tunnel_frames"] > 0
+    # The TAP and its address left no route behind.
+    assert sh("ip", "route", "show", "table", "all", netns=h1) == routes_before
+
+
 @pytest.mark.parametrize(
     ("setting", "reason"),
     [
         (["iptables", "-P", "FORWARD", "DROP"], "FORWARD DROP"),
         (["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"], "rp_filter is 1"),
     ],
-    ids=["docker-forward-drop", "rp-filter"],
+    ids=["docker-forward-drop", "strict-rp-filter"],
 )
 def test_super_frames_are_segmented_where_the_host_would_not_forward_them(
     lab: DpLab, setting: list[str], reason: str

@@ -5,6 +5,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::mem::size_of;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::fdb::MacAddr;
@@ -222,6 +223,7 @@ pub(crate) fn set_buffers(fd: RawFd, bytes: libc::c_int) {
 
 const NLMSG_HDR_LEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
+const IFADDRMSG_LEN: usize = 8;
 
 fn push_attribute(message: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let length = 4 + value.len();
@@ -235,21 +237,7 @@ fn push_attribute(message: &mut Vec<u8>, kind: u16, value: &[u8]) {
 /// from the calling thread's namespace (where the link is now). Renaming in the same
 /// request avoids a clash with a same-named link in either namespace.
 pub(crate) fn move_link(ifindex: u32, netns_fd: RawFd, new_name: &str) -> io::Result<()> {
-    // SAFETY: plain socket(2); owned right away.
-    let fd = check(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    })?;
-    // SAFETY: fresh descriptor.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut message = vec![0u8; NLMSG_HDR_LEN + IFINFOMSG_LEN];
-    // nlmsghdr: length (patched below), type, flags, seq, pid.
-    message[4..6].copy_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
-    message[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-    message[8..12].copy_from_slice(&1u32.to_ne_bytes());
     // ifinfomsg: family, pad, type, index, flags, change.
     message[NLMSG_HDR_LEN + 4..NLMSG_HDR_LEN + 8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
     push_attribute(
@@ -260,8 +248,52 @@ pub(crate) fn move_link(ifindex: u32, netns_fd: RawFd, new_name: &str) -> io::Re
     let mut name = new_name.as_bytes().to_vec();
     name.push(0);
     push_attribute(&mut message, libc::IFLA_IFNAME, &name);
+    rtnetlink_request(message, libc::RTM_NEWLINK, 0)
+}
+
+/// `ip addr add <address>/32 dev <ifindex> scope host noprefixroute`: the address
+/// without any route of its own.
+pub(crate) fn add_host_address(ifindex: u32, address: Ipv4Addr) -> io::Result<()> {
+    let mut message = vec![0u8; NLMSG_HDR_LEN + IFADDRMSG_LEN];
+    // ifaddrmsg: family, prefix length, flags, scope, index.
+    message[NLMSG_HDR_LEN] = libc::AF_INET as u8;
+    message[NLMSG_HDR_LEN + 1] = 32;
+    message[NLMSG_HDR_LEN + 3] = libc::RT_SCOPE_HOST;
+    message[NLMSG_HDR_LEN + 4..NLMSG_HDR_LEN + 8].copy_from_slice(&ifindex.to_ne_bytes());
+    push_attribute(&mut message, libc::IFA_LOCAL, &address.octets());
+    push_attribute(&mut message, libc::IFA_ADDRESS, &address.octets());
+    push_attribute(
+        &mut message,
+        libc::IFA_FLAGS,
+        &libc::IFA_F_NOPREFIXROUTE.to_ne_bytes(),
+    );
+    rtnetlink_request(
+        message,
+        libc::RTM_NEWADDR,
+        libc::NLM_F_CREATE | libc::NLM_F_EXCL,
+    )
+}
+
+/// Sends one rtnetlink request (`message`: header room, then the body) from the calling
+/// thread's namespace and waits for its acknowledgement.
+fn rtnetlink_request(mut message: Vec<u8>, kind: u16, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain socket(2); owned right away.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    })?;
+    // SAFETY: fresh descriptor.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr: length, type, flags, seq, pid.
     let length = message.len() as u32;
     message[0..4].copy_from_slice(&length.to_ne_bytes());
+    message[4..6].copy_from_slice(&kind.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16;
+    message[6..8].copy_from_slice(&flags.to_ne_bytes());
+    message[8..12].copy_from_slice(&1u32.to_ne_bytes());
     // SAFETY: sockaddr_nl zeroed is the kernel as destination.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;

@@ -7,15 +7,17 @@
 //! device is set up for exactly that: IPv4 forwarding and `accept_local` on it (the outer
 //! source is the VTEP's own address), reverse-path filtering off on it, IPv6
 //! `force_forwarding` for an IPv6 VTEP. What the namespace decides globally is checked,
-//! not changed: a reverse-path filter on `all` drops these frames, so the TAP is refused.
+//! not changed: the loose reverse-path filter many distributions set on `all` passes
+//! once the TAP holds the VTEP's address too (as a host-scope /32 without a route); the
+//! strict one drops these frames whatever we do, so the TAP is refused.
 
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
-use super::netns;
 use super::tap::{Tap, TapConfig, offload};
+use super::{netns, sys};
 use crate::fdb::MacAddr;
 use crate::packet::offload::TUNNEL_HDR_LEN;
 
@@ -34,12 +36,12 @@ impl TunnelTap {
     /// the kernel or the namespace's settings cannot carry UDP-tunnel GSO this way.
     pub fn create(netns: Option<&Path>, local: IpAddr) -> io::Result<TunnelTap> {
         let rp_filter = netns::run_in(netns, || read_sysctl("net/ipv4/conf/all/rp_filter"))?;
-        if local.is_ipv4() && rp_filter.trim() != "0" {
-            return Err(unsupported(format!(
-                "net.ipv4.conf.all.rp_filter is {}: reverse-path filtering would drop \
-                 super-frames carrying the VTEP's own source address",
-                rp_filter.trim()
-            )));
+        if local.is_ipv4() && rp_filter.trim() == "1" {
+            return Err(unsupported(
+                "net.ipv4.conf.all.rp_filter is 1: strict reverse-path filtering would drop \
+                 super-frames carrying the VTEP's own source address"
+                    .to_owned(),
+            ));
         }
         let mut config = TapConfig::new(NAME_TEMPLATE);
         config.host_netns = netns.map(Path::to_path_buf);
@@ -60,6 +62,10 @@ impl TunnelTap {
             write_sysctl(&format!("{ipv4}/forwarding"), "1")?;
             write_sysctl(&format!("{ipv4}/accept_local"), "1")?;
             write_sysctl(&format!("{ipv4}/rp_filter"), "0")?;
+            if let IpAddr::V4(address) = local {
+                sys::add_host_address(sys::interface_index(&name)?, address)
+                    .map_err(|error| sys::context(error, format!("adding {address} to {name}")))?;
+            }
             let ipv6 = format!("net/ipv6/conf/{name}");
             if local.is_ipv6() {
                 write_sysctl(&format!("{ipv6}/force_forwarding"), "1").map_err(|error| {
@@ -108,10 +114,10 @@ fn unsupported(message: String) -> io::Error {
 
 fn read_sysctl(key: &str) -> io::Result<String> {
     std::fs::read_to_string(format!("/proc/sys/{key}"))
-        .map_err(|error| super::sys::context(error, format!("reading {key}")))
+        .map_err(|error| sys::context(error, format!("reading {key}")))
 }
 
 fn write_sysctl(key: &str, value: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/sys/{key}"), value)
-        .map_err(|error| super::sys::context(error, format!("setting {key}")))
+        .map_err(|error| sys::context(error, format!("setting {key}")))
 }
