@@ -939,6 +939,22 @@ mod tests {
         assert!(write_tunnel_header(&mut buf, &plain, &frame, 50, 34, false, false).is_err());
     }
 
+    proptest::proptest! {
+        /// The header comes from a sandbox's kernel: nothing in it may panic the switch.
+        #[test]
+        fn tunnel_header_never_panics(
+            header in proptest::collection::vec(proptest::num::u8::ANY, VIRTIO_NET_HDR_LEN),
+            frame in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            outer_len in 0usize..70_000,
+            outer_transport in 0usize..70_000,
+            outer_ipv6 in proptest::bool::ANY,
+        ) {
+            let inner = VirtioNetHdr::parse(&header).unwrap();
+            let mut buf = [0u8; TUNNEL_HDR_LEN];
+            let _ = write_tunnel_header(&mut buf, &inner, &frame, outer_len, outer_transport, outer_ipv6, true);
+        }
+    }
+
     #[test]
     fn segments_carry_correct_headers() {
         use tcp::flags::*;

@@ -156,13 +156,20 @@ pub(crate) struct Vtep {
 pub(crate) struct TunnelPath {
     tap: TunnelTap,
     encapsulators: HashMap<IpAddr, vxlan::Encapsulator>,
+    /// Writes the kernel refused in a row: one odd frame is segmented instead, a kernel
+    /// that refuses them all ends the tunnel path.
+    refused_in_a_row: u32,
 }
+
+/// Refused writes in a row after which super-frames are segmented for good.
+const TUNNEL_REFUSALS: u32 = 8;
 
 impl TunnelPath {
     pub fn new(tap: TunnelTap) -> TunnelPath {
         TunnelPath {
             tap,
             encapsulators: HashMap::new(),
+            refused_in_a_row: 0,
         }
     }
 }
@@ -1098,6 +1105,7 @@ impl Engine {
             .write(&[&tunnel_header, &outer[..outer_len], frame])
         {
             Ok(_) => {
+                tunnel.refused_in_a_row = 0;
                 let payload = frame.len().saturating_sub(usize::from(header.hdr_len));
                 let segments = payload.div_ceil(usize::from(header.gso_size.max(1))).max(1);
                 vtep.tx.packets += segments as u64;
@@ -1109,13 +1117,16 @@ impl Engine {
                 true
             }
             Err(error) => {
-                // The kernel refused it: stop trying, segment from now on.
                 vtep.errors += 1;
-                vtep.tunnel_error = Some(format!(
-                    "writing to {} failed, segmenting instead: {error}",
-                    tunnel.tap.ifname()
-                ));
-                vtep.tunnel = None;
+                tunnel.refused_in_a_row += 1;
+                let frame_refused = error.raw_os_error() == Some(libc::EINVAL);
+                if !frame_refused || tunnel.refused_in_a_row >= TUNNEL_REFUSALS {
+                    vtep.tunnel_error = Some(format!(
+                        "writing to {} failed, segmenting from now on: {error}",
+                        tunnel.tap.ifname()
+                    ));
+                    vtep.tunnel = None;
+                }
                 false
             }
         }
