@@ -23,9 +23,9 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from keelnet import _core
-from keelnet.errors import InvalidRequest
+from keelnet.errors import InvalidRequest, KernelError
 from keelnet.kernel import iptables_compat
-from keelnet.kernel.namespaces import netns_path
+from keelnet.kernel.namespaces import iproute, netns_path
 
 __all__ = ["DROP_REASONS", "ISOLATIONS", "Switch"]
 
@@ -54,6 +54,14 @@ def _vni(vni: int) -> int:
     if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= 0xFFFFFF:
         raise InvalidRequest(f"VNI must be an integer in 0..16777215, not {vni!r}")
     return vni
+
+
+def _tunnel_taps_left(path: str | None) -> bool:
+    """Whether any VTEP's tunnel TAP (of any switch) still exists in the namespace."""
+    with iproute(path) as ipr:
+        return any(
+            link.get_attr("IFLA_IFNAME", "").startswith("kn-vtep") for link in ipr.get_links()
+        )
 
 
 def _address(text: str, what: str) -> str:
@@ -155,7 +163,9 @@ class Switch(Engine[_core.Switch]):
         workers: int = 1,
     ) -> None:
         self.netns = netns
+        self._netns_path = None if netns is None else netns_path(netns)
         self._tunnel_gso = tunnel_gso
+        self._accepts_vtep_taps = False
         self._core = _core.Switch(
             netns,
             learn_remote=learn_remote,
@@ -168,6 +178,12 @@ class Switch(Engine[_core.Switch]):
             busy_poll_us=busy_poll_us,
             workers=workers,
         )
+
+    def close(self) -> None:
+        super().close()
+        if self._accepts_vtep_taps and not _tunnel_taps_left(self._netns_path):
+            self._accepts_vtep_taps = False
+            iptables_compat.release_vtep_taps(self._netns_path)
 
     # --- ports ---------------------------------------------------------------------------
 
@@ -215,18 +231,22 @@ class Switch(Engine[_core.Switch]):
         """Add a VXLAN tunnel endpoint on the local underlay address ``local``. One VTEP
         per address family sends; peers of the other family need a VTEP of theirs.
 
-        Super-frames leave through a tunnel TAP (``stats()["vteps"][i]["tunnel_device"]``)
-        unless the kernel lacks UDP-tunnel GSO on TAP, reverse-path filtering is on for
-        ``all``, or iptables drops forwarded packets by policy (a Docker host): then they
-        are segmented here, and ``tunnel_error`` says why."""
+        Super-frames leave through a tunnel TAP (``stats()["vteps"][i]["tunnel_device"]``),
+        which the host forwards to the underlay; where iptables drops forwarded packets by
+        policy (a Docker host), a rule in DOCKER-USER accepts what keelnet's tunnel TAPs
+        bring in (``iptables_compat.accept_vtep_taps``), removed when the last of them
+        goes. Without UDP-tunnel GSO on TAP (Linux < 6.17) or with strict reverse-path
+        filtering, super-frames are segmented here, and ``tunnel_error`` says why."""
         if not 0 < port < 65536:
             raise InvalidRequest(f"UDP port {port} is out of range")
         address = _address(local, "VTEP address")
         refused = None
-        if self._tunnel_gso and iptables_compat.forward_drops(
-            None if self.netns is None else netns_path(self.netns)
-        ):
-            refused = "iptables drops forwarded packets by policy (FORWARD DROP) in this namespace"
+        if self._tunnel_gso:
+            try:
+                iptables_compat.accept_vtep_taps(self._netns_path)
+                self._accepts_vtep_taps = True
+            except KernelError as exc:
+                refused = f"iptables drops forwarded packets and accepting them failed: {exc}"
         self._core.add_vtep(address, port, refused)
 
     def add_peer(

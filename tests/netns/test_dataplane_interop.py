@@ -107,16 +107,11 @@ def test_keelnet_vtep_and_kernel_vxlan_reach_each_other(
 def test_super_frames_leave_whole_under_a_loose_reverse_path_filter(lab: DpLab) -> None:
     """Many distributions set net.ipv4.conf.all.rp_filter=2: the tunnel TAP then holds
     the VTEP's address (host scope, no route) so that the check finds it."""
-    h1, h2 = lab.host(1), lab.host(2)
-    s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
+    h1 = lab.host(1)
     sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", netns=h1)
     routes_before = sh("ip", "route", "show", "table", "all", netns=h1)
-    with Switch(netns=h1) as sw1, Switch(netns=h2) as sw2:
-        for sw, n, peer, sandbox in ((sw1, 1, 2, s1), (sw2, 2, 1, s2)):
-            sw.add_vtep(UNDERLAY_V4.format(n))
-            sw.add_tap("p", vni=VNI, sandbox=sandbox, mtu=1450)
-            address(sandbox, "eth0", f"{NET.format(n)}/24")
-            sw.add_peer(VNI, UNDERLAY_V4.format(peer))
+    s1, s2, sw1, sw2 = _switch_pair(lab, h1)
+    with sw1, sw2:
         device = sw1.stats()["vteps"][0]["tunnel_device"]
         assert device is not None
         shown = sh("ip", "-4", "-o", "addr", "show", "dev", device, netns=h1)
@@ -128,29 +123,53 @@ def test_super_frames_leave_whole_under_a_loose_reverse_path_filter(lab: DpLab) 
     assert sh("ip", "route", "show", "table", "all", netns=h1) == routes_before
 
 
-@pytest.mark.parametrize(
-    ("setting", "reason"),
-    [
-        (["iptables", "-P", "FORWARD", "DROP"], "FORWARD DROP"),
-        (["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"], "rp_filter is 1"),
-    ],
-    ids=["docker-forward-drop", "strict-rp-filter"],
-)
-def test_super_frames_are_segmented_where_the_host_would_not_forward_them(
-    lab: DpLab, setting: list[str], reason: str
-) -> None:
-    h1, h2 = lab.host(1), lab.host(2)
+def _switch_pair(lab: DpLab, h1: str) -> tuple[str, str, Switch, Switch]:
+    """Keelnet switches, not started, on host `h1` (set up by the caller) and a new host
+    2, with a sandbox each on VNI 42."""
+    h2 = lab.host(2)
     s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
-    sh(*setting, netns=h1)
-    with Switch(netns=h1) as sw1, Switch(netns=h2) as sw2:
-        for sw, n, peer, sandbox in ((sw1, 1, 2, s1), (sw2, 2, 1, s2)):
+    switches = Switch(netns=h1), Switch(netns=h2)
+    try:
+        for sw, n, peer, sandbox in ((switches[0], 1, 2, s1), (switches[1], 2, 1, s2)):
             sw.add_vtep(UNDERLAY_V4.format(n))
             sw.add_tap("p", vni=VNI, sandbox=sandbox, mtu=1450)
             address(sandbox, "eth0", f"{NET.format(n)}/24")
             sw.add_peer(VNI, UNDERLAY_V4.format(peer))
+    except BaseException:
+        for sw in switches:
+            sw.close()
+        raise
+    return s1, s2, *switches
+
+
+def test_beside_docker_the_tunnel_taps_are_let_through(lab: DpLab) -> None:
+    h1 = lab.host(1)
+    # What Docker does to a host: FORWARD policy DROP, user rules in DOCKER-USER.
+    for rule in (["-N", "DOCKER-USER"], ["-A", "FORWARD", "-j", "DOCKER-USER"]):
+        sh("iptables", *rule, netns=h1)
+    sh("iptables", "-P", "FORWARD", "DROP", netns=h1)
+    s1, s2, sw1, sw2 = _switch_pair(lab, h1)
+    with sw1, sw2:
+        assert sw1.stats()["vteps"][0]["tunnel_device"] is not None
+        rules = sh("iptables-save", "-t", "filter", netns=h1)
+        assert "-A DOCKER-USER -j KEELNET-VTEP" in rules
+        assert "-A KEELNET-VTEP -i kn-vtep+ -j ACCEPT" in rules
+        with EchoServer(s2, NET.format(2)):
+            assert echo_transfer(s1, NET.format(2), 4_000_000)
+        assert sw1.stats()["vteps"][0]["tunnel_frames"] > 0
+    rules = sh("iptables-save", "-t", "filter", netns=h1)
+    assert "KEELNET-VTEP" not in rules
+    assert ":FORWARD DROP" in rules and "-A FORWARD -j DOCKER-USER" in rules
+
+
+def test_super_frames_are_segmented_under_a_strict_reverse_path_filter(lab: DpLab) -> None:
+    h1 = lab.host(1)
+    sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", netns=h1)
+    s1, s2, sw1, sw2 = _switch_pair(lab, h1)
+    with sw1, sw2:
         vtep1 = sw1.stats()["vteps"][0]
         assert vtep1["tunnel_device"] is None
-        assert reason in vtep1["tunnel_error"]
+        assert "rp_filter is 1" in vtep1["tunnel_error"]
         # No tunnel TAP was left behind in the host.
         assert "kn-vtep" not in sh("ip", "-o", "link", "show", netns=h1)
         assert sw2.stats()["vteps"][0]["tunnel_device"] is not None
