@@ -13,7 +13,7 @@ import contextlib
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from keelnet.dataplane import Switch
 from keelnet.drivers.base import HostContext
@@ -23,6 +23,9 @@ from keelnet.model import Endpoint
 
 class Plane(Protocol):
     def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=Plane)
 
 
 class DataPlanes:
@@ -47,6 +50,18 @@ class DataPlanes:
         if network_id in self._planes:
             raise KeelnetError(f"network {network_id[:12]} already has a data plane")
         self._planes[network_id] = plane
+
+    def add_new(self, network_id: str, plane: P, *, start: Callable[[P], None] | None = None) -> P:
+        """Registers a plane the caller just opened, after `start(plane)` if given; when
+        either fails, the plane is closed again, so nothing is left running."""
+        try:
+            if start is not None:
+                start(plane)
+            self.add(network_id, plane)
+        except BaseException:
+            plane.close()
+            raise
+        return plane
 
     def close(self, network_id: str) -> None:
         """The network stops using its plane, which stops (its TAPs vanish) when no other

@@ -81,7 +81,7 @@ class BridgeDriver(Driver):
                     raise Conflict(
                         f"the userspace bridge {bridge} of {network.name} runs in another process"
                     )
-                planes.add(network.id, BridgePlane(ctx, bridge, mtu))
+                planes.add_new(network.id, BridgePlane(ctx, bridge, mtu))
             else:
                 # A fixed MAC: otherwise the bridge takes its ports' lowest MAC, which
                 # changes under the sandboxes' feet as endpoints come and go.

@@ -103,13 +103,7 @@ class IpvlanDriver(LowerDeviceDriver):
                     f"ipvlan: parent interface {parent.base!r} does not exist"
                 ) from exc
             raise
-        try:
-            plane.start()
-            planes.add(network.id, plane)
-        except BaseException:
-            plane.close()
-            raise
-        return plane
+        return planes.add_new(network.id, plane, start=Ipvlan.start)
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
         if network.dataplane == "kernel":

@@ -196,13 +196,7 @@ class MacvlanDriver(LowerDeviceDriver):
             raise MissingParentInterface(
                 f"macvlan: parent interface {parent.base!r} does not exist"
             )
-        plane = MacvlanPlane(ctx, parent)
-        try:
-            planes.add(network.id, plane)
-        except BaseException:
-            plane.close()
-            raise
-        return plane
+        return planes.add_new(network.id, MacvlanPlane(ctx, parent))
 
     def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
         parent = _parent.parse(request.options, self.name)
