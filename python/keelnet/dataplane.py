@@ -197,6 +197,7 @@ class Switch(Engine[_core.Switch]):
         mac: str | None = None,
         mtu: int | None = None,
         isolation: str = "open",
+        queues: int = 1,
     ) -> None:
         """Add a TAP port ``name`` in ``vni``.
 
@@ -210,11 +211,18 @@ class Switch(Engine[_core.Switch]):
         frames between two such ports leave through the open ports. A ``vepa`` port
         receives such frames when the outside switch reflects them back (hairpin); a
         ``private`` port never does (counted as ``isolated`` drops).
+
+        ``queues`` (1-16) makes a multi-queue TAP: the sandbox's kernel spreads its flows
+        over the queues, and a switch with several ``workers`` reads them in parallel
+        (each queue belongs to one worker; ``stats()["ports"][name]["queue_rx"]`` counts
+        frames per queue).
         """
         if isolation not in ISOLATIONS:
             raise InvalidRequest(f"isolation {isolation!r}: use one of {', '.join(ISOLATIONS)}")
+        if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= 16:
+            raise InvalidRequest(f"queues must be an integer in 1..16, not {queues!r}")
         device = ifname if sandbox is not None else name
-        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation)
+        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation, queues)
 
     def add_packet_port(self, ifname: str, *, vni: int, vlan: int | None = None) -> None:
         """Switch the existing host interface ``ifname`` (a veth, a macvlan parent...) in

@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from dplab import (
@@ -73,6 +74,30 @@ def test_tap_to_tap_ping_and_tcp_are_byte_exact(lab: DpLab, workers: int) -> Non
         assert entries[mac_of(s1, "eth0")]["port"] == "p1"
         assert entries[mac_of(s2, "eth0")]["port"] == "p2"
         assert not any(entry["static"] for entry in entries.values())
+
+
+def test_a_multi_queue_tap_spreads_flows_over_its_queues(lab: DpLab) -> None:
+    host = lab.host(1)
+    with Switch(netns=host, workers=2) as sw:
+        s1 = lab.sandbox("s1")
+        sw.add_tap("p1", vni=VNI, sandbox=s1, mtu=1450, queues=2)
+        address(s1, "eth0", f"{NET.format(1)}/24")
+        s2 = tap_sandbox(sw, lab, 2)
+        details = sh("ip", "-d", "link", "show", "eth0", netns=s1)
+        assert "multi_queue" in details and "numqueues 2" in details
+        with EchoServer(s2, NET.format(2)), ThreadPoolExecutor(max_workers=8) as pool:
+            # 16 flows: all on one queue by chance has a probability of 2 / 2^16.
+            transfers = pool.map(lambda _: echo_transfer(s1, NET.format(2), 300_000), range(16))
+            assert all(transfers)
+        queue_rx = sw.stats()["ports"]["p1"]["queue_rx"]
+        assert len(queue_rx) == 2 and all(count > 0 for count in queue_rx), queue_rx
+        assert sw.stats()["ports"]["p2"]["queue_rx"] == [sw.stats()["ports"]["p2"]["rx"]["packets"]]
+    sw = Switch(netns=host)
+    try:
+        with pytest.raises(errors.InvalidRequest, match="queues"):
+            sw.add_tap("p", vni=VNI, queues=17)
+    finally:
+        sw.close()
 
 
 def test_mac_and_mtu_are_set_on_the_sandbox_interface(lab: DpLab) -> None:

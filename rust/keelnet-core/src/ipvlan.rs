@@ -259,7 +259,7 @@ impl Engine {
             if slave.failed.is_some() {
                 break;
             }
-            match read_from(slave.tap.read(&mut buffer)) {
+            match read_from(slave.tap.read(0, &mut buffer)) {
                 Read::Frame(0) => continue,
                 Read::Frame(length) => self.on_slave_frame(id, &mut buffer[..length]),
                 Read::Empty => break,

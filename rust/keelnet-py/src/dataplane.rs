@@ -78,7 +78,7 @@ impl PySwitch {
         })
     }
 
-    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open"))]
+    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open", queues=1))]
     #[allow(clippy::too_many_arguments)]
     fn add_tap(
         &self,
@@ -90,6 +90,7 @@ impl PySwitch {
         mac: Option<&str>,
         mtu: Option<u32>,
         isolation: &str,
+        queues: usize,
     ) -> PyResult<()> {
         let isolation = Isolation::parse(isolation).ok_or_else(|| {
             InvalidRequest::new_err(format!(
@@ -100,6 +101,7 @@ impl PySwitch {
         config.sandbox_netns = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
         config.mac = mac.map(parse_mac).transpose()?;
         config.mtu = mtu;
+        config.queues = queues;
         let switch = self.inner.get()?;
         py.detach(|| switch.add_tap(name, vni, config, isolation))
             .map_err(to_py)
@@ -211,6 +213,7 @@ impl PySwitch {
             entry.set_item("mac", port.mac.as_ref().map(mac::format))?;
             entry.set_item("vni", port.vni)?;
             entry.set_item("rx", traffic(py, &port.rx)?)?;
+            entry.set_item("queue_rx", &port.queue_rx)?;
             entry.set_item("tx", traffic(py, &port.tx)?)?;
             entry.set_item("drops", drops(py, &port.drops)?)?;
             entry.set_item("errors", port.errors)?;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use super::sys::{self, IfReq, context};
 use super::{VNET_HDR_LEN, netns};
 use crate::fdb::MacAddr;
+use crate::packet::vxlan::flow_hash;
 
 /// Offload bits of `TUNSETOFFLOAD` (linux/if_tun.h).
 pub mod offload {
@@ -52,7 +53,13 @@ pub struct TapConfig {
     pub offloads: u32,
     /// Bytes of virtio-net header in front of each frame (`TUNSETVNETHDRSZ`).
     pub vnet_hdr_len: usize,
+    /// Queues (`IFF_MULTI_QUEUE` when more than one): one descriptor each; the sandbox's
+    /// kernel spreads its flows over them, so several workers can read one port.
+    pub queues: usize,
 }
+
+/// Most queues a TAP port takes (the kernel allows 256).
+pub const MAX_QUEUES: usize = 16;
 
 impl TapConfig {
     pub fn new(ifname: &str) -> TapConfig {
@@ -64,14 +71,16 @@ impl TapConfig {
             mtu: None,
             offloads: offload::DEFAULT,
             vnet_hdr_len: VNET_HDR_LEN,
+            queues: 1,
         }
     }
 }
 
-/// An open TAP device (queue) carrying frames with a virtio-net header in front.
+/// An open TAP device carrying frames with a virtio-net header in front, with one
+/// descriptor per queue.
 #[derive(Debug)]
 pub struct Tap {
-    fd: OwnedFd,
+    queues: Vec<OwnedFd>,
     ifname: String,
     netns: Option<PathBuf>,
     mac: MacAddr,
@@ -87,15 +96,36 @@ impl Tap {
     pub fn create(config: &TapConfig) -> io::Result<Tap> {
         // Validate the final name before anything is made.
         IfReq::new(&config.ifname)?;
+        if !(1..=MAX_QUEUES).contains(&config.queues) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a TAP port takes 1 to {MAX_QUEUES} queues, not {}",
+                    config.queues
+                ),
+            ));
+        }
         let staged_name = if config.sandbox_netns.is_some() {
             // A kernel-numbered temporary name: the final one may be taken in the host.
             "kn-tap%d".to_owned()
         } else {
             config.ifname.clone()
         };
-        let (fd, mtu, mac, name) =
+        let (queues, mtu, mac, name) =
             netns::run_in(config.host_netns.as_deref(), || -> io::Result<_> {
-                let (fd, name) = open_tap(&staged_name, config.offloads, config.vnet_hdr_len)?;
+                let multi_queue = config.queues > 1;
+                let (fd, name) = open_tap(
+                    &staged_name,
+                    config.offloads,
+                    config.vnet_hdr_len,
+                    multi_queue,
+                )?;
+                let mut queues = vec![fd];
+                // Further queues attach by name, here, before the device moves.
+                while queues.len() < config.queues {
+                    let (fd, _) = open_tap(&name, config.offloads, config.vnet_hdr_len, true)?;
+                    queues.push(fd);
+                }
                 if let Some(mac) = &config.mac {
                     sys::set_mac(&name, mac)?;
                 }
@@ -116,10 +146,10 @@ impl Tap {
                 } else {
                     sys::set_up(&name)?;
                 }
-                Ok((fd, mtu, mac, name))
+                Ok((queues, mtu, mac, name))
             })?;
         let tap = Tap {
-            fd,
+            queues,
             // The kernel's name when a `%d` template stayed in the host namespace.
             ifname: if config.sandbox_netns.is_some() {
                 config.ifname.clone()
@@ -162,27 +192,49 @@ impl Tap {
         self.offloads
     }
 
-    /// Reads one frame (virtio-net header + Ethernet frame); `Ok(None)` when none waits.
-    pub fn read(&self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
-        sys::read_nonblocking(self.fd.as_raw_fd(), buffer)
+    /// The descriptor of each queue.
+    pub fn queue_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.queues.iter().map(AsRawFd::as_raw_fd)
     }
 
-    /// Writes one frame given in parts (virtio-net header first).
+    /// Reads one frame (virtio-net header + Ethernet frame) from `queue`; `Ok(None)`
+    /// when none waits (or there is no such queue).
+    pub fn read(&self, queue: usize, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.queues.get(queue) {
+            Some(fd) => sys::read_nonblocking(fd.as_raw_fd(), buffer),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes one frame given in parts (virtio-net header, then the Ethernet frame). A
+    /// multi-queue TAP takes each flow on one queue, chosen by its hash: the kernel sends
+    /// the flow's packets back out on the queue it came in on (tun's automq), so each
+    /// flow stays with one queue, and so with one worker, both ways.
     pub fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
-        sys::write_vectored(self.fd.as_raw_fd(), parts)
+        let queue = match (self.queues.len(), parts.get(1)) {
+            (1, _) | (_, None) => 0,
+            (count, Some(frame)) => (flow_hash(frame) % count as u64) as usize,
+        };
+        sys::write_vectored(self.queues[queue].as_raw_fd(), parts)
     }
 }
 
 impl AsRawFd for Tap {
+    /// The first queue's descriptor.
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.queues[0].as_raw_fd()
     }
 }
 
 /// Opens `/dev/net/tun` as TAP `name` (a `%d` template is numbered by the kernel) with
-/// virtio-net headers of `header_len` bytes and `offloads`; returns the descriptor and
-/// the actual name.
-fn open_tap(name: &str, offloads: u32, header_len: usize) -> io::Result<(OwnedFd, String)> {
+/// virtio-net headers of `header_len` bytes and `offloads`, as one queue of a
+/// multi-queue device or not; returns the descriptor and the actual name.
+fn open_tap(
+    name: &str,
+    offloads: u32,
+    header_len: usize,
+    multi_queue: bool,
+) -> io::Result<(OwnedFd, String)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -191,7 +243,11 @@ fn open_tap(name: &str, offloads: u32, header_len: usize) -> io::Result<(OwnedFd
         .map_err(|error| context(error, "/dev/net/tun"))?;
     let fd: OwnedFd = file.into();
     let mut request = IfReq::new(name)?;
-    request.set_short((libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16);
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    request.set_short(flags as i16);
     sys::ioctl_ifreq(fd.as_raw_fd(), libc::TUNSETIFF, &mut request)
         .map_err(|error| context(error, format!("creating TAP {name}")))?;
     let header_len = header_len as libc::c_int;

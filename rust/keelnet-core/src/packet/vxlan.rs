@@ -464,8 +464,10 @@ fn word_at(bytes: &[u8], offset: usize) -> u64 {
 /// Seed of [`flow_hash`].
 const FLOW_HASH_SEED: u64 = 0x6b65_656c_6e65_7421;
 
+/// A hash of an Ethernet frame's flow (see [`flow_source_port`]): equal for every frame
+/// of one direction of a flow.
 #[inline(always)]
-fn flow_hash(inner: &[u8]) -> u64 {
+pub fn flow_hash(inner: &[u8]) -> u64 {
     // The common shape first, untagged IPv4 without options, at fixed offsets after one
     // bounds check; it hashes what the general path would.
     const IPV4_PORTS_END: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + 4;

@@ -55,9 +55,10 @@ pub(crate) enum PortIo {
 }
 
 impl PortIo {
-    pub(crate) fn read(&self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+    /// Reads one frame from `queue` (a TAP's; other ports have one).
+    pub(crate) fn read(&self, queue: usize, buffer: &mut [u8]) -> io::Result<Option<usize>> {
         match self {
-            PortIo::Tap(tap) => tap.read(buffer),
+            PortIo::Tap(tap) => tap.read(queue, buffer),
             PortIo::Packet(socket) => socket.read(buffer),
             #[cfg(test)]
             PortIo::Capture { .. } => Ok(None),
@@ -78,12 +79,13 @@ impl PortIo {
         }
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
+    /// The descriptor of each queue (one for all but a multi-queue TAP).
+    pub(crate) fn fds(&self) -> Vec<RawFd> {
         match self {
-            PortIo::Tap(tap) => tap.as_raw_fd(),
-            PortIo::Packet(socket) => socket.as_raw_fd(),
+            PortIo::Tap(tap) => tap.queue_fds().collect(),
+            PortIo::Packet(socket) => vec![socket.as_raw_fd()],
             #[cfg(test)]
-            PortIo::Capture { .. } => -1,
+            PortIo::Capture { .. } => vec![],
         }
     }
 
@@ -131,6 +133,8 @@ pub(crate) struct Port {
     isolation: Isolation,
     max_frame: usize,
     rx: Traffic,
+    /// Frames read from each queue.
+    queue_rx: Vec<u64>,
     tx: Traffic,
     drops: Drops,
     /// Read errors that did not remove the port.
@@ -328,6 +332,7 @@ impl Engine {
         let id = self.next_port;
         self.next_port += 1;
         let max_frame = io.mtu() as usize + L2_OVERHEAD;
+        let queues = io.fds().len().max(1);
         self.ports.insert(
             id,
             Port {
@@ -337,6 +342,7 @@ impl Engine {
                 isolation,
                 max_frame,
                 rx: Traffic::default(),
+                queue_rx: vec![0; queues],
                 tx: Traffic::default(),
                 drops: Drops::default(),
                 errors: 0,
@@ -371,11 +377,9 @@ impl Engine {
         Some((id, port))
     }
 
-    pub fn port_fds(&self) -> Vec<(u32, RawFd)> {
-        self.ports
-            .iter()
-            .map(|(id, port)| (*id, port.io.fd()))
-            .collect()
+    /// Every descriptor of every port.
+    pub fn port_fds(&self) -> Vec<RawFd> {
+        self.ports.values().flat_map(|port| port.io.fds()).collect()
     }
 
     pub fn add_vtep(
@@ -489,6 +493,7 @@ impl Engine {
                     mac: port.io.mac(),
                     vni: port.vni,
                     rx: port.rx,
+                    queue_rx: port.queue_rx.clone(),
                     tx: port.tx,
                     drops: port.drops,
                     errors: port.errors,
@@ -611,7 +616,7 @@ impl Engine {
             let Some(port) = self.ports.get(&id) else {
                 break;
             };
-            match port.io.read(&mut buffer) {
+            match port.io.read(0, &mut buffer) {
                 Ok(Some(length)) => self.on_local_frame(id, &buffer[..length]),
                 Ok(None) => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -678,9 +683,21 @@ impl Engine {
         }
     }
 
-    /// Forwards one frame read outside the lock; a unicast to a local port comes back
-    /// to be written outside the lock too.
-    pub(crate) fn on_local_frame_deferred(&mut self, id: u32, data: &[u8]) -> Option<Deferred> {
+    /// Forwards one frame read from `queue` outside the lock; a unicast to a local port
+    /// comes back to be written outside the lock too.
+    pub(crate) fn on_local_frame_deferred(
+        &mut self,
+        id: u32,
+        queue: usize,
+        data: &[u8],
+    ) -> Option<Deferred> {
+        if let Some(count) = self
+            .ports
+            .get_mut(&id)
+            .and_then(|port| port.queue_rx.get_mut(queue))
+        {
+            *count += 1;
+        }
         self.defer_local = true;
         self.on_local_frame(id, data);
         self.defer_local = false;
@@ -725,7 +742,7 @@ impl Engine {
         // Read to learn the error; a readable port with a pending error reports it.
         let mut probe = [0u8; 1];
         if let Some(port) = self.ports.get(&id) {
-            match port.io.read(&mut probe) {
+            match port.io.read(0, &mut probe) {
                 Err(error) => self.port_read_error(id, error),
                 Ok(_) => self.port_failed(id, io::Error::from_raw_os_error(libc::ENODEV)),
             }

@@ -140,6 +140,8 @@ pub struct PortStats {
     pub vni: u32,
     /// Frames read from the port.
     pub rx: Traffic,
+    /// Frames read from each of its queues (one for all but a multi-queue TAP).
+    pub queue_rx: Vec<u64>,
     /// Frames written to the port.
     pub tx: Traffic,
     pub drops: Drops,
@@ -217,8 +219,14 @@ fn check_vni(vni: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Epoll tokens: ports use their id (< 2^32), VTEPs `VTEP_TOKEN | index`.
+/// Epoll tokens: ports use their id (< 2^32) with the queue above `QUEUE_SHIFT`, VTEPs
+/// `VTEP_TOKEN | index`.
 const VTEP_TOKEN: u64 = 1 << 32;
+const QUEUE_SHIFT: u32 = 40;
+
+fn port_token(id: u32, queue: usize) -> u64 {
+    u64::from(id) | (queue as u64) << QUEUE_SHIFT
+}
 const WAKE_TOKEN: u64 = u64::MAX;
 
 struct Shared {
@@ -299,7 +307,7 @@ impl Switch {
     }
 
     fn attach(&self, name: &str, vni: u32, io: PortIo, isolation: Isolation) -> io::Result<()> {
-        let fd = io.fd();
+        let fds = io.fds();
         let mut engine = self.shared.engine();
         if engine.has_port(name) {
             return Err(io::Error::new(
@@ -308,9 +316,14 @@ impl Switch {
             ));
         }
         let id = engine.add_port_isolated(name, vni, io, isolation);
-        if let Err(error) = self.shared.watch(fd, u64::from(id)) {
-            engine.remove_port(name);
-            return Err(error);
+        for (queue, &fd) in fds.iter().enumerate() {
+            if let Err(error) = self.shared.watch(fd, port_token(id, queue)) {
+                for &fd in &fds {
+                    self.shared.unwatch(fd);
+                }
+                engine.remove_port(name);
+                return Err(error);
+            }
         }
         Ok(())
     }
@@ -413,7 +426,9 @@ impl Switch {
         let removed = self.shared.engine().remove_port(name);
         match removed {
             Some((_, port)) => {
-                self.shared.unwatch(port.io.fd());
+                for fd in port.io.fds() {
+                    self.shared.unwatch(fd);
+                }
                 drop(port);
                 Ok(())
             }
@@ -470,7 +485,7 @@ impl Switch {
     pub fn close(&mut self) {
         self.stop();
         let mut engine = self.shared.engine();
-        for (_, fd) in engine.port_fds() {
+        for fd in engine.port_fds() {
             self.shared.unwatch(fd);
         }
         let names: Vec<String> = engine
@@ -531,19 +546,22 @@ fn run(shared: &Shared, index: usize, busy_poll: Duration) {
                 continue;
             }
             let id = token as u32;
+            let queue = (token >> QUEUE_SHIFT) as usize;
             if event.events & libc::EPOLLIN as u32 == 0 {
                 shared.engine().port_error(id);
                 continue;
             }
             let tap = shared.engine().tap_io(id);
             match tap {
-                Some(io) => tap_readable(shared, id, &io, &mut buffer),
+                Some(io) => tap_readable(shared, id, queue, &io, &mut buffer),
                 None => shared.engine().port_readable(id),
             }
         }
         let mut engine = shared.engine();
         for port in engine.reap_failed() {
-            shared.unwatch(port.io.fd());
+            for fd in port.io.fds() {
+                shared.unwatch(fd);
+            }
         }
         engine.tick();
     }
@@ -552,12 +570,12 @@ fn run(shared: &Shared, index: usize, busy_poll: Duration) {
 /// Drains a TAP port: reads and local unicast writes (the expensive part: the receiving
 /// sandbox's stack runs inside the write) happen without the engine lock, so workers
 /// on different ports run in parallel; the forwarding decision takes the lock.
-fn tap_readable(shared: &Shared, id: u32, tap: &PortIo, buffer: &mut [u8]) {
+fn tap_readable(shared: &Shared, id: u32, queue: usize, tap: &PortIo, buffer: &mut [u8]) {
     for _ in 0..engine::PORT_BUDGET {
-        match tap.read(buffer) {
+        match tap.read(queue, buffer) {
             Ok(Some(length)) => {
                 let data = &buffer[..length];
-                let deferred = shared.engine().on_local_frame_deferred(id, data);
+                let deferred = shared.engine().on_local_frame_deferred(id, queue, data);
                 if let (Some(write), true) = (deferred, length >= crate::io::VNET_HDR_LEN) {
                     let (header, frame) = data.split_at(crate::io::VNET_HDR_LEN);
                     let result = write.io.write(&[header, frame]);
