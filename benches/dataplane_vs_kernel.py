@@ -5,7 +5,8 @@
 Builds throwaway test hosts (namespaces `kn-dp…` on an underlay bridge, 192.0.2.0/24,
 MTU 1500) and, interleaving kernel and keelnet runs:
 
-1. TCP, one iperf3 stream, sandbox → sandbox across two hosts, both directions:
+1. TCP, one iperf3 stream (`--streams N`: N in parallel), sandbox → sandbox across two
+   hosts, both directions:
    kernel bridge+vxlan on both hosts vs a keelnet switch (TAP ports, VTEP) on both.
    Also keelnet ↔ kernel (the interop path). CPU seconds per GB from /proc/stat (all
    cores: iperf3, softirqs and the switch thread share the 2 vCPUs).
@@ -102,10 +103,11 @@ def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: float, *extra
 
 
 def tcp_run(
-    client: str, server: str, ip: str, seconds: float, reverse: bool
+    client: str, server: str, ip: str, seconds: float, reverse: bool, streams: int = 1
 ) -> tuple[float, float, float]:
     """(Gbit/s received, CPU s/GB of iperf3 + switch, CPU s/GB machine-wide)."""
-    result = iperf(client, server, ip, seconds, *(["-R"] if reverse else []))
+    extra = (["-R"] if reverse else []) + (["-P", str(streams)] if streams > 1 else [])
+    result = iperf(client, server, ip, seconds, *extra)
     received = result["end"]["sum_received"]
     gbytes = max(received["bytes"] / 1e9, 1e-9)
     return (
@@ -190,6 +192,7 @@ class Topology:
         busy_poll: int | None,
         workers: int = 1,
         tunnel_gso: bool = True,
+        queues: int = 1,
     ) -> None:
         self.switches: list[Switch] = []
         h = {n: lab.host(n) for n in range(1, 7)}
@@ -224,7 +227,7 @@ class Topology:
                 workers=workers,
             )
             sw.add_vtep(UNDERLAY_V4.format(n))
-            sw.add_tap("p", vni=VNI, sandbox=s[n], mtu=1450)
+            sw.add_tap("p", vni=VNI, sandbox=s[n], mtu=1450, queues=queues)
             address(s[n], "eth0", f"{NET.format(n)}/24")
             sw.add_peer(VNI, UNDERLAY_V4.format(peer))
             sw.start()
@@ -252,7 +255,7 @@ class Topology:
         # Same host, keelnet: one switch on h6 with TAP ports (s7, s8).
         sw = Switch(netns=h[6], coalesce=coalesce, busy_poll_us=busy_poll, workers=workers)
         for n in (7, 8):
-            sw.add_tap(f"p{n}", vni=VNI, sandbox=s[n])
+            sw.add_tap(f"p{n}", vni=VNI, sandbox=s[n], queues=queues)
             address(s[n], "eth0", f"{NET.format(n)}/24")
         sw.start()
         self.switches.append(sw)
@@ -262,8 +265,11 @@ class Topology:
             sw.close()
 
 
-def print_tcp(tcp: dict[str, list]) -> dict[str, tuple[float, float]]:
-    print("\nTCP, 1 stream: Gbit/s received (runs); CPU s/GB of iperf3 + switch; machine-wide")
+def print_tcp(tcp: dict[str, list], streams: int) -> dict[str, tuple[float, float]]:
+    print(
+        f"\nTCP, {streams} stream(s): Gbit/s received (runs); CPU s/GB of iperf3 + switch;",
+        "machine-wide",
+    )
     med: dict[str, tuple[float, float]] = {}
     for name, values in tcp.items():
         gbps = statistics.median(v[0] for v in values)
@@ -305,6 +311,8 @@ def main() -> None:
     )
     parser.add_argument("--no-coalesce", action="store_true", help="no GRO towards TAPs")
     parser.add_argument("--workers", type=int, default=1, help="switch worker threads")
+    parser.add_argument("--queues", type=int, default=1, help="queues of keelnet's TAP ports")
+    parser.add_argument("--streams", type=int, default=1, help="parallel TCP streams (-P)")
     parser.add_argument(
         "--busy-poll-us", type=int, default=None, help="switch polling limit (default: keelnet's)"
     )
@@ -325,27 +333,28 @@ def main() -> None:
             coalesce=not args.no_coalesce,
             busy_poll=args.busy_poll_us,
             workers=args.workers,
+            queues=args.queues,
         )
-        s, t = topo.sandboxes, args.seconds
+        s, t, n = topo.sandboxes, args.seconds, args.streams
         try:
             # Warm up ARP/FDB on every path.
             for a, b in ((1, 2), (2, 1), (3, 4), (4, 3), (5, 6), (7, 8), (8, 7)):
                 sh("ip", "netns", "exec", s[a], "true")
                 rtts(s[a], NET.format(b), 3)
             tcp_runs: dict[str, Callable[[], object]] = {
-                "kernel vxlan →": lambda: tcp_run(s[1], s[2], NET.format(2), t, False),
-                "keelnet vtep →": lambda: tcp_run(s[3], s[4], NET.format(4), t, False),
-                "kernel vxlan ←": lambda: tcp_run(s[1], s[2], NET.format(2), t, True),
-                "keelnet vtep ←": lambda: tcp_run(s[3], s[4], NET.format(4), t, True),
+                "kernel vxlan →": lambda: tcp_run(s[1], s[2], NET.format(2), t, False, n),
+                "keelnet vtep →": lambda: tcp_run(s[3], s[4], NET.format(4), t, False, n),
+                "kernel vxlan ←": lambda: tcp_run(s[1], s[2], NET.format(2), t, True, n),
+                "keelnet vtep ←": lambda: tcp_run(s[3], s[4], NET.format(4), t, True, n),
                 "kernel bridge+veth (same host)": lambda: tcp_run(
-                    s[5], s[6], NET.format(6), t, False
+                    s[5], s[6], NET.format(6), t, False, n
                 ),
-                "keelnet tap (same host)": lambda: tcp_run(s[7], s[8], NET.format(8), t, False),
+                "keelnet tap (same host)": lambda: tcp_run(s[7], s[8], NET.format(8), t, False, n),
             }
             tcp = {} if args.latency_only else interleave(args.repeats, tcp_runs)
             if args.tcp_only:
                 print("\nRatios keelnet / kernel (goal)")
-                print_tcp_ratios(print_tcp(tcp))
+                print_tcp_ratios(print_tcp(tcp, n))
                 return
             pps_runs: dict[str, Callable[[], object]] = {
                 "kernel vxlan": lambda: udp_pps(s[1], s[2], NET.format(2), t),
@@ -372,7 +381,7 @@ def main() -> None:
             topo.close()
 
     print(f"load average at the end {load_average()}")
-    med = print_tcp(tcp) if tcp else {}
+    med = print_tcp(tcp, args.streams) if tcp else {}
     if pps:
         print("\n64-byte UDP frames, delivered packets/s")
     pps_med = {name: statistics.median(v) for name, v in pps.items()}
