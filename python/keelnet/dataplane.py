@@ -60,7 +60,8 @@ def _tunnel_taps_left(path: str | None) -> bool:
     """Whether any VTEP's tunnel TAP (of any switch) still exists in the namespace."""
     with iproute(path) as ipr:
         return any(
-            link.get_attr("IFLA_IFNAME", "").startswith("kn-vtep") for link in ipr.get_links()
+            link.get_attr("IFLA_IFNAME", "").startswith(iptables_compat.VTEP_TAPS.rstrip("+"))
+            for link in ipr.get_links()
         )
 
 

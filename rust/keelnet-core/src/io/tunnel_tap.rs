@@ -13,7 +13,6 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use super::tap::{Tap, TapConfig, offload};
@@ -35,8 +34,9 @@ impl TunnelTap {
     /// Creates the device in `netns` for a VTEP on `local`. Fails with `Unsupported` when
     /// the kernel or the namespace's settings cannot carry UDP-tunnel GSO this way.
     pub fn create(netns: Option<&Path>, local: IpAddr) -> io::Result<TunnelTap> {
-        let rp_filter = netns::run_in(netns, || read_sysctl("net/ipv4/conf/all/rp_filter"))?;
-        if local.is_ipv4() && rp_filter.trim() == "1" {
+        if local.is_ipv4()
+            && netns::run_in(netns, || read_sysctl("net/ipv4/conf/all/rp_filter"))?.trim() == "1"
+        {
             return Err(unsupported(
                 "net.ipv4.conf.all.rp_filter is 1: strict reverse-path filtering would drop \
                  super-frames carrying the VTEP's own source address"
@@ -99,12 +99,6 @@ impl TunnelTap {
     /// Writes one frame given in parts (the [`TUNNEL_HDR_LEN`]-byte header first).
     pub fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
         self.tap.write(parts)
-    }
-}
-
-impl AsRawFd for TunnelTap {
-    fn as_raw_fd(&self) -> RawFd {
-        self.tap.as_raw_fd()
     }
 }
 

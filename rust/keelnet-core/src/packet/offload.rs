@@ -82,7 +82,8 @@ pub fn write_tunnel_header(
         gso_type::UDP_TUNNEL_IPV4
     };
     let header = VirtioNetHdr {
-        flags: inner.flags | if outer_checksum { F_UDP_TUNNEL_CSUM } else { 0 },
+        // Only these two: the kernel refuses DATA_VALID next to NEEDS_CSUM here.
+        flags: F_NEEDS_CSUM | if outer_checksum { F_UDP_TUNNEL_CSUM } else { 0 },
         gso_type: inner.gso_type | tunnel,
         hdr_len: narrow(headers)?,
         gso_size: inner.gso_size,

@@ -1,12 +1,15 @@
-//! The forwarding engine: what happens to one frame or datagram. Owned by the worker
-//! thread while the switch runs (behind a mutex the control calls take briefly).
+//! The forwarding engine: what happens to one frame or datagram. Shared by the worker
+//! threads while the switch runs (behind a mutex the control calls take briefly).
 //!
 //! Frames from local ports carry a virtio-net header. Local-to-local forwarding passes
 //! frame and header through untouched, so a 64 KB TCP super-frame from one sandbox
-//! reaches the other in one write. Towards a VTEP, super-frames are segmented in software
-//! (checksums completed) and sent as one UDP GSO call; from a VTEP, GRO trains are split
-//! into datagrams, decapsulated, and consecutive TCP segments coalesced again into one
-//! super-frame per TAP write.
+//! reaches the other in one write. Towards a VTEP, a super-frame leaves whole through the
+//! VTEP's tunnel TAP as a UDP-tunnel GSO packet where the host allows it
+//! ([`crate::io::tunnel_tap`]); otherwise it is segmented in software (checksums
+//! completed) and sent as one UDP GSO call. From a VTEP, GRO trains are split into
+//! datagrams, decapsulated, and consecutive TCP segments coalesced again into one
+//! super-frame per TAP write; a super-frame that crossed the underlay whole goes to its
+//! port whole.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -359,10 +359,10 @@ impl Switch {
     }
 
     /// Adds a VXLAN tunnel endpoint on `local` (one per address family is used for
-    /// sending: the first of the peer's family). With `tunnel_gso` (and the switch's
-    /// [`SwitchConfig::tunnel_gso`]), super-frames leave through a tunnel TAP when the
-    /// kernel allows it. `tunnel_refused`: why the caller knows the host would not
-    /// forward them (an iptables FORWARD policy of DROP); they are segmented here then.
+    /// sending: the first of the peer's family). With [`SwitchConfig::tunnel_gso`],
+    /// super-frames leave through a tunnel TAP when the kernel allows it.
+    /// `tunnel_refused`: why the caller knows the host would not forward them (its
+    /// firewall could not be opened for them); they are segmented here then.
     pub fn add_vtep(&self, local: SocketAddr, tunnel_refused: Option<String>) -> io::Result<()> {
         let config = self.shared.engine().config.clone();
         let netns = config.netns.as_deref();
