@@ -250,10 +250,9 @@ class Switch(Engine[_core.Switch]):
             raise InvalidRequest(f"UDP port {port} is out of range")
         address = _address(local, "VTEP address")
         refused = None
-        if self._tunnel_gso:
+        if self._tunnel_gso and not self._accepts_vtep_taps:
             try:
-                iptables_compat.accept_vtep_taps(self._netns_path)
-                self._accepts_vtep_taps = True
+                self._accepts_vtep_taps = iptables_compat.accept_vtep_taps(self._netns_path)
             except KernelError as exc:
                 refused = f"iptables drops forwarded packets and accepting them failed: {exc}"
         self._core.add_vtep(address, port, refused)

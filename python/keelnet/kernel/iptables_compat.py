@@ -88,41 +88,35 @@ def _read(netns_path: str | None) -> dict[str, list[str]]:
     return result
 
 
-def accept_vtep_taps(netns_path: str | None) -> None:
+def accept_vtep_taps(netns_path: str | None) -> bool:
     """Where iptables drops forwarded packets by policy (a Docker host), accept what
     keelnet's tunnel TAPs bring in: one jump at the top of DOCKER-USER (or FORWARD) to
-    `KEELNET-VTEP`. Idempotent; nothing is written where forwarding is not dropped."""
+    `KEELNET-VTEP`. Idempotent; nothing is written where forwarding is not dropped.
+    Returns whether the chain is in place (for `release_vtep_taps` later)."""
+    in_place = False
     for tool, saved in _read(netns_path).items():
-        if not any(line.startswith(":FORWARD DROP") for line in saved):
+        if not _drops(saved):
             continue
-        if any(line.endswith(f"-j {VTEP_CHAIN}") for line in saved):
+        in_place = True
+        if _jumps(saved, VTEP_CHAIN):
             continue
-        hook = (
-            "DOCKER-USER" if any(line.startswith(":DOCKER-USER ") for line in saved) else "FORWARD"
-        )
         _restore(
             netns_path,
             tool,
             [
                 f":{VTEP_CHAIN} - [0:0]",
                 f"-A {VTEP_CHAIN} -i {VTEP_TAPS} -j ACCEPT",
-                f"-I {hook} 1 -j {VTEP_CHAIN}",
+                f"-I {_hook(saved)} 1 -j {VTEP_CHAIN}",
             ],
         )
+    return in_place
 
 
 def release_vtep_taps(netns_path: str | None) -> None:
     """Removes what `accept_vtep_taps` added; call it once no tunnel TAP is left."""
     for tool, saved in _read(netns_path).items():
-        if not any(line.startswith(f":{VTEP_CHAIN} ") for line in saved):
-            continue
-        jumps = [line for line in saved if line.endswith(f"-j {VTEP_CHAIN}")]
-        _restore(
-            netns_path,
-            tool,
-            [line.replace("-A ", "-D ", 1) for line in jumps]
-            + [f":{VTEP_CHAIN} - [0:0]", f"-X {VTEP_CHAIN}"],
-        )
+        if _has_chain(saved, VTEP_CHAIN):
+            _restore(netns_path, tool, _removal(saved, VTEP_CHAIN))
 
 
 def _restore(netns_path: str | None, tool: str, lines: list[str]) -> None:
@@ -136,37 +130,50 @@ def _restore(netns_path: str | None, tool: str, lines: list[str]) -> None:
         raise KernelError(f"{tool}-restore failed: {err.decode(errors='replace').strip()}")
 
 
+def _drops(saved: list[str]) -> bool:
+    return any(line.startswith(":FORWARD DROP") for line in saved)
+
+
+def _hook(saved: list[str]) -> str:
+    """Where keelnet's chains are jumped to: Docker's DOCKER-USER, else FORWARD."""
+    return "DOCKER-USER" if any(line.startswith(":DOCKER-USER ") for line in saved) else "FORWARD"
+
+
+def _has_chain(saved: list[str], chain: str) -> bool:
+    return any(line.startswith(f":{chain} ") for line in saved)
+
+
+def _jumps(saved: list[str], chain: str) -> list[str]:
+    return [line for line in saved if line.endswith(f"-j {chain}")]
+
+
+def _removal(saved: list[str], chain: str) -> list[str]:
+    """The restore lines that delete `chain` and every jump to it."""
+    return [line.replace("-A ", "-D ", 1) for line in _jumps(saved, chain)] + [
+        f":{chain} - [0:0]",
+        f"-X {chain}",
+    ]
+
+
 def _after(saved: list[str], bridges: Sequence[str]) -> list[str]:
     """What `iptables-save` would show of the lines `_plan` looks at after its script ran."""
     kept = [line for line in saved if not line.startswith(f":{CHAIN} ")]
     kept = [line for line in kept if not line.endswith(f"-j {CHAIN}")]
-    drops = any(line.startswith(":FORWARD DROP") for line in saved)
-    if bridges and drops:
-        hook = (
-            "DOCKER-USER" if any(line.startswith(":DOCKER-USER ") for line in saved) else "FORWARD"
-        )
-        kept += [f":{CHAIN} - [0:0]", f"-A {hook} -j {CHAIN}"]
+    if bridges and _drops(saved):
+        kept += [f":{CHAIN} - [0:0]", f"-A {_hook(saved)} -j {CHAIN}"]
     return kept
 
 
 def _plan(saved: list[str], bridges: Sequence[str]) -> list[str] | None:
     """The iptables-restore lines for the filter table as `iptables-save` showed it."""
-    drops = any(line.startswith(":FORWARD DROP") for line in saved)
-    ours = any(line.startswith(f":{CHAIN} ") for line in saved)
-    hook = "DOCKER-USER" if any(line.startswith(":DOCKER-USER ") for line in saved) else "FORWARD"
-    jumps = [line for line in saved if line.endswith(f"-j {CHAIN}")]
-    lines = []
-    if not bridges or not drops:
-        if not ours:
-            return None
-        lines += [line.replace("-A ", "-D ", 1) for line in jumps]
-        lines += [f":{CHAIN} - [0:0]", f"-X {CHAIN}"]
-    else:
-        lines.append(f":{CHAIN} - [0:0]")  # declaring it in a restore flushes it
-        lines += [f"-A {CHAIN} -o {name} -j RETURN" for name in _DOCKER_BRIDGES]
-        for bridge in bridges:
-            lines.append(f"-A {CHAIN} -i {bridge} -j ACCEPT")
-            lines.append(f"-A {CHAIN} -o {bridge} -j ACCEPT")
-        if f"-A {hook} -j {CHAIN}" not in jumps:
-            lines.append(f"-I {hook} 1 -j {CHAIN}")
+    if not bridges or not _drops(saved):
+        return _removal(saved, CHAIN) if _has_chain(saved, CHAIN) else None
+    hook = _hook(saved)
+    lines = [f":{CHAIN} - [0:0]"]  # declaring it in a restore flushes it
+    lines += [f"-A {CHAIN} -o {name} -j RETURN" for name in _DOCKER_BRIDGES]
+    for bridge in bridges:
+        lines.append(f"-A {CHAIN} -i {bridge} -j ACCEPT")
+        lines.append(f"-A {CHAIN} -o {bridge} -j ACCEPT")
+    if f"-A {hook} -j {CHAIN}" not in _jumps(saved, CHAIN):
+        lines.append(f"-I {hook} 1 -j {CHAIN}")
     return lines
