@@ -348,6 +348,8 @@ def test_packet_port_switches_an_existing_veth(lab: DpLab) -> None:
             assert echo_transfer(s1, NET.format(4), 4_000_000)
         entries = {entry["mac"]: entry["port"] for entry in sw.fdb(VNI)}
         assert entries[mac_of(s4, "eth0")] == "vp4"
+        vp4 = sw.stats()["ports"]["vp4"]
+        assert vp4["queue_rx"] == [vp4["rx"]["packets"]]
         # A link flap is not a vanished device: the port stays and forwards again.
         sh("ip", "link", "set", "vp4", "down", netns=host)
         sh("ip", "link", "set", "vp4", "up", netns=host)

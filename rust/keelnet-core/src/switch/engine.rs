@@ -694,15 +694,8 @@ impl Engine {
         queue: usize,
         data: &[u8],
     ) -> Option<Deferred> {
-        if let Some(count) = self
-            .ports
-            .get_mut(&id)
-            .and_then(|port| port.queue_rx.get_mut(queue))
-        {
-            *count += 1;
-        }
         self.defer_local = true;
-        self.on_local_frame(id, data);
+        self.on_queue_frame(id, queue, data);
         self.defer_local = false;
         self.deferred.take()
     }
@@ -758,11 +751,19 @@ impl Engine {
             .map_or(Isolation::Open, |port| port.isolation)
     }
 
+    /// A frame read from a port's only (or first) queue.
     fn on_local_frame(&mut self, id: u32, data: &[u8]) {
+        self.on_queue_frame(id, 0, data);
+    }
+
+    fn on_queue_frame(&mut self, id: u32, queue: usize, data: &[u8]) {
         let Some(port) = self.ports.get_mut(&id) else {
             return;
         };
         port.rx.add(data.len());
+        if let Some(count) = port.queue_rx.get_mut(queue) {
+            *count += 1;
+        }
         let vni = port.vni;
         let max_frame = port.max_frame;
         if data.len() < VNET_HDR_LEN + ethernet::HEADER_LEN || data.len() >= RX_BUFFER {
