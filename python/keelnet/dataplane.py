@@ -194,7 +194,7 @@ class Switch(Engine[_core.Switch]):
         *,
         vni: int,
         sandbox: str | None = None,
-        ifname: str = "eth0",
+        ifname: str | None = None,
         mac: str | None = None,
         mtu: int | None = None,
         isolation: str = "open",
@@ -203,8 +203,10 @@ class Switch(Engine[_core.Switch]):
         """Add a TAP port ``name`` in ``vni``.
 
         With ``sandbox`` (a netns name or path) the device is created in the host
-        namespace and moved there as ``ifname``; without, it stays in the host namespace
-        under ``name``. ``mac`` and ``mtu`` are set before it comes up (over VXLAN, use
+        namespace and moved there as ``ifname`` (default ``eth0``); without, it stays in
+        the host namespace as ``ifname`` (default ``name``), where whoever moves it on
+        later may (it keeps forwarding: a TAP that is down for a while is not dropped).
+        ``mac`` and ``mtu`` are set before it comes up (over VXLAN, use
         an MTU 50 bytes below the underlay's: 1450 on a 1500 underlay).
 
         ``isolation`` (see :data:`ISOLATIONS`): an ``open`` port reaches every port; a
@@ -222,7 +224,7 @@ class Switch(Engine[_core.Switch]):
             raise InvalidRequest(f"isolation {isolation!r}: use one of {', '.join(ISOLATIONS)}")
         if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= 16:
             raise InvalidRequest(f"queues must be an integer in 1..16, not {queues!r}")
-        device = ifname if sandbox is not None else name
+        device = ifname or ("eth0" if sandbox is not None else name)
         self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation, queues)
 
     def add_packet_port(self, ifname: str, *, vni: int, vlan: int | None = None) -> None:

@@ -68,14 +68,16 @@ class Ipvlan(Engine[_core.Ipvlan]):
         self,
         name: str,
         *,
-        sandbox: str,
+        sandbox: str | None,
         addresses: Sequence[str],
         ifname: str = "eth0",
         mtu: int | None = None,
     ) -> None:
         """Create a TAP in the host namespace, move it into ``sandbox`` (a netns name or
         path) as ``ifname``, up, with the parent's MAC; frames for ``addresses`` go to
-        it. Addresses and routes inside the sandbox are the caller's to set."""
+        it. Addresses and routes inside the sandbox are the caller's to set. With no
+        sandbox the TAP stays in the host namespace as ``ifname``, for the caller to
+        move on (a TAP that is down for a while keeps its slave)."""
         parsed = []
         for address in addresses:
             try:

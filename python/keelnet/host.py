@@ -10,7 +10,9 @@ commits nothing; what it left in the kernel is marked as keelnet's and unreferen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import hashlib
 import ipaddress
 import os
 import re
@@ -26,9 +28,11 @@ from pyroute2 import IPRoute
 from keelnet import sandbox as netns_sandbox
 from keelnet.drivers import get_driver
 from keelnet.drivers._userspace import PlaneHostContext
-from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
+from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
 from keelnet.errors import (
+    AddressInUse,
     AddressOutOfRange,
+    Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
@@ -44,17 +48,29 @@ from keelnet.errors import (
     PortInUse,
     SandboxNotFound,
 )
-from keelnet.ipam import AddressPool
+from keelnet.ipam import AddressPool, contract
 from keelnet.kernel import iptables_compat, links, nftables
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
 from keelnet.kernel.rtnl import Rtnl
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import (
+    DEFAULT_IPAM,
+    EXTERNAL_IPAM,
+    Endpoint,
+    IpamConfig,
+    JoinInfo,
+    Network,
+    PortMapping,
+    PortRequest,
+    Sandbox,
+    StaticRoute,
+)
 from keelnet.store import PortTaken, Store, default_state_dir
 
 Undo = Callable[[], None]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
+_RT_TABLE_MAIN = 254
+_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Host:
@@ -113,14 +129,27 @@ class Host:
         internal: bool = False,
         options: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        ipam_driver: str = DEFAULT_IPAM,
+        ipam_options: Mapping[str, str] | None = None,
+        network_id: str | None = None,
     ) -> Network:
-        """Create a network; subnets are carved from the default pools when not given."""
+        """Create a network; subnets are carved from the default pools when not given.
+
+        `ipam_driver`: keelnet's own address management (`default`), a Docker IPAM plugin
+        by name, or `external`: every subnet is given and every address is the caller's
+        (dockerd's, when keelnet serves Docker; endpoints then come from
+        `create_endpoint`). `network_id`: the id to use (Docker's), instead of a new one.
+        """
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(driver)
         opts = {str(k): str(v) for k, v in (options or {}).items()}
+        if network_id is not None and not _ID.match(network_id):
+            raise InvalidRequest(f"invalid network id {network_id!r}: use 64 hex digits")
         with self.store.transaction(), self._rollback() as undo:
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
+            if network_id is not None and self.store.find_network(network_id) is not None:
+                raise DuplicateNetwork(f"network with id {network_id} already exists")
             if the_driver.singleton and any(
                 n.driver == the_driver.name for n in self.store.networks()
             ):
@@ -129,20 +158,35 @@ class Host:
             dataplane = the_driver.choose_dataplane(
                 self._ctx, opts.get(DATAPLANE_OPTION, "auto"), options=opts
             )
-            network_id = secrets.token_hex(32)
+            network_id = network_id or secrets.token_hex(32)
             configs: tuple[IpamConfig, ...] = ()
             pools: dict[int, AddressPool] = {}
             carved: list[str] = []
-            if the_driver.uses_ipam:
+            subnets, gateways = _as_list(subnet), _as_list(gateway)
+            aux = dict(aux_addresses or {})
+            if not the_driver.uses_ipam:
+                if subnet or gateway or ip_range or aux_addresses or ipam_driver != DEFAULT_IPAM:
+                    raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
+            elif ipam_driver == DEFAULT_IPAM:
                 configs, pools, carved = self._plan_ipam(
-                    _as_list(subnet),
-                    _as_list(gateway),
-                    _as_list(ip_range),
-                    dict(aux_addresses or {}),
-                    ipv6,
+                    subnets, gateways, _as_list(ip_range), aux, ipv6
                 )
-            elif subnet or gateway or ip_range or aux_addresses:
-                raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
+            elif ipam_driver == EXTERNAL_IPAM:
+                if ip_range:
+                    raise InvalidRequest("a network with external IPAM takes no ip range")
+                configs = self._external_ipam(subnets, gateways, aux, ipv6)
+            else:
+                configs, give_back = contract.plan_network(
+                    self._ipam_driver(ipam_driver),
+                    subnets=subnets,
+                    ranges=_as_list(ip_range),
+                    gateways=gateways,
+                    aux=aux,
+                    ipv6=ipv6,
+                    options=dict(ipam_options or {}),
+                )
+                undo.append(give_back)
+                self._check_overlap([ipaddress.ip_network(c.subnet) for c in configs])
             network = Network(
                 id=network_id,
                 name=name,
@@ -155,6 +199,8 @@ class Host:
                 options=opts,
                 labels={str(k): str(v) for k, v in (labels or {}).items()},
                 kernel_name=the_driver.kernel_name(network_id, opts),
+                ipam_driver=ipam_driver if the_driver.uses_ipam else DEFAULT_IPAM,
+                ipam_options={str(k): str(v) for k, v in (ipam_options or {}).items()},
             )
             the_driver.create_network(self._ctx, network)
             undo.append(lambda: the_driver.delete_network(self._ctx, network))
@@ -183,14 +229,7 @@ class Host:
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
-        for net in requested.values():
-            for other in existing:
-                if net.version == other.version and net.overlaps(other):
-                    raise OverlappingSubnet(
-                        f"invalid pool request: subnet {net} overlaps with {other} of another "
-                        "network"
-                    )
+        existing = self._check_overlap(list(requested.values()))
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in (4, 6) if ipv6 else (4,):
@@ -229,12 +268,85 @@ class Host:
                 raise AddressOutOfRange(f"auxiliary address {label}={address} fits no subnet")
         return tuple(configs), pools, carved
 
+    def _check_overlap(
+        self, subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """Refuse subnets overlapping another network's; returns the subnets in use."""
+        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
+        for net in subnets:
+            for other in existing:
+                if net.version == other.version and net.overlaps(other):
+                    raise OverlappingSubnet(
+                        f"invalid pool request: subnet {net} overlaps with {other} of another "
+                        "network"
+                    )
+        return existing
+
+    def _external_ipam(
+        self, subnets: list[str], gateways: list[str], aux: dict[str, str], ipv6: bool
+    ) -> tuple[IpamConfig, ...]:
+        """The configuration of a network whose addresses its creator manages: one given
+        subnet per family, its gateway if any, auxiliary addresses inside."""
+        requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+        for text in subnets:
+            try:
+                net = ipaddress.ip_network(text, strict=False)
+            except ValueError as exc:
+                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
+            if net.version in requested:
+                raise InvalidSubnet(
+                    f"keelnet networks take one subnet per address family: {requested[net.version]}"
+                    f" and {net} given"
+                )
+            if net.version == 6 and not ipv6:
+                raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
+            requested[net.version] = net
+        if 4 not in requested or (ipv6 and 6 not in requested):
+            missing = "IPv4" if 4 not in requested else "IPv6"
+            raise InvalidSubnet(f"a network with external IPAM needs its {missing} subnet")
+        self._check_overlap(list(requested.values()))
+        configs = []
+        for version, net in sorted(requested.items()):
+            gateway = _pick_family(gateways, version, "gateway")
+            if gateway is not None and ipaddress.ip_address(gateway) not in net:
+                raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
+            mine = {k: v for k, v in aux.items() if _version_of(v) == version}
+            for label, address in mine.items():
+                if ipaddress.ip_address(address) not in net:
+                    raise AddressOutOfRange(f"auxiliary address {label}={address} not in {net}")
+            configs.append(IpamConfig(str(net), gateway, None, mine))
+        return tuple(configs)
+
+    def _ipam_driver(self, name: str) -> contract.IpamDriver:
+        from keelnet.plugin.client import remote_ipam
+
+        return remote_ipam(name)
+
     def _on_link_routes(self) -> list[str]:
+        """The subnets this host reaches directly (IPv4 and IPv6), kept clear of."""
         routes = []
-        for route in self._ipr.route("dump", family=socket.AF_INET):
-            if route["scope"] == _RT_SCOPE_LINK and route["dst_len"] > 0:
-                routes.append(f"{route.get('dst')}/{route['dst_len']}")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in self._ipr.route("dump", family=family):
+                destination = f"{route.get('dst')}/{route['dst_len']}"
+                # IPv6 routes have no link scope: an on-link one is one without a gateway.
+                on_link = (
+                    route["scope"] == _RT_SCOPE_LINK
+                    if family == socket.AF_INET
+                    else route.get("gateway") is None
+                )
+                if (
+                    on_link
+                    and route["table"] == _RT_TABLE_MAIN
+                    and route["dst_len"] > 0
+                    and not ipaddress.ip_network(destination, strict=False).is_link_local
+                ):
+                    routes.append(destination)
         return routes
+
+    def subnets_in_use(self) -> list[str]:
+        """What carved pools keep clear of: the host's on-link routes and the subnets of
+        keelnet's networks (keelnet's IPAM serving Docker asks this)."""
+        return [c.subnet for n in self.store.networks() for c in n.ipam] + self._on_link_routes()
 
     def remove_network(self, name: str) -> None:
         """Remove a network with no endpoints; one that does not exist is already removed."""
@@ -247,6 +359,8 @@ class Host:
                     f"error while removing network: network {name} has active endpoints"
                 )
             get_driver(network.driver).delete_network(self._ctx, network)
+            if network.ipam_driver not in (DEFAULT_IPAM, EXTERNAL_IPAM):
+                contract.release_network(self._ipam_driver(network.ipam_driver), network)
             carved = self.store.subnets_from_defaults(network.id)
             self.store.remove_network(network.id)
             if carved:
@@ -356,44 +470,69 @@ class Host:
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
             if self.store.endpoints(network_id=net.id, sandbox=sandbox):
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
+            if net.ipam_driver == EXTERNAL_IPAM:
+                raise InvalidRequest(
+                    f"network {net.name} takes its addresses from its creator (Docker): "
+                    "connect containers to it with `docker network connect`"
+                )
             driver = get_driver(net.driver)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, ip) if driver.uses_ipam else {}
-            v4, v6 = net.ipam_for(4), net.ipam_for(6)
-            routed = driver.uses_gateway(net) and not net.internal
+            addresses = self._allocate(net, ip, undo) if driver.uses_ipam else {}
             if driver.uses_ipam:
                 used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
                 ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
             else:
                 ifname = ""
-            endpoint = Endpoint(
-                ip=addresses.get(4),
-                ipv6=addresses.get(6),
-                mac=driver.endpoint_mac(self._ctx, net, mac) if driver.uses_ipam else "",
-                ifname=ifname,
-                gateway=v4.gateway if v4 and routed else None,
-                ipv6_gateway=v6.gateway if v6 and routed else None,
-                id=endpoint_id,
-                network_id=net.id,
-                sandbox=sandbox,
-                host_ifname=(
-                    f"kn-v{endpoint_id[:11]}"
-                    if net.kernel_name and net.dataplane == "kernel"
-                    else None
-                ),
-                aliases=tuple(aliases),
-            )
+            endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, ifname, sandbox)
+            endpoint = dataclasses.replace(endpoint, aliases=tuple(aliases))
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
             undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
-            driver.join(self._ctx, net, endpoint, box.path)
+            kept = driver.join(self._ctx, net, endpoint, box.path)
+            if kept:
+                endpoint = dataclasses.replace(endpoint, driver_data=dict(kept))
             self.store.add_endpoint(endpoint)
             return endpoint
 
-    def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
+    def _endpoint(
+        self,
+        net: Network,
+        driver: Driver,
+        endpoint_id: str,
+        addresses: Mapping[int, str],
+        mac: str | None,
+        ifname: str,
+        sandbox: str,
+    ) -> Endpoint:
+        """A new endpoint of `net` with these addresses, before the driver plumbs it."""
+        v4, v6 = net.ipam_for(4), net.ipam_for(6)
+        routed = driver.uses_gateway(net) and not net.internal
+        return Endpoint(
+            ip=addresses.get(4),
+            ipv6=addresses.get(6),
+            mac=driver.endpoint_mac(self._ctx, net, mac) if driver.uses_ipam else "",
+            ifname=ifname,
+            gateway=v4.gateway if v4 and routed else None,
+            ipv6_gateway=v6.gateway if v6 and routed else None,
+            id=endpoint_id,
+            network_id=net.id,
+            sandbox=sandbox,
+            host_ifname=(
+                f"kn-v{endpoint_id[:11]}" if net.kernel_name and net.dataplane == "kernel" else None
+            ),
+        )
+
+    def _allocate(self, network: Network, ip: str | None, undo: list[Undo]) -> dict[int, str]:
+        """The new endpoint's addresses (`ip` in its family, if given); a remote IPAM
+        driver's are given back by `undo` when the operation fails."""
         wanted = _version_of(ip) if ip is not None else None
         if ip is not None and network.ipam_for(wanted or 0) is None:
             raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
+        if network.ipam_driver != DEFAULT_IPAM:
+            driver = self._ipam_driver(network.ipam_driver)
+            remote, give_back = contract.endpoint_addresses(driver, network, ip)
+            undo.append(give_back)
+            return remote
         addresses: dict[int, str] = {}
         for config in network.ipam:
             pool = self.store.address_pool(network.id, config.version)
@@ -416,12 +555,28 @@ class Host:
         driver = get_driver(network.driver)
         box = self.store.find_sandbox(endpoint.sandbox)
         path = box.path if box and netns_sandbox.exists(box.path) else None
-        ports = self.store.ports(network_id=network.id, sandbox=endpoint.sandbox)
-        for port in ports:
-            driver.revoke_external_connectivity(self._ctx, network, endpoint, port)
-            self.store.remove_port(port.host_ip, port.host_port, port.proto)
+        ports = self._revoke_ports(network, endpoint.sandbox) if endpoint.sandbox else []
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
+        self._release(network, endpoint)
+        self.store.remove_endpoint(endpoint.id)
+        if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
+            self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one
+        if ports:
+            self._sync_firewall()
+
+    def _release(self, network: Network, endpoint: Endpoint) -> None:
+        """Give the endpoint's addresses back to whoever allocated them."""
+        if network.ipam_driver == EXTERNAL_IPAM:
+            return
+        if network.ipam_driver != DEFAULT_IPAM:
+            addresses = {4: endpoint.ip, 6: endpoint.ipv6}
+            contract.release_endpoint(
+                self._ipam_driver(network.ipam_driver),
+                network,
+                {v: a for v, a in addresses.items() if a is not None},
+            )
+            return
         for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
             pool = self.store.address_pool(network.id, version)
             if address is None or pool is None:
@@ -429,13 +584,155 @@ class Host:
             with contextlib.suppress(KeelnetError):  # already free: teardown is idempotent
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
-        self.store.remove_endpoint(endpoint.id)
-        if ports:
-            self._sync_firewall()
 
     def endpoints(self, network: str | None = None) -> list[Endpoint]:
         network_id = self.network(network).id if network else None
         return self.store.endpoints(network_id=network_id)
+
+    # --- endpoints joined by the caller: libnetwork's flow, as dockerd drives it --------
+
+    def create_endpoint(
+        self,
+        network: str,
+        *,
+        endpoint_id: str | None = None,
+        ip: str | None = None,
+        ipv6: str | None = None,
+        mac: str | None = None,
+    ) -> Endpoint:
+        """An endpoint whose interface waits in this host's namespace, as `ifname`, for
+        the caller to move into a sandbox (Docker's CreateEndpoint). On a network with
+        external IPAM `ip` and `ipv6` are its addresses; elsewhere they are allocated
+        (`ip`/`ipv6` ask for these)."""
+        if mac is not None and not _MAC.match(mac):
+            raise InvalidRequest(f"invalid MAC address {mac!r}")
+        if endpoint_id is not None and not _ID.match(endpoint_id):
+            raise InvalidRequest(f"invalid endpoint id {endpoint_id!r}: use 64 hex digits")
+        with self.store.transaction(), self._rollback() as undo:
+            net = self.network(network)
+            driver = get_driver(net.driver)
+            if not driver.hands_over:
+                raise InvalidRequest(
+                    f"driver {driver.name!r} cannot leave an endpoint's interface for its "
+                    "caller to move into a sandbox (Docker's plugin protocol needs that)"
+                )
+            endpoint_id = endpoint_id or secrets.token_hex(32)
+            if self.store.find_endpoint(endpoint_id) is not None:
+                raise DuplicateEndpoint(f"endpoint {endpoint_id[:12]} already exists")
+            if net.ipam_driver == EXTERNAL_IPAM:
+                addresses = self._given_addresses(net, ip, ipv6)
+            else:
+                if ip is not None and ipv6 is not None:
+                    raise InvalidRequest("ask for one address: the other family's is allocated")
+                addresses = self._allocate(net, ip or ipv6, undo)
+            staging = f"kn-c{endpoint_id[:11]}"
+            endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
+            driver.create_endpoint(self._ctx, net, endpoint, None)
+            undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
+            self.store.add_endpoint(endpoint)
+            return endpoint
+
+    def _given_addresses(self, net: Network, ip: str | None, ipv6: str | None) -> dict[int, str]:
+        """The caller's addresses for a new endpoint: inside the subnets, not taken."""
+        addresses: dict[int, str] = {}
+        taken = {a for e in self.store.endpoints(network_id=net.id) for a in (e.ip, e.ipv6)}
+        for version, text in ((4, ip), (6, ipv6)):
+            if text is None:
+                continue
+            config = net.ipam_for(version)
+            if _version_of(text) != version or config is None:
+                raise AddressOutOfRange(f"{text}: network {net.name} has no such subnet")
+            address = ipaddress.ip_address(text)
+            if address not in ipaddress.ip_network(config.subnet):
+                raise AddressOutOfRange(f"{text} is not in {net.name}'s subnet {config.subnet}")
+            if str(address) in taken:
+                raise AddressInUse(f"{text} belongs to another endpoint of {net.name}")
+            addresses[version] = str(address)
+        return addresses
+
+    def join(self, network: str, endpoint_id: str, sandbox_path: str) -> JoinInfo:
+        """The caller moves the endpoint's interface into the network namespace at
+        `sandbox_path` (Docker's Join, whose SandboxKey it is); says how to set it up
+        there. Joining again to the same sandbox answers the same."""
+        with self.store.transaction():
+            net = self.network(network)
+            endpoint = self._endpoint_of(net, endpoint_id)
+            box = self._sandbox_at(sandbox_path)
+            if endpoint.sandbox and endpoint.sandbox != box.name:
+                raise Conflict(
+                    f"endpoint {endpoint_id[:12]} is already joined to sandbox {endpoint.sandbox}"
+                )
+            if not endpoint.sandbox:
+                if self.store.endpoints(network_id=net.id, sandbox=box.name):
+                    raise DuplicateEndpoint(
+                        f"sandbox {box.name} is already connected to {net.name}"
+                    )
+                self.store.set_endpoint_sandbox(endpoint.id, box.name)
+            driver = get_driver(net.driver)
+            routes: list[StaticRoute] = []
+            if not driver.uses_gateway(net) and not net.internal:
+                # ipvlan l3: straight out of the interface, the parent host routes.
+                defaults = (("0.0.0.0/0", endpoint.ip), ("::/0", endpoint.ipv6))
+                routes = [StaticRoute(default) for default, address in defaults if address]
+            return JoinInfo(
+                src_name=endpoint.ifname,
+                gateway=endpoint.gateway,
+                ipv6_gateway=endpoint.ipv6_gateway,
+                static_routes=tuple(routes),
+                disable_gateway_service=bool(routes),
+            )
+
+    def leave(self, network: str, endpoint_id: str) -> None:
+        """The caller takes the interface out of its sandbox (Docker's Leave): its
+        published ports go. An endpoint that is not joined (or not known) has left."""
+        with self.store.transaction():
+            net = self.store.find_network(network)
+            endpoint = self.store.find_endpoint(endpoint_id)
+            if net is None or endpoint is None or endpoint.network_id != net.id:
+                return
+            if not endpoint.sandbox:
+                return
+            ports = self._revoke_ports(net, endpoint.sandbox)
+            self.store.set_endpoint_sandbox(endpoint.id, "")
+            box = self.store.find_sandbox(endpoint.sandbox)
+            if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
+                self.store.remove_sandbox(box.name)
+            if ports:
+                self._sync_firewall()
+
+    def delete_endpoint(self, network: str, endpoint_id: str) -> None:
+        """Remove the endpoint and its interface wherever the caller left it (Docker's
+        DeleteEndpoint); one that is not known is already removed."""
+        with self.store.transaction():
+            net = self.store.find_network(network)
+            endpoint = self.store.find_endpoint(endpoint_id)
+            if net is None or endpoint is None or endpoint.network_id != net.id:
+                return
+            self._disconnect(net, endpoint)
+
+    def endpoint(self, network: str, endpoint_id: str) -> Endpoint:
+        return self._endpoint_of(self.network(network), endpoint_id)
+
+    def _endpoint_of(self, net: Network, endpoint_id: str) -> Endpoint:
+        endpoint = self.store.find_endpoint(endpoint_id)
+        if endpoint is None or endpoint.network_id != net.id:
+            raise EndpointNotFound(f"network {net.name} has no endpoint {endpoint_id[:12]}")
+        return endpoint
+
+    def _sandbox_at(self, path: str) -> Sandbox:
+        """The sandbox of the namespace at `path`: a known one, else adopted for as long
+        as endpoints are joined to it (transient)."""
+        if not netns_sandbox.is_netns(path):
+            raise SandboxNotFound(f"sandbox key {path!r}: no network namespace there")
+        for box in self.store.sandboxes():
+            if box.path == path:
+                return box
+        name = Path(path).name
+        if not netns_sandbox.valid_name(name) or self.store.find_sandbox(name) is not None:
+            name = "sandbox-" + hashlib.sha256(path.encode()).hexdigest()[:12]
+        box = Sandbox(name, path, owned=False, transient=True)
+        self.store.add_sandbox(box)
+        return box
 
     # --- published ports -----------------------------------------------------------------
 
@@ -449,59 +746,74 @@ class Host:
         host_ip: str | None = None,
     ) -> PortMapping:
         """Forward host_port on the host's addresses (and from the host itself) to the sandbox."""
-        if host_port != 0:  # 0: an ephemeral port, as Docker's `-p 80`
-            _check_port(host_port, "host port")
-        _check_port(container_port, "container port")
-        if proto not in _PROTOCOLS:
-            raise InvalidRequest(f"invalid protocol {proto!r}: use tcp, udp or sctp")
-        host_version = _version_of(host_ip) if host_ip is not None else None
+        request = PortRequest(container_port, proto, host_port, host_ip=host_ip)
+        return self.publish_ports(network, sandbox, [request])[0]
+
+    def publish_ports(
+        self, network: str, sandbox: str, requests: Sequence[PortRequest]
+    ) -> list[PortMapping]:
+        """Publish several ports of the sandbox at once: all of them, or none."""
+        for request in requests:
+            request.check()
         with self.store.transaction(), self._rollback():
             net = self.network(network)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
                 raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
             endpoint = found[0]
-            # Like Docker: no host IP means the host's IPv4 and IPv6 addresses alike.
-            container_ip = endpoint.ip if host_version in (None, 4) else None
-            container_ipv6 = endpoint.ipv6 if host_version in (None, 6) else None
-            if container_ip is None and container_ipv6 is None:
-                family = f"IPv{host_version}" if host_version else "IP"
-                raise InvalidRequest(f"sandbox {sandbox} has no {family} address on {net.name}")
-            if host_port == 0:
-                host_port = self._ephemeral_port(proto, host_ip)
-            mapping = PortMapping(
-                net.id,
-                sandbox,
-                host_port,
-                container_port,
-                proto,
-                host_ip,
-                container_ip,
-                container_ipv6,
-            )
-            get_driver(net.driver).program_external_connectivity(self._ctx, net, endpoint, mapping)
-            try:
-                self.store.add_port(mapping)
-            except PortTaken:
-                where = f"{host_ip or '0.0.0.0'}:{host_port}/{proto}"
-                raise PortInUse(f"Bind for {where} failed: port is already allocated") from None
+            mappings = [self._add_port(net, endpoint, request) for request in requests]
             self._sync_firewall()
-            return mapping
+            return mappings
 
-    def _ephemeral_port(self, proto: str, host_ip: str | None) -> int:
-        """The lowest port of ip_local_port_range not yet published (Docker's choice)."""
+    def _add_port(self, net: Network, endpoint: Endpoint, request: PortRequest) -> PortMapping:
+        host_ip, proto = request.host_ip, request.proto
+        host_version = _version_of(host_ip) if host_ip is not None else None
+        # Like Docker: no host IP means the host's IPv4 and IPv6 addresses alike.
+        container_ip = endpoint.ip if host_version in (None, 4) else None
+        container_ipv6 = endpoint.ipv6 if host_version in (None, 6) else None
+        if container_ip is None and container_ipv6 is None:
+            family = f"IPv{host_version}" if host_version else "IP"
+            raise InvalidRequest(
+                f"sandbox {endpoint.sandbox} has no {family} address on {net.name}"
+            )
+        host_port = request.host_port
+        if host_port == 0 or request.host_port_end not in (None, host_port):
+            host_port = self._free_port(proto, host_ip, request.host_port, request.host_port_end)
+        mapping = PortMapping(
+            net.id,
+            endpoint.sandbox,
+            host_port,
+            request.container_port,
+            proto,
+            host_ip,
+            container_ip,
+            container_ipv6,
+        )
+        get_driver(net.driver).program_external_connectivity(self._ctx, net, endpoint, mapping)
         try:
-            text = read_sysctl(self.netns_path, "net.ipv4.ip_local_port_range")
-            low, high = (int(part) for part in text.split())
-        except (OSError, ValueError):
-            low, high = 49153, 65535
+            self.store.add_port(mapping)
+        except PortTaken:
+            where = f"{host_ip or '0.0.0.0'}:{host_port}/{proto}"
+            raise PortInUse(f"Bind for {where} failed: port is already allocated") from None
+        return mapping
+
+    def _free_port(self, proto: str, host_ip: str | None, low: int, high: int | None) -> int:
+        """The lowest port of low-high not yet published; with no range, of
+        ip_local_port_range (Docker's ephemeral choice)."""
+        if low == 0:
+            try:
+                text = read_sysctl(self.netns_path, "net.ipv4.ip_local_port_range")
+                low, high = (int(part) for part in text.split())
+            except (OSError, ValueError):
+                low, high = 49153, 65535
+        high = high or low
         taken = {
             p.host_port for p in self.store.ports() if p.proto == proto and p.host_ip == host_ip
         }
         for port in range(low, high + 1):
             if port not in taken:
                 return port
-        raise PortInUse(f"no free ephemeral {proto} port in {low}-{high}")
+        raise PortInUse(f"no free {proto} host port in {low}-{high}")
 
     def unpublish(
         self,
@@ -525,6 +837,26 @@ class Host:
                         )
                     self.store.remove_port(host_ip, host_port, proto)
                     self._sync_firewall()
+
+    def unpublish_all(self, network: str, sandbox: str) -> None:
+        """Remove every port published for the sandbox on the network."""
+        with self.store.transaction():
+            net = self.store.find_network(network)
+            if net is None:
+                return
+            if self._revoke_ports(net, sandbox):
+                self._sync_firewall()
+
+    def _revoke_ports(self, net: Network, sandbox: str) -> list[PortMapping]:
+        """Revoke and forget the sandbox's ports on `net` (the caller syncs the firewall)."""
+        driver = get_driver(net.driver)
+        endpoints = self.store.endpoints(network_id=net.id, sandbox=sandbox)
+        ports = self.store.ports(network_id=net.id, sandbox=sandbox)
+        for port in ports:
+            if endpoints:
+                driver.revoke_external_connectivity(self._ctx, net, endpoints[0], port)
+            self.store.remove_port(port.host_ip, port.host_port, port.proto)
+        return ports
 
     def ports(self, network: str | None = None) -> list[PortMapping]:
         network_id = self.network(network).id if network else None
@@ -582,24 +914,31 @@ class Host:
     def _restore_userspace(self, network: Network) -> int:
         """Re-create the endpoints whose interface the sandbox lost: a userspace plane's
         TAPs die with the process that ran it. Endpoints whose interface is there are
-        served by this or another running process and are left alone."""
+        served by this or another running process and are left alone. A handed-over
+        endpoint (Docker's) that was never joined gets its TAP back in the host's
+        namespace; a joined one, in its sandbox, set up as `join` does (under its
+        staging name: the one Docker gave it died with it)."""
         driver = get_driver(network.driver)
         restored = 0
         for endpoint in self.store.endpoints(network_id=network.id):
             box = self.store.find_sandbox(endpoint.sandbox)
-            if box is None or not netns_sandbox.exists(box.path):
+            path = box.path if box is not None else None
+            if path is not None and not netns_sandbox.exists(path):
                 continue
-            with iproute(box.path) as ipr:
-                if links.link_index(ipr, endpoint.ifname) is not None:
+            with iproute(path) as ipr:
+                if links.endpoint_link(ipr, network.id, endpoint.id) is not None:
                     continue
+                if path is not None and links.link_index(ipr, endpoint.ifname) is not None:
+                    continue  # not marked yet: `join` was cut short, the link is there
             try:
-                driver.create_endpoint(self._ctx, network, endpoint, box.path)
-                driver.join(self._ctx, network, endpoint, box.path)
+                driver.create_endpoint(self._ctx, network, endpoint, path)
+                if path is not None:
+                    driver.join(self._ctx, network, endpoint, path)
             except KeelnetError:
                 # The Host must start even when a parent is gone; the endpoint stays in
                 # the store and the next reconcile tries again.
                 with contextlib.suppress(KeelnetError):
-                    driver.leave(self._ctx, network, endpoint, box.path)
+                    driver.leave(self._ctx, network, endpoint, path)
                 continue
             restored += 1
         return restored
@@ -677,8 +1016,3 @@ def _pick_family(values: list[str], version: int, what: str) -> str | None:
         if parsed.version == version:
             return value
     return None
-
-
-def _check_port(port: int, what: str) -> None:
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidRequest(f"invalid {what} {port!r}: must be 1-65535")

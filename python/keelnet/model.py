@@ -6,6 +6,15 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from keelnet.errors import InvalidRequest
+from keelnet.ipam import AddressPool
+
+#: `Network.ipam_driver` of a network whose every address is given by its creator (dockerd,
+#: when keelnet serves Docker as a plugin): keelnet allocates none of them.
+EXTERNAL_IPAM = "external"
+#: keelnet's own address management (`Network.ipam_driver`).
+DEFAULT_IPAM = "default"
+
 
 @dataclass(frozen=True)
 class IpamConfig:
@@ -15,6 +24,8 @@ class IpamConfig:
     gateway: str | None = None
     ip_range: str | None = None
     aux_addresses: dict[str, str] = field(default_factory=dict)
+    #: The pool's id at a remote IPAM driver (None for keelnet's own and external IPAM).
+    pool_id: str | None = None
 
     @property
     def prefix_length(self) -> int:
@@ -38,7 +49,12 @@ class IpamConfig:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A sandbox's attachment to a network. Addresses carry no prefix length."""
+    """A sandbox's attachment to a network. Addresses carry no prefix length.
+
+    An endpoint created for a caller that joins it itself (Docker's CreateEndpoint) has no
+    sandbox ("") until it is joined; until then its interface waits in the host's
+    namespace as `ifname`.
+    """
 
     ip: str | None
     ipv6: str | None
@@ -51,6 +67,32 @@ class Endpoint:
     sandbox: str = ""
     host_ifname: str | None = None
     aliases: tuple[str, ...] = ()
+    #: What the network's driver keeps about the endpoint (a remote plugin's interface name).
+    driver_data: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StaticRoute:
+    """A route in a sandbox: via `next_hop`, or (None) straight out of the interface."""
+
+    destination: str  # CIDR
+    next_hop: str | None = None
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    """How whoever moves an endpoint's interface into its sandbox must set it up there
+    (Docker's answer to Join): the interface `src_name` of the host's namespace becomes
+    `dst_prefix` + a number; the endpoint's addresses go on it, then these routes."""
+
+    src_name: str
+    dst_prefix: str = "eth"
+    gateway: str | None = None
+    ipv6_gateway: str | None = None
+    static_routes: tuple[StaticRoute, ...] = ()
+    #: No default route through this network, and none to be added by the caller either
+    #: (Docker would otherwise attach the container to its docker_gwbridge network).
+    disable_gateway_service: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +102,9 @@ class Sandbox:
     name: str
     path: str
     owned: bool  # created by keelnet (deleted on removal) or adopted (left alone)
+    #: Adopted by joining an endpoint to it (Docker's sandbox key): forgotten when its
+    #: last endpoint leaves.
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +119,46 @@ class PortMapping:
     host_ip: str | None  # None: all the host's addresses, IPv4 and IPv6
     container_ip: str | None
     container_ipv6: str | None = None
+
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+@dataclass(frozen=True)
+class PortRequest:
+    """A port to publish: `container_port`/`proto` on host port `host_port` (0: any free
+    one), or the first free port of `host_port`-`host_port_end` (Docker's `-p 8000-8010:80`),
+    on `host_ip` (None: all the host's addresses)."""
+
+    container_port: int
+    proto: str = "tcp"
+    host_port: int = 0
+    host_port_end: int | None = None
+    host_ip: str | None = None
+
+    def check(self) -> None:
+        """Refuse ports, ranges and protocols that cannot be published."""
+        if self.host_port != 0:
+            _check_port(self.host_port, "host port")
+        if self.host_port_end is not None:
+            _check_port(self.host_port_end, "host port")
+            if self.host_port == 0 or self.host_port_end < self.host_port:
+                raise InvalidRequest(
+                    f"invalid host port range {self.host_port}-{self.host_port_end}"
+                )
+        _check_port(self.container_port, "container port")
+        if self.proto not in PROTOCOLS:
+            raise InvalidRequest(f"invalid protocol {self.proto!r}: use tcp, udp or sctp")
+        if self.host_ip is not None:
+            try:
+                ipaddress.ip_address(self.host_ip)
+            except ValueError:
+                raise InvalidRequest(f"invalid host IP address {self.host_ip!r}") from None
+
+
+def _check_port(port: int, what: str) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidRequest(f"invalid {what} {port!r}: must be 1-65535")
 
 
 @dataclass(frozen=True)
@@ -91,6 +176,9 @@ class Network:
     options: dict[str, str]
     labels: dict[str, str]
     kernel_name: str | None  # bridge name, or None for drivers without a host-side device
+    #: Who allocates addresses: DEFAULT_IPAM, EXTERNAL_IPAM or a remote IPAM plugin's name.
+    ipam_driver: str = DEFAULT_IPAM
+    ipam_options: dict[str, str] = field(default_factory=dict)
 
     def ipam_for(self, version: int) -> IpamConfig | None:
         return next((c for c in self.ipam if c.version == version), None)
@@ -109,6 +197,7 @@ class Network:
                 "IPv6Address": self._with_prefix(ep.ipv6, 6),
             }
             for ep in endpoints
+            if ep.sandbox
         }
         return {
             "Name": self.name,
@@ -119,8 +208,8 @@ class Network:
             "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
             "EnableIPv6": self.ipv6,
             "IPAM": {
-                "Driver": "default",
-                "Options": {},
+                "Driver": self.ipam_driver,
+                "Options": dict(self.ipam_options),
                 "Config": [c.to_inspect() for c in self.ipam],
             },
             "Internal": self.internal,
@@ -140,3 +229,21 @@ class Network:
         if address is None or config is None:
             return ""
         return f"{address}/{config.prefix_length}"
+
+
+@dataclass
+class IpamPool:
+    """A pool handed out by keelnet's IPAM serving as Docker's IPAM driver (`RequestPool`).
+
+    Identical requests share it (`refs` counts them); `addresses` holds what
+    `RequestAddress` gave out of it.
+    """
+
+    id: str
+    address_space: str
+    subnet: str
+    sub_pool: str | None  # Docker's --ip-range: where dynamic addresses come from
+    v6: bool
+    refs: int
+    from_defaults: bool  # carved from the default pools (given back when released)
+    addresses: AddressPool

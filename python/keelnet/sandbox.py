@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import subprocess
@@ -15,10 +16,16 @@ from keelnet.errors import DuplicateSandbox, InvalidName, SandboxNotFound
 from keelnet.kernel.namespaces import NETNS_RUN_DIR, call_in_netns, iproute
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NS_GET_NSTYPE = 0xB703  # linux/nsfs.h
+_CLONE_NEWNET = 0x40000000
+
+
+def valid_name(name: str) -> bool:
+    return _NAME.match(name) is not None
 
 
 def check_name(name: str, what: str = "sandbox") -> None:
-    if not _NAME.match(name):
+    if not valid_name(name):
         raise InvalidName(
             f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '.' or '-'"
         )
@@ -62,6 +69,20 @@ def exists(path: str) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def is_netns(path: str) -> bool:
+    """Whether `path` is a network namespace (a bind mount of one, /proc/PID/ns/net...)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET
+    except OSError:  # not a namespace file at all
+        return False
+    finally:
+        os.close(fd)
 
 
 def delete(path: str) -> None:

@@ -1,4 +1,5 @@
-"""Network drivers, by name: built-ins plus the `keelnet.drivers` entry-point group."""
+"""Network drivers, by name: built-ins, the `keelnet.drivers` entry-point group, then
+Docker network plugins found where dockerd finds them (`keelnet.drivers.remote`)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ def get_driver(name: str) -> Driver:
             if not (isinstance(driver_class, type) and issubclass(driver_class, Driver)):
                 raise UnknownDriver(f"entry point {entry.value} is not a keelnet Driver")
             return driver_class()
-    raise UnknownDriver(f"plugin {name!r} not found: no such network driver")
+    from keelnet.drivers.remote import remote_driver
+    from keelnet.plugin.client import find_plugin
+
+    find_plugin(name)  # UnknownDriver, saying where it looked, when there is none
+    return remote_driver(name)()
 
 
 def driver_names() -> list[str]:

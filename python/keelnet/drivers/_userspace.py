@@ -17,7 +17,15 @@ from typing import Protocol, TypeVar
 
 from keelnet.dataplane import Switch
 from keelnet.drivers.base import HostContext
-from keelnet.errors import Conflict, DataplaneError, DataPlaneUnavailable, KeelnetError, NotFound
+from keelnet.errors import (
+    Conflict,
+    DataplaneError,
+    DataPlaneUnavailable,
+    KeelnetError,
+    KernelError,
+    NotFound,
+)
+from keelnet.kernel import links, rtnl
 from keelnet.model import Endpoint
 
 
@@ -113,9 +121,16 @@ def planes_of(ctx: HostContext) -> DataPlanes:
 
 
 def add_sandbox_tap(
-    switch: Switch, endpoint: Endpoint, sandbox_path: str, *, mtu: int | None, isolation: str
+    ctx: HostContext,
+    switch: Switch,
+    endpoint: Endpoint,
+    sandbox_path: str | None,
+    *,
+    mtu: int | None,
+    isolation: str,
 ) -> None:
-    """The endpoint's TAP port on `switch`, moved into the sandbox as its interface."""
+    """The endpoint's TAP port on `switch`, moved into the sandbox as its interface; with
+    no sandbox, left in the host's namespace, down and marked, for the caller to move."""
     try:
         switch.add_tap(
             endpoint.id,
@@ -130,6 +145,22 @@ def add_sandbox_tap(
         if exc.errno == errno.EEXIST:
             raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
         raise
+    if sandbox_path is None:
+        try:
+            mark_handed_over(ctx, endpoint)
+        except BaseException:
+            remove_sandbox_tap(switch, endpoint)
+            raise
+
+
+def mark_handed_over(ctx: HostContext, endpoint: Endpoint) -> None:
+    """A TAP left in the host's namespace for the caller to move: down, as a veth end
+    waiting there is, and marked as the endpoint's."""
+    alias = links.alias_for(endpoint.network_id, endpoint.id)
+    try:
+        ctx.rtnl.run([rtnl.set_link(endpoint.ifname, alias=alias, up=False)])
+    except rtnl.RtnlError as exc:
+        raise KernelError(f"marking TAP {endpoint.ifname}: {exc.strerror}") from exc
 
 
 def remove_sandbox_tap(switch: Switch, endpoint: Endpoint) -> None:

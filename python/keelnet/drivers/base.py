@@ -1,7 +1,11 @@
 """The driver interface: libnetwork's driver calls, for one host.
 
 A Host calls, in order: `validate` then `create_network`; per connect `create_endpoint` then
-`join`; per disconnect `leave` then `delete_endpoint`; `delete_network` last. Publishing
+`join`; per disconnect `leave` then `delete_endpoint`; `delete_network` last. Drivers that
+`hand_over` endpoints also serve libnetwork's own flow (keelnet as Docker's plugin):
+`create_endpoint` without a sandbox leaves the interface in the host's namespace, the
+caller (dockerd) moves and configures it, and `delete_endpoint` removes it wherever the
+caller left it; `join` and `leave` are not called then. Publishing
 calls `program_external_connectivity` / `revoke_external_connectivity`. Every `delete_*`,
 `leave` and `revoke_*` must succeed when what it removes is already gone: teardown is
 idempotent. Everything created on the host side must be marked as keelnet's (names start
@@ -63,6 +67,9 @@ class Driver(ABC):
     gateway_route: ClassVar[bool] = True
     #: Only one network of this driver per host (Docker: host, none).
     singleton: ClassVar[bool] = False
+    #: Whether `create_endpoint` can leave the interface in the host's namespace for the
+    #: caller to move into a sandbox (what Docker's remote-driver protocol needs).
+    hands_over: ClassVar[bool] = False
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         """Refuse unknown or bad options; extended by drivers with checks of their own."""
@@ -110,13 +117,18 @@ class Driver(ABC):
 
     @abstractmethod
     def create_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
-    ) -> None: ...
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
+    ) -> None:
+        """The endpoint's interface, as `endpoint.ifname` in the sandbox; with no sandbox
+        (only asked of drivers that `hand_over`), in the host's namespace, down and marked
+        with `links.alias_for(network.id, endpoint.id)`, for the caller to move."""
 
     @abstractmethod
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
-    ) -> None: ...
+    ) -> Mapping[str, str] | None:
+        """Set the endpoint's interface up in the sandbox; may return what the driver
+        keeps about the endpoint (the Host stores it as `endpoint.driver_data`)."""
 
     @abstractmethod
     def leave(
@@ -124,7 +136,9 @@ class Driver(ABC):
     ) -> None: ...
 
     @abstractmethod
-    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None: ...
+    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        """Remove what `create_endpoint` made on the host side, and a handed-over interface
+        the caller left in the host's namespace."""
 
     def program_external_connectivity(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, port: PortMapping

@@ -54,6 +54,7 @@ class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME, MASQUERADE, ICC, MTU})
     dataplanes = ("kernel", "userspace")
+    hands_over = True
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -131,7 +132,7 @@ class BridgeDriver(Driver):
         self._remove(ctx, network)
 
     def create_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
         if network.dataplane == "userspace":
             self._create_tap_endpoint(ctx, network, endpoint, sandbox_path)
@@ -141,7 +142,7 @@ class BridgeDriver(Driver):
         if bridge_index is None:
             raise KernelError(f"bridge {bridge} of {network.name} is missing")
         assert endpoint.host_ifname is not None
-        fd = links.open_netns_fd(sandbox_path)
+        fd = None if sandbox_path is None else links.open_netns_fd(sandbox_path)
         try:
             ctx.rtnl.run(
                 [
@@ -162,10 +163,14 @@ class BridgeDriver(Driver):
                 ) from exc
             raise KernelError(f"creating veth pair: {exc.strerror}") from exc
         finally:
-            links.close_fd(fd)
+            if fd is not None:
+                links.close_fd(fd)
         try:
             alias = links.alias_for(network.id, endpoint.id)
-            ctx.rtnl.run([rtnl.set_link(endpoint.host_ifname, alias=alias, up=True)])
+            requests = [rtnl.set_link(endpoint.host_ifname, alias=alias, up=True)]
+            if sandbox_path is None:  # the container end, waiting to be moved
+                requests.append(rtnl.set_link(endpoint.ifname, alias=alias))
+            ctx.rtnl.run(requests)
             # A bridge port needs no addresses of its own; without this, its link-local
             # address and routes appear a second later, when DAD ends.
             write_sysctl(ctx.netns_path, f"net.ipv6.conf.{endpoint.host_ifname}.disable_ipv6", "1")
@@ -185,12 +190,13 @@ class BridgeDriver(Driver):
         )
 
     def _create_tap_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
         plane = _userspace.planes_of(ctx).get(network.id)
         if not isinstance(plane, BridgePlane):
             raise KernelError(f"the userspace bridge of {network.name} is not running here")
         _userspace.add_sandbox_tap(
+            ctx,
             plane.switch,
             endpoint,
             sandbox_path,
@@ -210,6 +216,11 @@ class BridgeDriver(Driver):
         # Kernel: deleting the host end removes the pair; the sandbox needs nothing else.
 
     def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        if network.dataplane == "userspace":
+            # A handed-over TAP the caller moved back into the host's namespace.
+            plane = _userspace.planes_of(ctx).get(network.id)
+            if isinstance(plane, BridgePlane):
+                _userspace.remove_sandbox_tap(plane.switch, endpoint)
         if endpoint.host_ifname:
             links.delete_link(ctx.ipr, endpoint.host_ifname)
 

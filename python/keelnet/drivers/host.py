@@ -21,10 +21,10 @@ class HostDriver(NoneDriver):
     name = "host"
 
     def create_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
         host_path = ctx.netns_path or "/proc/self/ns/net"
-        if not _same_namespace(host_path, sandbox_path):
+        if sandbox_path is None or not _same_namespace(host_path, sandbox_path):
             # Docker refuses this too: a container with its own namespace cannot share the
             # host's. Adopt the host namespace as the sandbox instead.
             raise InvalidRequest(

@@ -13,6 +13,8 @@ import errno
 import ipaddress
 from typing import ClassVar
 
+from pyroute2 import IPRoute
+
 from keelnet.dataplane_ipvlan import Ipvlan
 from keelnet.drivers import _parent, _userspace, _veth
 from keelnet.drivers.base import DATAPLANE_OPTION, HostContext, NetworkRequest
@@ -134,10 +136,12 @@ class IpvlanDriver(LowerDeviceDriver):
         return mac
 
     def create_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
         if network.dataplane == "kernel":
             super().create_endpoint(ctx, network, endpoint, sandbox_path)
+            if sandbox_path is None and self._mode(network) == "l3":
+                _set_noarp(ctx.ipr, endpoint.ifname)
             return
         addresses = [a for a in (endpoint.ip, endpoint.ipv6) if a is not None]
         plane = self._plane(ctx, network)
@@ -150,6 +154,10 @@ class IpvlanDriver(LowerDeviceDriver):
                 raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
             raise
         try:
+            if sandbox_path is None:  # handed over: marked here, moved by the caller
+                _userspace.mark_handed_over(ctx, endpoint)
+                if self._mode(network) == "l3":
+                    _set_noarp(ctx.ipr, endpoint.ifname)
             sync_steering(ctx, network)
         except BaseException:
             plane.remove_slave(endpoint.id)
@@ -181,6 +189,18 @@ class IpvlanDriver(LowerDeviceDriver):
         # Kernel child, or a TAP another process still holds: delete it in the sandbox.
         _veth.remove_sandbox_interface(endpoint, sandbox_path)
 
+    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        self.leave(ctx, network, endpoint, None)  # a handed-over slave's TAP, if any
+        super().delete_endpoint(ctx, network, endpoint)
+
+
+def _set_noarp(ipr: IPRoute, ifname: str) -> None:
+    """l3 slaves answer no ARP (the kernel's have IFF_NOARP); the flag survives a move."""
+    index = links.link_index(ipr, ifname)
+    if index is None:
+        raise KernelError(f"{ifname} vanished")
+    ipr.link("set", index=index, flags=_IFF_NOARP, change=_IFF_NOARP)
+
 
 def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l3: bool) -> None:
     """What kernel ipvlan slaves have and a TAP lacks. NOARP in l3 mode. A link-local
@@ -200,7 +220,7 @@ def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l
             if index is None:
                 raise KernelError(f"{ifname} did not appear in the sandbox")
             if l3:
-                ipr.link("set", index=index, flags=_IFF_NOARP, change=_IFF_NOARP)
+                _set_noarp(ipr, ifname)
             if network.ipam_for(6) is not None:
                 ipr.link("set", index=index, state="down")
                 ipr.link("set", index=index, state="up")

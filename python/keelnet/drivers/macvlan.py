@@ -16,7 +16,7 @@ from keelnet.errors import (
     KernelError,
     MissingParentInterface,
 )
-from keelnet.kernel import links
+from keelnet.kernel import links, rtnl
 from keelnet.model import Endpoint, Network
 
 
@@ -28,6 +28,7 @@ class LowerDeviceDriver(Driver):
     modes: ClassVar[dict[str, int]]
     default_mode: ClassVar[str]
     dataplanes = ("kernel", "userspace")
+    hands_over = True
     #: What to tell a user whose kernel lacks the module.
     userspace_instead: ClassVar[str]
 
@@ -86,23 +87,30 @@ class LowerDeviceDriver(Driver):
         raise NotImplementedError
 
     def create_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
         parent = _parent.parse(network.options, self.name)
         parent_index = links.link_index(ctx.ipr, parent.name)
         if parent_index is None:
             raise KernelError(f"{self.name}: parent {parent.name} is gone")
-        fd = links.open_netns_fd(sandbox_path)
+        # Without a sandbox the child waits in the host's namespace, marked, to be moved.
+        fd = None if sandbox_path is None else links.open_netns_fd(sandbox_path)
         try:
             ctx.ipr.link(
                 "add",
                 ifname=endpoint.ifname,
                 kind=self.kind,
                 link=parent_index,
-                net_ns_fd=fd,
+                **({} if fd is None else {"net_ns_fd": fd}),
                 **self.link_attributes(network),
                 **({"address": endpoint.mac} if self.kind == "macvlan" else {}),
             )
+            if fd is None:
+                alias = links.alias_for(network.id, endpoint.id)
+                ctx.rtnl.run([rtnl.set_link(endpoint.ifname, alias=alias)])
+        except rtnl.RtnlError as exc:
+            links.delete_link(ctx.ipr, endpoint.ifname)
+            raise KernelError(f"marking {endpoint.ifname}: {exc.strerror}") from exc
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
@@ -113,7 +121,8 @@ class LowerDeviceDriver(Driver):
                 ) from exc
             raise links.netlink_error(f"creating {self.name} endpoint", exc) from exc
         finally:
-            links.close_fd(fd)
+            if fd is not None:
+                links.close_fd(fd)
 
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
@@ -128,7 +137,11 @@ class LowerDeviceDriver(Driver):
         _veth.remove_sandbox_interface(endpoint, sandbox_path)
 
     def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
-        return  # the child lives only in the sandbox; `leave` removed it
+        # A child lives in its sandbox, where `leave` removes it; a handed-over one the
+        # caller left (or moved back) in the host's namespace goes here.
+        left = links.endpoint_link(ctx.ipr, network.id, endpoint.id)
+        if left is not None:
+            links.delete_link(ctx.ipr, left)
 
 
 #: macvlan modes on the userspace switch, as the forwarding rule of each sandbox's TAP:
@@ -217,7 +230,7 @@ class MacvlanDriver(LowerDeviceDriver):
             super().delete_network(ctx, network)
 
     def create_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
         if network.dataplane == "kernel":
             super().create_endpoint(ctx, network, endpoint, sandbox_path)
@@ -228,6 +241,7 @@ class MacvlanDriver(LowerDeviceDriver):
             raise KernelError(f"macvlan: parent {plane.base} is gone")
         mtu = ctx.ipr.link("get", index=parent_index)[0].get("mtu")
         _userspace.add_sandbox_tap(
+            ctx,
             plane.switch,
             endpoint,
             sandbox_path,
@@ -243,3 +257,10 @@ class MacvlanDriver(LowerDeviceDriver):
             if isinstance(plane, MacvlanPlane):
                 _userspace.remove_sandbox_tap(plane.switch, endpoint)
         super().leave(ctx, network, endpoint, sandbox_path)
+
+    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        if network.dataplane == "userspace":
+            plane = _userspace.planes_of(ctx).get(network.id)
+            if isinstance(plane, MacvlanPlane):
+                _userspace.remove_sandbox_tap(plane.switch, endpoint)
+        super().delete_endpoint(ctx, network, endpoint)

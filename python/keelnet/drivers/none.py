@@ -19,7 +19,7 @@ class NoneDriver(Driver):
         return
 
     def create_endpoint(
-        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
         return
 

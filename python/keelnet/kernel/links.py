@@ -56,6 +56,15 @@ def owned_links(ipr: IPRoute) -> list[tuple[int, str, str, str | None]]:
     return result
 
 
+def endpoint_link(ipr: IPRoute, network_id: str, endpoint_id: str) -> str | None:
+    """The name of the link marked as the endpoint's (whatever it was renamed to)."""
+    wanted = alias_for(network_id, endpoint_id)
+    for link in ipr.link("dump"):
+        if link.get("ifalias") == wanted:
+            return str(link.get("ifname"))
+    return None
+
+
 def delete_link(ipr: IPRoute, ifname: str) -> None:
     """Delete a link by name; one that is already gone counts as deleted."""
     index = link_index(ipr, ifname)

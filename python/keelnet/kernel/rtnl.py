@@ -56,9 +56,11 @@ def _string(value: str) -> bytes:
     return value.encode() + b"\0"
 
 
-def _ifinfo(index: int = 0, up: bool = False) -> bytes:
+def _ifinfo(index: int = 0, up: bool | None = None) -> bytes:
+    """An ifinfomsg that brings the link up (True), down (False) or leaves it (None)."""
     flags = _IFF_UP if up else 0
-    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, flags, _IFF_UP if up else 0)
+    change = 0 if up is None else _IFF_UP
+    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, flags, change)
 
 
 def _mac(text: str) -> bytes:
@@ -137,19 +139,23 @@ def add_veth(
     *,
     master: int,
     peer_ifname: str,
-    peer_netns_fd: int,
+    peer_netns_fd: int | None,
     peer_mac: str,
     mtu: int | None,
 ) -> Request:
-    """Create a veth pair, the host end up, the peer straight inside another namespace.
+    """Create a veth pair, the host end up, the peer straight inside another namespace
+    (`peer_netns_fd`; None: beside the host end, for someone else to move).
 
     The peer stays down: opening it before its partner exists fails with ENOTCONN.
     """
     size = _attr(_IFLA_MTU, struct.pack("=I", mtu)) if mtu else b""
+    where = (
+        b"" if peer_netns_fd is None else _attr(_IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
+    )
     peer = (
         _ifinfo()
         + _attr(_IFLA_IFNAME, _string(peer_ifname))
-        + _attr(_IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
+        + where
         + _attr(_IFLA_ADDRESS, _mac(peer_mac))
         + size
     )
@@ -167,7 +173,7 @@ def add_veth(
     return Request(_RTM_NEWLINK, _F_REQUEST | _F_ACK | _F_CREATE | _F_EXCL, create)
 
 
-def set_link(ifname: str, *, alias: str | None = None, up: bool = False) -> Request:
+def set_link(ifname: str, *, alias: str | None = None, up: bool | None = None) -> Request:
     body = _ifinfo(up=up) + _attr(_IFLA_IFNAME, _string(ifname))
     if alias is not None:
         body += _attr(_IFLA_IFALIAS, _string(alias))
@@ -187,12 +193,29 @@ def add_default_route(index: int, gateway: str | None, *, version: int = 4) -> R
     """A default route via `gateway`, or straight out of the device when it is None."""
     if gateway is not None:
         version = ipaddress.ip_address(gateway).version
-    family = socket.AF_INET6 if version == 6 else socket.AF_INET
-    scope = 0 if gateway else _RT_SCOPE_LINK
+    return add_route(index, "::/0" if version == 6 else "0.0.0.0/0", gateway)
+
+
+def add_route(index: int, destination: str, next_hop: str | None) -> Request:
+    """A route to `destination` via `next_hop`, or straight out of the device (None)."""
+    network = ipaddress.ip_network(destination, strict=False)
+    family = socket.AF_INET6 if network.version == 6 else socket.AF_INET
+    scope = 0 if next_hop else _RT_SCOPE_LINK
     body = struct.pack(
-        "=BBBBBBBBI", family, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, scope, _RTN_UNICAST, 0
+        "=BBBBBBBBI",
+        family,
+        network.prefixlen,
+        0,
+        0,
+        _RT_TABLE_MAIN,
+        _RTPROT_BOOT,
+        scope,
+        _RTN_UNICAST,
+        0,
     )
-    if gateway is not None:
-        body += _attr(_RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+    if network.prefixlen:
+        body += _attr(_RTA_DST, network.network_address.packed)
+    if next_hop is not None:
+        body += _attr(_RTA_GATEWAY, ipaddress.ip_address(next_hop).packed)
     body += _attr(_RTA_OIF, struct.pack("=I", index))
     return Request(_RTM_NEWROUTE, _F_REQUEST | _F_ACK | _F_CREATE, body)

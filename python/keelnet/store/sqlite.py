@@ -18,39 +18,65 @@ from typing import Any
 
 from keelnet.errors import CorruptState, KeelnetError
 from keelnet.ipam import AddressPool, SubnetPools
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import Endpoint, IpamConfig, IpamPool, Network, PortMapping, Sandbox
 
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS networks (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
-    dataplane TEXT NOT NULL, created TEXT NOT NULL, ipv6 INTEGER NOT NULL,
-    internal INTEGER NOT NULL, options TEXT NOT NULL, labels TEXT NOT NULL,
-    ipam TEXT NOT NULL, kernel_name TEXT, subnets_from_defaults TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS address_pools (
-    network_id TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
-    version INTEGER NOT NULL, pool BLOB NOT NULL, PRIMARY KEY (network_id, version)
-);
-CREATE TABLE IF NOT EXISTS sandboxes (
-    name TEXT PRIMARY KEY, path TEXT NOT NULL, owned INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS endpoints (
-    id TEXT PRIMARY KEY,
-    network_id TEXT NOT NULL REFERENCES networks(id),
-    sandbox TEXT NOT NULL REFERENCES sandboxes(name),
-    ip TEXT, ipv6 TEXT, mac TEXT NOT NULL, ifname TEXT NOT NULL, host_ifname TEXT,
-    gateway TEXT, ipv6_gateway TEXT, aliases TEXT NOT NULL,
-    UNIQUE (network_id, sandbox)
-);
-CREATE TABLE IF NOT EXISTS ports (
-    network_id TEXT NOT NULL REFERENCES networks(id), sandbox TEXT NOT NULL,
-    host_ip TEXT NOT NULL, host_port INTEGER NOT NULL, proto TEXT NOT NULL,
-    container_port INTEGER NOT NULL, container_ip TEXT, container_ipv6 TEXT,
-    PRIMARY KEY (host_ip, host_port, proto)
-);
-"""
+_SCHEMA_VERSION = 2
+#: Each table as the current schema has it.
+_TABLES = {
+    "meta": "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    "networks": """CREATE TABLE IF NOT EXISTS networks (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
+        dataplane TEXT NOT NULL, created TEXT NOT NULL, ipv6 INTEGER NOT NULL,
+        internal INTEGER NOT NULL, options TEXT NOT NULL, labels TEXT NOT NULL,
+        ipam TEXT NOT NULL, kernel_name TEXT, subnets_from_defaults TEXT NOT NULL,
+        ipam_driver TEXT NOT NULL DEFAULT 'default', ipam_options TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "address_pools": """CREATE TABLE IF NOT EXISTS address_pools (
+        network_id TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL, pool BLOB NOT NULL, PRIMARY KEY (network_id, version)
+    )""",
+    "sandboxes": """CREATE TABLE IF NOT EXISTS sandboxes (
+        name TEXT PRIMARY KEY, path TEXT NOT NULL, owned INTEGER NOT NULL,
+        transient INTEGER NOT NULL DEFAULT 0
+    )""",
+    # sandbox is NULL while an endpoint is created but not joined (Docker's flow).
+    "endpoints": """CREATE TABLE IF NOT EXISTS endpoints (
+        id TEXT PRIMARY KEY,
+        network_id TEXT NOT NULL REFERENCES networks(id),
+        sandbox TEXT REFERENCES sandboxes(name),
+        ip TEXT, ipv6 TEXT, mac TEXT NOT NULL, ifname TEXT NOT NULL, host_ifname TEXT,
+        gateway TEXT, ipv6_gateway TEXT, aliases TEXT NOT NULL,
+        driver_data TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (network_id, sandbox)
+    )""",
+    "ports": """CREATE TABLE IF NOT EXISTS ports (
+        network_id TEXT NOT NULL REFERENCES networks(id), sandbox TEXT NOT NULL,
+        host_ip TEXT NOT NULL, host_port INTEGER NOT NULL, proto TEXT NOT NULL,
+        container_port INTEGER NOT NULL, container_ip TEXT, container_ipv6 TEXT,
+        PRIMARY KEY (host_ip, host_port, proto)
+    )""",
+    # keelnet's IPAM as Docker's IPAM driver: pools by id, with a reference count.
+    "ipam_pools": """CREATE TABLE IF NOT EXISTS ipam_pools (
+        id TEXT PRIMARY KEY, address_space TEXT NOT NULL, subnet TEXT NOT NULL,
+        sub_pool TEXT NOT NULL, v6 INTEGER NOT NULL, refs INTEGER NOT NULL,
+        from_defaults INTEGER NOT NULL, pool BLOB NOT NULL
+    )""",
+}
+#: The statements that take a store from schema version N to N + 1.
+_MIGRATIONS = {
+    # 1 -> 2: endpoints without a sandbox (created, not yet joined: Docker's flow), what
+    # drivers keep per endpoint, sandboxes adopted by a join, who allocates a network's
+    # addresses, and the pools of keelnet's IPAM as Docker's IPAM driver.
+    1: [
+        "ALTER TABLE networks ADD COLUMN ipam_driver TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE networks ADD COLUMN ipam_options TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE sandboxes ADD COLUMN transient INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE endpoints RENAME TO endpoints_v1",
+        _TABLES["endpoints"],
+        "INSERT INTO endpoints SELECT *, '{}' FROM endpoints_v1",
+        "DROP TABLE endpoints_v1",
+    ],
+}
 
 
 def default_state_dir(netns: str | None) -> Path:
@@ -76,14 +102,21 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._in_transaction = False
         with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
+            self._db.execute(_TABLES["meta"])
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
-            elif str(row["value"]) != str(_SCHEMA_VERSION):
-                raise CorruptState(f"{self.path}: unknown store schema {row['value']}")
+            text = str(_SCHEMA_VERSION) if row is None else str(row["value"])
+            version = int(text) if text.isdigit() else 0
+            if not 1 <= version <= _SCHEMA_VERSION:
+                raise CorruptState(f"{self.path}: unknown store schema {text}")
+            while version < _SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    self._db.execute(statement)
+                version += 1
+            for statement in _TABLES.values():
+                self._db.execute(statement)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),)
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -125,7 +158,7 @@ class Store:
 
     def add_network(self, network: Network, subnets_from_defaults: list[str]) -> None:
         self._db.execute(
-            "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 network.id,
                 network.name,
@@ -139,6 +172,8 @@ class Store:
                 json.dumps([_ipam_json(c) for c in network.ipam]),
                 network.kernel_name,
                 json.dumps(subnets_from_defaults),
+                network.ipam_driver,
+                json.dumps(network.ipam_options),
             ),
         )
 
@@ -180,15 +215,16 @@ class Store:
 
     def find_sandbox(self, name: str) -> Sandbox | None:
         row = self._db.execute("SELECT * FROM sandboxes WHERE name=?", (name,)).fetchone()
-        return Sandbox(row["name"], row["path"], bool(row["owned"])) if row else None
+        return _sandbox(row) if row else None
 
     def sandboxes(self) -> list[Sandbox]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY name").fetchall()
-        return [Sandbox(r["name"], r["path"], bool(r["owned"])) for r in rows]
+        return [_sandbox(row) for row in rows]
 
     def add_sandbox(self, sandbox: Sandbox) -> None:
         self._db.execute(
-            "INSERT INTO sandboxes VALUES (?,?,?)", (sandbox.name, sandbox.path, int(sandbox.owned))
+            "INSERT INTO sandboxes VALUES (?,?,?,?)",
+            (sandbox.name, sandbox.path, int(sandbox.owned), int(sandbox.transient)),
         )
 
     def remove_sandbox(self, name: str) -> None:
@@ -215,13 +251,23 @@ class Store:
             args.append(sandbox)
         return list(self._db.execute(f"{query} ORDER BY {order_by}", args).fetchall())
 
+    def find_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        row = self._db.execute("SELECT * FROM endpoints WHERE id=?", (endpoint_id,)).fetchone()
+        return _endpoint(row) if row else None
+
+    def set_endpoint_sandbox(self, endpoint_id: str, sandbox: str) -> None:
+        """Join ("": leave) the endpoint to the sandbox of that name."""
+        self._db.execute(
+            "UPDATE endpoints SET sandbox=? WHERE id=?", (sandbox or None, endpoint_id)
+        )
+
     def add_endpoint(self, ep: Endpoint) -> None:
         self._db.execute(
-            "INSERT INTO endpoints VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO endpoints VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 ep.id,
                 ep.network_id,
-                ep.sandbox,
+                ep.sandbox or None,
                 ep.ip,
                 ep.ipv6,
                 ep.mac,
@@ -230,6 +276,7 @@ class Store:
                 ep.gateway,
                 ep.ipv6_gateway,
                 json.dumps(list(ep.aliases)),
+                json.dumps(ep.driver_data),
             ),
         )
 
@@ -281,6 +328,34 @@ class Store:
         )
         return cursor.rowcount
 
+    # --- pools of keelnet's IPAM as Docker's IPAM driver -----------------------------------
+
+    def ipam_pool(self, pool_id: str) -> IpamPool | None:
+        row = self._db.execute("SELECT * FROM ipam_pools WHERE id=?", (pool_id,)).fetchone()
+        return _ipam_pool(row) if row else None
+
+    def ipam_pools(self) -> list[IpamPool]:
+        rows = self._db.execute("SELECT * FROM ipam_pools ORDER BY subnet").fetchall()
+        return [_ipam_pool(row) for row in rows]
+
+    def save_ipam_pool(self, pool: IpamPool) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO ipam_pools VALUES (?,?,?,?,?,?,?,?)",
+            (
+                pool.id,
+                pool.address_space,
+                pool.subnet,
+                pool.sub_pool or "",
+                int(pool.v6),
+                pool.refs,
+                int(pool.from_defaults),
+                pool.addresses.to_bytes(),
+            ),
+        )
+
+    def remove_ipam_pool(self, pool_id: str) -> None:
+        self._db.execute("DELETE FROM ipam_pools WHERE id=?", (pool_id,))
+
 
 class PortTaken(KeelnetError):
     """The (host_ip, host_port, proto) key is already used; Host turns it into PortInUse."""
@@ -292,6 +367,7 @@ def _ipam_json(config: IpamConfig) -> dict[str, Any]:
         "gateway": config.gateway,
         "ip_range": config.ip_range,
         "aux_addresses": config.aux_addresses,
+        "pool_id": config.pool_id,
     }
 
 
@@ -308,7 +384,26 @@ def _network(row: sqlite3.Row) -> Network:
         options=json.loads(row["options"]),
         labels=json.loads(row["labels"]),
         kernel_name=row["kernel_name"],
+        ipam_driver=row["ipam_driver"],
+        ipam_options=json.loads(row["ipam_options"]),
     )
+
+
+def _ipam_pool(row: sqlite3.Row) -> IpamPool:
+    return IpamPool(
+        id=row["id"],
+        address_space=row["address_space"],
+        subnet=row["subnet"],
+        sub_pool=row["sub_pool"] or None,
+        v6=bool(row["v6"]),
+        refs=int(row["refs"]),
+        from_defaults=bool(row["from_defaults"]),
+        addresses=AddressPool.from_bytes(bytes(row["pool"])),
+    )
+
+
+def _sandbox(row: sqlite3.Row) -> Sandbox:
+    return Sandbox(row["name"], row["path"], bool(row["owned"]), bool(row["transient"]))
 
 
 def _endpoint(row: sqlite3.Row) -> Endpoint:
@@ -321,7 +416,8 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
         ipv6_gateway=row["ipv6_gateway"],
         id=row["id"],
         network_id=row["network_id"],
-        sandbox=row["sandbox"],
+        sandbox=row["sandbox"] or "",
         host_ifname=row["host_ifname"],
         aliases=tuple(json.loads(row["aliases"])),
+        driver_data=json.loads(row["driver_data"]),
     )

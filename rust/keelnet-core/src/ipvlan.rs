@@ -678,7 +678,7 @@ impl Ipvlan {
     pub fn add_slave(
         &self,
         name: &str,
-        sandbox: PathBuf,
+        sandbox: Option<PathBuf>,
         ifname: &str,
         addresses: &[IpAddr],
         mtu: Option<u32>,
@@ -709,7 +709,7 @@ impl Ipvlan {
         }
         let mut config = TapConfig::new(ifname);
         config.host_netns = self.netns.clone();
-        config.sandbox_netns = Some(sandbox);
+        config.sandbox_netns = sandbox;
         config.mac = Some(self.parent_mac());
         config.mtu = Some(mtu.unwrap_or(self.parent_mtu));
         // l3 routes every packet through raw sockets: whole, checksummed packets only.

@@ -55,7 +55,7 @@ impl PyIpvlan {
         &self,
         py: Python<'_>,
         name: &str,
-        sandbox: &str,
+        sandbox: Option<&str>,
         ifname: &str,
         addresses: Vec<String>,
         mtu: Option<u32>,
@@ -64,7 +64,7 @@ impl PyIpvlan {
             .iter()
             .map(|text| parse_ip(text))
             .collect::<PyResult<Vec<IpAddr>>>()?;
-        let sandbox = netns::resolve(sandbox).map_err(to_py)?;
+        let sandbox = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
         let ipvlan = self.inner.get()?;
         py.detach(|| ipvlan.add_slave(name, sandbox, ifname, &addresses, mtu))
             .map_err(to_py)

@@ -257,11 +257,14 @@ pub(crate) struct Engine {
     deferred: Option<Deferred>,
 }
 
-/// Errors that mean the port's device is gone (or the descriptor unusable).
+/// Errors that mean the port's device is gone (or the descriptor unusable). Not `EIO`:
+/// a TAP answers writes with it while it is down, as it is for a moment when moved into
+/// another namespace (Docker moves the TAPs keelnet hands it); a TAP that is really gone
+/// answers `EBADFD`.
 fn device_gone(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
-        Some(libc::EBADFD | libc::EBADF | libc::EIO | libc::ENXIO | libc::ENODEV | libc::EPIPE)
+        Some(libc::EBADFD | libc::EBADF | libc::ENXIO | libc::ENODEV | libc::EPIPE)
     )
 }
 
