@@ -721,9 +721,10 @@ class Host:
 
     def _sandbox_at(self, path: str) -> Sandbox:
         """The sandbox of the namespace at `path`: a known one, else adopted for as long
-        as endpoints are joined to it (transient)."""
-        if not netns_sandbox.is_netns(path):
-            raise SandboxNotFound(f"sandbox key {path!r}: no network namespace there")
+        as endpoints are joined to it (transient). The namespace may not be there yet:
+        dockerd joins a container's endpoints before runc makes its namespace."""
+        if not os.path.isabs(path) or (os.path.exists(path) and not netns_sandbox.is_netns(path)):
+            raise SandboxNotFound(f"sandbox key {path!r} is not a network namespace's path")
         for box in self.store.sandboxes():
             if box.path == path:
                 return box

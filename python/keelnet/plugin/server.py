@@ -184,3 +184,36 @@ async def _serve(
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def run(
+    name: str,
+    *,
+    netns: str | None = None,
+    state_dir: str | None = None,
+    path: Path | None = None,
+    record: Path | None = None,
+) -> int:
+    """`keelnet plugin`: serve until SIGTERM or SIGINT; prints one line once serving."""
+    import signal
+
+    path = path or socket_path(name)
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(record.open("a")) if record is not None else None
+            serve(
+                path,
+                lambda: Host(netns=netns, state_dir=state_dir),
+                stop=stop,
+                ready=lambda: print(f"keelnet plugin: serving {path}", flush=True),
+                record=log,
+            )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("keelnet plugin: stopped", flush=True)
+    return 0
