@@ -67,7 +67,8 @@ def forward(
     return int(answer["status"]), str(answer["stdout"]), str(answer["stderr"])
 
 
-def _answer(host: Host, request: bytes, run: Runner) -> dict[str, object]:
+def answer(host: Host, request: bytes, run: Runner) -> dict[str, object]:
+    """Run one forwarded command; its exit code, stdout and stderr."""
     out, err = io.StringIO(), io.StringIO()
     try:
         argv = json.loads(request)["argv"]
@@ -93,32 +94,46 @@ def serve(args: argparse.Namespace, run: Runner) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with (
-            Host(netns=args.netns, state_dir=args.state_dir) as host,
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server,
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            server.bind(str(path))
-            os.chmod(path, 0o600)
-            server.listen(16)
-            server.settimeout(0.2)
-            print(f"keelnet agent: serving {path}", flush=True)
-            try:
-                while not stop.is_set():
-                    try:
-                        conn, _ = server.accept()
-                    except TimeoutError:
-                        continue
-                    with conn:
-                        conn.settimeout(30)
-                        answer = _answer(host, _read_all(conn), run)
-                        conn.sendall(json.dumps(answer).encode())
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        with Host(netns=args.netns, state_dir=args.state_dir) as host:
+            serve_socket(
+                path,
+                lambda request: answer(host, request, run),
+                stop,
+                ready=lambda: print(f"keelnet agent: serving {path}", flush=True),
+            )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("keelnet agent: stopped", flush=True)
     return 0
+
+
+def serve_socket(
+    path: Path,
+    respond: Callable[[bytes], dict[str, object]],
+    stop: threading.Event,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Answer CLI commands on the agent socket at `path`, one at a time, until `stop`
+    (`keelnet plugin` serves it beside the plugin, from a thread of its own)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server.bind(str(path))
+        os.chmod(path, 0o600)
+        server.listen(16)
+        server.settimeout(0.2)
+        if ready is not None:
+            ready()
+        try:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.settimeout(30)
+                    conn.sendall(json.dumps(respond(_read_all(conn))).encode())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

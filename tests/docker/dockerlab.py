@@ -30,7 +30,7 @@ from pyroute2 import IPRoute
 PLUGIN_DIR = Path("/run/docker/plugins")
 LOCK = Path("/run/lock/keelnet-docker-tests.lock")
 #: What the test containers run: busybox's applets (sh, ping, httpd, wget, nc, ip...).
-APPLETS_FROM = Path("/bin/busybox")
+APPLETS_FROM = Path(shutil.which("busybox") or "/bin/busybox")
 
 
 def docker(*argv: str, check: bool = True, timeout: float = 120, host: str | None = None) -> str:
@@ -155,8 +155,8 @@ class Plugin:
         return PLUGIN_DIR / f"{self.name}.sock"
 
     def start(self, timeout: float = 60) -> None:
-        command = [sys.executable, "-m", "keelnet.plugin", "--name", self.name]
-        command += ["--state-dir", str(self.state_dir)]
+        command = [sys.executable, "-m", "keelnet.cli", "--state-dir", str(self.state_dir)]
+        command += ["plugin", "--name", self.name]
         if self.record is not None:
             command += ["--record", str(self.record)]
         self.process = subprocess.Popen(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -415,3 +417,20 @@ def test_network_keelnet_does_not_know_gets_a_clear_error(lab: DockerLab, tmp_pa
         lab.plugin.stop()
         lab.plugin.state_dir = session_state
         lab.plugin.start()
+
+
+def test_keelnet_commands_are_served_by_the_plugin(lab: DockerLab, state_dir: Path) -> None:
+    net = lab.network("cli", "--subnet", "10.213.19.0/24")
+    box = lab.run("box", "--network", net)
+    name = f"docker-{network_id(lab, net)[:12]}"
+    command = [sys.executable, "-m", "keelnet.cli", "--state-dir", str(state_dir)]
+    listed = subprocess.run(
+        [*command, "network", "inspect", name], capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    inspected = json.loads(listed.stdout)[0]
+    assert inspected["IPAM"]["Driver"] == "external"  # dockerd's IPAM gave the addresses
+    (container,) = inspected["Containers"].values()
+    assert container["IPv4Address"] == f"{lab.address(box, net)}/24"
+    # The plugin's process answered (its agent socket), not a second Host of the store.
+    assert (state_dir / "agent.sock").is_socket()

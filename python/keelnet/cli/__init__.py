@@ -1,6 +1,6 @@
 """The `keelnet` command line: Docker's verbs and flags.
 
-One module per noun (`network`, `sandbox`, `port`, `agent`), as Docker's CLI keeps
+One module per noun (`network`, `sandbox`, `port`, `agent`, `plugin`), as Docker's CLI keeps
 `cli/command/network/*.go`; each adds its verbs to the parser with `add_commands`.
 """
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 import keelnet
-from keelnet.cli import agent, network, port, sandbox
+from keelnet.cli import agent, network, plugin, port, sandbox
 from keelnet.cli._common import Handler, error
 from keelnet.errors import KeelnetError
 from keelnet.host import Host
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(standalone=run_demo)
     agent.add_commands(commands)
+    plugin.add_commands(commands)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from keelnet.cli._common import Commands, Handler, error
+from keelnet.cli.plugin import add_plugin_flags, run_plugin
 from keelnet.host import Host
 
 
@@ -12,10 +13,18 @@ def add_commands(commands: Commands) -> None:
     agent = commands.add_parser(
         "agent", help="hold this host's userspace data planes and serve keelnet commands"
     )
+    agent.add_argument(
+        "--plugin",
+        action="store_true",
+        help="also serve Docker as its network and IPAM plugin (as `keelnet plugin` does)",
+    )
+    add_plugin_flags(agent)
     agent.set_defaults(standalone=run_agent)
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    if args.plugin:
+        return run_plugin(args)
     from keelnet import agent
 
     return agent.serve(args, run_forwarded)

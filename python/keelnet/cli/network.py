@@ -25,6 +25,10 @@ def add_commands(commands: Commands) -> None:
     create.add_argument("--internal", action="store_true")
     create.add_argument("--ipv6", action="store_true")
     create.add_argument("--label", action="append", metavar="KEY=VALUE")
+    create.add_argument(
+        "--ipam-driver", default="default", help="a Docker IPAM plugin's name (default: keelnet's)"
+    )
+    create.add_argument("--ipam-opt", action="append", metavar="KEY=VALUE")
     create.set_defaults(handler=create_network)
 
     ls = verbs.add_parser("ls", help="list networks")
@@ -74,6 +78,8 @@ def create_network(host: Host, args: argparse.Namespace) -> int:
         internal=args.internal,
         options=pairs(args.opt, "--opt"),
         labels=labels(args.label),
+        ipam_driver=args.ipam_driver,
+        ipam_options=pairs(args.ipam_opt, "--ipam-opt"),
     )
     print(network.id)
     return 0

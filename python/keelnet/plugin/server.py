@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from keelnet import agent
 from keelnet.errors import KeelnetError
 from keelnet.host import Host
 from keelnet.ipam.allocator import Allocator
@@ -156,14 +157,32 @@ def serve(
     stop: threading.Event,
     ready: Callable[[], None] | None = None,
     record: IO[str] | None = None,
+    commands: agent.Runner | None = None,
 ) -> None:
     """Serve the plugin at `path` until `stop` is set; the Host is opened (reconciled)
-    before the socket appears, and closed after it is gone."""
+    before the socket appears, and closed after it is gone. With `commands`, also serve
+    keelnet's CLI on the agent socket of the Host's state directory, as `keelnet agent`
+    does (the plugin's process holds the userspace data planes)."""
     claim_socket(path)
     owner = HostThread(open_host)
+    cli = None
     try:
+        if commands is not None:
+            runner = commands
+
+            def respond(request: bytes) -> dict[str, object]:
+                return owner.executor.submit(agent.answer, owner.host, request, runner).result()
+
+            agent_path = owner.host.state_dir / agent.SOCKET_NAME
+            cli = threading.Thread(
+                target=agent.serve_socket, args=(agent_path, respond, stop), daemon=True
+            )
+            cli.start()
         asyncio.run(_serve(path, Dispatcher(owner, record), stop, ready))
     finally:
+        stop.set()
+        if cli is not None:
+            cli.join(timeout=30)
         owner.close()
 
 
@@ -193,6 +212,7 @@ def run(
     state_dir: str | None = None,
     path: Path | None = None,
     record: Path | None = None,
+    commands: agent.Runner | None = None,
 ) -> int:
     """`keelnet plugin`: serve until SIGTERM or SIGINT; prints one line once serving."""
     import signal
@@ -211,6 +231,7 @@ def run(
                 stop=stop,
                 ready=lambda: print(f"keelnet plugin: serving {path}", flush=True),
                 record=log,
+                commands=commands,
             )
     finally:
         for sig, handler in previous.items():
