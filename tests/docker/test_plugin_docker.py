@@ -434,3 +434,26 @@ def test_keelnet_commands_are_served_by_the_plugin(lab: DockerLab, state_dir: Pa
     assert container["IPv4Address"] == f"{lab.address(box, net)}/24"
     # The plugin's process answered (its agent socket), not a second Host of the store.
     assert (state_dir / "agent.sock").is_socket()
+
+
+def test_ipvlan(lab: DockerLab) -> None:
+    """ipvlan l2; this kernel has no ipvlan module, so keelnet's userspace emulation serves
+    it where the kernel's is missing (the containers' interfaces are TAPs then)."""
+    with veth_parent(f"{lab.plugin.name}-q") as parent:
+        net = lab.network(
+            "iv",
+            "-o",
+            "keelnet.driver=ipvlan",
+            "-o",
+            f"parent={parent}",
+            "--subnet",
+            "10.213.20.0/24",
+        )
+        a = lab.run("a", "--network", net)
+        b = lab.run("b", "--network", net)
+        with IPRoute() as ipr:
+            parent_mac = ipr.link("get", index=ipr.link_lookup(ifname=parent)[0])[0].get("address")
+        assert f"link/ether {parent_mac}" in lab.exec(a, "ip", "addr", "show", "eth0")
+        assert ping(lab, a, lab.address(b, net))
+        lab.cleanup()
+        assert not any(name.startswith("kn-c") for name in kn_links())

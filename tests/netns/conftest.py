@@ -31,6 +31,7 @@ from netlab import (
 import keelnet
 from keelnet.kernel import links
 from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
+from keelnet.plugin import protocol
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -89,3 +90,13 @@ def host(lab: Lab) -> Iterator[keelnet.Host]:
                 the_host.remove_network(network.name)
         finally:
             the_host.close()
+
+
+@pytest.fixture
+def plugin_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The socket directory keelnet's client looks in (spec directories: none)."""
+    sockets = tmp_path / "plugins"
+    sockets.mkdir()
+    monkeypatch.setattr(protocol, "SOCKET_DIR", sockets)
+    monkeypatch.setattr(protocol, "SPEC_DIRS", (tmp_path / "etc", tmp_path / "usr"))
+    return sockets

@@ -86,7 +86,7 @@ class RemoteDriver(Driver):
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
-        interface = {"MacAddress": endpoint.mac}
+        interface = {"Address": "", "AddressIPv6": "", "MacAddress": endpoint.mac}
         addresses = ((4, endpoint.ip, "Address"), (6, endpoint.ipv6, "AddressIPv6"))
         for version, address, key in addresses:
             config = network.ipam_for(version)

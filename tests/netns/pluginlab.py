@@ -1,0 +1,66 @@
+"""keelnet's plugin served in a test's host namespace, and plugin directories of the test's
+own (so nothing is written where this machine's dockerd looks for plugins)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from netlab import Lab
+
+from keelnet.host import Host
+from keelnet.plugin import protocol
+from keelnet.plugin.server import serve
+
+
+@contextlib.contextmanager
+def served_plugin(lab: Lab, socket_path: Path, state_dir: Path) -> Iterator[None]:
+    """keelnet's plugin on `socket_path`, its Host in the lab's host namespace, served
+    from a thread of this process until the block ends."""
+    stop, ready = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve(
+                socket_path,
+                lambda: Host(netns=lab.host, state_dir=state_dir),
+                stop=stop,
+                ready=ready.set,
+            )
+        except BaseException as exc:
+            failed.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(60) and not failed, failed
+        yield
+    finally:
+        stop.set()
+        thread.join(60)
+
+
+def post(socket_path: Path, method: str, body: Any) -> tuple[int, Any]:
+    """One raw request, as dockerd sends it: status and decoded answer."""
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(str(socket_path))
+
+    connection = Connection("plugin.moby.localhost", timeout=60)
+    try:
+        payload = b"" if body is None else json.dumps(body).encode()
+        connection.request("POST", f"/{method}", body=payload, headers={"Accept": protocol.ACCEPT})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
