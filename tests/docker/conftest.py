@@ -14,13 +14,13 @@ import ipaddress
 import itertools
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dockerlab import (
     DockerLab,
     Plugin,
+    Session,
     build_image,
     docker,
     keelnet_tables,
@@ -39,14 +39,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/docker" in str(item.path):
             item.add_marker(pytest.mark.docker)
-
-
-@dataclass
-class Session:
-    prefix: str
-    plugin: Plugin
-    image: str
-    counter: itertools.count[int]
 
 
 def _routed_clash() -> str | None:

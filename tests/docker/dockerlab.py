@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import io
 import ipaddress
+import itertools
 import json
 import os
 import shutil
@@ -191,6 +192,16 @@ class Plugin:
             self.process.kill()
             self.process.wait(timeout=30)
         self.process = None
+
+
+@dataclass
+class Session:
+    """What a Docker test session shares: its name prefix, plugin and image."""
+
+    prefix: str
+    plugin: Plugin
+    image: str
+    counter: itertools.count[int]
 
 
 @dataclass
