@@ -199,6 +199,7 @@ class Switch(Engine[_core.Switch]):
         mtu: int | None = None,
         isolation: str = "open",
         queues: int = 1,
+        persist: bool = False,
     ) -> None:
         """Add a TAP port ``name`` in ``vni``.
 
@@ -219,13 +220,19 @@ class Switch(Engine[_core.Switch]):
         over the queues, and a switch with several ``workers`` reads them in parallel
         (each queue belongs to one worker; ``stats()["ports"][name]["queue_rx"]`` counts
         frames per queue).
+
+        A ``persist`` TAP outlives the switch (down, with its name, addresses and routes,
+        until a switch attaches to it again); one already there under ``ifname`` is
+        attached to rather than made. ``remove_port`` lets it go.
         """
         if isolation not in ISOLATIONS:
             raise InvalidRequest(f"isolation {isolation!r}: use one of {', '.join(ISOLATIONS)}")
         if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= 16:
             raise InvalidRequest(f"queues must be an integer in 1..16, not {queues!r}")
         device = ifname or ("eth0" if sandbox is not None else name)
-        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation, queues)
+        self._core.add_tap(
+            name, _vni(vni), sandbox, device, mac, mtu, isolation, queues, persist=persist
+        )
 
     def add_packet_port(self, ifname: str, *, vni: int, vlan: int | None = None) -> None:
         """Switch the existing host interface ``ifname`` (a veth, a macvlan parent...) in

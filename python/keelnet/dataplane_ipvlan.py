@@ -72,19 +72,21 @@ class Ipvlan(Engine[_core.Ipvlan]):
         addresses: Sequence[str],
         ifname: str = "eth0",
         mtu: int | None = None,
+        persist: bool = False,
     ) -> None:
         """Create a TAP in the host namespace, move it into ``sandbox`` (a netns name or
         path) as ``ifname``, up, with the parent's MAC; frames for ``addresses`` go to
         it. Addresses and routes inside the sandbox are the caller's to set. With no
         sandbox the TAP stays in the host namespace as ``ifname``, for the caller to
-        move on (a TAP that is down for a while keeps its slave)."""
+        move on (a TAP that is down for a while keeps its slave). A ``persist`` TAP
+        outlives the emulation (see ``Switch.add_tap``)."""
         parsed = []
         for address in addresses:
             try:
                 parsed.append(str(ipaddress.ip_address(address)))
             except ValueError:
                 raise InvalidRequest(f"{address!r} is not an IP address") from None
-        self._core.add_slave(name, sandbox, ifname, parsed, mtu)
+        self._core.add_slave(name, sandbox, ifname, parsed, mtu, persist)
 
     def remove_slave(self, name: str) -> None:
         """Remove a slave; its TAP vanishes. An unknown name raises NotFound."""

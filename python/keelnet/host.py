@@ -55,6 +55,7 @@ from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import (
     DEFAULT_IPAM,
     EXTERNAL_IPAM,
+    HANDOVER_PREFIX,
     Endpoint,
     IpamConfig,
     JoinInfo,
@@ -625,7 +626,7 @@ class Host:
                 if ip is not None and ipv6 is not None:
                     raise InvalidRequest("ask for one address: the other family's is allocated")
                 addresses = self._allocate(net, ip or ipv6, undo)
-            staging = f"kn-c{endpoint_id[:11]}"
+            staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
             driver.create_endpoint(self._ctx, net, endpoint, None)
             undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
@@ -913,12 +914,12 @@ class Host:
         return removed
 
     def _restore_userspace(self, network: Network) -> int:
-        """Re-create the endpoints whose interface the sandbox lost: a userspace plane's
-        TAPs die with the process that ran it. Endpoints whose interface is there are
-        served by this or another running process and are left alone. A handed-over
-        endpoint (Docker's) that was never joined gets its TAP back in the host's
-        namespace; a joined one, in its sandbox, set up as `join` does (under its
-        staging name: the one Docker gave it died with it)."""
+        """Serve again the endpoints no running plane serves: a userspace plane's TAPs
+        die with the process that ran it, and are made again in their sandbox (set up as
+        `join` does). A handed-over endpoint's TAP (Docker's) is persistent: it waits,
+        set up as dockerd left it, without carrier, to be attached to again; one never
+        joined waits in the host's namespace. A TAP with carrier is served by this or
+        another running process and is left alone."""
         driver = get_driver(network.driver)
         restored = 0
         for endpoint in self.store.endpoints(network_id=network.id):
@@ -927,19 +928,24 @@ class Host:
             if path is not None and not netns_sandbox.exists(path):
                 continue
             with iproute(path) as ipr:
-                if links.endpoint_link(ipr, network.id, endpoint.id) is not None:
+                found = links.endpoint_link(ipr, network.id, endpoint.id)
+                if found is None and path is not None and not endpoint.handed_over:
+                    # not marked yet: `join` was cut short, the link is there
+                    found = endpoint.ifname if links.link_index(ipr, endpoint.ifname) else None
+                if found is not None and (
+                    links.has_carrier(ipr, found) or not endpoint.handed_over
+                ):
                     continue
-                if path is not None and links.link_index(ipr, endpoint.ifname) is not None:
-                    continue  # not marked yet: `join` was cut short, the link is there
             try:
                 driver.create_endpoint(self._ctx, network, endpoint, path)
-                if path is not None:
+                if path is not None and found is None:
                     driver.join(self._ctx, network, endpoint, path)
             except KeelnetError:
                 # The Host must start even when a parent is gone; the endpoint stays in
                 # the store and the next reconcile tries again.
-                with contextlib.suppress(KeelnetError):
-                    driver.leave(self._ctx, network, endpoint, path)
+                if found is None:
+                    with contextlib.suppress(KeelnetError):
+                        driver.leave(self._ctx, network, endpoint, path)
                 continue
             restored += 1
         return restored

@@ -14,6 +14,9 @@ from keelnet.ipam import AddressPool
 EXTERNAL_IPAM = "external"
 #: keelnet's own address management (`Network.ipam_driver`).
 DEFAULT_IPAM = "default"
+#: The host-side name of an endpoint's interface waiting to be moved into its sandbox by
+#: the caller that joins it (dockerd): `kn-c` + the endpoint id's first 11 digits.
+HANDOVER_PREFIX = "kn-c"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,12 @@ class Endpoint:
     aliases: tuple[str, ...] = ()
     #: What the network's driver keeps about the endpoint (a remote plugin's interface name).
     driver_data: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def handed_over(self) -> bool:
+        """Made for a caller that joins it itself (Docker): keelnet keeps its staging name
+        as `ifname`, whatever the caller renamed it to in the sandbox."""
+        return self.ifname.startswith(HANDOVER_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -390,17 +390,24 @@ def test_plugin_killed_and_restarted(lab: DockerLab) -> None:
     b = lab.run("b", "--network", kernel)
     c = lab.run("c", "--network", user)
     d = lab.run("d", "--network", user)
+    address_c = lab.address(c, user)
     lab.plugin.kill()
     # The kernel's data plane needs no plugin: the containers keep talking.
     assert ping(lab, a, lab.address(b, kernel))
+    # The userspace plane died with it, but the container keeps its TAP as dockerd set it
+    # up (persistent: named eth0, its address, its routes), waiting without carrier.
+    assert container_links(lab, c)["eth0"] == "tun"
+    assert f"inet {address_c}/24" in lab.exec(c, "ip", "addr", "show", "eth0")
+    assert "NO-CARRIER" in lab.exec(c, "ip", "link", "show", "eth0")
     lab.plugin.start()
     assert ping(lab, a, lab.address(b, kernel))
-    # The userspace plane died with the plugin; the restarted one serves again.
-    assert ping(lab, c, lab.address(d, user))
+    assert ping(lab, d, address_c)  # the restarted plane attached to the same TAPs
+    assert "default via 10.213.17.1 dev eth0" in lab.exec(c, "ip", "route")
     # Later requests succeed: a new container, then teardown through the new process.
     e = lab.run("e", "--network", kernel)
     assert ping(lab, e, lab.address(a, kernel))
     lab.cleanup()
+    assert not [name for name in kn_links() if name.startswith("kn-c")]
 
 
 def test_network_keelnet_does_not_know_gets_a_clear_error(lab: DockerLab, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from keelnet.errors import (
     NotFound,
 )
 from keelnet.kernel import links, rtnl
+from keelnet.kernel.namespaces import iproute
 from keelnet.model import Endpoint
 
 
@@ -130,27 +131,44 @@ def add_sandbox_tap(
     isolation: str,
 ) -> None:
     """The endpoint's TAP port on `switch`, moved into the sandbox as its interface; with
-    no sandbox, left in the host's namespace, down and marked, for the caller to move."""
+    no sandbox, left in the host's namespace, down and marked, for the caller to move. A
+    handed-over endpoint's TAP persists (see `tap_name`)."""
+    ifname, left = tap_name(endpoint, sandbox_path)
     try:
         switch.add_tap(
             endpoint.id,
             vni=0,
             sandbox=sandbox_path,
-            ifname=endpoint.ifname,
+            ifname=ifname,
             mac=endpoint.mac,
             mtu=mtu,
             isolation=isolation,
+            persist=endpoint.handed_over,
         )
     except DataplaneError as exc:
         if exc.errno == errno.EEXIST:
             raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
         raise
-    if sandbox_path is None:
+    if sandbox_path is None and not left:
         try:
             mark_handed_over(ctx, endpoint)
         except BaseException:
             remove_sandbox_tap(switch, endpoint)
             raise
+
+
+def tap_name(endpoint: Endpoint, sandbox_path: str | None) -> tuple[str, bool]:
+    """The name to make the endpoint's TAP under, and whether it is already there.
+
+    A handed-over endpoint's TAP is persistent: when the plane's process dies, it stays
+    where dockerd put it, under the name dockerd gave it (found by its mark), with its
+    addresses and routes, and a new plane attaches to it."""
+    if endpoint.handed_over:
+        with iproute(sandbox_path) as ipr:
+            left = links.endpoint_link(ipr, endpoint.network_id, endpoint.id)
+        if left is not None:
+            return left, True
+    return endpoint.ifname, False
 
 
 def mark_handed_over(ctx: HostContext, endpoint: Endpoint) -> None:

@@ -145,16 +145,21 @@ class IpvlanDriver(LowerDeviceDriver):
             return
         addresses = [a for a in (endpoint.ip, endpoint.ipv6) if a is not None]
         plane = self._plane(ctx, network)
+        ifname, left = _userspace.tap_name(endpoint, sandbox_path)
         try:
             plane.add_slave(
-                endpoint.id, sandbox=sandbox_path, addresses=addresses, ifname=endpoint.ifname
+                endpoint.id,
+                sandbox=sandbox_path,
+                addresses=addresses,
+                ifname=ifname,
+                persist=endpoint.handed_over,
             )
         except DataplaneError as exc:
             if exc.errno == errno.EEXIST:
                 raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
             raise
         try:
-            if sandbox_path is None:  # handed over: marked here, moved by the caller
+            if sandbox_path is None and not left:  # handed over: marked, moved by the caller
                 _userspace.mark_handed_over(ctx, endpoint)
                 if self._mode(network) == "l3":
                     _set_noarp(ctx.ipr, endpoint.ifname)

@@ -65,6 +65,14 @@ def endpoint_link(ipr: IPRoute, network_id: str, endpoint_id: str) -> str | None
     return None
 
 
+def has_carrier(ipr: IPRoute, ifname: str) -> bool:
+    """Whether the link has carrier (a TAP has none while no process holds it)."""
+    index = link_index(ipr, ifname)
+    if index is None:
+        return False
+    return bool(ipr.link("get", index=index)[0].get("carrier"))
+
+
 def delete_link(ipr: IPRoute, ifname: str) -> None:
     """Delete a link by name; one that is already gone counts as deleted."""
     index = link_index(ipr, ifname)

@@ -686,6 +686,7 @@ impl Ipvlan {
         ifname: &str,
         addresses: &[IpAddr],
         mtu: Option<u32>,
+        persist: bool,
     ) -> io::Result<()> {
         if name.is_empty() {
             return Err(invalid("a slave needs a name".to_owned()));
@@ -714,6 +715,7 @@ impl Ipvlan {
         let mut config = TapConfig::new(ifname);
         config.host_netns = self.netns.clone();
         config.sandbox_netns = sandbox;
+        config.persist = persist;
         config.mac = Some(self.parent_mac());
         config.mtu = Some(mtu.unwrap_or(self.parent_mtu));
         // l3 routes every packet through raw sockets: whole, checksummed packets only.
@@ -770,6 +772,7 @@ impl Ipvlan {
                 }
             }
             self.shared.poller.remove(slave.tap.as_raw_fd());
+            let _ = slave.tap.release(); // a persistent TAP goes with the slave
         }
         Ok(())
     }

@@ -78,7 +78,7 @@ impl PySwitch {
         })
     }
 
-    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open", queues=1))]
+    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open", queues=1, persist=false))]
     #[allow(clippy::too_many_arguments)]
     fn add_tap(
         &self,
@@ -91,6 +91,7 @@ impl PySwitch {
         mtu: Option<u32>,
         isolation: &str,
         queues: usize,
+        persist: bool,
     ) -> PyResult<()> {
         let isolation = Isolation::parse(isolation).ok_or_else(|| {
             InvalidRequest::new_err(format!(
@@ -102,6 +103,7 @@ impl PySwitch {
         config.mac = mac.map(parse_mac).transpose()?;
         config.mtu = mtu;
         config.queues = queues;
+        config.persist = persist;
         let switch = self.inner.get()?;
         py.detach(|| switch.add_tap(name, vni, config, isolation))
             .map_err(to_py)

@@ -7,7 +7,9 @@
 //! what makes a userspace switch fast (see BENCHMARKS.md).
 //!
 //! The device lives as long as its descriptor: dropping a [`Tap`] removes the interface,
-//! in whatever namespace it is.
+//! in whatever namespace it is. A persistent one ([`TapConfig::persist`], what keelnet
+//! hands Docker) outlives it, down but kept with its name, addresses and routes, until a
+//! later switch attaches to it again or [`Tap::release`] lets it go.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -56,6 +58,9 @@ pub struct TapConfig {
     /// Queues (`IFF_MULTI_QUEUE` when more than one): one descriptor each; the sandbox's
     /// kernel spreads its flows over them, so several workers can read one port.
     pub queues: usize,
+    /// The device outlives the descriptors (`TUNSETPERSIST`); when a TAP named `ifname`
+    /// already is where the device goes, it is attached to, not made anew.
+    pub persist: bool,
 }
 
 /// Most queues a TAP port takes (the kernel allows 256).
@@ -72,6 +77,7 @@ impl TapConfig {
             offloads: offload::DEFAULT,
             vnet_hdr_len: VNET_HDR_LEN,
             queues: 1,
+            persist: false,
         }
     }
 }
@@ -86,6 +92,7 @@ pub struct Tap {
     mac: MacAddr,
     mtu: u32,
     offloads: u32,
+    persist: bool,
 }
 
 const TUNGETIFF: libc::Ioctl = 0x800454d2u32 as libc::Ioctl;
@@ -105,6 +112,15 @@ impl Tap {
                 ),
             ));
         }
+        let home = config
+            .sandbox_netns
+            .clone()
+            .or_else(|| config.host_netns.clone());
+        if config.persist
+            && netns::run_in(home.as_deref(), || sys::interface_index(&config.ifname)).is_ok()
+        {
+            return Tap::attach(config, home);
+        }
         let staged_name = if config.sandbox_netns.is_some() {
             // A kernel-numbered temporary name: the final one may be taken in the host.
             "kn-tap%d".to_owned()
@@ -120,6 +136,9 @@ impl Tap {
                     config.vnet_hdr_len,
                     multi_queue,
                 )?;
+                if config.persist {
+                    set_persist(&fd, true)?;
+                }
                 let mut queues = vec![fd];
                 // Further queues attach by name, here, before the device moves.
                 while queues.len() < config.queues {
@@ -163,12 +182,55 @@ impl Tap {
             mac,
             mtu,
             offloads: config.offloads,
+            persist: config.persist,
         };
         if config.sandbox_netns.is_some() {
             let ifname = tap.ifname.clone();
             netns::run_in(tap.netns.as_deref(), move || sys::set_up(&ifname))?;
         }
         Ok(tap)
+    }
+
+    /// Attaches to the persistent TAP `config.ifname` of `home` as it is (up or down,
+    /// with its addresses): a switch taking over the TAP an earlier one left.
+    fn attach(config: &TapConfig, home: Option<PathBuf>) -> io::Result<Tap> {
+        let (queues, mtu, mac) = netns::run_in(home.as_deref(), || -> io::Result<_> {
+            let multi_queue = config.queues > 1;
+            let mut queues = Vec::with_capacity(config.queues);
+            while queues.len() < config.queues {
+                let (fd, _) = open_tap(
+                    &config.ifname,
+                    config.offloads,
+                    config.vnet_hdr_len,
+                    multi_queue,
+                )
+                .map_err(|error| context(error, format!("attaching to TAP {}", config.ifname)))?;
+                queues.push(fd);
+            }
+            Ok((
+                queues,
+                sys::interface_mtu(&config.ifname)?,
+                sys::mac_of(&config.ifname)?,
+            ))
+        })?;
+        Ok(Tap {
+            queues,
+            ifname: config.ifname.clone(),
+            netns: home,
+            mac,
+            mtu,
+            offloads: config.offloads,
+            persist: true,
+        })
+    }
+
+    /// Lets a persistent TAP go: the device vanishes with the descriptors (when the
+    /// port is removed, not when the switch merely stops). Nothing to do for others.
+    pub fn release(&self) -> io::Result<()> {
+        if self.persist {
+            set_persist(&self.queues[0], false)?;
+        }
+        Ok(())
     }
 
     pub fn ifname(&self) -> &str {
@@ -224,6 +286,19 @@ impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.queues[0].as_raw_fd()
     }
+}
+
+fn set_persist(fd: &OwnedFd, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes the flag as the argument value itself.
+    sys::check(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persist),
+        )
+    })
+    .map(drop)
+    .map_err(|error| context(error, "TUNSETPERSIST"))
 }
 
 /// Opens `/dev/net/tun` as TAP `name` (a `%d` template is numbered by the kernel) with

@@ -70,6 +70,14 @@ impl PortIo {
         }
     }
 
+    /// Before the port goes: a persistent TAP is let go, so it vanishes with its
+    /// descriptors (one already gone needs nothing).
+    pub(crate) fn release(&self) {
+        if let PortIo::Tap(tap) = self {
+            let _ = tap.release();
+        }
+    }
+
     /// The descriptor of each queue (one for all but a multi-queue TAP).
     pub(crate) fn fds(&self) -> Vec<RawFd> {
         match self {

@@ -431,6 +431,7 @@ impl Switch {
                 for fd in port.io.fds() {
                     self.shared.unwatch(fd);
                 }
+                port.io.release();
                 drop(port);
                 Ok(())
             }
