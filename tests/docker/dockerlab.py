@@ -110,9 +110,9 @@ def build_image(tag: str, extra_binaries: Sequence[str] = (), host: str | None =
         for binary in extra_binaries:
             tar.add(binary, f"bin/{Path(binary).name}")
             for library in _libraries(binary):
-                if library not in added:
+                if library not in added:  # the file itself where ldd names a link
                     added.add(library)
-                    tar.add(library, library.lstrip("/"))
+                    tar.add(os.path.realpath(library), library.lstrip("/"))
         passwd = b"root:x:0:0:root:/:/bin/sh\n"
         info = tarfile.TarInfo("etc/passwd")
         info.size = len(passwd)
