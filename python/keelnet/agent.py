@@ -95,6 +95,9 @@ def serve(args: argparse.Namespace, run: Runner) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with Host(netns=args.netns, state_dir=args.state_dir) as host:
+            # Opening a Host reconciles only when something calls for it; the agent, which
+            # holds it for long, starts from a checked kernel (as dockerd does).
+            host.reconcile()
             serve_socket(
                 path,
                 lambda request: answer(host, request, run),

@@ -3,8 +3,12 @@
 Each public operation is one store transaction (`BEGIN IMMEDIATE`) held while the kernel is
 changed. On failure the kernel steps done so far are undone in reverse order and the
 transaction rolls back, so kernel and store are exactly as before. A process killed midway
-commits nothing; what it left in the kernel is marked as keelnet's and unreferenced, and
-`reconcile()` (run when a Host starts) removes it.
+commits nothing; what it left in the kernel carries the store's mark from the instant it
+exists (`keelnet.kernel.ownership`) and is unreferenced, and the operation's entry in the
+crash journal (`keelnet.store.journal`) stays behind. `reconcile()` removes such leftovers
+and drops what the kernel lost; opening a Host runs it only when something calls for it
+(a journal entry, a reboot or a new namespace since the last reconcile, a sandbox gone,
+userspace networks to restart), so an open is cheap.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ from keelnet.errors import (
     SandboxNotFound,
 )
 from keelnet.ipam import AddressPool, contract
-from keelnet.kernel import iptables_compat, links, nftables
+from keelnet.kernel import iptables_compat, links, nftables, ownership
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
+from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import (
     DEFAULT_IPAM,
@@ -66,12 +71,15 @@ from keelnet.model import (
     StaticRoute,
 )
 from keelnet.store import PortTaken, Store, default_state_dir
+from keelnet.store.claim import NamespaceClaim
+from keelnet.store.journal import Entry, Journal
 
 Undo = Callable[[], None]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _RT_SCOPE_LINK = 253
 _RT_TABLE_MAIN = 254
 _ID = re.compile(r"^[0-9a-f]{64}$")
+_EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
 
 
 class Host:
@@ -85,16 +93,22 @@ class Host:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
         self.store = Store(self.state_dir)
         self._exit = contextlib.ExitStack()
-        self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
-        self._rtnl = Rtnl(self.netns_path)
-        self._exit.callback(self._rtnl.close)
-        self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl)
-        # Userspace data planes run on this process's threads: they stop with the Host.
-        self._exit.callback(self._ctx.planes.close_all)
-        self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
-        self._applied_script: str | None = None  # the nft script last loaded by this Host
+        self._exit.callback(self.store.close)
         try:
-            self.reconcile()
+            self.owner = Owner(self.store.store_id)
+            self._journal = Journal(self.state_dir)
+            self._claim = NamespaceClaim(netns, self.netns_path, self.owner, self.state_dir)
+            self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
+            self._rtnl = Rtnl(self.netns_path)
+            self._exit.callback(self._rtnl.close)
+            self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl, self.owner)
+            # Userspace data planes run on this process's threads: they stop with the Host.
+            self._exit.callback(self._ctx.planes.close_all)
+            self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
+            self._applied_script: str | None = None  # the nft script last loaded here
+            self._claim.check()
+            if self._needs_reconcile():
+                self.reconcile()
         except BaseException:
             self.close()
             raise
@@ -102,7 +116,24 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
-        self.store.close()
+
+    def _needs_reconcile(self) -> bool:
+        """Whether the kernel may not match the store (checked at open, cheaply)."""
+        if self._journal.pending():
+            return True  # an operation cut short, or under way in another process
+        if not self.store.holds_anything():
+            return False
+        if self._claim.held is None or self.store.meta(_EPOCH) != self._kernel_epoch():
+            return True  # a reboot, a new namespace, or our nftables tables flushed away
+        if any(network.dataplane == "userspace" for network in self.store.networks()):
+            return True  # their planes run in the process that holds the Host: start them
+        return any(not os.path.exists(box.path) for box in self.store.sandboxes())
+
+    def _kernel_epoch(self) -> str:
+        """Names this boot and this namespace: when it changes, the kernel lost what the
+        store made in it."""
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{self._rtnl.netns_cookie()}"
 
     def __enter__(self) -> Host:
         return self
@@ -146,7 +177,7 @@ class Host:
         opts = {str(k): str(v) for k, v in (options or {}).items()}
         if network_id is not None and not _ID.match(network_id):
             raise InvalidRequest(f"invalid network id {network_id!r}: use 64 hex digits")
-        with self.store.transaction(), self._rollback() as undo:
+        with self._operation() as op:
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
             if network_id is not None and self.store.find_network(network_id) is not None:
@@ -186,7 +217,7 @@ class Host:
                     ipv6=ipv6,
                     options=dict(ipam_options or {}),
                 )
-                undo.append(give_back)
+                op.undo.append(give_back)
                 self._check_overlap([ipaddress.ip_network(c.subnet) for c in configs])
             network = Network(
                 id=network_id,
@@ -203,8 +234,9 @@ class Host:
                 ipam_driver=ipam_driver if the_driver.uses_ipam else DEFAULT_IPAM,
                 ipam_options={str(k): str(v) for k, v in (ipam_options or {}).items()},
             )
+            op.begin()
             the_driver.create_network(self._ctx, network)
-            undo.append(lambda: the_driver.delete_network(self._ctx, network))
+            op.undo.append(lambda: the_driver.delete_network(self._ctx, network))
             self.store.add_network(network, carved)
             for version, pool in pools.items():
                 self.store.save_address_pool(network_id, version, pool)
@@ -351,7 +383,7 @@ class Host:
 
     def remove_network(self, name: str) -> None:
         """Remove a network with no endpoints; one that does not exist is already removed."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
             if network is None:
                 return
@@ -359,6 +391,7 @@ class Host:
                 raise NetworkInUse(
                     f"error while removing network: network {name} has active endpoints"
                 )
+            op.begin()
             get_driver(network.driver).delete_network(self._ctx, network)
             if network.ipam_driver not in (DEFAULT_IPAM, EXTERNAL_IPAM):
                 contract.release_network(self._ipam_driver(network.ipam_driver), network)
@@ -371,6 +404,7 @@ class Host:
                         subnet_pools.release(subnet)
                 self.store.save_subnet_pools(subnet_pools)
             self._sync_firewall(bridges_changed=True)
+            self._release_if_empty()
 
     def networks(self) -> list[Network]:
         return self.store.networks()
@@ -398,36 +432,31 @@ class Host:
     def create_sandbox(self, name: str) -> Sandbox:
         """A new named network namespace with loopback up."""
         netns_sandbox.check_name(name)
-        marker = self._pending_dir() / name
-        with self.store.transaction():
+        with self._operation() as op:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
-            marker.touch()  # lets reconcile remove the namespace if we die before commit
-            try:
-                path = netns_sandbox.create(name)
-            except BaseException:
-                marker.unlink(missing_ok=True)
-                raise
-            try:
-                sandbox = Sandbox(name, path, owned=True)
-                self.store.add_sandbox(sandbox)
-            except BaseException:
-                netns_sandbox.delete(path)
-                marker.unlink(missing_ok=True)
-                raise
-        marker.unlink(missing_ok=True)
-        return sandbox
+            if os.path.exists(netns_sandbox.named_path(name)):
+                # Checked before the journal names it: reconcile would delete a namespace
+                # the journal names and the store does not hold.
+                raise DuplicateSandbox(f"network namespace {name!r} already exists")
+            op.begin(sandboxes=(name,))  # reconcile removes it if we die before commit
+            path = netns_sandbox.create(name)
+            op.undo.append(lambda: netns_sandbox.delete(path))
+            sandbox = Sandbox(name, path, owned=True)
+            self.store.add_sandbox(sandbox)
+            return sandbox
 
     def adopt_sandbox(self, name: str, path_or_pid: str | int) -> Sandbox:
         """Manage an existing namespace (a path, `ip netns` name or pid); never deleted."""
         netns_sandbox.check_name(name)
         path = netns_sandbox.resolve(path_or_pid)
-        with self.store.transaction():
+        with self._operation() as op:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
+            op.begin()  # the store will hold something: it claims the namespace
             sandbox = Sandbox(name, path, owned=False)
             self.store.add_sandbox(sandbox)
-        return sandbox
+            return sandbox
 
     def sandboxes(self) -> list[Sandbox]:
         return self.store.sandboxes()
@@ -440,15 +469,17 @@ class Host:
 
     def remove_sandbox(self, name: str) -> None:
         """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             found = self.store.find_sandbox(name)
             if found is None:
                 return
+            op.begin()
             for endpoint in self.store.endpoints(sandbox=name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
             self.store.remove_sandbox(name)
+            self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -464,7 +495,7 @@ class Host:
         """Attach the sandbox to the network; returns its addresses (no prefix length)."""
         if mac is not None and not _MAC.match(mac):
             raise InvalidRequest(f"invalid MAC address {mac!r}")
-        with self.store.transaction(), self._rollback() as undo:
+        with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
             if not netns_sandbox.exists(box.path):
@@ -478,7 +509,7 @@ class Host:
                 )
             driver = get_driver(net.driver)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, ip, undo) if driver.uses_ipam else {}
+            addresses = self._allocate(net, ip, op.undo) if driver.uses_ipam else {}
             if driver.uses_ipam:
                 used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
                 ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
@@ -486,9 +517,10 @@ class Host:
                 ifname = ""
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, ifname, sandbox)
             endpoint = dataclasses.replace(endpoint, aliases=tuple(aliases))
+            op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
-            undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
-            undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
+            op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
+            op.undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             kept = driver.join(self._ctx, net, endpoint, box.path)
             if kept:
                 endpoint = dataclasses.replace(endpoint, driver_data=dict(kept))
@@ -545,11 +577,12 @@ class Host:
 
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
             if net is None:
                 return
             for endpoint in self.store.endpoints(network_id=net.id, sandbox=sandbox):
+                op.begin()
                 self._disconnect(net, endpoint)
 
     def _disconnect(self, network: Network, endpoint: Endpoint) -> None:
@@ -609,7 +642,7 @@ class Host:
             raise InvalidRequest(f"invalid MAC address {mac!r}")
         if endpoint_id is not None and not _ID.match(endpoint_id):
             raise InvalidRequest(f"invalid endpoint id {endpoint_id!r}: use 64 hex digits")
-        with self.store.transaction(), self._rollback() as undo:
+        with self._operation() as op:
             net = self.network(network)
             driver = get_driver(net.driver)
             if not driver.hands_over:
@@ -625,11 +658,12 @@ class Host:
             else:
                 if ip is not None and ipv6 is not None:
                     raise InvalidRequest("ask for one address: the other family's is allocated")
-                addresses = self._allocate(net, ip or ipv6, undo)
+                addresses = self._allocate(net, ip or ipv6, op.undo)
             staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
+            op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, None)
-            undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
+            op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             self.store.add_endpoint(endpoint)
             return endpoint
 
@@ -686,13 +720,14 @@ class Host:
     def leave(self, network: str, endpoint_id: str) -> None:
         """The caller takes the interface out of its sandbox (Docker's Leave): its
         published ports go. An endpoint that is not joined (or not known) has left."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
             endpoint = self.store.find_endpoint(endpoint_id)
             if net is None or endpoint is None or endpoint.network_id != net.id:
                 return
             if not endpoint.sandbox:
                 return
+            op.begin()
             ports = self._revoke_ports(net, endpoint.sandbox)
             self.store.set_endpoint_sandbox(endpoint.id, "")
             box = self.store.find_sandbox(endpoint.sandbox)
@@ -704,11 +739,12 @@ class Host:
     def delete_endpoint(self, network: str, endpoint_id: str) -> None:
         """Remove the endpoint and its interface wherever the caller left it (Docker's
         DeleteEndpoint); one that is not known is already removed."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
             endpoint = self.store.find_endpoint(endpoint_id)
             if net is None or endpoint is None or endpoint.network_id != net.id:
                 return
+            op.begin()
             self._disconnect(net, endpoint)
 
     def endpoint(self, network: str, endpoint_id: str) -> Endpoint:
@@ -724,7 +760,7 @@ class Host:
         """The sandbox of the namespace at `path`: a known one, else adopted for as long
         as endpoints are joined to it (transient). The namespace may not be there yet:
         dockerd joins a container's endpoints before runc makes its namespace."""
-        if not os.path.isabs(path) or (os.path.exists(path) and not netns_sandbox.is_netns(path)):
+        if not os.path.isabs(path) or (os.path.exists(path) and not netns_sandbox.exists(path)):
             raise SandboxNotFound(f"sandbox key {path!r} is not a network namespace's path")
         for box in self.store.sandboxes():
             if box.path == path:
@@ -757,12 +793,13 @@ class Host:
         """Publish several ports of the sandbox at once: all of them, or none."""
         for request in requests:
             request.check()
-        with self.store.transaction(), self._rollback():
+        with self._operation() as op:
             net = self.network(network)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
                 raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
             endpoint = found[0]
+            op.begin()
             mappings = [self._add_port(net, endpoint, request) for request in requests]
             self._sync_firewall()
             return mappings
@@ -826,12 +863,13 @@ class Host:
         host_ip: str | None = None,
     ) -> None:
         """Remove a published port; one that is not published is already removed."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
             if net is None:
                 return
             for port in self.store.ports(network_id=net.id, sandbox=sandbox):
                 if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
+                    op.begin()
                     endpoints = self.store.endpoints(network_id=net.id, sandbox=sandbox)
                     if endpoints:
                         get_driver(net.driver).revoke_external_connectivity(
@@ -842,12 +880,13 @@ class Host:
 
     def unpublish_all(self, network: str, sandbox: str) -> None:
         """Remove every port published for the sandbox on the network."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
-            if net is None:
+            if net is None or not self.store.ports(network_id=net.id, sandbox=sandbox):
                 return
-            if self._revoke_ports(net, sandbox):
-                self._sync_firewall()
+            op.begin()
+            self._revoke_ports(net, sandbox)
+            self._sync_firewall()
 
     def _revoke_ports(self, net: Network, sandbox: str) -> list[PortMapping]:
         """Revoke and forget the sandbox's ports on `net` (the caller syncs the firewall)."""
@@ -867,24 +906,27 @@ class Host:
     # --- crash recovery ------------------------------------------------------------------
 
     def reconcile(self) -> dict[str, int]:
-        """Make the kernel match the store: remove leftovers, drop what the kernel lost."""
+        """Make the kernel match the store: remove the store's leftovers (half-made or
+        unreferenced links, here and in its sandboxes; namespaces an operation cut short
+        was creating), re-create what the kernel lost, drop what cannot come back. Only
+        ever removes what this store made."""
         removed = dict.fromkeys(
             ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated"), 0
         )
         with self.store.transaction():
+            cut_short = [entry for entry in self._journal.entries() if not entry.live]
+            self._claim.forget()  # it may be gone with our tables (a flushed ruleset)
+            if self.store.holds_anything():
+                self._take_claim()
             networks = {n.id: n for n in self.store.networks()}
             endpoint_ids = {e.id for e in self.store.endpoints()}
-            for _index, ifname, network_id, endpoint_id in links.owned_links(self._ipr):
-                if network_id not in networks or (
-                    endpoint_id is not None and endpoint_id not in endpoint_ids
-                ):
-                    links.delete_link(self._ipr, ifname)
-                    removed["links"] += 1
-            for marker in self._pending_dir().iterdir():
-                if self.store.find_sandbox(marker.name) is None:
-                    netns_sandbox.delete(netns_sandbox.named_path(marker.name))
-                    removed["namespaces"] += 1
-                marker.unlink(missing_ok=True)
+            removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
+            links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
+            for entry in cut_short:
+                for name in entry.sandboxes:
+                    if _is_name(name) and self.store.find_sandbox(name) is None:
+                        netns_sandbox.delete(netns_sandbox.named_path(name))
+                        removed["namespaces"] += 1
             for network in networks.values():
                 # A bridge the kernel lost (a crash mid-removal, a reboot): make it again.
                 if network.kernel_name and links.link_index(self._ipr, network.kernel_name) is None:
@@ -895,10 +937,13 @@ class Host:
                     for endpoint in self.store.endpoints(sandbox=box.name):
                         self._disconnect(networks[endpoint.network_id], endpoint)
                         removed["endpoints"] += 1
+                    if box.owned:  # the empty file a cut-short removal leaves
+                        netns_sandbox.delete(box.path)
                     self.store.remove_sandbox(box.name)
                     removed["sandboxes"] += 1
-                elif any(n.kernel_name is None and n.ipam for n in networks.values()):
-                    removed["sandbox_links"] += self._clean_sandbox(box, endpoint_ids)
+                    continue
+                with iproute(box.path) as ipr:
+                    removed["sandbox_links"] += self._remove_leftovers(ipr, networks, endpoint_ids)
             for endpoint in self.store.endpoints():
                 network = networks[endpoint.network_id]
                 if (
@@ -911,7 +956,28 @@ class Host:
                 if network.dataplane == "userspace":
                     removed["recreated"] += self._restore_userspace(network)
             self._sync_firewall(bridges_changed=True, refresh=True)
+            self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self._release_if_empty()
+        for entry in cut_short:
+            entry.close()
         return removed
+
+    def _remove_leftovers(
+        self, ipr: IPRoute, networks: Mapping[str, Network], endpoint_ids: set[str]
+    ) -> int:
+        """Delete this store's links in one namespace that no committed network or
+        endpoint accounts for: half made (no alias yet) or left by a cut-short operation."""
+        count = 0
+        for link in ownership.owned_links(ipr, self.owner):
+            mark = link.mark
+            if (
+                mark is None
+                or mark.network_id not in networks
+                or (mark.endpoint_id is not None and mark.endpoint_id not in endpoint_ids)
+            ):
+                links.delete_link(ipr, link.ifname)
+                count += 1
+        return count
 
     def _restore_userspace(self, network: Network) -> int:
         """Serve again the endpoints no running plane serves: a userspace plane's TAPs
@@ -928,7 +994,7 @@ class Host:
             if path is not None and not netns_sandbox.exists(path):
                 continue
             with iproute(path) as ipr:
-                found = links.endpoint_link(ipr, network.id, endpoint.id)
+                found = links.endpoint_link(ipr, self.owner, network.id, endpoint.id)
                 if found is None and path is not None and not endpoint.handed_over:
                     # not marked yet: `join` was cut short, the link is there
                     found = endpoint.ifname if links.link_index(ipr, endpoint.ifname) else None
@@ -950,24 +1016,13 @@ class Host:
             restored += 1
         return restored
 
-    def _clean_sandbox(self, box: Sandbox, endpoint_ids: set[str]) -> int:
-        """Remove interfaces keelnet made in a sandbox for endpoints that never committed."""
-        count = 0
-        with iproute(box.path) as ipr:
-            for _index, ifname, _network_id, endpoint_id in links.owned_links(ipr):
-                if endpoint_id is not None and endpoint_id not in endpoint_ids:
-                    links.delete_link(ipr, ifname)
-                    count += 1
-        return count
-
     # --- helpers -------------------------------------------------------------------------
 
-    def _pending_dir(self) -> Path:
-        path = self.state_dir / "pending-sandboxes"
-        path.mkdir(exist_ok=True)
-        return path
-
     def _sync_firewall(self, *, bridges_changed: bool = False, refresh: bool = False) -> None:
+        """Load the nftables (and iptables) rules the store's networks ask for. Only the
+        store that claims the namespace writes them; one holding nothing has no claim."""
+        if self._claim.held is None:
+            return
         rules = []
         for network in self.store.networks():
             ports = tuple(self.store.ports(network_id=network.id))
@@ -988,17 +1043,71 @@ class Host:
                 raise
         self._applied_script = script
 
+    def _take_claim(self) -> None:
+        """Hold the namespace's claim; a store starting to own objects here records the
+        kernel epoch it does so in."""
+        if self._claim.held is None:
+            self._claim.take()
+            self.store.set_meta(_EPOCH, self._kernel_epoch())
+
+    def _release_if_empty(self) -> None:
+        """Let go of the namespace once the store holds nothing (after its last removal)."""
+        if not self.store.holds_anything():
+            self._claim.release()
+
     @contextlib.contextmanager
-    def _rollback(self) -> Iterator[list[Undo]]:
-        """Collects undo steps; on failure runs them newest first, then re-raises."""
-        undo: list[Undo] = []
-        try:
-            yield undo
-        except BaseException:
-            for step in reversed(undo):
-                with contextlib.suppress(Exception):  # keep undoing; the first error wins
-                    step()
-            raise
+    def _operation(self, *, undoable: bool = True) -> Iterator[_Operation]:
+        """One public operation: the store's write transaction, and from `op.begin()` on
+        (its first kernel change) a crash-journal entry and the namespace's claim. On
+        failure the undo steps run newest first; the entry goes when they all succeed
+        (an `undoable=False` removal, which has none, leaves it to reconcile)."""
+        op = _Operation(self)
+        with self.store.transaction():
+            try:
+                yield op
+            except BaseException:
+                clean = op.undo_all() and undoable
+                if op.entry is not None:
+                    if clean:
+                        op.entry.close()
+                    else:
+                        op.entry.abandon()
+                raise
+        if op.entry is not None:
+            op.entry.close()
+
+
+class _Operation:
+    """What one Host operation did so far: its journal entry, its undo steps."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self.entry: Entry | None = None
+        self.undo: list[Undo] = []
+
+    def begin(self, *, sandboxes: tuple[str, ...] = ()) -> None:
+        """Called before the operation's first kernel change (again: no-op)."""
+        if self.entry is None:
+            self.entry = self._host._journal.begin(sandboxes)
+            self._host._take_claim()
+
+    def undo_all(self) -> bool:
+        """Run the undo steps newest first; whether every one succeeded."""
+        clean = True
+        for step in reversed(self.undo):
+            try:
+                step()
+            except Exception:  # keep undoing; the operation's own error is the one raised
+                clean = False
+        return clean
+
+
+def _is_name(name: str) -> bool:
+    try:
+        netns_sandbox.check_name(name)
+    except KeelnetError:
+        return False
+    return True
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:

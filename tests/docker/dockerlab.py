@@ -15,6 +15,7 @@ import ipaddress
 import itertools
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -164,16 +165,13 @@ class Plugin:
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        banner = self.process.stdout.readline()
-        if not banner.startswith("keelnet plugin: serving") or time.monotonic() > deadline:
-            self.stop()
-            raise RuntimeError(f"the plugin did not start: {banner}{self.stderr()}")
-
-    def stderr(self) -> str:
-        if self.process is None or self.process.poll() is None or self.process.stderr is None:
-            return ""
-        return self.process.stderr.read()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        banner = self.process.stdout.readline() if ready else ""
+        if not banner.startswith("keelnet plugin: serving"):
+            self.process.kill()
+            _, err = self.process.communicate(timeout=30)
+            self.process = None
+            raise RuntimeError(f"the plugin did not start: {banner}{err}")
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as a crash."""

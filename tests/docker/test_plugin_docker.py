@@ -410,20 +410,18 @@ def test_plugin_killed_and_restarted(lab: DockerLab) -> None:
     assert not [name for name in kn_links() if name.startswith("kn-c")]
 
 
-def test_network_keelnet_does_not_know_gets_a_clear_error(lab: DockerLab, tmp_path: Path) -> None:
+def test_network_keelnet_does_not_know_gets_a_clear_error(lab: DockerLab, state_dir: Path) -> None:
     net = lab.network("lost", "--subnet", "10.213.18.0/24")
-    session_state = lab.plugin.state_dir
-    lab.plugin.stop()
-    lab.plugin.state_dir = tmp_path / "empty-state"
-    try:
-        lab.plugin.start()
-        with pytest.raises(DockerError) as refused:
-            lab.run("box", "--network", net)
-        assert "is not known to keelnet" in refused.value.stderr
-    finally:
-        lab.plugin.stop()
-        lab.plugin.state_dir = session_state
-        lab.plugin.start()
+    name = f"docker-{network_id(lab, net)[:12]}"
+    # keelnet forgets the network behind dockerd's back (as a lost state directory would).
+    command = [sys.executable, "-m", "keelnet.cli", "--state-dir", str(state_dir)]
+    removed = subprocess.run([*command, "network", "rm", name], capture_output=True, timeout=60)
+    assert removed.returncode == 0, removed.stderr
+    with pytest.raises(DockerError) as refused:
+        lab.run("box", "--network", net)
+    assert "is not known to keelnet" in refused.value.stderr
+    assert "docker network rm" in refused.value.stderr  # what to do about it
+    lab.docker("network", "rm", net)  # teardown of what keelnet does not know works
 
 
 def test_keelnet_commands_are_served_by_the_plugin(lab: DockerLab, state_dir: Path) -> None:
@@ -441,6 +439,15 @@ def test_keelnet_commands_are_served_by_the_plugin(lab: DockerLab, state_dir: Pa
     assert container["IPv4Address"] == f"{lab.address(box, net)}/24"
     # The plugin's process answered (its agent socket), not a second Host of the store.
     assert (state_dir / "agent.sock").is_socket()
+    # Its store cannot take the plugin it serves for a remote driver (it would wait for
+    # itself): a clear refusal, at once.
+    itself = subprocess.run(
+        [*command, "network", "create", "-d", lab.plugin.name, "--subnet", "10.213.23.0/24", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert itself.returncode == 1 and "keelnet's own, served by this process" in itself.stderr
 
 
 def test_ipvlan(lab: DockerLab) -> None:

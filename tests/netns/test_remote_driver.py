@@ -8,21 +8,29 @@ recorded session.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from miniplugin import ROUTE_ON_LINK, ROUTE_VIA, MiniPlugin
-from netlab import Lab
+from netlab import Lab, create_ns
 from nettools import ping
 from pluginlab import served_plugin
 
 import keelnet
+from keelnet.drivers import get_driver
+from keelnet.drivers.base import HostContext
 from keelnet.errors import KernelError, UnknownDriver
 from keelnet.kernel import links
 from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.kernel.ownership import Owner, new_store_id
+from keelnet.kernel.rtnl import Rtnl
+from keelnet.model import Endpoint, IpamConfig, Network
 from keelnet.plugin import client
 from keelnet.plugin.protocol import PluginError, PluginUnavailable
 
@@ -36,9 +44,8 @@ def mini(lab: Lab, plugin_dirs: Path) -> Iterator[MiniPlugin]:
 
 
 @pytest.fixture
-def served(lab: Lab, host: keelnet.Host, plugin_dirs: Path, tmp_path: Path) -> Iterator[str]:
-    """keelnet's plugin, named `<prefix>-kn`, with a store of its own (made after the
-    test's Host, whose start would otherwise take the plugin's links for leftovers)."""
+def served(lab: Lab, plugin_dirs: Path, tmp_path: Path) -> Iterator[str]:
+    """keelnet's plugin, named `<prefix>-kn`, its store owning the lab's host namespace."""
     name = f"{lab.prefix}-kn"
     with served_plugin(lab, plugin_dirs / f"{name}.sock", tmp_path / "served-state"):
         yield name
@@ -74,27 +81,66 @@ def host_links(lab: Lab) -> set[str]:
         return {str(link.get("ifname")) for link in ipr.link("dump")}
 
 
-def test_keelnet_drives_its_own_served_plugin(lab: Lab, host: keelnet.Host, served: str) -> None:
-    network = host.create_network("remote", driver=served, subnet="10.96.0.0/24")
-    assert network.driver == served and network.dataplane == "remote"
-    bridge = f"kn-{network.id[:12]}"  # made by the plugin's Host, from the same id
-    assert bridge in host_links(lab)
-    a, b = (host.create_sandbox(lab.name(n)).name for n in ("a", "b"))
-    ea, eb = host.connect("remote", a), host.connect("remote", b)
-    view = sandbox_view(a)
-    assert view["links"]["eth0"] == (ea.mac, links.alias_for(network.id, ea.id))
-    assert view["addresses"][f"{ea.ip}/24"] == "eth0"
-    assert ("default/0", "10.96.0.1", "eth0") in view["routes"]  # the plugin's Gateway
-    assert f"kn-c{ea.id[:11]}" not in host_links(lab)  # moved into the sandbox
-    assert ping(a, str(eb.ip))
+def test_keelnets_remote_driver_drives_keelnets_served_plugin(lab: Lab, served: str) -> None:
+    """keelnet's client side (the remote driver, doing dockerd's part) against its server
+    side, through the socket. One namespace has one keelnet store (the plugin's owns it
+    here), so the driver runs as a Host would run it, without a store of its own."""
+    with contextlib.ExitStack() as stack:
+        ipr = stack.enter_context(iproute(netns_path(lab.host)))
+        rtnl = stack.enter_context(Rtnl(netns_path(lab.host)))
+        ctx = HostContext(netns_path(lab.host), ipr, rtnl, Owner(new_store_id()))
+        driver = get_driver(served)
+        assert driver.dataplanes == ("remote",)
+        network = Network(
+            id=secrets.token_hex(32),
+            name="remote",
+            driver=served,
+            dataplane="remote",
+            created="",
+            ipam=(IpamConfig("10.96.0.0/24", "10.96.0.1"),),
+            ipv6=False,
+            internal=False,
+            options={},
+            labels={},
+            kernel_name=None,
+        )
+        driver.create_network(ctx, network)
+        bridge = f"kn-{network.id[:12]}"  # made by the plugin, from the same network id
+        assert bridge in host_links(lab)
+        boxes = [lab.name("a"), lab.name("b")]
+        endpoints = []
+        for number, box in enumerate(boxes):
+            create_ns(box)
+            endpoint = Endpoint(
+                ip=f"10.96.0.{number + 2}",
+                ipv6=None,
+                mac=links.random_mac(),
+                ifname="eth0",
+                gateway=None,
+                id=secrets.token_hex(32),
+                network_id=network.id,
+                sandbox=box,
+            )
+            driver.create_endpoint(ctx, network, endpoint, None)
+            kept = driver.join(ctx, network, endpoint, netns_path(box))
+            endpoints.append(dataclasses.replace(endpoint, driver_data=dict(kept or {})))
+        a, b = endpoints
+        view = sandbox_view(boxes[0])
+        assert view["links"]["eth0"] == (a.mac, ctx.owner.alias(network.id, a.id))
+        assert view["addresses"]["10.96.0.2/24"] == "eth0"
+        assert ("default/0", "10.96.0.1", "eth0") in view["routes"]  # the plugin's Gateway
+        assert a.driver_data["src_name"] not in host_links(lab)  # moved into the sandbox
+        assert ping(boxes[0], "10.96.0.3")
 
-    host.disconnect("remote", a)
-    assert "eth0" not in sandbox_view(a)["links"]
-    # Moved back under its name, then deleted by the plugin's DeleteEndpoint.
-    assert not {f"kn-c{ea.id[:11]}", f"kn-v{ea.id[:11]}"} & host_links(lab)
-    host.remove_sandbox(b)
-    host.remove_network("remote")
-    assert bridge not in host_links(lab)
+        driver.leave(ctx, network, a, netns_path(boxes[0]))
+        assert "eth0" not in sandbox_view(boxes[0])["links"]
+        assert a.driver_data["src_name"] in host_links(lab)  # given back, as dockerd does
+        driver.delete_endpoint(ctx, network, a)
+        assert not {f"kn-c{a.id[:11]}", f"kn-v{a.id[:11]}"} & host_links(lab)
+        driver.leave(ctx, network, b, netns_path(boxes[1]))
+        driver.delete_endpoint(ctx, network, b)
+        driver.delete_network(ctx, network)
+        assert bridge not in host_links(lab)
 
 
 def test_an_independent_plugin_as_network_driver(

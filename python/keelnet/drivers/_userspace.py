@@ -133,7 +133,7 @@ def add_sandbox_tap(
     """The endpoint's TAP port on `switch`, moved into the sandbox as its interface; with
     no sandbox, left in the host's namespace, down and marked, for the caller to move. A
     handed-over endpoint's TAP persists (see `tap_name`)."""
-    ifname, left = tap_name(endpoint, sandbox_path)
+    ifname, left = tap_name(ctx, endpoint, sandbox_path)
     try:
         switch.add_tap(
             endpoint.id,
@@ -157,7 +157,7 @@ def add_sandbox_tap(
             raise
 
 
-def tap_name(endpoint: Endpoint, sandbox_path: str | None) -> tuple[str, bool]:
+def tap_name(ctx: HostContext, endpoint: Endpoint, sandbox_path: str | None) -> tuple[str, bool]:
     """The name to make the endpoint's TAP under, and whether it is already there.
 
     A handed-over endpoint's TAP is persistent: when the plane's process dies, it stays
@@ -165,7 +165,7 @@ def tap_name(endpoint: Endpoint, sandbox_path: str | None) -> tuple[str, bool]:
     addresses and routes, and a new plane attaches to it."""
     if endpoint.handed_over:
         with iproute(sandbox_path) as ipr:
-            left = links.endpoint_link(ipr, endpoint.network_id, endpoint.id)
+            left = links.endpoint_link(ipr, ctx.owner, endpoint.network_id, endpoint.id)
         if left is not None:
             return left, True
     return endpoint.ifname, False
@@ -173,10 +173,12 @@ def tap_name(endpoint: Endpoint, sandbox_path: str | None) -> tuple[str, bool]:
 
 def mark_handed_over(ctx: HostContext, endpoint: Endpoint) -> None:
     """A TAP left in the host's namespace for the caller to move: down, as a veth end
-    waiting there is, and marked as the endpoint's."""
-    alias = links.alias_for(endpoint.network_id, endpoint.id)
+    waiting there is, and marked as the store's and the endpoint's (it persists: a crash
+    before the endpoint is committed leaves it to reconcile)."""
+    alias = ctx.owner.alias(endpoint.network_id, endpoint.id)
+    request = rtnl.set_link(endpoint.ifname, alias=alias, up=False, group=ctx.owner.group)
     try:
-        ctx.rtnl.run([rtnl.set_link(endpoint.ifname, alias=alias, up=False)])
+        ctx.rtnl.run([request])
     except rtnl.RtnlError as exc:
         raise KernelError(f"marking TAP {endpoint.ifname}: {exc.strerror}") from exc
 

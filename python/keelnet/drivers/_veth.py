@@ -10,10 +10,12 @@ from keelnet.drivers.base import HostContext
 from keelnet.errors import KernelError
 from keelnet.kernel import links, rtnl
 from keelnet.kernel.namespaces import iproute
+from keelnet.kernel.ownership import Owner
 from keelnet.model import Endpoint, JoinInfo, Network
 
 
 def configure_sandbox_interface(
+    owner: Owner,
     network: Network,
     endpoint: Endpoint,
     sandbox_path: str,
@@ -33,9 +35,7 @@ def configure_sandbox_interface(
                 raise KernelError(f"{endpoint.ifname} did not appear in the sandbox")
             v4, v6 = network.ipam_for(4), network.ipam_for(6)
             requests = [
-                rtnl.set_link(
-                    endpoint.ifname, alias=links.alias_for(network.id, endpoint.id), up=True
-                )
+                rtnl.set_link(endpoint.ifname, alias=owner.alias(network.id, endpoint.id), up=True)
             ]
             if endpoint.ip and v4:
                 requests.append(rtnl.add_address(index, endpoint.ip, v4.prefix_length))
@@ -99,7 +99,7 @@ def take_into_sandbox(
             moved = links.link_index(ipr, endpoint.ifname)
             if endpoint.mac and moved is not None:
                 ipr.link("set", index=moved, address=endpoint.mac)
-        configure_sandbox_interface(network, endpoint, sandbox_path, default_route=False)
+        configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path, default_route=False)
         with rtnl.Rtnl(sandbox_path) as sandbox:
             moved = sandbox.link_index(endpoint.ifname)
             assert moved is not None  # configure_sandbox_interface found it
@@ -126,7 +126,7 @@ def give_back(ctx: HostContext, endpoint: Endpoint, sandbox_path: str | None, na
     host_path = ctx.netns_path or "/proc/self/ns/net"
     try:
         with iproute(sandbox_path) as ipr:
-            current = links.endpoint_link(ipr, endpoint.network_id, endpoint.id)
+            current = links.endpoint_link(ipr, ctx.owner, endpoint.network_id, endpoint.id)
             index = links.link_index(ipr, current) if current else None
             if index is None:
                 return

@@ -8,8 +8,9 @@ caller (dockerd) moves and configures it, and `delete_endpoint` removes it where
 caller left it; `join` and `leave` are not called then. Publishing
 calls `program_external_connectivity` / `revoke_external_connectivity`. Every `delete_*`,
 `leave` and `revoke_*` must succeed when what it removes is already gone: teardown is
-idempotent. Everything created on the host side must be marked as keelnet's (names start
-with `kn-`, links carry `links.alias_for(...)`).
+idempotent. Every link a driver creates carries its store's mark from the request that
+creates it on (`ctx.owner`, see `keelnet.kernel.ownership`), so a crash never leaves a link
+nobody can prove is ours; names of host-side links start with `kn-`.
 
 A driver lists the data planes it implements; the `dataplane` option picks one (`kernel`,
 `userspace`, or `auto`: the kernel where it has the module, userspace where it does not).
@@ -27,6 +28,7 @@ from pyroute2 import IPRoute
 from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
+from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
 
@@ -36,11 +38,13 @@ DATAPLANES = ("kernel", "userspace", "auto")
 
 @dataclass
 class HostContext:
-    """What a driver may use of the host: its namespace and netlink sockets into it."""
+    """What a driver may use of the host: its namespace, netlink sockets into it, and
+    the identity of the store whose marks the driver's links carry."""
 
     netns_path: str | None
     ipr: IPRoute
     rtnl: Rtnl  # the fast path for per-connect requests
+    owner: Owner
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class Driver(ABC):
     ) -> None:
         """The endpoint's interface, as `endpoint.ifname` in the sandbox; with no sandbox
         (only asked of drivers that `hand_over`), in the host's namespace, down and marked
-        with `links.alias_for(network.id, endpoint.id)`, for the caller to move."""
+        with `ctx.owner.alias(network.id, endpoint.id)`, for the caller to move."""
 
     @abstractmethod
     def join(

@@ -104,9 +104,10 @@ class LowerDeviceDriver(Driver):
                 **({} if fd is None else {"net_ns_fd": fd}),
                 **self.link_attributes(network),
                 **({"address": endpoint.mac} if self.kind == "macvlan" else {}),
+                **ctx.owner.link_attributes(),
             )
             if fd is None:
-                alias = links.alias_for(network.id, endpoint.id)
+                alias = ctx.owner.alias(network.id, endpoint.id)
                 ctx.rtnl.run([rtnl.set_link(endpoint.ifname, alias=alias)])
         except rtnl.RtnlError as exc:
             links.delete_link(ctx.ipr, endpoint.ifname)
@@ -128,7 +129,7 @@ class LowerDeviceDriver(Driver):
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
         _veth.configure_sandbox_interface(
-            network, endpoint, sandbox_path, default_route=not network.internal
+            ctx.owner, network, endpoint, sandbox_path, default_route=not network.internal
         )
 
     def leave(
@@ -139,7 +140,7 @@ class LowerDeviceDriver(Driver):
     def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
         # A child lives in its sandbox, where `leave` removes it; a handed-over one the
         # caller left (or moved back) in the host's namespace goes here.
-        left = links.endpoint_link(ctx.ipr, network.id, endpoint.id)
+        left = links.endpoint_link(ctx.ipr, ctx.owner, network.id, endpoint.id)
         if left is not None:
             links.delete_link(ctx.ipr, left)
 

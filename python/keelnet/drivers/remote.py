@@ -46,7 +46,13 @@ class RemoteDriver(Driver):
         return False  # the plugin's Join answer names the gateways
 
     def _plugin(self) -> client.Plugin:
-        return client.plugin(self.name)
+        plugin = client.plugin(self.name)
+        if plugin.client.address.url in protocol.served_here:
+            raise PluginError(
+                f"plugin {self.name} is keelnet's own, served by this process for this "
+                "store: use keelnet's drivers directly (-d bridge, macvlan or ipvlan)"
+            )
+        return plugin
 
     def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
         plugin = self._plugin()

@@ -44,6 +44,12 @@ PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 ROUTE_NEXTHOP, ROUTE_CONNECTED = 0, 1
 
 
+#: The sockets this process serves keelnet's plugin on (`keelnet.plugin.server.serve`): a
+#: store must not take its own plugin for a remote driver (its one Host thread would
+#: wait for itself).
+served_here: set[str] = set()
+
+
 class PluginError(KeelnetError):
     """A plugin answered with an error (its own message), or not with the protocol."""
 

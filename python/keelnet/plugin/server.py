@@ -195,14 +195,28 @@ async def _serve(
         site = web.UnixSite(runner, str(path))
         await site.start()
         os.chmod(path, 0o600)  # whoever may talk to it may reconfigure the host's network
+        protocol.served_here.add(f"unix://{path}")
         if ready is not None:
             ready()
         while not stop.is_set():
             await asyncio.sleep(0.1)
     finally:
+        protocol.served_here.discard(f"unix://{path}")
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def open_host(netns: str | None, state_dir: str | None) -> Host:
+    """The plugin's Host, reconciled: it serves for long (as the agent does, as dockerd
+    checks its state at start), so it starts from a checked kernel."""
+    host = Host(netns=netns, state_dir=state_dir)
+    try:
+        host.reconcile()
+    except BaseException:
+        host.close()
+        raise
+    return host
 
 
 def run(
@@ -227,7 +241,7 @@ def run(
             log = files.enter_context(record.open("a")) if record is not None else None
             serve(
                 path,
-                lambda: Host(netns=netns, state_dir=state_dir),
+                lambda: open_host(netns, state_dir),
                 stop=stop,
                 ready=lambda: print(f"keelnet plugin: serving {path}", flush=True),
                 record=log,
