@@ -14,6 +14,7 @@ endpoint does not keep it in keelnet (a plugin that cannot be reached does).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -47,7 +48,7 @@ class RemoteDriver(Driver):
 
     def _plugin(self) -> client.Plugin:
         plugin = client.plugin(self.name)
-        if plugin.client.address.url in protocol.served_here:
+        if protocol.served_here.get(plugin.client.address.url) == threading.get_ident():
             raise PluginError(
                 f"plugin {self.name} is keelnet's own, served by this process for this "
                 "store: use keelnet's drivers directly (-d bridge, macvlan or ipvlan)"

@@ -44,10 +44,10 @@ PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 ROUTE_NEXTHOP, ROUTE_CONNECTED = 0, 1
 
 
-#: The sockets this process serves keelnet's plugin on (`keelnet.plugin.server.serve`): a
-#: store must not take its own plugin for a remote driver (its one Host thread would
-#: wait for itself).
-served_here: set[str] = set()
+#: The plugin addresses this process serves keelnet's plugin on, with the thread that
+#: runs their Host (`keelnet.plugin.server.serve`): that Host must not take its own plugin
+#: for a remote driver, its one thread would wait for itself.
+served_here: dict[str, int] = {}
 
 
 class PluginError(KeelnetError):

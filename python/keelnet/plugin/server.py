@@ -50,6 +50,7 @@ class HostThread:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keelnet-host")
         try:
             self.host = self.executor.submit(open_host).result()
+            self.thread_id = self.executor.submit(threading.get_ident).result()
         except BaseException:
             self.executor.shutdown()
             raise
@@ -195,13 +196,13 @@ async def _serve(
         site = web.UnixSite(runner, str(path))
         await site.start()
         os.chmod(path, 0o600)  # whoever may talk to it may reconfigure the host's network
-        protocol.served_here.add(f"unix://{path}")
+        protocol.served_here[f"unix://{path}"] = dispatcher.owner.thread_id
         if ready is not None:
             ready()
         while not stop.is_set():
             await asyncio.sleep(0.1)
     finally:
-        protocol.served_here.discard(f"unix://{path}")
+        protocol.served_here.pop(f"unix://{path}", None)
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
