@@ -17,11 +17,9 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import ipaddress
 import os
 import re
 import secrets
-import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -34,25 +32,21 @@ from keelnet.drivers import get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
 from keelnet.errors import (
-    AddressInUse,
-    AddressOutOfRange,
     Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
     EndpointNotFound,
-    GatewayOutsideSubnet,
     InvalidRequest,
-    InvalidSubnet,
     KeelnetError,
     NetworkInUse,
     NetworkNotFound,
     NotFound,
-    OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
 )
-from keelnet.ipam import AddressPool, contract
+from keelnet.ipam.networks import NetworkAddresses, Plan, version_of
+from keelnet.ipam.networks import Request as AddressRequest
 from keelnet.kernel import iptables_compat, links, nftables, ownership
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
 from keelnet.kernel.ownership import Owner
@@ -62,7 +56,6 @@ from keelnet.model import (
     EXTERNAL_IPAM,
     HANDOVER_PREFIX,
     Endpoint,
-    IpamConfig,
     JoinInfo,
     Network,
     PortMapping,
@@ -102,6 +95,7 @@ class Host:
             self._rtnl = Rtnl(self.netns_path)
             self._exit.callback(self._rtnl.close)
             self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl, self.owner)
+            self._addresses = NetworkAddresses(self.store, self._ipr)
             # Userspace data planes run on this process's threads: they stop with the Host.
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
@@ -191,41 +185,28 @@ class Host:
                 self._ctx, opts.get(DATAPLANE_OPTION, "auto"), options=opts
             )
             network_id = network_id or secrets.token_hex(32)
-            configs: tuple[IpamConfig, ...] = ()
-            pools: dict[int, AddressPool] = {}
-            carved: list[str] = []
-            subnets, gateways = _as_list(subnet), _as_list(gateway)
-            aux = dict(aux_addresses or {})
+            plan = Plan()
             if not the_driver.uses_ipam:
                 if subnet or gateway or ip_range or aux_addresses or ipam_driver != DEFAULT_IPAM:
                     raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
-            elif ipam_driver == DEFAULT_IPAM:
-                configs, pools, carved = self._plan_ipam(
-                    subnets, gateways, _as_list(ip_range), aux, ipv6
-                )
-            elif ipam_driver == EXTERNAL_IPAM:
-                if ip_range:
-                    raise InvalidRequest("a network with external IPAM takes no ip range")
-                configs = self._external_ipam(subnets, gateways, aux, ipv6)
             else:
-                configs, give_back = contract.plan_network(
-                    self._ipam_driver(ipam_driver),
-                    subnets=subnets,
+                request = AddressRequest(
+                    subnets=_as_list(subnet),
+                    gateways=_as_list(gateway),
                     ranges=_as_list(ip_range),
-                    gateways=gateways,
-                    aux=aux,
+                    aux=dict(aux_addresses or {}),
                     ipv6=ipv6,
+                    driver=ipam_driver,
                     options=dict(ipam_options or {}),
                 )
-                op.undo.append(give_back)
-                self._check_overlap([ipaddress.ip_network(c.subnet) for c in configs])
+                plan = self._addresses.plan(request, op.undo)
             network = Network(
                 id=network_id,
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
                 created=datetime.datetime.now(datetime.UTC).isoformat(),
-                ipam=configs,
+                ipam=plan.configs,
                 ipv6=ipv6,
                 internal=internal,
                 options=opts,
@@ -237,149 +218,15 @@ class Host:
             op.begin()
             the_driver.create_network(self._ctx, network)
             op.undo.append(lambda: the_driver.delete_network(self._ctx, network))
-            self.store.add_network(network, carved)
-            for version, pool in pools.items():
+            self.store.add_network(network, plan.carved)
+            for version, pool in plan.pools.items():
                 self.store.save_address_pool(network_id, version, pool)
             self._sync_firewall(bridges_changed=True)
             return network
 
-    def _plan_ipam(
-        self,
-        subnets: list[str],
-        gateways: list[str],
-        ranges: list[str],
-        aux: dict[str, str],
-        ipv6: bool,
-    ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
-        requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
-        for text in subnets:
-            try:
-                net = ipaddress.ip_network(text, strict=True)
-            except ValueError as exc:
-                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
-            if net.version in requested:
-                raise InvalidSubnet(f"more than one IPv{net.version} subnet given")
-            if net.version == 6 and not ipv6:
-                raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
-            requested[net.version] = net
-        existing = self._check_overlap(list(requested.values()))
-        subnet_pools = self.store.subnet_pools()
-        carved: list[str] = []
-        for version in (4, 6) if ipv6 else (4,):
-            if version not in requested:
-                avoid = [str(e) for e in existing] + self._on_link_routes()
-                text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
-                carved.append(text)
-                requested[version] = ipaddress.ip_network(text)
-        if carved:
-            self.store.save_subnet_pools(subnet_pools)
-        configs: list[IpamConfig] = []
-        pools: dict[int, AddressPool] = {}
-        for version, net in sorted(requested.items()):
-            gateway = _pick_family(gateways, version, "gateway")
-            ip_range = _pick_family(ranges, version, "ip range")
-            if gateway is not None:
-                try:
-                    inside = ipaddress.ip_address(gateway) in net
-                except ValueError:
-                    raise InvalidSubnet(f"invalid gateway address {gateway!r}") from None
-                if not inside:
-                    raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
-            else:
-                gateway = str(net.network_address + 1) if net.num_addresses > 2 else None
-            mine = {k: v for k, v in aux.items() if _version_of(v) == version}
-            for label, address in mine.items():
-                if ipaddress.ip_address(address) not in net:
-                    raise AddressOutOfRange(f"auxiliary address {label}={address} not in {net}")
-            pool = AddressPool(
-                str(net), ip_range=ip_range, gateway=gateway, reserved=tuple(mine.values())
-            )
-            pools[version] = pool
-            configs.append(IpamConfig(str(net), gateway, ip_range, mine))
-        for label, address in aux.items():
-            if _version_of(address) not in requested:
-                raise AddressOutOfRange(f"auxiliary address {label}={address} fits no subnet")
-        return tuple(configs), pools, carved
-
-    def _check_overlap(
-        self, subnets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
-    ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        """Refuse subnets overlapping another network's; returns the subnets in use."""
-        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
-        for net in subnets:
-            for other in existing:
-                if net.version == other.version and net.overlaps(other):
-                    raise OverlappingSubnet(
-                        f"invalid pool request: subnet {net} overlaps with {other} of another "
-                        "network"
-                    )
-        return existing
-
-    def _external_ipam(
-        self, subnets: list[str], gateways: list[str], aux: dict[str, str], ipv6: bool
-    ) -> tuple[IpamConfig, ...]:
-        """The configuration of a network whose addresses its creator manages: one given
-        subnet per family, its gateway if any, auxiliary addresses inside."""
-        requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
-        for text in subnets:
-            try:
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError as exc:
-                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
-            if net.version in requested:
-                raise InvalidSubnet(
-                    f"keelnet networks take one subnet per address family: {requested[net.version]}"
-                    f" and {net} given"
-                )
-            if net.version == 6 and not ipv6:
-                raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
-            requested[net.version] = net
-        if 4 not in requested or (ipv6 and 6 not in requested):
-            missing = "IPv4" if 4 not in requested else "IPv6"
-            raise InvalidSubnet(f"a network with external IPAM needs its {missing} subnet")
-        self._check_overlap(list(requested.values()))
-        configs = []
-        for version, net in sorted(requested.items()):
-            gateway = _pick_family(gateways, version, "gateway")
-            if gateway is not None and ipaddress.ip_address(gateway) not in net:
-                raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
-            mine = {k: v for k, v in aux.items() if _version_of(v) == version}
-            for label, address in mine.items():
-                if ipaddress.ip_address(address) not in net:
-                    raise AddressOutOfRange(f"auxiliary address {label}={address} not in {net}")
-            configs.append(IpamConfig(str(net), gateway, None, mine))
-        return tuple(configs)
-
-    def _ipam_driver(self, name: str) -> contract.IpamDriver:
-        from keelnet.plugin.client import remote_ipam
-
-        return remote_ipam(name)
-
-    def _on_link_routes(self) -> list[str]:
-        """The subnets this host reaches directly (IPv4 and IPv6), kept clear of."""
-        routes = []
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for route in self._ipr.route("dump", family=family):
-                destination = f"{route.get('dst')}/{route['dst_len']}"
-                # IPv6 routes have no link scope: an on-link one is one without a gateway.
-                on_link = (
-                    route["scope"] == _RT_SCOPE_LINK
-                    if family == socket.AF_INET
-                    else route.get("gateway") is None
-                )
-                if (
-                    on_link
-                    and route["table"] == _RT_TABLE_MAIN
-                    and route["dst_len"] > 0
-                    and not ipaddress.ip_network(destination, strict=False).is_link_local
-                ):
-                    routes.append(destination)
-        return routes
-
     def subnets_in_use(self) -> list[str]:
-        """What carved pools keep clear of: the host's on-link routes and the subnets of
-        keelnet's networks (keelnet's IPAM serving Docker asks this)."""
-        return [c.subnet for n in self.store.networks() for c in n.ipam] + self._on_link_routes()
+        """What carved pools keep clear of (keelnet's IPAM serving Docker asks this)."""
+        return self._addresses.in_use()
 
     def remove_network(self, name: str) -> None:
         """Remove a network with no endpoints; one that does not exist is already removed."""
@@ -393,16 +240,8 @@ class Host:
                 )
             op.begin()
             get_driver(network.driver).delete_network(self._ctx, network)
-            if network.ipam_driver not in (DEFAULT_IPAM, EXTERNAL_IPAM):
-                contract.release_network(self._ipam_driver(network.ipam_driver), network)
-            carved = self.store.subnets_from_defaults(network.id)
+            self._addresses.release_network(network)
             self.store.remove_network(network.id)
-            if carved:
-                subnet_pools = self.store.subnet_pools()
-                for subnet in carved:
-                    with contextlib.suppress(KeelnetError):  # already free: nothing to do
-                        subnet_pools.release(subnet)
-                self.store.save_subnet_pools(subnet_pools)
             self._sync_firewall(bridges_changed=True)
             self._release_if_empty()
 
@@ -509,7 +348,7 @@ class Host:
                 )
             driver = get_driver(net.driver)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, ip, op.undo) if driver.uses_ipam else {}
+            addresses = self._addresses.allocate(net, ip, op.undo) if driver.uses_ipam else {}
             if driver.uses_ipam:
                 used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
                 ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
@@ -555,26 +394,6 @@ class Host:
             ),
         )
 
-    def _allocate(self, network: Network, ip: str | None, undo: list[Undo]) -> dict[int, str]:
-        """The new endpoint's addresses (`ip` in its family, if given); a remote IPAM
-        driver's are given back by `undo` when the operation fails."""
-        wanted = _version_of(ip) if ip is not None else None
-        if ip is not None and network.ipam_for(wanted or 0) is None:
-            raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
-        if network.ipam_driver != DEFAULT_IPAM:
-            driver = self._ipam_driver(network.ipam_driver)
-            remote, give_back = contract.endpoint_addresses(driver, network, ip)
-            undo.append(give_back)
-            return remote
-        addresses: dict[int, str] = {}
-        for config in network.ipam:
-            pool = self.store.address_pool(network.id, config.version)
-            if pool is None:
-                continue
-            addresses[config.version] = pool.allocate(ip if wanted == config.version else None)
-            self.store.save_address_pool(network.id, config.version, pool)
-        return addresses
-
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
         with self._operation(undoable=False) as op:
@@ -592,32 +411,12 @@ class Host:
         ports = self._revoke_ports(network, endpoint.sandbox) if endpoint.sandbox else []
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
-        self._release(network, endpoint)
+        self._addresses.release(network, endpoint)
         self.store.remove_endpoint(endpoint.id)
         if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
             self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one
         if ports:
             self._sync_firewall()
-
-    def _release(self, network: Network, endpoint: Endpoint) -> None:
-        """Give the endpoint's addresses back to whoever allocated them."""
-        if network.ipam_driver == EXTERNAL_IPAM:
-            return
-        if network.ipam_driver != DEFAULT_IPAM:
-            addresses = {4: endpoint.ip, 6: endpoint.ipv6}
-            contract.release_endpoint(
-                self._ipam_driver(network.ipam_driver),
-                network,
-                {v: a for v, a in addresses.items() if a is not None},
-            )
-            return
-        for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
-            pool = self.store.address_pool(network.id, version)
-            if address is None or pool is None:
-                continue
-            with contextlib.suppress(KeelnetError):  # already free: teardown is idempotent
-                pool.release(address)
-            self.store.save_address_pool(network.id, version, pool)
 
     def endpoints(self, network: str | None = None) -> list[Endpoint]:
         network_id = self.network(network).id if network else None
@@ -654,11 +453,11 @@ class Host:
             if self.store.find_endpoint(endpoint_id) is not None:
                 raise DuplicateEndpoint(f"endpoint {endpoint_id[:12]} already exists")
             if net.ipam_driver == EXTERNAL_IPAM:
-                addresses = self._given_addresses(net, ip, ipv6)
+                addresses = self._addresses.given(net, ip, ipv6)
             else:
                 if ip is not None and ipv6 is not None:
                     raise InvalidRequest("ask for one address: the other family's is allocated")
-                addresses = self._allocate(net, ip or ipv6, op.undo)
+                addresses = self._addresses.allocate(net, ip or ipv6, op.undo)
             staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
             op.begin()
@@ -666,24 +465,6 @@ class Host:
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             self.store.add_endpoint(endpoint)
             return endpoint
-
-    def _given_addresses(self, net: Network, ip: str | None, ipv6: str | None) -> dict[int, str]:
-        """The caller's addresses for a new endpoint: inside the subnets, not taken."""
-        addresses: dict[int, str] = {}
-        taken = {a for e in self.store.endpoints(network_id=net.id) for a in (e.ip, e.ipv6)}
-        for version, text in ((4, ip), (6, ipv6)):
-            if text is None:
-                continue
-            config = net.ipam_for(version)
-            if _version_of(text) != version or config is None:
-                raise AddressOutOfRange(f"{text}: network {net.name} has no such subnet")
-            address = ipaddress.ip_address(text)
-            if address not in ipaddress.ip_network(config.subnet):
-                raise AddressOutOfRange(f"{text} is not in {net.name}'s subnet {config.subnet}")
-            if str(address) in taken:
-                raise AddressInUse(f"{text} belongs to another endpoint of {net.name}")
-            addresses[version] = str(address)
-        return addresses
 
     def join(self, network: str, endpoint_id: str, sandbox_path: str) -> JoinInfo:
         """The caller moves the endpoint's interface into the network namespace at
@@ -806,7 +587,7 @@ class Host:
 
     def _add_port(self, net: Network, endpoint: Endpoint, request: PortRequest) -> PortMapping:
         host_ip, proto = request.host_ip, request.proto
-        host_version = _version_of(host_ip) if host_ip is not None else None
+        host_version = version_of(host_ip) if host_ip is not None else None
         # Like Docker: no host IP means the host's IPv4 and IPv6 addresses alike.
         container_ip = endpoint.ip if host_version in (None, 4) else None
         container_ipv6 = endpoint.ipv6 if host_version in (None, 6) else None
@@ -1114,21 +895,3 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
-
-
-def _version_of(address: str) -> int:
-    try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        raise InvalidRequest(f"invalid IP address {address!r}") from None
-
-
-def _pick_family(values: list[str], version: int, what: str) -> str | None:
-    for value in values:
-        try:
-            parsed = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if parsed.version == version:
-            return value
-    return None

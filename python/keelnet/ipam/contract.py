@@ -93,14 +93,14 @@ def plan_network(
         local_space, _ = driver.address_spaces()
         configs = []
         for version in (4, 6) if ipv6 else (4,):
-            subnet = _of_family(subnets, version, "subnet")
-            ip_range = _of_family(ranges, version, "ip range")
+            subnet = pick_family(subnets, version, "subnet")
+            ip_range = pick_family(ranges, version, "ip range")
             if ip_range is not None and subnet is None:
                 raise InvalidSubnet(f"ip range {ip_range} given without its subnet")
             lease = driver.request_pool(local_space, subnet, ip_range, options, version == 6)
             undo.append(functools.partial(driver.release_pool, lease.pool_id))
             pool = ipaddress.ip_network(lease.subnet, strict=False)
-            gateway = _of_family(gateways, version, "gateway")
+            gateway = pick_family(gateways, version, "gateway")
             if gateway is None and GATEWAY_DATA in lease.data:
                 gateway = _address(lease.data[GATEWAY_DATA])  # the driver named it
             else:
@@ -170,7 +170,8 @@ def release_endpoint(driver: IpamDriver, network: Network, addresses: Mapping[in
                 driver.release_address(config.pool_id, address)
 
 
-def _of_family(values: list[str], version: int, what: str) -> str | None:
+def pick_family(values: list[str], version: int, what: str) -> str | None:
+    """The first of `values` (addresses or CIDRs) of IP `version`."""
     for value in values:
         try:
             parsed = ipaddress.ip_network(value, strict=False)
