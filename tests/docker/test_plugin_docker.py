@@ -345,9 +345,16 @@ def test_keelnet_ipam(lab: DockerLab, state_dir: Path) -> None:
         assert str(address) != "10.213.12.130"
     assert ping(lab, a, lab.address(b, net))
     routed_before = _routed_subnets()
-    dynamic = lab.network("ipam2", "--ipam-driver", plugin)
-    subnet = ipaddress.ip_network(lab.inspect("network", dynamic)["IPAM"]["Config"][0]["Subnet"])
+    dynamic = lab.network("ipam2", "--ipam-driver", plugin, "--ipv6")
+    configs = lab.inspect("network", dynamic)["IPAM"]["Config"]
+    subnet, subnet6 = (ipaddress.ip_network(c["Subnet"]) for c in configs)
     assert not [r for r in routed_before if r.version == 4 and r.overlaps(subnet)]
+    assert subnet6.prefixlen == 64 and subnet6.is_private  # a /64 of keelnet's ULA /48
+    c = lab.run("c", "--network", dynamic)
+    d = lab.run("d", "--network", dynamic)
+    address6 = lab.address(d, dynamic, "GlobalIPv6Address")
+    assert ipaddress.ip_address(address6) in subnet6
+    assert ping(lab, c, address6)
     store = store_of(state_dir)
     try:
         pools = {p.subnet: p for p in store.ipam_pools()}
