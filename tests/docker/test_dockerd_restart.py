@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dockerlab import DockerLab, Session, build_image, docker, ping
+from dockerlab import DockerLab, Session, build_image, docker, ping, terminate
 from pyroute2 import IPRoute
 
 
@@ -67,14 +67,8 @@ class PrivateDockerd:
         raise TimeoutError("the private dockerd did not answer")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        if self.process is not None:
+            terminate(self.process, timeout=60)
         self.process = None
 
     def remove(self) -> None:

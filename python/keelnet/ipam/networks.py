@@ -98,17 +98,7 @@ class NetworkAddresses:
         return Plan(configs)
 
     def _plan_default(self, request: Request) -> Plan:
-        requested: dict[int, Subnet] = {}
-        for text in request.subnets:
-            try:
-                net = ipaddress.ip_network(text, strict=True)
-            except ValueError as exc:
-                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
-            if net.version in requested:
-                raise InvalidSubnet(f"more than one IPv{net.version} subnet given")
-            if net.version == 6 and not request.ipv6:
-                raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
-            requested[net.version] = net
+        requested = _by_family(request.subnets, request.ipv6, strict=True)
         existing = self.check_overlap(list(requested.values()))
         subnet_pools = self.store.subnet_pools()
         plan = Plan()
@@ -146,20 +136,7 @@ class NetworkAddresses:
 
     def _plan_external(self, request: Request) -> tuple[IpamConfig, ...]:
         """One given subnet per family, its gateway if any, auxiliary addresses inside."""
-        requested: dict[int, Subnet] = {}
-        for text in request.subnets:
-            try:
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError as exc:
-                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
-            if net.version in requested:
-                raise InvalidSubnet(
-                    "keelnet networks take one subnet per address family: "
-                    f"{requested[net.version]} and {net} given"
-                )
-            if net.version == 6 and not request.ipv6:
-                raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
-            requested[net.version] = net
+        requested = _by_family(request.subnets, request.ipv6, strict=False)
         if 4 not in requested or (request.ipv6 and 6 not in requested):
             missing = "IPv4" if 4 not in requested else "IPv6"
             raise InvalidSubnet(f"a network with external IPAM needs its {missing} subnet")
@@ -287,6 +264,25 @@ def remote(name: str) -> contract.IpamDriver:
     from keelnet.plugin.client import remote_ipam
 
     return remote_ipam(name)
+
+
+def _by_family(subnets: list[str], ipv6: bool, *, strict: bool) -> dict[int, Subnet]:
+    """The given subnets by IP version: one per family, IPv6 only when enabled."""
+    requested: dict[int, Subnet] = {}
+    for text in subnets:
+        try:
+            net = ipaddress.ip_network(text, strict=strict)
+        except ValueError as exc:
+            raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
+        if net.version in requested:
+            raise InvalidSubnet(
+                "keelnet networks take one subnet per address family: "
+                f"{requested[net.version]} and {net} given"
+            )
+        if net.version == 6 and not ipv6:
+            raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
+        requested[net.version] = net
+    return requested
 
 
 def _aux_in(aux: Mapping[str, str], version: int, net: Subnet) -> dict[str, str]:
