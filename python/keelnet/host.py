@@ -10,7 +10,6 @@ commits nothing; what it left in the kernel is marked as keelnet's and unreferen
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import os
 import re
@@ -24,16 +23,18 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from keelnet import sandbox as netns_sandbox
-from keelnet.drivers import get_driver
+from keelnet.drivers import _gateway, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
 from keelnet.errors import (
     AddressOutOfRange,
+    Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
     EndpointNotFound,
     GatewayOutsideSubnet,
+    InvalidOption,
     InvalidRequest,
     InvalidSubnet,
     KeelnetError,
@@ -44,15 +45,19 @@ from keelnet.errors import (
     PortInUse,
     SandboxNotFound,
 )
+from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool
 from keelnet.kernel import iptables_compat, links, nftables
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
 from keelnet.kernel.rtnl import Rtnl
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox, created_now
 from keelnet.store import PortTaken, Store, default_state_dir
 
 Undo = Callable[[], None]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_IFNAME = re.compile(r"^[^/:\s]{1,15}$")
+#: Docker's endpoint driver option that names the sandbox's interface.
+ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
 
@@ -148,7 +153,7 @@ class Host:
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
-                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                created=created_now(),
                 ipam=configs,
                 ipv6=ipv6,
                 internal=internal,
@@ -267,16 +272,11 @@ class Host:
         return network
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        network = self.network(name)
-        status = {}
-        for config in network.ipam:
-            pool = self.store.address_pool(network.id, config.version)
-            if pool is not None:
-                status[config.subnet] = {
-                    "IPsInUse": pool.used,
-                    "DynamicIPsAvailable": pool.size - pool.used,
-                }
-        return network.to_inspect(self.store.endpoints(network_id=network.id), status)
+        return network_inspect(self.store, self.network(name))
+
+    def data_plane_running(self, network: Network) -> bool:
+        """Whether this Host runs `network`'s userspace data plane."""
+        return self._ctx.planes.get(network.id) is not None
 
     # --- sandboxes -----------------------------------------------------------------------
 
@@ -343,12 +343,27 @@ class Host:
         sandbox: str,
         *,
         ip: str | None = None,
+        ipv6: str | None = None,
         mac: str | None = None,
         aliases: Sequence[str] = (),
+        driver_options: Mapping[str, str] | None = None,
+        gw_priority: int = 0,
     ) -> Endpoint:
-        """Attach the sandbox to the network; returns its addresses (no prefix length)."""
+        """Attach the sandbox to the network; returns its addresses (no prefix length).
+
+        `ip`/`ipv6`: the addresses to take (any free one when not given); `gw_priority`:
+        Docker's `--gw-priority`, which endpoint gives the sandbox its default routes;
+        `driver_options`: `com.docker.network.endpoint.ifname` names the interface."""
         if mac is not None and not _MAC.match(mac):
             raise InvalidRequest(f"invalid MAC address {mac!r}")
+        requested = _requested_addresses(ip, ipv6)
+        options = dict(driver_options or {})
+        wanted_ifname = options.pop(ENDPOINT_IFNAME_OPTION, None)
+        if options:
+            raise InvalidOption(
+                f"unknown endpoint option(s) {', '.join(sorted(options))}: keelnet knows "
+                f"{ENDPOINT_IFNAME_OPTION}"
+            )
         with self.store.transaction(), self._rollback() as undo:
             net = self.network(network)
             box = self.sandbox(sandbox)
@@ -358,14 +373,10 @@ class Host:
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
             driver = get_driver(net.driver)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, ip) if driver.uses_ipam else {}
+            addresses = self._allocate(net, requested) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
             routed = driver.uses_gateway(net) and not net.internal
-            if driver.uses_ipam:
-                used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
-                ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
-            else:
-                ifname = ""
+            ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
             endpoint = Endpoint(
                 ip=addresses.get(4),
                 ipv6=addresses.get(6),
@@ -382,24 +393,66 @@ class Host:
                     else None
                 ),
                 aliases=tuple(aliases),
+                gw_priority=gw_priority,
             )
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
             undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
             self.store.add_endpoint(endpoint)
+            # Put the sandbox's routes back as they were should anything after this fail.
+            undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
+            self._route_sandbox(box)
             return endpoint
 
-    def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
-        wanted = _version_of(ip) if ip is not None else None
-        if ip is not None and network.ipam_for(wanted or 0) is None:
-            raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
+    def _endpoint_ifname(self, sandbox: str, wanted: str | None) -> str:
+        used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+        if wanted is None:
+            return next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
+        if not _IFNAME.match(wanted):
+            raise InvalidOption(
+                f"{ENDPOINT_IFNAME_OPTION}={wanted!r} is not an interface name "
+                "(1-15 characters, no '/', ':' or spaces)"
+            )
+        if wanted in used:
+            raise Conflict(f"sandbox {sandbox} already has an interface {wanted}")
+        return wanted
+
+    def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
+        """Give the sandbox the default routes Docker's order picks among its endpoints
+        (`leaving`: an endpoint to leave out, one on its way out)."""
+        if not netns_sandbox.exists(box.path):
+            return
+        candidates = []
+        for endpoint in self.store.endpoints(sandbox=box.name):
+            if endpoint.id == leaving or not endpoint.ifname:
+                continue
+            network = self.network(endpoint.network_id)
+            via4, via6 = get_driver(network.driver).default_routes(network, endpoint)
+            candidates.append(
+                _gateway.Candidate(
+                    endpoint.ifname,
+                    network.name,
+                    network.internal,
+                    endpoint.gw_priority,
+                    via4,
+                    via6,
+                )
+            )
+        _gateway.apply(box.path, candidates)
+
+    def _allocate(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
+        for version, address in requested.items():
+            if network.ipam_for(version) is None:
+                raise AddressOutOfRange(
+                    f"{address}: network {network.name} has no IPv{version} subnet"
+                )
         addresses: dict[int, str] = {}
         for config in network.ipam:
             pool = self.store.address_pool(network.id, config.version)
             if pool is None:
                 continue
-            addresses[config.version] = pool.allocate(ip if wanted == config.version else None)
+            addresses[config.version] = pool.allocate(requested.get(config.version))
             self.store.save_address_pool(network.id, config.version, pool)
         return addresses
 
@@ -430,6 +483,8 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        if box is not None and path is not None:
+            self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
             self._sync_firewall()
 
@@ -595,6 +650,7 @@ class Host:
             try:
                 driver.create_endpoint(self._ctx, network, endpoint, box.path)
                 driver.join(self._ctx, network, endpoint, box.path)
+                self._route_sandbox(box)
             except KeelnetError:
                 # The Host must start even when a parent is gone; the endpoint stays in
                 # the store and the next reconcile tries again.
@@ -653,6 +709,20 @@ class Host:
                 with contextlib.suppress(Exception):  # keep undoing; the first error wins
                     step()
             raise
+
+
+def _requested_addresses(*addresses: str | None) -> dict[int, str]:
+    requested: dict[int, str] = {}
+    for address in addresses:
+        if address is None:
+            continue
+        version = _version_of(address)
+        if version in requested:
+            raise InvalidRequest(
+                f"two IPv{version} addresses asked for: {requested[version]} and {address}"
+            )
+        requested[version] = address
+    return requested
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:

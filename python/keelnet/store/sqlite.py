@@ -9,7 +9,6 @@ kernel is marked as ours and unreferenced, which is exactly what `reconcile` rem
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,15 +50,6 @@ CREATE TABLE IF NOT EXISTS ports (
     PRIMARY KEY (host_ip, host_port, proto)
 );
 """
-
-
-def default_state_dir(netns: str | None) -> Path:
-    """`$KEELNET_STATE_DIR`, else /var/lib/keelnet/<host netns name or "default">."""
-    configured = os.environ.get("KEELNET_STATE_DIR")
-    if configured:
-        return Path(configured)
-    host = Path(netns).name if netns else "default"
-    return Path("/var/lib/keelnet") / host
 
 
 class Store:
