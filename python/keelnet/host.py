@@ -179,23 +179,31 @@ class Host:
     ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
         requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
         for text in subnets:
-            try:
-                net = ipaddress.ip_network(text, strict=True)
-            except ValueError as exc:
-                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
+            net = _parse_subnet(text)
             if net.version in requested:
                 raise InvalidSubnet(f"more than one IPv{net.version} subnet given")
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
+        for what, values in (("a gateway", gateways), ("an IP range", ranges)):
+            for value in values:
+                version = _version_of(value.partition("/")[0])
+                if version not in requested:
+                    raise InvalidSubnet(
+                        f"{what} needs a subnet: {value} was given without an IPv{version} "
+                        "subnet (give the subnet it belongs to as well)"
+                    )
+        taken = [
+            (ipaddress.ip_network(c.subnet), n.name) for n in self.store.networks() for c in n.ipam
+        ]
         for net in requested.values():
-            for other in existing:
+            for other, owner in taken:
                 if net.version == other.version and net.overlaps(other):
                     raise OverlappingSubnet(
-                        f"invalid pool request: subnet {net} overlaps with {other} of another "
-                        "network"
+                        f"subnet {net} overlaps with {other} of network {owner}: choose a "
+                        f"subnet outside it (or remove network {owner} first)"
                     )
+        existing = [subnet for subnet, _ in taken]
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in (4, 6) if ipv6 else (4,):
@@ -723,6 +731,20 @@ def _requested_addresses(*addresses: str | None) -> dict[int, str]:
             )
         requested[version] = address
     return requested
+
+
+def _parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise InvalidSubnet(
+            f"invalid subnet {text!r}: give an address and a prefix length, such as 10.1.2.0/24"
+        ) from None
+    raise InvalidSubnet(f"{text} has host bits set: did you mean {loose}?")
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
