@@ -340,23 +340,20 @@ def stop(netns: str | None, state_dir: str | None, timeout: float = 60.0) -> Sta
 # --- server side ---------------------------------------------------------------------------
 
 
-class _Lock:
-    """The state directory's agent lock, held for the agent's whole life."""
-
-    def __init__(self, paths: Paths) -> None:
-        os.makedirs(paths.state_dir, mode=0o700, exist_ok=True)
-        self._fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise AgentError(
-                f"another keelnet agent already serves {paths.state_dir}"
-                f" (`keelnet agent status` says which)"
-            ) from None
-
-    def release(self) -> None:
-        os.close(self._fd)
+def _hold_lock(paths: Paths) -> None:
+    """Take the state directory's agent lock for the rest of this process's life. It is
+    never released by hand: the kernel drops it when the process ends (after the process's
+    memory), so a free lock means the agent is gone, not going."""
+    os.makedirs(paths.state_dir, mode=0o700, exist_ok=True)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentError(
+            f"another keelnet agent already serves {paths.state_dir}"
+            " (`keelnet agent status` says which)"
+        ) from None
 
 
 def _write_status(paths: Paths, **record: Any) -> None:
@@ -401,7 +398,7 @@ def serve(netns: str | None, state_dir: str | None, run: Runner) -> int:
     from keelnet.host import Host
 
     paths = Paths.of(netns, state_dir)
-    lock = _Lock(paths)
+    _hold_lock(paths)
     stop_requested = threading.Event()
     why = "by SIGTERM"
 
@@ -461,7 +458,6 @@ def serve(netns: str | None, state_dir: str | None, run: Runner) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        lock.release()
     print(f"keelnet agent: stopped {why}", flush=True)
     return 0
 
