@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -313,3 +316,25 @@ def test_the_cli_loads_nothing_heavy_before_it_must() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.splitlines()[-1] == "[]", out
+
+
+# --- the systemd units in the package ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit", ["keelnet-agent.service", "keelnet-agent@.service"])
+def test_the_packaged_systemd_units_run_the_agent(unit: str, tmp_path: Path) -> None:
+    from importlib.resources import files
+
+    from keelnet.cli.agent import run_agent
+
+    text = (files("keelnet") / "systemd" / unit).read_text()
+    (exec_start,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    program, *argv = shlex.split(exec_start.removeprefix("ExecStart=").replace("%i", "kn-x"))
+    assert program == "/usr/local/bin/keelnet"
+    assert build_parser().parse_args(argv).standalone is run_agent
+    analyze, keelnet = shutil.which("systemd-analyze"), shutil.which("keelnet")
+    if analyze and keelnet:  # systemd's own check, with ExecStart where keelnet is here
+        local = tmp_path / unit.replace("@", "@kn-x")
+        local.write_text(text.replace("/usr/local/bin/keelnet", keelnet))
+        checked = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
