@@ -47,6 +47,9 @@ START_LOCK_NAME = "agent.start.lock"
 LOG_NAME = "agent.log"
 STATUS_NAME = "agent.json"
 MAX_REQUEST = 1 << 20
+#: What the CLI and the agent say to each other; bumped when that changes, so that a CLI
+#: upgraded under a running agent says to restart it instead of misunderstanding it.
+PROTOCOL = 1
 #: How long a command waits for an agent it started to serve (it restores every plane).
 START_TIMEOUT = 60.0
 #: How long a command waits for the agent's answer.
@@ -151,7 +154,8 @@ def forward(
     netns: str | None, state_dir: str | None, argv: list[str]
 ) -> tuple[int, str, str] | None:
     """Run `argv` in the agent for this host, if one is serving; None when none is."""
-    answer = _ask(Paths.of(netns, state_dir), {"argv": argv, "netns": netns}, ANSWER_TIMEOUT)
+    request = {"protocol": PROTOCOL, "argv": argv, "netns": netns}
+    answer = _ask(Paths.of(netns, state_dir), request, ANSWER_TIMEOUT)
     if answer is None:
         return None
     return int(answer["status"]), str(answer["stdout"]), str(answer["stderr"])
@@ -167,12 +171,14 @@ class Status:
         *,
         pid: int | None = None,
         netns: str | None = None,
+        version: str | None = None,
         planes: tuple[str, ...] = (),
         ended: str | None = None,
         log: str | None = None,
     ) -> None:
         self.running = running
         self.pid = pid
+        self.version = version
         self.netns = netns
         self.planes = planes
         self.ended = ended
@@ -182,7 +188,7 @@ class Status:
         if self.running:
             planes = ", ".join(self.planes) or "none"
             return (
-                f"keelnet agent is running: pid {self.pid}, host namespace "
+                f"keelnet agent {self.version} is running: pid {self.pid}, host namespace "
                 f"{self.netns or '(this one)'}, userspace data planes: {planes}; log: {self.log}"
             )
         ended = f": {self.ended}" if self.ended else ""
@@ -197,6 +203,7 @@ def status(netns: str | None, state_dir: str | None) -> Status:
             running=True,
             pid=int(answer["pid"]),
             netns=answer.get("netns"),
+            version=answer.get("version"),
             planes=tuple(answer.get("planes", ())),
             log=paths.log,
         )
@@ -374,6 +381,13 @@ def _answer(host: Host, request: bytes, run: Runner, netns: str | None) -> dict[
             raise ValueError("argv must be a list of strings")
     except (ValueError, KeyError, TypeError) as exc:
         return {"status": 2, "stdout": "", "stderr": f"Error: bad agent request: {exc}\n"}
+    if body.get("protocol") != PROTOCOL:
+        return {
+            "status": 1,
+            "stdout": "",
+            "stderr": "Error: the running keelnet agent is from another keelnet version: restart "
+            "it (`keelnet agent stop`; the next command starts the new one)\n",
+        }
     if body.get("netns") != netns:
         return {
             "status": 1,
@@ -409,7 +423,9 @@ def serve(netns: str | None, state_dir: str | None, run: Runner) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     started_ns = time.time_ns()
-    record = {"pid": os.getpid(), "netns": netns, "started_ns": started_ns}
+    from keelnet import __version__
+
+    record = {"pid": os.getpid(), "netns": netns, "started_ns": started_ns, "version": __version__}
     _write_status(paths, state="starting", **record)
     try:
         with (

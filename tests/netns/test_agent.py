@@ -15,7 +15,7 @@ from netlab import Lab
 from nettools import ping, wait_until
 from pyroute2 import NetNS
 
-from keelnet.agent import socket_path
+from keelnet.agent import PROTOCOL, socket_path
 
 
 def keelnet_cli(lab: Lab, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -130,6 +130,7 @@ def test_a_userspace_network_brings_its_agent_and_keeps_its_plane(lab: Lab) -> N
     assert len(agent_pids(lab)) == 1
     status = keelnet_cli(lab, "agent", "status")
     assert status.returncode == 0 and "userspace data planes: us" in status.stdout
+    assert status.stdout.startswith("keelnet agent 0.") and " is running: pid " in status.stdout
 
     connected = keelnet_cli(lab, "network", "connect", "us", sandbox)
     assert connected.returncode == 0 and connected.stderr == ""  # said once, not again
@@ -201,3 +202,25 @@ def test_kernel_networks_need_no_agent(lab: Lab) -> None:
     assert agent_pids(lab) == []
     inspected = json.loads(keelnet_cli(lab, "network", "inspect", "k").stdout)[0]
     assert "DataPlaneStatus" not in inspected
+
+
+def test_an_agent_of_another_protocol_is_named_not_misunderstood(lab: Lab) -> None:
+    assert keelnet_cli(lab, "agent", "start").returncode == 0
+    stale = forward_raw(lab, {"protocol": 0, "argv": ["network", "ls"], "netns": lab.host})
+    assert stale["status"] == 1 and "restart it (`keelnet agent stop`" in stale["stderr"]
+    other = forward_raw(lab, {"protocol": PROTOCOL, "argv": ["network", "ls"], "netns": "x"})
+    assert other["status"] == 1 and "give each host its own --state-dir" in other["stderr"]
+    garbage = forward_raw(lab, {"argv": "network ls", "protocol": PROTOCOL})
+    assert garbage["status"] == 2 and "bad agent request" in garbage["stderr"]
+
+
+def forward_raw(lab: Lab, request: dict[str, object]) -> dict[str, object]:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(30)
+        conn.connect(str(socket_path(lab.host, str(lab.state_dir))))
+        conn.sendall(json.dumps(request).encode())
+        conn.shutdown(socket.SHUT_WR)
+        answer: dict[str, object] = json.loads(conn.makefile("rb").read())
+    return answer
