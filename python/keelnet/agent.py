@@ -432,6 +432,9 @@ def serve(netns: str | None, state_dir: str | None, run: Runner) -> int:
             Host(netns=netns, state_dir=state_dir) as host,
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server,
         ):
+            # Opening a Host reconciles only when something calls for it; the agent, which
+            # holds it for long, starts from a checked kernel (as dockerd does).
+            host.reconcile()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(paths.socket)
             server.bind(paths.socket)

@@ -57,12 +57,7 @@ class Session:
         if self._host is not None:
             return self._host.store
         if self._store is None:
-            from pathlib import Path
-
-            from keelnet.statedir import state_dir_path
-            from keelnet.store import Store
-
-            self._store = Store(Path(state_dir_path(self.netns, self.state_dir)))
+            self._store = _open_store(self.netns, self.state_dir)
         return self._store
 
     def network(self, name: str) -> Network:
@@ -101,6 +96,28 @@ class Session:
             self._host.close()
         if self._store is not None:
             self._store.close()
+
+
+def _open_store(netns: str | None, state_dir: str | None) -> Store:
+    """The host's store for reading, without a Host (no pyroute2, no drivers), refused
+    as a Host refuses it when another store manages the namespace."""
+    from pathlib import Path
+
+    from keelnet.kernel.namespaces import host_netns_path
+    from keelnet.kernel.ownership import Owner
+    from keelnet.statedir import state_dir_path
+    from keelnet.store import Store
+    from keelnet.store.claim import NamespaceClaim
+
+    path = Path(state_dir_path(netns, state_dir))
+    namespace = host_netns_path(netns)
+    store = Store(path)
+    try:
+        NamespaceClaim(netns, namespace, Owner(store.store_id), path).check()
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 #: Runs one parsed command in a session, returns the exit code.

@@ -5,10 +5,13 @@ from __future__ import annotations
 from keelnet.errors import KernelError
 from keelnet.kernel import links, rtnl
 from keelnet.kernel.namespaces import iproute
+from keelnet.kernel.ownership import Owner
 from keelnet.model import Endpoint, Network
 
 
-def configure_sandbox_interface(network: Network, endpoint: Endpoint, sandbox_path: str) -> None:
+def configure_sandbox_interface(
+    owner: Owner, network: Network, endpoint: Endpoint, sandbox_path: str
+) -> None:
     """Addresses and link up for `endpoint` inside the sandbox. Its default routes are the
     Host's to set, across the sandbox's endpoints (`_gateway`)."""
     try:
@@ -18,9 +21,7 @@ def configure_sandbox_interface(network: Network, endpoint: Endpoint, sandbox_pa
                 raise KernelError(f"{endpoint.ifname} did not appear in the sandbox")
             v4, v6 = network.ipam_for(4), network.ipam_for(6)
             requests = [
-                rtnl.set_link(
-                    endpoint.ifname, alias=links.alias_for(network.id, endpoint.id), up=True
-                )
+                rtnl.set_link(endpoint.ifname, alias=owner.alias(network.id, endpoint.id), up=True)
             ]
             if endpoint.ip and v4:
                 requests.append(rtnl.add_address(index, endpoint.ip, v4.prefix_length))

@@ -102,6 +102,7 @@ class LowerDeviceDriver(Driver):
                 net_ns_fd=fd,
                 **self.link_attributes(network),
                 **({"address": endpoint.mac} if self.kind == "macvlan" else {}),
+                **ctx.owner.link_attributes(),
             )
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
@@ -118,7 +119,7 @@ class LowerDeviceDriver(Driver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(network, endpoint, sandbox_path)
+        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
