@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import os
 import re
@@ -27,8 +26,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from keelnet import checks
 from keelnet import sandbox as netns_sandbox
-from keelnet.drivers import get_driver
+from keelnet.drivers import _gateway, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
 from keelnet.errors import (
@@ -37,18 +37,19 @@ from keelnet.errors import (
     DuplicateNetwork,
     DuplicateSandbox,
     EndpointNotFound,
+    InvalidOption,
     InvalidRequest,
     KeelnetError,
     NetworkInUse,
     NetworkNotFound,
-    NotFound,
     PortInUse,
     SandboxNotFound,
 )
-from keelnet.ipam.networks import NetworkAddresses, Plan, version_of
+from keelnet.inspect import network_inspect
+from keelnet.ipam.networks import NetworkAddresses, Plan
 from keelnet.ipam.networks import Request as AddressRequest
 from keelnet.kernel import iptables_compat, links, nftables, ownership
-from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
+from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import (
@@ -62,16 +63,17 @@ from keelnet.model import (
     PortRequest,
     Sandbox,
     StaticRoute,
+    created_now,
 )
 from keelnet.store import PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
 from keelnet.store.journal import Entry, Journal
+from keelnet.store.sqlite import DB_NAME, check_state_dir
 
 Undo = Callable[[], None]
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-_RT_SCOPE_LINK = 253
-_RT_TABLE_MAIN = 254
-_ID = re.compile(r"^[0-9a-f]{64}$")
+#: Docker's endpoint driver option that names the sandbox's interface.
+ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
+_ID = re.compile(r"[0-9a-f]{64}")
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
 
 
@@ -80,10 +82,11 @@ class Host:
 
     def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
         self.netns = netns
-        self.netns_path = netns_path(netns) if netns else None
-        if self.netns_path is not None and not netns_sandbox.exists(self.netns_path):
-            raise NotFound(f"host network namespace {netns!r} does not exist")
+        self.netns_path = netns_sandbox.host_path(netns)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
+        check_state_dir(self.state_dir)
+        if not (self.state_dir / DB_NAME).exists():  # refused before anything is made
+            NamespaceClaim(netns, self.netns_path, None, self.state_dir).check()
         self.store = Store(self.state_dir)
         self._exit = contextlib.ExitStack()
         self._exit.callback(self.store.close)
@@ -167,10 +170,20 @@ class Host:
         `create_endpoint`). `network_id`: the id to use (Docker's), instead of a new one.
         """
         netns_sandbox.check_name(name, "network")
-        the_driver = get_driver(driver)
-        opts = {str(k): str(v) for k, v in (options or {}).items()}
-        if network_id is not None and not _ID.match(network_id):
+        the_driver = get_driver(checks.text(driver, "driver"))
+        opts = checks.string_map(options, "options")
+        subnets = checks.text_list(subnet, "subnet")
+        gateways = checks.text_list(gateway, "gateway")
+        ranges = checks.text_list(ip_range, "ip_range")
+        aux = checks.string_map(aux_addresses, "aux_addresses")
+        label_map = checks.string_map(labels, "labels")
+        ipam_opts = checks.string_map(ipam_options, "ipam_options")
+        checks.text(ipam_driver, "ipam_driver")
+        if network_id is not None and not _ID.fullmatch(checks.text(network_id, "network id")):
             raise InvalidRequest(f"invalid network id {network_id!r}: use 64 hex digits")
+        for flag, value in (("ipv6", ipv6), ("internal", internal)):
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
         with self._operation() as op:
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
@@ -186,34 +199,34 @@ class Host:
             )
             network_id = network_id or secrets.token_hex(32)
             plan = Plan()
-            if not the_driver.uses_ipam:
-                if subnet or gateway or ip_range or aux_addresses or ipam_driver != DEFAULT_IPAM:
-                    raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
-            else:
+            if the_driver.uses_ipam:
                 request = AddressRequest(
-                    subnets=_as_list(subnet),
-                    gateways=_as_list(gateway),
-                    ranges=_as_list(ip_range),
-                    aux=dict(aux_addresses or {}),
-                    ipv6=ipv6,
+                    subnets,
+                    gateways,
+                    ranges,
+                    aux,
+                    ipv6,
+                    gateway_on_host=the_driver.gateway_on_host,
                     driver=ipam_driver,
-                    options=dict(ipam_options or {}),
+                    options=ipam_opts,
                 )
                 plan = self._addresses.plan(request, op.undo)
+            elif subnets or gateways or ranges or aux or ipam_driver != DEFAULT_IPAM:
+                raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
             network = Network(
                 id=network_id,
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
-                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                created=created_now(),
                 ipam=plan.configs,
                 ipv6=ipv6,
                 internal=internal,
                 options=opts,
-                labels={str(k): str(v) for k, v in (labels or {}).items()},
+                labels=label_map,
                 kernel_name=the_driver.kernel_name(network_id, opts),
                 ipam_driver=ipam_driver if the_driver.uses_ipam else DEFAULT_IPAM,
-                ipam_options={str(k): str(v) for k, v in (ipam_options or {}).items()},
+                ipam_options=ipam_opts,
             )
             op.begin()
             the_driver.create_network(self._ctx, network)
@@ -255,16 +268,11 @@ class Host:
         return network
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        network = self.network(name)
-        status = {}
-        for config in network.ipam:
-            pool = self.store.address_pool(network.id, config.version)
-            if pool is not None:
-                status[config.subnet] = {
-                    "IPsInUse": pool.used,
-                    "DynamicIPsAvailable": pool.size - pool.used,
-                }
-        return network.to_inspect(self.store.endpoints(network_id=network.id), status)
+        return network_inspect(self.store, self.network(name))
+
+    def data_plane_running(self, network: Network) -> bool:
+        """Whether this Host runs `network`'s userspace data plane."""
+        return self._ctx.planes.get(network.id) is not None
 
     # --- sandboxes -----------------------------------------------------------------------
 
@@ -328,12 +336,31 @@ class Host:
         sandbox: str,
         *,
         ip: str | None = None,
+        ipv6: str | None = None,
         mac: str | None = None,
         aliases: Sequence[str] = (),
+        driver_options: Mapping[str, str] | None = None,
+        gw_priority: int = 0,
     ) -> Endpoint:
-        """Attach the sandbox to the network; returns its addresses (no prefix length)."""
-        if mac is not None and not _MAC.match(mac):
-            raise InvalidRequest(f"invalid MAC address {mac!r}")
+        """Attach the sandbox to the network; returns its addresses (no prefix length).
+
+        `ip`/`ipv6`: the addresses to take (any free one when not given); `gw_priority`:
+        Docker's `--gw-priority`, which endpoint gives the sandbox its default routes;
+        `driver_options`: `com.docker.network.endpoint.ifname` names the interface."""
+        checks.text(network, "network")
+        checks.text(sandbox, "sandbox")
+        requested = _requested_addresses(ip, ipv6)
+        mac = checks.mac(mac) if mac is not None else None
+        names = checks.aliases(aliases)
+        if isinstance(gw_priority, bool) or not isinstance(gw_priority, int):
+            raise InvalidRequest(f"gw_priority must be an integer, not {gw_priority!r}")
+        options = checks.string_map(driver_options, "driver options")
+        wanted_ifname = options.pop(ENDPOINT_IFNAME_OPTION, None)
+        if options:
+            raise InvalidOption(
+                f"unknown endpoint option(s) {', '.join(sorted(options))}: keelnet knows "
+                f"{ENDPOINT_IFNAME_OPTION}"
+            )
         with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
@@ -347,15 +374,15 @@ class Host:
                     "connect containers to it with `docker network connect`"
                 )
             driver = get_driver(net.driver)
+            if mac is not None and not driver.shares_parent_mac:
+                self._check_mac_free(net, mac)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._addresses.allocate(net, ip, op.undo) if driver.uses_ipam else {}
-            if driver.uses_ipam:
-                used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
-                ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
-            else:
-                ifname = ""
+            addresses = (
+                self._addresses.allocate(net, requested, op.undo) if driver.uses_ipam else {}
+            )
+            ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, ifname, sandbox)
-            endpoint = dataclasses.replace(endpoint, aliases=tuple(aliases))
+            endpoint = dataclasses.replace(endpoint, aliases=names, gw_priority=gw_priority)
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
@@ -364,6 +391,9 @@ class Host:
             if kept:
                 endpoint = dataclasses.replace(endpoint, driver_data=dict(kept))
             self.store.add_endpoint(endpoint)
+            # Put the sandbox's routes back as they were should anything after this fail.
+            op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
+            self._route_sandbox(box)
             return endpoint
 
     def _endpoint(
@@ -394,6 +424,53 @@ class Host:
             ),
         )
 
+    def _check_mac_free(self, network: Network, mac: str) -> None:
+        """Refuse a MAC another endpoint of the network, or its host device, carries: two
+        interfaces with one MAC on a segment take each other's frames."""
+        for endpoint in self.store.endpoints(network_id=network.id):
+            if endpoint.mac == mac:
+                raise Conflict(
+                    f"MAC address {mac} is already used by {endpoint.sandbox} on {network.name}"
+                )
+        devices = [network.kernel_name, network.options.get("parent", "").partition(".")[0]]
+        for device in filter(None, devices):
+            index = links.link_index(self._ipr, device)
+            found = self._ipr.link("get", index=index)[0].get("address") if index else None
+            if found == mac:
+                raise Conflict(f"MAC address {mac} is the address of {device}, {network.name}'s")
+
+    def _endpoint_ifname(self, sandbox: str, wanted: str | None) -> str:
+        used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+        if wanted is None:
+            return next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
+        links.check_ifname(wanted, ENDPOINT_IFNAME_OPTION, InvalidOption)
+        if wanted in used:
+            raise Conflict(f"sandbox {sandbox} already has an interface {wanted}")
+        return wanted
+
+    def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
+        """Give the sandbox the default routes Docker's order picks among its endpoints
+        (`leaving`: an endpoint to leave out, one on its way out)."""
+        if not netns_sandbox.exists(box.path):
+            return
+        candidates = []
+        for endpoint in self.store.endpoints(sandbox=box.name):
+            if endpoint.id == leaving or not endpoint.ifname:
+                continue
+            network = self.network(endpoint.network_id)
+            via4, via6 = get_driver(network.driver).default_routes(network, endpoint)
+            candidates.append(
+                _gateway.Candidate(
+                    endpoint.ifname,
+                    network.name,
+                    network.internal,
+                    endpoint.gw_priority,
+                    via4,
+                    via6,
+                )
+            )
+        _gateway.apply(box.path, candidates)
+
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
         with self._operation(undoable=False) as op:
@@ -415,6 +492,8 @@ class Host:
         self.store.remove_endpoint(endpoint.id)
         if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
             self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one
+        if box is not None and path is not None:
+            self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
             self._sync_firewall()
 
@@ -437,9 +516,10 @@ class Host:
         the caller to move into a sandbox (Docker's CreateEndpoint). On a network with
         external IPAM `ip` and `ipv6` are its addresses; elsewhere they are allocated
         (`ip`/`ipv6` ask for these)."""
-        if mac is not None and not _MAC.match(mac):
-            raise InvalidRequest(f"invalid MAC address {mac!r}")
-        if endpoint_id is not None and not _ID.match(endpoint_id):
+        checks.text(network, "network")
+        requested = _requested_addresses(ip, ipv6)
+        mac = checks.mac(mac) if mac is not None else None
+        if endpoint_id is not None and not _ID.fullmatch(checks.text(endpoint_id, "endpoint id")):
             raise InvalidRequest(f"invalid endpoint id {endpoint_id!r}: use 64 hex digits")
         with self._operation() as op:
             net = self.network(network)
@@ -453,11 +533,9 @@ class Host:
             if self.store.find_endpoint(endpoint_id) is not None:
                 raise DuplicateEndpoint(f"endpoint {endpoint_id[:12]} already exists")
             if net.ipam_driver == EXTERNAL_IPAM:
-                addresses = self._addresses.given(net, ip, ipv6)
+                addresses = self._addresses.given(net, requested)
             else:
-                if ip is not None and ipv6 is not None:
-                    raise InvalidRequest("ask for one address: the other family's is allocated")
-                addresses = self._addresses.allocate(net, ip or ipv6, op.undo)
+                addresses = self._addresses.allocate(net, requested, op.undo)
             staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
             op.begin()
@@ -484,16 +562,17 @@ class Host:
                         f"sandbox {box.name} is already connected to {net.name}"
                     )
                 self.store.set_endpoint_sandbox(endpoint.id, box.name)
-            driver = get_driver(net.driver)
+            gateways: list[str | None] = []
             routes: list[StaticRoute] = []
-            if not driver.uses_gateway(net) and not net.internal:
-                # ipvlan l3: straight out of the interface, the parent host routes.
-                defaults = (("0.0.0.0/0", endpoint.ip), ("::/0", endpoint.ipv6))
-                routes = [StaticRoute(default) for default, address in defaults if address]
+            offers = get_driver(net.driver).default_routes(net, endpoint)
+            for default, via in zip(("0.0.0.0/0", "::/0"), offers, strict=True):
+                if via == _gateway.DEVICE:  # ipvlan l3: straight out, the parent host routes
+                    routes.append(StaticRoute(default))
+                gateways.append(None if via == _gateway.DEVICE else via)
             return JoinInfo(
                 src_name=endpoint.ifname,
-                gateway=endpoint.gateway,
-                ipv6_gateway=endpoint.ipv6_gateway,
+                gateway=gateways[0],
+                ipv6_gateway=gateways[1],
                 static_routes=tuple(routes),
                 disable_gateway_service=bool(routes),
             )
@@ -565,6 +644,8 @@ class Host:
         host_ip: str | None = None,
     ) -> PortMapping:
         """Forward host_port on the host's addresses (and from the host itself) to the sandbox."""
+        checks.text(network, "network")
+        checks.text(sandbox, "sandbox")
         request = PortRequest(container_port, proto, host_port, host_ip=host_ip)
         return self.publish_ports(network, sandbox, [request])[0]
 
@@ -587,7 +668,7 @@ class Host:
 
     def _add_port(self, net: Network, endpoint: Endpoint, request: PortRequest) -> PortMapping:
         host_ip, proto = request.host_ip, request.proto
-        host_version = version_of(host_ip) if host_ip is not None else None
+        host_version = checks.ip_version(host_ip, "host IP") if host_ip is not None else None
         # Like Docker: no host IP means the host's IPv4 and IPv6 addresses alike.
         container_ip = endpoint.ip if host_version in (None, 4) else None
         container_ipv6 = endpoint.ipv6 if host_version in (None, 6) else None
@@ -785,8 +866,9 @@ class Host:
                     continue
             try:
                 driver.create_endpoint(self._ctx, network, endpoint, path)
-                if path is not None and found is None:
+                if box is not None and path is not None and found is None:
                     driver.join(self._ctx, network, endpoint, path)
+                    self._route_sandbox(box)
             except KeelnetError:
                 # The Host must start even when a parent is gone; the endpoint stays in
                 # the store and the next reconcile tries again.
@@ -891,7 +973,15 @@ def _is_name(name: str) -> bool:
     return True
 
 
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
+def _requested_addresses(*addresses: str | None) -> dict[int, str]:
+    requested: dict[int, str] = {}
+    for address in addresses:
+        if address is None:
+            continue
+        version = checks.ip_version(address)
+        if version in requested:
+            raise InvalidRequest(
+                f"two IPv{version} addresses asked for: {requested[version]} and {address}"
+            )
+        requested[version] = address
+    return requested

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from keelnet import checks
 from keelnet.errors import InvalidRequest
-from keelnet.ipam import AddressPool
+
+TYPE_CHECKING = False  # the CLI reads models without loading the Rust extension
+if TYPE_CHECKING:
+    from keelnet.ipam import AddressPool
 
 #: `Network.ipam_driver` of a network whose every address is given by its creator (dockerd,
 #: when keelnet serves Docker as a plugin): keelnet allocates none of them.
@@ -17,6 +24,34 @@ DEFAULT_IPAM = "default"
 #: The host-side name of an endpoint's interface waiting to be moved into its sandbox by
 #: the caller that joins it (dockerd): `kn-c` + the endpoint id's first 11 digits.
 HANDOVER_PREFIX = "kn-c"
+
+
+def created_now() -> str:
+    """This moment as Docker writes `Created`: RFC 3339 in UTC with nanoseconds."""
+    return rfc3339nano(time.time_ns())
+
+
+def rfc3339nano(ns: int) -> str:
+    """Go's time.RFC3339Nano in UTC (trailing zeros of the fraction dropped)."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    fraction = f"{nanos:09d}".rstrip("0")
+    moment = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{moment}.{fraction}Z" if fraction else f"{moment}Z"
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
+
+
+def timestamp_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp of any precision (what the
+    store holds: RFC3339Nano, or isoformat from stores made before keelnet wrote that)."""
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    base, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    seconds = int(datetime.fromisoformat(base + zone).timestamp())
+    return seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
 @dataclass(frozen=True)
@@ -70,6 +105,7 @@ class Endpoint:
     sandbox: str = ""
     host_ifname: str | None = None
     aliases: tuple[str, ...] = ()
+    gw_priority: int = 0  # Docker's --gw-priority: the highest gives the default routes
     #: What the network's driver keeps about the endpoint (a remote plugin's interface name).
     driver_data: dict[str, str] = field(default_factory=dict)
 
@@ -147,27 +183,19 @@ class PortRequest:
 
     def check(self) -> None:
         """Refuse ports, ranges and protocols that cannot be published."""
-        if self.host_port != 0:
-            _check_port(self.host_port, "host port")
+        if self.host_port != 0 or isinstance(self.host_port, bool):  # 0: any free one
+            checks.port(self.host_port, "host port")
         if self.host_port_end is not None:
-            _check_port(self.host_port_end, "host port")
+            checks.port(self.host_port_end, "host port")
             if self.host_port == 0 or self.host_port_end < self.host_port:
                 raise InvalidRequest(
                     f"invalid host port range {self.host_port}-{self.host_port_end}"
                 )
-        _check_port(self.container_port, "container port")
+        checks.port(self.container_port, "container port")
         if self.proto not in PROTOCOLS:
             raise InvalidRequest(f"invalid protocol {self.proto!r}: use tcp, udp or sctp")
         if self.host_ip is not None:
-            try:
-                ipaddress.ip_address(self.host_ip)
-            except ValueError:
-                raise InvalidRequest(f"invalid host IP address {self.host_ip!r}") from None
-
-
-def _check_port(port: int, what: str) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidRequest(f"invalid {what} {port!r}: must be 1-65535")
+            checks.ip_version(self.host_ip, "host IP")
 
 
 @dataclass(frozen=True)
@@ -188,6 +216,10 @@ class Network:
     #: Who allocates addresses: DEFAULT_IPAM, EXTERNAL_IPAM or a remote IPAM plugin's name.
     ipam_driver: str = DEFAULT_IPAM
     ipam_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def created_ns(self) -> int:
+        return timestamp_ns(self.created)
 
     def ipam_for(self, version: int) -> IpamConfig | None:
         return next((c for c in self.ipam if c.version == version), None)
@@ -211,7 +243,7 @@ class Network:
         return {
             "Name": self.name,
             "Id": self.id,
-            "Created": self.created,
+            "Created": rfc3339nano(self.created_ns),
             "Scope": "local",
             "Driver": self.driver,
             "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)

@@ -165,13 +165,19 @@ class Plugin:
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        banner = self.process.stdout.readline() if ready else ""
-        if not banner.startswith("keelnet plugin: serving"):
-            self.process.kill()
-            _, err = self.process.communicate(timeout=30)
-            self.process = None
-            raise RuntimeError(f"the plugin did not start: {banner}{err}")
+        deadline = time.monotonic() + timeout
+        banner = ""
+        # The agent's line comes first, then the plugin's once it serves.
+        while not banner.startswith("keelnet plugin: serving"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stdout], [], [], max(left, 0))
+            line = self.process.stdout.readline() if ready else ""
+            if not line:
+                self.process.kill()
+                _, err = self.process.communicate(timeout=30)
+                self.process = None
+                raise RuntimeError(f"the plugin did not start: {banner}{err}")
+            banner = line
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as a crash."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from netlab import Lab
 
+from keelnet.agent import HostThread
 from keelnet.host import Host
 from keelnet.plugin import protocol
 from keelnet.plugin.server import serve
@@ -28,12 +29,11 @@ def served_plugin(lab: Lab, socket_path: Path, state_dir: Path) -> Iterator[None
 
     def run() -> None:
         try:
-            serve(
-                socket_path,
-                lambda: Host(netns=lab.host, state_dir=state_dir),
-                stop=stop,
-                ready=ready.set,
-            )
+            owner = HostThread(lambda: Host(netns=lab.host, state_dir=state_dir))
+            try:
+                serve(socket_path, owner, stop, ready=ready.set)
+            finally:
+                owner.close()
         except BaseException as exc:
             failed.append(exc)
             ready.set()

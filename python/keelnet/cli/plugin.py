@@ -16,24 +16,21 @@ def add_commands(commands: Commands) -> None:
         description=(
             "Serve keelnet's drivers and IPAM to dockerd on /run/docker/plugins/NAME.sock "
             "(docker network create -d NAME [-o keelnet.driver=bridge|macvlan|ipvlan] "
-            "[--ipam-driver NAME]), and keelnet's own commands on the agent socket, until "
-            "SIGTERM or SIGINT. State lives in the state directory: restart it any time."
+            "[--ipam-driver NAME]), as the agent of the host's store (serving keelnet's own "
+            "commands too), until SIGTERM, SIGINT or `keelnet agent stop`. State lives in "
+            "the state directory: restart it any time."
         ),
     )
-    add_plugin_flags(plugin)
-    plugin.set_defaults(standalone=run_plugin)
-
-
-def add_plugin_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    plugin.add_argument(
         "--name", default="keelnet", help="the plugin's name for docker (default: keelnet)"
     )
-    parser.add_argument(
+    plugin.add_argument(
         "--socket", type=Path, help="serve on this socket, not /run/docker/plugins/NAME.sock"
     )
-    parser.add_argument(
+    plugin.add_argument(
         "--record", type=Path, help="append each request and answer to this file (JSON lines)"
     )
+    plugin.set_defaults(standalone=run_plugin)
 
 
 def run_plugin(args: argparse.Namespace) -> int:

@@ -36,7 +36,9 @@ def get_driver(name: str) -> Driver:
     from keelnet.drivers.remote import remote_driver
     from keelnet.plugin.client import find_plugin
 
-    find_plugin(name)  # UnknownDriver, saying where it looked, when there is none
+    drivers = ", ".join(driver_names())
+    missing = f"plugin {name!r} not found: no such network driver (drivers: {drivers}), and"
+    find_plugin(name, missing=missing)  # UnknownDriver, saying where it looked
     return remote_driver(name)()
 
 

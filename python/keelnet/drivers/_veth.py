@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-
 from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet.drivers.base import HostContext
@@ -15,19 +13,10 @@ from keelnet.model import Endpoint, JoinInfo, Network
 
 
 def configure_sandbox_interface(
-    owner: Owner,
-    network: Network,
-    endpoint: Endpoint,
-    sandbox_path: str,
-    *,
-    default_route: bool,
-    device_route: bool = False,
+    owner: Owner, network: Network, endpoint: Endpoint, sandbox_path: str
 ) -> None:
-    """Addresses, link up and default routes for `endpoint` inside the sandbox.
-
-    `default_route`: via the endpoint's gateways; `device_route`: straight out of the
-    interface with no next hop (ipvlan l3, where the parent host routes).
-    """
+    """Addresses and link up for `endpoint` inside the sandbox. Its default routes are the
+    Host's to set, across the sandbox's endpoints (`_gateway`)."""
     try:
         with rtnl.Rtnl(sandbox_path) as sandbox:
             index = sandbox.link_index(endpoint.ifname)
@@ -42,25 +31,8 @@ def configure_sandbox_interface(
             if endpoint.ipv6 and v6:
                 requests.append(rtnl.add_address(index, endpoint.ipv6, v6.prefix_length))
             sandbox.run(requests)
-            for version, gateway, address in (
-                (4, endpoint.gateway, endpoint.ip),
-                (6, endpoint.ipv6_gateway, endpoint.ipv6),
-            ):
-                if default_route and gateway:
-                    _default_route(sandbox, rtnl.add_default_route(index, gateway))
-                elif device_route and address:
-                    _default_route(sandbox, rtnl.add_default_route(index, None, version=version))
     except rtnl.RtnlError as exc:
         raise KernelError(f"configuring {endpoint.ifname} in the sandbox: {exc.strerror}") from exc
-
-
-def _default_route(sandbox: rtnl.Rtnl, route: rtnl.Request) -> None:
-    try:
-        sandbox.run([route])
-    except rtnl.RtnlError as exc:
-        # Docker gives the first network joined the default route; later ones keep theirs.
-        if exc.errno != errno.EEXIST:
-            raise
 
 
 def remove_sandbox_interface(endpoint: Endpoint, sandbox_path: str | None) -> None:
@@ -79,7 +51,8 @@ def take_into_sandbox(
 ) -> None:
     """What dockerd does with a plugin's Join answer: move the plugin's interface
     `info.src_name` from the host's namespace into the sandbox as `endpoint.ifname`, give
-    it the endpoint's MAC and addresses, then the gateways and routes the plugin named."""
+    it the endpoint's MAC and addresses, then the static routes the plugin named besides
+    default ones (those, like every endpoint's, are the Host's to choose: `_gateway`)."""
     index = links.link_index(ctx.ipr, info.src_name) if info.src_name else None
     if index is None:
         raise KernelError(
@@ -99,21 +72,13 @@ def take_into_sandbox(
             moved = links.link_index(ipr, endpoint.ifname)
             if endpoint.mac and moved is not None:
                 ipr.link("set", index=moved, address=endpoint.mac)
-        configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path, default_route=False)
+        configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
         with rtnl.Rtnl(sandbox_path) as sandbox:
             moved = sandbox.link_index(endpoint.ifname)
             assert moved is not None  # configure_sandbox_interface found it
-            requests = [
-                rtnl.add_default_route(moved, gateway)
-                for gateway in (info.gateway, info.ipv6_gateway)
-                if gateway
-            ]
-            requests += [
-                rtnl.add_route(moved, route.destination, route.next_hop)
-                for route in info.static_routes
-            ]
-            for request in requests:
-                _default_route(sandbox, request)  # the first network's default route stays
+            routes = [r for r in info.static_routes if not r.destination.endswith("/0")]
+            if routes:
+                sandbox.run([rtnl.add_route(moved, r.destination, r.next_hop) for r in routes])
     except (NetlinkError, rtnl.RtnlError) as exc:
         raise KernelError(f"setting up {endpoint.ifname} in the sandbox: {exc}") from exc
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from keelnet.drivers import _veth
+from keelnet.drivers import _gateway, _veth
 from keelnet.drivers.base import Driver, HostContext, NetworkRequest
 from keelnet.model import Endpoint, Network, PortMapping
 from keelnet.plugin import client, protocol
@@ -27,7 +27,7 @@ from keelnet.plugin.protocol import MethodNotFound, PluginError, PluginUnavailab
 
 #: The data plane `inspect` shows for a plugin's network: the plugin's own.
 DATAPLANE = "remote"
-_SRC_NAME = "src_name"
+_SRC_NAME, _VIA4, _VIA6 = "src_name", "via4", "via6"
 
 
 class RemoteDriver(Driver):
@@ -45,6 +45,11 @@ class RemoteDriver(Driver):
 
     def uses_gateway(self, network: Network) -> bool:
         return False  # the plugin's Join answer names the gateways
+
+    def default_routes(self, network: Network, endpoint: Endpoint) -> tuple[str | None, ...]:
+        """What the plugin's Join answer offered: Gateway/GatewayIPv6, or a static route
+        to 0.0.0.0/0 (::/0) straight out of the interface."""
+        return tuple(endpoint.driver_data.get(key) for key in (_VIA4, _VIA6))
 
     def _plugin(self) -> client.Plugin:
         plugin = client.plugin(self.name)
@@ -137,7 +142,18 @@ class RemoteDriver(Driver):
             with contextlib.suppress(PluginError):
                 self._call("Leave", {"NetworkID": network.id, "EndpointID": endpoint.id})
             raise
-        return {_SRC_NAME: info.src_name}
+        kept = {_SRC_NAME: info.src_name}
+        for key, gateway, default in (
+            (_VIA4, info.gateway, "0.0.0.0/0"),
+            (_VIA6, info.ipv6_gateway, "::/0"),
+        ):
+            connected = any(
+                r.destination == default and r.next_hop is None for r in info.static_routes
+            )
+            via = gateway or (_gateway.DEVICE if connected else None)
+            if via is not None:
+                kept[key] = via
+        return kept
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None

@@ -139,11 +139,10 @@ def release_network(driver: IpamDriver, network: Network) -> None:
 
 
 def endpoint_addresses(
-    driver: IpamDriver, network: Network, ip: str | None
+    driver: IpamDriver, network: Network, requested: Mapping[int, str]
 ) -> tuple[dict[int, str], Undo]:
-    """An address of each of the network's pools (`ip` in its family, if given), and the
-    undo that gives them back."""
-    wanted = ipaddress.ip_address(ip).version if ip is not None else None
+    """An address of each of the network's pools (the one `requested` for its IP
+    version, where given), and the undo that gives them back."""
     addresses: dict[int, str] = {}
 
     def give_back() -> None:
@@ -153,7 +152,7 @@ def endpoint_addresses(
         for config in network.ipam:
             if config.pool_id is None:
                 continue
-            asked = ip if wanted == config.version else None
+            asked = requested.get(config.version)
             answer = driver.request_address(config.pool_id, asked, network.ipam_options)
             addresses[config.version] = _address(answer)
     except BaseException:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
+from keelnet import checks
 from keelnet.errors import (
     AddressInUse,
     AddressOutOfRange,
@@ -34,12 +35,10 @@ from keelnet.errors import (
     OverlappingSubnet,
 )
 from keelnet.ipam import AddressPool, contract
-from keelnet.ipam.contract import pick_family
 from keelnet.model import DEFAULT_IPAM, EXTERNAL_IPAM, Endpoint, IpamConfig, Network
 from keelnet.store import Store
 
 Undo = Callable[[], None]
-Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
 _RT_SCOPE_LINK = 253
 _RT_TABLE_MAIN = 254
 
@@ -57,19 +56,21 @@ class Plan:
 @dataclass(frozen=True)
 class Request:
     """A network's IPAM as its creator asked for it (Docker's `--subnet`, `--gateway`,
-    `--ip-range`, `--aux-address`, `--ipv6`, `--ipam-driver`, `--ipam-opt`)."""
+    `--ip-range`, `--aux-address`, `--ipv6`, `--ipam-driver`, `--ipam-opt`);
+    `gateway_on_host`: the network's driver puts the gateway on a host device."""
 
     subnets: list[str]
     gateways: list[str]
     ranges: list[str]
     aux: dict[str, str]
     ipv6: bool
+    gateway_on_host: bool
     driver: str = DEFAULT_IPAM
     options: Mapping[str, str] = field(default_factory=dict)
 
 
 class NetworkAddresses:
-    """The address management of one Host: its store and its namespace's routes."""
+    """The address management of one Host: its store and its namespace's addresses."""
 
     def __init__(self, store: Store, ipr: IPRoute) -> None:
         self.store = store
@@ -94,15 +95,25 @@ class NetworkAddresses:
             options=request.options,
         )
         undo.append(give_back)
-        self.check_overlap([ipaddress.ip_network(c.subnet) for c in configs])
+        self._check_free([ipaddress.ip_network(c.subnet) for c in configs], request)
         return Plan(configs)
 
     def _plan_default(self, request: Request) -> Plan:
-        requested = _by_family(request.subnets, request.ipv6, strict=True)
-        existing = self.check_overlap(list(requested.values()))
+        requested = self._given_subnets(request)
+        versions = (4, 6) if request.ipv6 else (4,)
+        by_gateway = by_family(request.gateways, "gateway", versions, network=False)
+        by_range = by_family(request.ranges, "IP range", versions, network=True)
+        for what, given in (("a gateway", by_gateway), ("an IP range", by_range)):
+            for version, value in given.items():
+                if version not in requested:
+                    raise InvalidSubnet(
+                        f"{what} needs a subnet: {value} was given without an IPv{version} "
+                        "subnet (give the subnet it belongs to as well)"
+                    )
+        existing = self._check_free(list(requested.values()), request)
         subnet_pools = self.store.subnet_pools()
         plan = Plan()
-        for version in (4, 6) if request.ipv6 else (4,):
+        for version in versions:
             if version not in requested:
                 avoid = [str(e) for e in existing] + self.on_link_routes()
                 text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
@@ -112,14 +123,9 @@ class NetworkAddresses:
             self.store.save_subnet_pools(subnet_pools)
         configs: list[IpamConfig] = []
         for version, net in sorted(requested.items()):
-            gateway = pick_family(request.gateways, version, "gateway")
-            ip_range = pick_family(request.ranges, version, "ip range")
+            gateway, ip_range = by_gateway.get(version), by_range.get(version)
             if gateway is not None:
-                try:
-                    inside = ipaddress.ip_address(gateway) in net
-                except ValueError:
-                    raise InvalidSubnet(f"invalid gateway address {gateway!r}") from None
-                if not inside:
+                if ipaddress.ip_address(gateway) not in net:
                     raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
             else:
                 gateway = str(net.network_address + 1) if net.num_addresses > 2 else None
@@ -129,37 +135,72 @@ class NetworkAddresses:
             )
             configs.append(IpamConfig(str(net), gateway, ip_range, mine))
         for label, address in request.aux.items():
-            if version_of(address) not in requested:
+            if checks.ip_version(address, "aux address") not in requested:
                 raise AddressOutOfRange(f"auxiliary address {label}={address} fits no subnet")
         plan.configs = tuple(configs)
         return plan
 
     def _plan_external(self, request: Request) -> tuple[IpamConfig, ...]:
         """One given subnet per family, its gateway if any, auxiliary addresses inside."""
-        requested = _by_family(request.subnets, request.ipv6, strict=False)
+        requested = self._given_subnets(request)
         if 4 not in requested or (request.ipv6 and 6 not in requested):
             missing = "IPv4" if 4 not in requested else "IPv6"
             raise InvalidSubnet(f"a network with external IPAM needs its {missing} subnet")
-        self.check_overlap(list(requested.values()))
+        self._check_free(list(requested.values()), request)
+        gateways = by_family(request.gateways, "gateway", tuple(requested), network=False)
         configs = []
         for version, net in sorted(requested.items()):
-            gateway = pick_family(request.gateways, version, "gateway")
+            gateway = gateways.get(version)
             if gateway is not None and ipaddress.ip_address(gateway) not in net:
                 raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
             configs.append(IpamConfig(str(net), gateway, None, _aux_in(request.aux, version, net)))
         return tuple(configs)
 
-    def check_overlap(self, subnets: Sequence[Subnet]) -> list[Subnet]:
-        """Refuse subnets overlapping another network's; returns the subnets in use."""
-        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
+    def _given_subnets(self, request: Request) -> dict[int, checks.IPNetwork]:
+        """The subnets given, by IP version: one per family, IPv6 only when enabled."""
+        requested: dict[int, checks.IPNetwork] = {}
+        for text in request.subnets:
+            net = checks.subnet(text, gateway_on_host=request.gateway_on_host)
+            if net.version in requested:
+                raise InvalidSubnet(
+                    "keelnet networks take one subnet per address family: "
+                    f"{requested[net.version]} and {net} given"
+                )
+            if net.version == 6 and not request.ipv6:
+                raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
+            requested[net.version] = net
+        return requested
+
+    def _check_free(
+        self, subnets: list[checks.IPNetwork], request: Request
+    ) -> list[checks.IPNetwork]:
+        """Refuse subnets overlapping another network's (or, where the gateway goes on a
+        host device, holding one of the host's addresses); returns the subnets in use."""
+        taken = [
+            (ipaddress.ip_network(c.subnet), n.name) for n in self.store.networks() for c in n.ipam
+        ]
         for net in subnets:
-            for other in existing:
+            for other, owner in taken:
                 if net.version == other.version and net.overlaps(other):
                     raise OverlappingSubnet(
-                        f"invalid pool request: subnet {net} overlaps with {other} of another "
-                        "network"
+                        f"subnet {net} overlaps with {other} of network {owner}: choose a "
+                        f"subnet outside it (or remove network {owner} first)"
                     )
-        return existing
+            if request.gateway_on_host:
+                self._check_host_addresses(net)
+        return [subnet for subnet, _ in taken]
+
+    def _check_host_addresses(self, net: checks.IPNetwork) -> None:
+        """Refuse a subnet holding one of the host namespace's own addresses: the gateway
+        on a host device would take over routing for it (and could be that address)."""
+        for entry in self.ipr.addr("dump"):
+            address = ipaddress.ip_address(str(entry.get("address")).split("%")[0])
+            if address in net:
+                device = self.ipr.link("get", index=entry["index"])[0].get("ifname")
+                raise OverlappingSubnet(
+                    f"subnet {net} holds {address}, an address of {device} in this "
+                    "namespace: pick a subnet no host interface uses"
+                )
 
     def release_network(self, network: Network) -> None:
         """Give back what the network holds: a remote driver's pools, or the subnets
@@ -202,15 +243,19 @@ class NetworkAddresses:
 
     # --- endpoints -----------------------------------------------------------------------
 
-    def allocate(self, network: Network, ip: str | None, undo: list[Undo]) -> dict[int, str]:
-        """A new endpoint's addresses (`ip` in its family, if given); a remote IPAM
-        driver's are given back by `undo` when the operation fails."""
-        wanted = version_of(ip) if ip is not None else None
-        if ip is not None and network.ipam_for(wanted or 0) is None:
-            raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
+    def allocate(
+        self, network: Network, requested: dict[int, str], undo: list[Undo]
+    ) -> dict[int, str]:
+        """A new endpoint's addresses (those `requested`, by IP version, where given); a
+        remote IPAM driver's are given back by `undo` when the operation fails."""
+        for version, address in requested.items():
+            if network.ipam_for(version) is None:
+                raise AddressOutOfRange(
+                    f"{address}: network {network.name} has no IPv{version} subnet"
+                )
         if network.ipam_driver != DEFAULT_IPAM:
             addresses, give_back = contract.endpoint_addresses(
-                remote(network.ipam_driver), network, ip
+                remote(network.ipam_driver), network, requested
             )
             undo.append(give_back)
             return addresses
@@ -219,20 +264,18 @@ class NetworkAddresses:
             pool = self.store.address_pool(network.id, config.version)
             if pool is None:
                 continue
-            addresses[config.version] = pool.allocate(ip if wanted == config.version else None)
+            addresses[config.version] = pool.allocate(requested.get(config.version))
             self.store.save_address_pool(network.id, config.version, pool)
         return addresses
 
-    def given(self, network: Network, ip: str | None, ipv6: str | None) -> dict[int, str]:
+    def given(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
         """The creator's addresses for a new endpoint (external IPAM): inside the
         network's subnets and not another endpoint's."""
-        addresses: dict[int, str] = {}
         taken = {a for e in self.store.endpoints(network_id=network.id) for a in (e.ip, e.ipv6)}
-        for version, text in ((4, ip), (6, ipv6)):
-            if text is None:
-                continue
+        addresses: dict[int, str] = {}
+        for version, text in requested.items():
             config = network.ipam_for(version)
-            if version_of(text) != version or config is None:
+            if config is None:
                 raise AddressOutOfRange(f"{text}: network {network.name} has no such subnet")
             address = ipaddress.ip_address(text)
             if address not in ipaddress.ip_network(config.subnet):
@@ -266,35 +309,32 @@ def remote(name: str) -> contract.IpamDriver:
     return remote_ipam(name)
 
 
-def _by_family(subnets: list[str], ipv6: bool, *, strict: bool) -> dict[int, Subnet]:
-    """The given subnets by IP version: one per family, IPv6 only when enabled."""
-    requested: dict[int, Subnet] = {}
-    for text in subnets:
-        try:
-            net = ipaddress.ip_network(text, strict=strict)
-        except ValueError as exc:
-            raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
-        if net.version in requested:
-            raise InvalidSubnet(
-                "keelnet networks take one subnet per address family: "
-                f"{requested[net.version]} and {net} given"
-            )
-        if net.version == 6 and not ipv6:
-            raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
-        requested[net.version] = net
-    return requested
-
-
-def _aux_in(aux: Mapping[str, str], version: int, net: Subnet) -> dict[str, str]:
-    mine = {k: v for k, v in aux.items() if version_of(v) == version}
+def _aux_in(aux: Mapping[str, str], version: int, net: checks.IPNetwork) -> dict[str, str]:
+    mine = {k: v for k, v in aux.items() if checks.ip_version(v, "aux address") == version}
     for label, address in mine.items():
         if ipaddress.ip_address(address) not in net:
             raise AddressOutOfRange(f"auxiliary address {label}={address} not in {net}")
     return mine
 
 
-def version_of(address: str) -> int:
-    try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        raise InvalidRequest(f"invalid IP address {address!r}") from None
+def by_family(
+    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
+) -> dict[int, str]:
+    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
+    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
+    found: dict[int, str] = {}
+    for value in values:
+        try:
+            parsed = ipaddress.ip_network(value, strict=False) if network else None
+            version = parsed.version if parsed else ipaddress.ip_address(value).version
+        except ValueError:
+            raise InvalidSubnet(f"invalid {what} {value!r}") from None
+        if version not in versions:
+            raise GatewayOutsideSubnet(
+                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
+                + (" (IPv6 is not enabled)" if version == 6 else "")
+            )
+        if version in found:
+            raise InvalidSubnet(f"more than one IPv{version} {what} given")
+        found[version] = value
+    return found

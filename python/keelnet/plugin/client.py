@@ -45,9 +45,14 @@ class PluginAddress:
 
 
 def find_plugin(
-    name: str, *, socket_dir: Path | None = None, spec_dirs: tuple[Path, ...] | None = None
+    name: str,
+    *,
+    socket_dir: Path | None = None,
+    spec_dirs: tuple[Path, ...] | None = None,
+    missing: str | None = None,
 ) -> PluginAddress:
-    """Look plugin `name` up as dockerd does; UnknownDriver when it is nowhere."""
+    """Look plugin `name` up as dockerd does; UnknownDriver when it is nowhere, its
+    message starting with `missing` (default: that no such network driver exists)."""
     if not _NAME.match(name):
         raise UnknownDriver(f"invalid plugin name {name!r}")
     socket_dir = protocol.SOCKET_DIR if socket_dir is None else socket_dir
@@ -65,8 +70,9 @@ def find_plugin(
     for path in specs:
         if path.is_file():
             return _read_spec(name, path)
+    missing = missing or f"plugin {name!r} not found: no such network driver, and"
     raise UnknownDriver(
-        f"plugin {name!r} not found: no such network driver, and no socket or spec for it "
+        f"{missing} no plugin socket or spec for it "
         f"({', '.join(str(p) for p in [*sockets, *specs])})"
     )
 
@@ -226,9 +232,9 @@ class Plugin:
 _plugins: dict[tuple[str, str], Plugin] = {}
 
 
-def plugin(name: str) -> Plugin:
+def plugin(name: str, *, missing: str | None = None) -> Plugin:
     """Plugin `name` as found now (one object per address for the process's life)."""
-    address = find_plugin(name)
+    address = find_plugin(name, missing=missing)
     key = (name, address.url)
     if key not in _plugins:
         _plugins[key] = Plugin(address)
@@ -301,4 +307,6 @@ class RemoteIpam:
 
 
 def remote_ipam(name: str) -> RemoteIpam:
-    return RemoteIpam(plugin(name))
+    """Docker IPAM plugin `name` (keelnet's own IPAM is "default")."""
+    missing = f'IPAM driver "{name}" not found: keelnet has the "default" one, and'
+    return RemoteIpam(plugin(name, missing=missing))

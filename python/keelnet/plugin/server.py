@@ -11,7 +11,6 @@ message starting with `keelnet:`, so dockerd shows it inside its own error.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -26,8 +25,8 @@ from typing import IO, Any
 from aiohttp import web
 
 from keelnet import agent
+from keelnet.agent import HostThread
 from keelnet.errors import KeelnetError
-from keelnet.host import Host
 from keelnet.ipam.allocator import Allocator
 from keelnet.plugin import protocol
 from keelnet.plugin.ipam import IpamDriverApi
@@ -40,26 +39,6 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 def socket_path(name: str) -> Path:
     return protocol.SOCKET_DIR / f"{name}.sock"
-
-
-class HostThread:
-    """The one thread that opens, uses and closes the plugin's Host (its SQLite
-    connection belongs to the thread that made it)."""
-
-    def __init__(self, open_host: Callable[[], Host]) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keelnet-host")
-        try:
-            self.host = self.executor.submit(open_host).result()
-            self.thread_id = self.executor.submit(threading.get_ident).result()
-        except BaseException:
-            self.executor.shutdown()
-            raise
-
-    def close(self) -> None:
-        try:
-            self.executor.submit(self.host.close).result()
-        finally:
-            self.executor.shutdown()
 
 
 class Dispatcher:
@@ -153,38 +132,15 @@ def claim_socket(path: Path) -> None:
 
 def serve(
     path: Path,
-    open_host: Callable[[], Host],
-    *,
+    owner: HostThread,
     stop: threading.Event,
+    *,
     ready: Callable[[], None] | None = None,
     record: IO[str] | None = None,
-    commands: agent.Runner | None = None,
 ) -> None:
-    """Serve the plugin at `path` until `stop` is set; the Host is opened (reconciled)
-    before the socket appears, and closed after it is gone. With `commands`, also serve
-    keelnet's CLI on the agent socket of the Host's state directory, as `keelnet agent`
-    does (the plugin's process holds the userspace data planes)."""
+    """Serve the plugin at `path` on `owner`'s Host until `stop` is set."""
     claim_socket(path)
-    owner = HostThread(open_host)
-    cli = None
-    try:
-        if commands is not None:
-            runner = commands
-
-            def respond(request: bytes) -> dict[str, object]:
-                return owner.executor.submit(agent.answer, owner.host, request, runner).result()
-
-            agent_path = owner.host.state_dir / agent.SOCKET_NAME
-            cli = threading.Thread(
-                target=agent.serve_socket, args=(agent_path, respond, stop), daemon=True
-            )
-            cli.start()
-        asyncio.run(_serve(path, Dispatcher(owner, record), stop, ready))
-    finally:
-        stop.set()
-        if cli is not None:
-            cli.join(timeout=30)
-        owner.close()
+    asyncio.run(_serve(path, Dispatcher(owner, record), stop, ready))
 
 
 async def _serve(
@@ -208,16 +164,34 @@ async def _serve(
             path.unlink()
 
 
-def open_host(netns: str | None, state_dir: str | None) -> Host:
-    """The plugin's Host, reconciled: it serves for long (as the agent does, as dockerd
-    checks its state at start), so it starts from a checked kernel."""
-    host = Host(netns=netns, state_dir=state_dir)
-    try:
-        host.reconcile()
-    except BaseException:
-        host.close()
-        raise
-    return host
+def beside_agent(path: Path, record: IO[str] | None = None) -> agent.Beside:
+    """The plugin served from a thread of the agent, on the agent's Host: what `keelnet
+    plugin` runs. It stops the agent if it fails."""
+
+    def start(owner: HostThread, stop: threading.Event) -> Callable[[], None]:
+        claim_socket(path)
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(_serve(path, Dispatcher(owner, record), stop, ready.set))
+            except BaseException as exc:
+                failed.append(exc)
+                traceback.print_exc(file=sys.stderr)
+                stop.set()  # the agent goes with its plugin: a half-served Docker is worse
+                ready.set()
+
+        thread = threading.Thread(target=run, name="keelnet-plugin", daemon=True)
+        thread.start()
+        ready.wait()
+        if failed:
+            thread.join(30)
+            raise failed[0]
+        print(f"keelnet plugin: serving {path}", flush=True)
+        return lambda: thread.join(60)
+
+    return start
 
 
 def run(
@@ -227,29 +201,11 @@ def run(
     state_dir: str | None = None,
     path: Path | None = None,
     record: Path | None = None,
-    commands: agent.Runner | None = None,
+    commands: agent.Runner,
 ) -> int:
-    """`keelnet plugin`: serve until SIGTERM or SIGINT; prints one line once serving."""
-    import signal
-
+    """`keelnet plugin`: the agent of the host's store, serving the Docker plugin beside
+    keelnet's own commands, until SIGTERM, SIGINT or `keelnet agent stop`."""
     path = path or socket_path(name)
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
-    try:
-        with contextlib.ExitStack() as files:
-            log = files.enter_context(record.open("a")) if record is not None else None
-            serve(
-                path,
-                lambda: open_host(netns, state_dir),
-                stop=stop,
-                ready=lambda: print(f"keelnet plugin: serving {path}", flush=True),
-                record=log,
-                commands=commands,
-            )
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print("keelnet plugin: stopped", flush=True)
-    return 0
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(record.open("a")) if record is not None else None
+        return agent.serve(netns, state_dir, commands, beside=beside_agent(path, log))
