@@ -36,7 +36,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "docker"))
 
-from dockerlab import DockerLab, Plugin, build_image, docker, machine_lock, why_no_docker
+from dockerlab import (
+    DockerLab,
+    Plugin,
+    build_image,
+    docker,
+    machine_lock,
+    read_records,
+    why_no_docker,
+)
 
 MTU = ("-o", "com.docker.network.driver.mtu=1500")
 
@@ -120,7 +128,7 @@ def main() -> int:
     with machine_lock():
         prefix = f"kn-b-{secrets.token_hex(3)}"
         state = Path(tempfile.mkdtemp(prefix="kn-bench-"))
-        plugin = Plugin(prefix, state)
+        plugin = Plugin(prefix, state, record=state / "requests.jsonl")
         image = f"{prefix}-iperf3:latest"
         lab = DockerLab(prefix, plugin, image)
         try:
@@ -141,6 +149,18 @@ def main() -> int:
                 print(f"   {label:18} {summary(samples)}")
             ratio = statistics.median(times["keelnet"]) / statistics.median(times["docker"])
             print(f"   keelnet / docker: {ratio:.2f}x (goal <= 1.1x)")
+            print("   the plugin's part (each call, from request read to answer), median:")
+            per_method: dict[str, list[float]] = {}
+            for entry in read_records(state / "requests.jsonl"):
+                per_method.setdefault(entry["method"], []).append(entry["ms"])
+            for method in ("CreateEndpoint", "Join", "ProgramExternalConnectivity", "Leave"):
+                samples = per_method.get(f"NetworkDriver.{method}", [])
+                if samples:
+                    print(f"     {method:28} {statistics.median(samples):6.2f} ms")
+            for method in ("RevokeExternalConnectivity", "DeleteEndpoint"):
+                samples = per_method.get(f"NetworkDriver.{method}", [])
+                if samples:
+                    print(f"     {method:28} {statistics.median(samples):6.2f} ms")
 
             connect, disconnect = connect_times(lab, networks, args.runs)
             print(f"\n2. docker network connect / disconnect ({args.runs} each)")

@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -55,9 +56,11 @@ class Dispatcher:
         }
 
     async def call(self, method: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        started = time.perf_counter()
         status, answer = await self._answer(method, raw)
         if self.record is not None:
-            self._write_record(method, raw, status, answer)
+            elapsed = (time.perf_counter() - started) * 1000
+            self._write_record(method, raw, status, answer, elapsed)
         return status, answer
 
     async def _answer(self, method: str, raw: bytes) -> tuple[int, dict[str, Any]]:
@@ -82,13 +85,21 @@ class Dispatcher:
             traceback.print_exc(file=sys.stderr)
             return 500, _error(subsystem, f"keelnet: internal error in {method}: {exc!r}")
 
-    def _write_record(self, method: str, raw: bytes, status: int, answer: dict[str, Any]) -> None:
+    def _write_record(
+        self, method: str, raw: bytes, status: int, answer: dict[str, Any], ms: float
+    ) -> None:
         assert self.record is not None
         try:
             request = json.loads(raw) if raw.strip() else None
         except ValueError:
             request = raw.decode(errors="replace")
-        entry = {"method": method, "request": request, "status": status, "answer": answer}
+        entry = {
+            "method": method,
+            "request": request,
+            "status": status,
+            "answer": answer,
+            "ms": round(ms, 3),
+        }
         self.record.write(json.dumps(entry) + "\n")
         self.record.flush()
 
