@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -205,3 +208,23 @@ def test_bad_pool_requests(
     with pytest.raises(error):
         allocator.request_pool(space, pool, sub_pool, {}, v6)
     assert allocator.store.ipam_pools() == []
+
+
+def test_the_packaged_plugin_unit_runs_the_plugin(tmp_path: Path) -> None:
+    from importlib.resources import files
+
+    from keelnet.cli.plugin import run_plugin
+    from keelnet.cli.root import build_parser
+
+    text = (files("keelnet") / "systemd" / "keelnet-plugin.service").read_text()
+    (exec_start,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    program, *argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert program == "/usr/local/bin/keelnet"
+    assert build_parser().parse_args(argv).standalone is run_plugin
+    assert "Before=docker.service" in text and "Conflicts=keelnet-agent.service" in text
+    analyze, keelnet = shutil.which("systemd-analyze"), shutil.which("keelnet")
+    if analyze and keelnet:  # systemd's own check, with ExecStart where keelnet is here
+        local = tmp_path / "keelnet-plugin.service"
+        local.write_text(text.replace("/usr/local/bin/keelnet", keelnet))
+        checked = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
