@@ -35,12 +35,11 @@ RETRY_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class PluginAddress:
-    """Where plugin `name` listens: `url` (unix://, tcp://, http://, https://), found in
-    `source`, with the TLS settings of a `.json` spec."""
+    """Where plugin `name` listens: `url` (unix://, tcp://, http://, https://), with the
+    TLS settings of a `.json` spec."""
 
     name: str
     url: str
-    source: Path
     tls: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -60,7 +59,7 @@ def find_plugin(
     sockets = [socket_dir / f"{name}.sock", socket_dir / name / f"{name}.sock"]
     for path in sockets:
         if path.is_socket():
-            return PluginAddress(name, f"unix://{path}", path)
+            return PluginAddress(name, f"unix://{path}")
     specs = [
         directory / f"{sub}{name}{ext}"
         for directory in spec_dirs
@@ -94,7 +93,7 @@ def _read_spec(name: str, path: Path) -> PluginAddress:
         url, tls = content.strip(), {}
     if urlparse(url).scheme not in ("unix", "tcp", "http", "https"):
         raise PluginError(f"plugin {name}: {path}: unknown protocol in {url!r}")
-    return PluginAddress(name, url, path, tls)
+    return PluginAddress(name, url, tls)
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -99,15 +99,10 @@ class NetworkDriverApi:
         return {}
 
     def _check_driver(self, name: str) -> None:
-        serving = [n for n in driver_names() if _hands_over(n)]
-        try:
-            hands_over = get_driver(name).hands_over
-        except UnknownDriver:
-            hands_over = False
-        if not hands_over:
+        if not _hands_over(name):
+            serving = ", ".join(n for n in driver_names() if _hands_over(n))
             raise UnknownDriver(
-                f"{DRIVER_OPTION}={name}: keelnet serves Docker with the drivers "
-                f"{', '.join(serving)}"
+                f"{DRIVER_OPTION}={name}: keelnet serves Docker with the drivers {serving}"
             )
 
     def delete_network(self, body: dict[str, Any]) -> dict[str, Any]:
