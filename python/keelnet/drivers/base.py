@@ -4,8 +4,8 @@ A Host calls, in order: `validate` then `create_network`; per connect `create_en
 `join`; per disconnect `leave` then `delete_endpoint`; `delete_network` last. Drivers that
 `hand_over` endpoints also serve libnetwork's own flow (keelnet as Docker's plugin):
 `create_endpoint` without a sandbox leaves the interface in the host's namespace, the
-caller (dockerd) moves and configures it, and `delete_endpoint` removes it wherever the
-caller left it; `join` and `leave` are not called then. Publishing
+caller (dockerd) moves and configures it (`join` is not called), and `delete_endpoint`
+removes it wherever the caller left it. Publishing
 calls `program_external_connectivity` / `revoke_external_connectivity`. Every `delete_*`,
 `leave` and `revoke_*` must succeed when what it removes is already gone: teardown is
 idempotent. Every link a driver creates carries its store's mark from the request that
