@@ -140,7 +140,13 @@ class Ipvlan:
         cls, netns: str | None, parent: str, mode: str, vlan: int | None = None
     ) -> Self: ...
     def add_slave(
-        self, name: str, sandbox: str, ifname: str, addresses: list[str], mtu: int | None
+        self,
+        name: str,
+        sandbox: str,
+        ifname: str,
+        addresses: list[str],
+        mtu: int | None,
+        port_security: bool = False,
     ) -> None: ...
     def remove_slave(self, name: str) -> None: ...
     def start(self) -> None: ...

@@ -45,7 +45,7 @@ from keelnet.errors import (
     SandboxNotFound,
 )
 from keelnet.ipam import AddressPool
-from keelnet.kernel import iptables_compat, links, nftables
+from keelnet.kernel import iptables_compat, links, nftables, nftables_bridge
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
@@ -276,7 +276,10 @@ class Host:
                     "IPsInUse": pool.used,
                     "DynamicIPsAvailable": pool.size - pool.used,
                 }
-        return network.to_inspect(self.store.endpoints(network_id=network.id), status)
+        inspect = network.to_inspect(self.store.endpoints(network_id=network.id), status)
+        # keelnet addition, beside DataPlane: whether sandboxes are held to their addresses
+        inspect["PortSecurity"] = get_driver(network.driver).port_security(network)
+        return inspect
 
     # --- sandboxes -----------------------------------------------------------------------
 
@@ -630,6 +633,16 @@ class Host:
                 rules.append(rule)
         script = nftables.render(rules)
         nftables.apply(self.netns_path, script)
+        if refresh and rules:
+            # Port guards are set elements that connects add; a crash may have left some.
+            guarded = [
+                port
+                for network in self.store.networks()
+                for port in get_driver(network.driver).guarded_ports(
+                    network, self.store.endpoints(network_id=network.id)
+                )
+            ]
+            nftables.apply(self.netns_path, nftables_bridge.sync_ports(guarded))
         if bridges_changed:
             try:
                 self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)

@@ -14,7 +14,7 @@ A driver lists the data planes it implements; the `dataplane` option picks one (
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,6 +23,7 @@ from pyroute2 import IPRoute
 from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
+from keelnet.kernel.nftables_bridge import GuardedPort
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
 
@@ -141,6 +142,18 @@ class Driver(ABC):
     def firewall(self, network: Network, ports: tuple[PortMapping, ...]) -> BridgeRules | None:
         """This network's part of the host's nftables ruleset, if it has one."""
         return None
+
+    def guarded_ports(
+        self, network: Network, endpoints: Sequence[Endpoint]
+    ) -> tuple[GuardedPort, ...]:
+        """The endpoints' ports that `table bridge keelnet` checks (kernel bridges under
+        port security), for reconcile to make its sets match the store."""
+        return ()
+
+    def port_security(self, network: Network) -> bool:
+        """Whether the network's sandboxes may only send from their own MAC and addresses
+        (shown by inspect as `PortSecurity`)."""
+        return False
 
 
 def option_bool(options: Mapping[str, str], key: str, default: bool) -> bool:

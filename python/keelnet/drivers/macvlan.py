@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.drivers import _parent, _userspace, _veth
+from keelnet.drivers import _parent, _port_security, _userspace, _veth
 from keelnet.drivers.base import DATAPLANE_OPTION, DATAPLANES, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
     Conflict,
@@ -64,6 +64,7 @@ class LowerDeviceDriver(Driver):
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
+        _port_security.enabled(request.options)
         mode = request.options.get(self.mode_option, self.default_mode)
         if mode not in self.modes:
             raise InvalidOption(
@@ -75,6 +76,10 @@ class LowerDeviceDriver(Driver):
     def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
         """Whether the userspace data plane tags this network's VLAN (no VLAN device)."""
         return False
+
+    def port_security(self, network: Network) -> bool:
+        # The kernel's macvlan and ipvlan switch their children inside the driver.
+        return network.dataplane == "userspace" and _port_security.enabled(network.options)
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
         _parent.ensure_vlan(ctx, _parent.parse(network.options, self.name), network.id)
@@ -158,7 +163,7 @@ class MacvlanDriver(LowerDeviceDriver):
         "the userspace data plane emulates bridge, private and vepa modes: dataplane=userspace"
     )
     mode_option = "macvlan_mode"
-    options = frozenset({_parent.PARENT, "macvlan_mode"})
+    options = frozenset({_parent.PARENT, "macvlan_mode", _port_security.OPTION})
     # linux/if_link.h MACVLAN_MODE_*
     modes: ClassVar[dict[str, int]] = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
     default_mode = "bridge"
@@ -233,6 +238,7 @@ class MacvlanDriver(LowerDeviceDriver):
             sandbox_path,
             mtu=int(mtu) if mtu else None,
             isolation=USERSPACE_ISOLATION[network.options.get(self.mode_option, self.default_mode)],
+            port_security=_port_security.enabled(network.options),
         )
 
     def leave(
