@@ -3,17 +3,19 @@
 Each public operation is one store transaction (`BEGIN IMMEDIATE`) held while the kernel is
 changed. On failure the kernel steps done so far are undone in reverse order and the
 transaction rolls back, so kernel and store are exactly as before. A process killed midway
-commits nothing; what it left in the kernel is marked as keelnet's and unreferenced, and
-`reconcile()` (run when a Host starts) removes it.
+commits nothing; what it left in the kernel carries the store's mark from the instant it
+exists (`keelnet.kernel.ownership`) and is unreferenced, and the operation's entry in the
+crash journal (`keelnet.store.journal`) stays behind. `reconcile()` removes such leftovers
+and drops what the kernel lost; opening a Host runs it only when something calls for it
+(a journal entry, a reboot or a new namespace since the last reconcile, a sandbox gone,
+userspace networks to restart), so an open is cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import os
-import re
 import secrets
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,38 +25,47 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from keelnet import checks
 from keelnet import sandbox as netns_sandbox
-from keelnet.drivers import get_driver
+from keelnet.drivers import _gateway, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
 from keelnet.errors import (
     AddressOutOfRange,
+    Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
     EndpointNotFound,
     GatewayOutsideSubnet,
+    InvalidOption,
     InvalidRequest,
     InvalidSubnet,
     KeelnetError,
     NetworkInUse,
     NetworkNotFound,
-    NotFound,
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
 )
+from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool
-from keelnet.kernel import iptables_compat, links, nftables, nftables_bridge
-from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
+from keelnet.kernel import iptables_compat, links, nftables, nftables_bridge, ownership
+from keelnet.kernel.namespaces import iproute, read_sysctl
+from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox, created_now
 from keelnet.store import PortTaken, Store, default_state_dir
+from keelnet.store.claim import NamespaceClaim
+from keelnet.store.journal import Entry, Journal
+from keelnet.store.sqlite import DB_NAME, check_state_dir
 
 Undo = Callable[[], None]
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+#: Docker's endpoint driver option that names the sandbox's interface.
+ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
+_EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
 
 
 class Host:
@@ -62,22 +73,29 @@ class Host:
 
     def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
         self.netns = netns
-        self.netns_path = netns_path(netns) if netns else None
-        if self.netns_path is not None and not netns_sandbox.exists(self.netns_path):
-            raise NotFound(f"host network namespace {netns!r} does not exist")
+        self.netns_path = netns_sandbox.host_path(netns)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
+        check_state_dir(self.state_dir)
+        if not (self.state_dir / DB_NAME).exists():  # refused before anything is made
+            NamespaceClaim(netns, self.netns_path, None, self.state_dir).check()
         self.store = Store(self.state_dir)
         self._exit = contextlib.ExitStack()
-        self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
-        self._rtnl = Rtnl(self.netns_path)
-        self._exit.callback(self._rtnl.close)
-        self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl)
-        # Userspace data planes run on this process's threads: they stop with the Host.
-        self._exit.callback(self._ctx.planes.close_all)
-        self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
-        self._applied_script: str | None = None  # the nft script last loaded by this Host
+        self._exit.callback(self.store.close)
         try:
-            self.reconcile()
+            self.owner = Owner(self.store.store_id)
+            self._journal = Journal(self.state_dir)
+            self._claim = NamespaceClaim(netns, self.netns_path, self.owner, self.state_dir)
+            self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
+            self._rtnl = Rtnl(self.netns_path)
+            self._exit.callback(self._rtnl.close)
+            self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl, self.owner)
+            # Userspace data planes run on this process's threads: they stop with the Host.
+            self._exit.callback(self._ctx.planes.close_all)
+            self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
+            self._applied_script: str | None = None  # the nft script last loaded here
+            self._claim.check()
+            if self._needs_reconcile():
+                self.reconcile()
         except BaseException:
             self.close()
             raise
@@ -85,7 +103,24 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
-        self.store.close()
+
+    def _needs_reconcile(self) -> bool:
+        """Whether the kernel may not match the store (checked at open, cheaply)."""
+        if self._journal.pending():
+            return True  # an operation cut short, or under way in another process
+        if not self.store.holds_anything():
+            return False
+        if self._claim.held is None or self.store.meta(_EPOCH) != self._kernel_epoch():
+            return True  # a reboot, a new namespace, or our nftables tables flushed away
+        if any(network.dataplane == "userspace" for network in self.store.networks()):
+            return True  # their planes run in the process that holds the Host: start them
+        return any(not os.path.exists(box.path) for box in self.store.sandboxes())
+
+    def _kernel_epoch(self) -> str:
+        """Names this boot and this namespace: when it changes, the kernel lost what the
+        store made in it."""
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{self._rtnl.netns_cookie()}"
 
     def __enter__(self) -> Host:
         return self
@@ -116,9 +151,17 @@ class Host:
     ) -> Network:
         """Create a network; subnets are carved from the default pools when not given."""
         netns_sandbox.check_name(name, "network")
-        the_driver = get_driver(driver)
-        opts = {str(k): str(v) for k, v in (options or {}).items()}
-        with self.store.transaction(), self._rollback() as undo:
+        the_driver = get_driver(checks.text(driver, "driver"))
+        opts = checks.string_map(options, "options")
+        subnets = checks.text_list(subnet, "subnet")
+        gateways = checks.text_list(gateway, "gateway")
+        ranges = checks.text_list(ip_range, "ip_range")
+        aux = checks.string_map(aux_addresses, "aux_addresses")
+        label_map = checks.string_map(labels, "labels")
+        for flag, value in (("ipv6", ipv6), ("internal", internal)):
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
+        with self._operation() as op:
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
             if the_driver.singleton and any(
@@ -135,29 +178,26 @@ class Host:
             carved: list[str] = []
             if the_driver.uses_ipam:
                 configs, pools, carved = self._plan_ipam(
-                    _as_list(subnet),
-                    _as_list(gateway),
-                    _as_list(ip_range),
-                    dict(aux_addresses or {}),
-                    ipv6,
+                    subnets, gateways, ranges, aux, ipv6, gateway_on_host=the_driver.gateway_on_host
                 )
-            elif subnet or gateway or ip_range or aux_addresses:
+            elif subnets or gateways or ranges or aux:
                 raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
             network = Network(
                 id=network_id,
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
-                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                created=created_now(),
                 ipam=configs,
                 ipv6=ipv6,
                 internal=internal,
                 options=opts,
-                labels={str(k): str(v) for k, v in (labels or {}).items()},
+                labels=label_map,
                 kernel_name=the_driver.kernel_name(network_id, opts),
             )
+            op.begin()
             the_driver.create_network(self._ctx, network)
-            undo.append(lambda: the_driver.delete_network(self._ctx, network))
+            op.undo.append(lambda: the_driver.delete_network(self._ctx, network))
             self.store.add_network(network, carved)
             for version, pool in pools.items():
                 self.store.save_address_pool(network_id, version, pool)
@@ -171,29 +211,46 @@ class Host:
         ranges: list[str],
         aux: dict[str, str],
         ipv6: bool,
+        *,
+        gateway_on_host: bool,
     ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
-        requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+        requested: dict[int, checks.IPNetwork] = {}
         for text in subnets:
-            try:
-                net = ipaddress.ip_network(text, strict=True)
-            except ValueError as exc:
-                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
+            net = checks.subnet(text, gateway_on_host=gateway_on_host)
             if net.version in requested:
                 raise InvalidSubnet(f"more than one IPv{net.version} subnet given")
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
+        for what, values in (("gateway", gateways), ("IP range", ranges)):
+            for value in values:
+                version = checks.ip_version(value.partition("/")[0], what)
+                if version not in requested:
+                    article = "an" if what[0] in "AEIOU" else "a"
+                    raise InvalidSubnet(
+                        f"{article} {what} needs a subnet: {value} was given without an "
+                        f"IPv{version} "
+                        "subnet (give the subnet it belongs to as well)"
+                    )
+        taken = [
+            (ipaddress.ip_network(c.subnet), n.name) for n in self.store.networks() for c in n.ipam
+        ]
         for net in requested.values():
-            for other in existing:
+            for other, owner in taken:
                 if net.version == other.version and net.overlaps(other):
                     raise OverlappingSubnet(
-                        f"invalid pool request: subnet {net} overlaps with {other} of another "
-                        "network"
+                        f"subnet {net} overlaps with {other} of network {owner}: choose a "
+                        f"subnet outside it (or remove network {owner} first)"
                     )
+            if gateway_on_host:
+                self._check_host_addresses(net)
+        existing = [subnet for subnet, _ in taken]
+        versions = (4, 6) if ipv6 else (4,)
+        by_gateway = _by_family(gateways, "gateway", versions, network=False)
+        by_range = _by_family(ranges, "ip range", versions, network=True)
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
-        for version in (4, 6) if ipv6 else (4,):
+        for version in versions:
             if version not in requested:
                 avoid = [str(e) for e in existing] + self._on_link_routes()
                 text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
@@ -204,18 +261,13 @@ class Host:
         configs: list[IpamConfig] = []
         pools: dict[int, AddressPool] = {}
         for version, net in sorted(requested.items()):
-            gateway = _pick_family(gateways, version, "gateway")
-            ip_range = _pick_family(ranges, version, "ip range")
+            gateway, ip_range = by_gateway.get(version), by_range.get(version)
             if gateway is not None:
-                try:
-                    inside = ipaddress.ip_address(gateway) in net
-                except ValueError:
-                    raise InvalidSubnet(f"invalid gateway address {gateway!r}") from None
-                if not inside:
+                if ipaddress.ip_address(gateway) not in net:
                     raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
             else:
                 gateway = str(net.network_address + 1) if net.num_addresses > 2 else None
-            mine = {k: v for k, v in aux.items() if _version_of(v) == version}
+            mine = {k: v for k, v in aux.items() if checks.ip_version(v, "aux address") == version}
             for label, address in mine.items():
                 if ipaddress.ip_address(address) not in net:
                     raise AddressOutOfRange(f"auxiliary address {label}={address} not in {net}")
@@ -225,9 +277,21 @@ class Host:
             pools[version] = pool
             configs.append(IpamConfig(str(net), gateway, ip_range, mine))
         for label, address in aux.items():
-            if _version_of(address) not in requested:
+            if checks.ip_version(address, "aux address") not in requested:
                 raise AddressOutOfRange(f"auxiliary address {label}={address} fits no subnet")
         return tuple(configs), pools, carved
+
+    def _check_host_addresses(self, net: checks.IPNetwork) -> None:
+        """Refuse a subnet holding one of the host namespace's own addresses: the gateway
+        on a host device would take over routing for it (and could be that address)."""
+        for entry in self._ipr.addr("dump"):
+            address = ipaddress.ip_address(str(entry.get("address")).split("%")[0])
+            if address in net:
+                device = self._ipr.link("get", index=entry["index"])[0].get("ifname")
+                raise OverlappingSubnet(
+                    f"subnet {net} holds {address}, an address of {device} in this "
+                    "namespace: pick a subnet no host interface uses"
+                )
 
     def _on_link_routes(self) -> list[str]:
         routes = []
@@ -238,7 +302,7 @@ class Host:
 
     def remove_network(self, name: str) -> None:
         """Remove a network with no endpoints; one that does not exist is already removed."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
             if network is None:
                 return
@@ -246,6 +310,7 @@ class Host:
                 raise NetworkInUse(
                     f"error while removing network: network {name} has active endpoints"
                 )
+            op.begin()
             get_driver(network.driver).delete_network(self._ctx, network)
             carved = self.store.subnets_from_defaults(network.id)
             self.store.remove_network(network.id)
@@ -256,6 +321,7 @@ class Host:
                         subnet_pools.release(subnet)
                 self.store.save_subnet_pools(subnet_pools)
             self._sync_firewall(bridges_changed=True)
+            self._release_if_empty()
 
     def networks(self) -> list[Network]:
         return self.store.networks()
@@ -267,55 +333,42 @@ class Host:
         return network
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        network = self.network(name)
-        status = {}
-        for config in network.ipam:
-            pool = self.store.address_pool(network.id, config.version)
-            if pool is not None:
-                status[config.subnet] = {
-                    "IPsInUse": pool.used,
-                    "DynamicIPsAvailable": pool.size - pool.used,
-                }
-        inspect = network.to_inspect(self.store.endpoints(network_id=network.id), status)
-        # keelnet addition, beside DataPlane: whether sandboxes are held to their addresses
-        inspect["PortSecurity"] = get_driver(network.driver).port_security(network)
-        return inspect
+        return network_inspect(self.store, self.network(name))
+
+    def data_plane_running(self, network: Network) -> bool:
+        """Whether this Host runs `network`'s userspace data plane."""
+        return self._ctx.planes.get(network.id) is not None
 
     # --- sandboxes -----------------------------------------------------------------------
 
     def create_sandbox(self, name: str) -> Sandbox:
         """A new named network namespace with loopback up."""
         netns_sandbox.check_name(name)
-        marker = self._pending_dir() / name
-        with self.store.transaction():
+        with self._operation() as op:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
-            marker.touch()  # lets reconcile remove the namespace if we die before commit
-            try:
-                path = netns_sandbox.create(name)
-            except BaseException:
-                marker.unlink(missing_ok=True)
-                raise
-            try:
-                sandbox = Sandbox(name, path, owned=True)
-                self.store.add_sandbox(sandbox)
-            except BaseException:
-                netns_sandbox.delete(path)
-                marker.unlink(missing_ok=True)
-                raise
-        marker.unlink(missing_ok=True)
-        return sandbox
+            if os.path.exists(netns_sandbox.named_path(name)):
+                # Checked before the journal names it: reconcile would delete a namespace
+                # the journal names and the store does not hold.
+                raise DuplicateSandbox(f"network namespace {name!r} already exists")
+            op.begin(sandboxes=(name,))  # reconcile removes it if we die before commit
+            path = netns_sandbox.create(name)
+            op.undo.append(lambda: netns_sandbox.delete(path))
+            sandbox = Sandbox(name, path, owned=True)
+            self.store.add_sandbox(sandbox)
+            return sandbox
 
     def adopt_sandbox(self, name: str, path_or_pid: str | int) -> Sandbox:
         """Manage an existing namespace (a path, `ip netns` name or pid); never deleted."""
         netns_sandbox.check_name(name)
         path = netns_sandbox.resolve(path_or_pid)
-        with self.store.transaction():
+        with self._operation() as op:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
+            op.begin()  # the store will hold something: it claims the namespace
             sandbox = Sandbox(name, path, owned=False)
             self.store.add_sandbox(sandbox)
-        return sandbox
+            return sandbox
 
     def sandboxes(self) -> list[Sandbox]:
         return self.store.sandboxes()
@@ -328,15 +381,17 @@ class Host:
 
     def remove_sandbox(self, name: str) -> None:
         """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             found = self.store.find_sandbox(name)
             if found is None:
                 return
+            op.begin()
             for endpoint in self.store.endpoints(sandbox=name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
             self.store.remove_sandbox(name)
+            self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -346,13 +401,32 @@ class Host:
         sandbox: str,
         *,
         ip: str | None = None,
+        ipv6: str | None = None,
         mac: str | None = None,
         aliases: Sequence[str] = (),
+        driver_options: Mapping[str, str] | None = None,
+        gw_priority: int = 0,
     ) -> Endpoint:
-        """Attach the sandbox to the network; returns its addresses (no prefix length)."""
-        if mac is not None and not _MAC.match(mac):
-            raise InvalidRequest(f"invalid MAC address {mac!r}")
-        with self.store.transaction(), self._rollback() as undo:
+        """Attach the sandbox to the network; returns its addresses (no prefix length).
+
+        `ip`/`ipv6`: the addresses to take (any free one when not given); `gw_priority`:
+        Docker's `--gw-priority`, which endpoint gives the sandbox its default routes;
+        `driver_options`: `com.docker.network.endpoint.ifname` names the interface."""
+        checks.text(network, "network")
+        checks.text(sandbox, "sandbox")
+        requested = _requested_addresses(ip, ipv6)
+        mac = checks.mac(mac) if mac is not None else None
+        names = checks.aliases(aliases)
+        if isinstance(gw_priority, bool) or not isinstance(gw_priority, int):
+            raise InvalidRequest(f"gw_priority must be an integer, not {gw_priority!r}")
+        options = checks.string_map(driver_options, "driver options")
+        wanted_ifname = options.pop(ENDPOINT_IFNAME_OPTION, None)
+        if options:
+            raise InvalidOption(
+                f"unknown endpoint option(s) {', '.join(sorted(options))}: keelnet knows "
+                f"{ENDPOINT_IFNAME_OPTION}"
+            )
+        with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
             if not netns_sandbox.exists(box.path):
@@ -360,15 +434,13 @@ class Host:
             if self.store.endpoints(network_id=net.id, sandbox=sandbox):
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
             driver = get_driver(net.driver)
+            if mac is not None and not driver.shares_parent_mac:
+                self._check_mac_free(net, mac)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, ip) if driver.uses_ipam else {}
+            addresses = self._allocate(net, requested) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
             routed = driver.uses_gateway(net) and not net.internal
-            if driver.uses_ipam:
-                used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
-                ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
-            else:
-                ifname = ""
+            ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
             endpoint = Endpoint(
                 ip=addresses.get(4),
                 ipv6=addresses.get(6),
@@ -384,35 +456,90 @@ class Host:
                     if net.kernel_name and net.dataplane == "kernel"
                     else None
                 ),
-                aliases=tuple(aliases),
+                aliases=names,
+                gw_priority=gw_priority,
             )
+            op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
-            undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
-            undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
+            op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
+            op.undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
             self.store.add_endpoint(endpoint)
+            # Put the sandbox's routes back as they were should anything after this fail.
+            op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
+            self._route_sandbox(box)
             return endpoint
 
-    def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
-        wanted = _version_of(ip) if ip is not None else None
-        if ip is not None and network.ipam_for(wanted or 0) is None:
-            raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
+    def _check_mac_free(self, network: Network, mac: str) -> None:
+        """Refuse a MAC another endpoint of the network, or its host device, carries: two
+        interfaces with one MAC on a segment take each other's frames."""
+        for endpoint in self.store.endpoints(network_id=network.id):
+            if endpoint.mac == mac:
+                raise Conflict(
+                    f"MAC address {mac} is already used by {endpoint.sandbox} on {network.name}"
+                )
+        devices = [network.kernel_name, network.options.get("parent", "").partition(".")[0]]
+        for device in filter(None, devices):
+            index = links.link_index(self._ipr, device)
+            found = self._ipr.link("get", index=index)[0].get("address") if index else None
+            if found == mac:
+                raise Conflict(f"MAC address {mac} is the address of {device}, {network.name}'s")
+
+    def _endpoint_ifname(self, sandbox: str, wanted: str | None) -> str:
+        used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+        if wanted is None:
+            return next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
+        links.check_ifname(wanted, ENDPOINT_IFNAME_OPTION, InvalidOption)
+        if wanted in used:
+            raise Conflict(f"sandbox {sandbox} already has an interface {wanted}")
+        return wanted
+
+    def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
+        """Give the sandbox the default routes Docker's order picks among its endpoints
+        (`leaving`: an endpoint to leave out, one on its way out)."""
+        if not netns_sandbox.exists(box.path):
+            return
+        candidates = []
+        for endpoint in self.store.endpoints(sandbox=box.name):
+            if endpoint.id == leaving or not endpoint.ifname:
+                continue
+            network = self.network(endpoint.network_id)
+            via4, via6 = get_driver(network.driver).default_routes(network, endpoint)
+            candidates.append(
+                _gateway.Candidate(
+                    endpoint.ifname,
+                    network.name,
+                    network.internal,
+                    endpoint.gw_priority,
+                    via4,
+                    via6,
+                )
+            )
+        _gateway.apply(box.path, candidates)
+
+    def _allocate(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
+        for version, address in requested.items():
+            if network.ipam_for(version) is None:
+                raise AddressOutOfRange(
+                    f"{address}: network {network.name} has no IPv{version} subnet"
+                )
         addresses: dict[int, str] = {}
         for config in network.ipam:
             pool = self.store.address_pool(network.id, config.version)
             if pool is None:
                 continue
-            addresses[config.version] = pool.allocate(ip if wanted == config.version else None)
+            addresses[config.version] = pool.allocate(requested.get(config.version))
             self.store.save_address_pool(network.id, config.version, pool)
         return addresses
 
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
             if net is None:
                 return
             for endpoint in self.store.endpoints(network_id=net.id, sandbox=sandbox):
+                op.begin()
                 self._disconnect(net, endpoint)
 
     def _disconnect(self, network: Network, endpoint: Endpoint) -> None:
@@ -433,6 +560,8 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        if box is not None and path is not None:
+            self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
             self._sync_firewall()
 
@@ -452,13 +581,15 @@ class Host:
         host_ip: str | None = None,
     ) -> PortMapping:
         """Forward host_port on the host's addresses (and from the host itself) to the sandbox."""
-        if host_port != 0:  # 0: an ephemeral port, as Docker's `-p 80`
-            _check_port(host_port, "host port")
-        _check_port(container_port, "container port")
+        checks.text(network, "network")
+        checks.text(sandbox, "sandbox")
+        if host_port != 0 or isinstance(host_port, bool):  # 0: ephemeral, as Docker's `-p 80`
+            checks.port(host_port, "host port")
+        checks.port(container_port, "container port")
         if proto not in _PROTOCOLS:
             raise InvalidRequest(f"invalid protocol {proto!r}: use tcp, udp or sctp")
-        host_version = _version_of(host_ip) if host_ip is not None else None
-        with self.store.transaction(), self._rollback():
+        host_version = checks.ip_version(host_ip, "host IP") if host_ip is not None else None
+        with self._operation() as op:
             net = self.network(network)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
@@ -482,6 +613,7 @@ class Host:
                 container_ip,
                 container_ipv6,
             )
+            op.begin()
             get_driver(net.driver).program_external_connectivity(self._ctx, net, endpoint, mapping)
             try:
                 self.store.add_port(mapping)
@@ -515,12 +647,13 @@ class Host:
         host_ip: str | None = None,
     ) -> None:
         """Remove a published port; one that is not published is already removed."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
             if net is None:
                 return
             for port in self.store.ports(network_id=net.id, sandbox=sandbox):
                 if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
+                    op.begin()
                     endpoints = self.store.endpoints(network_id=net.id, sandbox=sandbox)
                     if endpoints:
                         get_driver(net.driver).revoke_external_connectivity(
@@ -536,24 +669,27 @@ class Host:
     # --- crash recovery ------------------------------------------------------------------
 
     def reconcile(self) -> dict[str, int]:
-        """Make the kernel match the store: remove leftovers, drop what the kernel lost."""
+        """Make the kernel match the store: remove the store's leftovers (half-made or
+        unreferenced links, here and in its sandboxes; namespaces an operation cut short
+        was creating), re-create what the kernel lost, drop what cannot come back. Only
+        ever removes what this store made."""
         removed = dict.fromkeys(
             ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated"), 0
         )
         with self.store.transaction():
+            cut_short = [entry for entry in self._journal.entries() if not entry.live]
+            self._claim.forget()  # it may be gone with our tables (a flushed ruleset)
+            if self.store.holds_anything():
+                self._take_claim()
             networks = {n.id: n for n in self.store.networks()}
             endpoint_ids = {e.id for e in self.store.endpoints()}
-            for _index, ifname, network_id, endpoint_id in links.owned_links(self._ipr):
-                if network_id not in networks or (
-                    endpoint_id is not None and endpoint_id not in endpoint_ids
-                ):
-                    links.delete_link(self._ipr, ifname)
-                    removed["links"] += 1
-            for marker in self._pending_dir().iterdir():
-                if self.store.find_sandbox(marker.name) is None:
-                    netns_sandbox.delete(netns_sandbox.named_path(marker.name))
-                    removed["namespaces"] += 1
-                marker.unlink(missing_ok=True)
+            removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
+            links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
+            for entry in cut_short:
+                for name in entry.sandboxes:
+                    if _is_name(name) and self.store.find_sandbox(name) is None:
+                        netns_sandbox.delete(netns_sandbox.named_path(name))
+                        removed["namespaces"] += 1
             for network in networks.values():
                 # A bridge the kernel lost (a crash mid-removal, a reboot): make it again.
                 if network.kernel_name and links.link_index(self._ipr, network.kernel_name) is None:
@@ -564,10 +700,13 @@ class Host:
                     for endpoint in self.store.endpoints(sandbox=box.name):
                         self._disconnect(networks[endpoint.network_id], endpoint)
                         removed["endpoints"] += 1
+                    if box.owned:  # the empty file a cut-short removal leaves
+                        netns_sandbox.delete(box.path)
                     self.store.remove_sandbox(box.name)
                     removed["sandboxes"] += 1
-                elif any(n.kernel_name is None and n.ipam for n in networks.values()):
-                    removed["sandbox_links"] += self._clean_sandbox(box, endpoint_ids)
+                    continue
+                with iproute(box.path) as ipr:
+                    removed["sandbox_links"] += self._remove_leftovers(ipr, networks, endpoint_ids)
             for endpoint in self.store.endpoints():
                 network = networks[endpoint.network_id]
                 if (
@@ -580,7 +719,28 @@ class Host:
                 if network.dataplane == "userspace":
                     removed["recreated"] += self._restore_userspace(network)
             self._sync_firewall(bridges_changed=True, refresh=True)
+            self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self._release_if_empty()
+        for entry in cut_short:
+            entry.close()
         return removed
+
+    def _remove_leftovers(
+        self, ipr: IPRoute, networks: Mapping[str, Network], endpoint_ids: set[str]
+    ) -> int:
+        """Delete this store's links in one namespace that no committed network or
+        endpoint accounts for: half made (no alias yet) or left by a cut-short operation."""
+        count = 0
+        for link in ownership.owned_links(ipr, self.owner):
+            mark = link.mark
+            if (
+                mark is None
+                or mark.network_id not in networks
+                or (mark.endpoint_id is not None and mark.endpoint_id not in endpoint_ids)
+            ):
+                links.delete_link(ipr, link.ifname)
+                count += 1
+        return count
 
     def _restore_userspace(self, network: Network) -> int:
         """Re-create the endpoints whose interface the sandbox lost: a userspace plane's
@@ -598,6 +758,7 @@ class Host:
             try:
                 driver.create_endpoint(self._ctx, network, endpoint, box.path)
                 driver.join(self._ctx, network, endpoint, box.path)
+                self._route_sandbox(box)
             except KeelnetError:
                 # The Host must start even when a parent is gone; the endpoint stays in
                 # the store and the next reconcile tries again.
@@ -607,24 +768,13 @@ class Host:
             restored += 1
         return restored
 
-    def _clean_sandbox(self, box: Sandbox, endpoint_ids: set[str]) -> int:
-        """Remove interfaces keelnet made in a sandbox for endpoints that never committed."""
-        count = 0
-        with iproute(box.path) as ipr:
-            for _index, ifname, _network_id, endpoint_id in links.owned_links(ipr):
-                if endpoint_id is not None and endpoint_id not in endpoint_ids:
-                    links.delete_link(ipr, ifname)
-                    count += 1
-        return count
-
     # --- helpers -------------------------------------------------------------------------
 
-    def _pending_dir(self) -> Path:
-        path = self.state_dir / "pending-sandboxes"
-        path.mkdir(exist_ok=True)
-        return path
-
     def _sync_firewall(self, *, bridges_changed: bool = False, refresh: bool = False) -> None:
+        """Load the nftables (and iptables) rules the store's networks ask for. Only the
+        store that claims the namespace writes them; one holding nothing has no claim."""
+        if self._claim.held is None:
+            return
         rules = []
         for network in self.store.networks():
             ports = tuple(self.store.ports(network_id=network.id))
@@ -655,43 +805,105 @@ class Host:
                 raise
         self._applied_script = script
 
+    def _take_claim(self) -> None:
+        """Hold the namespace's claim; a store starting to own objects here records the
+        kernel epoch it does so in."""
+        if self._claim.held is None:
+            self._claim.take()
+            self.store.set_meta(_EPOCH, self._kernel_epoch())
+
+    def _release_if_empty(self) -> None:
+        """Let go of the namespace once the store holds nothing (after its last removal)."""
+        if not self.store.holds_anything():
+            self._claim.release()
+
     @contextlib.contextmanager
-    def _rollback(self) -> Iterator[list[Undo]]:
-        """Collects undo steps; on failure runs them newest first, then re-raises."""
-        undo: list[Undo] = []
-        try:
-            yield undo
-        except BaseException:
-            for step in reversed(undo):
-                with contextlib.suppress(Exception):  # keep undoing; the first error wins
-                    step()
-            raise
+    def _operation(self, *, undoable: bool = True) -> Iterator[_Operation]:
+        """One public operation: the store's write transaction, and from `op.begin()` on
+        (its first kernel change) a crash-journal entry and the namespace's claim. On
+        failure the undo steps run newest first; the entry goes when they all succeed
+        (an `undoable=False` removal, which has none, leaves it to reconcile)."""
+        op = _Operation(self)
+        with self.store.transaction():
+            try:
+                yield op
+            except BaseException:
+                clean = op.undo_all() and undoable
+                if op.entry is not None:
+                    if clean:
+                        op.entry.close()
+                    else:
+                        op.entry.abandon()
+                raise
+        if op.entry is not None:
+            op.entry.close()
 
 
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
+class _Operation:
+    """What one Host operation did so far: its journal entry, its undo steps."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self.entry: Entry | None = None
+        self.undo: list[Undo] = []
+
+    def begin(self, *, sandboxes: tuple[str, ...] = ()) -> None:
+        """Called before the operation's first kernel change (again: no-op)."""
+        if self.entry is None:
+            self.entry = self._host._journal.begin(sandboxes)
+            self._host._take_claim()
+
+    def undo_all(self) -> bool:
+        """Run the undo steps newest first; whether every one succeeded."""
+        clean = True
+        for step in reversed(self.undo):
+            try:
+                step()
+            except Exception:  # keep undoing; the operation's own error is the one raised
+                clean = False
+        return clean
 
 
-def _version_of(address: str) -> int:
+def _is_name(name: str) -> bool:
     try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        raise InvalidRequest(f"invalid IP address {address!r}") from None
+        netns_sandbox.check_name(name)
+    except KeelnetError:
+        return False
+    return True
 
 
-def _pick_family(values: list[str], version: int, what: str) -> str | None:
+def _requested_addresses(*addresses: str | None) -> dict[int, str]:
+    requested: dict[int, str] = {}
+    for address in addresses:
+        if address is None:
+            continue
+        version = checks.ip_version(address)
+        if version in requested:
+            raise InvalidRequest(
+                f"two IPv{version} addresses asked for: {requested[version]} and {address}"
+            )
+        requested[version] = address
+    return requested
+
+
+def _by_family(
+    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
+) -> dict[int, str]:
+    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
+    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
+    found: dict[int, str] = {}
     for value in values:
         try:
-            parsed = ipaddress.ip_network(value, strict=False)
+            parsed = ipaddress.ip_network(value, strict=False) if network else None
+            version = parsed.version if parsed else ipaddress.ip_address(value).version
         except ValueError:
             raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if parsed.version == version:
-            return value
-    return None
-
-
-def _check_port(port: int, what: str) -> None:
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidRequest(f"invalid {what} {port!r}: must be 1-65535")
+        if version not in versions:
+            raise GatewayOutsideSubnet(
+                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
+                + (" (IPv6 is not enabled)" if version == 6 else "")
+            )
+        if version in found:
+            raise InvalidSubnet(f"more than one IPv{version} {what} given")
+        found[version] = value
+    return found

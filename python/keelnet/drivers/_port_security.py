@@ -1,7 +1,8 @@
 """Port security: a sandbox sends only from its own MAC and addresses.
 
 On by default for the bridge, macvlan and ipvlan drivers, off per network with
-`-o port_security=false` (for a sandbox that bridges or routes for others). Like
+`-o port_security=false` (for a sandbox that bridges or routes for others; the option
+and where it holds: `keelnet.port_security`). Like
 OpenStack's port security and libvirt's clean-traffic filter: a sandbox's port passes
 untagged frames from the endpoint's MAC only, IPv4 and IPv6 from the endpoint's addresses
 (and its EUI-64 link-local address), ARP and neighbour discovery only about itself, and
@@ -13,17 +14,12 @@ rules (`kernel/nftables_bridge.py`).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 
-from keelnet.drivers.base import option_bool
 from keelnet.kernel.namespaces import read_sysctl, write_sysctl
 from keelnet.model import Endpoint
+from keelnet.port_security import OPTION, enabled
 
-OPTION = "port_security"
-
-
-def enabled(options: Mapping[str, str]) -> bool:
-    return option_bool(options, OPTION, True)
+__all__ = ["OPTION", "allowed_ips", "enabled", "link_local", "pin_link_local"]
 
 
 def link_local(mac: str) -> str:
@@ -45,7 +41,7 @@ def pin_link_local(sandbox_path: str, ifname: str) -> bool:
     rules allow, whatever the namespace's default says. Returns whether it had to change
     the setting, which takes effect when the link next comes up. A kernel without IPv6
     has nothing to pin."""
-    key = f"net.ipv6.conf.{ifname}.addr_gen_mode"
+    key = f"net/ipv6/conf/{ifname}/addr_gen_mode"
     try:
         if read_sysctl(sandbox_path, key) == "0":
             return False

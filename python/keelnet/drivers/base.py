@@ -4,8 +4,9 @@ A Host calls, in order: `validate` then `create_network`; per connect `create_en
 `join`; per disconnect `leave` then `delete_endpoint`; `delete_network` last. Publishing
 calls `program_external_connectivity` / `revoke_external_connectivity`. Every `delete_*`,
 `leave` and `revoke_*` must succeed when what it removes is already gone: teardown is
-idempotent. Everything created on the host side must be marked as keelnet's (names start
-with `kn-`, links carry `links.alias_for(...)`).
+idempotent. Every link a driver creates carries its store's mark from the request that
+creates it on (`ctx.owner`, see `keelnet.kernel.ownership`), so a crash never leaves a link
+nobody can prove is ours; names of host-side links start with `kn-`.
 
 A driver lists the data planes it implements; the `dataplane` option picks one (`kernel`,
 `userspace`, or `auto`: the kernel where it has the module, userspace where it does not).
@@ -24,6 +25,7 @@ from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
 from keelnet.kernel.nftables_bridge import GuardedPort
+from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
 
@@ -33,11 +35,13 @@ DATAPLANES = ("kernel", "userspace", "auto")
 
 @dataclass
 class HostContext:
-    """What a driver may use of the host: its namespace and netlink sockets into it."""
+    """What a driver may use of the host: its namespace, netlink sockets into it, and
+    the identity of the store whose marks the driver's links carry."""
 
     netns_path: str | None
     ipr: IPRoute
     rtnl: Rtnl  # the fast path for per-connect requests
+    owner: Owner
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class Driver(ABC):
     gateway_route: ClassVar[bool] = True
     #: Only one network of this driver per host (Docker: host, none).
     singleton: ClassVar[bool] = False
+    #: Whether the gateway sits on a device of the host namespace (a bridge): the subnet
+    #: then needs room for it and must not hold one of the host's own addresses.
+    gateway_on_host: ClassVar[bool] = False
+    #: Whether every endpoint carries the parent's MAC (ipvlan) instead of one of its own.
+    shares_parent_mac: ClassVar[bool] = False
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         """Refuse unknown or bad options; extended by drivers with checks of their own."""
@@ -98,6 +107,12 @@ class Driver(ABC):
     def uses_gateway(self, network: Network) -> bool:
         """Whether this network's endpoints route through its gateway."""
         return self.gateway_route
+
+    def default_routes(self, network: Network, endpoint: Endpoint) -> tuple[str | None, ...]:
+        """The default routes `endpoint` offers its sandbox, IPv4 then IPv6: a gateway
+        address, `_gateway.DEVICE` (straight out of the interface) or None. The Host
+        installs those of the one endpoint Docker's order picks per family."""
+        return endpoint.gateway, endpoint.ipv6_gateway
 
     def kernel_name(self, network_id: str, options: Mapping[str, str]) -> str | None:
         """The host-side device this network owns, if any (for isolation and cleanup)."""
@@ -149,11 +164,6 @@ class Driver(ABC):
         """The endpoints' ports that `table bridge keelnet` checks (kernel bridges under
         port security), for reconcile to make its sets match the store."""
         return ()
-
-    def port_security(self, network: Network) -> bool:
-        """Whether the network's sandboxes may only send from their own MAC and addresses
-        (shown by inspect as `PortSecurity`)."""
-        return False
 
 
 def option_bool(options: Mapping[str, str], key: str, default: bool) -> bool:

@@ -36,7 +36,6 @@ NAME = "com.docker.network.bridge.name"
 MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
 ICC = "com.docker.network.bridge.enable_icc"
 MTU = "com.docker.network.driver.mtu"
-_IFNAMSIZ = 15
 
 
 def mtu_option(options: Mapping[str, str]) -> int | None:
@@ -59,6 +58,7 @@ class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME, MASQUERADE, ICC, MTU, _port_security.OPTION})
     dataplanes = ("kernel", "userspace")
+    gateway_on_host = True
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -68,8 +68,7 @@ class BridgeDriver(Driver):
         _port_security.enabled(request.options)
         bridge = request.options.get(NAME)
         if bridge is not None:
-            if not 0 < len(bridge) <= _IFNAMSIZ or "/" in bridge or " " in bridge:
-                raise InvalidOption(f"option {NAME}: {bridge!r} is not a valid interface name")
+            links.check_ifname(bridge, f"option {NAME}:", InvalidOption)
             if links.link_index(ctx.ipr, bridge) is not None:
                 raise Conflict(f"option {NAME}: interface {bridge!r} already exists")
 
@@ -97,11 +96,12 @@ class BridgeDriver(Driver):
                     kind="bridge",
                     address=links.random_mac(),
                     **({"mtu": mtu} if mtu else {}),
+                    **ctx.owner.link_attributes(),
                 )
             index = links.link_index(ctx.ipr, bridge)
             if index is None:
                 raise KernelError(f"bridge {bridge} vanished after creation")
-            ctx.ipr.link("set", index=index, ifalias=links.alias_for(network.id))
+            ctx.ipr.link("set", index=index, ifalias=ctx.owner.alias(network.id))
             for config in network.ipam:
                 if config.gateway:
                     links.add_address(ctx.ipr, index, config.gateway, config.prefix_length)
@@ -109,15 +109,15 @@ class BridgeDriver(Driver):
                 # Forwarded packets are resolved with the bridge's link-local address as
                 # source; while that is tentative (DAD, ~1 s) the kernel sends no
                 # solicitation and IPv6 to new sandboxes silently stalls.
-                write_sysctl(ctx.netns_path, f"net.ipv6.conf.{bridge}.accept_dad", "0")
+                write_sysctl(ctx.netns_path, f"net/ipv6/conf/{bridge}/accept_dad", "0")
             else:  # an IPv4-only network gives the host no IPv6 on it (as Docker does)
-                write_sysctl(ctx.netns_path, f"net.ipv6.conf.{bridge}.disable_ipv6", "1")
+                write_sysctl(ctx.netns_path, f"net/ipv6/conf/{bridge}/disable_ipv6", "1")
             ctx.ipr.link("set", index=index, state="up")
             # Published ports are reachable from the host's loopback (Docker's hairpin mode).
-            write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.route_localnet", "1")
+            write_sysctl(ctx.netns_path, f"net/ipv4/conf/{bridge}/route_localnet", "1")
             if not option_bool(network.options, ICC, True):
                 # A redirect would point one sandbox at another, which icc forbids.
-                write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.send_redirects", "0")
+                write_sysctl(ctx.netns_path, f"net/ipv4/conf/{bridge}/send_redirects", "0")
         except NetlinkError as exc:
             self._remove(ctx, network)
             raise links.netlink_error(f"creating bridge {bridge}", exc) from exc
@@ -161,6 +161,7 @@ class BridgeDriver(Driver):
                         peer_netns_fd=fd,
                         peer_mac=endpoint.mac,
                         mtu=mtu_option(network.options),
+                        group=ctx.owner.group,
                     )
                 ]
             )
@@ -186,7 +187,7 @@ class BridgeDriver(Driver):
             index = ctx.rtnl.link_index(ifname)
             if index is None:
                 raise KernelError(f"{ifname} vanished after creation")
-            alias = links.alias_for(network.id, endpoint.id)
+            alias = ctx.owner.alias(network.id, endpoint.id)
             ctx.rtnl.run(
                 [
                     rtnl.set_link(ifname, alias=alias, up=True),
@@ -201,7 +202,7 @@ class BridgeDriver(Driver):
             )
             # A bridge port needs no addresses of its own; without this, its link-local
             # address and routes appear a second later, when DAD ends.
-            write_sysctl(ctx.netns_path, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+            write_sysctl(ctx.netns_path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
             if guarded:
                 nftables.apply(ctx.netns_path, nftables_bridge.add_port(_guarded_port(endpoint)))
         except (NetlinkError, OSError, KernelError) as exc:  # RtnlError is an OSError
@@ -215,9 +216,7 @@ class BridgeDriver(Driver):
     ) -> None:
         if _port_security.enabled(network.options) and network.dataplane == "kernel":
             _port_security.pin_link_local(sandbox_path, endpoint.ifname)  # still down
-        _veth.configure_sandbox_interface(
-            network, endpoint, sandbox_path, default_route=not network.internal
-        )
+        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
 
     def _create_tap_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
@@ -276,9 +275,6 @@ class BridgeDriver(Driver):
         if not _port_security.enabled(network.options) or network.dataplane != "kernel":
             return ()
         return tuple(_guarded_port(endpoint) for endpoint in endpoints if endpoint.host_ifname)
-
-    def port_security(self, network: Network) -> bool:
-        return _port_security.enabled(network.options)
 
     def _bridge(self, network: Network) -> str:
         return network.kernel_name or self.kernel_name(network.id, network.options)

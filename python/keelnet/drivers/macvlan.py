@@ -77,10 +77,6 @@ class LowerDeviceDriver(Driver):
         """Whether the userspace data plane tags this network's VLAN (no VLAN device)."""
         return False
 
-    def port_security(self, network: Network) -> bool:
-        # The kernel's macvlan and ipvlan switch their children inside the driver.
-        return network.dataplane == "userspace" and _port_security.enabled(network.options)
-
     def create_network(self, ctx: HostContext, network: Network) -> None:
         _parent.ensure_vlan(ctx, _parent.parse(network.options, self.name), network.id)
 
@@ -107,6 +103,7 @@ class LowerDeviceDriver(Driver):
                 net_ns_fd=fd,
                 **self.link_attributes(network),
                 **({"address": endpoint.mac} if self.kind == "macvlan" else {}),
+                **ctx.owner.link_attributes(),
             )
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
@@ -123,9 +120,7 @@ class LowerDeviceDriver(Driver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(
-            network, endpoint, sandbox_path, default_route=not network.internal
-        )
+        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None

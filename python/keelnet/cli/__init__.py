@@ -1,0 +1,74 @@
+"""The `keelnet` command line: Docker's verbs, flags and output.
+
+One module per noun (`network`, `sandbox`, `port`, `agent`), as Docker's CLI keeps
+`cli/command/network/*.go`; each adds its verbs with `add_commands`. `root` holds the
+global flags and decides where a command runs (in the agent or in this process).
+
+This module imports next to nothing: `keelnet --version` costs an interpreter start, and
+a command line a running agent can take goes to it as it is, before any parsing here
+(the agent parses it, and its usage errors and help come back like its output).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: Nouns whose commands the agent runs.
+AGENT_NOUNS = ("network", "sandbox", "port")
+#: ...but these are parsed here: `sandbox exec` runs here with the caller's terminal,
+#: `network prune` asks before it deletes (the agent gets it once answered, or with -f).
+_RUN_HERE = ("sandbox", "exec")
+_ASKS_FIRST = ("network", "prune")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        import keelnet
+
+        print(f"keelnet {keelnet.__version__}")
+        return 0
+    status = _in_agent(argv)
+    if status is not None:
+        return status
+    from keelnet.cli.root import run
+
+    return run(argv)
+
+
+def _in_agent(argv: list[str]) -> int | None:
+    """Hand the command line to this host's agent if one serves it (its exit status);
+    None: this process parses and runs it (it also reports any trouble reaching the agent)."""
+    netns = state_dir = None
+    words: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        name, has_value, value = token.partition("=")
+        if name in ("--netns", "--state-dir") and not words:
+            value = value if has_value else next(tokens, "")
+            netns, state_dir = (value, state_dir) if name == "--netns" else (netns, value)
+        elif token.startswith("-") and not words:
+            return None  # --help, --version among others, or a mistake: parsed here
+        else:
+            words.append(token)
+    if len(words) < 2 or words[0] not in AGENT_NOUNS or os.geteuid() != 0:
+        return None
+    verb = (words[0], words[1])
+    if verb == _RUN_HERE or (verb == _ASKS_FIRST and not {"-f", "--force"} & set(words)):
+        return None
+    from keelnet import agent
+
+    try:
+        answer = agent.forward(netns, state_dir, argv)
+    except Exception:
+        return None
+    if answer is None:
+        return None
+    status, out, err = answer
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return status
+
+
+__all__ = ["main"]
