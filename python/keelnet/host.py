@@ -222,14 +222,14 @@ class Host:
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        for what, values in (("gateway", gateways), ("IP range", ranges)):
-            for value in values:
-                version = checks.ip_version(value.partition("/")[0], what)
+        versions = (4, 6) if ipv6 else (4,)
+        by_gateway = _by_family(gateways, "gateway", versions, network=False)
+        by_range = _by_family(ranges, "IP range", versions, network=True)
+        for what, given in (("a gateway", by_gateway), ("an IP range", by_range)):
+            for version, value in given.items():
                 if version not in requested:
-                    article = "an" if what[0] in "AEIOU" else "a"
                     raise InvalidSubnet(
-                        f"{article} {what} needs a subnet: {value} was given without an "
-                        f"IPv{version} "
+                        f"{what} needs a subnet: {value} was given without an IPv{version} "
                         "subnet (give the subnet it belongs to as well)"
                     )
         taken = [
@@ -245,9 +245,6 @@ class Host:
             if gateway_on_host:
                 self._check_host_addresses(net)
         existing = [subnet for subnet, _ in taken]
-        versions = (4, 6) if ipv6 else (4,)
-        by_gateway = _by_family(gateways, "gateway", versions, network=False)
-        by_range = _by_family(ranges, "ip range", versions, network=True)
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in versions:
