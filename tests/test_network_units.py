@@ -9,7 +9,7 @@ import pytest
 from keelnet import drivers, errors
 from keelnet.cli.port import parse_mapping
 from keelnet.drivers.base import Driver, HostContext
-from keelnet.kernel import iptables_compat, nftables, nftables_bridge
+from keelnet.kernel import iptables_compat, nftables, nftables_guard
 from keelnet.model import Endpoint, Network, PortMapping
 
 NET_ID = "ab" * 32
@@ -64,21 +64,21 @@ def test_port_security_lets_only_own_subnets_out_of_the_bridge() -> None:
 
 
 def test_guarded_ports_are_set_elements_the_rules_never_touch() -> None:
-    port = nftables_bridge.GuardedPort("kn-v1", "02:42:0a:00:00:02", ("10.0.0.2", "fe80::1"))
-    script = nftables_bridge.add_port(port)
+    port = nftables_guard.GuardedPort("kn-v1", "02:42:0a:00:00:02", ("10.0.0.2", "fe80::1"))
+    script = nftables_guard.add_port(nftables_guard.BRIDGE, port)
     assert 'add element bridge keelnet port_mac { "kn-v1" . 02:42:0a:00:00:02 }' in script
     assert 'add element bridge keelnet port_ipv4 { "kn-v1" . 10.0.0.2 }' in script
     assert (
         'add element bridge keelnet port_nd_target { "kn-v1" . 0xfe800000000000000000000000000001 }'
         in script
     )
-    removal = nftables_bridge.remove_port(port).splitlines()
+    removal = nftables_guard.remove_port(nftables_guard.BRIDGE, port).splitlines()
     assert removal.index('add element bridge keelnet guarded { "kn-v1" }') < removal.index(
         'delete element bridge keelnet guarded { "kn-v1" }'
     )  # idempotent: removing a port not guarded is fine
     rendered = nftables.render([_rules()])
     assert "flush table bridge keelnet" in rendered and "element" not in rendered
-    assert "flush set" in nftables_bridge.sync_ports([port])
+    assert "flush set" in nftables_guard.sync(nftables_guard.BRIDGE, [port])
 
 
 def test_bridge_rules_isolate_masquerade_and_publish() -> None:

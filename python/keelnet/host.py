@@ -50,7 +50,7 @@ from keelnet.errors import (
 )
 from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool
-from keelnet.kernel import iptables_compat, links, nftables, nftables_bridge, ownership
+from keelnet.kernel import iptables_compat, links, nftables, nftables_guard, ownership
 from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
@@ -780,16 +780,16 @@ class Host:
                 rules.append(rule)
         script = nftables.render(rules)
         nftables.apply(self.netns_path, script)
-        if refresh and rules:
+        if refresh:
             # Port guards are set elements that connects add; a crash may have left some.
-            guarded = [
-                port
-                for network in self.store.networks()
-                for port in get_driver(network.driver).guarded_ports(
-                    network, self.store.endpoints(network_id=network.id)
-                )
-            ]
-            nftables.apply(self.netns_path, nftables_bridge.sync_ports(guarded))
+            guards: dict[nftables_guard.Guard, list[nftables_guard.GuardedPort]] = {}
+            for network in self.store.networks():
+                endpoints = self.store.endpoints(network_id=network.id)
+                driver = get_driver(network.driver)
+                for guard, guarded in driver.port_guards(network, endpoints).items():
+                    guards.setdefault(guard, []).extend(guarded)
+            for guard, guarded_ports in guards.items():
+                nftables.apply(self.netns_path, nftables_guard.sync(guard, guarded_ports))
         if bridges_changed:
             try:
                 self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)

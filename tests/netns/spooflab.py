@@ -14,6 +14,7 @@ then the forged frames had every chance to arrive too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 import secrets
 import socket
@@ -33,7 +34,7 @@ from scapy.layers.l2 import ARP, Ether
 import keelnet
 from keelnet.dataplane import Switch
 from keelnet.drivers import _port_security
-from keelnet.kernel import nftables_bridge
+from keelnet.kernel import nftables_guard
 from keelnet.kernel.namespaces import iproute, netns_path
 from keelnet.model import Endpoint
 
@@ -89,13 +90,18 @@ def capturing(places: list[tuple[str, str]]) -> Iterator[list[Capture]]:
 
 
 def send_raw(ns: str, frames: list[bytes], ifname: str = "eth0") -> None:
-    """Write frames to `ifname` in namespace `ns` as they are (AF_PACKET)."""
+    """Write frames to `ifname` in namespace `ns` as they are (AF_PACKET). A frame the
+    kernel drops on the way out (a netdev egress rule) is sent all the same."""
     with netns(ns):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     with sock:
         sock.bind((ifname, 0))
         for frame in frames:
-            sock.send(frame)
+            try:
+                sock.send(frame)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
 
 
 def send_udp(ns: str, destination: str, payload: bytes) -> None:
@@ -268,9 +274,9 @@ class SpoofLab:
         table's named counters on the kernel."""
         if self.dataplane == "userspace":
             drops = self.switch().stats()["ports"][self.endpoints["attacker"].id]["drops"]
-            return {reason: drops[reason] for reason in nftables_bridge.REASONS}
+            return {reason: drops[reason] for reason in nftables_guard.REASONS}
         found = {}
-        for reason in nftables_bridge.REASONS:
+        for reason in nftables_guard.REASONS:
             out = subprocess.run(
                 [
                     "ip",

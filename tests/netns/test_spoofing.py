@@ -8,7 +8,9 @@ by the forwarding tables and by the drop counters."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -173,13 +175,18 @@ def test_a_vxlan_peer_cannot_claim_a_local_mac(lab: Lab, underlay: Underlay) -> 
         assert entries[local_mac]["remote"] is None
 
 
-@pytest.mark.parametrize("driver", ["macvlan", "ipvlan"])
-def test_userspace_macvlan_and_ipvlan_sandboxes_cannot_forge(
-    lab: Lab, host: keelnet.Host, driver: str
+@pytest.mark.parametrize(
+    ("driver", "dataplane"),
+    [("macvlan", "userspace"), ("ipvlan", "userspace"), ("macvlan", "kernel")],
+)
+def test_macvlan_and_ipvlan_sandboxes_cannot_forge(
+    lab: Lab, host: keelnet.Host, driver: str, dataplane: str
 ) -> None:
     """The sandboxes share the outside host's segment; the network's gateway is the host
     (192.0.2.1). Forged addresses, ARP and NA from a sandbox reach neither the outside
-    nor its neighbour; its own traffic, IPv6 from its link-local address included, does."""
+    nor (on the userspace switch) its neighbour; its own traffic, IPv6 from its
+    link-local address included, does. The kernel's macvlan switches sandbox-to-sandbox
+    frames itself, unseen by the host: there only the parent's egress is checked."""
     network = host.create_network(
         "low",
         driver=driver,
@@ -187,7 +194,7 @@ def test_userspace_macvlan_and_ipvlan_sandboxes_cannot_forge(
         gateway=[GATEWAY, HOST_ADDRESS6],
         ip_range=[RANGE, "2001:db8:1::100/120"],
         ipv6=True,
-        options={"parent": HOST_UPLINK, "dataplane": "userspace"},
+        options={"parent": HOST_UPLINK, "dataplane": dataplane},
     )
     assert host.inspect_network("low")["PortSecurity"] is True
     a, b = lab.name("a"), lab.name("b")
@@ -203,22 +210,45 @@ def test_userspace_macvlan_and_ipvlan_sandboxes_cannot_forge(
         b"kn-ip": udp4(ep_a.mac, outside_mac, str(ep_b.ip), OUTSIDE_ADDRESS, b"kn-ip"),
         b"kn-mac": udp4("02:42:c0:00:02:fe", outside_mac, str(ep_a.ip), OUTSIDE_ADDRESS, b"kn-mac"),
         bytes(arp): bytes(Ether(src=ep_a.mac, dst=outside_mac) / arp),
-        bytes(na): bytes(Ether(src=ep_a.mac, dst="33:33:00:00:00:01") / na_packet),
+        bytes(na_packet)[40:]: bytes(Ether(src=ep_a.mac, dst="33:33:00:00:00:01") / na_packet),
     }
-    with capturing([(lab.outside, "eth0"), (b, "eth0")]) as captures:
+    watched = [(lab.outside, "eth0")] + ([(b, "eth0")] if dataplane == "userspace" else [])
+    with capturing(watched) as captures:
         send_raw(a, list(forged.values()))
         send_udp(a, OUTSIDE_ADDRESS, b"kn-low-control")
         assert captures[0].wait_for(b"kn-low-control")
         time.sleep(0.2)
         delivered = {sig: sum(c.count(sig) for c in captures) for sig in forged}
-    assert delivered == dict.fromkeys(forged, 0)
+    expected = dict.fromkeys(forged, 0)
+    if dataplane == "kernel":
+        # The limit of a check on the parent: a MAC no endpoint has is not recognised
+        # (the parent carries the host's and other devices' frames too).
+        expected[b"kn-mac"] = 1
+    assert delivered == expected
     plane = host._ctx.planes.get(network.id)
-    if driver == "macvlan":
+    if dataplane == "kernel":
+        drops = _counters(lab.host, "netdev", f"keelnet-mv-{network.id[:12]}")
+    elif driver == "macvlan":
         drops = plane.switch.stats()["ports"][ep_a.id]["drops"]  # type: ignore[union-attr]
     else:
         drops = plane.stats()["drops"]  # type: ignore[union-attr]
     assert drops["spoofed_ip"] >= 1 and drops["spoofed_arp"] >= 1 and drops["spoofed_nd"] >= 1
-    assert drops["spoofed_mac"] >= 1
+    assert drops["spoofed_mac"] >= (dataplane == "userspace")
+
+
+def _counters(ns: str, family: str, table: str) -> dict[str, int]:
+    """The named counters of an nftables table: name -> packets."""
+    listing = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-j", "list", "counters", "table", family, table],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        item["counter"]["name"]: item["counter"]["packets"]
+        for item in json.loads(listing)["nftables"]
+        if "counter" in item
+    }
 
 
 def _mac_of(ns: str) -> str:

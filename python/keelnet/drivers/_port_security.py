@@ -8,7 +8,7 @@ untagged frames from the endpoint's MAC only, IPv4 and IPv6 from the endpoint's 
 (and its EUI-64 link-local address), ARP and neighbour discovery only about itself, and
 no router advertisements or redirects. The userspace switch checks it per port
 (`Switch.add_tap(allowed_ips=...)`); the kernel bridge through nftables bridge-family
-rules (`kernel/nftables_bridge.py`).
+rules, and on a kernel macvlan network's parent as far as it can (`kernel/nftables_guard.py`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from __future__ import annotations
 import ipaddress
 
 from keelnet.kernel.namespaces import read_sysctl, write_sysctl
+from keelnet.kernel.nftables_guard import GuardedPort
 from keelnet.model import Endpoint
 from keelnet.port_security import OPTION, enabled
 
-__all__ = ["OPTION", "allowed_ips", "enabled", "link_local", "pin_link_local"]
+__all__ = ["OPTION", "allowed_ips", "enabled", "guarded_port", "link_local", "pin_link_local"]
 
 
 def link_local(mac: str) -> str:
@@ -34,6 +35,11 @@ def allowed_ips(endpoint: Endpoint) -> list[str]:
     """The addresses the endpoint's port may send from."""
     addresses = [address for address in (endpoint.ip, endpoint.ipv6) if address]
     return [*addresses, link_local(endpoint.mac)]
+
+
+def guarded_port(endpoint: Endpoint, ifname: str) -> GuardedPort:
+    """What nftables lets the endpoint's port (named `ifname` on the host) send."""
+    return GuardedPort(ifname, endpoint.mac, tuple(allowed_ips(endpoint)))
 
 
 def pin_link_local(sandbox_path: str, ifname: str) -> bool:

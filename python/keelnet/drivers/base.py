@@ -24,7 +24,7 @@ from pyroute2 import IPRoute
 from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
-from keelnet.kernel.nftables_bridge import GuardedPort
+from keelnet.kernel.nftables_guard import Guard, GuardedPort
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
@@ -158,12 +158,12 @@ class Driver(ABC):
         """This network's part of the host's nftables ruleset, if it has one."""
         return None
 
-    def guarded_ports(
+    def port_guards(
         self, network: Network, endpoints: Sequence[Endpoint]
-    ) -> tuple[GuardedPort, ...]:
-        """The endpoints' ports that `table bridge keelnet` checks (kernel bridges under
-        port security), for reconcile to make its sets match the store."""
-        return ()
+    ) -> dict[Guard, tuple[GuardedPort, ...]]:
+        """Where nftables checks what the endpoints' sandboxes send (`nftables_guard`,
+        kernel data planes under port security), for reconcile to make it match."""
+        return {}
 
 
 def option_bool(options: Mapping[str, str], key: str, default: bool) -> bool:

@@ -27,7 +27,7 @@ from keelnet.drivers.base import (
     option_bool,
 )
 from keelnet.errors import Conflict, InvalidOption, KernelError
-from keelnet.kernel import links, nftables, nftables_bridge, rtnl
+from keelnet.kernel import links, nftables, nftables_guard, rtnl
 from keelnet.kernel.namespaces import write_sysctl
 from keelnet.kernel.nftables import BridgeRules
 from keelnet.model import Endpoint, Network, PortMapping
@@ -204,7 +204,8 @@ class BridgeDriver(Driver):
             # address and routes appear a second later, when DAD ends.
             write_sysctl(ctx.netns_path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
             if guarded:
-                nftables.apply(ctx.netns_path, nftables_bridge.add_port(_guarded_port(endpoint)))
+                script = nftables_guard.add_port(nftables_guard.BRIDGE, _guarded_port(endpoint))
+                nftables.apply(ctx.netns_path, script)
         except (NetlinkError, OSError, KernelError) as exc:  # RtnlError is an OSError
             self.delete_endpoint(ctx, network, endpoint)
             if isinstance(exc, KernelError):
@@ -248,7 +249,7 @@ class BridgeDriver(Driver):
         if endpoint.host_ifname:
             links.delete_link(ctx.ipr, endpoint.host_ifname)
             if _port_security.enabled(network.options):
-                script = nftables_bridge.remove_port(_guarded_port(endpoint))
+                script = nftables_guard.remove_port(nftables_guard.BRIDGE, _guarded_port(endpoint))
                 nftables.apply(ctx.netns_path, script)
 
     def program_external_connectivity(
@@ -269,19 +270,18 @@ class BridgeDriver(Driver):
             port_security=_port_security.enabled(network.options),
         )
 
-    def guarded_ports(
+    def port_guards(
         self, network: Network, endpoints: Sequence[Endpoint]
-    ) -> tuple[nftables_bridge.GuardedPort, ...]:
+    ) -> dict[nftables_guard.Guard, tuple[nftables_guard.GuardedPort, ...]]:
         if not _port_security.enabled(network.options) or network.dataplane != "kernel":
-            return ()
-        return tuple(_guarded_port(endpoint) for endpoint in endpoints if endpoint.host_ifname)
+            return {}
+        ports = tuple(_guarded_port(endpoint) for endpoint in endpoints if endpoint.host_ifname)
+        return {nftables_guard.BRIDGE: ports}
 
     def _bridge(self, network: Network) -> str:
         return network.kernel_name or self.kernel_name(network.id, network.options)
 
 
-def _guarded_port(endpoint: Endpoint) -> nftables_bridge.GuardedPort:
+def _guarded_port(endpoint: Endpoint) -> nftables_guard.GuardedPort:
     assert endpoint.host_ifname is not None
-    return nftables_bridge.GuardedPort(
-        endpoint.host_ifname, endpoint.mac, tuple(_port_security.allowed_ips(endpoint))
-    )
+    return _port_security.guarded_port(endpoint, endpoint.host_ifname)

@@ -9,7 +9,7 @@ repeated one is a no-op, and nothing outside keelnet's tables is ever touched:
 - `table inet keelnet-nat`: DNAT of published ports (from outside and from the host itself)
   and masquerade (one inet table serves IPv4 and IPv6),
 - `table bridge keelnet`: port security of sandboxes on kernel bridges
-  (`keelnet.kernel.nftables_bridge`).
+  (`keelnet.kernel.nftables_guard`).
 
 `enable_icc=false` between sandboxes on one bridge is the bridge driver's port isolation
 (IFLA_BRPORT_ISOLATED; the userspace switch's private ports), which needs no
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keelnet.errors import KernelError
-from keelnet.kernel import nftables_bridge
+from keelnet.kernel import nftables_guard
 from keelnet.kernel.namespaces import call_in_netns
 from keelnet.model import PortMapping
 
@@ -50,7 +50,7 @@ class BridgeRules:
     ports: tuple[PortMapping, ...] = field(default_factory=tuple)
     #: Sandboxes may talk to each other, also through the host (`enable_icc`).
     icc: bool = True
-    #: Sandboxes send only from their own addresses (see `nftables_bridge`).
+    #: Sandboxes send only from their own addresses (see `nftables_guard`).
     port_security: bool = False
 
 
@@ -75,14 +75,14 @@ def render(bridges: Sequence[BridgeRules]) -> str:
     if not bridges:  # add-then-delete: removes the table whether it exists or not
         for family, name in TABLES:
             lines += [f"add table {family} {name}", f"delete table {family} {name}"]
-        return "\n".join(lines + nftables_bridge.remove()) + "\n"
+        return "\n".join(lines + nftables_guard.remove(nftables_guard.BRIDGE)) + "\n"
     for (family, name), chains in _BASE_CHAINS.items():
         lines.append(f"add table {family} {name}")
         for chain, spec in chains.items():
             lines.append(f"add chain {family} {name} {chain}" + (f" {{ {spec} }}" if spec else ""))
         lines.append(f"flush table {family} {name}")
     lines += _filter_rules(bridges) + _nat_rules(bridges)
-    lines += nftables_bridge.rules()
+    lines += nftables_guard.rules(nftables_guard.BRIDGE)
     return "\n".join(lines) + "\n"
 
 
