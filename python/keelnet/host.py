@@ -236,8 +236,8 @@ class Host:
             if gateway_on_host:
                 self._check_host_addresses(net)
         versions = (4, 6) if ipv6 else (4,)
-        by_gateway = _by_family(gateways, "gateway", versions, network=False)
-        by_range = _by_family(ranges, "ip range", versions, network=True)
+        by_gateway = checks.by_family(gateways, "gateway", versions, network=False)
+        by_range = checks.by_family(ranges, "ip range", versions, network=True)
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in versions:
@@ -803,26 +803,3 @@ def _is_name(name: str) -> bool:
     except KeelnetError:
         return False
     return True
-
-
-def _by_family(
-    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
-) -> dict[int, str]:
-    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
-    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
-    found: dict[int, str] = {}
-    for value in values:
-        try:
-            parsed = ipaddress.ip_network(value, strict=False) if network else None
-            version = parsed.version if parsed else ipaddress.ip_address(value).version
-        except ValueError:
-            raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if version not in versions:
-            raise GatewayOutsideSubnet(
-                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
-                + (" (IPv6 is not enabled)" if version == 6 else "")
-            )
-        if version in found:
-            raise InvalidSubnet(f"more than one IPv{version} {what} given")
-        found[version] = value
-    return found
