@@ -48,6 +48,7 @@ from keelnet.errors import (
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
+    StateDirError,
 )
 from keelnet.ipam import AddressPool
 from keelnet.kernel import iptables_compat, links, nftables, ownership
@@ -64,6 +65,7 @@ Undo = Callable[[], None]
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
+_NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("": the caller's)
 
 
 class Host:
@@ -96,6 +98,7 @@ class Host:
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
             self._applied_script: str | None = None  # the nft script last loaded here
+            self._check_store_namespace()
             self._claim.check()
             if self._needs_reconcile():
                 self.reconcile()
@@ -106,6 +109,17 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
+
+    def _check_store_namespace(self) -> None:
+        """A store manages one namespace: another one's reconcile would find none of the
+        store's objects there and drop them from the store."""
+        recorded, here = self.store.meta(_NAMESPACE), self.netns_path or ""
+        if recorded is not None and recorded != here and self.store.holds_anything():
+            raise StateDirError(
+                f"the keelnet store in {self.state_dir} manages the network namespace "
+                f"{recorded or 'of the host'}, not {here or 'the host one'}: give each "
+                "namespace a state directory of its own (--state-dir or KEELNET_STATE_DIR)"
+            )
 
     def _needs_reconcile(self) -> bool:
         """Whether the kernel may not match the store (checked at open, cheaply)."""
@@ -744,6 +758,7 @@ class Host:
         if self._claim.held is None:
             self._claim.take()
             self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self.store.set_meta(_NAMESPACE, self.netns_path or "")
 
     def _release_if_empty(self) -> None:
         """Let go of the namespace once the store holds nothing (after its last removal)."""
