@@ -115,8 +115,15 @@ def subnet(value: str, *, gateway_on_host: bool) -> IPNetwork:
     and endpoints where the gateway sits on a host device (a bridge)."""
     try:
         net = ipaddress.ip_network(text(value, "subnet"), strict=True)
-    except ValueError as exc:
-        raise InvalidSubnet(f"invalid subnet {value!r}: {exc}") from None
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise InvalidSubnet(
+                f"invalid subnet {value!r}: give an address and a prefix length, such as "
+                "10.1.2.0/24"
+            ) from None
+        raise InvalidSubnet(f"{value} has host bits set: did you mean {loose}?") from None
     for block, meaning in _SPECIAL.items():
         if net.version == block.version and net.overlaps(block):
             raise InvalidSubnet(f"subnet {net} overlaps {meaning}: use a unicast private range")

@@ -14,7 +14,6 @@ userspace networks to restart), so an open is cheap.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import os
 import secrets
@@ -28,7 +27,7 @@ from pyroute2 import IPRoute
 
 from keelnet import checks
 from keelnet import sandbox as netns_sandbox
-from keelnet.drivers import get_driver
+from keelnet.drivers import _gateway, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
 from keelnet.errors import (
@@ -39,29 +38,32 @@ from keelnet.errors import (
     DuplicateSandbox,
     EndpointNotFound,
     GatewayOutsideSubnet,
+    InvalidOption,
     InvalidRequest,
     InvalidSubnet,
     KeelnetError,
     NetworkInUse,
     NetworkNotFound,
-    NotFound,
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
     StateDirError,
 )
+from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool
 from keelnet.kernel import iptables_compat, links, nftables, ownership
-from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
+from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox, created_now
 from keelnet.store import PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
 from keelnet.store.journal import Entry, Journal
 from keelnet.store.sqlite import DB_NAME, check_state_dir
 
 Undo = Callable[[], None]
+#: Docker's endpoint driver option that names the sandbox's interface.
+ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
@@ -73,12 +75,7 @@ class Host:
 
     def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
         self.netns = netns
-        self.netns_path = None
-        if netns is not None:
-            if "/" not in checks.text(netns, "netns"):
-                netns_sandbox.check_name(netns, "host network namespace")
-            self.netns_path = netns_path(netns)
-            netns_sandbox.require(self.netns_path, NotFound)
+        self.netns_path = netns_sandbox.host_path(netns)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
         check_state_dir(self.state_dir)
         if not (self.state_dir / DB_NAME).exists():  # refused before anything is made
@@ -204,7 +201,7 @@ class Host:
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
-                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                created=created_now(),
                 ipam=configs,
                 ipv6=ipv6,
                 internal=internal,
@@ -239,16 +236,29 @@ class Host:
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
+        for what, values in (("gateway", gateways), ("IP range", ranges)):
+            for value in values:
+                version = checks.ip_version(value.partition("/")[0], what)
+                if version not in requested:
+                    article = "an" if what[0] in "AEIOU" else "a"
+                    raise InvalidSubnet(
+                        f"{article} {what} needs a subnet: {value} was given without an "
+                        f"IPv{version} "
+                        "subnet (give the subnet it belongs to as well)"
+                    )
+        taken = [
+            (ipaddress.ip_network(c.subnet), n.name) for n in self.store.networks() for c in n.ipam
+        ]
         for net in requested.values():
-            for other in existing:
+            for other, owner in taken:
                 if net.version == other.version and net.overlaps(other):
                     raise OverlappingSubnet(
-                        f"invalid pool request: subnet {net} overlaps with {other} of another "
-                        "network"
+                        f"subnet {net} overlaps with {other} of network {owner}: choose a "
+                        f"subnet outside it (or remove network {owner} first)"
                     )
             if gateway_on_host:
                 self._check_host_addresses(net)
+        existing = [subnet for subnet, _ in taken]
         versions = (4, 6) if ipv6 else (4,)
         by_gateway = checks.by_family(gateways, "gateway", versions, network=False)
         by_range = checks.by_family(ranges, "ip range", versions, network=True)
@@ -337,16 +347,11 @@ class Host:
         return network
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        network = self.network(name)
-        status = {}
-        for config in network.ipam:
-            pool = self.store.address_pool(network.id, config.version)
-            if pool is not None:
-                status[config.subnet] = {
-                    "IPsInUse": pool.used,
-                    "DynamicIPsAvailable": pool.size - pool.used,
-                }
-        return network.to_inspect(self.store.endpoints(network_id=network.id), status)
+        return network_inspect(self.store, self.network(name))
+
+    def data_plane_running(self, network: Network) -> bool:
+        """Whether this Host runs `network`'s userspace data plane."""
+        return self._ctx.planes.get(network.id) is not None
 
     # --- sandboxes -----------------------------------------------------------------------
 
@@ -410,16 +415,31 @@ class Host:
         sandbox: str,
         *,
         ip: str | None = None,
+        ipv6: str | None = None,
         mac: str | None = None,
         aliases: Sequence[str] = (),
+        driver_options: Mapping[str, str] | None = None,
+        gw_priority: int = 0,
     ) -> Endpoint:
-        """Attach the sandbox to the network; returns its addresses (no prefix length)."""
+        """Attach the sandbox to the network; returns its addresses (no prefix length).
+
+        `ip`/`ipv6`: the addresses to take (any free one when not given); `gw_priority`:
+        Docker's `--gw-priority`, which endpoint gives the sandbox its default routes;
+        `driver_options`: `com.docker.network.endpoint.ifname` names the interface."""
         checks.text(network, "network")
         checks.text(sandbox, "sandbox")
-        if ip is not None:
-            checks.ip_version(ip)
+        requested = _requested_addresses(ip, ipv6)
         mac = checks.mac(mac) if mac is not None else None
         names = checks.aliases(aliases)
+        if isinstance(gw_priority, bool) or not isinstance(gw_priority, int):
+            raise InvalidRequest(f"gw_priority must be an integer, not {gw_priority!r}")
+        options = checks.string_map(driver_options, "driver options")
+        wanted_ifname = options.pop(ENDPOINT_IFNAME_OPTION, None)
+        if options:
+            raise InvalidOption(
+                f"unknown endpoint option(s) {', '.join(sorted(options))}: keelnet knows "
+                f"{ENDPOINT_IFNAME_OPTION}"
+            )
         with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
@@ -431,14 +451,10 @@ class Host:
             if mac is not None and not driver.shares_parent_mac:
                 self._check_mac_free(net, mac)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, ip) if driver.uses_ipam else {}
+            addresses = self._allocate(net, requested) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
             routed = driver.uses_gateway(net) and not net.internal
-            if driver.uses_ipam:
-                used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
-                ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
-            else:
-                ifname = ""
+            ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
             endpoint = Endpoint(
                 ip=addresses.get(4),
                 ipv6=addresses.get(6),
@@ -455,6 +471,7 @@ class Host:
                     else None
                 ),
                 aliases=names,
+                gw_priority=gw_priority,
             )
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
@@ -462,6 +479,9 @@ class Host:
             op.undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
             self.store.add_endpoint(endpoint)
+            # Put the sandbox's routes back as they were should anything after this fail.
+            op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
+            self._route_sandbox(box)
             return endpoint
 
     def _check_mac_free(self, network: Network, mac: str) -> None:
@@ -479,16 +499,50 @@ class Host:
             if found == mac:
                 raise Conflict(f"MAC address {mac} is the address of {device}, {network.name}'s")
 
-    def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
-        wanted = checks.ip_version(ip) if ip is not None else None
-        if ip is not None and network.ipam_for(wanted or 0) is None:
-            raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
+    def _endpoint_ifname(self, sandbox: str, wanted: str | None) -> str:
+        used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+        if wanted is None:
+            return next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
+        links.check_ifname(wanted, ENDPOINT_IFNAME_OPTION, InvalidOption)
+        if wanted in used:
+            raise Conflict(f"sandbox {sandbox} already has an interface {wanted}")
+        return wanted
+
+    def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
+        """Give the sandbox the default routes Docker's order picks among its endpoints
+        (`leaving`: an endpoint to leave out, one on its way out)."""
+        if not netns_sandbox.exists(box.path):
+            return
+        candidates = []
+        for endpoint in self.store.endpoints(sandbox=box.name):
+            if endpoint.id == leaving or not endpoint.ifname:
+                continue
+            network = self.network(endpoint.network_id)
+            via4, via6 = get_driver(network.driver).default_routes(network, endpoint)
+            candidates.append(
+                _gateway.Candidate(
+                    endpoint.ifname,
+                    network.name,
+                    network.internal,
+                    endpoint.gw_priority,
+                    via4,
+                    via6,
+                )
+            )
+        _gateway.apply(box.path, candidates)
+
+    def _allocate(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
+        for version, address in requested.items():
+            if network.ipam_for(version) is None:
+                raise AddressOutOfRange(
+                    f"{address}: network {network.name} has no IPv{version} subnet"
+                )
         addresses: dict[int, str] = {}
         for config in network.ipam:
             pool = self.store.address_pool(network.id, config.version)
             if pool is None:
                 continue
-            addresses[config.version] = pool.allocate(ip if wanted == config.version else None)
+            addresses[config.version] = pool.allocate(requested.get(config.version))
             self.store.save_address_pool(network.id, config.version, pool)
         return addresses
 
@@ -520,6 +574,8 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        if box is not None and path is not None:
+            self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
             self._sync_firewall()
 
@@ -716,6 +772,7 @@ class Host:
             try:
                 driver.create_endpoint(self._ctx, network, endpoint, box.path)
                 driver.join(self._ctx, network, endpoint, box.path)
+                self._route_sandbox(box)
             except KeelnetError:
                 # The Host must start even when a parent is gone; the endpoint stays in
                 # the store and the next reconcile tries again.
@@ -818,3 +875,17 @@ def _is_name(name: str) -> bool:
     except KeelnetError:
         return False
     return True
+
+
+def _requested_addresses(*addresses: str | None) -> dict[int, str]:
+    requested: dict[int, str] = {}
+    for address in addresses:
+        if address is None:
+            continue
+        version = checks.ip_version(address)
+        if version in requested:
+            raise InvalidRequest(
+                f"two IPv{version} addresses asked for: {requested[version]} and {address}"
+            )
+        requested[version] = address
+    return requested

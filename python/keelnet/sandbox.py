@@ -13,6 +13,7 @@ from keelnet.errors import (
     InvalidName,
     InvalidRequest,
     KeelnetError,
+    NotFound,
     SandboxNotFound,
 )
 from keelnet.kernel.namespaces import (
@@ -21,6 +22,7 @@ from keelnet.kernel.namespaces import (
     create_named,
     iproute,
     is_netns,
+    netns_path,
     remove_named,
 )
 
@@ -67,6 +69,20 @@ def resolve(path_or_pid: str | int) -> str:
         check_name(path_or_pid, "network namespace")
         path = named_path(path_or_pid)
     require(path, SandboxNotFound)
+    return path
+
+
+def host_path(netns: str | None) -> str | None:
+    """The path of the host namespace `netns` (an `ip netns` name or a path; None: the
+    caller's): NotFound when nothing is there, InvalidRequest for anything else."""
+    if netns is None:
+        return None
+    if not isinstance(netns, str):
+        raise InvalidRequest(f"a host namespace is a name or a path, not {netns!r}")
+    if "/" not in netns:
+        check_name(netns, "host network namespace")
+    path = netns_path(netns)
+    require(path, NotFound)
     return path
 
 

@@ -107,6 +107,12 @@ class Driver(ABC):
         """Whether this network's endpoints route through its gateway."""
         return self.gateway_route
 
+    def default_routes(self, network: Network, endpoint: Endpoint) -> tuple[str | None, ...]:
+        """The default routes `endpoint` offers its sandbox, IPv4 then IPv6: a gateway
+        address, `_gateway.DEVICE` (straight out of the interface) or None. The Host
+        installs those of the one endpoint Docker's order picks per family."""
+        return endpoint.gateway, endpoint.ipv6_gateway
+
     def kernel_name(self, network_id: str, options: Mapping[str, str]) -> str | None:
         """The host-side device this network owns, if any (for isolation and cleanup)."""
         return None

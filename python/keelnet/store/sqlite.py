@@ -86,15 +86,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def default_state_dir(netns: str | None) -> Path:
-    """`$KEELNET_STATE_DIR`, else /var/lib/keelnet/<host netns name or "default">."""
-    configured = os.environ.get("KEELNET_STATE_DIR")
-    if configured:
-        return Path(configured)
-    host = Path(netns).name if netns else "default"
-    return Path("/var/lib/keelnet") / host
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
