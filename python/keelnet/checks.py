@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 
-from keelnet.errors import GatewayOutsideSubnet, InvalidAddress, InvalidRequest, InvalidSubnet
+from keelnet.errors import InvalidAddress, InvalidRequest, InvalidSubnet
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -136,11 +136,8 @@ def subnet(value: str, *, gateway_on_host: bool) -> IPNetwork:
     return net
 
 
-def by_family(
-    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
-) -> dict[int, str]:
-    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
-    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
+def by_family(values: list[str], what: str, *, network: bool) -> dict[int, str]:
+    """`values` (gateways, or IP ranges with `network`) by IP version, one of each."""
     found: dict[int, str] = {}
     for value in values:
         try:
@@ -148,11 +145,6 @@ def by_family(
             version = parsed.version if parsed else ipaddress.ip_address(value).version
         except ValueError:
             raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if version not in versions:
-            raise GatewayOutsideSubnet(
-                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
-                + (" (IPv6 is not enabled)" if version == 6 else "")
-            )
         if version in found:
             raise InvalidSubnet(f"more than one IPv{version} {what} given")
         found[version] = value

@@ -260,8 +260,8 @@ class Host:
                 self._check_host_addresses(net)
         existing = [subnet for subnet, _ in taken]
         versions = (4, 6) if ipv6 else (4,)
-        by_gateway = checks.by_family(gateways, "gateway", versions, network=False)
-        by_range = checks.by_family(ranges, "ip range", versions, network=True)
+        by_gateway = checks.by_family(gateways, "gateway", network=False)
+        by_range = checks.by_family(ranges, "ip range", network=True)
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in versions:

@@ -183,11 +183,15 @@ CASES: list[tuple[str, type[Exception], Action]] = [
     ),
     # --- gateways, ranges, auxiliary addresses ----------------------------------------------
     ("gateway outside", E.GatewayOutsideSubnet, _net(subnet="10.46.0.0/24", gateway="10.99.0.1")),
-    ("gateway garbage", E.InvalidSubnet, _net(subnet="10.46.0.0/24", gateway="nope")),
-    ("gateway with a newline", E.InvalidSubnet, _net(subnet="10.46.0.0/24", gateway="10.46.0.1\n")),
+    ("gateway garbage", E.InvalidAddress, _net(subnet="10.46.0.0/24", gateway="nope")),
+    (
+        "gateway with a newline",
+        E.InvalidAddress,
+        _net(subnet="10.46.0.0/24", gateway="10.46.0.1\n"),
+    ),
     (
         "IPv6 gateway on an IPv4-only network",
-        E.GatewayOutsideSubnet,
+        E.InvalidSubnet,
         _net(subnet="10.46.0.0/24", gateway="fd00:46::1"),
     ),
     (
@@ -206,10 +210,10 @@ CASES: list[tuple[str, type[Exception], Action]] = [
         _net(subnet="10.46.0.0/24", gateway="10.46.0.255"),
     ),
     ("ip range outside", E.InvalidSubnet, _net(subnet="10.47.0.0/24", ip_range="10.48.0.0/25")),
-    ("ip range garbage", E.InvalidSubnet, _net(subnet="10.47.0.0/24", ip_range="x/25")),
+    ("ip range garbage", E.InvalidAddress, _net(subnet="10.47.0.0/24", ip_range="x/25")),
     (
         "IPv6 ip range on an IPv4-only network",
-        E.GatewayOutsideSubnet,
+        E.InvalidSubnet,
         _net(subnet="10.47.0.0/24", ip_range="fd00::/120"),
     ),
     (
