@@ -520,3 +520,23 @@ def test_a_damaged_row_is_corrupt_state(lab: Lab, host: keelnet.Host) -> None:
 
 def subprocess_run(argv: list[str]) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def test_an_unwritable_journal_stops_the_operation_before_the_kernel(
+    lab: Lab, host: keelnet.Host
+) -> None:
+    _prepare(host, lab)
+    journal = lab.state_dir / "journal"
+    if journal.exists():
+        journal.rmdir()
+    journal.write_text("not a directory")
+    try:
+        kernel_before, store_before = kernel_state(lab.host), store_state(lab.state_dir)
+        with pytest.raises(errors.StateDirError, match="crash journal"):
+            host.create_network("late", subnet="10.81.0.0/24")
+        with pytest.raises(errors.StateDirError, match="crash journal"):
+            host.connect("taken", lab.name("free"))
+        assert kernel_state(lab.host) == kernel_before
+        assert store_state(lab.state_dir) == store_before
+    finally:
+        journal.unlink()
