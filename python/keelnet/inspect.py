@@ -24,7 +24,8 @@ def network_inspect(store: Store, network: Network) -> dict[str, Any]:
             status[config.subnet] = subnet_status(
                 config, pool, [a for a in allocated if a is not None]
             )
-    return network.to_inspect(endpoints, status)
+    sandbox_ids = {box.name: box.id for box in store.sandboxes()}
+    return network.to_inspect(endpoints, status, sandbox_ids)
 
 
 def subnet_status(config: IpamConfig, pool: AddressPool, allocated: list[str]) -> dict[str, int]:
