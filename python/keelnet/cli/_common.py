@@ -103,14 +103,14 @@ def _open_store(netns: str | None, state_dir: str | None) -> Store:
     as a Host refuses it when another store manages the namespace."""
     from pathlib import Path
 
-    from keelnet.kernel.namespaces import host_netns_path
     from keelnet.kernel.ownership import Owner
+    from keelnet.sandbox import host_path
     from keelnet.statedir import state_dir_path
     from keelnet.store import Store
     from keelnet.store.claim import NamespaceClaim
 
     path = Path(state_dir_path(netns, state_dir))
-    namespace = host_netns_path(netns)
+    namespace = host_path(netns)
     store = Store(path)
     try:
         NamespaceClaim(netns, namespace, Owner(store.store_id), path).check()

@@ -67,6 +67,11 @@ class Driver(ABC):
     gateway_route: ClassVar[bool] = True
     #: Only one network of this driver per host (Docker: host, none).
     singleton: ClassVar[bool] = False
+    #: Whether the gateway sits on a device of the host namespace (a bridge): the subnet
+    #: then needs room for it and must not hold one of the host's own addresses.
+    gateway_on_host: ClassVar[bool] = False
+    #: Whether every endpoint carries the parent's MAC (ipvlan) instead of one of its own.
+    shares_parent_mac: ClassVar[bool] = False
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         """Refuse unknown or bad options; extended by drivers with checks of their own."""

@@ -53,6 +53,7 @@ class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME, MASQUERADE, ICC, MTU})
     dataplanes = ("kernel", "userspace")
+    gateway_on_host = True
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)

@@ -44,6 +44,7 @@ class IpvlanDriver(LowerDeviceDriver):
     options = frozenset({_parent.PARENT, "ipvlan_mode"})
     modes: ClassVar[dict[str, int]] = {"l2": 0, "l3": 1}  # linux/if_link.h IPVLAN_MODE_*
     default_mode = "l2"
+    shares_parent_mac = True
 
     def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
         parent = _parent.parse(request.options, self.name)

@@ -16,8 +16,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from keelnet.errors import NotFound
-
 if TYPE_CHECKING:  # pyroute2 costs ~0.1 s to import: only where a socket is opened
     from pyroute2 import IPRoute
 
@@ -37,19 +35,6 @@ T = TypeVar("T")
 def netns_path(name_or_path: str) -> str:
     """A named netns (`ip netns` style) or an explicit path such as /proc/PID/ns/net."""
     return name_or_path if "/" in name_or_path else str(NETNS_RUN_DIR / name_or_path)
-
-
-def host_netns_path(netns: str | None) -> str | None:
-    """The path of the host namespace `netns` (None: the caller's); NotFound when there
-    is no such namespace."""
-    if netns is None:
-        return None
-    path = netns_path(netns)
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-    except OSError:
-        raise NotFound(f"host network namespace {netns!r} does not exist") from None
-    return path
 
 
 def setns(path: str) -> None:
