@@ -115,6 +115,7 @@ class Switch:
         mtu: int | None,
         isolation: str = "open",
         queues: int = 1,
+        allowed_ips: list[str] | None = None,
         persist: bool = False,
     ) -> None: ...
     def add_packet_port(self, ifname: str, vni: int, vlan: int | None = None) -> None: ...
@@ -146,6 +147,7 @@ class Ipvlan:
         ifname: str,
         addresses: list[str],
         mtu: int | None,
+        port_security: bool = False,
         persist: bool = False,
     ) -> None: ...
     def remove_slave(self, name: str) -> None: ...

@@ -19,6 +19,7 @@ Leaving the ``with`` block stops the switch and closes every port (TAP devices v
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -44,6 +45,11 @@ DROP_REASONS = (
     "tx_error",
     "port_gone",
     "isolated",
+    "spoofed_mac",
+    "spoofed_ip",
+    "spoofed_arp",
+    "spoofed_nd",
+    "tagged",
 )
 
 #: Forwarding rules of a TAP port (``add_tap(isolation=...)``).
@@ -199,6 +205,7 @@ class Switch(Engine[_core.Switch]):
         mtu: int | None = None,
         isolation: str = "open",
         queues: int = 1,
+        allowed_ips: Sequence[str] | None = None,
         persist: bool = False,
     ) -> None:
         """Add a TAP port ``name`` in ``vni``.
@@ -221,6 +228,15 @@ class Switch(Engine[_core.Switch]):
         (each queue belongs to one worker; ``stats()["ports"][name]["queue_rx"]`` counts
         frames per queue).
 
+        ``allowed_ips`` turns port security on (OpenStack's port security, libvirt's
+        clean-traffic): the port then sends only untagged frames from its own MAC, IPv4
+        and IPv6 only from these addresses (give a sandbox on an IPv6 network its
+        link-local address too), ARP only about itself, neighbour discovery only about its
+        own addresses and MAC, and no router advertisements or redirects; what else it
+        sends is dropped and counted (``spoofed_*`` and ``tagged`` drops). None: it may
+        send anything (a sandbox that bridges or routes for others). Either way the
+        port's MAC is a static FDB entry: frames from elsewhere never move it.
+
         A ``persist`` TAP outlives the switch (down, with its name, addresses and routes,
         until a switch attaches to it again); one already there under ``ifname`` is
         attached to rather than made. ``remove_port`` lets it go.
@@ -230,8 +246,13 @@ class Switch(Engine[_core.Switch]):
         if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= 16:
             raise InvalidRequest(f"queues must be an integer in 1..16, not {queues!r}")
         device = ifname or ("eth0" if sandbox is not None else name)
+        allowed = None
+        if allowed_ips is not None:
+            if isinstance(allowed_ips, str):
+                raise InvalidRequest("allowed_ips is a list of addresses, not one string")
+            allowed = [_address(text, "allowed address") for text in allowed_ips]
         self._core.add_tap(
-            name, _vni(vni), sandbox, device, mac, mtu, isolation, queues, persist=persist
+            name, _vni(vni), sandbox, device, mac, mtu, isolation, queues, allowed, persist
         )
 
     def add_packet_port(self, ifname: str, *, vni: int, vlan: int | None = None) -> None:

@@ -44,11 +44,12 @@ from keelnet.errors import (
     NetworkNotFound,
     PortInUse,
     SandboxNotFound,
+    StateDirError,
 )
 from keelnet.inspect import network_inspect
 from keelnet.ipam.networks import NetworkAddresses, Plan
 from keelnet.ipam.networks import Request as AddressRequest
-from keelnet.kernel import iptables_compat, links, nftables, ownership
+from keelnet.kernel import iptables_compat, links, nftables, nftables_guard, ownership
 from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
@@ -75,6 +76,7 @@ Undo = Callable[[], None]
 ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _ID = re.compile(r"[0-9a-f]{64}")
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
+_NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("": the caller's)
 
 
 class Host:
@@ -103,6 +105,7 @@ class Host:
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
             self._applied_script: str | None = None  # the nft script last loaded here
+            self._check_store_namespace()
             self._claim.check()
             if self._needs_reconcile():
                 self.reconcile()
@@ -113,6 +116,17 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
+
+    def _check_store_namespace(self) -> None:
+        """A store manages one namespace: another one's reconcile would find none of the
+        store's objects there and drop them from the store."""
+        recorded, here = self.store.meta(_NAMESPACE), self.netns_path or ""
+        if recorded is not None and recorded != here and self.store.holds_anything():
+            raise StateDirError(
+                f"the keelnet store in {self.state_dir} manages the network namespace "
+                f"{recorded or 'of the host'}, not {here or 'the host one'}: give each "
+                "namespace a state directory of its own (--state-dir or KEELNET_STATE_DIR)"
+            )
 
     def _needs_reconcile(self) -> bool:
         """Whether the kernel may not match the store (checked at open, cheaply)."""
@@ -161,6 +175,7 @@ class Host:
         ipam_driver: str = DEFAULT_IPAM,
         ipam_options: Mapping[str, str] | None = None,
         network_id: str | None = None,
+        attachable: bool = False,
     ) -> Network:
         """Create a network; subnets are carved from the default pools when not given.
 
@@ -168,6 +183,7 @@ class Host:
         by name, or `external`: every subnet is given and every address is the caller's
         (dockerd's, when keelnet serves Docker; endpoints then come from
         `create_endpoint`). `network_id`: the id to use (Docker's), instead of a new one.
+        `attachable` is Docker's flag, recorded and shown by inspect.
         """
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
@@ -227,6 +243,7 @@ class Host:
                 kernel_name=the_driver.kernel_name(network_id, opts),
                 ipam_driver=ipam_driver if the_driver.uses_ipam else DEFAULT_IPAM,
                 ipam_options=ipam_opts,
+                attachable=attachable,
             )
             op.begin()
             the_driver.create_network(self._ctx, network)
@@ -289,7 +306,7 @@ class Host:
             op.begin(sandboxes=(name,))  # reconcile removes it if we die before commit
             path = netns_sandbox.create(name)
             op.undo.append(lambda: netns_sandbox.delete(path))
-            sandbox = Sandbox(name, path, owned=True)
+            sandbox = Sandbox(name, path, owned=True, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -301,7 +318,7 @@ class Host:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
             op.begin()  # the store will hold something: it claims the namespace
-            sandbox = Sandbox(name, path, owned=False)
+            sandbox = Sandbox(name, path, owned=False, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -309,10 +326,16 @@ class Host:
         return self.store.sandboxes()
 
     def sandbox(self, name: str) -> Sandbox:
+        """A sandbox by name or id (or an id prefix of 12 digits or more)."""
         found = self.store.find_sandbox(name)
         if found is None:
             raise SandboxNotFound(f"no such sandbox: {name}")
         return found
+
+    def _sandbox_name(self, name_or_id: str) -> str:
+        """The name the store files a sandbox's endpoints and ports under."""
+        found = self.store.find_sandbox(name_or_id)
+        return found.name if found is not None else name_or_id
 
     def remove_sandbox(self, name: str) -> None:
         """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
@@ -321,11 +344,11 @@ class Host:
             if found is None:
                 return
             op.begin()
-            for endpoint in self.store.endpoints(sandbox=name):
+            for endpoint in self.store.endpoints(sandbox=found.name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
-            self.store.remove_sandbox(name)
+            self.store.remove_sandbox(found.name)
             self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
@@ -364,6 +387,7 @@ class Host:
         with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
+            sandbox = box.name
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
             if self.store.endpoints(network_id=net.id, sandbox=sandbox):
@@ -382,7 +406,7 @@ class Host:
             )
             ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, ifname, sandbox)
-            endpoint = dataclasses.replace(endpoint, aliases=names, gw_priority=gw_priority)
+            endpoint = dataclasses.replace(endpoint, aliases=names)
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
@@ -391,6 +415,8 @@ class Host:
             if kept:
                 endpoint = dataclasses.replace(endpoint, driver_data=dict(kept))
             self.store.add_endpoint(endpoint)
+            if gw_priority:
+                self.store.set_gw_priority(sandbox, endpoint.id, gw_priority)
             # Put the sandbox's routes back as they were should anything after this fail.
             op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
             self._route_sandbox(box)
@@ -451,10 +477,11 @@ class Host:
     def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
         """Give the sandbox the default routes Docker's order picks among its endpoints
         (`leaving`: an endpoint to leave out, one on its way out)."""
-        if not netns_sandbox.exists(box.path):
+        current = self.store.find_sandbox(box.name)
+        if current is None or not netns_sandbox.exists(current.path):
             return
         candidates = []
-        for endpoint in self.store.endpoints(sandbox=box.name):
+        for endpoint in self.store.endpoints(sandbox=current.name):
             if endpoint.id == leaving or not endpoint.ifname:
                 continue
             network = self.network(endpoint.network_id)
@@ -464,12 +491,12 @@ class Host:
                     endpoint.ifname,
                     network.name,
                     network.internal,
-                    endpoint.gw_priority,
+                    current.gw_priorities.get(endpoint.id, 0),
                     via4,
                     via6,
                 )
             )
-        _gateway.apply(box.path, candidates)
+        _gateway.apply(current.path, candidates)
 
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
@@ -477,7 +504,8 @@ class Host:
             net = self.store.find_network(network)
             if net is None:
                 return
-            for endpoint in self.store.endpoints(network_id=net.id, sandbox=sandbox):
+            name = self._sandbox_name(sandbox)
+            for endpoint in self.store.endpoints(network_id=net.id, sandbox=name):
                 op.begin()
                 self._disconnect(net, endpoint)
 
@@ -490,6 +518,7 @@ class Host:
         driver.delete_endpoint(self._ctx, network, endpoint)
         self._addresses.release(network, endpoint)
         self.store.remove_endpoint(endpoint.id)
+        self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
         if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
             self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one
         if box is not None and path is not None:
@@ -628,7 +657,7 @@ class Host:
         name = Path(path).name
         if not netns_sandbox.valid_name(name) or self.store.find_sandbox(name) is not None:
             name = "sandbox-" + hashlib.sha256(path.encode()).hexdigest()[:12]
-        box = Sandbox(name, path, owned=False, transient=True)
+        box = Sandbox(name, path, owned=False, id=secrets.token_hex(32), transient=True)
         self.store.add_sandbox(box)
         return box
 
@@ -657,6 +686,7 @@ class Host:
             request.check()
         with self._operation() as op:
             net = self.network(network)
+            sandbox = self._sandbox_name(sandbox)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
                 raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
@@ -729,6 +759,7 @@ class Host:
             net = self.store.find_network(network)
             if net is None:
                 return
+            sandbox = self._sandbox_name(sandbox)
             for port in self.store.ports(network_id=net.id, sandbox=sandbox):
                 if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
                     op.begin()
@@ -894,6 +925,16 @@ class Host:
                 rules.append(rule)
         script = nftables.render(rules)
         nftables.apply(self.netns_path, script)
+        if refresh:
+            # Port guards are set elements that connects add; a crash may have left some.
+            guards: dict[nftables_guard.Guard, list[nftables_guard.GuardedPort]] = {}
+            for network in self.store.networks():
+                endpoints = self.store.endpoints(network_id=network.id)
+                driver = get_driver(network.driver)
+                for guard, guarded in driver.port_guards(network, endpoints).items():
+                    guards.setdefault(guard, []).extend(guarded)
+            for guard, guarded_ports in guards.items():
+                nftables.apply(self.netns_path, nftables_guard.sync(guard, guarded_ports))
         if bridges_changed:
             try:
                 self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
@@ -912,6 +953,7 @@ class Host:
         if self._claim.held is None:
             self._claim.take()
             self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self.store.set_meta(_NAMESPACE, self.netns_path or "")
 
     def _release_if_empty(self) -> None:
         """Let go of the namespace once the store holds nothing (after its last removal)."""

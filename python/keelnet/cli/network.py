@@ -214,6 +214,7 @@ def create_network(session: Session, args: argparse.Namespace) -> int:
         labels=labels(args.label),
         ipam_driver=args.ipam_driver,
         ipam_options=pairs(args.ipam_opt, "--ipam-opt"),
+        attachable=args.attachable,
     )
     print(network.id)
     return 0
@@ -371,10 +372,12 @@ def connect_sandbox(session: Session, args: argparse.Namespace) -> int:
 def disconnect_sandbox(session: Session, args: argparse.Namespace) -> int:
     host = session.host
     network = host.network(args.network)
-    if not args.force and not [
-        e for e in host.endpoints(network.name) if e.sandbox == args.sandbox
-    ]:
-        raise InvalidRequest(f"sandbox {args.sandbox} is not connected to network {network.name}")
+    if not args.force:
+        sandbox = host.sandbox(args.sandbox)
+        if not [e for e in host.endpoints(network.name) if e.sandbox == sandbox.name]:
+            raise InvalidRequest(
+                f"sandbox {sandbox.name} is not connected to network {network.name}"
+            )
     host.disconnect(network.name, args.sandbox)
     return 0
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from keelnet.dataplane import Switch
+from keelnet.drivers import _port_security
 from keelnet.drivers.base import HostContext
 from keelnet.errors import (
     Conflict,
@@ -129,10 +130,12 @@ def add_sandbox_tap(
     *,
     mtu: int | None,
     isolation: str,
+    port_security: bool,
 ) -> None:
     """The endpoint's TAP port on `switch`, moved into the sandbox as its interface; with
-    no sandbox, left in the host's namespace, down and marked, for the caller to move. A
-    handed-over endpoint's TAP persists (see `tap_name`)."""
+    no sandbox, left in the host's namespace, down and marked, for the caller to move (a
+    handed-over endpoint's TAP persists: see `tap_name`); with `port_security`, it sends
+    only from the endpoint's MAC and addresses."""
     ifname, left = tap_name(ctx, endpoint, sandbox_path)
     try:
         switch.add_tap(
@@ -143,18 +146,27 @@ def add_sandbox_tap(
             mac=endpoint.mac,
             mtu=mtu,
             isolation=isolation,
+            allowed_ips=_port_security.allowed_ips(endpoint) if port_security else None,
             persist=endpoint.handed_over,
         )
     except DataplaneError as exc:
         if exc.errno == errno.EEXIST:
             raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
         raise
-    if sandbox_path is None and not left:
-        try:
-            mark_handed_over(ctx, endpoint)
-        except BaseException:
-            remove_sandbox_tap(switch, endpoint)
-            raise
+    if sandbox_path is None:
+        if not left:
+            try:
+                mark_handed_over(ctx, endpoint)
+            except BaseException:
+                remove_sandbox_tap(switch, endpoint)
+                raise
+        return  # the caller (dockerd) sets it up where it puts it
+    if port_security and _port_security.pin_link_local(sandbox_path, endpoint.ifname):
+        # The TAP came up with another link-local address: take it down and up again.
+        with iproute(sandbox_path) as ipr:
+            index = links.link_index(ipr, endpoint.ifname)
+            ipr.link("set", index=index, state="down")
+            ipr.link("set", index=index, state="up")
 
 
 def tap_name(ctx: HostContext, endpoint: Endpoint, sandbox_path: str | None) -> tuple[str, bool]:

@@ -101,15 +101,9 @@ class NetworkAddresses:
     def _plan_default(self, request: Request) -> Plan:
         requested = self._given_subnets(request)
         versions = (4, 6) if request.ipv6 else (4,)
-        by_gateway = by_family(request.gateways, "gateway", versions, network=False)
-        by_range = by_family(request.ranges, "IP range", versions, network=True)
-        for what, given in (("a gateway", by_gateway), ("an IP range", by_range)):
-            for version, value in given.items():
-                if version not in requested:
-                    raise InvalidSubnet(
-                        f"{what} needs a subnet: {value} was given without an IPv{version} "
-                        "subnet (give the subnet it belongs to as well)"
-                    )
+        _check_given_families(request, requested)
+        by_gateway = checks.by_family(request.gateways, "gateway", network=False)
+        by_range = checks.by_family(request.ranges, "ip range", network=True)
         existing = self._check_free(list(requested.values()), request)
         subnet_pools = self.store.subnet_pools()
         plan = Plan()
@@ -147,7 +141,8 @@ class NetworkAddresses:
             missing = "IPv4" if 4 not in requested else "IPv6"
             raise InvalidSubnet(f"a network with external IPAM needs its {missing} subnet")
         self._check_free(list(requested.values()), request)
-        gateways = by_family(request.gateways, "gateway", tuple(requested), network=False)
+        _check_given_families(request, requested)
+        gateways = checks.by_family(request.gateways, "gateway", network=False)
         configs = []
         for version, net in sorted(requested.items()):
             gateway = gateways.get(version)
@@ -317,24 +312,14 @@ def _aux_in(aux: Mapping[str, str], version: int, net: checks.IPNetwork) -> dict
     return mine
 
 
-def by_family(
-    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
-) -> dict[int, str]:
-    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
-    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
-    found: dict[int, str] = {}
-    for value in values:
-        try:
-            parsed = ipaddress.ip_network(value, strict=False) if network else None
-            version = parsed.version if parsed else ipaddress.ip_address(value).version
-        except ValueError:
-            raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if version not in versions:
-            raise GatewayOutsideSubnet(
-                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
-                + (" (IPv6 is not enabled)" if version == 6 else "")
-            )
-        if version in found:
-            raise InvalidSubnet(f"more than one IPv{version} {what} given")
-        found[version] = value
-    return found
+def _check_given_families(request: Request, subnets: Mapping[int, checks.IPNetwork]) -> None:
+    """Refuse a gateway or IP range of an address family no given subnet has."""
+    for what, values in (("gateway", request.gateways), ("IP range", request.ranges)):
+        for value in values:
+            version = checks.ip_version(value.partition("/")[0], what)
+            if version not in subnets:
+                article = "an" if what[0] in "AEIOU" else "a"
+                raise InvalidSubnet(
+                    f"{article} {what} needs a subnet: {value} was given without an "
+                    f"IPv{version} subnet (give the subnet it belongs to as well)"
+                )

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use keelnet_core::io::netns;
-use keelnet_core::ipvlan::{Ipvlan, IpvlanConfig, Mode};
+use keelnet_core::ipvlan::{Ipvlan, IpvlanConfig, Mode, SlaveOptions};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -50,7 +50,7 @@ impl PyIpvlan {
         })
     }
 
-    #[pyo3(signature = (name, sandbox, ifname, addresses, mtu, persist=false))]
+    #[pyo3(signature = (name, sandbox, ifname, addresses, mtu, port_security=false, persist=false))]
     #[allow(clippy::too_many_arguments)]
     fn add_slave(
         &self,
@@ -60,6 +60,7 @@ impl PyIpvlan {
         ifname: &str,
         addresses: Vec<String>,
         mtu: Option<u32>,
+        port_security: bool,
         persist: bool,
     ) -> PyResult<()> {
         let addresses = addresses
@@ -68,7 +69,12 @@ impl PyIpvlan {
             .collect::<PyResult<Vec<IpAddr>>>()?;
         let sandbox = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
         let ipvlan = self.inner.get()?;
-        py.detach(|| ipvlan.add_slave(name, sandbox, ifname, &addresses, mtu, persist))
+        let options = SlaveOptions {
+            mtu,
+            port_security,
+            persist,
+        };
+        py.detach(|| ipvlan.add_slave(name, sandbox, ifname, &addresses, options))
             .map_err(to_py)
     }
 
