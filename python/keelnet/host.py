@@ -51,7 +51,7 @@ from keelnet.errors import (
 )
 from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool
-from keelnet.kernel import iptables_compat, links, nftables, ownership
+from keelnet.kernel import iptables_compat, links, nftables, nftables_guard, ownership
 from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
@@ -162,8 +162,10 @@ class Host:
         internal: bool = False,
         options: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        attachable: bool = False,
     ) -> Network:
-        """Create a network; subnets are carved from the default pools when not given."""
+        """Create a network; subnets are carved from the default pools when not given.
+        `attachable` is Docker's flag, recorded and shown by inspect."""
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
         opts = checks.string_map(options, "options")
@@ -208,6 +210,7 @@ class Host:
                 options=opts,
                 labels=label_map,
                 kernel_name=the_driver.kernel_name(network_id, opts),
+                attachable=attachable,
             )
             op.begin()
             the_driver.create_network(self._ctx, network)
@@ -368,7 +371,7 @@ class Host:
             op.begin(sandboxes=(name,))  # reconcile removes it if we die before commit
             path = netns_sandbox.create(name)
             op.undo.append(lambda: netns_sandbox.delete(path))
-            sandbox = Sandbox(name, path, owned=True)
+            sandbox = Sandbox(name, path, owned=True, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -380,7 +383,7 @@ class Host:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
             op.begin()  # the store will hold something: it claims the namespace
-            sandbox = Sandbox(name, path, owned=False)
+            sandbox = Sandbox(name, path, owned=False, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -388,10 +391,16 @@ class Host:
         return self.store.sandboxes()
 
     def sandbox(self, name: str) -> Sandbox:
+        """A sandbox by name or id (or an id prefix of 12 digits or more)."""
         found = self.store.find_sandbox(name)
         if found is None:
             raise SandboxNotFound(f"no such sandbox: {name}")
         return found
+
+    def _sandbox_name(self, name_or_id: str) -> str:
+        """The name the store files a sandbox's endpoints and ports under."""
+        found = self.store.find_sandbox(name_or_id)
+        return found.name if found is not None else name_or_id
 
     def remove_sandbox(self, name: str) -> None:
         """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
@@ -400,11 +409,11 @@ class Host:
             if found is None:
                 return
             op.begin()
-            for endpoint in self.store.endpoints(sandbox=name):
+            for endpoint in self.store.endpoints(sandbox=found.name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
-            self.store.remove_sandbox(name)
+            self.store.remove_sandbox(found.name)
             self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
@@ -443,6 +452,7 @@ class Host:
         with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
+            sandbox = box.name
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
             if self.store.endpoints(network_id=net.id, sandbox=sandbox):
@@ -471,7 +481,6 @@ class Host:
                     else None
                 ),
                 aliases=names,
-                gw_priority=gw_priority,
             )
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
@@ -479,6 +488,8 @@ class Host:
             op.undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
             self.store.add_endpoint(endpoint)
+            if gw_priority:
+                self.store.set_gw_priority(sandbox, endpoint.id, gw_priority)
             # Put the sandbox's routes back as they were should anything after this fail.
             op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
             self._route_sandbox(box)
@@ -511,10 +522,11 @@ class Host:
     def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
         """Give the sandbox the default routes Docker's order picks among its endpoints
         (`leaving`: an endpoint to leave out, one on its way out)."""
-        if not netns_sandbox.exists(box.path):
+        current = self.store.find_sandbox(box.name)
+        if current is None or not netns_sandbox.exists(current.path):
             return
         candidates = []
-        for endpoint in self.store.endpoints(sandbox=box.name):
+        for endpoint in self.store.endpoints(sandbox=current.name):
             if endpoint.id == leaving or not endpoint.ifname:
                 continue
             network = self.network(endpoint.network_id)
@@ -524,12 +536,12 @@ class Host:
                     endpoint.ifname,
                     network.name,
                     network.internal,
-                    endpoint.gw_priority,
+                    current.gw_priorities.get(endpoint.id, 0),
                     via4,
                     via6,
                 )
             )
-        _gateway.apply(box.path, candidates)
+        _gateway.apply(current.path, candidates)
 
     def _allocate(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
         for version, address in requested.items():
@@ -552,7 +564,8 @@ class Host:
             net = self.store.find_network(network)
             if net is None:
                 return
-            for endpoint in self.store.endpoints(network_id=net.id, sandbox=sandbox):
+            name = self._sandbox_name(sandbox)
+            for endpoint in self.store.endpoints(network_id=net.id, sandbox=name):
                 op.begin()
                 self._disconnect(net, endpoint)
 
@@ -574,6 +587,7 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
         if box is not None and path is not None:
             self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
@@ -605,6 +619,7 @@ class Host:
         host_version = checks.ip_version(host_ip, "host IP") if host_ip is not None else None
         with self._operation() as op:
             net = self.network(network)
+            sandbox = self._sandbox_name(sandbox)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
                 raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
@@ -665,6 +680,7 @@ class Host:
             net = self.store.find_network(network)
             if net is None:
                 return
+            sandbox = self._sandbox_name(sandbox)
             for port in self.store.ports(network_id=net.id, sandbox=sandbox):
                 if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
                     op.begin()
@@ -797,6 +813,16 @@ class Host:
                 rules.append(rule)
         script = nftables.render(rules)
         nftables.apply(self.netns_path, script)
+        if refresh:
+            # Port guards are set elements that connects add; a crash may have left some.
+            guards: dict[nftables_guard.Guard, list[nftables_guard.GuardedPort]] = {}
+            for network in self.store.networks():
+                endpoints = self.store.endpoints(network_id=network.id)
+                driver = get_driver(network.driver)
+                for guard, guarded in driver.port_guards(network, endpoints).items():
+                    guards.setdefault(guard, []).extend(guarded)
+            for guard, guarded_ports in guards.items():
+                nftables.apply(self.netns_path, nftables_guard.sync(guard, guarded_ports))
         if bridges_changed:
             try:
                 self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
