@@ -25,7 +25,8 @@ def network_inspect(store: Store, network: Network) -> dict[str, Any]:
             status[config.subnet] = subnet_status(
                 config, pool, [a for a in allocated if a is not None]
             )
-    view = network.to_inspect(endpoints, status)
+    sandbox_ids = {box.name: box.id for box in store.sandboxes()}
+    view = network.to_inspect(endpoints, status, sandbox_ids)
     view["PortSecurity"] = port_security.holds(network)  # keelnet addition, as DataPlane
     return view
 

@@ -21,7 +21,6 @@ forwarded with a source in its own subnets, so no forged source is ever masquera
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import ipaddress
 import os
 import subprocess
@@ -223,17 +222,29 @@ def _run(netns_path: str | None, script: str, *, handles: bool = False) -> tuple
 
 
 _library: list[ctypes.CDLL | None] = []
+#: The soname every libnftables since 0.9 has: loaded by name first, because
+#: ctypes.util.find_library runs `ldconfig -p` (~10-30 ms, on every command's first nft use).
+_SONAME = "libnftables.so.1"
+
+
+def _load_libnftables() -> ctypes.CDLL | None:
+    for name in (_SONAME, None):
+        if name is None:
+            from ctypes.util import find_library
+
+            name = find_library("nftables")
+            if name is None:
+                return None
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
 
 
 def _libnftables() -> ctypes.CDLL | None:
     if not _library:
-        name = ctypes.util.find_library("nftables")
-        library = None
-        if name is not None:
-            try:
-                library = ctypes.CDLL(name)
-            except OSError:
-                library = None
+        library = _load_libnftables()
         if library is not None:
             library.nft_ctx_new.restype = ctypes.c_void_p
             library.nft_ctx_new.argtypes = [ctypes.c_uint32]
