@@ -47,10 +47,11 @@ from keelnet.errors import (
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
+    StateDirError,
 )
 from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool
-from keelnet.kernel import iptables_compat, links, nftables, ownership
+from keelnet.kernel import iptables_compat, links, nftables, nftables_guard, ownership
 from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
@@ -66,6 +67,7 @@ ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
+_NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("": the caller's)
 
 
 class Host:
@@ -93,6 +95,7 @@ class Host:
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
             self._applied_script: str | None = None  # the nft script last loaded here
+            self._check_store_namespace()
             self._claim.check()
             if self._needs_reconcile():
                 self.reconcile()
@@ -103,6 +106,17 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
+
+    def _check_store_namespace(self) -> None:
+        """A store manages one namespace: another one's reconcile would find none of the
+        store's objects there and drop them from the store."""
+        recorded, here = self.store.meta(_NAMESPACE), self.netns_path or ""
+        if recorded is not None and recorded != here and self.store.holds_anything():
+            raise StateDirError(
+                f"the keelnet store in {self.state_dir} manages the network namespace "
+                f"{recorded or 'of the host'}, not {here or 'the host one'}: give each "
+                "namespace a state directory of its own (--state-dir or KEELNET_STATE_DIR)"
+            )
 
     def _needs_reconcile(self) -> bool:
         """Whether the kernel may not match the store (checked at open, cheaply)."""
@@ -225,14 +239,14 @@ class Host:
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        versions = (4, 6) if ipv6 else (4,)
-        by_gateway = _by_family(gateways, "gateway", versions, network=False)
-        by_range = _by_family(ranges, "IP range", versions, network=True)
-        for what, given in (("a gateway", by_gateway), ("an IP range", by_range)):
-            for version, value in given.items():
+        for what, values in (("gateway", gateways), ("IP range", ranges)):
+            for value in values:
+                version = checks.ip_version(value.partition("/")[0], what)
                 if version not in requested:
+                    article = "an" if what[0] in "AEIOU" else "a"
                     raise InvalidSubnet(
-                        f"{what} needs a subnet: {value} was given without an IPv{version} "
+                        f"{article} {what} needs a subnet: {value} was given without an "
+                        f"IPv{version} "
                         "subnet (give the subnet it belongs to as well)"
                     )
         taken = [
@@ -248,6 +262,9 @@ class Host:
             if gateway_on_host:
                 self._check_host_addresses(net)
         existing = [subnet for subnet, _ in taken]
+        versions = (4, 6) if ipv6 else (4,)
+        by_gateway = checks.by_family(gateways, "gateway", network=False)
+        by_range = checks.by_family(ranges, "ip range", network=True)
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in versions:
@@ -796,6 +813,16 @@ class Host:
                 rules.append(rule)
         script = nftables.render(rules)
         nftables.apply(self.netns_path, script)
+        if refresh:
+            # Port guards are set elements that connects add; a crash may have left some.
+            guards: dict[nftables_guard.Guard, list[nftables_guard.GuardedPort]] = {}
+            for network in self.store.networks():
+                endpoints = self.store.endpoints(network_id=network.id)
+                driver = get_driver(network.driver)
+                for guard, guarded in driver.port_guards(network, endpoints).items():
+                    guards.setdefault(guard, []).extend(guarded)
+            for guard, guarded_ports in guards.items():
+                nftables.apply(self.netns_path, nftables_guard.sync(guard, guarded_ports))
         if bridges_changed:
             try:
                 self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
@@ -814,6 +841,7 @@ class Host:
         if self._claim.held is None:
             self._claim.take()
             self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self.store.set_meta(_NAMESPACE, self.netns_path or "")
 
     def _release_if_empty(self) -> None:
         """Let go of the namespace once the store holds nothing (after its last removal)."""
@@ -887,26 +915,3 @@ def _requested_addresses(*addresses: str | None) -> dict[int, str]:
             )
         requested[version] = address
     return requested
-
-
-def _by_family(
-    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
-) -> dict[int, str]:
-    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
-    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
-    found: dict[int, str] = {}
-    for value in values:
-        try:
-            parsed = ipaddress.ip_network(value, strict=False) if network else None
-            version = parsed.version if parsed else ipaddress.ip_address(value).version
-        except ValueError:
-            raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if version not in versions:
-            raise GatewayOutsideSubnet(
-                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
-                + (" (IPv6 is not enabled)" if version == 6 else "")
-            )
-        if version in found:
-            raise InvalidSubnet(f"more than one IPv{version} {what} given")
-        found[version] = value
-    return found

@@ -295,7 +295,10 @@ class Store:
 
     @_guarded
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._db.execute(  # an update in place: the row keeps its place in dumps
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     @_guarded
     def holds_anything(self) -> bool:
