@@ -221,7 +221,7 @@ impl UdpReceiver {
     }
 }
 
-fn to_sockaddr(address: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn to_sockaddr(address: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: zeroed sockaddr_storage is valid; we write one sockaddr_in(6) into it.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     match address {

@@ -1,0 +1,921 @@
+//! The resolver: one thread serving every attached sandbox's `127.0.0.11:53` (UDP and
+//! TCP) through one epoll set, answering local names from the [`NameTable`] and
+//! forwarding the rest to upstream servers without blocking.
+//!
+//! Sockets in a sandbox are opened by a short-lived thread that entered its namespace
+//! ([`netns::run_in`]); they keep that namespace for life, so one thread in the host
+//! namespace serves them all. Upstream rules follow Docker's (moby
+//! `resolvconf.TransformForIntNS`, `Resolver.forwardExtDNS`): servers from the host's
+//! `resolv.conf` are reached from the host namespace (so `127.0.0.53` works) and only
+//! for sandboxes with external access; servers given explicitly are reached from the
+//! sandbox's namespace, by this thread entering it for the `socket(2)` call and coming
+//! back. Each forwarded query gets its own socket (a fresh source port) and a random id;
+//! a truncated UDP answer is asked again over TCP; SERVFAIL, REFUSED or silence moves
+//! on to the next server; when none answers the client gets SERVFAIL.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+
+use super::message::{self, Decision, Transport};
+use super::table::NameTable;
+use super::upstream::{
+    IN, Link, OUT, Verdict, is_transient, judge, link_fd, open_link, push_frame, random_id,
+    take_frame, tcp_exchange,
+};
+use crate::io::{netns, poller::Poller};
+
+/// Where the resolver listens inside each sandbox (Docker's address).
+pub const LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
+/// How long one upstream server gets to answer (Docker waits 4 s; a stub resolver
+/// retries after 5 s, so two servers fit in one of its tries).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forwarded queries in flight at once; beyond, clients get REFUSED (Docker: 1024).
+const MAX_FORWARDS: usize = 1024;
+/// TCP clients at once, over all sandboxes; beyond, new connections are closed.
+const MAX_TCP_CLIENTS: usize = 256;
+/// A TCP client that sends nothing for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Datagrams read from one socket before the others get a turn.
+const BATCH: usize = 64;
+const WAKE: u64 = u64::MAX;
+
+/// An upstream DNS server and the namespace it is reached from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    /// From the host's namespace (a server of the host's `resolv.conf`); otherwise
+    /// from the asking sandbox's.
+    pub from_host: bool,
+}
+
+/// Counters since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Answered from the name table (including NXDOMAIN).
+    pub answered: AtomicU64,
+    /// Sent to an upstream server.
+    pub forwarded: AtomicU64,
+    /// Garbage, responses and queries the resolver does not take: no answer.
+    pub ignored: AtomicU64,
+    /// Forwarded queries no upstream answered (the client got SERVFAIL or REFUSED).
+    pub failed: AtomicU64,
+}
+
+enum Command {
+    Listen {
+        sandbox: Arc<str>,
+        netns: File,
+        udp: UdpSocket,
+        tcp: TcpListener,
+    },
+    Close(Arc<str>),
+}
+
+struct Shared {
+    table: RwLock<NameTable>,
+    upstreams: RwLock<Vec<Upstream>>,
+    /// Sandboxes that may use `from_host` upstreams (Docker: those with external access).
+    host_forwarding: RwLock<HashMap<Arc<str>, bool>>,
+    inbox: Mutex<Vec<Command>>,
+    poller: Poller,
+    stop: AtomicBool,
+    stats: Stats,
+    timeout: Duration,
+}
+
+/// The embedded DNS resolver of one host (see the module documentation).
+pub struct Resolver {
+    shared: Arc<Shared>,
+    /// Sandboxes with sockets open (owned by the worker).
+    listening: Mutex<HashMap<Arc<str>, PathBuf>>,
+    worker: Option<JoinHandle<io::Result<io::Result<()>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Resolver {
+    /// Starts the resolver thread in the host namespace `host_netns` (`None`: the
+    /// caller's), where `from_host` upstreams are reached.
+    pub fn start(host_netns: Option<&Path>, timeout: Duration) -> io::Result<Resolver> {
+        let shared = Arc::new(Shared {
+            table: RwLock::new(NameTable::new()),
+            upstreams: RwLock::new(Vec::new()),
+            host_forwarding: RwLock::new(HashMap::new()),
+            inbox: Mutex::new(Vec::new()),
+            poller: Poller::new(WAKE)?,
+            stop: AtomicBool::new(false),
+            stats: Stats::default(),
+            timeout,
+        });
+        let worker_shared = shared.clone();
+        let worker = netns::spawn_in(host_netns, "keelnet-dns", move || {
+            Worker::new(worker_shared)?.run()
+        })?;
+        Ok(Resolver {
+            shared,
+            listening: Mutex::new(HashMap::new()),
+            worker: Some(worker),
+        })
+    }
+
+    /// The name table, for changes; queries see them as soon as the guard drops.
+    pub fn names(&self) -> RwLockWriteGuard<'_, NameTable> {
+        self.shared
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the upstream servers, in the order they are tried.
+    pub fn set_upstreams(&self, upstreams: Vec<Upstream>) {
+        *self
+            .shared
+            .upstreams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = upstreams;
+    }
+
+    /// Serves `sandbox` (its namespace at `netns_path`) with the names of `networks`,
+    /// in that order. The first call opens `127.0.0.11:53` there; later calls only
+    /// change what it sees.
+    pub fn attach(
+        &self,
+        sandbox: &str,
+        netns_path: &Path,
+        networks: &[&str],
+        host_forwarding: bool,
+    ) -> io::Result<()> {
+        let mut listening = lock(&self.listening);
+        let previous = listening.get(sandbox);
+        if previous.is_some_and(|path| path != netns_path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("sandbox {sandbox} is already served in another namespace"),
+            ));
+        }
+        self.names().set_sandbox(sandbox, networks)?;
+        let key: Arc<str> = Arc::from(sandbox);
+        self.shared
+            .host_forwarding
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), host_forwarding);
+        if previous.is_some() {
+            return Ok(());
+        }
+        let opened = open_listeners(netns_path);
+        let (netns, udp, tcp) = match opened {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                self.forget(sandbox);
+                return Err(error);
+            }
+        };
+        listening.insert(key.clone(), netns_path.to_path_buf());
+        self.send(Command::Listen {
+            sandbox: key,
+            netns,
+            udp,
+            tcp,
+        });
+        Ok(())
+    }
+
+    /// Stops serving `sandbox`: its names view goes at once, its sockets close soon
+    /// after. A sandbox not served is fine.
+    pub fn detach(&self, sandbox: &str) {
+        let mut listening = lock(&self.listening);
+        self.forget(sandbox);
+        if let Some((key, _)) = listening.remove_entry(sandbox) {
+            self.send(Command::Close(key));
+        }
+    }
+
+    fn forget(&self, sandbox: &str) {
+        self.names().remove_sandbox(sandbox);
+        self.shared
+            .host_forwarding
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(sandbox);
+    }
+
+    /// Sandboxes served now.
+    pub fn sandboxes(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.listening)
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.worker.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
+    fn send(&self, command: Command) {
+        lock(&self.shared.inbox).push(command);
+        self.shared.poller.wake();
+    }
+
+    /// Stops the thread and closes every socket; returns the thread's error, if any.
+    pub fn stop(&mut self) -> io::Result<()> {
+        let Some(worker) = self.worker.take() else {
+            return Ok(());
+        };
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.poller.wake();
+        lock(&self.listening).clear();
+        match worker.join() {
+            Ok(result) => result.and_then(|inner| inner),
+            Err(_) => Err(io::Error::other("DNS resolver thread panicked")),
+        }
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Opens `127.0.0.11:53` over UDP and TCP inside the namespace at `path`.
+fn open_listeners(path: &Path) -> io::Result<(File, UdpSocket, TcpListener)> {
+    let netns = netns::open(path)?;
+    let (udp, tcp) = netns::run_in(Some(path), || {
+        let context = |error: io::Error, what: &str| {
+            io::Error::new(
+                error.kind(),
+                format!("{what} {LISTEN} in {}: {error}", path.display()),
+            )
+        };
+        let udp = UdpSocket::bind(LISTEN).map_err(|e| context(e, "binding UDP"))?;
+        let tcp = TcpListener::bind(LISTEN).map_err(|e| context(e, "listening on TCP"))?;
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        Ok((udp, tcp))
+    })?;
+    Ok((netns, udp, tcp))
+}
+
+/// A vector of values addressed by tokens that are never reused for another value
+/// (a generation in the high half), so a late event or reply finds nothing.
+struct Slab<T> {
+    entries: Vec<(u32, Option<T>)>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Slab<T> {
+        Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn insert(&mut self, value: T) -> u64 {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.entries.push((0, None));
+            self.entries.len() - 1
+        });
+        let entry = &mut self.entries[index];
+        entry.0 = entry.0.wrapping_add(1);
+        entry.1 = Some(value);
+        self.len += 1;
+        (u64::from(entry.0) << 32) | index as u64
+    }
+
+    fn slot(&mut self, token: u64) -> Option<&mut Option<T>> {
+        let index = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        let entry = self.entries.get_mut(index)?;
+        (entry.0 == generation).then_some(&mut entry.1)
+    }
+
+    fn get_mut(&mut self, token: u64) -> Option<&mut T> {
+        self.slot(token)?.as_mut()
+    }
+
+    /// Takes the value out for a while; [`Slab::restore`] puts it back under its token.
+    fn take(&mut self, token: u64) -> Option<T> {
+        self.slot(token)?.take()
+    }
+
+    fn restore(&mut self, token: u64, value: T) {
+        if let Some(slot) = self.slot(token) {
+            *slot = Some(value);
+        }
+    }
+
+    /// Frees a token whose value was taken.
+    fn release(&mut self, token: u64) {
+        if self.slot(token).is_some() {
+            self.free.push((token & 0xffff_ffff) as usize);
+            self.len -= 1;
+        }
+    }
+}
+
+/// Where a forwarded query's answer goes back to.
+#[derive(Clone, Copy)]
+enum Client {
+    Udp { socket: u64, peer: SocketAddr },
+    Tcp { connection: u64 },
+}
+
+struct Forward {
+    client: Client,
+    sandbox: Arc<str>,
+    query: Vec<u8>,
+    client_id: u16,
+    id: u16,
+    limit: u16,
+    upstreams: Vec<Upstream>,
+    current: usize,
+    link: Option<Link>,
+    deadline: Instant,
+}
+
+struct TcpClient {
+    sandbox: Arc<str>,
+    stream: TcpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    writing: bool,
+    active: Instant,
+}
+
+enum Source {
+    Udp {
+        sandbox: Arc<str>,
+        socket: UdpSocket,
+    },
+    Listener {
+        sandbox: Arc<str>,
+        listener: TcpListener,
+    },
+    Client(TcpClient),
+    Upstream(Box<Forward>),
+}
+
+struct SandboxSockets {
+    udp: u64,
+    listener: u64,
+    netns: File,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    /// The namespace this thread lives in, to come back to after opening a socket in
+    /// a sandbox's.
+    home: File,
+    sources: Slab<Source>,
+    sandboxes: HashMap<Arc<str>, SandboxSockets>,
+    /// (deadline, token) of forwards and TCP clients; deadlines are pushed in order.
+    deadlines: VecDeque<(Instant, u64)>,
+    forwards: usize,
+    clients: usize,
+    buffer: Vec<u8>,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>) -> io::Result<Worker> {
+        Ok(Worker {
+            shared,
+            home: File::open("/proc/thread-self/ns/net")?,
+            sources: Slab::new(),
+            sandboxes: HashMap::new(),
+            deadlines: VecDeque::new(),
+            forwards: 0,
+            clients: 0,
+            buffer: vec![0; 65_536],
+        })
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let timeout = match self.deadlines.front() {
+                Some((deadline, _)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+                }
+                None => -1,
+            };
+            let ready = match self.shared.poller.wait(&mut events, timeout) {
+                Ok(ready) => ready,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => 0,
+                Err(error) => return Err(error),
+            };
+            for event in &events[..ready] {
+                let (token, flags) = (event.u64, event.events);
+                if token == WAKE {
+                    self.shared.poller.clear_wake();
+                    self.commands()?;
+                } else {
+                    self.handle(token, flags)?;
+                }
+            }
+            self.expire(Instant::now())?;
+        }
+        Ok(())
+    }
+
+    fn commands(&mut self) -> io::Result<()> {
+        let commands = std::mem::take(&mut *lock(&self.shared.inbox));
+        for command in commands {
+            match command {
+                Command::Listen {
+                    sandbox,
+                    netns,
+                    udp,
+                    tcp,
+                } => {
+                    self.close_sandbox(&sandbox);
+                    let (udp_fd, tcp_fd) = (udp.as_raw_fd(), tcp.as_raw_fd());
+                    let udp = self.sources.insert(Source::Udp {
+                        sandbox: sandbox.clone(),
+                        socket: udp,
+                    });
+                    let listener = self.sources.insert(Source::Listener {
+                        sandbox: sandbox.clone(),
+                        listener: tcp,
+                    });
+                    self.shared.poller.add(udp_fd, udp, IN)?;
+                    self.shared.poller.add(tcp_fd, listener, IN)?;
+                    self.sandboxes.insert(
+                        sandbox,
+                        SandboxSockets {
+                            udp,
+                            listener,
+                            netns,
+                        },
+                    );
+                }
+                Command::Close(sandbox) => self.close_sandbox(&sandbox),
+            }
+        }
+        Ok(())
+    }
+
+    fn close_sandbox(&mut self, sandbox: &str) {
+        if let Some(sockets) = self.sandboxes.remove(sandbox) {
+            for token in [sockets.udp, sockets.listener] {
+                self.drop_source(token);
+            }
+        }
+    }
+
+    fn drop_source(&mut self, token: u64) {
+        let Some(source) = self.sources.take(token) else {
+            return;
+        };
+        self.sources.release(token);
+        self.shared.poller.remove(source_fd(&source));
+        match source {
+            Source::Client(_) => self.clients -= 1,
+            Source::Upstream(_) => self.forwards -= 1,
+            _ => {}
+        }
+    }
+
+    fn handle(&mut self, token: u64, flags: u32) -> io::Result<()> {
+        let Some(source) = self.sources.take(token) else {
+            return Ok(());
+        };
+        let keep = match source {
+            Source::Udp { sandbox, socket } => {
+                self.serve_udp(token, &sandbox, &socket)?;
+                Some(Source::Udp { sandbox, socket })
+            }
+            Source::Listener { sandbox, listener } => {
+                self.accept(&sandbox, &listener)?;
+                Some(Source::Listener { sandbox, listener })
+            }
+            Source::Client(client) => self.serve_tcp(token, client)?.map(Source::Client),
+            Source::Upstream(forward) => self.upstream_ready(forward, flags)?.map(Source::Upstream),
+        };
+        match keep {
+            Some(source) => self.sources.restore(token, source),
+            None => {
+                // Gone: the descriptor closes with the value, which epoll forgets.
+                self.sources.release(token);
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_udp(&mut self, token: u64, sandbox: &Arc<str>, socket: &UdpSocket) -> io::Result<()> {
+        for _ in 0..BATCH {
+            let (length, peer) = match socket.recv_from(&mut self.buffer) {
+                Ok(received) => received,
+                Err(error) if is_transient(&error) => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            let decision = {
+                let table = self
+                    .shared
+                    .table
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                message::decide(&table, sandbox, &self.buffer[..length], Transport::Udp)
+            };
+            match decision {
+                Decision::Reply(reply) => {
+                    self.shared.stats.answered.fetch_add(1, Ordering::Relaxed);
+                    let _ = socket.send_to(&reply, peer);
+                }
+                Decision::Forward { limit } => {
+                    let query = self.buffer[..length].to_vec();
+                    let client = Client::Udp {
+                        socket: token,
+                        peer,
+                    };
+                    self.forward(client, sandbox.clone(), query, limit)?;
+                }
+                Decision::Ignore => {
+                    self.shared.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, sandbox: &Arc<str>, listener: &TcpListener) -> io::Result<()> {
+        for _ in 0..BATCH {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if is_transient(&error) => return Ok(()),
+                Err(_) => return Ok(()), // e.g. ECONNABORTED, EMFILE: the client retries
+            };
+            if self.clients >= MAX_TCP_CLIENTS || stream.set_nonblocking(true).is_err() {
+                continue; // dropped: closed
+            }
+            let fd = stream.as_raw_fd();
+            let now = Instant::now();
+            let token = self.sources.insert(Source::Client(TcpClient {
+                sandbox: sandbox.clone(),
+                stream,
+                input: Vec::new(),
+                output: Vec::new(),
+                writing: false,
+                active: now,
+            }));
+            self.clients += 1;
+            self.shared.poller.add(fd, token, IN)?;
+            self.deadlines.push_back((now + TCP_IDLE, token));
+        }
+        Ok(())
+    }
+
+    /// Reads a TCP client's queries and writes what is owed to it; `None`: closed.
+    fn serve_tcp(&mut self, token: u64, mut client: TcpClient) -> io::Result<Option<TcpClient>> {
+        client.active = Instant::now();
+        loop {
+            match client.stream.read(&mut self.buffer) {
+                Ok(0) => return Ok(self.close_client(client)),
+                Ok(length) => client.input.extend_from_slice(&self.buffer[..length]),
+                Err(error) if is_transient(&error) => break,
+                Err(_) => return Ok(self.close_client(client)),
+            }
+            if client.input.len() > 2 * usize::from(message::TCP_MAX) {
+                break; // let the queries already read be answered first
+            }
+        }
+        while let Some(query) = take_frame(&mut client.input) {
+            let decision = {
+                let table = self
+                    .shared
+                    .table
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                message::decide(&table, &client.sandbox, &query, Transport::Tcp)
+            };
+            match decision {
+                Decision::Reply(reply) => {
+                    self.shared.stats.answered.fetch_add(1, Ordering::Relaxed);
+                    push_frame(&mut client.output, &reply);
+                }
+                Decision::Forward { limit } => {
+                    let to = Client::Tcp { connection: token };
+                    self.forward(to, client.sandbox.clone(), query, limit)?;
+                }
+                Decision::Ignore => {
+                    // A stream that carries garbage cannot be trusted to be framed.
+                    self.shared.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                    return Ok(self.close_client(client));
+                }
+            }
+        }
+        self.flush(token, client)
+    }
+
+    fn close_client(&mut self, client: TcpClient) -> Option<TcpClient> {
+        self.shared.poller.remove(client.stream.as_raw_fd());
+        self.clients -= 1;
+        None
+    }
+
+    /// Writes what it can of a client's output and watches for room for the rest.
+    fn flush(&mut self, token: u64, mut client: TcpClient) -> io::Result<Option<TcpClient>> {
+        while !client.output.is_empty() {
+            match client.stream.write(&client.output) {
+                Ok(0) => return Ok(self.close_client(client)),
+                Ok(written) => {
+                    client.output.drain(..written);
+                }
+                Err(error) if is_transient(&error) => break,
+                Err(_) => return Ok(self.close_client(client)),
+            }
+        }
+        let writing = !client.output.is_empty();
+        if writing != client.writing {
+            let events = if writing { IN | OUT } else { IN };
+            self.shared
+                .poller
+                .modify(client.stream.as_raw_fd(), token, events)?;
+            client.writing = writing;
+        }
+        Ok(Some(client))
+    }
+
+    /// Sends an answer to where a query came from, if it is still there.
+    fn deliver(&mut self, client: Client, reply: &[u8]) -> io::Result<()> {
+        match client {
+            Client::Udp { socket, peer } => {
+                if let Some(Source::Udp { socket, .. }) = self.sources.get_mut(socket) {
+                    let _ = socket.send_to(reply, peer);
+                }
+            }
+            Client::Tcp { connection } => {
+                if let Some(Source::Client(mut tcp)) = self.sources.take(connection) {
+                    push_frame(&mut tcp.output, reply);
+                    match self.flush(connection, tcp)? {
+                        Some(tcp) => self.sources.restore(connection, Source::Client(tcp)),
+                        None => self.sources.release(connection),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn upstreams_for(&self, sandbox: &str) -> Vec<Upstream> {
+        let host_forwarding = self
+            .shared
+            .host_forwarding
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sandbox)
+            .copied()
+            .unwrap_or(false);
+        let upstreams = self
+            .shared
+            .upstreams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        upstreams
+            .iter()
+            .filter(|u| host_forwarding || !u.from_host)
+            .copied()
+            .collect()
+    }
+
+    fn forward(
+        &mut self,
+        client: Client,
+        sandbox: Arc<str>,
+        query: Vec<u8>,
+        limit: u16,
+    ) -> io::Result<()> {
+        let upstreams = self.upstreams_for(&sandbox);
+        let code = if upstreams.is_empty() {
+            Some(ResponseCode::ServFail)
+        } else if self.forwards >= MAX_FORWARDS {
+            Some(ResponseCode::Refused)
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            if let Some(reply) = message::error_reply(&query, code) {
+                self.deliver(client, &reply)?;
+            }
+            return Ok(());
+        }
+        let Some(client_id) = message::message_id(&query) else {
+            return Ok(());
+        };
+        self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let via_tcp = matches!(client, Client::Tcp { .. });
+        let forward = Box::new(Forward {
+            client,
+            sandbox,
+            query,
+            client_id,
+            id: 0,
+            limit,
+            upstreams,
+            current: 0,
+            link: None,
+            deadline: Instant::now(),
+        });
+        self.forwards += 1;
+        self.attempt(forward, 0, via_tcp)
+    }
+
+    /// Asks upstream `index` (or gives up with SERVFAIL past the last one).
+    fn attempt(&mut self, mut forward: Box<Forward>, index: usize, tcp: bool) -> io::Result<()> {
+        let mut index = index;
+        loop {
+            let Some(upstream) = forward.upstreams.get(index).copied() else {
+                self.forwards -= 1;
+                self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(reply) = message::error_reply(&forward.query, ResponseCode::ServFail) {
+                    self.deliver(forward.client, &reply)?;
+                }
+                return Ok(());
+            };
+            forward.current = index;
+            forward.id = random_id();
+            let mut query = forward.query.clone();
+            query[..2].copy_from_slice(&forward.id.to_be_bytes());
+            let netns = (!upstream.from_host)
+                .then(|| self.sandboxes.get(&forward.sandbox).map(|s| &s.netns))
+                .flatten();
+            if !upstream.from_host && netns.is_none() {
+                index += 1; // the sandbox is gone: its namespace cannot be entered
+                continue;
+            }
+            let opened = self.in_namespace(netns, || open_link(upstream.address, tcp, &query))?;
+            let Ok(link) = opened else {
+                index += 1;
+                continue;
+            };
+            let fd = link_fd(&link);
+            let events = if tcp { IN | OUT } else { IN };
+            forward.link = Some(link);
+            forward.deadline = Instant::now() + self.shared.timeout;
+            let deadline = forward.deadline;
+            let token = self.sources.insert(Source::Upstream(forward));
+            self.shared.poller.add(fd, token, events)?;
+            self.deadlines.push_back((deadline, token));
+            return Ok(());
+        }
+    }
+
+    /// Runs `work` in `netns` (then comes back), or here when `None`. Failing to come
+    /// back would leave this thread serving from the wrong namespace: that ends it.
+    fn in_namespace<T>(
+        &self,
+        netns: Option<&File>,
+        work: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<io::Result<T>> {
+        let Some(netns) = netns else {
+            return Ok(work());
+        };
+        if let Err(error) = netns::enter(netns) {
+            return Ok(Err(error));
+        }
+        let result = work();
+        netns::enter(&self.home)?;
+        Ok(result)
+    }
+
+    fn upstream_ready(
+        &mut self,
+        mut forward: Box<Forward>,
+        flags: u32,
+    ) -> io::Result<Option<Box<Forward>>> {
+        let reply = match forward.link.as_mut().expect("a waiting forward has a link") {
+            Link::Udp(socket) => match socket.recv(&mut self.buffer) {
+                Ok(length) => Some(self.buffer[..length].to_vec()),
+                Err(error) if is_transient(&error) => return Ok(Some(forward)),
+                Err(_) => None, // e.g. ECONNREFUSED: nothing listens there
+            },
+            Link::Tcp {
+                stream,
+                connected,
+                output,
+                input,
+            } => match tcp_exchange(stream, connected, output, input, flags, &mut self.buffer) {
+                Ok(Some(reply)) => Some(reply),
+                Ok(None) => return Ok(Some(forward)),
+                Err(_) => None,
+            },
+        };
+        let verdict = reply.as_deref().map_or(Verdict::NextServer, |reply| {
+            judge(&forward.query, forward.id, reply)
+        });
+        let via_tcp = matches!(forward.link, Some(Link::Tcp { .. }));
+        match verdict {
+            Verdict::Stray => return Ok(Some(forward)),
+            Verdict::Answer => {
+                let reply = reply.unwrap_or_default();
+                if let Some(fitted) = message::fit_reply(&reply, forward.client_id, forward.limit) {
+                    self.forwards -= 1;
+                    self.drop_link(&forward);
+                    self.deliver(forward.client, &fitted)?;
+                    return Ok(None);
+                }
+                self.drop_link(&forward);
+                let next = forward.current + 1;
+                self.attempt(forward, next, via_tcp)?;
+            }
+            Verdict::Truncated if !via_tcp => {
+                self.drop_link(&forward);
+                let current = forward.current;
+                self.attempt(forward, current, true)?;
+            }
+            Verdict::Truncated | Verdict::NextServer => {
+                self.drop_link(&forward);
+                let next = forward.current + 1;
+                let tcp = matches!(forward.client, Client::Tcp { .. });
+                self.attempt(forward, next, tcp)?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn drop_link(&self, forward: &Forward) {
+        if let Some(link) = &forward.link {
+            self.shared.poller.remove(link_fd(link));
+        }
+    }
+
+    /// Moves on from forwards whose server is silent and closes idle TCP clients.
+    fn expire(&mut self, now: Instant) -> io::Result<()> {
+        while let Some(&(deadline, token)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            match self.sources.take(token) {
+                Some(Source::Upstream(forward)) if forward.deadline <= now => {
+                    self.sources.release(token);
+                    self.drop_link(&forward);
+                    let next = forward.current + 1;
+                    let tcp = matches!(forward.client, Client::Tcp { .. });
+                    self.attempt(forward, next, tcp)?;
+                }
+                Some(Source::Client(client)) if client.active + TCP_IDLE <= now => {
+                    self.sources.release(token);
+                    self.close_client(client);
+                }
+                Some(Source::Client(client)) => {
+                    self.deadlines.push_back((client.active + TCP_IDLE, token));
+                    self.sources.restore(token, Source::Client(client));
+                }
+                Some(other) => self.sources.restore(token, other),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn source_fd(source: &Source) -> RawFd {
+    match source {
+        Source::Udp { socket, .. } => socket.as_raw_fd(),
+        Source::Listener { listener, .. } => listener.as_raw_fd(),
+        Source::Client(client) => client.stream.as_raw_fd(),
+        Source::Upstream(forward) => forward.link.as_ref().map_or(-1, link_fd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_tokens_are_not_reused_for_new_values() {
+        let mut slab = Slab::new();
+        let first = slab.insert(1);
+        assert!(slab.take(first).is_some());
+        slab.release(first);
+        let second = slab.insert(2);
+        assert_ne!(first, second);
+        assert!(slab.get_mut(first).is_none());
+        assert_eq!(slab.get_mut(second), Some(&mut 2));
+        assert_eq!(slab.len, 1);
+    }
+}
