@@ -23,6 +23,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from keelnet import dns
 from keelnet import sandbox as netns_sandbox
 from keelnet.drivers import get_driver
 from keelnet.drivers._userspace import PlaneHostContext
@@ -76,8 +77,12 @@ class Host:
         self._exit.callback(self._ctx.planes.close_all)
         self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
         self._applied_script: str | None = None  # the nft script last loaded by this Host
+        # The DNS resolver runs on this process's thread too: it stops with the Host.
+        self._dns = dns.HostDns(self.store, netns, self.netns_path)
+        self._exit.callback(self._dns.close)
         try:
             self.reconcile()
+            self._dns.rebuild()
         except BaseException:
             self.close()
             raise
@@ -89,6 +94,11 @@ class Host:
 
     def __enter__(self) -> Host:
         return self
+
+    @property
+    def resolver(self) -> dns.Resolver | None:
+        """The embedded DNS resolver, once a network with DNS has an endpoint."""
+        return self._dns.resolver
 
     def __exit__(
         self,
@@ -247,6 +257,7 @@ class Host:
                     f"error while removing network: network {name} has active endpoints"
                 )
             get_driver(network.driver).delete_network(self._ctx, network)
+            self._dns.network_removed(network)
             carved = self.store.subnets_from_defaults(network.id)
             self.store.remove_network(network.id)
             if carved:
@@ -334,6 +345,7 @@ class Host:
             if found.owned:
                 netns_sandbox.delete(found.path)
             self.store.remove_sandbox(name)
+            self._dns.sandbox_removed(name)
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -388,6 +400,8 @@ class Host:
             undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
             self.store.add_endpoint(endpoint)
+            undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+            self._dns.endpoint_added(net, endpoint)
             return endpoint
 
     def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
@@ -430,6 +444,7 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        self._dns.endpoint_removed(network, endpoint)
         if ports:
             self._sync_firewall()
 

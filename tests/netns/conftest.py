@@ -20,6 +20,7 @@ from netlab import (
     HOST_ADDRESS,
     HOST_ADDRESS6,
     HOST_UPLINK,
+    NETNS_ETC,
     OUTSIDE_ADDRESS,
     OUTSIDE_ADDRESS6,
     Lab,
@@ -71,6 +72,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         for tool in ("iptables", "ip6tables"):  # Docker drops IPv6 forwarding too
             for rule in DOCKER_RULES:
                 run_in(the_lab.host, tool, "-w", *rule.split())
+        # The host's resolv.conf names only the outside namespace: no DNS query of a test
+        # ever goes to the machine's resolvers (test_dns.py runs a server there).
+        own = NETNS_ETC / the_lab.host
+        own.mkdir(parents=True, exist_ok=True)
+        (own / "resolv.conf").write_text(f"nameserver {OUTSIDE_ADDRESS}\n")
         yield the_lab
     finally:
         remove_prefix(prefix)

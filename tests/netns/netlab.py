@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
 HOST_UPLINK = "kn-up0"
 HOST_ADDRESS = "192.0.2.1"
 OUTSIDE_ADDRESS = "192.0.2.2"
+NETNS_ETC = Path("/etc/netns")
 HOST_ADDRESS6 = "2001:db8:1::1"  # documentation prefix, never routed
 OUTSIDE_ADDRESS6 = "2001:db8:1::2"
 DOCKER_RULES = [
@@ -65,6 +67,11 @@ def remove_prefix(prefix: str) -> None:
         if name.startswith(prefix):
             with contextlib.suppress(OSError):
                 pyroute2_netns.remove(name)
+    # resolv.conf files of the lab's host and sandboxes (`ip netns exec` mounts them).
+    if NETNS_ETC.is_dir():
+        for entry in NETNS_ETC.iterdir():
+            if entry.name.startswith(prefix):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 # --- state snapshots: "exactly as before" --------------------------------------------------

@@ -63,6 +63,8 @@ class Driver(ABC):
     gateway_route: ClassVar[bool] = True
     #: Only one network of this driver per host (Docker: host, none).
     singleton: ClassVar[bool] = False
+    #: Whether sandboxes on it find each other by name through keelnet's DNS server.
+    embedded_dns: ClassVar[bool] = True
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         """Refuse unknown or bad options; extended by drivers with checks of their own."""

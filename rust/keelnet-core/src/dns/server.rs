@@ -394,6 +394,8 @@ struct Worker {
     deadlines: VecDeque<(Instant, u64)>,
     forwards: usize,
     clients: usize,
+    /// Answers waiting for [`Worker::send_outbox`].
+    outbox: Vec<(Client, Vec<u8>)>,
     buffer: Vec<u8>,
 }
 
@@ -407,6 +409,7 @@ impl Worker {
             deadlines: VecDeque::new(),
             forwards: 0,
             clients: 0,
+            outbox: Vec::new(),
             buffer: vec![0; 65_536],
         })
     }
@@ -521,7 +524,7 @@ impl Worker {
                 self.sources.release(token);
             }
         }
-        Ok(())
+        self.send_outbox()
     }
 
     fn serve_udp(&mut self, token: u64, sandbox: &Arc<str>, socket: &UdpSocket) -> io::Result<()> {
@@ -658,20 +661,28 @@ impl Worker {
         Ok(Some(client))
     }
 
-    /// Sends an answer to where a query came from, if it is still there.
-    fn deliver(&mut self, client: Client, reply: &[u8]) -> io::Result<()> {
-        match client {
-            Client::Udp { socket, peer } => {
-                if let Some(Source::Udp { socket, .. }) = self.sources.get_mut(socket) {
-                    let _ = socket.send_to(reply, peer);
+    /// Queues an answer for where a query came from: the source it goes out through
+    /// may be taken out of the slab while its own event is handled.
+    fn deliver(&mut self, client: Client, reply: Vec<u8>) {
+        self.outbox.push((client, reply));
+    }
+
+    /// Sends the queued answers, to those still there.
+    fn send_outbox(&mut self) -> io::Result<()> {
+        for (client, reply) in std::mem::take(&mut self.outbox) {
+            match client {
+                Client::Udp { socket, peer } => {
+                    if let Some(Source::Udp { socket, .. }) = self.sources.get_mut(socket) {
+                        let _ = socket.send_to(&reply, peer);
+                    }
                 }
-            }
-            Client::Tcp { connection } => {
-                if let Some(Source::Client(mut tcp)) = self.sources.take(connection) {
-                    push_frame(&mut tcp.output, reply);
-                    match self.flush(connection, tcp)? {
-                        Some(tcp) => self.sources.restore(connection, Source::Client(tcp)),
-                        None => self.sources.release(connection),
+                Client::Tcp { connection } => {
+                    if let Some(Source::Client(mut tcp)) = self.sources.take(connection) {
+                        push_frame(&mut tcp.output, &reply);
+                        match self.flush(connection, tcp)? {
+                            Some(tcp) => self.sources.restore(connection, Source::Client(tcp)),
+                            None => self.sources.release(connection),
+                        }
                     }
                 }
             }
@@ -718,7 +729,7 @@ impl Worker {
         if let Some(code) = code {
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             if let Some(reply) = message::error_reply(&query, code) {
-                self.deliver(client, &reply)?;
+                self.deliver(client, reply);
             }
             return Ok(());
         }
@@ -751,7 +762,7 @@ impl Worker {
                 self.forwards -= 1;
                 self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(reply) = message::error_reply(&forward.query, ResponseCode::ServFail) {
-                    self.deliver(forward.client, &reply)?;
+                    self.deliver(forward.client, reply);
                 }
                 return Ok(());
             };
@@ -834,7 +845,7 @@ impl Worker {
                 if let Some(fitted) = message::fit_reply(&reply, forward.client_id, forward.limit) {
                     self.forwards -= 1;
                     self.drop_link(&forward);
-                    self.deliver(forward.client, &fitted)?;
+                    self.deliver(forward.client, fitted);
                     return Ok(None);
                 }
                 self.drop_link(&forward);
@@ -889,7 +900,7 @@ impl Worker {
                 None => {}
             }
         }
-        Ok(())
+        self.send_outbox()
     }
 }
 

@@ -1,0 +1,325 @@
+"""keelnet's embedded DNS server: Docker's `127.0.0.11` inside every sandbox.
+
+On user-defined bridge, macvlan and ipvlan networks (any driver with ``embedded_dns``;
+not ``host`` nor ``none``), a sandbox finds the others by name: its own name and its
+aliases per network (``Host.connect(..., aliases=[...])``) answer on every network it
+shares with the asker, ``name.network`` asks one network, an alias several sandboxes
+share answers with all of them in rotating order, and reverse lookups answer
+``name.network``. Unknown single-label names and unknown ``x.<network>`` names get
+NXDOMAIN; everything else goes to the host's upstream servers.
+
+The resolver is one Rust thread (:class:`Resolver`) in the process that owns the
+:class:`~keelnet.host.Host` (a library user's program, or ``keelnet agent`` for CLI
+users); it serves every sandbox's UDP and TCP sockets and reads names from a table this
+module keeps up to date on every connect, disconnect and alias (never from the store per
+query). It starts when the first endpoint of a network with DNS appears and stops with
+the Host.
+
+Upstream servers are those of the host's ``resolv.conf``: ``/etc/netns/<host netns>/
+resolv.conf`` for ``Host(netns=...)`` when it exists (the file ``ip netns exec`` shows
+programs there), else ``/etc/resolv.conf``. As in Docker (moby ``TransformForIntNS``),
+they are reached from the host's namespace, so a loopback server such as systemd's
+``127.0.0.53`` works, and only for sandboxes with external access (a sandbox only on
+``internal`` networks gets SERVFAIL for outside names).
+
+Each sandbox gets ``/etc/netns/<sandbox>/resolv.conf`` (``nameserver 127.0.0.11``, the
+host's ``search`` and ``options``, ``ndots:0`` as Docker adds): ``ip netns exec`` and
+``keelnet sandbox exec`` mount it on ``/etc/resolv.conf``. For an adopted sandbox (a
+container's namespace), mount :func:`resolv_conf_path` at ``/etc/resolv.conf`` in the
+container yourself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from keelnet import _core
+from keelnet.drivers import get_driver
+from keelnet.errors import DataplaneError, KeelnetError
+from keelnet.model import Endpoint, Network
+from keelnet.store import Store
+
+__all__ = [
+    "LISTEN_ADDRESS",
+    "ResolvConf",
+    "Resolver",
+    "host_resolv_conf",
+    "read_resolv_conf",
+    "resolv_conf_path",
+]
+
+#: Where the resolver answers inside each sandbox (Docker's address).
+LISTEN_ADDRESS = "127.0.0.11"
+#: Per-namespace files `ip netns exec NAME` mounts over /etc.
+NETNS_ETC = Path("/etc/netns")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*$")
+_HEADER = "# Written by keelnet: the embedded DNS server of the sandbox's networks.\n"
+
+
+@dataclass(frozen=True)
+class ResolvConf:
+    """What keelnet uses of a ``resolv.conf``."""
+
+    nameservers: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+
+def read_resolv_conf(path: str | os.PathLike[str]) -> ResolvConf:
+    """Parse a ``resolv.conf``; a missing file is an empty one (as for the C library)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ResolvConf()
+    nameservers: list[str] = []
+    search: tuple[str, ...] = ()
+    options: list[str] = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if not words:
+            continue
+        keyword, values = words[0], words[1:]
+        if keyword == "nameserver" and values:
+            nameservers.append(values[0])
+        elif keyword in ("search", "domain"):
+            search = tuple(values)  # the last of them wins
+        elif keyword == "options":
+            options.extend(values)
+    return ResolvConf(tuple(nameservers), search, tuple(options))
+
+
+def host_resolv_conf(netns: str | None) -> Path:
+    """The ``resolv.conf`` programs in the host namespace see."""
+    if netns:
+        own = NETNS_ETC / netns / "resolv.conf"
+        if own.exists():
+            return own
+    return Path("/etc/resolv.conf")
+
+
+def resolv_conf_path(sandbox: str) -> Path:
+    """Where keelnet writes a sandbox's ``resolv.conf``."""
+    return NETNS_ETC / sandbox / "resolv.conf"
+
+
+def sandbox_resolv_conf(host: ResolvConf) -> str:
+    """A sandbox's ``resolv.conf``: the embedded server, the host's search and options."""
+    lines = [_HEADER, f"nameserver {LISTEN_ADDRESS}\n"]
+    if host.search:
+        lines.append(f"search {' '.join(host.search)}\n")
+    options = list(host.options)
+    if not any(option.startswith("ndots:") for option in options):
+        options.append("ndots:0")  # Docker's: ask the name as given first
+    lines.append(f"options {' '.join(options)}\n")
+    return "".join(lines)
+
+
+def upstreams(host: ResolvConf) -> list[tuple[str, int, bool]]:
+    """The host's servers as the resolver takes them: reached from the host namespace.
+    The resolver's own address and scoped IPv6 addresses (``fe80::1%eth0``) are left out."""
+    servers = []
+    for text in host.nameservers:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if str(address) != LISTEN_ADDRESS:
+            servers.append((str(address), 53, True))
+    return servers
+
+
+class Resolver:
+    """The resolver thread and its name table (see the module documentation).
+
+    Names are kept per network id, so any source can push them: the Host does for its
+    endpoints, an overlay watcher can for other hosts' endpoints of a shared network.
+    """
+
+    def __init__(self, netns: str | None = None, *, upstream_timeout: float | None = None):
+        self._core = _core.Resolver(netns, upstream_timeout=upstream_timeout)
+
+    def set_network(self, network_id: str, name: str) -> None:
+        """Add a network's table, or rename it (`sandbox.<name>` asks that network)."""
+        self._core.set_network(network_id, name)
+
+    def remove_network(self, network_id: str) -> None:
+        self._core.remove_network(network_id)
+
+    def set_endpoint(
+        self,
+        network_id: str,
+        endpoint_id: str,
+        names: Iterable[str],
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+    ) -> None:
+        """Add or replace an endpoint under `names` (the first answers reverse lookups)."""
+        self._core.set_endpoint(network_id, endpoint_id, list(names), ipv4, ipv6)
+
+    def remove_endpoint(self, network_id: str, endpoint_id: str) -> None:
+        self._core.remove_endpoint(network_id, endpoint_id)
+
+    def attach(
+        self, sandbox: str, netns: str, networks: Iterable[str], *, host_forwarding: bool = True
+    ) -> None:
+        """Serve `sandbox` (its namespace path or name) the names of `networks`, asked in
+        that order; opens 127.0.0.11:53 there on the first call."""
+        self._core.attach(sandbox, netns, list(networks), host_forwarding)
+
+    def detach(self, sandbox: str) -> None:
+        self._core.detach(sandbox)
+
+    def set_upstreams(self, servers: Iterable[tuple[str, int, bool]]) -> None:
+        """`(address, port, from_host)` per server, tried in order."""
+        self._core.set_upstreams(list(servers))
+
+    def sandboxes(self) -> list[str]:
+        return self._core.sandboxes()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: answered, forwarded, ignored, failed; and names held."""
+        return self._core.stats()
+
+    @property
+    def running(self) -> bool:
+        return self._core.running
+
+    def close(self) -> None:
+        self._core.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class HostDns:
+    """A Host's DNS: keeps the resolver's table and the sandboxes' files in step with the
+    store. Started lazily: a Host without DNS networks runs no resolver thread."""
+
+    def __init__(self, store: Store, netns: str | None, netns_path: str | None):
+        self._store = store
+        self._netns = netns
+        self._netns_path = netns_path
+        self._resolver: Resolver | None = None
+
+    @staticmethod
+    def serves(network: Network) -> bool:
+        return get_driver(network.driver).embedded_dns
+
+    def _started(self) -> Resolver:
+        if self._resolver is None:
+            self._resolver = Resolver(self._netns_path)
+        return self._resolver
+
+    def endpoint_added(self, network: Network, endpoint: Endpoint) -> None:
+        if not self.serves(network):
+            return
+        self._push(network, endpoint)
+        self._attach(endpoint.sandbox)
+
+    def _push(self, network: Network, endpoint: Endpoint) -> None:
+        """Put the endpoint in the table under its sandbox name and aliases. Aliases are
+        checked (a bad one is refused); a sandbox name that is no DNS name (a 64-letter
+        label) is left out, so the sandbox still resolves others."""
+        resolver = self._started()
+        resolver.set_network(network.id, network.name)
+        names = [endpoint.sandbox] if _DNS_NAME.match(endpoint.sandbox) else []
+        names += endpoint.aliases
+        if names:
+            resolver.set_endpoint(network.id, endpoint.id, names, endpoint.ip, endpoint.ipv6)
+
+    def endpoint_removed(self, network: Network, endpoint: Endpoint) -> None:
+        if self._resolver is None or not self.serves(network):
+            return
+        self._resolver.remove_endpoint(network.id, endpoint.id)
+        self._attach(endpoint.sandbox, leaving=endpoint.id)
+
+    def network_removed(self, network: Network) -> None:
+        if self._resolver is not None:
+            self._resolver.remove_network(network.id)
+
+    def sandbox_removed(self, sandbox: str) -> None:
+        if self._resolver is not None:
+            self._resolver.detach(sandbox)
+        _remove_file(sandbox)
+
+    def _attach(self, sandbox: str, leaving: str | None = None) -> None:
+        """Serve the sandbox its DNS networks now in the store (less `leaving`, an
+        endpoint going away in this transaction); none left: stop serving it."""
+        assert self._resolver is not None
+        networks = {n.id: n for n in self._store.networks()}
+        mine = [
+            networks[e.network_id]
+            for e in self._store.endpoints(sandbox=sandbox)
+            if e.id != leaving and self.serves(networks[e.network_id])
+        ]
+        box = self._store.find_sandbox(sandbox)
+        if not mine or box is None:
+            self._resolver.detach(sandbox)
+            _remove_file(sandbox)
+            return
+        host = read_resolv_conf(host_resolv_conf(self._netns))
+        self._resolver.set_upstreams(upstreams(host))
+        external = any(not n.internal for n in mine)
+        self._resolver.attach(
+            sandbox, box.path, [n.id for n in mine], host_forwarding=external
+        )
+        _write_file(sandbox, sandbox_resolv_conf(host))
+
+    def rebuild(self) -> None:
+        """Fill the table from the store (a Host starting on existing state). A sandbox
+        another process already serves is left to it, with a warning."""
+        networks = [n for n in self._store.networks() if self.serves(n)]
+        sandboxes: list[str] = []
+        for network in networks:
+            for endpoint in self._store.endpoints(network_id=network.id):
+                self._push(network, endpoint)
+                if endpoint.sandbox not in sandboxes:
+                    sandboxes.append(endpoint.sandbox)
+        for sandbox in sandboxes:
+            try:
+                self._attach(sandbox)
+            except (DataplaneError, KeelnetError) as exc:
+                warnings.warn(f"DNS for sandbox {sandbox} not served: {exc}", stacklevel=2)
+
+    @property
+    def resolver(self) -> Resolver | None:
+        """The running resolver, if any endpoint needed one yet."""
+        return self._resolver
+
+    def close(self) -> None:
+        if self._resolver is not None:
+            self._resolver.close()
+            self._resolver = None
+
+
+def _write_file(sandbox: str, text: str) -> None:
+    path = resolv_conf_path(sandbox)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    temporary.chmod(0o644)
+    os.replace(temporary, path)  # readers see the old file or the new one, never half
+
+
+def _remove_file(sandbox: str) -> None:
+    path = resolv_conf_path(sandbox)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty (the user's own files) or gone
+        path.parent.rmdir()
