@@ -223,8 +223,14 @@ class HostDns:
         return get_driver(network.driver).embedded_dns
 
     def _started(self) -> Resolver:
+        """The resolver, started (with every stored endpoint of a DNS network in its
+        table) if it is not running."""
         if self._resolver is None:
             self._resolver = Resolver(self._netns_path)
+            for network in self._store.networks():
+                if self.serves(network):
+                    for endpoint in self._store.endpoints(network_id=network.id):
+                        self._push(network, endpoint)
         return self._resolver
 
     def endpoint_added(self, network: Network, endpoint: Endpoint) -> None:
@@ -255,14 +261,20 @@ class HostDns:
             self._resolver.remove_network(network.id)
 
     def sandbox_removed(self, sandbox: str) -> None:
+        self._detach(sandbox)
+
+    def _detach(self, sandbox: str) -> None:
+        """Stop serving the sandbox; the resolver stops with the last one (its names are
+        in the store, and come back with the next start)."""
         if self._resolver is not None:
             self._resolver.detach(sandbox)
+            if not self._resolver.sandboxes():
+                self.close()
         _remove_file(sandbox)
 
     def _attach(self, sandbox: str, leaving: str | None = None) -> None:
         """Serve the sandbox its DNS networks now in the store (less `leaving`, an
         endpoint going away in this transaction); none left: stop serving it."""
-        assert self._resolver is not None
         networks = {n.id: n for n in self._store.networks()}
         mine = [
             networks[e.network_id]
@@ -271,27 +283,26 @@ class HostDns:
         ]
         box = self._store.find_sandbox(sandbox)
         if not mine or box is None:
-            self._resolver.detach(sandbox)
-            _remove_file(sandbox)
+            self._detach(sandbox)
             return
+        resolver = self._started()
         host = read_resolv_conf(host_resolv_conf(self._netns))
-        self._resolver.set_upstreams(upstreams(host))
+        resolver.set_upstreams(upstreams(host))
         external = any(not n.internal for n in mine)
-        self._resolver.attach(
-            sandbox, box.path, [n.id for n in mine], host_forwarding=external
-        )
+        resolver.attach(sandbox, box.path, [n.id for n in mine], host_forwarding=external)
         _write_file(sandbox, sandbox_resolv_conf(host))
 
     def rebuild(self) -> None:
-        """Fill the table from the store (a Host starting on existing state). A sandbox
+        """Serve what the store holds (a Host starting on existing state). A sandbox
         another process already serves is left to it, with a warning."""
-        networks = [n for n in self._store.networks() if self.serves(n)]
         sandboxes: list[str] = []
-        for network in networks:
-            for endpoint in self._store.endpoints(network_id=network.id):
-                self._push(network, endpoint)
-                if endpoint.sandbox not in sandboxes:
-                    sandboxes.append(endpoint.sandbox)
+        for network in self._store.networks():
+            if self.serves(network):
+                for endpoint in self._store.endpoints(network_id=network.id):
+                    if endpoint.sandbox not in sandboxes:
+                        sandboxes.append(endpoint.sandbox)
+        if sandboxes:
+            self._started()
         for sandbox in sandboxes:
             try:
                 self._attach(sandbox)

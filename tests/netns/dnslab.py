@@ -63,7 +63,9 @@ def dnsmasq(outside_ns: str, workdir: Path) -> Iterator[Upstream]:
     try:
         up = wait_until(lambda: process.poll() is not None or _answers(outside_ns), 10)
         if process.poll() is not None or not up:
-            raise RuntimeError(f"dnsmasq did not start: {process.stderr.read() if process.stderr else ''}")
+            raise RuntimeError(
+                f"dnsmasq did not start: {process.stderr.read() if process.stderr else ''}"
+            )
         yield Upstream(process, log)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -81,7 +83,9 @@ def _answers(outside_ns: str) -> bool:
         return False
 
 
-def query_bytes(name: str, qtype: str = "A", *, ident: int = 0x4242, edns: int | None = None) -> bytes:
+def query_bytes(
+    name: str, qtype: str = "A", *, ident: int = 0x4242, edns: int | None = None
+) -> bytes:
     message = DNS(id=ident, rd=1, qd=[DNSQR(qname=name, qtype=qtype)])
     if edns is not None:
         message.ar = [DNSRROPT(rclass=edns, z=0)]
@@ -133,4 +137,3 @@ def addresses(answer: DNS | None) -> list[str]:
     if answer is None:
         return []
     return [str(rr.rdata) for rr in answer.an if rr.type in (1, 28)]
-

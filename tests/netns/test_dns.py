@@ -81,7 +81,7 @@ def test_names_and_aliases_resolve_with_the_systems_tools(host: keelnet.Host, la
     assert "options ndots:0" in conf.splitlines()
     assert getent(host, b, "hosts", a)[:2] == [ip_a, a]
     assert getent(host, b, "hosts", "web")[0] == ip_a
-    assert getent(host, b, "hosts", f"web.front")[0] == ip_a
+    assert getent(host, b, "hosts", "web.front")[0] == ip_a
     lookup = run(host, b, "busybox", "nslookup", "web")
     assert lookup.returncode == 0, lookup.stdout + lookup.stderr
     assert f"Address: {ip_a}" in lookup.stdout
@@ -93,7 +93,7 @@ def test_names_and_aliases_resolve_with_the_systems_tools(host: keelnet.Host, la
 
 
 def test_names_are_seen_only_on_shared_networks(host: keelnet.Host, lab: Lab) -> None:
-    a, b = pair(host, lab)
+    a, _b = pair(host, lab)
     host.create_network("back", subnet="10.92.0.0/24")
     c, both = lab.name("c"), lab.name("both")
     host.create_sandbox(c)
@@ -273,7 +273,9 @@ def _malformed(rng: random.Random) -> bytes:
     if kind == 3:  # a label running past the end
         return valid[:12] + bytes([63]) + rng.randbytes(rng.randrange(62))
     # a compression pointer to itself
-    return struct.pack("!6H", rng.randrange(65536), 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01"
+    return (
+        struct.pack("!6H", rng.randrange(65536), 0x0100, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01"
+    )
 
 
 def test_malformed_datagrams_get_no_answer_and_no_crash(host: keelnet.Host, lab: Lab) -> None:
