@@ -60,6 +60,19 @@ def rss_bytes(pid: int | str = "self") -> int:
     return 0
 
 
+def cpu_seconds(stat: Path) -> float:
+    """utime + stime of a process or thread, from its /proc stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def resolver_thread() -> Path:
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == "keelnet-dns":
+            return task / "stat"
+    raise RuntimeError("no resolver thread")
+
+
 def address(index: int) -> str:
     return f"10.95.{index // 250}.{index % 250 + 2}"
 
@@ -214,15 +227,25 @@ def run(host: keelnet.Host, prefix: str, workdir: Path, args: argparse.Namespace
     print(f"load average before: {os.getloadavg()}")
     print(f"names: {args.names}; keelnet RSS for them: {per_10k / 1024:.0f} KiB per 10 000 names")
     results: dict[str, list[float]] = {"keelnet": [], "dnsmasq": []}
+    # CPU per query: what a busy shared machine cannot hide (a starved server answers
+    # fewer queries per second, but each costs the same CPU).
+    cpu_per_query: dict[str, list[float]] = {"keelnet": [], "dnsmasq": []}
     lat: dict[str, list[float]] = {"keelnet": [], "dnsmasq": []}
     with dnsmasq(client, hosts) as process:
         # taskset and `ip netns exec` both exec: the process is dnsmasq itself.
         print(f"dnsmasq RSS with the same hosts file: {rss_bytes(process.pid) / 1024:.0f} KiB")
+        stats = {"keelnet": resolver_thread(), "dnsmasq": Path(f"/proc/{process.pid}/stat")}
         for _ in range(args.repeats):
             for label, server in (("keelnet", RESOLVER), ("dnsmasq", DNSMASQ_ADDRESS)):
+                cpu = cpu_seconds(stats[label])
                 qps, lost, bad = throughput(dnsperf(client, server, datafile, args.seconds))
+                per_query = (cpu_seconds(stats[label]) - cpu) / (qps * args.seconds)
                 results[label].append(qps)
-                print(f"  {label:8} {qps:>10,.0f} q/s  lost {lost:.2f} %  not NOERROR {bad}")
+                cpu_per_query[label].append(per_query)
+                print(
+                    f"  {label:8} {qps:>10,.0f} q/s  {per_query * 1e6:.2f} µs CPU per query  "
+                    f"lost {lost:.2f} %  not NOERROR {bad}"
+                )
             for label, server in (("keelnet", RESOLVER), ("dnsmasq", DNSMASQ_ADDRESS)):
                 out = dnsperf(client, server, datafile, min(args.seconds, 5), "-Q", str(args.rate), "-v")
                 lat[label].extend(latencies(out))
@@ -235,6 +258,12 @@ def run(host: keelnet.Host, prefix: str, workdir: Path, args: argparse.Namespace
             f"{statistics.median(results[label]):>10,.0f} q/s; at {args.rate} q/s: "
             f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {max(values) * 1e3:.3f} ms "
             f"({len(values)} queries)"
+        )
+    for label, values in cpu_per_query.items():
+        per_query = statistics.median(values)
+        print(
+            f"{label:8} CPU per query {per_query * 1e6:.2f} µs: one core's capacity "
+            f"{1 / per_query:>10,.0f} q/s"
         )
     ratio = statistics.median(results["keelnet"]) / statistics.median(results["dnsmasq"])
     print(f"keelnet/dnsmasq throughput (medians): {ratio:.2f}x  (goal >= 1.0x)")

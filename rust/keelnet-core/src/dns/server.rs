@@ -32,7 +32,8 @@ use super::upstream::{
     IN, Link, OUT, Verdict, is_transient, judge, link_fd, open_link, push_frame, random_id,
     take_frame, tcp_exchange,
 };
-use crate::io::{netns, poller::Poller};
+use crate::io::udp::from_sockaddr;
+use crate::io::{RecvBatch, netns, poller::Poller, send_batch};
 
 /// Where the resolver listens inside each sandbox (Docker's address).
 pub const LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
@@ -45,8 +46,12 @@ const MAX_FORWARDS: usize = 1024;
 const MAX_TCP_CLIENTS: usize = 256;
 /// A TCP client that sends nothing for this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Datagrams read from one socket before the others get a turn.
-const BATCH: usize = 64;
+/// Datagrams one `recvmmsg` takes, and batches read from one socket before the others
+/// get a turn.
+const BATCH: usize = 32;
+const ROUNDS: usize = 4;
+/// Largest query over UDP the resolver reads (a longer datagram is no query).
+const UDP_QUERY_MAX: usize = 4096;
 const WAKE: u64 = u64::MAX;
 
 /// An upstream DNS server and the namespace it is reached from.
@@ -396,6 +401,7 @@ struct Worker {
     clients: usize,
     /// Answers waiting for [`Worker::send_outbox`].
     outbox: Vec<(Client, Vec<u8>)>,
+    batch: RecvBatch,
     buffer: Vec<u8>,
 }
 
@@ -410,6 +416,7 @@ impl Worker {
             forwards: 0,
             clients: 0,
             outbox: Vec::new(),
+            batch: RecvBatch::new(BATCH, UDP_QUERY_MAX),
             buffer: vec![0; 65_536],
         })
     }
@@ -527,37 +534,59 @@ impl Worker {
         self.send_outbox()
     }
 
+    /// Answers what waits on a sandbox's UDP socket, a `recvmmsg` batch at a time with
+    /// the answers of each batch sent by one `sendmmsg`.
     fn serve_udp(&mut self, token: u64, sandbox: &Arc<str>, socket: &UdpSocket) -> io::Result<()> {
-        for _ in 0..BATCH {
-            let (length, peer) = match socket.recv_from(&mut self.buffer) {
-                Ok(received) => received,
-                Err(error) if is_transient(&error) => return Ok(()),
-                Err(error) => return Err(error),
-            };
-            let decision = {
+        let fd = socket.as_raw_fd();
+        for _ in 0..ROUNDS {
+            let received = self.batch.receive(fd)?;
+            let mut replies: Vec<(usize, Vec<u8>)> = Vec::with_capacity(received);
+            let mut forwards = Vec::new();
+            {
                 let table = self
                     .shared
                     .table
                     .read()
                     .unwrap_or_else(PoisonError::into_inner);
-                message::decide(&table, sandbox, &self.buffer[..length], Transport::Udp)
-            };
-            match decision {
-                Decision::Reply(reply) => {
-                    self.shared.stats.answered.fetch_add(1, Ordering::Relaxed);
-                    let _ = socket.send_to(&reply, peer);
+                for index in 0..received {
+                    let query = &self.batch.buffers[index][..self.batch.lengths[index]];
+                    if self.batch.truncated[index] {
+                        self.shared.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                        continue; // longer than any query a resolver sends over UDP
+                    }
+                    match message::decide(&table, sandbox, query, Transport::Udp) {
+                        Decision::Reply(reply) => replies.push((index, reply)),
+                        Decision::Forward { limit } => forwards.push((index, limit)),
+                        Decision::Ignore => {
+                            self.shared.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
-                Decision::Forward { limit } => {
-                    let query = self.buffer[..length].to_vec();
-                    let client = Client::Udp {
-                        socket: token,
-                        peer,
-                    };
-                    self.forward(client, sandbox.clone(), query, limit)?;
-                }
-                Decision::Ignore => {
-                    self.shared.stats.ignored.fetch_add(1, Ordering::Relaxed);
-                }
+            }
+            self.shared
+                .stats
+                .answered
+                .fetch_add(replies.len() as u64, Ordering::Relaxed);
+            let messages: Vec<_> = replies
+                .iter()
+                .map(|(index, reply)| {
+                    let header = self.batch.header(*index);
+                    (&reply[..], &self.batch.addresses[*index], header.msg_namelen)
+                })
+                .collect();
+            // Answers that do not fit the socket now are dropped, as UDP would.
+            let _ = send_batch(fd, &messages);
+            for (index, limit) in forwards {
+                let query = self.batch.buffers[index][..self.batch.lengths[index]].to_vec();
+                let peer = from_sockaddr(&self.batch.addresses[index]);
+                let client = Client::Udp {
+                    socket: token,
+                    peer,
+                };
+                self.forward(client, sandbox.clone(), query, limit)?;
+            }
+            if received < self.batch.buffers.len() {
+                break;
             }
         }
         Ok(())

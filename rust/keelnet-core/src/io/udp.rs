@@ -245,7 +245,7 @@ pub(crate) fn to_sockaddr(address: &SocketAddr) -> (libc::sockaddr_storage, libc
     }
 }
 
-fn from_sockaddr(storage: &libc::sockaddr_storage) -> SocketAddr {
+pub(crate) fn from_sockaddr(storage: &libc::sockaddr_storage) -> SocketAddr {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in (family says so).
