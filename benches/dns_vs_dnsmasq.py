@@ -247,7 +247,9 @@ def run(host: keelnet.Host, prefix: str, workdir: Path, args: argparse.Namespace
                     f"lost {lost:.2f} %  not NOERROR {bad}"
                 )
             for label, server in (("keelnet", RESOLVER), ("dnsmasq", DNSMASQ_ADDRESS)):
-                out = dnsperf(client, server, datafile, min(args.seconds, 5), "-Q", str(args.rate), "-v")
+                out = dnsperf(
+                    client, server, datafile, min(args.seconds, 5), "-Q", str(args.rate), "-v"
+                )
                 lat[label].extend(latencies(out))
     print(f"load average after: {os.getloadavg()}")
     for label in results:

@@ -78,9 +78,9 @@ def resolve(sandbox_path: str, name: str) -> str | None:
     """The IPv4 address of `name` as the sandbox's own C library finds it (through the
     resolv.conf keelnet wrote for it, as `keelnet sandbox exec` mounts it)."""
     result = netns_sandbox.exec_in(
-        sandbox_path, ["getent", "ahostsv4", name], capture_output=True, text=True, timeout=10
+        sandbox_path, ["getent", "ahostsv4", name], capture_output=True, timeout=10
     )
-    words = result.stdout.split()
+    words = result.stdout.decode().split()
     return words[0] if result.returncode == 0 and words else None
 
 

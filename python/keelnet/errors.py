@@ -42,7 +42,11 @@ class PoolExhausted(KeelnetError):
 
 
 class CorruptState(KeelnetError):
-    """Persisted state that fails its checks: truncated, corrupted or of an unknown version."""
+    """Persisted state that fails its checks: truncated, corrupted or of an unknown version.
+
+    keelnet never starts over from a damaged store (that would forget, and so leave
+    behind or clobber, everything the store made); the message says how to recover.
+    """
 
 
 # --- packets ---------------------------------------------------------------------------
@@ -99,6 +103,18 @@ class NetworkInUse(Conflict):
     """The network still has endpoints connected."""
 
 
+class NamespaceClaimed(Conflict):
+    """Another store (state directory) manages this host namespace.
+
+    ``state_dir`` and ``store_id`` name that store.
+    """
+
+    def __init__(self, message: str, *, state_dir: str, store_id: str) -> None:
+        super().__init__(message)
+        self.state_dir = state_dir
+        self.store_id = store_id
+
+
 class InvalidRequest(KeelnetError, ValueError):
     """Input keelnet cannot act on."""
 
@@ -141,6 +157,10 @@ class KernelFeatureMissing(KeelnetError):
 
 class KernelError(KeelnetError):
     """The kernel refused a change keelnet asked for (netlink or nftables)."""
+
+
+class StateDirError(KeelnetError):
+    """The state directory cannot be used: not a directory, read-only, not accessible."""
 
 
 class DataPlaneUnavailable(KeelnetError):
