@@ -41,16 +41,17 @@ class Upstream:
 
 
 @contextlib.contextmanager
-def dnsmasq(outside_ns: str, workdir: Path) -> Iterator[Upstream]:
+def dnsmasq(netns: str, workdir: Path, listen: str = OUTSIDE_ADDRESS) -> Iterator[Upstream]:
+    """dnsmasq on `listen`:53 inside the namespace `netns`, until the block ends."""
     hosts = workdir / "hosts"
     lines = [f"{OUTSIDE_IP} {OUTSIDE_NAME}"]
     lines += [f"{address} {BIG_NAME}" for address in big_addresses()]
     hosts.write_text("\n".join(lines) + "\n")
     log = workdir / "dnsmasq.log"
     argv = [
-        "ip", "netns", "exec", outside_ns, "dnsmasq",
+        "ip", "netns", "exec", netns, "dnsmasq",
         "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
-        f"--listen-address={OUTSIDE_ADDRESS}", "--except-interface=lo",
+        f"--listen-address={listen}",
         f"--addn-hosts={hosts}", "--log-queries", f"--log-facility={log}",
         "--pid-file=", "--user=root", "--cache-size=0",
         # Authoritative for example.: NXDOMAIN or no records, never REFUSED.
@@ -61,7 +62,7 @@ def dnsmasq(outside_ns: str, workdir: Path) -> Iterator[Upstream]:
     ]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        up = wait_until(lambda: process.poll() is not None or _answers(outside_ns), 10)
+        up = wait_until(lambda: process.poll() is not None or _answers(netns, listen), 10)
         if process.poll() is not None or not up:
             raise RuntimeError(
                 f"dnsmasq did not start: {process.stderr.read() if process.stderr else ''}"
@@ -76,9 +77,9 @@ def dnsmasq(outside_ns: str, workdir: Path) -> Iterator[Upstream]:
             process.wait()
 
 
-def _answers(outside_ns: str) -> bool:
+def _answers(netns: str, listen: str) -> bool:
     try:
-        return ask(netns_path(outside_ns), OUTSIDE_NAME, server=(OUTSIDE_ADDRESS, 53)) is not None
+        return ask(netns_path(netns), OUTSIDE_NAME, server=(listen, 53)) is not None
     except OSError:
         return False
 

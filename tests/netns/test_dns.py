@@ -214,6 +214,27 @@ def test_local_answers_are_capped_to_udp_with_tc(lab: Lab) -> None:
         assert resolver.sandboxes() == []
 
 
+def test_upstreams_are_reached_from_the_namespace_their_rule_names(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Docker's rule: the host's servers from the host namespace, explicit ones from the
+    sandbox's. A server on the sandbox's own loopback tells the two apart."""
+    box = lab.name("box")
+    sandboxes.create(box)
+    path = netns_path(box)
+    with dns.Resolver(netns_path(lab.host)) as resolver, dnsmasq(box, tmp_path, "127.0.0.53"):
+        resolver.set_network("n1", "wide")
+        resolver.attach(box, path, ["n1"])
+        resolver.set_upstreams([("127.0.0.53", 53, False)])
+        assert addresses(ask(path, OUTSIDE_NAME)) == [OUTSIDE_IP]
+        assert addresses(ask(path, OUTSIDE_NAME, tcp=True)) == [OUTSIDE_IP]
+        # From the host namespace nothing listens on 127.0.0.53: SERVFAIL, at once.
+        resolver.set_upstreams([("127.0.0.53", 53, True)])
+        answer = ask(path, OUTSIDE_NAME)
+        assert answer is not None and answer.rcode == SERVFAIL
+        assert resolver.stats()["failed"] == 1
+
+
 def test_disconnect_removes_the_name_and_connect_brings_it_back(
     host: keelnet.Host, lab: Lab
 ) -> None:

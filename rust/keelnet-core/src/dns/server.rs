@@ -522,7 +522,9 @@ impl Worker {
                 Some(Source::Listener { sandbox, listener })
             }
             Source::Client(client) => self.serve_tcp(token, client)?.map(Source::Client),
-            Source::Upstream(forward) => self.upstream_ready(forward, flags)?.map(Source::Upstream),
+            Source::Upstream(forward) => self
+                .upstream_ready(token, forward, flags)?
+                .map(Source::Upstream),
         };
         match keep {
             Some(source) => self.sources.restore(token, source),
@@ -571,7 +573,11 @@ impl Worker {
                 .iter()
                 .map(|(index, reply)| {
                     let header = self.batch.header(*index);
-                    (&reply[..], &self.batch.addresses[*index], header.msg_namelen)
+                    (
+                        &reply[..],
+                        &self.batch.addresses[*index],
+                        header.msg_namelen,
+                    )
                 })
                 .collect();
             // Answers that do not fit the socket now are dropped, as UDP would.
@@ -843,6 +849,7 @@ impl Worker {
 
     fn upstream_ready(
         &mut self,
+        token: u64,
         mut forward: Box<Forward>,
         flags: u32,
     ) -> io::Result<Option<Box<Forward>>> {
@@ -859,7 +866,14 @@ impl Worker {
                 input,
             } => match tcp_exchange(stream, connected, output, input, flags, &mut self.buffer) {
                 Ok(Some(reply)) => Some(reply),
-                Ok(None) => return Ok(Some(forward)),
+                Ok(None) => {
+                    if *connected && output.is_empty() {
+                        // Sent: wait for the answer only (a writable socket would wake
+                        // this level-triggered loop again and again).
+                        self.shared.poller.modify(stream.as_raw_fd(), token, IN)?;
+                    }
+                    return Ok(Some(forward));
+                }
                 Err(_) => None,
             },
         };
