@@ -5,12 +5,14 @@
 //! - [`table`]: the names per network (fed by the owner of the networks) and what
 //!   each sandbox sees;
 //! - [`message`]: from a query's bytes to an answer, a forward, or silence;
-//! - [`server`]: the thread, its sockets and the upstream exchanges.
+//! - [`resolver`]: the handle (names, sandboxes, upstreams); `worker`: its thread,
+//!   sockets and TCP clients; `upstream`: exchanges with upstream servers.
 
 pub mod message;
-pub mod server;
+pub mod resolver;
 pub mod table;
 mod upstream;
+mod worker;
 
-pub use server::{DEFAULT_UPSTREAM_TIMEOUT, LISTEN, Resolver, Stats, Upstream};
+pub use resolver::{DEFAULT_UPSTREAM_TIMEOUT, LISTEN, Resolver, Stats, Upstream};
 pub use table::{Family, Lookup, NameTable};
