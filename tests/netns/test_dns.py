@@ -31,7 +31,7 @@ from dnslab import (
     dnsmasq,
     query_bytes,
 )
-from netlab import HOST_ADDRESS, Lab
+from netlab import HOST_ADDRESS, HOST_UPLINK, Lab
 
 import keelnet
 from keelnet import dns
@@ -252,6 +252,28 @@ def test_disconnect_removes_the_name_and_connect_brings_it_back(
     host.remove_sandbox(a)
     assert not dns.resolv_conf_path(a).exists()
     assert addresses(ask(path, "web2")) == []
+
+
+@pytest.mark.parametrize("driver", ["macvlan", "ipvlan"])
+def test_macvlan_and_ipvlan_sandboxes_resolve_each_other(
+    host: keelnet.Host, lab: Lab, driver: str
+) -> None:
+    # ipvlan runs in userspace where the kernel has no ipvlan module (as here).
+    host.create_network(
+        "lan",
+        driver=driver,
+        subnet="192.0.2.0/24",
+        gateway=HOST_ADDRESS,
+        ip_range="192.0.2.128/25",
+        options={"parent": HOST_UPLINK},
+    )
+    a, b = lab.name("a"), lab.name("b")
+    for name in (a, b):
+        host.create_sandbox(name)
+    ip_a = host.connect("lan", a, aliases=["printer"]).ip
+    host.connect("lan", b)
+    assert getent(host, b, "hosts", "printer")[0] == ip_a
+    assert run(host, b, "busybox", "ping", "-c1", "-W2", a).returncode == 0
 
 
 def test_no_dns_on_host_and_none_networks(host: keelnet.Host, lab: Lab) -> None:
