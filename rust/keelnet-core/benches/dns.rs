@@ -2,8 +2,10 @@
 //! bytes for a local name among 10 000 (A, PTR, NXDOMAIN), and the table update a
 //! connect makes.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[path = "support/thread_cpu_time.rs"]
 #[macro_use]
@@ -16,6 +18,29 @@ use keelnet_core::dns::message::{Decision, Transport, decide};
 
 const NAMES: u32 = 10_000;
 
+/// Counts the bytes live on the heap, for the table's memory per name.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
 fn address(n: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000 | n)
 }
@@ -25,8 +50,9 @@ fn table() -> NameTable {
     table.set_network("n1", "front").unwrap();
     for n in 0..NAMES {
         let name = format!("sandbox-{n}");
+        let endpoint_id = format!("{n:064x}");
         table
-            .set_endpoint("n1", &format!("e{n}"), &[&name], Some(address(n)), None)
+            .set_endpoint("n1", &endpoint_id, &[&name], Some(address(n)), None)
             .unwrap();
     }
     table.set_sandbox("client", &["n1"]).unwrap();
@@ -47,7 +73,14 @@ fn query(name: &str, kind: u16) -> Vec<u8> {
 }
 
 fn answer_path<M: Measurement>(c: &mut Criterion<M>) {
+    let before = LIVE.load(Ordering::Relaxed);
     let table = table();
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "name table of {NAMES} names (64-hex-digit endpoint ids, as the Host's): {} KiB, {} bytes per name",
+        bytes / 1024,
+        bytes / NAMES as usize
+    );
     let mut group = c.benchmark_group("dns_answer");
     group.throughput(Throughput::Elements(1));
     for (what, bytes) in [
