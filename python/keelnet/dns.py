@@ -32,6 +32,7 @@ container yourself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import re
@@ -289,7 +290,17 @@ class HostDns:
         host = read_resolv_conf(host_resolv_conf(self._netns))
         resolver.set_upstreams(upstreams(host))
         external = any(not n.internal for n in mine)
-        resolver.attach(sandbox, box.path, [n.id for n in mine], host_forwarding=external)
+        try:
+            resolver.attach(sandbox, box.path, [n.id for n in mine], host_forwarding=external)
+        except DataplaneError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise DataplaneError(
+                errno.EADDRINUSE,
+                f"{LISTEN_ADDRESS}:53 in sandbox {sandbox} is taken, most likely by the DNS "
+                "server of another process holding this host (a `keelnet agent`?): make "
+                "changes through that process, or stop it first",
+            ) from None
         _write_file(sandbox, sandbox_resolv_conf(host))
 
     def rebuild(self) -> None:
@@ -306,7 +317,7 @@ class HostDns:
         for sandbox in sandboxes:
             try:
                 self._attach(sandbox)
-            except (DataplaneError, KeelnetError) as exc:
+            except KeelnetError as exc:
                 warnings.warn(f"DNS for sandbox {sandbox} not served: {exc}", stacklevel=2)
 
     @property

@@ -9,6 +9,7 @@ test's namespaces.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -36,8 +37,8 @@ from netlab import HOST_ADDRESS, HOST_UPLINK, Lab
 import keelnet
 from keelnet import dns
 from keelnet import sandbox as sandboxes
-from keelnet.errors import InvalidRequest
-from keelnet.kernel.namespaces import call_in_netns, netns_path
+from keelnet.errors import DataplaneError, InvalidRequest
+from keelnet.kernel.namespaces import call_in_netns, iproute, netns_path
 
 pytestmark = pytest.mark.netns
 
@@ -363,3 +364,23 @@ def test_bad_names_are_refused_with_a_clear_error(host: keelnet.Host, lab: Lab) 
     assert not host.store.endpoints(sandbox=lab.name("c"))
     assert not dns.resolv_conf_path(lab.name("c")).exists()
     assert os.path.exists(dns.resolv_conf_path(a))
+
+
+def test_a_taken_dns_address_fails_the_connect_and_leaves_nothing(
+    host: keelnet.Host, lab: Lab
+) -> None:
+    host.create_network("front", subnet="10.91.0.0/24")
+    box = lab.name("box")
+    host.create_sandbox(box)
+    path = host.sandbox(box).path
+    squatter = call_in_netns(path, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    with squatter:
+        squatter.bind(RESOLVER)
+        with pytest.raises(DataplaneError, match="is taken") as caught:
+            host.connect("front", box)
+        assert caught.value.errno == errno.EADDRINUSE
+    assert host.store.endpoints(sandbox=box) == []
+    assert not dns.resolv_conf_path(box).exists()
+    with iproute(path) as ipr:
+        assert [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()] == ["lo"]
+    host.connect("front", box)  # free again: works

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::table::NameTable;
 use super::worker::Worker;
-use crate::io::{netns, poller::Poller};
+use crate::io::{context, netns, poller::Poller};
 
 /// Where the resolver listens inside each sandbox (Docker's address).
 pub const LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
@@ -246,11 +246,9 @@ impl Drop for Resolver {
 fn open_listeners(path: &Path) -> io::Result<(File, UdpSocket, TcpListener)> {
     let netns = netns::open(path)?;
     let (udp, tcp) = netns::run_in(Some(path), || {
+        // The errno stays (EADDRINUSE tells another server holds the address).
         let context = |error: io::Error, what: &str| {
-            io::Error::new(
-                error.kind(),
-                format!("{what} {LISTEN} in {}: {error}", path.display()),
-            )
+            context(error, format!("{what} {LISTEN} in {}", path.display()))
         };
         let udp = UdpSocket::bind(LISTEN).map_err(|e| context(e, "binding UDP"))?;
         let tcp = TcpListener::bind(LISTEN).map_err(|e| context(e, "listening on TCP"))?;
