@@ -4,13 +4,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 
 use super::message;
-use crate::io::check;
+use crate::io::socket_for;
 
 pub(super) const IN: u32 = libc::EPOLLIN as u32;
 pub(super) const OUT: u32 = libc::EPOLLOUT as u32;
@@ -80,21 +80,7 @@ pub(super) fn open_link(address: SocketAddr, tcp: bool, query: &[u8]) -> io::Res
 }
 
 pub(super) fn connect_nonblocking(address: SocketAddr) -> io::Result<TcpStream> {
-    let family = if address.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2); owned right away.
-    let fd = check(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = socket_for(&address, libc::SOCK_STREAM)?;
     let (storage, length) = crate::io::udp::to_sockaddr(&address);
     // SAFETY: storage holds a valid sockaddr of `length` bytes.
     let result = unsafe {

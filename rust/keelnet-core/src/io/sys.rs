@@ -445,6 +445,21 @@ impl RecvBatch {
     }
 }
 
+/// A new non-blocking, close-on-exec socket of `kind` (`SOCK_DGRAM`, `SOCK_STREAM`) for
+/// the family of `address`.
+pub(crate) fn socket_for(address: &std::net::SocketAddr, kind: libc::c_int) -> io::Result<OwnedFd> {
+    let family = if address.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); owned right away.
+    let fd =
+        check(unsafe { libc::socket(family, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Sends each `(payload, address, address length)` as its own datagram with one
 /// `sendmmsg(2)`, without blocking; returns how many went (the rest: socket full).
 pub(crate) fn send_batch(
