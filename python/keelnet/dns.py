@@ -45,7 +45,7 @@ from typing import Self
 
 from keelnet import _core
 from keelnet.drivers import get_driver
-from keelnet.errors import DataplaneError, KeelnetError
+from keelnet.errors import DataplaneError, InvalidRequest, KeelnetError
 from keelnet.model import Endpoint, Network
 from keelnet.store import Store
 
@@ -62,7 +62,7 @@ __all__ = [
 LISTEN_ADDRESS = "127.0.0.11"
 #: Per-namespace files `ip netns exec NAME` mounts over /etc.
 NETNS_ETC = Path("/etc/netns")
-_DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*$")
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*")
 _HEADER = "# Written by keelnet: the embedded DNS server of the sandbox's networks.\n"
 
 
@@ -213,10 +213,13 @@ class HostDns:
     """A Host's DNS: keeps the resolver's table and the sandboxes' files in step with the
     store. Started lazily: a Host without DNS networks runs no resolver thread."""
 
-    def __init__(self, store: Store, netns: str | None, netns_path: str | None):
+    def __init__(
+        self, store: Store, netns: str | None, netns_path: str | None, *, serve: bool = True
+    ):
         self._store = store
         self._netns = netns
         self._netns_path = netns_path
+        self._serve = serve
         self._resolver: Resolver | None = None
 
     @staticmethod
@@ -237,22 +240,34 @@ class HostDns:
     def endpoint_added(self, network: Network, endpoint: Endpoint) -> None:
         if not self.serves(network):
             return
+        for alias in endpoint.aliases:
+            if not _DNS_NAME.fullmatch(alias):
+                raise InvalidRequest(
+                    f"alias {alias!r} is not a DNS name: use labels of 1-63 letters, digits, "
+                    "'-' or '_', joined by dots"
+                )
+        if not self._serve:
+            self._write_or_remove(endpoint.sandbox)
+            return
         self._push(network, endpoint)
         self._attach(endpoint.sandbox)
 
     def _push(self, network: Network, endpoint: Endpoint) -> None:
-        """Put the endpoint in the table under its sandbox name and aliases. Aliases are
-        checked (a bad one is refused); a sandbox name that is no DNS name (a 64-letter
-        label) is left out, so the sandbox still resolves others."""
+        """Put the endpoint in the table under its sandbox name and aliases; a sandbox
+        name that is no DNS name (a 64-letter label) is left out, so the sandbox still
+        resolves others."""
         resolver = self._started()
         resolver.set_network(network.id, network.name)
-        names = [endpoint.sandbox] if _DNS_NAME.match(endpoint.sandbox) else []
+        names = [endpoint.sandbox] if _DNS_NAME.fullmatch(endpoint.sandbox) else []
         names += endpoint.aliases
         if names:
             resolver.set_endpoint(network.id, endpoint.id, names, endpoint.ip, endpoint.ipv6)
 
     def endpoint_removed(self, network: Network, endpoint: Endpoint) -> None:
-        if self._resolver is None or not self.serves(network):
+        if not self.serves(network):
+            return
+        if self._resolver is None:
+            self._write_or_remove(endpoint.sandbox, leaving=endpoint.id)
             return
         self._resolver.remove_endpoint(network.id, endpoint.id)
         self._attach(endpoint.sandbox, leaving=endpoint.id)
@@ -273,15 +288,28 @@ class HostDns:
                 self.close()
         _remove_file(sandbox)
 
-    def _attach(self, sandbox: str, leaving: str | None = None) -> None:
-        """Serve the sandbox its DNS networks now in the store (less `leaving`, an
-        endpoint going away in this transaction); none left: stop serving it."""
+    def _dns_networks(self, sandbox: str, leaving: str | None) -> list[Network]:
+        """The sandbox's networks with DNS now in the store (less `leaving`, an endpoint
+        going away in this transaction), in the order it joined them."""
         networks = {n.id: n for n in self._store.networks()}
-        mine = [
+        return [
             networks[e.network_id]
             for e in self._store.endpoints(sandbox=sandbox)
             if e.id != leaving and self.serves(networks[e.network_id])
         ]
+
+    def _write_or_remove(self, sandbox: str, leaving: str | None = None) -> None:
+        """Without a server here: the sandbox's resolv.conf, or none when it has no
+        network with DNS left."""
+        if self._dns_networks(sandbox, leaving):
+            host = read_resolv_conf(host_resolv_conf(self._netns))
+            _write_file(sandbox, sandbox_resolv_conf(host))
+        else:
+            _remove_file(sandbox)
+
+    def _attach(self, sandbox: str, leaving: str | None = None) -> None:
+        """Serve the sandbox its DNS networks (less `leaving`); none left: stop serving it."""
+        mine = self._dns_networks(sandbox, leaving)
         box = self._store.find_sandbox(sandbox)
         if not mine or box is None:
             self._detach(sandbox)
@@ -312,8 +340,9 @@ class HostDns:
                 for endpoint in self._store.endpoints(network_id=network.id):
                     if endpoint.sandbox not in sandboxes:
                         sandboxes.append(endpoint.sandbox)
-        if sandboxes:
-            self._started()
+        if not sandboxes or not self._serve:
+            return
+        self._started()
         for sandbox in sandboxes:
             try:
                 self._attach(sandbox)

@@ -69,7 +69,15 @@ _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last recon
 class Host:
     """keelnet's view of one network namespace (the caller's, or `netns`)."""
 
-    def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        netns: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        serve_dns: bool = True,
+    ):
+        """`serve_dns=False`: this process runs no DNS server (the CLI's short-lived
+        commands; the agent serves); sandboxes still get their resolv.conf."""
         self.netns = netns
         self.netns_path = netns_path(netns) if netns else None
         if self.netns_path is not None and not netns_sandbox.exists(self.netns_path):
@@ -91,7 +99,7 @@ class Host:
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
             self._applied_script: str | None = None  # the nft script last loaded here
             # The DNS resolver runs on this process's thread too: it stops with the Host.
-            self._dns = dns.HostDns(self.store, netns, self.netns_path)
+            self._dns = dns.HostDns(self.store, netns, self.netns_path, serve=serve_dns)
             self._exit.callback(self._dns.close)
             self._claim.check()
             if self._needs_reconcile():

@@ -12,6 +12,7 @@ import pytest
 from netlab import Lab
 from pyroute2 import NetNS
 
+from keelnet import dns
 from keelnet.agent import socket_path
 
 
@@ -88,3 +89,33 @@ def test_a_dead_agents_socket_is_ignored(lab: Lab) -> None:
         assert result.returncode == 0, result.stderr
         assert time.monotonic() - start < 30
     path.unlink()
+
+
+def test_cli_users_get_names_from_the_agents_resolver(
+    lab: Lab, request: pytest.FixtureRequest
+) -> None:
+    """The CLI's commands exit, so they serve no names; the agent holds the Host, and its
+    DNS server answers between them, also for what was connected before it started
+    (`sandbox exec` mounts the sandbox's resolv.conf)."""
+    a, b = lab.name("a"), lab.name("b")
+    steps = [
+        ("network", "create", "--subnet", "10.97.0.0/24", "named"),
+        ("sandbox", "create", a),
+        ("sandbox", "create", b),
+        ("network", "connect", "--alias", "db", "named", a),
+        ("network", "connect", "named", b),
+    ]
+    for step in steps:
+        result = keelnet_cli(lab, *step)
+        assert result.returncode == 0, (step, result.stderr)
+    assert "nameserver 127.0.0.11" in dns.resolv_conf_path(b).read_text()
+    alone = keelnet_cli(lab, "sandbox", "exec", b, "--", "getent", "hosts", "db")
+    assert alone.returncode == 2 and alone.stderr == "", alone  # nobody serves yet
+    request.getfixturevalue("agent")
+    found = keelnet_cli(lab, "sandbox", "exec", b, "--", "getent", "hosts", "db")
+    assert found.returncode == 0 and found.stdout.split()[0].startswith("10.97.0."), found
+    keelnet_cli(lab, "network", "disconnect", "named", a)
+    gone = keelnet_cli(lab, "sandbox", "exec", b, "--", "getent", "hosts", "db")
+    assert gone.returncode == 2, gone
+    for step in [("sandbox", "rm", a), ("sandbox", "rm", b), ("network", "rm", "named")]:
+        assert keelnet_cli(lab, *step).returncode == 0

@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(err)
             return status
     try:
-        with Host(netns=args.netns, state_dir=args.state_dir) as host:
+        # A command exits at once: its process would serve names only while it runs,
+        # so it serves none (sandboxes still get their resolv.conf; the agent serves).
+        with Host(netns=args.netns, state_dir=args.state_dir, serve_dns=False) as host:
             return run_handler(handler, host, args)
     except KeelnetError as exc:
         error(exc)
