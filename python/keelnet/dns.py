@@ -1,7 +1,7 @@
 """keelnet's embedded DNS server: Docker's `127.0.0.11` inside every sandbox.
 
-On user-defined bridge, macvlan and ipvlan networks (any driver with ``embedded_dns``;
-not ``host`` nor ``none``), a sandbox finds the others by name: its own name and its
+On user-defined bridge, macvlan and ipvlan networks (every driver but ``host`` and
+``none``: ``Network.embedded_dns``), a sandbox finds the others by name: its own name and its
 aliases per network (``Host.connect(..., aliases=[...])``) answer on every network it
 shares with the asker, ``name.network`` asks one network, an alias several sandboxes
 share answers with all of them in rotating order, and reverse lookups answer
@@ -35,7 +35,6 @@ import contextlib
 import errno
 import ipaddress
 import os
-import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,8 +43,8 @@ from types import TracebackType
 from typing import Self
 
 from keelnet import _core
-from keelnet.drivers import get_driver
-from keelnet.errors import DataplaneError, InvalidRequest, KeelnetError
+from keelnet.checks import DNS_NAME
+from keelnet.errors import DataplaneError, KeelnetError
 from keelnet.model import Endpoint, Network
 from keelnet.store import Store
 
@@ -62,7 +61,6 @@ __all__ = [
 LISTEN_ADDRESS = "127.0.0.11"
 #: Per-namespace files `ip netns exec NAME` mounts over /etc.
 NETNS_ETC = Path("/etc/netns")
-_DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*")
 _HEADER = "# Written by keelnet: the embedded DNS server of the sandbox's networks.\n"
 
 
@@ -224,7 +222,7 @@ class HostDns:
 
     @staticmethod
     def serves(network: Network) -> bool:
-        return get_driver(network.driver).embedded_dns
+        return network.embedded_dns
 
     def _started(self) -> Resolver:
         """The resolver, started (with every stored endpoint of a DNS network in its
@@ -240,12 +238,6 @@ class HostDns:
     def endpoint_added(self, network: Network, endpoint: Endpoint) -> None:
         if not self.serves(network):
             return
-        for alias in endpoint.aliases:
-            if not _DNS_NAME.fullmatch(alias):
-                raise InvalidRequest(
-                    f"alias {alias!r} is not a DNS name: use labels of 1-63 letters, digits, "
-                    "'-' or '_', joined by dots"
-                )
         if not self._serve:
             self._write_or_remove(endpoint.sandbox)
             return
@@ -258,7 +250,7 @@ class HostDns:
         resolves others."""
         resolver = self._started()
         resolver.set_network(network.id, network.name)
-        names = [endpoint.sandbox] if _DNS_NAME.fullmatch(endpoint.sandbox) else []
+        names = [endpoint.sandbox] if DNS_NAME.fullmatch(endpoint.sandbox) else []
         names += endpoint.aliases
         if names:
             resolver.set_endpoint(network.id, endpoint.id, names, endpoint.ip, endpoint.ipv6)

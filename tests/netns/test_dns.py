@@ -358,8 +358,9 @@ def test_malformed_datagrams_get_no_answer_and_no_crash(host: keelnet.Host, lab:
 def test_bad_names_are_refused_with_a_clear_error(host: keelnet.Host, lab: Lab) -> None:
     a, _b = pair(host, lab)
     host.create_sandbox(lab.name("c"))
-    with pytest.raises(InvalidRequest, match="not a DNS name"):
-        host.connect("front", lab.name("c"), aliases=["bad name"])
+    for bad in ("bad name", "a..b", "x" * 64, "dot.", "-" * 254):
+        with pytest.raises(InvalidRequest, match="not a DNS name"):
+            host.connect("front", lab.name("c"), aliases=["ok", bad])
     # Rolled back: not connected, no file.
     assert not host.store.endpoints(sandbox=lab.name("c"))
     assert not dns.resolv_conf_path(lab.name("c")).exists()

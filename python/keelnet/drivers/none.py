@@ -11,7 +11,6 @@ class NoneDriver(Driver):
     uses_ipam = False
     gateway_route = False
     singleton = True
-    embedded_dns = False
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
         return

@@ -14,9 +14,10 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pyroute2 import IPRoute
+if TYPE_CHECKING:  # pyroute2 costs ~0.1 s to import: only where a socket is opened
+    from pyroute2 import IPRoute
 
 NETNS_RUN_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
@@ -136,6 +137,8 @@ def call_in_netns(path: str | None, func: Callable[[], T]) -> T:
 @contextmanager
 def iproute(path: str | None) -> Iterator[IPRoute]:
     """An IPRoute bound to the namespace at `path` (None: the caller's), closed on exit."""
+    from pyroute2 import IPRoute
+
     if path is None:
         with IPRoute() as ipr:
             yield ipr
