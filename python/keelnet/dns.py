@@ -13,14 +13,16 @@ The resolver is one Rust thread (:class:`Resolver`) in the process that owns the
 users); it serves every sandbox's UDP and TCP sockets and reads names from a table this
 module keeps up to date on every connect, disconnect and alias (never from the store per
 query). It starts when the first endpoint of a network with DNS appears and stops with
-the Host.
+the last sandbox it serves, or with the Host. ``Host(serve_dns=False)`` (the CLI's own
+short-lived processes) runs none and only keeps the sandboxes' files.
 
 Upstream servers are those of the host's ``resolv.conf``: ``/etc/netns/<host netns>/
 resolv.conf`` for ``Host(netns=...)`` when it exists (the file ``ip netns exec`` shows
 programs there), else ``/etc/resolv.conf``. As in Docker (moby ``TransformForIntNS``),
 they are reached from the host's namespace, so a loopback server such as systemd's
 ``127.0.0.53`` works, and only for sandboxes with external access (a sandbox only on
-``internal`` networks gets SERVFAIL for outside names).
+``internal`` networks gets SERVFAIL for outside names). :meth:`Resolver.set_upstreams`
+also takes servers reached from each sandbox's own namespace (Docker's ``--dns``).
 
 Each sandbox gets ``/etc/netns/<sandbox>/resolv.conf`` (``nameserver 127.0.0.11``, the
 host's ``search`` and ``options``, ``ndots:0`` as Docker adds): ``ip netns exec`` and
