@@ -137,3 +137,18 @@ def subnet(value: str, *, gateway_on_host: bool) -> IPNetwork:
             "a larger one"
         )
     return net
+
+
+def by_family(values: list[str], what: str, *, network: bool) -> dict[int, str]:
+    """`values` (gateways, or IP ranges with `network`) by IP version, one of each."""
+    found: dict[int, str] = {}
+    for value in values:
+        try:
+            parsed = ipaddress.ip_network(value, strict=False) if network else None
+            version = parsed.version if parsed else ipaddress.ip_address(value).version
+        except ValueError:
+            raise InvalidSubnet(f"invalid {what} {value!r}") from None
+        if version in found:
+            raise InvalidSubnet(f"more than one IPv{version} {what} given")
+        found[version] = value
+    return found

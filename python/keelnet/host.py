@@ -47,10 +47,11 @@ from keelnet.errors import (
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
+    StateDirError,
 )
 from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool
-from keelnet.kernel import iptables_compat, links, nftables, ownership
+from keelnet.kernel import iptables_compat, links, nftables, nftables_guard, ownership
 from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
@@ -66,6 +67,7 @@ ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
+_NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("": the caller's)
 
 
 class Host:
@@ -104,6 +106,7 @@ class Host:
             # The DNS resolver runs on this process's thread too: it stops with the Host.
             self._dns = dns.HostDns(self.store, netns, self.netns_path, serve=serve_dns)
             self._exit.callback(self._dns.close)
+            self._check_store_namespace()
             self._claim.check()
             if self._needs_reconcile():
                 self.reconcile()
@@ -115,6 +118,17 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
+
+    def _check_store_namespace(self) -> None:
+        """A store manages one namespace: another one's reconcile would find none of the
+        store's objects there and drop them from the store."""
+        recorded, here = self.store.meta(_NAMESPACE), self.netns_path or ""
+        if recorded is not None and recorded != here and self.store.holds_anything():
+            raise StateDirError(
+                f"the keelnet store in {self.state_dir} manages the network namespace "
+                f"{recorded or 'of the host'}, not {here or 'the host one'}: give each "
+                "namespace a state directory of its own (--state-dir or KEELNET_STATE_DIR)"
+            )
 
     def _needs_reconcile(self) -> bool:
         """Whether the kernel may not match the store (checked at open, cheaply)."""
@@ -165,8 +179,10 @@ class Host:
         internal: bool = False,
         options: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        attachable: bool = False,
     ) -> Network:
-        """Create a network; subnets are carved from the default pools when not given."""
+        """Create a network; subnets are carved from the default pools when not given.
+        `attachable` is Docker's flag, recorded and shown by inspect."""
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
         opts = checks.string_map(options, "options")
@@ -211,6 +227,7 @@ class Host:
                 options=opts,
                 labels=label_map,
                 kernel_name=the_driver.kernel_name(network_id, opts),
+                attachable=attachable,
             )
             op.begin()
             the_driver.create_network(self._ctx, network)
@@ -263,8 +280,8 @@ class Host:
                 self._check_host_addresses(net)
         existing = [subnet for subnet, _ in taken]
         versions = (4, 6) if ipv6 else (4,)
-        by_gateway = _by_family(gateways, "gateway", versions, network=False)
-        by_range = _by_family(ranges, "ip range", versions, network=True)
+        by_gateway = checks.by_family(gateways, "gateway", network=False)
+        by_range = checks.by_family(ranges, "ip range", network=True)
         subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in versions:
@@ -372,7 +389,7 @@ class Host:
             op.begin(sandboxes=(name,))  # reconcile removes it if we die before commit
             path = netns_sandbox.create(name)
             op.undo.append(lambda: netns_sandbox.delete(path))
-            sandbox = Sandbox(name, path, owned=True)
+            sandbox = Sandbox(name, path, owned=True, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -384,7 +401,7 @@ class Host:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
             op.begin()  # the store will hold something: it claims the namespace
-            sandbox = Sandbox(name, path, owned=False)
+            sandbox = Sandbox(name, path, owned=False, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -392,10 +409,16 @@ class Host:
         return self.store.sandboxes()
 
     def sandbox(self, name: str) -> Sandbox:
+        """A sandbox by name or id (or an id prefix of 12 digits or more)."""
         found = self.store.find_sandbox(name)
         if found is None:
             raise SandboxNotFound(f"no such sandbox: {name}")
         return found
+
+    def _sandbox_name(self, name_or_id: str) -> str:
+        """The name the store files a sandbox's endpoints and ports under."""
+        found = self.store.find_sandbox(name_or_id)
+        return found.name if found is not None else name_or_id
 
     def remove_sandbox(self, name: str) -> None:
         """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
@@ -404,11 +427,11 @@ class Host:
             if found is None:
                 return
             op.begin()
-            for endpoint in self.store.endpoints(sandbox=name):
+            for endpoint in self.store.endpoints(sandbox=found.name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
-            self.store.remove_sandbox(name)
+            self.store.remove_sandbox(found.name)
             self._dns.sandbox_removed(name)
             self._release_if_empty()
 
@@ -448,6 +471,7 @@ class Host:
         with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
+            sandbox = box.name
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
             if self.store.endpoints(network_id=net.id, sandbox=sandbox):
@@ -476,7 +500,6 @@ class Host:
                     else None
                 ),
                 aliases=names,
-                gw_priority=gw_priority,
             )
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
@@ -486,6 +509,8 @@ class Host:
             self.store.add_endpoint(endpoint)
             op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
             self._dns.endpoint_added(net, endpoint)
+            if gw_priority:
+                self.store.set_gw_priority(sandbox, endpoint.id, gw_priority)
             # Put the sandbox's routes back as they were should anything after this fail.
             op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
             self._route_sandbox(box)
@@ -518,10 +543,11 @@ class Host:
     def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
         """Give the sandbox the default routes Docker's order picks among its endpoints
         (`leaving`: an endpoint to leave out, one on its way out)."""
-        if not netns_sandbox.exists(box.path):
+        current = self.store.find_sandbox(box.name)
+        if current is None or not netns_sandbox.exists(current.path):
             return
         candidates = []
-        for endpoint in self.store.endpoints(sandbox=box.name):
+        for endpoint in self.store.endpoints(sandbox=current.name):
             if endpoint.id == leaving or not endpoint.ifname:
                 continue
             network = self.network(endpoint.network_id)
@@ -531,12 +557,12 @@ class Host:
                     endpoint.ifname,
                     network.name,
                     network.internal,
-                    endpoint.gw_priority,
+                    current.gw_priorities.get(endpoint.id, 0),
                     via4,
                     via6,
                 )
             )
-        _gateway.apply(box.path, candidates)
+        _gateway.apply(current.path, candidates)
 
     def _allocate(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
         for version, address in requested.items():
@@ -559,7 +585,8 @@ class Host:
             net = self.store.find_network(network)
             if net is None:
                 return
-            for endpoint in self.store.endpoints(network_id=net.id, sandbox=sandbox):
+            name = self._sandbox_name(sandbox)
+            for endpoint in self.store.endpoints(network_id=net.id, sandbox=name):
                 op.begin()
                 self._disconnect(net, endpoint)
 
@@ -582,6 +609,7 @@ class Host:
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
         self._dns.endpoint_removed(network, endpoint)
+        self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
         if box is not None and path is not None:
             self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
@@ -613,6 +641,7 @@ class Host:
         host_version = checks.ip_version(host_ip, "host IP") if host_ip is not None else None
         with self._operation() as op:
             net = self.network(network)
+            sandbox = self._sandbox_name(sandbox)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
                 raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
@@ -673,6 +702,7 @@ class Host:
             net = self.store.find_network(network)
             if net is None:
                 return
+            sandbox = self._sandbox_name(sandbox)
             for port in self.store.ports(network_id=net.id, sandbox=sandbox):
                 if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
                     op.begin()
@@ -805,6 +835,16 @@ class Host:
                 rules.append(rule)
         script = nftables.render(rules)
         nftables.apply(self.netns_path, script)
+        if refresh:
+            # Port guards are set elements that connects add; a crash may have left some.
+            guards: dict[nftables_guard.Guard, list[nftables_guard.GuardedPort]] = {}
+            for network in self.store.networks():
+                endpoints = self.store.endpoints(network_id=network.id)
+                driver = get_driver(network.driver)
+                for guard, guarded in driver.port_guards(network, endpoints).items():
+                    guards.setdefault(guard, []).extend(guarded)
+            for guard, guarded_ports in guards.items():
+                nftables.apply(self.netns_path, nftables_guard.sync(guard, guarded_ports))
         if bridges_changed:
             try:
                 self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
@@ -823,6 +863,7 @@ class Host:
         if self._claim.held is None:
             self._claim.take()
             self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self.store.set_meta(_NAMESPACE, self.netns_path or "")
 
     def _release_if_empty(self) -> None:
         """Let go of the namespace once the store holds nothing (after its last removal)."""
@@ -896,26 +937,3 @@ def _requested_addresses(*addresses: str | None) -> dict[int, str]:
             )
         requested[version] = address
     return requested
-
-
-def _by_family(
-    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
-) -> dict[int, str]:
-    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
-    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
-    found: dict[int, str] = {}
-    for value in values:
-        try:
-            parsed = ipaddress.ip_network(value, strict=False) if network else None
-            version = parsed.version if parsed else ipaddress.ip_address(value).version
-        except ValueError:
-            raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if version not in versions:
-            raise GatewayOutsideSubnet(
-                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
-                + (" (IPv6 is not enabled)" if version == 6 else "")
-            )
-        if version in found:
-            raise InvalidSubnet(f"more than one IPv{version} {what} given")
-        found[version] = value
-    return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from keelnet import port_security
 from keelnet.ipam import AddressPool
 from keelnet.model import IpamConfig, Network
 from keelnet.store import Store
@@ -24,7 +25,10 @@ def network_inspect(store: Store, network: Network) -> dict[str, Any]:
             status[config.subnet] = subnet_status(
                 config, pool, [a for a in allocated if a is not None]
             )
-    return network.to_inspect(endpoints, status)
+    sandbox_ids = {box.name: box.id for box in store.sandboxes()}
+    view = network.to_inspect(endpoints, status, sandbox_ids)
+    view["PortSecurity"] = port_security.holds(network)  # keelnet addition, as DataPlane
+    return view
 
 
 def subnet_status(config: IpamConfig, pool: AddressPool, allocated: list[str]) -> dict[str, int]:

@@ -86,7 +86,6 @@ class Endpoint:
     sandbox: str = ""
     host_ifname: str | None = None
     aliases: tuple[str, ...] = ()
-    gw_priority: int = 0  # Docker's --gw-priority: the highest gives the default routes
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,10 @@ class Sandbox:
     name: str
     path: str
     owned: bool  # created by keelnet (deleted on removal) or adopted (left alone)
+    id: str = ""  # 64 hex digits: what `network inspect` keys its Containers by
+    #: Docker's --gw-priority of each endpoint (by endpoint id), kept with the sandbox as
+    #: libnetwork keeps it: the highest gives the sandbox its default routes.
+    gw_priorities: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class Network:
     options: dict[str, str]
     labels: dict[str, str]
     kernel_name: str | None  # bridge name, or None for drivers without a host-side device
+    attachable: bool = False  # Docker's --attachable, recorded (every keelnet network is)
 
     @property
     def embedded_dns(self) -> bool:
@@ -145,9 +149,13 @@ class Network:
         self,
         endpoints: list[Endpoint],
         ipam_status: dict[str, dict[str, int]] | None = None,
+        sandbox_ids: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """Docker's shape; `Containers` is keyed by each sandbox's id (`sandbox_ids`, by
+        name), as Docker keys it by container id, with the sandbox's name inside."""
+        ids = sandbox_ids or {}
         containers = {
-            ep.sandbox: {
+            ids.get(ep.sandbox) or ep.sandbox: {
                 "Name": ep.sandbox,
                 "EndpointID": ep.id,
                 "MacAddress": ep.mac,
@@ -170,7 +178,7 @@ class Network:
                 "Config": [c.to_inspect() for c in self.ipam],
             },
             "Internal": self.internal,
-            "Attachable": False,
+            "Attachable": self.attachable,
             "Ingress": False,
             "ConfigFrom": {"Network": ""},
             "ConfigOnly": False,

@@ -223,3 +223,41 @@ def delete_default_route(index: int, *, version: int) -> Request:
     body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, _RT_TABLE_MAIN, 0, _RT_SCOPE_NOWHERE, 0, 0)
     body += _attr(_RTA_OIF, struct.pack("=I", index))
     return Request(_RTM_DELROUTE, _F_REQUEST | _F_ACK, body)
+
+
+# --- bridge ports ------------------------------------------------------------------------
+
+_RTM_NEWNEIGH = 28
+_IFLA_INFO_SLAVE_KIND, _IFLA_INFO_SLAVE_DATA = 4, 5
+_IFLA_BRPORT_LEARNING, _IFLA_BRPORT_UNICAST_FLOOD, _IFLA_BRPORT_ISOLATED = 8, 9, 33
+_NDA_LLADDR = 2
+_NTF_MASTER, _NTF_STICKY, _NUD_NOARP = 0x04, 0x40, 0x40
+
+
+def set_bridge_port(ifname: str, *, learning: bool, unicast_flood: bool, isolated: bool) -> Request:
+    """A bridge port's settings (`ip link set IFNAME type bridge_slave learning …`)."""
+    data = b"".join(
+        _attr(kind, struct.pack("=B", int(value)))
+        for kind, value in (
+            (_IFLA_BRPORT_LEARNING, learning),
+            (_IFLA_BRPORT_UNICAST_FLOOD, unicast_flood),
+            (_IFLA_BRPORT_ISOLATED, isolated),
+        )
+    )
+    body = _ifinfo() + _attr(_IFLA_IFNAME, _string(ifname))
+    body += _nested(
+        _IFLA_LINKINFO,
+        _attr(_IFLA_INFO_SLAVE_KIND, _string("bridge")),
+        _nested(_IFLA_INFO_SLAVE_DATA, data),
+    )
+    return Request(_RTM_NEWLINK, _F_REQUEST | _F_ACK, body)
+
+
+def add_static_fdb(port_index: int, mac: str) -> Request:
+    """A static, sticky FDB entry of the port's bridge (`bridge fdb add MAC dev PORT master
+    static sticky`): never aged, and never moved by a frame from another port."""
+    body = struct.pack(
+        "=BxxxiHBB", socket.AF_BRIDGE, port_index, _NUD_NOARP, _NTF_MASTER | _NTF_STICKY, 0
+    )
+    body += _attr(_NDA_LLADDR, _mac(mac))
+    return Request(_RTM_NEWNEIGH, _F_REQUEST | _F_ACK | _F_CREATE, body)
