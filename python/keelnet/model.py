@@ -38,6 +38,10 @@ def timestamp_ns(text: str) -> int:
     return seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
+#: Drivers whose networks have no embedded DNS server (Docker's).
+NO_DNS_DRIVERS = frozenset({"host", "none"})
+
+
 @dataclass(frozen=True)
 class IpamConfig:
     """One subnet of a network (Docker's `IPAM.Config` entry)."""
@@ -127,6 +131,12 @@ class Network:
     labels: dict[str, str]
     kernel_name: str | None  # bridge name, or None for drivers without a host-side device
     attachable: bool = False  # Docker's --attachable, recorded (every keelnet network is)
+
+    @property
+    def embedded_dns(self) -> bool:
+        """Whether its sandboxes find each other by name through keelnet's DNS server:
+        every network but Docker's `host` and `none` (as every user-defined network)."""
+        return self.driver not in NO_DNS_DRIVERS
 
     @property
     def created_ns(self) -> int:
