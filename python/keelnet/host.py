@@ -26,7 +26,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from keelnet import checks
+from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
 from keelnet.drivers import _gateway, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
@@ -82,7 +82,15 @@ _NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("
 class Host:
     """keelnet's view of one network namespace (the caller's, or `netns`)."""
 
-    def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        netns: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        serve_dns: bool = True,
+    ):
+        """`serve_dns=False`: this process runs no DNS server (the CLI's short-lived
+        commands; the agent serves); sandboxes still get their resolv.conf."""
         self.netns = netns
         self.netns_path = netns_sandbox.host_path(netns)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
@@ -105,10 +113,14 @@ class Host:
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
             self._applied_script: str | None = None  # the nft script last loaded here
+            # The DNS resolver runs on this process's thread too: it stops with the Host.
+            self._dns = dns.HostDns(self.store, netns, self.netns_path, serve=serve_dns)
+            self._exit.callback(self._dns.close)
             self._check_store_namespace()
             self._claim.check()
             if self._needs_reconcile():
                 self.reconcile()
+            self._dns.rebuild()
         except BaseException:
             self.close()
             raise
@@ -148,6 +160,11 @@ class Host:
 
     def __enter__(self) -> Host:
         return self
+
+    @property
+    def resolver(self) -> dns.Resolver | None:
+        """The embedded DNS resolver, once a network with DNS has an endpoint."""
+        return self._dns.resolver
 
     def __exit__(
         self,
@@ -270,6 +287,7 @@ class Host:
                 )
             op.begin()
             get_driver(network.driver).delete_network(self._ctx, network)
+            self._dns.network_removed(network)
             self._addresses.release_network(network)
             self.store.remove_network(network.id)
             self._sync_firewall(bridges_changed=True)
@@ -349,6 +367,7 @@ class Host:
             if found.owned:
                 netns_sandbox.delete(found.path)
             self.store.remove_sandbox(found.name)
+            self._dns.sandbox_removed(name)
             self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
@@ -415,6 +434,8 @@ class Host:
             if kept:
                 endpoint = dataclasses.replace(endpoint, driver_data=dict(kept))
             self.store.add_endpoint(endpoint)
+            op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+            self._dns.endpoint_added(net, endpoint)
             if gw_priority:
                 self.store.set_gw_priority(sandbox, endpoint.id, gw_priority)
             # Put the sandbox's routes back as they were should anything after this fail.
@@ -518,6 +539,7 @@ class Host:
         driver.delete_endpoint(self._ctx, network, endpoint)
         self._addresses.release(network, endpoint)
         self.store.remove_endpoint(endpoint.id)
+        self._dns.endpoint_removed(network, endpoint)
         self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
         if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
             self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one

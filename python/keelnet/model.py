@@ -54,6 +54,10 @@ def timestamp_ns(text: str) -> int:
     return seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
+#: Drivers whose networks have no embedded DNS server (Docker's).
+NO_DNS_DRIVERS = frozenset({"host", "none"})
+
+
 @dataclass(frozen=True)
 class IpamConfig:
     """One subnet of a network (Docker's `IPAM.Config` entry)."""
@@ -220,6 +224,14 @@ class Network:
     ipam_driver: str = DEFAULT_IPAM
     ipam_options: dict[str, str] = field(default_factory=dict)
     attachable: bool = False  # Docker's --attachable, recorded (every keelnet network is)
+
+    @property
+    def embedded_dns(self) -> bool:
+        """Whether its sandboxes find each other by name through keelnet's DNS server:
+        every network but Docker's `host` and `none` (as every user-defined network) and
+        those whose creator hands out the addresses (external IPAM: Docker, whose own DNS
+        server serves its containers)."""
+        return self.driver not in NO_DNS_DRIVERS and self.ipam_driver != EXTERNAL_IPAM
 
     @property
     def created_ns(self) -> int:

@@ -115,6 +115,9 @@ def test_two_containers_ping_and_copy_a_file_byte_exactly(lab: DockerLab, state_
 
     assert ping(lab, client, server_ip)
     assert fetch(lab, client, f"http://{server_ip}:8080/blob") == blob_digest(lab, server)
+    # Names are Docker's to serve (its DNS server in each container), not keelnet's.
+    assert fetch(lab, client, f"http://{server}:8080/blob") == blob_digest(lab, server)
+    assert "nameserver 127.0.0.11" in lab.exec(client, "cat", "/etc/resolv.conf")
 
     store = store_of(state_dir)
     try:
@@ -124,6 +127,7 @@ def test_two_containers_ping_and_copy_a_file_byte_exactly(lab: DockerLab, state_
         for container in (server, client):
             endpoint = joined[endpoint_id(lab, container, net)]
             assert endpoint.sandbox and endpoint.ip == lab.address(container, net)
+            assert not (Path("/etc/netns") / endpoint.sandbox).exists()
     finally:
         store.close()
 
@@ -422,6 +426,12 @@ def test_plugin_killed_and_restarted(lab: DockerLab) -> None:
     assert ping(lab, a, lab.address(b, kernel))
     assert ping(lab, d, address_c)  # the restarted plane attached to the same TAPs
     assert "default via 10.213.17.1 dev eth0" in lab.exec(c, "ip", "route")
+    # The restarted store serves no DNS into Docker's containers (Docker's server does):
+    # nothing listens on 127.0.0.11:53 there (Docker's listens on a port of its own).
+    for container in (a, c):
+        assert "0B00007F:0035" not in lab.exec(container, "cat", "/proc/net/udp")
+        key = lab.inspect("container", container)["NetworkSettings"]["SandboxKey"]
+        assert not (Path("/etc/netns") / Path(key).name).exists()  # nor its resolv.conf
     # Later requests succeed: a new container, then teardown through the new process.
     e = lab.run("e", "--network", kernel)
     assert ping(lab, e, lab.address(a, kernel))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import random
 import secrets
 import socket
@@ -111,6 +112,21 @@ def send_udp(ns: str, destination: str, payload: bytes) -> None:
         sock = socket.socket(family, socket.SOCK_DGRAM)
     with sock:
         sock.sendto(payload, (destination, PORT))
+
+
+def nft_counters(ns: str, family: str, table: str) -> dict[str, int]:
+    """The named counters of an nftables table: name -> packets."""
+    listing = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-j", "list", "counters", "table", family, table],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        item["counter"]["name"]: item["counter"]["packets"]
+        for item in json.loads(listing)["nftables"]
+        if "counter" in item
+    }
 
 
 def udp4(src_mac: str, dst_mac: str, src: str, dst: str, payload: bytes) -> bytes:
@@ -237,7 +253,7 @@ class SpoofLab:
                     continue
                 mac, name = str(entry.get_attr("NDA_LLADDR")), names.get(entry["ifindex"])
                 if entry["state"] & NUD_PERMANENT:
-                    # The bridge's own addresses (its ports' are of no use to anyone).
+                    # The bridge's own addresses; its ports' own MACs carry no traffic.
                     if mac == self.gateway_mac:
                         found[mac] = ("gateway", True)
                     continue
@@ -274,28 +290,9 @@ class SpoofLab:
         table's named counters on the kernel."""
         if self.dataplane == "userspace":
             drops = self.switch().stats()["ports"][self.endpoints["attacker"].id]["drops"]
-            return {reason: drops[reason] for reason in nftables_guard.REASONS}
-        found = {}
-        for reason in nftables_guard.REASONS:
-            out = subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.lab.host,
-                    "nft",
-                    "list",
-                    "counter",
-                    "bridge",
-                    "keelnet",
-                    reason,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            found[reason] = int(out.split("packets ")[1].split()[0])
-        return found
+        else:
+            drops = nft_counters(self.lab.host, "bridge", "keelnet")
+        return {reason: drops[reason] for reason in nftables_guard.REASONS}
 
     # --- running an attack ---------------------------------------------------------------
 
@@ -375,13 +372,11 @@ def _neighbour_ip(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
     return frame, marker
 
 
-def _routed_from(
-    source: Callable[[SpoofLab], str],
-) -> Callable[[SpoofLab, bytes], tuple[bytes, bytes]]:
+def _routed_from(source: str) -> Callable[[SpoofLab, bytes], tuple[bytes, bytes]]:
     """To the outside through the gateway, from a forged source (masquerade would hide it)."""
 
     def forge(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
-        frame = udp4(lab.mac("attacker"), lab.gateway_mac, source(lab), OUTSIDE_ADDRESS, marker)
+        frame = udp4(lab.mac("attacker"), lab.gateway_mac, source, OUTSIDE_ADDRESS, marker)
         return frame, marker
 
     return forge
@@ -428,6 +423,21 @@ def _to_victim_through_gateway(lab: SpoofLab, marker: bytes) -> tuple[bytes, byt
     return frame, marker
 
 
+def _seen_by(forge: Callable[[SpoofLab, bytes], tuple[bytes, bytes]], role: str) -> Attack:
+    """An attack on `role`, with the attacker's own traffic to it as the control."""
+    return Attack(forge, watch=(role,), control=_from_attacker_to(role), control_at=role)
+
+
+def _to_outside(source: str) -> Attack:
+    """Out through the gateway from a forged source, with a masqueraded control."""
+    return Attack(
+        _routed_from(source),
+        watch=("outside",),
+        control=lambda lab, marker: send_udp(lab.ns("attacker"), OUTSIDE_ADDRESS, marker),
+        control_at="outside",
+    )
+
+
 ATTACKS: dict[str, Attack] = {
     "mac_gateway": Attack(
         _gateway_mac,
@@ -443,39 +453,12 @@ ATTACKS: dict[str, Attack] = {
         control=_from_host_to("victim"),
         control_at="victim",
     ),
-    "ip_neighbour": Attack(
-        _neighbour_ip,
-        watch=("bystander",),
-        control=_from_attacker_to("bystander"),
-        control_at="bystander",
-    ),
-    "ip_other_network": Attack(
-        _routed_from(lambda lab: OTHER_SOURCE),
-        watch=("outside",),
-        control=lambda lab, marker: send_udp(lab.ns("attacker"), OUTSIDE_ADDRESS, marker),
-        control_at="outside",
-    ),
-    "ip_foreign": Attack(
-        _routed_from(lambda lab: FOREIGN_SOURCE),
-        watch=("outside",),
-        control=lambda lab, marker: send_udp(lab.ns("attacker"), OUTSIDE_ADDRESS, marker),
-        control_at="outside",
-    ),
-    "arp_reply": Attack(
-        _arp_reply, watch=("victim",), control=_from_attacker_to("victim"), control_at="victim"
-    ),
-    "arp_gratuitous": Attack(
-        _gratuitous_arp,
-        watch=("bystander",),
-        control=_from_attacker_to("bystander"),
-        control_at="bystander",
-    ),
-    "nd_advert": Attack(
-        _neighbour_advert,
-        watch=("victim",),
-        control=_from_attacker_to("victim"),
-        control_at="victim",
-    ),
+    "ip_neighbour": _seen_by(_neighbour_ip, "bystander"),
+    "ip_other_network": _to_outside(OTHER_SOURCE),
+    "ip_foreign": _to_outside(FOREIGN_SOURCE),
+    "arp_reply": _seen_by(_arp_reply, "victim"),
+    "arp_gratuitous": _seen_by(_gratuitous_arp, "bystander"),
+    "nd_advert": _seen_by(_neighbour_advert, "victim"),
     "icc_via_gateway": Attack(
         _to_victim_through_gateway,
         watch=("victim",),

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from keelnet import cli
+from keelnet.dns import NETNS_ETC
 from keelnet.kernel.namespaces import NETNS_RUN_DIR
 
 
@@ -15,5 +16,7 @@ def test_keelnet_demo_passes_and_cleans_up(capsys: pytest.CaptureFixture[str]) -
     assert cli.main(["demo"]) == 0
     output = capsys.readouterr().out
     assert "WRONG" not in output and "bridge: web -> db" in output
+    assert "dns: web pings api by name" in output
     assert "IPAM" in output and "a damaged blob" in output and "refused" in output
     assert not [n for n in os.listdir(NETNS_RUN_DIR) if n.startswith("kn-demo-")]
+    assert not [n for n in os.listdir(NETNS_ETC) if n.startswith("kn-demo-")]

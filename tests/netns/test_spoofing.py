@@ -8,9 +8,7 @@ by the forwarding tables and by the drop counters."""
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
 import time
 
 import pytest
@@ -26,6 +24,7 @@ from spooflab import (
     capturing,
     flood,
     mac_text,
+    nft_counters,
     random_macs,
     send_raw,
     send_udp,
@@ -227,28 +226,13 @@ def test_macvlan_and_ipvlan_sandboxes_cannot_forge(
     assert delivered == expected
     plane = host._ctx.planes.get(network.id)
     if dataplane == "kernel":
-        drops = _counters(lab.host, "netdev", f"keelnet-mv-{network.id[:12]}")
+        drops = nft_counters(lab.host, "netdev", f"keelnet-mv-{network.id[:12]}")
     elif driver == "macvlan":
         drops = plane.switch.stats()["ports"][ep_a.id]["drops"]  # type: ignore[union-attr]
     else:
         drops = plane.stats()["drops"]  # type: ignore[union-attr]
     assert drops["spoofed_ip"] >= 1 and drops["spoofed_arp"] >= 1 and drops["spoofed_nd"] >= 1
     assert drops["spoofed_mac"] >= (dataplane == "userspace")
-
-
-def _counters(ns: str, family: str, table: str) -> dict[str, int]:
-    """The named counters of an nftables table: name -> packets."""
-    listing = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-j", "list", "counters", "table", family, table],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {
-        item["counter"]["name"]: item["counter"]["packets"]
-        for item in json.loads(listing)["nftables"]
-        if "counter" in item
-    }
 
 
 def _mac_of(ns: str) -> str:

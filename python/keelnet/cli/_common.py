@@ -49,7 +49,9 @@ class Session:
         if self._host is None:
             from keelnet.host import Host
 
-            self._host = Host(netns=self.netns, state_dir=self.state_dir)
+            # This process exits with the command: names are the agent's to serve (the
+            # sandboxes' resolv.conf files are written here all the same).
+            self._host = Host(netns=self.netns, state_dir=self.state_dir, serve_dns=False)
         return self._host
 
     @property
@@ -73,8 +75,8 @@ class Session:
         None for one whose data plane is the kernel's."""
         from keelnet import agent
 
-        if agent.needs_agent(network) is None:
-            return None
+        if network.dataplane != "userspace":
+            return None  # a kernel plane runs without the agent (its DNS does not)
         if self._in_agent:
             assert self._host is not None
             if self._host.data_plane_running(network):

@@ -38,7 +38,8 @@ PRUNE_WARNING = (
 
 def add_commands(commands: Commands) -> None:
     network = commands.add_parser("network", help="Manage networks", description="Manage networks")
-    verbs = network.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    network.set_defaults(noun_help=network.print_help)  # `keelnet network` alone: its help
+    verbs = network.add_subparsers(dest="verb", metavar="COMMAND")
 
     create = command(verbs, "create", "Create a network", create_network, WRITE)
     create.add_argument("name", metavar="NETWORK", help="name of the new network")
