@@ -1,0 +1,201 @@
+"""Several test hosts and an etcd cluster, each in its own namespace, on TEST-NET underlays.
+
+A `Segment` is an L2 underlay: a namespace holding a bridge that host and etcd
+namespaces plug into by veth. `EtcdCluster` runs 1 or 3 etcd members, each in its own
+namespace on a segment, with per-test data directories; stopping it (also when a test
+fails) kills every member it started. `route_between` joins two segments through a
+router namespace (VXLAN over L3). Everything is named `<prefix>-...` so the fixture
+removes it all by prefix. Host namespaces mirror Docker's iptables (FORWARD DROP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netlab import DOCKER_RULES, create_ns, run_in
+
+from keelnet.errors import StoreUnavailable
+from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
+from keelnet.store.etcd_client import EtcdClient
+
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+
+
+@dataclass
+class Segment:
+    """An L2 underlay: a bridge in namespace `<prefix>-<name>` that others plug into."""
+
+    prefix: str
+    name: str
+    subnet_prefix: str  # "192.0.2." style, a /24
+    ports: int = 0
+
+    @property
+    def netns(self) -> str:
+        return f"{self.prefix}-{self.name}"
+
+    def create(self) -> None:
+        create_ns(self.netns)
+        with iproute(netns_path(self.netns)) as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")
+
+    def plug(self, netns: str, host_number: int, ifname: str = "eth0") -> str:
+        """A veth from `netns` (as `ifname`) into the bridge; returns its address."""
+        address = f"{self.subnet_prefix}{host_number}"
+        self.ports += 1
+        port = f"p{self.ports}"
+        with iproute(netns_path(self.netns)) as ipr:
+            fd = os.open(netns_path(netns), os.O_RDONLY)
+            try:
+                ipr.link("add", ifname=port, kind="veth", peer={"ifname": ifname, "net_ns_fd": fd})
+            finally:
+                os.close(fd)
+            index = ipr.link_lookup(ifname=port)[0]
+            ipr.link("set", index=index, master=ipr.link_lookup(ifname="br0")[0], state="up")
+        write_sysctl(netns_path(netns), f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+        with iproute(netns_path(netns)) as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.addr("add", index=index, address=address, prefixlen=24)
+            ipr.link("set", index=index, state="up")
+        return address
+
+
+def make_host_ns(netns: str) -> None:
+    """A test host namespace with Docker's iptables (FORWARD policy DROP)."""
+    create_ns(netns)
+    for rule in DOCKER_RULES:
+        run_in(netns, "iptables", "-w", *rule.split())
+
+
+def route_between(prefix: str, a: Segment, b: Segment) -> str:
+    """A router namespace with a leg on each segment (.254); returns its name."""
+    router = f"{prefix}-rt"
+    create_ns(router)
+    a.plug(router, 254, "eth0")
+    b.plug(router, 254, "eth1")
+    write_sysctl(netns_path(router), "net.ipv4.ip_forward", "1")
+    return router
+
+
+def default_route(netns: str, gateway: str) -> None:
+    run_in(netns, "ip", "route", "add", "default", "via", gateway)
+
+
+@dataclass
+class EtcdMember:
+    name: str
+    netns: str
+    address: str
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class EtcdCluster:
+    """1 or 3 etcd members on `segment`, each in its own namespace."""
+
+    prefix: str
+    segment: Segment
+    root: Path
+    size: int = 1
+    first_host_number: int = 101
+    members: list[EtcdMember] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(f"{m.address}:{ETCD_CLIENT_PORT}" for m in self.members)
+
+    def start(self) -> None:
+        for i in range(self.size):
+            netns = f"{self.prefix}-etcd{i}"
+            make_host_ns(netns)
+            address = self.segment.plug(netns, self.first_host_number + i)
+            self.members.append(EtcdMember(f"m{i}", netns, address, self.root / f"m{i}"))
+        for i in range(self.size):
+            self.start_member(i)
+        self.wait_healthy()
+
+    def start_member(self, i: int) -> None:
+        member = self.members[i]
+        member.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        peers = ",".join(f"{m.name}=http://{m.address}:{ETCD_PEER_PORT}" for m in self.members)
+        argv = [
+            "etcd",
+            f"--name={member.name}",
+            f"--data-dir={member.data_dir}",
+            f"--listen-client-urls=http://{member.address}:{ETCD_CLIENT_PORT}",
+            f"--advertise-client-urls=http://{member.address}:{ETCD_CLIENT_PORT}",
+            f"--listen-peer-urls=http://{member.address}:{ETCD_PEER_PORT}",
+            f"--initial-advertise-peer-urls=http://{member.address}:{ETCD_PEER_PORT}",
+            f"--initial-cluster={peers}",
+            "--initial-cluster-state=new",
+            f"--initial-cluster-token={self.prefix}",
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+            "--log-level=error",
+        ]
+        log = (self.root / f"{member.name}.log").open("ab")
+        member.process = subprocess.Popen(
+            ["ip", "netns", "exec", member.netns, *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def stop_member(self, i: int) -> None:
+        member = self.members[i]
+        if member.process is not None and member.process.poll() is None:
+            member.process.send_signal(signal.SIGKILL)
+            member.process.wait(timeout=10)
+        member.process = None
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        client = EtcdClient(self.url, netns_path(self.members[0].netns))
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.put("/health-check", b"ok")
+                    return
+                except StoreUnavailable:
+                    if time.monotonic() > deadline:
+                        logs = "".join(
+                            (self.root / f"{m.name}.log").read_text(errors="replace")[-2000:]
+                            for m in self.members
+                            if (self.root / f"{m.name}.log").exists()
+                        )
+                        raise RuntimeError(f"etcd did not become healthy:\n{logs}") from None
+                    time.sleep(0.1)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for i in range(len(self.members)):
+            with contextlib.suppress(Exception):
+                self.stop_member(i)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def etcdctl(self, *argv: str) -> str:
+        """Run etcdctl against the cluster from the first live member's namespace."""
+        live = [m for m in self.members if m.process is not None]
+        endpoints = ",".join(f"http://{m.address}:{ETCD_CLIENT_PORT}" for m in live)
+        result = subprocess.run(
+            ["ip", "netns", "exec", live[0].netns, "etcdctl", f"--endpoints={endpoints}", *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"etcdctl {argv}: {result.stderr}")
+        return result.stdout
