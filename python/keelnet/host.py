@@ -22,13 +22,16 @@ from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet import sandbox as netns_sandbox
-from keelnet.drivers import get_driver
+from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
+from keelnet.drivers import get_driver, overlay
 from keelnet.drivers._userspace import PlaneHostContext
-from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
+from keelnet.drivers.base import DATAPLANE_OPTION, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
     AddressOutOfRange,
+    Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
@@ -43,24 +46,65 @@ from keelnet.errors import (
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
+    StoreUnavailable,
 )
-from keelnet.ipam import AddressPool
+from keelnet.ipam import AddressPool, SubnetPools
 from keelnet.kernel import iptables_compat, links, nftables
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
 from keelnet.kernel.rtnl import Rtnl
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
-from keelnet.store import PortTaken, Store, default_state_dir
+from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, RemoteEndpoint, Sandbox
+from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
+from keelnet.store.etcd import VNI_OPTION, EtcdStore, lowest_free_vni, retry_on_conflict
 
 Undo = Callable[[], None]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
+#: Where overlay subnets are carved from when none is given (Docker's: 10.0.0.0/8 in /24s).
+OVERLAY_DEFAULT_POOLS = [("10.0.0.0/8", 24)]
+
+
+class _PeerProgrammer:
+    """What the cluster watch calls to program remote endpoints into this host's planes."""
+
+    def __init__(self, ctx: HostContext) -> None:
+        self._ctx = ctx
+
+    def add_peer(self, network: Network, peer: RemoteEndpoint) -> None:
+        driver = get_driver(network.driver)
+        if isinstance(driver, overlay.OverlayDriver):
+            driver.add_peer(self._ctx, network, peer)
+
+    def remove_peer(self, network: Network, peer: RemoteEndpoint) -> None:
+        driver = get_driver(network.driver)
+        if isinstance(driver, overlay.OverlayDriver):
+            driver.remove_peer(self._ctx, network, peer)
 
 
 class Host:
     """keelnet's view of one network namespace (the caller's, or `netns`)."""
 
-    def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        netns: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        store: str | None = None,
+        name: str | None = None,
+        advertise_address: str | None = None,
+        member: bool = True,
+        lease_ttl: int = DEFAULT_LEASE_TTL,
+        dataplane: str | None = None,
+    ):
+        """A host: `netns` (None: the caller's), its state in `state_dir`.
+
+        `store` (or `$KEELNET_STORE`): `etcd://HOST:PORT[,...]`, the cluster store that
+        global-scope (overlay) networks live in; without it everything is local (SQLite).
+        With it this Host is the cluster member `name` (default: the netns name, else the
+        hostname) whose VTEP is `advertise_address` (default: this namespace's source
+        address towards etcd); `member=False` only reads and writes the store (no lease,
+        no peers: short-lived commands). `dataplane` (kernel or userspace) is what this
+        host runs for global networks created with `dataplane=auto`."""
         self.netns = netns
         self.netns_path = netns_path(netns) if netns else None
         if self.netns_path is not None and not netns_sandbox.exists(self.netns_path):
@@ -72,15 +116,61 @@ class Host:
         self._rtnl = Rtnl(self.netns_path)
         self._exit.callback(self._rtnl.close)
         self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl)
+        if dataplane not in (None, "kernel", "userspace", "auto"):
+            raise InvalidRequest(f"invalid dataplane {dataplane!r}: use kernel or userspace")
+        self._ctx.dataplane = dataplane
         # Userspace data planes run on this process's threads: they stop with the Host.
         self._exit.callback(self._ctx.planes.close_all)
         self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
         self._applied_script: str | None = None  # the nft script last loaded by this Host
+        self.global_store: EtcdStore | None = None
+        self.cluster: ClusterMember | None = None
         try:
+            store = store or os.environ.get("KEELNET_STORE") or None
+            if store:
+                self._join(store, name, advertise_address, member, lease_ttl)
             self.reconcile()
         except BaseException:
             self.close()
             raise
+
+    def _join(
+        self,
+        url: str,
+        name: str | None,
+        advertise_address: str | None,
+        member: bool,
+        lease_ttl: int,
+    ) -> None:
+        host_name = name or (Path(self.netns).name if self.netns else socket.gethostname())
+        netns_sandbox.check_name(host_name, "host")
+        self.global_store = EtcdStore(url, host=host_name, netns_path=self.netns_path)
+        self._exit.callback(self.global_store.close)
+        if not member:
+            return
+        vtep = advertise_address or self._source_address(self.global_store.client.endpoints[0][0])
+        self.cluster = ClusterMember(
+            self.global_store, vtep, _PeerProgrammer(self._ctx), lease_ttl=lease_ttl
+        )
+        self.cluster.start()
+        self._exit.callback(self.cluster.close)  # leaves the cluster before planes stop
+        self._ctx.cluster = self.cluster
+
+    def _source_address(self, destination: str) -> str:
+        """The address this namespace sends from towards `destination` (Docker's default
+        advertise address)."""
+        try:
+            route = self._ipr.route("get", dst=destination)[0]
+        except (NetlinkError, ValueError, IndexError) as exc:
+            raise StoreUnavailable(
+                f"no route to the etcd store at {destination}: {exc}; give advertise_address"
+            ) from None
+        source = route.get("prefsrc") or route.get_attr("RTA_PREFSRC")
+        if not source:
+            raise StoreUnavailable(
+                f"no source address towards {destination}: give advertise_address"
+            )
+        return str(source)
 
     def close(self) -> None:
         nftables.close(self.netns_path)
@@ -118,8 +208,14 @@ class Host:
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(driver)
         opts = {str(k): str(v) for k, v in (options or {}).items()}
+        ipam = (_as_list(subnet), _as_list(gateway), _as_list(ip_range), dict(aux_addresses or {}))
+        label_map = {str(k): str(v) for k, v in (labels or {}).items()}
+        if the_driver.scope == "global":
+            return self._create_global_network(
+                the_driver, name, ipam, ipv6, internal, opts, label_map
+            )
         with self.store.transaction(), self._rollback() as undo:
-            if self.store.find_network(name) is not None:
+            if self.store.find_network(name) is not None or self._global_named(name):
                 raise DuplicateNetwork(f"network with name {name} already exists")
             if the_driver.singleton and any(
                 n.driver == the_driver.name for n in self.store.networks()
@@ -134,14 +230,13 @@ class Host:
             pools: dict[int, AddressPool] = {}
             carved: list[str] = []
             if the_driver.uses_ipam:
+                subnet_pools = self.store.subnet_pools()
                 configs, pools, carved = self._plan_ipam(
-                    _as_list(subnet),
-                    _as_list(gateway),
-                    _as_list(ip_range),
-                    dict(aux_addresses or {}),
-                    ipv6,
+                    *ipam, ipv6, existing=self._all_subnets(), subnet_pools=subnet_pools
                 )
-            elif subnet or gateway or ip_range or aux_addresses:
+                if carved:
+                    self.store.save_subnet_pools(subnet_pools)
+            elif any(ipam):
                 raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
             network = Network(
                 id=network_id,
@@ -153,7 +248,7 @@ class Host:
                 ipv6=ipv6,
                 internal=internal,
                 options=opts,
-                labels={str(k): str(v) for k, v in (labels or {}).items()},
+                labels=label_map,
                 kernel_name=the_driver.kernel_name(network_id, opts),
             )
             the_driver.create_network(self._ctx, network)
@@ -164,6 +259,87 @@ class Host:
             self._sync_firewall(bridges_changed=True)
             return network
 
+    def _create_global_network(
+        self,
+        the_driver: Driver,
+        name: str,
+        ipam: tuple[list[str], list[str], list[str], dict[str, str]],
+        ipv6: bool,
+        internal: bool,
+        opts: dict[str, str],
+        labels: dict[str, str],
+    ) -> Network:
+        """A network in the cluster store, its VNI taken cluster-wide (or the one pinned by
+        `vxlanid_list`); nothing is built on any host until a sandbox joins there."""
+        cluster = self._require_global_store(the_driver.name)
+        the_driver.validate(self._ctx, NetworkRequest(name, opts, ipv6, internal))
+        dataplane = the_driver.choose_dataplane(
+            self._ctx, opts.get(DATAPLANE_OPTION, "auto"), options=opts
+        )
+        pinned = overlay.pinned_vni(opts)
+
+        def attempt() -> Network:
+            if self.store.find_network(name) is not None:
+                raise DuplicateNetwork(f"network with name {name} already exists")
+            existing, revision = cluster.networks_at()
+            if any(n.name == name for n in existing):
+                raise DuplicateNetwork(f"network with name {name} already exists")
+            used = cluster.used_vnis()
+            if pinned is not None and pinned in used:
+                owner = next((n.name for n in existing if n.id == used[pinned]), used[pinned])
+                raise Conflict(
+                    f"VNI {pinned} is already used by network {owner}: pick another "
+                    f"{VNI_OPTION} or leave it out"
+                )
+            vni = pinned if pinned is not None else lowest_free_vni(used)
+            subnets = self._all_subnets(existing)
+            configs, pools, _ = self._plan_ipam(
+                *ipam, ipv6, existing=subnets, subnet_pools=SubnetPools(OVERLAY_DEFAULT_POOLS)
+            )
+            network_id = secrets.token_hex(32)
+            network = Network(
+                id=network_id,
+                name=name,
+                driver=the_driver.name,
+                dataplane=dataplane,
+                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                ipam=configs,
+                ipv6=ipv6,
+                internal=internal,
+                options={**opts, VNI_OPTION: str(vni)},
+                labels=labels,
+                kernel_name=None,
+                scope="global",
+            )
+            cluster.add_network(network, pools, checked_at=revision)
+            return network
+
+        return retry_on_conflict(attempt)
+
+    def _require_global_store(self, driver: str) -> EtcdStore:
+        if self.global_store is None:
+            raise InvalidRequest(
+                f"{driver} networks are global: give a cluster store "
+                "(keelnet --store etcd://HOST:PORT, $KEELNET_STORE, or Host(store=...))"
+            )
+        return self.global_store
+
+    def _global_named(self, name: str) -> bool:
+        return self.global_store is not None and self.global_store.find_network(name) is not None
+
+    def _all_subnets(
+        self, global_networks: list[Network] | None = None
+    ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The subnets of every network this host knows, local and global: a new one
+        must overlap none of them."""
+        if global_networks is None:
+            global_networks = self.global_store.networks() if self.global_store else []
+        return [
+            ipaddress.ip_network(c.subnet)
+            for n in [*self.store.networks(), *global_networks]
+            for c in n.ipam
+        ]
+
     def _plan_ipam(
         self,
         subnets: list[str],
@@ -171,7 +347,12 @@ class Host:
         ranges: list[str],
         aux: dict[str, str],
         ipv6: bool,
+        *,
+        existing: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        subnet_pools: SubnetPools,
     ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
+        """The network's subnets (those asked for, else carved from `subnet_pools`,
+        overlapping none of `existing`), with their address pools."""
         requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
         for text in subnets:
             try:
@@ -183,7 +364,6 @@ class Host:
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        existing = [ipaddress.ip_network(c.subnet) for n in self.store.networks() for c in n.ipam]
         for net in requested.values():
             for other in existing:
                 if net.version == other.version and net.overlaps(other):
@@ -191,7 +371,6 @@ class Host:
                         f"invalid pool request: subnet {net} overlaps with {other} of another "
                         "network"
                     )
-        subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in (4, 6) if ipv6 else (4,):
             if version not in requested:
@@ -199,8 +378,6 @@ class Host:
                 text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
                 carved.append(text)
                 requested[version] = ipaddress.ip_network(text)
-        if carved:
-            self.store.save_subnet_pools(subnet_pools)
         configs: list[IpamConfig] = []
         pools: dict[int, AddressPool] = {}
         for version, net in sorted(requested.items()):
@@ -237,7 +414,14 @@ class Host:
         return routes
 
     def remove_network(self, name: str) -> None:
-        """Remove a network with no endpoints; one that does not exist is already removed."""
+        """Remove a network with no endpoints; one that does not exist is already removed.
+        A global network is removed cluster-wide, refused while any host has endpoints."""
+        if self.store.find_network(name) is None and self.global_store is not None:
+            found = self.global_store.find_network(name)
+            if found is not None:
+                self.global_store.remove_network(found)
+                get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
+                return
         with self.store.transaction():
             network = self.store.find_network(name)
             if network is None:
@@ -258,25 +442,39 @@ class Host:
             self._sync_firewall(bridges_changed=True)
 
     def networks(self) -> list[Network]:
-        return self.store.networks()
+        """This host's local networks, then the cluster's global ones."""
+        global_networks = self.global_store.networks() if self.global_store else []
+        return self.store.networks() + global_networks
 
     def network(self, name: str) -> Network:
         network = self.store.find_network(name)
+        if network is None and self.global_store is not None:
+            network = self.global_store.find_network(name)
         if network is None:
             raise NetworkNotFound(f"network {name} not found")
         return network
 
+    def _store_for(self, network: Network) -> NetworkStore:
+        if network.scope == "global":
+            return self._require_global_store(network.driver)
+        return self.store
+
     def inspect_network(self, name: str) -> dict[str, Any]:
         network = self.network(name)
+        store = self._store_for(network)
         status = {}
         for config in network.ipam:
-            pool = self.store.address_pool(network.id, config.version)
+            pool = store.address_pool(network.id, config.version)
             if pool is not None:
                 status[config.subnet] = {
                     "IPsInUse": pool.used,
                     "DynamicIPsAvailable": pool.size - pool.used,
                 }
-        return network.to_inspect(self.store.endpoints(network_id=network.id), status)
+        peers = None
+        if self.global_store is not None and network.scope == "global":
+            peers = self.global_store.peers()
+        # Containers: this host's endpoints only (Docker's swarm mode shows local ones).
+        return network.to_inspect(store.endpoints(network_id=network.id), status, peers)
 
     # --- sandboxes -----------------------------------------------------------------------
 
@@ -329,7 +527,7 @@ class Host:
             found = self.store.find_sandbox(name)
             if found is None:
                 return
-            for endpoint in self.store.endpoints(sandbox=name):
+            for endpoint in self._sandbox_endpoints(name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
@@ -354,22 +552,32 @@ class Host:
             box = self.sandbox(sandbox)
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
-            if self.store.endpoints(network_id=net.id, sandbox=sandbox):
+            store = self._store_for(net)
+            if store.endpoints(network_id=net.id, sandbox=sandbox):
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
             driver = get_driver(net.driver)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, ip) if driver.uses_ipam else {}
-            v4, v6 = net.ipam_for(4), net.ipam_for(6)
-            routed = driver.uses_gateway(net) and not net.internal
             if driver.uses_ipam:
-                used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+                used = {e.ifname for e in self._sandbox_endpoints(sandbox)}
                 ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
             else:
                 ifname = ""
+            if net.scope == "global":
+                addresses = self._reserve(net, endpoint_id, sandbox, ifname, ip)
+                # Until the connect completes, the reservation is undone on failure.
+                undo.append(lambda: self._release(net, endpoint_id, addresses))
+            else:
+                addresses = self._allocate(net, ip) if driver.uses_ipam else {}
+            v4, v6 = net.ipam_for(4), net.ipam_for(6)
+            routed = driver.uses_gateway(net) and not net.internal
             endpoint = Endpoint(
                 ip=addresses.get(4),
                 ipv6=addresses.get(6),
-                mac=driver.endpoint_mac(self._ctx, net, mac) if driver.uses_ipam else "",
+                mac=(
+                    driver.endpoint_mac(self._ctx, net, mac, addresses.get(4))
+                    if driver.uses_ipam
+                    else ""
+                ),
                 ifname=ifname,
                 gateway=v4.gateway if v4 and routed else None,
                 ipv6_gateway=v6.gateway if v6 and routed else None,
@@ -387,8 +595,48 @@ class Host:
             undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
-            self.store.add_endpoint(endpoint)
+            if net.scope == "global":
+                assert self.global_store is not None and self.cluster is not None
+                self.global_store.publish_endpoint(endpoint, self.cluster.vtep)
+            else:
+                self.store.add_endpoint(endpoint)
             return endpoint
+
+    def _reserve(
+        self, network: Network, endpoint_id: str, sandbox: str, ifname: str, ip: str | None
+    ) -> dict[int, str]:
+        """Addresses for an endpoint of a global network, taken in the cluster store
+        together with the endpoint's (not yet ready) record."""
+        if self.cluster is None or self.global_store is None:
+            raise InvalidRequest(
+                f"connecting to {network.driver} network {network.name} needs this host in "
+                "the cluster: keelnet.Host(store=...) or `keelnet --store ... agent`"
+            )
+        if ip is not None and network.ipam_for(_version_of(ip)) is None:
+            raise AddressOutOfRange(f"{ip}: network {network.name} has no such subnet")
+        placeholder = Endpoint(None, None, "", ifname, None, id=endpoint_id, sandbox=sandbox)
+        return self.global_store.reserve_endpoint(network, placeholder, ip, self.cluster.vtep)
+
+    def _release(self, network: Network, endpoint_id: str, addresses: dict[int, str]) -> None:
+        assert self.global_store is not None
+        self.global_store.release_endpoint(
+            Endpoint(
+                addresses.get(4),
+                addresses.get(6),
+                "",
+                "",
+                None,
+                id=endpoint_id,
+                network_id=network.id,
+            )
+        )
+
+    def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
+        """The sandbox's endpoints on local and global networks."""
+        found = self.store.endpoints(sandbox=sandbox)
+        if self.global_store is not None:
+            found += self.global_store.endpoints(sandbox=sandbox)
+        return found
 
     def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
         wanted = _version_of(ip) if ip is not None else None
@@ -406,10 +654,11 @@ class Host:
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
         with self.store.transaction():
-            net = self.store.find_network(network)
-            if net is None:
+            try:
+                net = self.network(network)
+            except NetworkNotFound:
                 return
-            for endpoint in self.store.endpoints(network_id=net.id, sandbox=sandbox):
+            for endpoint in self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
                 self._disconnect(net, endpoint)
 
     def _disconnect(self, network: Network, endpoint: Endpoint) -> None:
@@ -422,6 +671,9 @@ class Host:
             self.store.remove_port(port.host_ip, port.host_port, port.proto)
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
+        if network.scope == "global":
+            self._require_global_store(network.driver).release_endpoint(endpoint)
+            return
         for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
             pool = self.store.address_pool(network.id, version)
             if address is None or pool is None:
@@ -434,8 +686,14 @@ class Host:
             self._sync_firewall()
 
     def endpoints(self, network: str | None = None) -> list[Endpoint]:
-        network_id = self.network(network).id if network else None
-        return self.store.endpoints(network_id=network_id)
+        """This host's endpoints (of one network, or all)."""
+        if network is not None:
+            net = self.network(network)
+            return self._store_for(net).endpoints(network_id=net.id)
+        found = self.store.endpoints()
+        if self.global_store is not None:
+            found += self.global_store.endpoints()
+        return found
 
     # --- published ports -----------------------------------------------------------------
 
@@ -539,10 +797,15 @@ class Host:
         )
         with self.store.transaction():
             networks = {n.id: n for n in self.store.networks()}
-            endpoint_ids = {e.id for e in self.store.endpoints()}
+            endpoint_ids: set[str] | None = {e.id for e in self.store.endpoints()}
+            if self.global_store is not None:
+                try:
+                    endpoint_ids |= {e.id for e in self.global_store.endpoints()}  # type: ignore[operator]
+                except StoreUnavailable:
+                    endpoint_ids = None  # not all endpoints known: remove no sandbox link
             for _index, ifname, network_id, endpoint_id in links.owned_links(self._ipr):
                 if network_id not in networks or (
-                    endpoint_id is not None and endpoint_id not in endpoint_ids
+                    endpoint_id is not None and endpoint_id not in (endpoint_ids or ())
                 ):
                     links.delete_link(self._ipr, ifname)
                     removed["links"] += 1
@@ -563,7 +826,9 @@ class Host:
                         removed["endpoints"] += 1
                     self.store.remove_sandbox(box.name)
                     removed["sandboxes"] += 1
-                elif any(n.kernel_name is None and n.ipam for n in networks.values()):
+                elif endpoint_ids is not None and any(
+                    n.kernel_name is None and n.ipam for n in networks.values()
+                ):
                     removed["sandbox_links"] += self._clean_sandbox(box, endpoint_ids)
             for endpoint in self.store.endpoints():
                 network = networks[endpoint.network_id]
@@ -576,8 +841,44 @@ class Host:
             for network in networks.values():
                 if network.dataplane == "userspace":
                     removed["recreated"] += self._restore_userspace(network)
+            if self.cluster is not None:
+                self._reconcile_global(removed)
             self._sync_firewall(bridges_changed=True, refresh=True)
         return removed
+
+    def _reconcile_global(self, removed: dict[str, int]) -> None:
+        """This host's endpoints on global networks against its kernel: release those
+        whose connect never finished or whose sandbox or interface is gone; re-create
+        the TAPs of userspace ones (they died with the process that served them)."""
+        assert self.global_store is not None
+        networks = {n.id: n for n in self.global_store.networks()}
+        for endpoint, ready in self.global_store.endpoint_states():
+            network = networks.get(endpoint.network_id)
+            if network is None:
+                continue
+            driver = get_driver(network.driver)
+            box = self.store.find_sandbox(endpoint.sandbox)
+            path = box.path if box is not None and netns_sandbox.exists(box.path) else None
+            if path is not None and ready:
+                with iproute(path) as ipr:
+                    if links.link_index(ipr, endpoint.ifname) is not None:
+                        continue  # served: by the kernel, or by another running process
+                if (
+                    isinstance(driver, overlay.OverlayDriver)
+                    and driver.local_dataplane(self._ctx, network) == "userspace"
+                ):
+                    try:
+                        driver.create_endpoint(self._ctx, network, endpoint, path)
+                        driver.join(self._ctx, network, endpoint, path)
+                        removed["recreated"] += 1
+                        continue
+                    except KeelnetError:
+                        pass  # cannot serve it here any more: release it below
+            with contextlib.suppress(KeelnetError):
+                driver.leave(self._ctx, network, endpoint, path)
+                driver.delete_endpoint(self._ctx, network, endpoint)
+            self.global_store.release_endpoint(endpoint)
+            removed["endpoints"] += 1
 
     def _restore_userspace(self, network: Network) -> int:
         """Re-create the endpoints whose interface the sandbox lost: a userspace plane's

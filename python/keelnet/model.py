@@ -54,6 +54,26 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A host of the cluster: its name and the underlay address of its VTEP."""
+
+    name: str
+    vtep: str
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint of a global network on another host, as the data plane needs it."""
+
+    id: str
+    network_id: str
+    ip: str
+    mac: str
+    vtep: str
+    host: str
+
+
+@dataclass(frozen=True)
 class Sandbox:
     """A network namespace keelnet attaches endpoints to (what a container is to a network)."""
 
@@ -91,6 +111,7 @@ class Network:
     options: dict[str, str]
     labels: dict[str, str]
     kernel_name: str | None  # bridge name, or None for drivers without a host-side device
+    scope: str = "local"  # "global": shared by the hosts of a cluster store (overlay)
 
     def ipam_for(self, version: int) -> IpamConfig | None:
         return next((c for c in self.ipam if c.version == version), None)
@@ -99,6 +120,7 @@ class Network:
         self,
         endpoints: list[Endpoint],
         ipam_status: dict[str, dict[str, int]] | None = None,
+        peers: list[Peer] | None = None,
     ) -> dict[str, Any]:
         containers = {
             ep.sandbox: {
@@ -110,11 +132,11 @@ class Network:
             }
             for ep in endpoints
         }
-        return {
+        shape: dict[str, Any] = {
             "Name": self.name,
             "Id": self.id,
             "Created": self.created,
-            "Scope": "local",
+            "Scope": self.scope,
             "Driver": self.driver,
             "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
             "EnableIPv6": self.ipv6,
@@ -124,7 +146,7 @@ class Network:
                 "Config": [c.to_inspect() for c in self.ipam],
             },
             "Internal": self.internal,
-            "Attachable": False,
+            "Attachable": self.scope == "global",
             "Ingress": False,
             "ConfigFrom": {"Network": ""},
             "ConfigOnly": False,
@@ -134,6 +156,9 @@ class Network:
             "DataPlane": self.dataplane,  # keelnet addition: which data plane runs
             "Status": {"IPAM": {"Subnets": ipam_status or {}}},
         }
+        if peers is not None:  # global networks: the hosts taking part, as Docker shows them
+            shape["Peers"] = [{"Name": p.name, "IP": p.vtep} for p in peers]
+        return shape
 
     def _with_prefix(self, address: str | None, version: int) -> str:
         config = self.ipam_for(version)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from netlab import DOCKER_RULES, create_ns, run_in
 
+from keelnet import Host
 from keelnet.errors import StoreUnavailable
 from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
 from keelnet.store.etcd_client import EtcdClient
@@ -199,3 +200,37 @@ class EtcdCluster:
         if result.returncode != 0:
             raise RuntimeError(f"etcdctl {argv}: {result.stderr}")
         return result.stdout
+
+
+class Cluster:
+    """Test hosts (namespaces `<prefix>-h<n>`) on an underlay, each with a keelnet Host
+    that is a member of the etcd cluster; `close()` removes their sandboxes, leaves."""
+
+    def __init__(self, etcd: EtcdCluster, root: Path) -> None:
+        self.etcd = etcd
+        self.root = root
+        self.hosts: dict[str, Host] = {}
+
+    def add_host(self, number: int, segment: Segment | None = None, **options: object) -> Host:
+        netns = f"{self.etcd.prefix}-h{number}"
+        if not Path(netns_path(netns)).exists():
+            make_host_ns(netns)
+            (segment or self.etcd.segment).plug(netns, number)
+        host = Host(netns=netns, state_dir=self.root / f"h{number}", store=self.etcd.url, **options)  # type: ignore[arg-type]
+        self.hosts[netns] = host
+        return host
+
+    def sandbox(self, host: Host, name: str) -> str:
+        """A sandbox namespace removed with the cluster prefix; returns its name."""
+        full = f"{self.etcd.prefix}-{name}"
+        host.create_sandbox(full)
+        return full
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):
+                for box in host.sandboxes():
+                    host.remove_sandbox(box.name)
+            with contextlib.suppress(Exception):
+                host.close()
+        self.hosts.clear()

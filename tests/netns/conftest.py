@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clusterlab import EtcdCluster, Segment
+from clusterlab import Cluster, EtcdCluster, Segment
 from netlab import (
     DOCKER_RULES,
     HOST_ADDRESS,
@@ -113,7 +113,9 @@ def underlay(cluster_prefix: str) -> Segment:
     return segment
 
 
-def _etcd(cluster_prefix: str, underlay: Segment, tmp_path: Path, size: int) -> Iterator[EtcdCluster]:
+def _etcd(
+    cluster_prefix: str, underlay: Segment, tmp_path: Path, size: int
+) -> Iterator[EtcdCluster]:
     cluster = EtcdCluster(cluster_prefix, underlay, tmp_path / "etcd", size=size)
     try:
         cluster.start()
@@ -132,3 +134,13 @@ def etcd(cluster_prefix: str, underlay: Segment, tmp_path: Path) -> Iterator[Etc
 def etcd3(cluster_prefix: str, underlay: Segment, tmp_path: Path) -> Iterator[EtcdCluster]:
     """A three-member etcd on the underlay (192.0.2.101-103)."""
     yield from _etcd(cluster_prefix, underlay, tmp_path, 3)
+
+
+@pytest.fixture
+def cluster(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Cluster]:
+    """keelnet hosts on the underlay, members of the one-member etcd."""
+    the_cluster = Cluster(etcd, tmp_path / "hosts")
+    try:
+        yield the_cluster
+    finally:
+        the_cluster.close()

@@ -83,8 +83,10 @@ class SwitchPlane:
     """A plane on one keelnet switch, started with its first port; nothing is left
     running when that port cannot be added."""
 
-    def __init__(self, ctx: HostContext, add_first_port: Callable[[Switch], None]) -> None:
-        self.switch = Switch(ctx.netns_path)
+    def __init__(
+        self, ctx: HostContext, add_first_port: Callable[[Switch], None], **switch_options: bool
+    ) -> None:
+        self.switch = Switch(ctx.netns_path, **switch_options)
         try:
             add_first_port(self.switch)
             self.switch.start()
@@ -113,13 +115,19 @@ def planes_of(ctx: HostContext) -> DataPlanes:
 
 
 def add_sandbox_tap(
-    switch: Switch, endpoint: Endpoint, sandbox_path: str, *, mtu: int | None, isolation: str
+    switch: Switch,
+    endpoint: Endpoint,
+    sandbox_path: str,
+    *,
+    mtu: int | None,
+    isolation: str,
+    vni: int = 0,
 ) -> None:
     """The endpoint's TAP port on `switch`, moved into the sandbox as its interface."""
     try:
         switch.add_tap(
             endpoint.id,
-            vni=0,
+            vni=vni,
             sandbox=sandbox_path,
             ifname=endpoint.ifname,
             mac=endpoint.mac,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pyroute2 import IPRoute
 
@@ -25,6 +25,9 @@ from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
+
+if TYPE_CHECKING:
+    from keelnet.cluster import ClusterMember
 
 DATAPLANE_OPTION = "dataplane"
 DATAPLANES = ("kernel", "userspace", "auto")
@@ -37,6 +40,8 @@ class HostContext:
     netns_path: str | None
     ipr: IPRoute
     rtnl: Rtnl  # the fast path for per-connect requests
+    cluster: ClusterMember | None = None  # this host in a cluster store (global networks)
+    dataplane: str | None = None  # this host's choice where a global network says auto
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class Driver(ABC):
     """One network driver. Subclasses are stateless: all state is in the store or kernel."""
 
     name: ClassVar[str]
+    #: "local": networks live on one host; "global": shared through the cluster store.
+    scope: ClassVar[str] = "local"
     #: Options the driver understands besides `dataplane`.
     options: ClassVar[frozenset[str]] = frozenset()
     #: Data planes implemented, in order of preference for `auto`.
@@ -90,8 +97,11 @@ class Driver(ABC):
             )
         return requested
 
-    def endpoint_mac(self, ctx: HostContext, network: Network, requested: str | None) -> str:
-        """The MAC address the endpoint's interface will carry: `requested`, else a random one."""
+    def endpoint_mac(
+        self, ctx: HostContext, network: Network, requested: str | None, ip: str | None = None
+    ) -> str:
+        """The MAC address the endpoint's interface (IPv4 address `ip`) will carry:
+        `requested`, else a random one."""
         return (requested or links.random_mac()).lower()
 
     def uses_gateway(self, network: Network) -> bool:

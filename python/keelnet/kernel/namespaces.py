@@ -11,7 +11,7 @@ import ctypes
 import os
 import socket
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,13 +74,17 @@ def iproute(path: str | None) -> Iterator[IPRoute]:
         path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
     )
     fd = sock.detach()
-    ipr = IPRoute(fileno=fd)
+    try:
+        ipr = IPRoute(fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         yield ipr
     finally:
+        # IPRoute closes the descriptor it was handed; closing it again here would close
+        # whatever another thread opened under the same number meanwhile.
         ipr.close()
-        with suppress(OSError):  # pyroute2 does not own a socket it was handed
-            os.close(fd)
 
 
 def write_sysctl(path: str | None, key: str, value: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import queue
 import threading
@@ -31,6 +32,7 @@ import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
+from etcd3gw.types import Event
 from etcd3gw.watch import Watcher
 
 from keelnet.errors import InvalidRequest, StoreUnavailable
@@ -170,7 +172,7 @@ class _WatchSession(requests.Session):
         super().__init__()
         self._ended = ended
 
-    def post(self, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def post(self, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         streaming = bool(kwargs.get("stream"))
         # Connect fast, then wait as long as the stream lasts.
         kwargs.setdefault("timeout", (CONNECT_TIMEOUT, None if streaming else REQUEST_TIMEOUT))
@@ -221,8 +223,8 @@ class Watch:
             client.rotate()
             raise StoreUnavailable(f"cannot watch etcd at {host}:{port}: {exc}") from None
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        kv = event["kv"]
+    def _on_event(self, event: Event) -> None:
+        kv: Any = event["kv"]
         key = kv["key"].decode() if isinstance(kv["key"], bytes) else str(kv["key"])
         value = kv.get("value", b"")
         self.events.put(
@@ -246,9 +248,7 @@ class EtcdClient:
         self.netns_path = netns_path
         self.endpoints = parse_url(url)
         self._clients = [
-            Etcd3Client(
-                host, port, api_path=API_PATH, timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT)
-            )  # type: ignore[arg-type]
+            Etcd3Client(host, port, api_path=API_PATH, timeout=(CONNECT_TIMEOUT, REQUEST_TIMEOUT))  # type: ignore[arg-type]
             for host, port in self.endpoints
         ]
         self._current = 0
@@ -270,9 +270,10 @@ class EtcdClient:
         failures = []
         for _ in range(len(self._clients)):
             index = self._current
+            client = self._clients[index]
             try:
                 # Connections are made from the host's namespace, where its underlay is.
-                return call_in_netns(self.netns_path, lambda: call(self._clients[index]))
+                return call_in_netns(self.netns_path, functools.partial(call, client))
             except _UNREACHABLE as exc:
                 failures.append(f"{self.endpoints[index][0]}:{self.endpoints[index][1]}")
                 with self._lock:

@@ -63,7 +63,12 @@ def default_state_dir(netns: str | None) -> Path:
 
 
 class Store:
-    """Desired state of one host. Use `transaction()` around every change."""
+    """Desired state of one host. Use `transaction()` around every change.
+
+    The local-scope :class:`~keelnet.store.base.NetworkStore`, plus the host's
+    sandboxes and published ports."""
+
+    scope = "local"
 
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
