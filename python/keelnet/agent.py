@@ -94,7 +94,12 @@ def serve(args: argparse.Namespace, run: Runner) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with (
-            Host(netns=args.netns, state_dir=args.state_dir) as host,
+            Host(
+                netns=args.netns,
+                state_dir=args.state_dir,
+                store=args.store,
+                dataplane=getattr(args, "dataplane", None),
+            ) as host,
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server,
         ):
             with contextlib.suppress(FileNotFoundError):

@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         help="state directory (default: $KEELNET_STATE_DIR or /var/lib/keelnet/<netns>)",
     )
+    parser.add_argument(
+        "--store",
+        help="cluster store for global (overlay) networks: etcd://HOST:PORT[,HOST:PORT...] "
+        "(default: $KEELNET_STORE; none: everything stays local)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_network_commands(commands)
     add_sandbox_commands(commands)
@@ -32,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(standalone=run_demo)
     agent = commands.add_parser(
-        "agent", help="hold this host's userspace data planes and serve keelnet commands"
+        "agent",
+        help="hold this host's userspace data planes (and, with --store, its cluster "
+        "membership) and serve keelnet commands",
+    )
+    agent.add_argument(
+        "--dataplane",
+        choices=("kernel", "userspace"),
+        help="what this host runs for overlay networks created with dataplane=auto",
     )
     agent.set_defaults(standalone=run_agent)
     return parser
@@ -181,7 +193,7 @@ def network_ls(host: Host, args: argparse.Namespace) -> int:
             "ID": n.id if args.no_trunc else n.id[:12],
             "Name": n.name,
             "Driver": n.driver,
-            "Scope": "local",
+            "Scope": n.scope,
             "DataPlane": n.dataplane,
         }
         for n in networks
@@ -424,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     standalone: Callable[[argparse.Namespace], int] | None = getattr(args, "standalone", None)
     if standalone is not None:
-        return standalone(args)
+        try:
+            return standalone(args)
+        except KeelnetError as exc:  # e.g. an agent whose cluster store is unreachable
+            _error(exc)
+            return 1
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -441,7 +457,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(err)
             return status
     try:
-        with Host(netns=args.netns, state_dir=args.state_dir) as host:
+        # Not a cluster member: a command that needs one (an overlay connect) is refused
+        # with a pointer to `keelnet agent`, which is.
+        with Host(
+            netns=args.netns, state_dir=args.state_dir, store=args.store, member=False
+        ) as host:
             return _run(handler, host, args)
     except KeelnetError as exc:
         _error(exc)

@@ -15,6 +15,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,10 @@ from pathlib import Path
 from netlab import DOCKER_RULES, create_ns, run_in
 
 from keelnet import Host
+from keelnet.drivers.overlay import OverlayPlane
 from keelnet.errors import StoreUnavailable
 from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
+from keelnet.store.etcd import VNI_OPTION
 from keelnet.store.etcd_client import EtcdClient
 
 ETCD_CLIENT_PORT = 2379
@@ -234,3 +238,100 @@ class Cluster:
             with contextlib.suppress(Exception):
                 host.close()
         self.hosts.clear()
+
+
+def overlay_ns(host_netns: str, network_id: str) -> str:
+    return f"{host_netns}-ov-{network_id[:10]}"
+
+
+def remote_macs(host: Host, network: str) -> set[tuple[str, str]]:
+    """(MAC, VTEP) of every remote endpoint the host's data plane holds for `network`,
+    read from the kernel's vxlan FDB or from the userspace switch."""
+    net = host.network(network)
+    vni = int(net.options[VNI_OPTION])
+    plane = host._ctx.planes.get(net.id)
+    if isinstance(plane, OverlayPlane):
+        return {(e["mac"], e["remote"]) for e in plane.switch.fdb(vni) if e.get("remote")}
+    assert host.netns is not None
+    path = netns_path(overlay_ns(host.netns, net.id))
+    if not Path(path).exists():
+        return set()
+    found = set()
+    for line in run_in(overlay_ns(host.netns, net.id), "bridge", "fdb", "show").splitlines():
+        words = line.split()
+        if "dst" in words and words[2].startswith("kn-vx"):
+            found.add((words[0], words[words.index("dst") + 1]))
+    return found
+
+
+def keelnet_cli(
+    netns: str, state_dir: Path, store: str, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "keelnet.cli", "--netns", netns, "--state-dir"]
+    command += [str(state_dir), "--store", store, *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+class Agent:
+    """`keelnet --store ... agent` for one test host, as a process of its own."""
+
+    def __init__(self, netns: str, state_dir: Path, store: str, *options: str) -> None:
+        self.netns, self.state_dir, self.store = netns, state_dir, store
+        command = [sys.executable, "-m", "keelnet.cli", "--netns", netns, "--state-dir"]
+        command += [str(state_dir), "--store", store, "agent", *options]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        banner = self.process.stdout.readline()
+        if not banner.startswith("keelnet agent: serving"):
+            self.kill()
+            raise RuntimeError(banner + self.process.stderr.read())
+
+    def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return keelnet_cli(self.netns, self.state_dir, self.store, *argv)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+PINGER = textwrap.dedent(
+    """
+    import json, socket, struct, sys, time
+    dst, interval = sys.argv[1], float(sys.argv[2])
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setblocking(False)
+    def csum(b):
+        t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xFFFF)
+        return ~(t + (t >> 16)) & 0xFFFF
+    import select, threading
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    print("ready", flush=True)
+    sent = got = 0; last = time.monotonic(); gap = 0.0; seq = 0
+    while not stop.is_set():
+        seq = (seq + 1) & 0xFFFF
+        hdr = struct.pack("!BBHHH", 8, 0, 0, 0x4b4f, seq) + b"flow"
+        s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr), 0x4b4f, seq) + b"flow", (dst, 0))
+        sent += 1
+        until = time.monotonic() + interval
+        while time.monotonic() < until:
+            r, _, _ = select.select([s], [], [], max(0, until - time.monotonic()))
+            if not r: break
+            data = s.recv(2048); icmp = data[(data[0] & 0x0F) * 4:]
+            if icmp[0] == 0 and icmp[4:6] == struct.pack("!H", 0x4b4f):
+                got += 1; now = time.monotonic(); gap = max(gap, now - last); last = now
+    gap = max(gap, time.monotonic() - last)
+    print(json.dumps({"sent": sent, "got": got, "max_gap": gap}))
+    """
+)
