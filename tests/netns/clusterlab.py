@@ -26,6 +26,7 @@ from netlab import DOCKER_RULES, create_ns, run_in
 from keelnet import Host
 from keelnet.drivers.overlay import OverlayPlane
 from keelnet.errors import StoreUnavailable
+from keelnet.model import Network
 from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
 from keelnet.store.etcd import VNI_OPTION
 from keelnet.store.etcd_client import EtcdClient
@@ -244,10 +245,9 @@ def overlay_ns(host_netns: str, network_id: str) -> str:
     return f"{host_netns}-ov-{network_id[:10]}"
 
 
-def remote_macs(host: Host, network: str) -> set[tuple[str, str]]:
-    """(MAC, VTEP) of every remote endpoint the host's data plane holds for `network`,
+def remote_macs(host: Host, net: Network) -> set[tuple[str, str]]:
+    """(MAC, VTEP) of every remote endpoint the host's data plane holds for `net`,
     read from the kernel's vxlan FDB or from the userspace switch."""
-    net = host.network(network)
     vni = int(net.options[VNI_OPTION])
     plane = host._ctx.planes.get(net.id)
     if isinstance(plane, OverlayPlane):

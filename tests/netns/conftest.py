@@ -144,3 +144,13 @@ def cluster(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Cluster]:
         yield the_cluster
     finally:
         the_cluster.close()
+
+
+@pytest.fixture
+def cluster3(etcd3: EtcdCluster, tmp_path: Path) -> Iterator[Cluster]:
+    """keelnet hosts on the underlay, members of the three-member etcd."""
+    the_cluster = Cluster(etcd3, tmp_path / "hosts")
+    try:
+        yield the_cluster
+    finally:
+        the_cluster.close()

@@ -5,6 +5,7 @@ tables and real packets."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,16 @@ from clusterlab import PINGER, Agent, Cluster, make_host_ns, remote_macs
 from nettools import WatcherScript, ping, wait_until
 
 from keelnet.drivers.overlay import mac_for
+from keelnet.errors import StoreUnavailable
+from keelnet.kernel.namespaces import iproute, netns_path
 
 pytestmark = pytest.mark.netns
 LEASE_TTL = 3
+
+
+def links_in(netns: str) -> list[str]:
+    with iproute(netns_path(netns)) as ipr:
+        return sorted(str(link.get("ifname")) for link in ipr.link("dump"))
 
 
 def agent_ip(agent: Agent, network: str, sandbox: str) -> str:
@@ -35,7 +43,7 @@ def test_killed_agent_leaves_the_others_tables_and_comes_back(
     options = ("--dataplane", plane)
     agent = Agent(third, tmp_path / "h3", cluster.etcd.url, *options)
     try:
-        a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+        ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
         app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
         ep2 = b.connect("ov1", app2)
         a.connect("ov1", app1)
@@ -49,7 +57,7 @@ def test_killed_agent_leaves_the_others_tables_and_comes_back(
         assert ping(app2, ip3, timeout=2)
 
         def gone_everywhere() -> bool:
-            return all(mac3 not in {mac for mac, _ in remote_macs(h, "ov1")} for h in (a, b))
+            return all(mac3 not in {mac for mac, _ in remote_macs(h, ov1)} for h in (a, b))
 
         assert not gone_everywhere()
         with WatcherScript(app1, PINGER, ep2.ip, "0.05") as flow:
@@ -66,3 +74,60 @@ def test_killed_agent_leaves_the_others_tables_and_comes_back(
         assert flow.result["max_gap"] < 1.0, flow.result
     finally:
         agent.stop()
+
+
+def test_one_etcd_member_of_three_stopped_changes_nothing(cluster3: Cluster) -> None:
+    a = cluster3.add_host(1, lease_ttl=LEASE_TTL)
+    b = cluster3.add_host(2, lease_ttl=LEASE_TTL, dataplane="userspace")
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster3.sandbox(a, "app1"), cluster3.sandbox(b, "app2")
+    a.connect("ov1", app1)
+    ep2 = b.connect("ov1", app2)
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=10)
+    with WatcherScript(app1, PINGER, ep2.ip, "0.05") as flow:
+        for member in range(3):  # whichever member a host talks to or watches on
+            cluster3.etcd.stop_member(member)
+            box = cluster3.sandbox(b, f"late{member}")
+            late = b.connect("ov1", box)
+            assert wait_until(lambda: ping(app1, late.ip, timeout=0.5), timeout=10)  # noqa: B023
+            cluster3.etcd.start_member(member)
+            cluster3.etcd.wait_healthy()
+        a.create_network("ov2", driver="overlay", subnet="10.0.10.0/24")
+    assert flow.result["max_gap"] < 1.0, flow.result
+    assert {n.name for n in b.networks()} >= {"ov1", "ov2"}
+
+
+def test_etcd_gone_keeps_flows_refuses_fast_and_catches_up(cluster3: Cluster) -> None:
+    a = cluster3.add_host(1, lease_ttl=LEASE_TTL)
+    b = cluster3.add_host(2, lease_ttl=LEASE_TTL)
+    ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster3.sandbox(a, "app1"), cluster3.sandbox(b, "app2")
+    a.connect("ov1", app1)
+    ep2 = b.connect("ov1", app2)
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=10)
+    app3 = cluster3.sandbox(a, "app3")
+    before = remote_macs(a, ov1)
+    with WatcherScript(app1, PINGER, ep2.ip, "0.05") as flow:
+        for member in range(3):
+            cluster3.etcd.stop_member(member)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            a.connect("ov1", app3)
+        assert time.monotonic() - started < 10  # refused at once, not after a hang
+        with pytest.raises(StoreUnavailable):
+            a.create_network("ov2", driver="overlay", subnet="10.0.10.0/24")
+        # Nothing half-made: no interface in the sandbox, the tables as they were.
+        assert links_in(app3) == ["lo"]
+        assert remote_macs(a, ov1) == before
+        time.sleep(LEASE_TTL + 1)  # longer than a lease: the data plane keeps its state
+        assert remote_macs(a, ov1) == before
+        for member in range(3):
+            cluster3.etcd.start_member(member)
+        cluster3.etcd.wait_healthy()
+    assert flow.result["max_gap"] < 1.0, flow.result
+    # Both hosts catch up by themselves: a new endpoint on b reaches a's tables.
+    app4 = cluster3.sandbox(b, "app4")
+    ep4 = b.connect("ov1", app4)
+    assert wait_until(lambda: ping(app1, ep4.ip, timeout=0.5), timeout=15)
+    ep3 = a.connect("ov1", app3)
+    assert wait_until(lambda: ping(app4, ep3.ip, timeout=0.5), timeout=15)
