@@ -11,6 +11,7 @@ removes it all by prefix. Host namespaces mirror Docker's iptables (FORWARD DROP
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,8 +27,8 @@ from netlab import DOCKER_RULES, create_ns, run_in
 from keelnet import Host
 from keelnet.drivers.overlay import OverlayPlane
 from keelnet.errors import StoreUnavailable
-from keelnet.model import Network
 from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
+from keelnet.model import Network
 from keelnet.store.etcd import VNI_OPTION
 from keelnet.store.etcd_client import EtcdClient
 
@@ -253,11 +254,15 @@ def remote_macs(host: Host, net: Network) -> set[tuple[str, str]]:
     if isinstance(plane, OverlayPlane):
         return {(e["mac"], e["remote"]) for e in plane.switch.fdb(vni) if e.get("remote")}
     assert host.netns is not None
-    path = netns_path(overlay_ns(host.netns, net.id))
-    if not Path(path).exists():
+    return kernel_remote_macs(overlay_ns(host.netns, net.id))
+
+
+def kernel_remote_macs(overlay_netns: str) -> set[tuple[str, str]]:
+    """(MAC, VTEP) of the FDB entries of the vxlan device in a kernel overlay namespace."""
+    if not Path(netns_path(overlay_netns)).exists():
         return set()
     found = set()
-    for line in run_in(overlay_ns(host.netns, net.id), "bridge", "fdb", "show").splitlines():
+    for line in run_in(overlay_netns, "bridge", "fdb", "show").splitlines():
         words = line.split()
         if "dst" in words and words[2].startswith("kn-vx"):
             found.add((words[0], words[words.index("dst") + 1]))
@@ -335,3 +340,62 @@ PINGER = textwrap.dedent(
     print(json.dumps({"sent": sent, "got": got, "max_gap": gap}))
     """
 )
+
+
+CONNECTOR = textwrap.dedent(
+    """
+    import dataclasses, json, sys
+    from keelnet import Host
+    netns, state_dir, store, network, count = sys.argv[1:6]
+    host = Host(netns=netns, state_dir=state_dir, store=store, lease_ttl=3)
+    boxes = [host.create_sandbox(f"{netns}-s{i}").name for i in range(int(count))]
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go": every host starts at once
+    made = [dataclasses.asdict(host.connect(network, box)) for box in boxes]
+    print(json.dumps({"vtep": host.cluster.vtep, "endpoints": made}), flush=True)
+    sys.stdin.readline()  # "stop": stay a member until then
+    for box in boxes:
+        host.remove_sandbox(box)
+    host.close()
+    """
+)
+
+
+class Connector:
+    """A process holding one test host's Host that connects `count` sandboxes on "go"."""
+
+    def __init__(self, netns: str, state_dir: Path, store: str, network: str, count: int):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", CONNECTOR, netns, str(state_dir), store, network, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            self.process.kill()
+            raise RuntimeError(f"connector for {netns} did not start")
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def result(self) -> dict[str, object]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("connector failed: " + str(self.process.wait(timeout=5)))
+        return dict(json.loads(line))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            with contextlib.suppress(OSError):
+                self.process.stdin.write("stop\n")
+                self.process.stdin.flush()
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)

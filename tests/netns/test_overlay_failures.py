@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-from clusterlab import PINGER, Agent, Cluster, make_host_ns, remote_macs
+from clusterlab import (
+    PINGER,
+    Agent,
+    Cluster,
+    Connector,
+    kernel_remote_macs,
+    make_host_ns,
+    overlay_ns,
+    remote_macs,
+)
 from nettools import WatcherScript, ping, wait_until
 
 from keelnet.drivers.overlay import mac_for
@@ -131,3 +140,42 @@ def test_etcd_gone_keeps_flows_refuses_fast_and_catches_up(cluster3: Cluster) ->
     assert wait_until(lambda: ping(app1, ep4.ip, timeout=0.5), timeout=15)
     ep3 = a.connect("ov1", app3)
     assert wait_until(lambda: ping(app4, ep3.ip, timeout=0.5), timeout=15)
+
+
+def test_concurrent_connects_from_three_hosts_never_share_an_address(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Three host processes connect 30 sandboxes each into one network, all at once."""
+    prefix, per_host = cluster.etcd.prefix, 30
+    first = cluster.add_host(9)  # creates the network; takes no part in the race
+    ov1 = first.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    hosts = [f"{prefix}-h{n}" for n in (1, 2, 3)]
+    connectors = []
+    try:
+        for number, netns in enumerate(hosts, start=1):
+            make_host_ns(netns)
+            cluster.etcd.segment.plug(netns, number)
+            connectors.append(Connector(netns, tmp_path / netns, cluster.etcd.url, "ov1", per_host))
+        for connector in connectors:
+            connector.go()
+        results = [connector.result() for connector in connectors]
+        made = [ep for result in results for ep in result["endpoints"]]  # type: ignore[attr-defined]
+        assert len(made) == 3 * per_host
+        assert len({ep["ip"] for ep in made}) == 3 * per_host  # no address handed out twice
+        status = first.inspect_network("ov1")["Status"]["IPAM"]["Subnets"]["10.0.9.0/24"]
+        assert status["IPsInUse"] == 3 * per_host  # exactly these, none leaked
+        # No endpoint lost: each host's kernel holds the 60 endpoints of the other two.
+        for netns, result in zip(hosts, results, strict=True):
+            others = {
+                (mac_for(ep["ip"]), str(other["vtep"]))
+                for other in results
+                if other is not result
+                for ep in other["endpoints"]  # type: ignore[attr-defined]
+            }
+            ns = overlay_ns(netns, ov1.id)
+            assert wait_until(lambda: kernel_remote_macs(ns) == others, timeout=30), netns  # noqa: B023
+        a, c = results[0]["endpoints"][0], results[2]["endpoints"][-1]  # type: ignore[index]
+        assert ping(a["sandbox"], c["ip"], timeout=3)
+    finally:
+        for connector in connectors:
+            connector.stop()

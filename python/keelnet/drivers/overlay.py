@@ -26,11 +26,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -53,8 +51,6 @@ MTU = "com.docker.network.driver.mtu"
 VXLAN_PORT = "vxlan_port"
 DEFAULT_VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # inner Ethernet 14 + outer IPv4 20 + UDP 8 + VXLAN 8
-_NUD_PERMANENT = 0x80
-_NTF_SELF = 0x02
 
 
 def vxlan_port(options: Mapping[str, str]) -> int:
@@ -256,8 +252,8 @@ class OverlayDriver(Driver):
                 if index is None:
                     raise KernelError(f"{vxlan} did not arrive in {name}")
                 ipr.link("set", index=index, master=bridge_index, state="up")
-                for peer in ctx.cluster.peers(network.id) if ctx.cluster else []:
-                    _program_kernel_peer(ipr, index, peer, add=True)
+            peers = ctx.cluster.peers(network.id) if ctx.cluster else []
+            _program_kernel_peers(path, vxlan, peers, add=True)
         except NetlinkError as exc:
             _remove_netns(name)
             if exc.code == errno.EEXIST:
@@ -404,50 +400,37 @@ class OverlayDriver(Driver):
                 (plane.add_peer if add else plane.remove_peer)(vni_of(network), peer)
             return
         path = netns_path(overlay_netns(ctx, network))
-        if not Path(path).exists():
-            return
-        with iproute(path) as ipr:
-            index = links.link_index(ipr, f"kn-vx{vni_of(network):06x}")
-            if index is not None:
-                _program_kernel_peer(ipr, index, peer, add=add)
+        if Path(path).exists():
+            _program_kernel_peers(path, f"kn-vx{vni_of(network):06x}", [peer], add=add)
 
 
-def _program_kernel_peer(
-    ipr: IPRoute, vxlan_index: int, peer: RemoteEndpoint, *, add: bool
-) -> None:
-    """A permanent neighbour IP → MAC and an FDB entry MAC → remote VTEP on the vxlan
-    device (or their removal; one already gone is fine)."""
+def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *, add: bool) -> None:
+    """Permanent neighbour entries IP → MAC and FDB entries MAC → remote VTEP on the
+    vxlan device (or their removal; entries already gone are fine). Plain rtnetlink:
+    this runs on the cluster watch's thread, beside the Host's own pyroute2 use."""
     try:
-        if add:
-            ipr.neigh(
-                "replace",
-                dst=peer.ip,
-                lladdr=peer.mac,
-                ifindex=vxlan_index,
-                state=_NUD_PERMANENT,
-                family=socket.AF_INET,
-            )
-            ipr.fdb(
-                "replace",
-                ifindex=vxlan_index,
-                lladdr=peer.mac,
-                dst=peer.vtep,
-                state=_NUD_PERMANENT,
-                flags=_NTF_SELF,  # the vxlan device's own table (MAC -> VTEP), not the bridge's
-            )
-        else:
-            removals: list[tuple[str, dict[str, object]]] = [
-                ("fdb", {"lladdr": peer.mac, "dst": peer.vtep, "flags": _NTF_SELF}),
-                ("neigh", {"dst": peer.ip, "lladdr": peer.mac}),
-            ]
-            for table, keys in removals:
-                try:
-                    getattr(ipr, table)("del", ifindex=vxlan_index, **keys)
-                except NetlinkError as exc:
-                    if exc.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
-                        raise
-    except NetlinkError as exc:
-        raise links.netlink_error(f"programming peer {peer.ip} at {peer.vtep}", exc) from exc
+        with rtnl.Rtnl(path) as overlay:
+            index = overlay.link_index(vxlan)
+            if index is None:
+                return  # the network's part is being removed here
+            for peer in peers:
+                requests = [
+                    rtnl.neighbour(index, peer.ip, peer.mac, add=add),
+                    rtnl.vxlan_fdb(index, peer.mac, peer.vtep, add=add),
+                ]
+                if add:
+                    overlay.run(requests)
+                    continue
+                for request in requests:
+                    try:
+                        overlay.run([request])
+                    except rtnl.RtnlError as exc:
+                        if exc.errno not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+                            raise
+    except FileNotFoundError:
+        return  # the namespace went meanwhile
+    except rtnl.RtnlError as exc:
+        raise KernelError(f"programming overlay peers in {path}: {exc.strerror}") from exc
 
 
 def _remove_netns(name: str) -> None:

@@ -65,7 +65,11 @@ def call_in_netns(path: str | None, func: Callable[[], T]) -> T:
 
 @contextmanager
 def iproute(path: str | None) -> Iterator[IPRoute]:
-    """An IPRoute bound to the namespace at `path` (None: the caller's), closed on exit."""
+    """An IPRoute bound to the namespace at `path` (None: the caller's), closed on exit.
+
+    pyroute2 is not safe to use from several threads at once; keelnet's background
+    threads (the cluster watch) program the kernel through `rtnl.Rtnl` instead.
+    """
     if path is None:
         with IPRoute() as ipr:
             yield ipr
@@ -75,15 +79,14 @@ def iproute(path: str | None) -> Iterator[IPRoute]:
     )
     fd = sock.detach()
     try:
-        ipr = IPRoute(fileno=fd)
+        ipr = IPRoute(fileno=fd)  # takes the descriptor over (and closes it when done)
     except BaseException:
         os.close(fd)
         raise
     try:
         yield ipr
     finally:
-        # IPRoute closes the descriptor it was handed; closing it again here would close
-        # whatever another thread opened under the same number meanwhile.
+        # Not closed again here: by now its number may be another thread's file.
         ipr.close()
 
 

@@ -20,6 +20,11 @@ from keelnet.kernel.namespaces import call_in_netns
 
 _NLMSG_ERROR = 2
 _RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_NEWROUTE = 16, 18, 20, 24
+_RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
+_F_REPLACE = 0x100
+_NDA_DST, _NDA_LLADDR = 1, 2
+_NUD_PERMANENT, _NTF_SELF = 0x80, 0x02
+_AF_BRIDGE = 7
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE = 0x1, 0x4, 0x200, 0x400
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_NET_NS_FD = 18, 20, 28
@@ -196,3 +201,25 @@ def add_default_route(index: int, gateway: str | None, *, version: int = 4) -> R
         body += _attr(_RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
     body += _attr(_RTA_OIF, struct.pack("=I", index))
     return Request(_RTM_NEWROUTE, _F_REQUEST | _F_ACK | _F_CREATE, body)
+
+
+def neighbour(index: int, ip: str, mac: str, *, add: bool) -> Request:
+    """A permanent neighbour entry `ip` → `mac` on the device (add or replace; or delete)."""
+    parsed = ipaddress.ip_address(ip)
+    family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
+    body = struct.pack("=BxxxiHBB", family, index, _NUD_PERMANENT, 0, 0)
+    body += _attr(_NDA_DST, parsed.packed) + _attr(_NDA_LLADDR, _mac(mac))
+    return _neigh_request(body, add=add)
+
+
+def vxlan_fdb(index: int, mac: str, remote: str, *, add: bool) -> Request:
+    """A vxlan device's own forwarding entry `mac` → remote VTEP (add/replace, or delete)."""
+    body = struct.pack("=BxxxiHBB", _AF_BRIDGE, index, _NUD_PERMANENT, _NTF_SELF, 0)
+    body += _attr(_NDA_LLADDR, _mac(mac)) + _attr(_NDA_DST, ipaddress.ip_address(remote).packed)
+    return _neigh_request(body, add=add)
+
+
+def _neigh_request(body: bytes, *, add: bool) -> Request:
+    if add:
+        return Request(_RTM_NEWNEIGH, _F_REQUEST | _F_ACK | _F_CREATE | _F_REPLACE, body)
+    return Request(_RTM_DELNEIGH, _F_REQUEST | _F_ACK, body)
