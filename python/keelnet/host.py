@@ -472,7 +472,7 @@ class Host:
                 }
         peers = None
         if self.global_store is not None and network.scope == "global":
-            peers = self.global_store.peers()
+            peers = self.global_store.peers(network.id)
         # Containers: this host's endpoints only (Docker's swarm mode shows local ones).
         return network.to_inspect(store.endpoints(network_id=network.id), status, peers)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from clusterlab import Cluster
+from clusterlab import Cluster, Segment, default_route, make_host_ns, remote_macs, route_between
+from netlab import run_in
 from nettools import ping, wait_until
 
 pytestmark = pytest.mark.netns
@@ -24,3 +25,51 @@ def test_sandboxes_on_two_hosts_reach_each_other(cluster: Cluster, planes: tuple
     assert ep_a.mac == "02:42:0a:00:09:02"
     assert wait_until(lambda: ping(app_a, ep_b.ip, timeout=0.5), timeout=10)
     assert ping(app_b, ep_a.ip)
+
+
+def test_vxlan_over_l3_two_subnets_joined_by_a_router(
+    cluster: Cluster, cluster_prefix: str
+) -> None:
+    """Host 1 on 192.0.2.0/24 (with etcd), host 2 on 198.51.100.0/24, a router between."""
+    far = Segment(cluster_prefix, "far", "198.51.100.")
+    far.create()
+    route_between(cluster_prefix, cluster.etcd.segment, far)
+    a = cluster.add_host(1, dataplane="kernel")
+    make_host_ns(f"{cluster_prefix}-h2")
+    far.plug(f"{cluster_prefix}-h2", 2)
+    default_route(f"{cluster_prefix}-h2", "198.51.100.254")
+    for near in (f"{cluster_prefix}-h1", cluster.etcd.members[0].netns):
+        default_route(near, "192.0.2.254")
+    b = cluster.add_host(2, segment=far, dataplane="userspace")
+    assert b.cluster is not None and b.cluster.vtep == "198.51.100.2"
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
+    ep1, ep2 = a.connect("ov1", app1), b.connect("ov1", app2)
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=10)
+    assert ping(app2, ep1.ip)
+    shown = a.inspect_network("ov1")
+    assert {p["Name"]: p["IP"] for p in shown["Peers"]} == {
+        f"{cluster_prefix}-h1": "192.0.2.1",
+        f"{cluster_prefix}-h2": "198.51.100.2",
+    }
+    assert shown["Scope"] == "global" and list(shown["Containers"]) == [app1]
+
+
+def test_an_underlay_cut_and_restored_recovers_without_restarts(cluster: Cluster) -> None:
+    a = cluster.add_host(1, lease_ttl=3)
+    b = cluster.add_host(2, lease_ttl=3, dataplane="userspace")
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
+    ep1, ep2 = a.connect("ov1", app1), b.connect("ov1", app2)
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=10)
+    uplink = str(b.netns)
+    run_in(uplink, "ip", "link", "set", "eth0", "down")
+    try:
+        assert not ping(app1, ep2.ip, timeout=1)
+        # Cut for longer than a lease: b leaves a's tables (its lease ran out).
+        assert wait_until(lambda: not remote_macs(a, a.network("ov1")), timeout=10)
+    finally:
+        run_in(uplink, "ip", "link", "set", "eth0", "up")
+    # Back: b's agent re-joins by itself and both directions work again.
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=20)
+    assert ping(app2, ep1.ip, timeout=2)

@@ -318,10 +318,16 @@ class EtcdStore:
 
     # --- hosts ---------------------------------------------------------------------------
 
-    def peers(self) -> list[Peer]:
-        """The live hosts of the cluster (their lease holds), this one included."""
+    def peers(self, network_id: str | None = None) -> list[Peer]:
+        """The live hosts of the cluster (their lease holds), this one included; with
+        `network_id`, those with endpoints on that network (Docker's `Peers`)."""
         found, _ = self.client.range(HOSTS, prefix=True)
-        return [Peer(kv.key[len(HOSTS) :], json.loads(kv.value)["vtep"]) for kv in found]
+        live = [Peer(kv.key[len(HOSTS) :], json.loads(kv.value)["vtep"]) for kv in found]
+        if network_id is None:
+            return live
+        records, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
+        taking_part = {endpoint_from_record(kv.value)[1] for kv in records}
+        return [peer for peer in live if peer.name in taking_part]
 
     def host_record(self, vtep: str) -> bytes:
         return json.dumps({"vtep": vtep}).encode()
