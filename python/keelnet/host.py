@@ -26,7 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet import sandbox as netns_sandbox
 from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
-from keelnet.drivers import get_driver, overlay
+from keelnet.drivers import bridge, get_driver, overlay
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
@@ -60,6 +60,8 @@ Undo = Callable[[], None]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
+#: The per-host bridge (and its network) that overlay sandboxes reach the outside by.
+GATEWAY_BRIDGE = "kn-gwbridge"
 #: Where overlay subnets are carved from when none is given (Docker's: 10.0.0.0/8 in /24s).
 OVERLAY_DEFAULT_POOLS = [("10.0.0.0/8", 24)]
 
@@ -597,10 +599,27 @@ class Host:
             driver.join(self._ctx, net, endpoint, box.path)
             if net.scope == "global":
                 assert self.global_store is not None and self.cluster is not None
+                if not net.internal:
+                    self._attach_gateway_bridge(sandbox, undo)
                 self.global_store.publish_endpoint(endpoint, self.cluster.vtep)
             else:
                 self.store.add_endpoint(endpoint)
             return endpoint
+
+    def _attach_gateway_bridge(self, sandbox: str, undo: list[Undo]) -> None:
+        """Give a sandbox on a global network its way out: the host's `kn-gwbridge`
+        network (made on first use: a bridge with NAT whose sandboxes cannot reach each
+        other), as Docker's docker_gwbridge. The sandbox's default route goes there."""
+        if self.store.find_network(GATEWAY_BRIDGE) is None:
+            self.create_network(
+                GATEWAY_BRIDGE,
+                options={bridge.NAME: GATEWAY_BRIDGE, bridge.ICC: "false"},
+                labels={"com.keelnet.gateway-bridge": "true"},
+            )
+            undo.append(lambda: self.remove_network(GATEWAY_BRIDGE))
+        if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
+            self.connect(GATEWAY_BRIDGE, sandbox)
+            undo.append(lambda: self.disconnect(GATEWAY_BRIDGE, sandbox))
 
     def _reserve(
         self, network: Network, endpoint_id: str, sandbox: str, ifname: str, ip: str | None
@@ -672,7 +691,10 @@ class Host:
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
         if network.scope == "global":
-            self._require_global_store(network.driver).release_endpoint(endpoint)
+            store = self._require_global_store(network.driver)
+            store.release_endpoint(endpoint)
+            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+                self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
             return
         for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
             pool = self.store.address_pool(network.id, version)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from clusterlab import Cluster, Segment, default_route, make_host_ns, remote_macs, route_between
 from netlab import run_in
-from nettools import ping, wait_until
+from nettools import TcpServer, ping, tcp_request, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -73,3 +73,19 @@ def test_an_underlay_cut_and_restored_recovers_without_restarts(cluster: Cluster
     # Back: b's agent re-joins by itself and both directions work again.
     assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=20)
     assert ping(app2, ep1.ip, timeout=2)
+
+
+def test_overlay_sandboxes_leave_through_the_hosts_gateway_bridge(cluster: Cluster) -> None:
+    a, b = cluster.add_host(1), cluster.add_host(2)
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1 = cluster.sandbox(a, "app1")
+    a.connect("ov1", app1)
+    gw = a.network("kn-gwbridge")
+    assert gw.scope == "local" and gw.options["com.docker.network.bridge.enable_icc"] == "false"
+    (outside,) = a.endpoints("kn-gwbridge")
+    assert (outside.sandbox, outside.ifname) == (app1, "eth1")
+    # Out through NAT: b's host namespace sees a's underlay address, not the sandbox's.
+    with TcpServer(str(b.netns), "192.0.2.2", 8080, "hello"):
+        assert tcp_request(app1, "192.0.2.2", 8080, "hi") == "hello hi from 192.0.2.1"
+    a.disconnect("ov1", app1)
+    assert a.endpoints("kn-gwbridge") == []  # its last overlay endpoint took it along
