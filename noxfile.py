@@ -6,7 +6,7 @@ nox -s lint      ruff, cargo fmt --check, cargo clippy -D warnings
 nox -s typing    mypy on the package, stubtest on keelnet._core
 nox -s bench     criterion + pytest-benchmark (not in CI)
 nox -s fuzz      a short cargo-fuzz run of every target
-nox -s build     build the wheel and check it installs and imports
+nox -s build     wheels for every Linux + an sdist, checked, installed and run
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ ROOT = pathlib.Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 
 
-def system_deps(session: nox.Session) -> None:
-    """Install the OS packages the suites drive (iproute2, nftables, ...), if missing."""
-    session.run("bash", str(ROOT / "scripts" / "system-deps"), external=True)
+def system_deps(session: nox.Session, purpose: str) -> None:
+    """Install the OS packages for `purpose` (runtime, test, bench), if missing."""
+    session.run("bash", str(ROOT / "scripts" / "system-deps"), purpose, external=True)
 
 
 def install(session: nox.Session, *groups: str) -> None:
@@ -40,7 +40,7 @@ def install(session: nox.Session, *groups: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    system_deps(session)
+    system_deps(session, "test")
     session.run("cargo", "test", "--locked", "-p", "keelnet-core", external=True)
     install(session, "test")
     session.run("pytest", *session.posargs)
@@ -48,7 +48,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    system_deps(session)
+    system_deps(session, "runtime")
     install(session)
     session.run("keelnet", "demo", *session.posargs)
 
@@ -83,7 +83,7 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    system_deps(session)
+    system_deps(session, "bench")
     session.run("cargo", "bench", "--locked", "-p", "keelnet-core", *session.posargs, external=True)
     install(session, "test")
     session.run(
@@ -133,14 +133,49 @@ def fuzz(session: nox.Session) -> None:
         )
 
 
+#: Wheels `nox -s build` makes: (Rust target, platform tag). manylinux2014 is glibc 2.17:
+#: RHEL/CentOS 7+, Debian 9+, Ubuntu 16.04+, Amazon Linux 2; musllinux_1_2 is Alpine 3.13+.
+#: zig links against those C libraries' oldest symbols from this machine.
+WHEEL_TARGETS = (
+    ("x86_64-unknown-linux-gnu", "manylinux2014"),
+    ("aarch64-unknown-linux-gnu", "manylinux2014"),
+    ("x86_64-unknown-linux-musl", "musllinux_1_2"),
+)
+
+
 @nox.session
 def build(session: nox.Session) -> None:
-    session.install("maturin>=1.16,<2", "twine")
+    """abi3 wheels for every Linux above and an sdist; both installed and run here."""
+    session.install("maturin>=1.16,<2", "ziglang", "auditwheel", "twine")
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
-    session.run("maturin", "build", "--release", "--out", str(dist))
-    wheels = sorted(str(p) for p in dist.glob("*.whl"))
-    session.run("twine", "check", "--strict", *wheels)
-    session.install("--force-reinstall", *wheels)
-    session.run("keelnet", "--version")
-    session.run("python", "-c", "import keelnet, keelnet.ipam; print(keelnet.__version__)")
+    targets = [target for target, _ in WHEEL_TARGETS]
+    session.run("rustup", "target", "add", *targets, external=True)
+    for target, platform in WHEEL_TARGETS:
+        session.run(
+            "maturin", "build", "--release", "--zig", "--target", target,
+            "--compatibility", platform, "--out", str(dist),
+        )  # fmt: skip
+    session.run("maturin", "sdist", "--out", str(dist))
+    session.run("twine", "check", "--strict", *(str(p) for p in sorted(dist.iterdir())))
+    for wheel in sorted(dist.glob("*manylinux*.whl")):
+        # auditwheel reads the symbol versions the library really needs.
+        report = session.run("auditwheel", "show", str(wheel), silent=True) or ""
+        if "manylinux_2_17" not in str(report):
+            session.error(f"{wheel.name} needs a newer glibc than 2.17:\n{report}")
+    for wheel in sorted(dist.glob("*musllinux*.whl")):
+        # No musl Python here to run it: check it asks for nothing beyond musl's libc.
+        session.run("python", str(ROOT / "scripts" / "check-musl-wheel"), str(wheel))
+    native = next(dist.glob("*manylinux*x86_64.whl"))
+    sdist = next(dist.glob("*.tar.gz"))
+    for what in (native, sdist):  # each into a fresh venv, as a user would
+        venv = pathlib.Path(session.create_tmp()) / f"venv-{what.suffix.lstrip('.')}"
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("python", "-m", "venv", str(venv))
+        session.run(str(venv / "bin" / "pip"), "install", "-q", str(what), external=True)
+        session.run(str(venv / "bin" / "keelnet"), "--version", external=True)
+        session.run(
+            str(venv / "bin" / "python"), "-c",
+            "import keelnet.ipam; print(keelnet.ipam.AddressPool('10.0.0.0/29').allocate())",
+            external=True,
+        )  # fmt: skip

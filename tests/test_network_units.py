@@ -7,7 +7,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from keelnet import drivers, errors
-from keelnet.cli import parse_mapping
+from keelnet.cli.port import parse_mapping
 from keelnet.drivers.base import Driver, HostContext
 from keelnet.kernel import iptables_compat, nftables
 from keelnet.model import Endpoint, Network, PortMapping

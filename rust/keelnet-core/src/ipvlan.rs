@@ -549,7 +549,11 @@ fn hardware_address(ifname: &str) -> io::Result<MacAddr> {
     }
     // SAFETY: SIOCGIFHWADDR fills the ifreq we pass.
     crate::io::check(unsafe {
-        libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request)
+        libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCGIFHWADDR as libc::Ioctl,
+            &mut request,
+        )
     })?;
     // SAFETY: after SIOCGIFHWADDR the union holds a sockaddr.
     let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };

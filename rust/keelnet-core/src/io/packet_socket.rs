@@ -283,7 +283,7 @@ pub(crate) fn receive_tagged(
     message.msg_iov = &mut iovec;
     message.msg_iovlen = 1;
     message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = size_of::<[u64; 8]>();
+    message.msg_controllen = size_of::<[u64; 8]>() as _; // socklen_t on musl, size_t on glibc
     // SAFETY: recvmsg into buffers that outlive the call, of the stated sizes.
     let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_DONTWAIT) };
     if received < 0 {

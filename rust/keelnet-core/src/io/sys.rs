@@ -115,7 +115,16 @@ impl IfReq {
 }
 
 /// `ioctl(fd, request, &mut ifreq)`.
-pub(crate) fn ioctl_ifreq(fd: RawFd, request: libc::Ioctl, ifreq: &mut IfReq) -> io::Result<()> {
+/// `request` as libc types its constant: glibc's `ioctl` takes an unsigned long, musl's an
+/// int, and the constants do not all share that type on musl.
+pub(crate) fn ioctl_ifreq<R: TryInto<libc::Ioctl>>(
+    fd: RawFd,
+    request: R,
+    ifreq: &mut IfReq,
+) -> io::Result<()> {
+    let request = request
+        .try_into()
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: every request used here reads or writes at most a `struct ifreq`, which
     // `IfReq` matches in size and layout.
     check(unsafe { libc::ioctl(fd, request, ifreq as *mut IfReq) })?;
@@ -378,7 +387,7 @@ impl RecvBatch {
             header.msg_iov = &mut self.iovecs[index];
             header.msg_iovlen = 1;
             header.msg_control = self.controls[index].as_mut_ptr().cast();
-            header.msg_controllen = size_of::<[u64; 8]>();
+            header.msg_controllen = size_of::<[u64; 8]>() as _; // socklen_t on musl, size_t on glibc
             header.msg_flags = 0;
             self.headers[index].msg_len = 0;
         }
@@ -388,7 +397,7 @@ impl RecvBatch {
                 fd,
                 self.headers.as_mut_ptr(),
                 count as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT as _, // unsigned on musl
                 std::ptr::null_mut(),
             )
         };

@@ -160,17 +160,17 @@ impl UdpSocket {
         message.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
         message.msg_namelen = length;
         message.msg_iov = iovecs.as_mut_ptr();
-        message.msg_iovlen = iovecs.len();
+        message.msg_iovlen = iovecs.len() as _; // int on musl, size_t on glibc
         if let Some(segment) = segment {
             message.msg_control = control.as_mut_ptr().cast();
             // SAFETY: CMSG_SPACE is a pure computation.
-            message.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+            message.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
             // SAFETY: the control buffer (32 bytes) holds one cmsg with a u16.
             unsafe {
                 let cmsg = libc::CMSG_FIRSTHDR(&message);
                 (*cmsg).cmsg_level = libc::SOL_UDP;
                 (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
                 std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
             }
         }

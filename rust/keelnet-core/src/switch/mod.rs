@@ -12,6 +12,7 @@
 mod counters;
 mod engine;
 mod partial;
+mod vtep;
 
 pub use counters::{DropReason, Drops, Traffic};
 
@@ -24,7 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use engine::{Engine, PortIo, TunnelPath};
+use engine::{Engine, PortIo};
+use vtep::TunnelPath;
 
 use crate::fdb::{FdbCounters, MacAddr};
 use crate::io::packet_socket::PacketSocket;
