@@ -47,9 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run_demo(args: argparse.Namespace) -> int:
     """Networks (root: real namespaces, removed afterwards), then IPAM."""
     from keelnet.demo import run_network_demo
+    from keelnet.demo_overlay import run_overlay_demo
     from keelnet.ipam_demo import run_ipam_demo
 
     status = run_network_demo()
+    print()
+    status |= run_overlay_demo()
     print()
     run_ipam_demo()
     return status
