@@ -51,6 +51,7 @@ MTU = "com.docker.network.driver.mtu"
 VXLAN_PORT = "vxlan_port"
 DEFAULT_VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # inner Ethernet 14 + outer IPv4 20 + UDP 8 + VXLAN 8
+ARP_RETRANS_MS = "50"
 
 
 def vxlan_port(options: Mapping[str, str]) -> int:
@@ -325,6 +326,12 @@ class OverlayDriver(Driver):
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
         _veth.configure_sandbox_interface(network, endpoint, sandbox_path, default_route=False)
+        # A peer that connected a moment ago may not be in this host's tables yet when the
+        # sandbox first asks for it (the watch is milliseconds behind): ask again soon,
+        # not after the kernel's default second.
+        write_sysctl(
+            sandbox_path, f"net.ipv4.neigh.{endpoint.ifname}.retrans_time_ms", ARP_RETRANS_MS
+        )
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
