@@ -130,8 +130,8 @@ def bench_connect(root: Path, connects: int) -> None:
         print(
             f"  {plane:<9} connect() p50 {statistics.median(calls) * 1e3:6.1f} ms, "
             f"p99 {percentile(calls, 99) * 1e3:6.1f} ms; until B's first ping answered: "
-            f"p50 {statistics.median(pings) * 1e3:6.1f} ms, p99 {percentile(pings, 99) * 1e3:6.1f} ms"
-            f"  (goal p99 <= 200 ms)"
+            f"p50 {statistics.median(pings) * 1e3:6.1f} ms, "
+            f"p99 {percentile(pings, 99) * 1e3:6.1f} ms  (goal p99 <= 200 ms)"
         )
 
 
@@ -238,8 +238,9 @@ def bench_scale(root: Path, hosts: int, endpoints: int) -> None:
             keys, size = etcd_usage(etcd)
             total = hosts * endpoints
             print(
-                f"  built in {built:.0f} s; host process RSS median {statistics.median(rss):.0f} MiB "
-                f"(max {max(rss):.0f}); etcd: {keys} keys, {size / 1024:.0f} KiB = "
+                f"  built in {built:.0f} s; host process RSS median "
+                f"{statistics.median(rss):.0f} MiB (max {max(rss):.0f}); "
+                f"etcd: {keys} keys, {size / 1024:.0f} KiB = "
                 f"{size / total:.0f} bytes per endpoint (endpoint records, pools, hosts)"
             )
             netns = f"{prefix}-h{hosts + 1}"
@@ -267,7 +268,8 @@ def bench_scale(root: Path, hosts: int, endpoints: int) -> None:
 
 def bench_failover(root: Path, kills: int) -> None:
     print(
-        f"\n4. failover: SIGKILL of a host process -> its endpoints gone elsewhere (TTL {LEASE_TTL} s)"
+        f"\n4. failover: SIGKILL of a host process -> its endpoints gone elsewhere "
+        f"(TTL {LEASE_TTL} s)"
     )
     times = []
     with lab(root / "failover") as (prefix, segment, etcd):
