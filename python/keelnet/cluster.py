@@ -103,11 +103,6 @@ class ClusterMember:
         with self.lock:
             return [peer for (nid, _), (_, peer) in self._applied.items() if nid == network_id]
 
-    def network(self, network_id: str) -> Network | None:
-        with self.lock:
-            data = self._cache.get(NETWORKS + network_id)
-            return network_from_json(data) if data else None
-
     # --- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -901,6 +901,8 @@ class Host:
                 driver.delete_endpoint(self._ctx, network, endpoint)
             self.global_store.release_endpoint(endpoint)
             removed["endpoints"] += 1
+        in_use = {e.network_id for e in self.global_store.endpoints()}
+        removed["namespaces"] += overlay.OverlayDriver().remove_unused(self._ctx, in_use)
 
     def _restore_userspace(self, network: Network) -> int:
         """Re-create the endpoints whose interface the sandbox lost: a userspace plane's

@@ -4,6 +4,7 @@ tables and real packets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ from clusterlab import (
 )
 from nettools import WatcherScript, ping, wait_until
 
-from keelnet.drivers.overlay import mac_for
+from keelnet import Host
+from keelnet.drivers.overlay import OverlayDriver, mac_for
 from keelnet.errors import StoreUnavailable
 from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.model import Endpoint
 
 pytestmark = pytest.mark.netns
 LEASE_TTL = 3
@@ -179,3 +182,33 @@ def test_concurrent_connects_from_three_hosts_never_share_an_address(
     finally:
         for connector in connectors:
             connector.stop()
+
+
+def test_a_connect_that_died_midway_is_undone_by_the_next_start(cluster: Cluster) -> None:
+    """What a process killed inside connect leaves (its address reserved in etcd, the
+    network's namespace and a veth made) is released and removed when the host starts."""
+    a = cluster.add_host(1, lease_ttl=LEASE_TTL)
+    ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    box = cluster.sandbox(a, "app1")
+    assert a.global_store is not None and a.cluster is not None
+    # The first steps of a connect, by hand, then the process "dies" (closes, no undo).
+    placeholder = Endpoint(None, None, "", "eth0", None, id="e" * 64, sandbox=box)
+    addresses = a.global_store.reserve_endpoint(ov1, placeholder, None, a.cluster.vtep)
+    endpoint = dataclasses.replace(
+        placeholder, ip=addresses[4], mac=mac_for(addresses[4]), network_id=ov1.id
+    )
+    OverlayDriver().create_endpoint(a._ctx, ov1, endpoint, a.sandbox(box).path)
+    assert Path(netns_path(overlay_ns(str(a.netns), ov1.id))).exists()
+    assert a.inspect_network("ov1")["Status"]["IPAM"]["Subnets"]["10.0.9.0/24"]["IPsInUse"] == 1
+    state_dir = a.state_dir
+    a.close()
+    del cluster.hosts[str(a.netns)]
+    again = Host(netns=a.netns, state_dir=state_dir, store=cluster.etcd.url)
+    cluster.hosts[str(a.netns)] = again
+    status = again.inspect_network("ov1")["Status"]["IPAM"]["Subnets"]["10.0.9.0/24"]
+    assert status["IPsInUse"] == 0
+    assert again.endpoints("ov1") == []
+    assert not Path(netns_path(overlay_ns(str(a.netns), ov1.id))).exists()
+    assert links_in(box) == ["lo"]
+    # And the host works: a real connect now gets the address back.
+    assert again.connect("ov1", box).ip == addresses[4]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -92,10 +93,15 @@ def mac_for(ip: str) -> str:
 
 def overlay_netns(ctx: HostContext, network: Network) -> str:
     """The namespace holding this host's part of the network (kernel data plane)."""
+    return _netns_prefix(ctx) + network.id[:10]
+
+
+def _netns_prefix(ctx: HostContext) -> str:
+    """`<host netns name>-ov-`: unique per host namespace on the machine."""
     host = Path(ctx.netns_path).name if ctx.netns_path else "kn"
     if ctx.netns_path and not ctx.netns_path.startswith(str(NETNS_RUN_DIR)):
         host = "kn"  # a /proc/PID/ns/net host: no name to lend
-    return f"{host}-ov-{network.id[:10]}"
+    return f"{host}-ov-"
 
 
 class OverlayPlane(_userspace.SwitchPlane):
@@ -104,9 +110,9 @@ class OverlayPlane(_userspace.SwitchPlane):
     def __init__(self, ctx: HostContext, vtep: str, port: int) -> None:
         self.vtep = vtep
         self.port = port
-        # Static entries only: no MAC learnt from tunnels, no VXLAN from unknown VTEPs.
         self._endpoints: dict[str, set[str]] = {}  # network id -> local endpoint ids
         self._behind: dict[tuple[int, str], set[str]] = {}  # (vni, vtep) -> MACs
+        # Static entries only: no MAC learnt from tunnels, no VXLAN from unknown VTEPs.
         super().__init__(
             ctx,
             lambda switch: switch.add_vtep(vtep, port=port),
@@ -114,6 +120,18 @@ class OverlayPlane(_userspace.SwitchPlane):
             learn_remote=False,
             learn_peers=False,
         )
+
+    def attach(self, network_id: str, endpoint_id: str) -> None:
+        self._endpoints.setdefault(network_id, set()).add(endpoint_id)
+
+    def detach(self, network_id: str, endpoint_id: str) -> bool:
+        """Forget a local endpoint; True when it was the network's last one here."""
+        local = self._endpoints.get(network_id, set())
+        local.discard(endpoint_id)
+        if local:
+            return False
+        self._endpoints.pop(network_id, None)
+        return True
 
     def add_peer(self, vni: int, peer: RemoteEndpoint) -> None:
         self.switch.add_peer(vni, peer.vtep, mac=peer.mac, ip=peer.ip)
@@ -287,7 +305,7 @@ class OverlayDriver(Driver):
                     isolation="open",
                     vni=vni_of(network),
                 )
-                plane._endpoints.setdefault(network.id, set()).add(endpoint.id)
+                plane.attach(network.id, endpoint.id)
                 return
             path = self._ensure_kernel(ctx, network)
         bridge = f"kn-br{vni_of(network):06x}"
@@ -345,12 +363,8 @@ class OverlayDriver(Driver):
     def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
         if self.local_dataplane(ctx, network) == "userspace":
             plane = _userspace.planes_of(ctx).get(network.id)
-            if isinstance(plane, OverlayPlane):
-                local = plane._endpoints.get(network.id, set())
-                local.discard(endpoint.id)
-                if not local:  # the host's last sandbox on it: its part goes
-                    plane._endpoints.pop(network.id, None)
-                    _userspace.planes_of(ctx).close(network.id)
+            if isinstance(plane, OverlayPlane) and plane.detach(network.id, endpoint.id):
+                _userspace.planes_of(ctx).close(network.id)  # its last sandbox here: it goes
             return
         self._remove_kernel_endpoint(ctx, network, endpoint)
 
@@ -389,6 +403,19 @@ class OverlayDriver(Driver):
         for peer in ctx.cluster.peers(network.id) if ctx.cluster else []:
             shared.add_peer(vni, peer)
         return shared
+
+    def remove_unused(self, ctx: HostContext, in_use: set[str]) -> int:
+        """Remove this host's kernel parts of global networks it has no endpoint on (what a
+        process that died between a last disconnect and the removal left); returns how
+        many went."""
+        mine = _netns_prefix(ctx)
+        wanted = {network_id[:10] for network_id in in_use}
+        removed = 0
+        for name in os.listdir(NETNS_RUN_DIR):
+            if name.startswith(mine) and name[len(mine) :] not in wanted:
+                _remove_netns(name)
+                removed += 1
+        return removed
 
     # --- peers (called by the cluster watch) ---------------------------------------------
 

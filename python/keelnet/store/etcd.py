@@ -26,7 +26,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from keelnet.errors import (
     AddressNotAllocated,
@@ -335,7 +335,3 @@ class EtcdStore:
 
 def _version(address: str) -> int:
     return 6 if ":" in address else 4
-
-
-def decode(kv_value: bytes) -> Any:
-    return json.loads(kv_value)
