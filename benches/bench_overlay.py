@@ -262,7 +262,9 @@ def bench_scale(root: Path, hosts: int, endpoints: int) -> None:
             )
         finally:
             for connector in connectors:
-                connector.stop()
+                connector.request_stop()
+            for connector in connectors:
+                connector.wait()
             cluster.close()
 
 

@@ -389,13 +389,20 @@ class Connector:
         return dict(json.loads(line))
 
     def stop(self) -> None:
+        self.request_stop()
+        self.wait()
+
+    def request_stop(self) -> None:
+        """Ask it to remove its sandboxes and leave (several can do so at once)."""
         if self.process.poll() is None:
             assert self.process.stdin is not None
             with contextlib.suppress(OSError):
                 self.process.stdin.write("stop\n")
                 self.process.stdin.flush()
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+
+    def wait(self) -> None:
+        try:
+            self.process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)

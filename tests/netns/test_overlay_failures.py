@@ -181,7 +181,9 @@ def test_concurrent_connects_from_three_hosts_never_share_an_address(
         assert ping(a["sandbox"], c["ip"], timeout=3)
     finally:
         for connector in connectors:
-            connector.stop()
+            connector.request_stop()
+        for connector in connectors:
+            connector.wait()
 
 
 def test_a_connect_that_died_midway_is_undone_by_the_next_start(cluster: Cluster) -> None:
@@ -212,3 +214,31 @@ def test_a_connect_that_died_midway_is_undone_by_the_next_start(cluster: Cluster
     assert links_in(box) == ["lo"]
     # And the host works: a real connect now gets the address back.
     assert again.connect("ov1", box).ip == addresses[4]
+
+
+def test_a_watch_that_resumes_after_compaction_lists_again(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch resumes from the last revision it saw; when etcd compacted that away
+    meanwhile, it lists once more and programs what it missed."""
+    a, b = cluster.add_host(1, lease_ttl=LEASE_TTL), cluster.add_host(2, lease_ttl=LEASE_TTL)
+    ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    a.connect("ov1", cluster.sandbox(a, "app1"))
+    assert a.cluster is not None and a.cluster.relists == 1
+    client = a.cluster.store.client
+    watch = client.watch
+
+    def refused(prefix: str, start_revision: int) -> object:
+        raise StoreUnavailable("watch refused by the test")
+
+    monkeypatch.setattr(client, "watch", refused)
+    a.cluster._cancel_watch()  # its stream ends; it cannot watch again for now
+    ep2 = b.connect("ov1", cluster.sandbox(b, "app2"))
+    assert (mac_for(str(ep2.ip)), "192.0.2.2") not in remote_macs(a, ov1)  # a missed it
+    _, revision = client.range("/keelnet/", prefix=True)
+    cluster.etcd.etcdctl("compact", str(revision))
+    assert wait_until(lambda: a.cluster is not None and a.cluster.relists == 2, timeout=10)
+    assert (mac_for(str(ep2.ip)), "192.0.2.2") in remote_macs(a, ov1)
+    monkeypatch.setattr(client, "watch", watch)
+    ep3 = b.connect("ov1", cluster.sandbox(b, "app3"))  # watched again from there
+    assert wait_until(lambda: (mac_for(str(ep3.ip)), "192.0.2.2") in remote_macs(a, ov1), 10)
