@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import ipaddress
 import os
 import re
@@ -22,16 +23,14 @@ from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet import sandbox as netns_sandbox
 from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
-from keelnet.drivers import bridge, get_driver, overlay
+from keelnet.drivers import bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
-from keelnet.drivers.base import DATAPLANE_OPTION, Driver, HostContext, NetworkRequest
+from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
 from keelnet.errors import (
     AddressOutOfRange,
-    Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
@@ -48,13 +47,14 @@ from keelnet.errors import (
     SandboxNotFound,
     StoreUnavailable,
 )
+from keelnet.global_scope import GlobalScope
 from keelnet.ipam import AddressPool, SubnetPools
 from keelnet.kernel import iptables_compat, links, nftables
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
 from keelnet.kernel.rtnl import Rtnl
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, RemoteEndpoint, Sandbox
+from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
 from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
-from keelnet.store.etcd import VNI_OPTION, EtcdStore, lowest_free_vni, retry_on_conflict
+from keelnet.store.etcd import EtcdStore
 
 Undo = Callable[[], None]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -64,23 +64,6 @@ _RT_SCOPE_LINK = 253
 GATEWAY_BRIDGE = "kn-gwbridge"
 #: Where overlay subnets are carved from when none is given (Docker's: 10.0.0.0/8 in /24s).
 OVERLAY_DEFAULT_POOLS = [("10.0.0.0/8", 24)]
-
-
-class _PeerProgrammer:
-    """What the cluster watch calls to program remote endpoints into this host's planes."""
-
-    def __init__(self, ctx: HostContext) -> None:
-        self._ctx = ctx
-
-    def add_peer(self, network: Network, peer: RemoteEndpoint) -> None:
-        driver = get_driver(network.driver)
-        if isinstance(driver, overlay.OverlayDriver):
-            driver.add_peer(self._ctx, network, peer)
-
-    def remove_peer(self, network: Network, peer: RemoteEndpoint) -> None:
-        driver = get_driver(network.driver)
-        if isinstance(driver, overlay.OverlayDriver):
-            driver.remove_peer(self._ctx, network, peer)
 
 
 class Host:
@@ -125,54 +108,33 @@ class Host:
         self._exit.callback(self._ctx.planes.close_all)
         self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
         self._applied_script: str | None = None  # the nft script last loaded by this Host
-        self.global_store: EtcdStore | None = None
-        self.cluster: ClusterMember | None = None
+        self._global: GlobalScope | None = None
         try:
             store = store or os.environ.get("KEELNET_STORE") or None
             if store:
-                self._join(store, name, advertise_address, member, lease_ttl)
+                self._global = GlobalScope(
+                    self._ctx,
+                    store,
+                    name=name or (Path(netns).name if netns else socket.gethostname()),
+                    advertise_address=advertise_address,
+                    member=member,
+                    lease_ttl=lease_ttl,
+                )
+                self._exit.callback(self._global.close)  # leaves before the planes stop
             self.reconcile()
         except BaseException:
             self.close()
             raise
 
-    def _join(
-        self,
-        url: str,
-        name: str | None,
-        advertise_address: str | None,
-        member: bool,
-        lease_ttl: int,
-    ) -> None:
-        host_name = name or (Path(self.netns).name if self.netns else socket.gethostname())
-        netns_sandbox.check_name(host_name, "host")
-        self.global_store = EtcdStore(url, host=host_name, netns_path=self.netns_path)
-        self._exit.callback(self.global_store.close)
-        if not member:
-            return
-        vtep = advertise_address or self._source_address(self.global_store.client.endpoints[0][0])
-        self.cluster = ClusterMember(
-            self.global_store, vtep, _PeerProgrammer(self._ctx), lease_ttl=lease_ttl
-        )
-        self.cluster.start()
-        self._exit.callback(self.cluster.close)  # leaves the cluster before planes stop
-        self._ctx.cluster = self.cluster
+    @property
+    def global_store(self) -> EtcdStore | None:
+        """The cluster store of global networks, if this Host has one."""
+        return self._global.store if self._global else None
 
-    def _source_address(self, destination: str) -> str:
-        """The address this namespace sends from towards `destination` (Docker's default
-        advertise address)."""
-        try:
-            route = self._ipr.route("get", dst=destination)[0]
-        except (NetlinkError, ValueError, IndexError) as exc:
-            raise StoreUnavailable(
-                f"no route to the etcd store at {destination}: {exc}; give advertise_address"
-            ) from None
-        source = route.get("prefsrc") or route.get_attr("RTA_PREFSRC")
-        if not source:
-            raise StoreUnavailable(
-                f"no source address towards {destination}: give advertise_address"
-            )
-        return str(source)
+    @property
+    def cluster(self) -> ClusterMember | None:
+        """This host's membership of the cluster (lease, watch), if it is a member."""
+        return self._global.cluster if self._global else None
 
     def close(self) -> None:
         nftables.close(self.netns_path)
@@ -213,8 +175,13 @@ class Host:
         ipam = (_as_list(subnet), _as_list(gateway), _as_list(ip_range), dict(aux_addresses or {}))
         label_map = {str(k): str(v) for k, v in (labels or {}).items()}
         if the_driver.scope == "global":
-            return self._create_global_network(
-                the_driver, name, ipam, ipv6, internal, opts, label_map
+            scope = self._require_global(the_driver.name)
+            if self.store.find_network(name) is not None:
+                raise DuplicateNetwork(f"network with name {name} already exists")
+            plan = functools.partial(self._plan_ipam, *ipam, ipv6)
+            local = [c.subnet for n in self.store.networks() for c in n.ipam]
+            return scope.create_network(
+                the_driver, name, plan, local, ipv6, internal, opts, label_map
             )
         with self.store.transaction(), self._rollback() as undo:
             if self.store.find_network(name) is not None or self._global_named(name):
@@ -261,70 +228,13 @@ class Host:
             self._sync_firewall(bridges_changed=True)
             return network
 
-    def _create_global_network(
-        self,
-        the_driver: Driver,
-        name: str,
-        ipam: tuple[list[str], list[str], list[str], dict[str, str]],
-        ipv6: bool,
-        internal: bool,
-        opts: dict[str, str],
-        labels: dict[str, str],
-    ) -> Network:
-        """A network in the cluster store, its VNI taken cluster-wide (or the one pinned by
-        `vxlanid_list`); nothing is built on any host until a sandbox joins there."""
-        cluster = self._require_global_store(the_driver.name)
-        the_driver.validate(self._ctx, NetworkRequest(name, opts, ipv6, internal))
-        dataplane = the_driver.choose_dataplane(
-            self._ctx, opts.get(DATAPLANE_OPTION, "auto"), options=opts
-        )
-        pinned = overlay.pinned_vni(opts)
-
-        def attempt() -> Network:
-            if self.store.find_network(name) is not None:
-                raise DuplicateNetwork(f"network with name {name} already exists")
-            existing, revision = cluster.networks_at()
-            if any(n.name == name for n in existing):
-                raise DuplicateNetwork(f"network with name {name} already exists")
-            used = cluster.used_vnis()
-            if pinned is not None and pinned in used:
-                owner = next((n.name for n in existing if n.id == used[pinned]), used[pinned])
-                raise Conflict(
-                    f"VNI {pinned} is already used by network {owner}: pick another "
-                    f"{VNI_OPTION} or leave it out"
-                )
-            vni = pinned if pinned is not None else lowest_free_vni(used)
-            subnets = self._all_subnets(existing)
-            configs, pools, _ = self._plan_ipam(
-                *ipam, ipv6, existing=subnets, subnet_pools=SubnetPools(OVERLAY_DEFAULT_POOLS)
-            )
-            network_id = secrets.token_hex(32)
-            network = Network(
-                id=network_id,
-                name=name,
-                driver=the_driver.name,
-                dataplane=dataplane,
-                created=datetime.datetime.now(datetime.UTC).isoformat(),
-                ipam=configs,
-                ipv6=ipv6,
-                internal=internal,
-                options={**opts, VNI_OPTION: str(vni)},
-                labels=labels,
-                kernel_name=None,
-                scope="global",
-            )
-            cluster.add_network(network, pools, checked_at=revision)
-            return network
-
-        return retry_on_conflict(attempt)
-
-    def _require_global_store(self, driver: str) -> EtcdStore:
-        if self.global_store is None:
+    def _require_global(self, driver: str) -> GlobalScope:
+        if self._global is None:
             raise InvalidRequest(
                 f"{driver} networks are global: give a cluster store "
                 "(keelnet --store etcd://HOST:PORT, $KEELNET_STORE, or Host(store=...))"
             )
-        return self.global_store
+        return self._global
 
     def _global_named(self, name: str) -> bool:
         return self.global_store is not None and self.global_store.find_network(name) is not None
@@ -458,7 +368,7 @@ class Host:
 
     def _store_for(self, network: Network) -> NetworkStore:
         if network.scope == "global":
-            return self._require_global_store(network.driver)
+            return self._require_global(network.driver).store
         return self.store
 
     def inspect_network(self, name: str) -> dict[str, Any]:
@@ -564,10 +474,11 @@ class Host:
                 ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
             else:
                 ifname = ""
-            if net.scope == "global":
-                addresses = self._reserve(net, endpoint_id, sandbox, ifname, ip)
+            scope = self._require_global(net.driver) if net.scope == "global" else None
+            if scope is not None:
+                addresses = scope.reserve(net, endpoint_id, sandbox, ifname, ip)
                 # Until the connect completes, the reservation is undone on failure.
-                undo.append(lambda: self._release(net, endpoint_id, addresses))
+                undo.append(lambda: scope.release(net, endpoint_id, addresses))
             else:
                 addresses = self._allocate(net, ip) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
@@ -597,11 +508,10 @@ class Host:
             undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
-            if net.scope == "global":
-                assert self.global_store is not None and self.cluster is not None
+            if scope is not None:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, undo)
-                self.global_store.publish_endpoint(endpoint, self.cluster.vtep)
+                scope.publish(endpoint)  # ready: the other hosts program it now
             else:
                 self.store.add_endpoint(endpoint)
             return endpoint
@@ -620,35 +530,6 @@ class Host:
         if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
             self.connect(GATEWAY_BRIDGE, sandbox)
             undo.append(lambda: self.disconnect(GATEWAY_BRIDGE, sandbox))
-
-    def _reserve(
-        self, network: Network, endpoint_id: str, sandbox: str, ifname: str, ip: str | None
-    ) -> dict[int, str]:
-        """Addresses for an endpoint of a global network, taken in the cluster store
-        together with the endpoint's (not yet ready) record."""
-        if self.cluster is None or self.global_store is None:
-            raise InvalidRequest(
-                f"connecting to {network.driver} network {network.name} needs this host in "
-                "the cluster: keelnet.Host(store=...) or `keelnet --store ... agent`"
-            )
-        if ip is not None and network.ipam_for(_version_of(ip)) is None:
-            raise AddressOutOfRange(f"{ip}: network {network.name} has no such subnet")
-        placeholder = Endpoint(None, None, "", ifname, None, id=endpoint_id, sandbox=sandbox)
-        return self.global_store.reserve_endpoint(network, placeholder, ip, self.cluster.vtep)
-
-    def _release(self, network: Network, endpoint_id: str, addresses: dict[int, str]) -> None:
-        assert self.global_store is not None
-        self.global_store.release_endpoint(
-            Endpoint(
-                addresses.get(4),
-                addresses.get(6),
-                "",
-                "",
-                None,
-                id=endpoint_id,
-                network_id=network.id,
-            )
-        )
 
     def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
         """The sandbox's endpoints on local and global networks."""
@@ -691,7 +572,7 @@ class Host:
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
         if network.scope == "global":
-            store = self._require_global_store(network.driver)
+            store = self._require_global(network.driver).store
             store.release_endpoint(endpoint)
             if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
@@ -863,46 +744,10 @@ class Host:
             for network in networks.values():
                 if network.dataplane == "userspace":
                     removed["recreated"] += self._restore_userspace(network)
-            if self.cluster is not None:
-                self._reconcile_global(removed)
+            if self._global is not None and self.cluster is not None:
+                self._global.reconcile(self.store, removed)
             self._sync_firewall(bridges_changed=True, refresh=True)
         return removed
-
-    def _reconcile_global(self, removed: dict[str, int]) -> None:
-        """This host's endpoints on global networks against its kernel: release those
-        whose connect never finished or whose sandbox or interface is gone; re-create
-        the TAPs of userspace ones (they died with the process that served them)."""
-        assert self.global_store is not None
-        networks = {n.id: n for n in self.global_store.networks()}
-        for endpoint, ready in self.global_store.endpoint_states():
-            network = networks.get(endpoint.network_id)
-            if network is None:
-                continue
-            driver = get_driver(network.driver)
-            box = self.store.find_sandbox(endpoint.sandbox)
-            path = box.path if box is not None and netns_sandbox.exists(box.path) else None
-            if path is not None and ready:
-                with iproute(path) as ipr:
-                    if links.link_index(ipr, endpoint.ifname) is not None:
-                        continue  # served: by the kernel, or by another running process
-                if (
-                    isinstance(driver, overlay.OverlayDriver)
-                    and driver.local_dataplane(self._ctx, network) == "userspace"
-                ):
-                    try:
-                        driver.create_endpoint(self._ctx, network, endpoint, path)
-                        driver.join(self._ctx, network, endpoint, path)
-                        removed["recreated"] += 1
-                        continue
-                    except KeelnetError:
-                        pass  # cannot serve it here any more: release it below
-            with contextlib.suppress(KeelnetError):
-                driver.leave(self._ctx, network, endpoint, path)
-                driver.delete_endpoint(self._ctx, network, endpoint)
-            self.global_store.release_endpoint(endpoint)
-            removed["endpoints"] += 1
-        in_use = {e.network_id for e in self.global_store.endpoints()}
-        removed["namespaces"] += overlay.OverlayDriver().remove_unused(self._ctx, in_use)
 
     def _restore_userspace(self, network: Network) -> int:
         """Re-create the endpoints whose interface the sandbox lost: a userspace plane's
