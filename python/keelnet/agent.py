@@ -102,6 +102,9 @@ def serve(args: argparse.Namespace, run: Runner) -> int:
             ) as host,
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server,
         ):
+            # Opening a Host reconciles only when something calls for it; the agent, which
+            # holds it for long, starts from a checked kernel (as dockerd does).
+            host.reconcile()
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             server.bind(str(path))

@@ -20,12 +20,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pyroute2 import netns as pyroute2_netns
-
 from keelnet.demo import Check, ping, tcp_roundtrip
 from keelnet.errors import StoreUnavailable
 from keelnet.host import Host
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
+from keelnet.kernel.namespaces import (
+    NETNS_RUN_DIR,
+    create_named,
+    iproute,
+    netns_path,
+    remove_named,
+)
 from keelnet.store.etcd_client import EtcdClient
 
 UNDERLAY = "192.0.2."
@@ -34,7 +38,7 @@ PLANES = {1: "kernel", 2: "userspace", 3: "userspace"}
 
 
 def _namespace(name: str) -> None:
-    pyroute2_netns.create(name)
+    create_named(netns_path(name))
     with iproute(netns_path(name)) as ipr:
         ipr.link("set", index=1, state="up")
 
@@ -99,7 +103,7 @@ def _underlay_and_etcd(prefix: str, data_dir: Path) -> Iterator[str]:
         for name in sorted(os.listdir(NETNS_RUN_DIR), reverse=True):
             if name.startswith(prefix):
                 with contextlib.suppress(OSError):
-                    pyroute2_netns.remove(name)
+                    remove_named(netns_path(name))
 
 
 def _build_and_check(

@@ -42,7 +42,11 @@ class PoolExhausted(KeelnetError):
 
 
 class CorruptState(KeelnetError):
-    """Persisted state that fails its checks: truncated, corrupted or of an unknown version."""
+    """Persisted state that fails its checks: truncated, corrupted or of an unknown version.
+
+    keelnet never starts over from a damaged store (that would forget, and so leave
+    behind or clobber, everything the store made); the message says how to recover.
+    """
 
 
 # --- packets ---------------------------------------------------------------------------
@@ -99,6 +103,18 @@ class NetworkInUse(Conflict):
     """The network still has endpoints connected."""
 
 
+class NamespaceClaimed(Conflict):
+    """Another store (state directory) manages this host namespace.
+
+    ``state_dir`` and ``store_id`` name that store.
+    """
+
+    def __init__(self, message: str, *, state_dir: str, store_id: str) -> None:
+        super().__init__(message)
+        self.state_dir = state_dir
+        self.store_id = store_id
+
+
 class InvalidRequest(KeelnetError, ValueError):
     """Input keelnet cannot act on."""
 
@@ -149,6 +165,10 @@ class StoreUnavailable(KeelnetError):
 
 class StoreConflict(Conflict):
     """Another host changed the shared store first; the operation may be retried."""
+
+
+class StateDirError(KeelnetError):
+    """The state directory cannot be used: not a directory, read-only, not accessible."""
 
 
 class DataPlaneUnavailable(KeelnetError):

@@ -3,8 +3,12 @@
 Each public operation is one store transaction (`BEGIN IMMEDIATE`) held while the kernel is
 changed. On failure the kernel steps done so far are undone in reverse order and the
 transaction rolls back, so kernel and store are exactly as before. A process killed midway
-commits nothing; what it left in the kernel is marked as keelnet's and unreferenced, and
-`reconcile()` (run when a Host starts) removes it.
+commits nothing; what it left in the kernel carries the store's mark from the instant it
+exists (`keelnet.kernel.ownership`) and is unreferenced, and the operation's entry in the
+crash journal (`keelnet.store.journal`) stays behind. `reconcile()` removes such leftovers
+and drops what the kernel lost; opening a Host runs it only when something calls for it
+(a journal entry, a reboot or a new namespace since the last reconcile, a sandbox gone,
+userspace networks to restart), so an open is cheap.
 """
 
 from __future__ import annotations
@@ -49,21 +53,24 @@ from keelnet.errors import (
 )
 from keelnet.global_scope import GlobalScope
 from keelnet.ipam import AddressPool, SubnetPools
-from keelnet.kernel import iptables_compat, links, nftables
+from keelnet.kernel import iptables_compat, links, nftables, ownership
 from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
+from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
 from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
+from keelnet.store.claim import NamespaceClaim
 from keelnet.store.etcd import EtcdStore
+from keelnet.store.journal import Entry, Journal
 
 Undo = Callable[[], None]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
+_EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
+_RECONCILED = ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated")
 #: The per-host bridge (and its network) that overlay sandboxes reach the outside by.
 GATEWAY_BRIDGE = "kn-gwbridge"
-#: Where overlay subnets are carved from when none is given (Docker's: 10.0.0.0/8 in /24s).
-OVERLAY_DEFAULT_POOLS = [("10.0.0.0/8", 24)]
 
 
 class Host:
@@ -90,6 +97,8 @@ class Host:
         address towards etcd); `member=False` only reads and writes the store (no lease,
         no peers: short-lived commands). `dataplane` (kernel or userspace) is what this
         host runs for global networks created with `dataplane=auto`."""
+        if dataplane not in (None, "kernel", "userspace", "auto"):
+            raise InvalidRequest(f"invalid dataplane {dataplane!r}: use kernel or userspace")
         self.netns = netns
         self.netns_path = netns_path(netns) if netns else None
         if self.netns_path is not None and not netns_sandbox.exists(self.netns_path):
@@ -97,19 +106,22 @@ class Host:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
         self.store = Store(self.state_dir)
         self._exit = contextlib.ExitStack()
-        self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
-        self._rtnl = Rtnl(self.netns_path)
-        self._exit.callback(self._rtnl.close)
-        self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl)
-        if dataplane not in (None, "kernel", "userspace", "auto"):
-            raise InvalidRequest(f"invalid dataplane {dataplane!r}: use kernel or userspace")
-        self._ctx.dataplane = dataplane
-        # Userspace data planes run on this process's threads: they stop with the Host.
-        self._exit.callback(self._ctx.planes.close_all)
-        self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
-        self._applied_script: str | None = None  # the nft script last loaded by this Host
-        self._global: GlobalScope | None = None
+        self._exit.callback(self.store.close)
         try:
+            self.owner = Owner(self.store.store_id)
+            self._journal = Journal(self.state_dir)
+            self._claim = NamespaceClaim(netns, self.netns_path, self.owner, self.state_dir)
+            self._ipr: IPRoute = self._exit.enter_context(iproute(self.netns_path))
+            self._rtnl = Rtnl(self.netns_path)
+            self._exit.callback(self._rtnl.close)
+            self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl, self.owner)
+            self._ctx.dataplane = dataplane
+            # Userspace data planes run on this process's threads: they stop with the Host.
+            self._exit.callback(self._ctx.planes.close_all)
+            self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
+            self._applied_script: str | None = None  # the nft script last loaded here
+            self._claim.check()
+            self._global: GlobalScope | None = None
             store = store or os.environ.get("KEELNET_STORE") or None
             if store:
                 self._global = GlobalScope(
@@ -121,7 +133,11 @@ class Host:
                     lease_ttl=lease_ttl,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
-            self.reconcile()
+            if self._needs_reconcile():
+                self.reconcile()
+            elif self._global is not None and self.cluster is not None:
+                # Its overlay endpoints: userspace ones to serve again, half-made ones.
+                self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
         except BaseException:
             self.close()
             raise
@@ -139,7 +155,24 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
-        self.store.close()
+
+    def _needs_reconcile(self) -> bool:
+        """Whether the kernel may not match the store (checked at open, cheaply)."""
+        if self._journal.pending():
+            return True  # an operation cut short, or under way in another process
+        if not self.store.holds_anything():
+            return False
+        if self._claim.held is None or self.store.meta(_EPOCH) != self._kernel_epoch():
+            return True  # a reboot, a new namespace, or our nftables tables flushed away
+        if any(network.dataplane == "userspace" for network in self.store.networks()):
+            return True  # their planes run in the process that holds the Host: start them
+        return any(not os.path.exists(box.path) for box in self.store.sandboxes())
+
+    def _kernel_epoch(self) -> str:
+        """Names this boot and this namespace: when it changes, the kernel lost what the
+        store made in it."""
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{self._rtnl.netns_cookie()}"
 
     def __enter__(self) -> Host:
         return self
@@ -183,7 +216,7 @@ class Host:
             return scope.create_network(
                 the_driver, name, plan, local, ipv6, internal, opts, label_map
             )
-        with self.store.transaction(), self._rollback() as undo:
+        with self._operation() as op:
             if self.store.find_network(name) is not None or self._global_named(name):
                 raise DuplicateNetwork(f"network with name {name} already exists")
             if the_driver.singleton and any(
@@ -220,8 +253,9 @@ class Host:
                 labels=label_map,
                 kernel_name=the_driver.kernel_name(network_id, opts),
             )
+            op.begin()
             the_driver.create_network(self._ctx, network)
-            undo.append(lambda: the_driver.delete_network(self._ctx, network))
+            op.undo.append(lambda: the_driver.delete_network(self._ctx, network))
             self.store.add_network(network, carved)
             for version, pool in pools.items():
                 self.store.save_address_pool(network_id, version, pool)
@@ -239,13 +273,10 @@ class Host:
     def _global_named(self, name: str) -> bool:
         return self.global_store is not None and self.global_store.find_network(name) is not None
 
-    def _all_subnets(
-        self, global_networks: list[Network] | None = None
-    ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    def _all_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """The subnets of every network this host knows, local and global: a new one
         must overlap none of them."""
-        if global_networks is None:
-            global_networks = self.global_store.networks() if self.global_store else []
+        global_networks = self.global_store.networks() if self.global_store else []
         return [
             ipaddress.ip_network(c.subnet)
             for n in [*self.store.networks(), *global_networks]
@@ -334,7 +365,7 @@ class Host:
                 self.global_store.remove_network(found)
                 get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
                 return
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
             if network is None:
                 return
@@ -342,6 +373,7 @@ class Host:
                 raise NetworkInUse(
                     f"error while removing network: network {name} has active endpoints"
                 )
+            op.begin()
             get_driver(network.driver).delete_network(self._ctx, network)
             carved = self.store.subnets_from_defaults(network.id)
             self.store.remove_network(network.id)
@@ -352,6 +384,7 @@ class Host:
                         subnet_pools.release(subnet)
                 self.store.save_subnet_pools(subnet_pools)
             self._sync_firewall(bridges_changed=True)
+            self._release_if_empty()
 
     def networks(self) -> list[Network]:
         """This host's local networks, then the cluster's global ones."""
@@ -393,36 +426,31 @@ class Host:
     def create_sandbox(self, name: str) -> Sandbox:
         """A new named network namespace with loopback up."""
         netns_sandbox.check_name(name)
-        marker = self._pending_dir() / name
-        with self.store.transaction():
+        with self._operation() as op:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
-            marker.touch()  # lets reconcile remove the namespace if we die before commit
-            try:
-                path = netns_sandbox.create(name)
-            except BaseException:
-                marker.unlink(missing_ok=True)
-                raise
-            try:
-                sandbox = Sandbox(name, path, owned=True)
-                self.store.add_sandbox(sandbox)
-            except BaseException:
-                netns_sandbox.delete(path)
-                marker.unlink(missing_ok=True)
-                raise
-        marker.unlink(missing_ok=True)
-        return sandbox
+            if os.path.exists(netns_sandbox.named_path(name)):
+                # Checked before the journal names it: reconcile would delete a namespace
+                # the journal names and the store does not hold.
+                raise DuplicateSandbox(f"network namespace {name!r} already exists")
+            op.begin(sandboxes=(name,))  # reconcile removes it if we die before commit
+            path = netns_sandbox.create(name)
+            op.undo.append(lambda: netns_sandbox.delete(path))
+            sandbox = Sandbox(name, path, owned=True)
+            self.store.add_sandbox(sandbox)
+            return sandbox
 
     def adopt_sandbox(self, name: str, path_or_pid: str | int) -> Sandbox:
         """Manage an existing namespace (a path, `ip netns` name or pid); never deleted."""
         netns_sandbox.check_name(name)
         path = netns_sandbox.resolve(path_or_pid)
-        with self.store.transaction():
+        with self._operation() as op:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
+            op.begin()  # the store will hold something: it claims the namespace
             sandbox = Sandbox(name, path, owned=False)
             self.store.add_sandbox(sandbox)
-        return sandbox
+            return sandbox
 
     def sandboxes(self) -> list[Sandbox]:
         return self.store.sandboxes()
@@ -435,15 +463,17 @@ class Host:
 
     def remove_sandbox(self, name: str) -> None:
         """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             found = self.store.find_sandbox(name)
             if found is None:
                 return
+            op.begin()
             for endpoint in self._sandbox_endpoints(name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
             self.store.remove_sandbox(name)
+            self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
 
@@ -459,13 +489,12 @@ class Host:
         """Attach the sandbox to the network; returns its addresses (no prefix length)."""
         if mac is not None and not _MAC.match(mac):
             raise InvalidRequest(f"invalid MAC address {mac!r}")
-        with self.store.transaction(), self._rollback() as undo:
+        with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
-            store = self._store_for(net)
-            if store.endpoints(network_id=net.id, sandbox=sandbox):
+            if self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
             driver = get_driver(net.driver)
             endpoint_id = secrets.token_hex(32)
@@ -478,7 +507,7 @@ class Host:
             if scope is not None:
                 addresses = scope.reserve(net, endpoint_id, sandbox, ifname, ip)
                 # Until the connect completes, the reservation is undone on failure.
-                undo.append(lambda: scope.release(net, endpoint_id, addresses))
+                op.undo.append(lambda: scope.release(net, endpoint_id, addresses))
             else:
                 addresses = self._allocate(net, ip) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
@@ -504,13 +533,14 @@ class Host:
                 ),
                 aliases=tuple(aliases),
             )
+            op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
-            undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
-            undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
+            op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
+            op.undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
             if scope is not None:
                 if not net.internal:
-                    self._attach_gateway_bridge(sandbox, undo)
+                    self._attach_gateway_bridge(sandbox, op.undo)
                 scope.publish(endpoint)  # ready: the other hosts program it now
             else:
                 self.store.add_endpoint(endpoint)
@@ -553,12 +583,13 @@ class Host:
 
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             try:
                 net = self.network(network)
             except NetworkNotFound:
                 return
             for endpoint in self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
+                op.begin()
                 self._disconnect(net, endpoint)
 
     def _disconnect(self, network: Network, endpoint: Endpoint) -> None:
@@ -616,7 +647,7 @@ class Host:
         if proto not in _PROTOCOLS:
             raise InvalidRequest(f"invalid protocol {proto!r}: use tcp, udp or sctp")
         host_version = _version_of(host_ip) if host_ip is not None else None
-        with self.store.transaction(), self._rollback():
+        with self._operation() as op:
             net = self.network(network)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
@@ -640,6 +671,7 @@ class Host:
                 container_ip,
                 container_ipv6,
             )
+            op.begin()
             get_driver(net.driver).program_external_connectivity(self._ctx, net, endpoint, mapping)
             try:
                 self.store.add_port(mapping)
@@ -673,12 +705,13 @@ class Host:
         host_ip: str | None = None,
     ) -> None:
         """Remove a published port; one that is not published is already removed."""
-        with self.store.transaction():
+        with self._operation(undoable=False) as op:
             net = self.store.find_network(network)
             if net is None:
                 return
             for port in self.store.ports(network_id=net.id, sandbox=sandbox):
                 if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
+                    op.begin()
                     endpoints = self.store.endpoints(network_id=net.id, sandbox=sandbox)
                     if endpoints:
                         get_driver(net.driver).revoke_external_connectivity(
@@ -694,29 +727,36 @@ class Host:
     # --- crash recovery ------------------------------------------------------------------
 
     def reconcile(self) -> dict[str, int]:
-        """Make the kernel match the store: remove leftovers, drop what the kernel lost."""
-        removed = dict.fromkeys(
-            ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated"), 0
-        )
+        """Make the kernel match the store: remove the store's leftovers (half-made or
+        unreferenced links, here and in its sandboxes; namespaces an operation cut short
+        was creating), re-create what the kernel lost, drop what cannot come back. Only
+        ever removes what this store made."""
+        removed = dict.fromkeys(_RECONCILED, 0)
         with self.store.transaction():
+            cut_short = [entry for entry in self._journal.entries() if not entry.live]
+            self._claim.forget()  # it may be gone with our tables (a flushed ruleset)
+            if self.store.holds_anything():
+                self._take_claim()
             networks = {n.id: n for n in self.store.networks()}
-            endpoint_ids: set[str] | None = {e.id for e in self.store.endpoints()}
+            endpoint_ids = {e.id for e in self.store.endpoints()}
+            # A sandbox's links of global networks are this store's too: while the cluster
+            # store cannot say which those are, no sandbox link is removed.
+            in_sandboxes: tuple[dict[str, Network], set[str]] | None = (networks, endpoint_ids)
             if self.global_store is not None:
                 try:
-                    endpoint_ids |= {e.id for e in self.global_store.endpoints()}  # type: ignore[operator]
+                    in_sandboxes = (
+                        networks | {n.id: n for n in self.global_store.networks()},
+                        endpoint_ids | {e.id for e in self.global_store.endpoints()},
+                    )
                 except StoreUnavailable:
-                    endpoint_ids = None  # not all endpoints known: remove no sandbox link
-            for _index, ifname, network_id, endpoint_id in links.owned_links(self._ipr):
-                if network_id not in networks or (
-                    endpoint_id is not None and endpoint_id not in (endpoint_ids or ())
-                ):
-                    links.delete_link(self._ipr, ifname)
-                    removed["links"] += 1
-            for marker in self._pending_dir().iterdir():
-                if self.store.find_sandbox(marker.name) is None:
-                    netns_sandbox.delete(netns_sandbox.named_path(marker.name))
-                    removed["namespaces"] += 1
-                marker.unlink(missing_ok=True)
+                    in_sandboxes = None
+            removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
+            links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
+            for entry in cut_short:
+                for name in entry.sandboxes:
+                    if _is_name(name) and self.store.find_sandbox(name) is None:
+                        netns_sandbox.delete(netns_sandbox.named_path(name))
+                        removed["namespaces"] += 1
             for network in networks.values():
                 # A bridge the kernel lost (a crash mid-removal, a reboot): make it again.
                 if network.kernel_name and links.link_index(self._ipr, network.kernel_name) is None:
@@ -727,12 +767,15 @@ class Host:
                     for endpoint in self.store.endpoints(sandbox=box.name):
                         self._disconnect(networks[endpoint.network_id], endpoint)
                         removed["endpoints"] += 1
+                    if box.owned:  # the empty file a cut-short removal leaves
+                        netns_sandbox.delete(box.path)
                     self.store.remove_sandbox(box.name)
                     removed["sandboxes"] += 1
-                elif endpoint_ids is not None and any(
-                    n.kernel_name is None and n.ipam for n in networks.values()
-                ):
-                    removed["sandbox_links"] += self._clean_sandbox(box, endpoint_ids)
+                    continue
+                if in_sandboxes is None:
+                    continue
+                with iproute(box.path) as ipr:
+                    removed["sandbox_links"] += self._remove_leftovers(ipr, *in_sandboxes)
             for endpoint in self.store.endpoints():
                 network = networks[endpoint.network_id]
                 if (
@@ -747,7 +790,28 @@ class Host:
             if self._global is not None and self.cluster is not None:
                 self._global.reconcile(self.store, removed)
             self._sync_firewall(bridges_changed=True, refresh=True)
+            self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self._release_if_empty()
+        for entry in cut_short:
+            entry.close()
         return removed
+
+    def _remove_leftovers(
+        self, ipr: IPRoute, networks: Mapping[str, Network], endpoint_ids: set[str]
+    ) -> int:
+        """Delete this store's links in one namespace that no committed network or
+        endpoint accounts for: half made (no alias yet) or left by a cut-short operation."""
+        count = 0
+        for link in ownership.owned_links(ipr, self.owner):
+            mark = link.mark
+            if (
+                mark is None
+                or mark.network_id not in networks
+                or (mark.endpoint_id is not None and mark.endpoint_id not in endpoint_ids)
+            ):
+                links.delete_link(ipr, link.ifname)
+                count += 1
+        return count
 
     def _restore_userspace(self, network: Network) -> int:
         """Re-create the endpoints whose interface the sandbox lost: a userspace plane's
@@ -774,24 +838,13 @@ class Host:
             restored += 1
         return restored
 
-    def _clean_sandbox(self, box: Sandbox, endpoint_ids: set[str]) -> int:
-        """Remove interfaces keelnet made in a sandbox for endpoints that never committed."""
-        count = 0
-        with iproute(box.path) as ipr:
-            for _index, ifname, _network_id, endpoint_id in links.owned_links(ipr):
-                if endpoint_id is not None and endpoint_id not in endpoint_ids:
-                    links.delete_link(ipr, ifname)
-                    count += 1
-        return count
-
     # --- helpers -------------------------------------------------------------------------
 
-    def _pending_dir(self) -> Path:
-        path = self.state_dir / "pending-sandboxes"
-        path.mkdir(exist_ok=True)
-        return path
-
     def _sync_firewall(self, *, bridges_changed: bool = False, refresh: bool = False) -> None:
+        """Load the nftables (and iptables) rules the store's networks ask for. Only the
+        store that claims the namespace writes them; one holding nothing has no claim."""
+        if self._claim.held is None:
+            return
         rules = []
         for network in self.store.networks():
             ports = tuple(self.store.ports(network_id=network.id))
@@ -812,17 +865,71 @@ class Host:
                 raise
         self._applied_script = script
 
+    def _take_claim(self) -> None:
+        """Hold the namespace's claim; a store starting to own objects here records the
+        kernel epoch it does so in."""
+        if self._claim.held is None:
+            self._claim.take()
+            self.store.set_meta(_EPOCH, self._kernel_epoch())
+
+    def _release_if_empty(self) -> None:
+        """Let go of the namespace once the store holds nothing (after its last removal)."""
+        if not self.store.holds_anything():
+            self._claim.release()
+
     @contextlib.contextmanager
-    def _rollback(self) -> Iterator[list[Undo]]:
-        """Collects undo steps; on failure runs them newest first, then re-raises."""
-        undo: list[Undo] = []
-        try:
-            yield undo
-        except BaseException:
-            for step in reversed(undo):
-                with contextlib.suppress(Exception):  # keep undoing; the first error wins
-                    step()
-            raise
+    def _operation(self, *, undoable: bool = True) -> Iterator[_Operation]:
+        """One public operation: the store's write transaction, and from `op.begin()` on
+        (its first kernel change) a crash-journal entry and the namespace's claim. On
+        failure the undo steps run newest first; the entry goes when they all succeed
+        (an `undoable=False` removal, which has none, leaves it to reconcile)."""
+        op = _Operation(self)
+        with self.store.transaction():
+            try:
+                yield op
+            except BaseException:
+                clean = op.undo_all() and undoable
+                if op.entry is not None:
+                    if clean:
+                        op.entry.close()
+                    else:
+                        op.entry.abandon()
+                raise
+        if op.entry is not None:
+            op.entry.close()
+
+
+class _Operation:
+    """What one Host operation did so far: its journal entry, its undo steps."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self.entry: Entry | None = None
+        self.undo: list[Undo] = []
+
+    def begin(self, *, sandboxes: tuple[str, ...] = ()) -> None:
+        """Called before the operation's first kernel change (again: no-op)."""
+        if self.entry is None:
+            self.entry = self._host._journal.begin(sandboxes)
+            self._host._take_claim()
+
+    def undo_all(self) -> bool:
+        """Run the undo steps newest first; whether every one succeeded."""
+        clean = True
+        for step in reversed(self.undo):
+            try:
+                step()
+            except Exception:  # keep undoing; the operation's own error is the one raised
+                clean = False
+        return clean
+
+
+def _is_name(name: str) -> bool:
+    try:
+        netns_sandbox.check_name(name)
+    except KeelnetError:
+        return False
+    return True
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:

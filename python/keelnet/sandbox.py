@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2 import netns
+from keelnet.errors import DuplicateSandbox, InvalidName, InvalidRequest, SandboxNotFound
+from keelnet.kernel.namespaces import (
+    NETNS_RUN_DIR,
+    call_in_netns,
+    create_named,
+    iproute,
+    is_netns,
+    remove_named,
+)
 
-from keelnet.errors import DuplicateSandbox, InvalidName, SandboxNotFound
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, call_in_netns, iproute
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def check_name(name: str, what: str = "sandbox") -> None:
-    if not _NAME.match(name):
+def check_name(name: object, what: str = "sandbox") -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidName(
             f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '.' or '-'"
         )
@@ -32,9 +36,10 @@ def create(name: str) -> str:
     """Create the named netns `name` with loopback up; return its path."""
     check_name(name)
     path = named_path(name)
-    if os.path.exists(path):
-        raise DuplicateSandbox(f"network namespace {name!r} already exists")
-    netns.create(name)
+    try:
+        create_named(path)
+    except FileExistsError:
+        raise DuplicateSandbox(f"network namespace {name!r} already exists") from None
     try:
         with iproute(path) as ipr:
             ipr.link("set", index=1, state="up")
@@ -50,27 +55,21 @@ def resolve(path_or_pid: str | int) -> str:
         path = f"/proc/{int(path_or_pid)}/ns/net"
     else:
         path = str(path_or_pid) if "/" in str(path_or_pid) else named_path(str(path_or_pid))
-    if not exists(path):
-        raise SandboxNotFound(f"no network namespace at {path_or_pid!r}")
-    return path
+    if exists(path):
+        return path
+    if os.path.lexists(path):
+        raise InvalidRequest(f"{path_or_pid!r}: {path} is not a network namespace")
+    raise SandboxNotFound(f"no network namespace at {path_or_pid!r}")
 
 
 def exists(path: str) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
+    """Whether `path` is a network namespace (a leftover empty file is not)."""
+    return is_netns(path)
 
 
 def delete(path: str) -> None:
     """Remove a named netns created by `create`; a missing one is already removed."""
-    try:
-        netns.remove(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.EINVAL):
-            raise
+    remove_named(path)
 
 
 def exec_in(path: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:

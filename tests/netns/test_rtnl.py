@@ -30,11 +30,18 @@ def test_veth_addresses_and_routes(lab: Lab) -> None:
                         peer_netns_fd=fd,
                         peer_mac="02:6b:6e:00:00:09",
                         mtu=1400,
+                        group=0x6B6E0001,
                     )
                 ]
             )
         finally:
             os.close(fd)
+        # The creating request marks both ends (the group); it cannot set an alias.
+        with iproute(host_path) as ipr:
+            created = ipr.link("get", ifname="kn-tv")[0]
+            assert created.get("group") == 0x6B6E0001 and created.get("ifalias") is None
+        with iproute(peer_path) as ipr:
+            assert ipr.link("get", ifname="eth9")[0].get("group") == 0x6B6E0001
         host.run([rtnl.set_link("kn-tv", alias="keelnet:test", up=True)])
         index = peer.link_index("eth9")
         assert index is not None and peer.link_index("nope") is None

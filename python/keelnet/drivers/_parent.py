@@ -9,7 +9,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet.drivers.base import HostContext
 from keelnet.errors import InvalidOption, KernelFeatureMissing, MissingParentInterface
-from keelnet.kernel import links
+from keelnet.kernel import links, ownership
 
 PARENT = "parent"
 NO_USERSPACE_VLAN = "keelnet's userspace data plane tags 802.1q VLANs for macvlan and "
@@ -29,6 +29,7 @@ def parse(options: Mapping[str, str], driver: str) -> Parent:
         raise MissingParentInterface(f"{driver} networks need a parent: -o parent=IFACE")
     if value == "lo":
         raise InvalidOption(f"{driver}: loopback cannot be a parent interface")
+    links.check_ifname(value, f"{driver}: parent", InvalidOption)
     base, dot, tag = value.partition(".")
     if not dot:
         return Parent(value, value, None)
@@ -60,9 +61,16 @@ def ensure_vlan(ctx: HostContext, parent: Parent, network_id: str) -> None:
         return
     base = links.link_index(ctx.ipr, parent.base)
     try:
-        ctx.ipr.link("add", ifname=parent.name, kind="vlan", link=base, vlan_id=parent.vlan)
+        ctx.ipr.link(
+            "add",
+            ifname=parent.name,
+            kind="vlan",
+            link=base,
+            vlan_id=parent.vlan,
+            **ctx.owner.link_attributes(),
+        )
         index = links.link_index(ctx.ipr, parent.name)
-        ctx.ipr.link("set", index=index, ifalias=links.alias_for(network_id), state="up")
+        ctx.ipr.link("set", index=index, ifalias=ctx.owner.alias(network_id), state="up")
     except NetlinkError as exc:
         links.delete_link(ctx.ipr, parent.name)
         raise links.netlink_error(f"creating VLAN device {parent.name}", exc) from exc
@@ -75,8 +83,8 @@ def remove_vlan(ctx: HostContext, parent: Parent, network_id: str) -> None:
     index = links.link_index(ctx.ipr, parent.name)
     if index is None:
         return
-    alias = ctx.ipr.link("get", index=index)[0].get("ifalias")
-    if links.parse_alias(alias) == (network_id, None):
+    mark = ownership.parse_alias(ctx.ipr.link("get", index=index)[0].get("ifalias"))
+    if ctx.owner.made(mark) and mark is not None and mark.network_id == network_id:
         links.delete_link(ctx.ipr, parent.name)
 
 

@@ -7,10 +7,12 @@ import errno
 from keelnet.errors import KernelError
 from keelnet.kernel import links, rtnl
 from keelnet.kernel.namespaces import iproute
+from keelnet.kernel.ownership import Owner
 from keelnet.model import Endpoint, Network
 
 
 def configure_sandbox_interface(
+    owner: Owner,
     network: Network,
     endpoint: Endpoint,
     sandbox_path: str,
@@ -30,9 +32,7 @@ def configure_sandbox_interface(
                 raise KernelError(f"{endpoint.ifname} did not appear in the sandbox")
             v4, v6 = network.ipam_for(4), network.ipam_for(6)
             requests = [
-                rtnl.set_link(
-                    endpoint.ifname, alias=links.alias_for(network.id, endpoint.id), up=True
-                )
+                rtnl.set_link(endpoint.ifname, alias=owner.alias(network.id, endpoint.id), up=True)
             ]
             if endpoint.ip and v4:
                 requests.append(rtnl.add_address(index, endpoint.ip, v4.prefix_length))

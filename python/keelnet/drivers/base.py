@@ -4,8 +4,9 @@ A Host calls, in order: `validate` then `create_network`; per connect `create_en
 `join`; per disconnect `leave` then `delete_endpoint`; `delete_network` last. Publishing
 calls `program_external_connectivity` / `revoke_external_connectivity`. Every `delete_*`,
 `leave` and `revoke_*` must succeed when what it removes is already gone: teardown is
-idempotent. Everything created on the host side must be marked as keelnet's (names start
-with `kn-`, links carry `links.alias_for(...)`).
+idempotent. Every link a driver creates carries its store's mark from the request that
+creates it on (`ctx.owner`, see `keelnet.kernel.ownership`), so a crash never leaves a link
+nobody can prove is ours; names of host-side links start with `kn-`.
 
 A driver lists the data planes it implements; the `dataplane` option picks one (`kernel`,
 `userspace`, or `auto`: the kernel where it has the module, userspace where it does not).
@@ -23,6 +24,7 @@ from pyroute2 import IPRoute
 from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
+from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
 
@@ -35,11 +37,13 @@ DATAPLANES = ("kernel", "userspace", "auto")
 
 @dataclass
 class HostContext:
-    """What a driver may use of the host: its namespace and netlink sockets into it."""
+    """What a driver may use of the host: its namespace, netlink sockets into it, and
+    the identity of the store whose marks the driver's links carry."""
 
     netns_path: str | None
     ipr: IPRoute
     rtnl: Rtnl  # the fast path for per-connect requests
+    owner: Owner
     cluster: ClusterMember | None = None  # this host in a cluster store (global networks)
     dataplane: str | None = None  # this host's choice where a global network says auto
 

@@ -31,7 +31,6 @@ NAME = "com.docker.network.bridge.name"
 MASQUERADE = "com.docker.network.bridge.enable_ip_masquerade"
 ICC = "com.docker.network.bridge.enable_icc"
 MTU = "com.docker.network.driver.mtu"
-_IFNAMSIZ = 15
 
 
 def mtu_option(options: Mapping[str, str]) -> int | None:
@@ -62,8 +61,7 @@ class BridgeDriver(Driver):
         option_bool(request.options, ICC, True)
         bridge = request.options.get(NAME)
         if bridge is not None:
-            if not 0 < len(bridge) <= _IFNAMSIZ or "/" in bridge or " " in bridge:
-                raise InvalidOption(f"option {NAME}: {bridge!r} is not a valid interface name")
+            links.check_ifname(bridge, f"option {NAME}:", InvalidOption)
             if links.link_index(ctx.ipr, bridge) is not None:
                 raise Conflict(f"option {NAME}: interface {bridge!r} already exists")
 
@@ -91,11 +89,12 @@ class BridgeDriver(Driver):
                     kind="bridge",
                     address=links.random_mac(),
                     **({"mtu": mtu} if mtu else {}),
+                    **ctx.owner.link_attributes(),
                 )
             index = links.link_index(ctx.ipr, bridge)
             if index is None:
                 raise KernelError(f"bridge {bridge} vanished after creation")
-            ctx.ipr.link("set", index=index, ifalias=links.alias_for(network.id))
+            ctx.ipr.link("set", index=index, ifalias=ctx.owner.alias(network.id))
             for config in network.ipam:
                 if config.gateway:
                     links.add_address(ctx.ipr, index, config.gateway, config.prefix_length)
@@ -103,12 +102,12 @@ class BridgeDriver(Driver):
                 # Forwarded packets are resolved with the bridge's link-local address as
                 # source; while that is tentative (DAD, ~1 s) the kernel sends no
                 # solicitation and IPv6 to new sandboxes silently stalls.
-                write_sysctl(ctx.netns_path, f"net.ipv6.conf.{bridge}.accept_dad", "0")
+                write_sysctl(ctx.netns_path, f"net/ipv6/conf/{bridge}/accept_dad", "0")
             else:  # an IPv4-only network gives the host no IPv6 on it (as Docker does)
-                write_sysctl(ctx.netns_path, f"net.ipv6.conf.{bridge}.disable_ipv6", "1")
+                write_sysctl(ctx.netns_path, f"net/ipv6/conf/{bridge}/disable_ipv6", "1")
             ctx.ipr.link("set", index=index, state="up")
             # Published ports are reachable from the host's loopback (Docker's hairpin mode).
-            write_sysctl(ctx.netns_path, f"net.ipv4.conf.{bridge}.route_localnet", "1")
+            write_sysctl(ctx.netns_path, f"net/ipv4/conf/{bridge}/route_localnet", "1")
         except NetlinkError as exc:
             self._remove(ctx, network)
             raise links.netlink_error(f"creating bridge {bridge}", exc) from exc
@@ -152,6 +151,7 @@ class BridgeDriver(Driver):
                         peer_netns_fd=fd,
                         peer_mac=endpoint.mac,
                         mtu=mtu_option(network.options),
+                        group=ctx.owner.group,
                     )
                 ]
             )
@@ -164,11 +164,11 @@ class BridgeDriver(Driver):
         finally:
             links.close_fd(fd)
         try:
-            alias = links.alias_for(network.id, endpoint.id)
+            alias = ctx.owner.alias(network.id, endpoint.id)
             ctx.rtnl.run([rtnl.set_link(endpoint.host_ifname, alias=alias, up=True)])
             # A bridge port needs no addresses of its own; without this, its link-local
             # address and routes appear a second later, when DAD ends.
-            write_sysctl(ctx.netns_path, f"net.ipv6.conf.{endpoint.host_ifname}.disable_ipv6", "1")
+            write_sysctl(ctx.netns_path, f"net/ipv6/conf/{endpoint.host_ifname}/disable_ipv6", "1")
             if not option_bool(network.options, ICC, True):
                 # Isolated ports reach the bridge (gateway) but not each other: Docker's icc.
                 index = links.link_index(ctx.ipr, endpoint.host_ifname)
@@ -181,7 +181,7 @@ class BridgeDriver(Driver):
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
         _veth.configure_sandbox_interface(
-            network, endpoint, sandbox_path, default_route=not network.internal
+            ctx.owner, network, endpoint, sandbox_path, default_route=not network.internal
         )
 
     def _create_tap_endpoint(

@@ -164,6 +164,7 @@ class IpvlanDriver(LowerDeviceDriver):
             _prepare_slave(network, endpoint, sandbox_path, l3=self._mode(network) == "l3")
         routed = not network.internal
         _veth.configure_sandbox_interface(
+            ctx.owner,
             network,
             endpoint,
             sandbox_path,
@@ -194,9 +195,9 @@ def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l
     try:
         if network.ipam_for(6) is None:
             with contextlib.suppress(OSError):  # a kernel without IPv6 has none to disable
-                write_sysctl(sandbox_path, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+                write_sysctl(sandbox_path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
         else:
-            write_sysctl(sandbox_path, f"net.ipv6.conf.{ifname}.addr_gen_mode", "3")
+            write_sysctl(sandbox_path, f"net/ipv6/conf/{ifname}/addr_gen_mode", "3")
         with iproute(sandbox_path) as ipr:
             index = links.link_index(ipr, ifname)
             if index is None:

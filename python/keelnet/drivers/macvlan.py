@@ -102,6 +102,7 @@ class LowerDeviceDriver(Driver):
                 net_ns_fd=fd,
                 **self.link_attributes(network),
                 **({"address": endpoint.mac} if self.kind == "macvlan" else {}),
+                **ctx.owner.link_attributes(),
             )
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
@@ -119,7 +120,7 @@ class LowerDeviceDriver(Driver):
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
         _veth.configure_sandbox_interface(
-            network, endpoint, sandbox_path, default_route=not network.internal
+            ctx.owner, network, endpoint, sandbox_path, default_route=not network.internal
         )
 
     def leave(

@@ -30,7 +30,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet.drivers import _userspace, _veth
@@ -44,7 +43,14 @@ from keelnet.errors import (
     NotFound,
 )
 from keelnet.kernel import links, rtnl
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path, write_sysctl
+from keelnet.kernel.namespaces import (
+    NETNS_RUN_DIR,
+    create_named,
+    iproute,
+    netns_path,
+    remove_named,
+    write_sysctl,
+)
 from keelnet.model import Endpoint, Network, RemoteEndpoint
 from keelnet.store.etcd import VNI_OPTION, vni_of
 
@@ -232,18 +238,26 @@ class OverlayDriver(Driver):
             return path
         vni, mtu = vni_of(network), inner_mtu(network.options)
         bridge, vxlan = f"kn-br{vni:06x}", f"kn-vx{vni:06x}"
-        pyroute2_netns.create(name)
+        create_named(path)
         try:
             with iproute(path) as ipr:
                 ipr.link("set", index=1, state="up")
-                ipr.link("add", ifname=bridge, kind="bridge", mtu=mtu, address=links.random_mac())
+                ipr.link(
+                    "add",
+                    ifname=bridge,
+                    kind="bridge",
+                    mtu=mtu,
+                    address=links.random_mac(),
+                    ifalias=ctx.owner.alias(network.id),
+                    **ctx.owner.link_attributes(),
+                )
                 bridge_index = links.link_index(ipr, bridge)
                 assert bridge_index is not None
                 for config in network.ipam:
                     if config.gateway:
                         links.add_address(ipr, bridge_index, config.gateway, config.prefix_length)
                 ipr.link("set", index=bridge_index, state="up")
-            write_sysctl(path, f"net.ipv6.conf.{bridge}.disable_ipv6", "1")
+            write_sysctl(path, f"net/ipv6/conf/{bridge}/disable_ipv6", "1")
             fd = links.open_netns_fd(path)
             try:
                 # Made where the underlay is: its UDP socket stays there when it moves.
@@ -256,7 +270,8 @@ class OverlayDriver(Driver):
                     vxlan_learning=0,
                     vxlan_proxy=1,
                     mtu=mtu,
-                    ifalias=links.alias_for(network.id),
+                    ifalias=ctx.owner.alias(network.id),
+                    **ctx.owner.link_attributes(),
                 )
                 index = links.link_index(ctx.ipr, vxlan)
                 try:
@@ -325,9 +340,10 @@ class OverlayDriver(Driver):
                             peer_netns_fd=fd,
                             peer_mac=endpoint.mac,
                             mtu=inner_mtu(network.options),
+                            group=ctx.owner.group,
                         ),
                         rtnl.set_link(
-                            host_ifname, alias=links.alias_for(network.id, endpoint.id), up=True
+                            host_ifname, alias=ctx.owner.alias(network.id, endpoint.id), up=True
                         ),
                     ]
                 )
@@ -343,12 +359,14 @@ class OverlayDriver(Driver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(network, endpoint, sandbox_path, default_route=False)
+        _veth.configure_sandbox_interface(
+            ctx.owner, network, endpoint, sandbox_path, default_route=False
+        )
         # A peer that connected a moment ago may not be in this host's tables yet when the
         # sandbox first asks for it (the watch is milliseconds behind): ask again soon,
         # not after the kernel's default second.
         write_sysctl(
-            sandbox_path, f"net.ipv4.neigh.{endpoint.ifname}.retrans_time_ms", ARP_RETRANS_MS
+            sandbox_path, f"net/ipv4/neigh/{endpoint.ifname}/retrans_time_ms", ARP_RETRANS_MS
         )
 
     def leave(
@@ -469,4 +487,4 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
 
 def _remove_netns(name: str) -> None:
     with contextlib.suppress(OSError):
-        pyroute2_netns.remove(name)
+        remove_named(netns_path(name))

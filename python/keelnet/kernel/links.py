@@ -1,7 +1,7 @@
 """Link, address and route helpers over pyroute2, plus kernel feature probes.
 
-Every link keelnet creates on the host side carries an ifalias `keelnet:<network id>[:<endpoint
-id>]` so cleanup only ever touches objects that are provably ours.
+Every link keelnet creates is marked as its store's (`keelnet.kernel.ownership`), so
+cleanup only ever touches objects that are provably ours.
 """
 
 from __future__ import annotations
@@ -9,29 +9,33 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import re
 import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.errors import KernelError, KernelFeatureMissing
+from keelnet.errors import InvalidName, InvalidRequest, KernelError, KernelFeatureMissing
 from keelnet.kernel.namespaces import iproute
 
-ALIAS_PREFIX = "keelnet:"
 _IFA_F_NODAD = 0x02
+#: The link a kernel feature probe creates and deletes at once; the name is reserved.
+PROBE_LINK = "kn-probe"
 _probed: dict[tuple[str | None, str], bool] = {}
+#: Interface names keelnet accepts: what the kernel takes (at most IFNAMSIZ - 1 bytes, no
+#: '/', ':' or white space) less what is special to nftables or iptables ('"', '*',
+#: '+', '\\') or to tools ('%' templates, a leading '-').
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 
 
-def alias_for(network_id: str, endpoint_id: str | None = None) -> str:
-    return f"{ALIAS_PREFIX}{network_id}" + (f":{endpoint_id}" if endpoint_id else "")
-
-
-def parse_alias(alias: str | None) -> tuple[str, str | None] | None:
-    """(network id, endpoint id or None) of a keelnet ifalias, None for anything else."""
-    if not alias or not alias.startswith(ALIAS_PREFIX):
-        return None
-    parts = alias[len(ALIAS_PREFIX) :].split(":")
-    return parts[0], (parts[1] if len(parts) > 1 else None)
+def check_ifname(name: object, what: str, error: type[InvalidRequest] = InvalidName) -> str:
+    """`name` when it is a usable interface name, else `error` saying why."""
+    if not isinstance(name, str) or not _IFNAME.fullmatch(name):
+        raise error(
+            f"{what} {name!r} is not a usable interface name: use 1-15 letters, digits, "
+            "'_', '.' or '-', starting with a letter or digit"
+        )
+    return name
 
 
 def random_mac() -> str:
@@ -44,16 +48,6 @@ def random_mac() -> str:
 def link_index(ipr: IPRoute, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return int(found[0]) if found else None
-
-
-def owned_links(ipr: IPRoute) -> list[tuple[int, str, str, str | None]]:
-    """(index, ifname, network id, endpoint id) for every link marked as keelnet's."""
-    result = []
-    for link in ipr.link("dump"):
-        marker = parse_alias(link.get("ifalias"))
-        if marker is not None:
-            result.append((int(link["index"]), str(link.get("ifname")), marker[0], marker[1]))
-    return result
 
 
 def delete_link(ipr: IPRoute, ifname: str) -> None:
@@ -92,15 +86,16 @@ def kind_supported(kind: str, netns_path: str | None = None) -> bool:
     key = (netns_path, kind)
     if key in _probed:
         return _probed[key]
-    probe_name = "kn-probe"
     with iproute(netns_path) as ipr:
+        # A probe left by a process killed mid-probe would answer EEXIST for any kind.
+        delete_link(ipr, PROBE_LINK)
         try:
-            ipr.link("add", ifname=probe_name, kind=kind)
+            ipr.link("add", ifname=PROBE_LINK, kind=kind)
         except NetlinkError as exc:
             supported = bool(exc.code != errno.EOPNOTSUPP)
         else:  # the kind accepted a parentless link: it exists; remove the probe
             supported = True
-            delete_link(ipr, probe_name)
+            delete_link(ipr, PROBE_LINK)
     _probed[key] = supported
     return supported
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import ipaddress
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keelnet.errors import KernelError
+from keelnet.kernel import links
 from keelnet.kernel.namespaces import call_in_netns
 from keelnet.model import PortMapping
 
@@ -75,7 +77,9 @@ def render(bridges: Sequence[BridgeRules]) -> str:
 
 
 def _q(name: str) -> str:
-    return '"' + name.replace('"', "") + '"'
+    """An interface name as an nftables string. Names are checked, never altered: a
+    stripped character would make the rule name another device."""
+    return '"' + links.check_ifname(name, "interface name") + '"'
 
 
 def _filter_rules(bridges: Sequence[BridgeRules]) -> list[str]:
@@ -150,22 +154,44 @@ def apply(netns_path: str | None, script: str) -> None:
     In-process through libnftables when it is installed (no fork per change: network
     create has a latency budget), else through the `nft` command.
     """
-    library = _libnftables()
-    if library is None:
-        result = call_in_netns(
-            netns_path,
-            lambda: subprocess.run(
-                ["nft", "-f", "-"], input=script.encode(), capture_output=True, check=False
-            ),
-        )
-        failed, message = result.returncode != 0, result.stderr.decode(errors="replace")
-    else:
-        failed, message = call_in_netns(
-            netns_path, lambda: _run_library(library, netns_path, script)
-        )
+    failed, message, _ = _run(netns_path, script)
     if failed:
         lines = message.strip().splitlines()
         raise KernelError(f"nft rejected keelnet's rules: {lines[0] if lines else '?'}")
+
+
+def try_apply(netns_path: str | None, script: str) -> bool:
+    """Load `script` as one transaction; False when nft refuses it (nothing changed)."""
+    failed, _, _ = _run(netns_path, script)
+    return not failed
+
+
+def query(netns_path: str | None, command: str) -> str | None:
+    """nft's listing for `command`, with handles; None when it names nothing."""
+    failed, message, output = _run(netns_path, command + "\n", handles=True)
+    if not failed:
+        return output
+    if "No such file or directory" in message:
+        return None
+    lines = message.strip().splitlines()
+    raise KernelError(f"nft could not {command}: {lines[0] if lines else '?'}")
+
+
+def _run(netns_path: str | None, script: str, *, handles: bool = False) -> tuple[bool, str, str]:
+    """(failed, error text, output) of one nft transaction in the namespace."""
+    library = _libnftables()
+    if library is not None:
+        return call_in_netns(netns_path, lambda: _run_library(library, netns_path, script, handles))
+    argv = ["nft", *(["-a"] if handles else []), "-f", "-"]
+    result = call_in_netns(
+        netns_path,
+        lambda: subprocess.run(argv, input=script.encode(), capture_output=True, check=False),
+    )
+    return (
+        result.returncode != 0,
+        result.stderr.decode(errors="replace"),
+        result.stdout.decode(errors="replace"),
+    )
 
 
 _library: list[ctypes.CDLL | None] = []
@@ -188,15 +214,27 @@ def _libnftables() -> ctypes.CDLL | None:
             library.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
             library.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
             library.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+            library.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+            library.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+            library.nft_ctx_output_get_flags.restype = ctypes.c_uint
+            library.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+            library.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
             library.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         _library.append(library)
     return _library[0]
 
 
 _contexts: dict[str | None, int] = {}
+# A forked child makes its own: sharing the parent's netlink socket would mix their replies.
+os.register_at_fork(after_in_child=_contexts.clear)
 
 
-def _run_library(library: ctypes.CDLL, netns_path: str | None, script: str) -> tuple[bool, str]:
+_OUTPUT_HANDLE = 1 << 3  # NFT_CTX_OUTPUT_HANDLE
+
+
+def _run_library(
+    library: ctypes.CDLL, netns_path: str | None, script: str, handles: bool
+) -> tuple[bool, str, str]:
     # One long-lived context per namespace, made on a thread inside it so its netlink
     # socket lives there: closing that socket costs ~10 ms, too much for every change.
     context = _contexts.get(netns_path)
@@ -205,9 +243,17 @@ def _run_library(library: ctypes.CDLL, netns_path: str | None, script: str) -> t
         library.nft_ctx_buffer_error(context)
         library.nft_ctx_buffer_output(context)
         _contexts[netns_path] = context
-    failed = library.nft_run_cmd_from_buffer(context, script.encode()) != 0
+    library.nft_ctx_get_output_buffer(context)  # reading rewinds: start from empty
+    flags = library.nft_ctx_output_get_flags(context)
+    if handles:
+        library.nft_ctx_output_set_flags(context, flags | _OUTPUT_HANDLE)
+    try:
+        failed = library.nft_run_cmd_from_buffer(context, script.encode()) != 0
+    finally:
+        library.nft_ctx_output_set_flags(context, flags)
     error = library.nft_ctx_get_error_buffer(context) or b""
-    return failed, error.decode(errors="replace")
+    output = library.nft_ctx_get_output_buffer(context) or b""
+    return failed, error.decode(errors="replace"), output.decode(errors="replace")
 
 
 def close(netns_path: str | None) -> None:

@@ -27,7 +27,7 @@ _NUD_PERMANENT, _NTF_SELF = 0x80, 0x02
 _AF_BRIDGE = 7
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE = 0x1, 0x4, 0x200, 0x400
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
-_IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_NET_NS_FD = 18, 20, 28
+_IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_GROUP, _IFLA_NET_NS_FD = 18, 20, 27, 28
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
 _IFA_F_NODAD = 0x02
@@ -35,6 +35,7 @@ _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
 _RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST, _RT_SCOPE_LINK = 254, 3, 1, 253
 _IFF_UP = 0x1
 _NLA_F_NESTED = 0x8000
+_SO_NETNS_COOKIE = 71
 
 
 class RtnlError(OSError):
@@ -84,6 +85,14 @@ class Rtnl:
 
     def close(self) -> None:
         self._sock.close()
+
+    def netns_cookie(self) -> int:
+        """The namespace's cookie: unique among the namespaces of one boot, never reused
+        (SO_NETNS_COOKIE, Linux >= 5.14)."""
+        (cookie,) = struct.unpack(
+            "=Q", self._sock.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8)
+        )
+        return int(cookie)
 
     def __enter__(self) -> Rtnl:
         return self
@@ -145,24 +154,30 @@ def add_veth(
     peer_netns_fd: int,
     peer_mac: str,
     mtu: int | None,
+    group: int,
 ) -> Request:
     """Create a veth pair, the host end up, the peer straight inside another namespace.
 
+    Both ends are in device group `group` from the instant they exist (the kernel
+    applies IFLA_GROUP at creation, an alias only later): the owner's mark.
     The peer stays down: opening it before its partner exists fails with ENOTCONN.
     """
     size = _attr(_IFLA_MTU, struct.pack("=I", mtu)) if mtu else b""
+    mark = _attr(_IFLA_GROUP, struct.pack("=I", group))
     peer = (
         _ifinfo()
         + _attr(_IFLA_IFNAME, _string(peer_ifname))
         + _attr(_IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
         + _attr(_IFLA_ADDRESS, _mac(peer_mac))
         + size
+        + mark
     )
     create = (
         _ifinfo(up=True)
         + _attr(_IFLA_IFNAME, _string(ifname))
         + _attr(_IFLA_MASTER, struct.pack("=I", master))
         + size
+        + mark
         + _nested(
             _IFLA_LINKINFO,
             _attr(_IFLA_INFO_KIND, _string("veth")),

@@ -3,26 +3,38 @@
 Every Host operation runs inside one `BEGIN IMMEDIATE` transaction that is held while the
 kernel is changed, so writers from several processes are serialised (no two get the same
 address) and a process killed mid-operation leaves nothing committed: what it made in the
-kernel is marked as ours and unreferenced, which is exactly what `reconcile` removes.
+kernel carries the store's mark and is unreferenced, which is exactly what `reconcile`
+removes.
+
+The database is made whole or not at all (built aside, then linked into place), so an
+empty or unreadable `keelnet.db` is always damage: it raises `CorruptState` and is never
+taken for a new store, which would forget what the old one made. Its schema grows by
+`MIGRATIONS`, applied in order from the version a database records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from keelnet.errors import CorruptState, KeelnetError
+from keelnet.errors import Conflict, CorruptState, InvalidRequest, KeelnetError, StateDirError
 from keelnet.ipam import AddressPool, SubnetPools
+from keelnet.kernel.ownership import new_store_id
 from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
 
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+DB_NAME = "keelnet.db"
+_BUSY_TIMEOUT = 60.0
+
+_TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS networks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, driver TEXT NOT NULL,
     dataplane TEXT NOT NULL, created TEXT NOT NULL, ipv6 INTEGER NOT NULL,
@@ -53,6 +65,27 @@ CREATE TABLE IF NOT EXISTS ports (
 """
 
 
+def _execute_all(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated statements inside the open transaction (executescript commits)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _store_identity(db: sqlite3.Connection) -> None:
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (new_store_id(),))
+
+
+#: Migration N takes a database from schema version N to N + 1, inside the transaction
+#: that records the new version. Append, never edit: databases in the field record how
+#: far they got. (Version 1 predates this list: its tables are created IF NOT EXISTS.)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    lambda db: _execute_all(db, _TABLES_V1),
+    _store_identity,  # 2: the id every kernel mark of this store carries
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
 def default_state_dir(netns: str | None) -> Path:
     """`$KEELNET_STATE_DIR`, else /var/lib/keelnet/<host netns name or "default">."""
     configured = os.environ.get("KEELNET_STATE_DIR")
@@ -60,6 +93,115 @@ def default_state_dir(netns: str | None) -> Path:
         return Path(configured)
     host = Path(netns).name if netns else "default"
     return Path("/var/lib/keelnet") / host
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _state_error(path: Path, exc: Exception) -> KeelnetError:
+    """The keelnet error for a failure to use the database at `path`."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return Conflict(f"{path}: the store refused a change that clashes with it: {text}")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return StateDirError(
+            f"{path}: another process has held the store's lock for over "
+            f"{_BUSY_TIMEOUT:.0f} s; try again when it is done"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and (
+        "readonly" in text or "read-only" in text or "unable to open" in text or "I/O" in text
+    ):
+        return StateDirError(
+            f"cannot write the keelnet store {path} ({text}): the state directory must be "
+            "writable by keelnet (check its mount and permissions, or use --state-dir)"
+        )
+    return _damaged(path, text)
+
+
+def _damaged(path: Path, detail: str) -> CorruptState:
+    return CorruptState(
+        f"the keelnet store {path} is damaged ({detail}). keelnet changes nothing while it "
+        "is: restore that file from a backup, or move it aside to start an empty store "
+        "(what the old store made in the kernel then stays until you remove it)"
+    )
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Database and row-decoding failures of a Store method as keelnet errors."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _state_error(args[0].path, exc) from exc  # type: ignore[attr-defined]
+        except (ValueError, TypeError, KeyError) as exc:  # json, a row of the wrong shape
+            if isinstance(exc, KeelnetError):
+                raise
+            raise _damaged(args[0].path, f"a damaged row: {exc}") from exc  # type: ignore[attr-defined]
+
+    return wrapper
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Make the state directory if needed, or say why it cannot be used."""
+    if "\0" in str(state_dir):
+        raise InvalidRequest(f"state directory {str(state_dir)!r} holds a NUL character")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise StateDirError(
+            f"state directory {state_dir} exists and is not a directory: give keelnet a "
+            "directory (--state-dir or KEELNET_STATE_DIR)"
+        ) from None
+    except OSError as exc:
+        raise StateDirError(
+            f"cannot use state directory {state_dir}: {exc.strerror or exc} (it must be a "
+            "directory keelnet can write; see --state-dir or KEELNET_STATE_DIR)"
+        ) from None
+
+
+def _create(path: Path) -> None:
+    """Build a new database aside and link it into place: `path` exists whole or not at
+    all. A process that loses the race to another uses that one's."""
+    building = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        db = sqlite3.connect(building, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # recorded in the file
+            db.execute("BEGIN IMMEDIATE")
+            _migrate(db, building)
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.link(building, path)
+    except sqlite3.Error as exc:
+        raise _state_error(path, exc) from exc
+    except OSError as exc:
+        raise StateDirError(f"cannot create the keelnet store {path}: {exc}") from None
+    finally:
+        building.unlink(missing_ok=True)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION (inside the caller's transaction)."""
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+    row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    try:
+        version = int(row[0]) if row is not None else 0
+    except ValueError:
+        raise _damaged(path, f"schema version {row[0]!r}") from None
+    if version > SCHEMA_VERSION:
+        raise CorruptState(
+            f"the keelnet store {path} has schema version {version}, written by a newer "
+            f"keelnet (this one knows up to {SCHEMA_VERSION}): upgrade keelnet"
+        )
+    for step in MIGRATIONS[version:]:
+        step(db)
+    if version != SCHEMA_VERSION:
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
 
 class Store:
@@ -71,27 +213,39 @@ class Store:
     scope = "local"
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = state_dir / "keelnet.db"
-        # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE. A Host
-        # may be handed from one thread to another (one at a time).
-        self._db = sqlite3.connect(
-            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        check_state_dir(state_dir)
+        self.path = state_dir / DB_NAME
+        try:
+            if not self.path.exists():
+                _create(self.path)
+            elif self.path.stat().st_size == 0:
+                raise _damaged(self.path, "the file is empty: truncated")
+        except OSError as exc:
+            raise StateDirError(f"cannot use the keelnet store {self.path}: {exc}") from None
         self._in_transaction = False
-        with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
+        self._open()
+
+    @_guarded
+    def _open(self) -> None:
+        # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
+        self._db = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
-            elif str(row["value"]) != str(_SCHEMA_VERSION):
-                raise CorruptState(f"{self.path}: unknown store schema {row['value']}")
+            if row is None or str(row[0]) != str(SCHEMA_VERSION):
+                with self.transaction():
+                    _migrate(self._db, self.path)
+            self.store_id = self.meta("store_id") or ""
+            if len(self.store_id) != 16:
+                raise _damaged(self.path, f"store id {self.store_id!r}")
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -102,19 +256,47 @@ class Store:
         if self._in_transaction:
             yield
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         self._in_transaction = True
         try:
             yield
         except BaseException:
             self._in_transaction = False
-            self._db.execute("ROLLBACK")
+            self._end("ROLLBACK")
             raise
         self._in_transaction = False
-        self._db.execute("COMMIT")
+        self._end("COMMIT")
+
+    @_guarded
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    @_guarded
+    def _end(self, verb: str) -> None:
+        self._db.execute(verb)
+
+    # --- meta ----------------------------------------------------------------------------
+
+    @_guarded
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @_guarded
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @_guarded
+    def holds_anything(self) -> bool:
+        """Whether the store has networks or sandboxes (and so owns kernel objects)."""
+        row = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM networks) OR EXISTS (SELECT 1 FROM sandboxes)"
+        ).fetchone()
+        return bool(row[0])
 
     # --- networks ------------------------------------------------------------------------
 
+    @_guarded
     def find_network(self, name_or_id: str) -> Network | None:
         row = self._db.execute(
             "SELECT * FROM networks WHERE name=? OR id=? ORDER BY name=? DESC LIMIT 1",
@@ -127,10 +309,12 @@ class Store:
             ).fetchone()
         return _network(row) if row else None
 
+    @_guarded
     def networks(self) -> list[Network]:
         rows = self._db.execute("SELECT * FROM networks ORDER BY name").fetchall()
         return [_network(row) for row in rows]
 
+    @_guarded
     def add_network(self, network: Network, subnets_from_defaults: list[str]) -> None:
         self._db.execute(
             "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -150,18 +334,21 @@ class Store:
             ),
         )
 
+    @_guarded
     def subnets_from_defaults(self, network_id: str) -> list[str]:
         row = self._db.execute(
             "SELECT subnets_from_defaults FROM networks WHERE id=?", (network_id,)
         ).fetchone()
         return list(json.loads(row[0])) if row else []
 
+    @_guarded
     def remove_network(self, network_id: str) -> None:
         self._db.execute("DELETE FROM address_pools WHERE network_id=?", (network_id,))
         self._db.execute("DELETE FROM networks WHERE id=?", (network_id,))
 
     # --- IPAM blobs ----------------------------------------------------------------------
 
+    @_guarded
     def address_pool(self, network_id: str, version: int) -> AddressPool | None:
         row = self._db.execute(
             "SELECT pool FROM address_pools WHERE network_id=? AND version=?",
@@ -169,16 +356,19 @@ class Store:
         ).fetchone()
         return AddressPool.from_bytes(bytes(row[0])) if row else None
 
+    @_guarded
     def save_address_pool(self, network_id: str, version: int, pool: AddressPool) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO address_pools VALUES (?,?,?)",
             (network_id, version, pool.to_bytes()),
         )
 
+    @_guarded
     def subnet_pools(self) -> SubnetPools:
         row = self._db.execute("SELECT value FROM meta WHERE key='subnet_pools'").fetchone()
         return SubnetPools.from_bytes(bytes(row[0])) if row else SubnetPools()
 
+    @_guarded
     def save_subnet_pools(self, pools: SubnetPools) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('subnet_pools', ?)", (pools.to_bytes(),)
@@ -186,24 +376,29 @@ class Store:
 
     # --- sandboxes -----------------------------------------------------------------------
 
+    @_guarded
     def find_sandbox(self, name: str) -> Sandbox | None:
         row = self._db.execute("SELECT * FROM sandboxes WHERE name=?", (name,)).fetchone()
         return Sandbox(row["name"], row["path"], bool(row["owned"])) if row else None
 
+    @_guarded
     def sandboxes(self) -> list[Sandbox]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY name").fetchall()
         return [Sandbox(r["name"], r["path"], bool(r["owned"])) for r in rows]
 
+    @_guarded
     def add_sandbox(self, sandbox: Sandbox) -> None:
         self._db.execute(
             "INSERT INTO sandboxes VALUES (?,?,?)", (sandbox.name, sandbox.path, int(sandbox.owned))
         )
 
+    @_guarded
     def remove_sandbox(self, name: str) -> None:
         self._db.execute("DELETE FROM sandboxes WHERE name=?", (name,))
 
     # --- endpoints -----------------------------------------------------------------------
 
+    @_guarded
     def endpoints(
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[Endpoint]:
@@ -223,6 +418,7 @@ class Store:
             args.append(sandbox)
         return list(self._db.execute(f"{query} ORDER BY {order_by}", args).fetchall())
 
+    @_guarded
     def add_endpoint(self, ep: Endpoint) -> None:
         self._db.execute(
             "INSERT INTO endpoints VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -241,11 +437,13 @@ class Store:
             ),
         )
 
+    @_guarded
     def remove_endpoint(self, endpoint_id: str) -> None:
         self._db.execute("DELETE FROM endpoints WHERE id=?", (endpoint_id,))
 
     # --- published ports -----------------------------------------------------------------
 
+    @_guarded
     def ports(
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[PortMapping]:
@@ -264,6 +462,7 @@ class Store:
             for r in rows
         ]
 
+    @_guarded
     def add_port(self, port: PortMapping) -> None:
         try:
             self._db.execute(
@@ -282,12 +481,57 @@ class Store:
         except sqlite3.IntegrityError as exc:
             raise PortTaken(str(exc)) from None
 
+    @_guarded
     def remove_port(self, host_ip: str | None, host_port: int, proto: str) -> int:
         cursor = self._db.execute(
             "DELETE FROM ports WHERE host_ip=? AND host_port=? AND proto=?",
             (host_ip or "", host_port, proto),
         )
         return cursor.rowcount
+
+
+@dataclass(frozen=True)
+class ForeignStore:
+    """What a look at another store's database found: `state` is "missing" (no
+    database), "damaged", "busy" (its lock stayed taken) or "readable"."""
+
+    state: str
+    store_id: str | None = None
+    holds_anything: bool = False
+    detail: str = ""
+
+
+@contextmanager
+def foreign_store(state_dir: Path) -> Iterator[ForeignStore]:
+    """A look at the store in `state_dir`, holding its write lock for the block's
+    length, so that store cannot start an operation while the caller acts on what it
+    saw. Never creates or changes anything there."""
+    path = state_dir.resolve() / DB_NAME
+    if not path.exists():
+        yield ForeignStore("missing")
+        return
+    try:
+        db = sqlite3.connect(
+            f"{path.as_uri()}?mode=rw", uri=True, timeout=5.0, isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        yield ForeignStore("damaged", detail=str(exc))
+        return
+    try:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
+            holds = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM networks) OR EXISTS (SELECT 1 FROM sandboxes)"
+            ).fetchone()
+            seen = ForeignStore("readable", str(row[0]) if row else None, bool(holds[0]))
+        except sqlite3.OperationalError as exc:
+            seen = ForeignStore("busy" if "locked" in str(exc) else "damaged", detail=str(exc))
+        except sqlite3.Error as exc:
+            seen = ForeignStore("damaged", detail=str(exc))
+        yield seen
+    finally:
+        db.close()  # rolls back: nothing was written
 
 
 class PortTaken(KeelnetError):
