@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from keelnet.demo import Check, ping, tcp_roundtrip
+from keelnet.demo import Check, ping, print_checks, tcp_roundtrip
 from keelnet.errors import StoreUnavailable
 from keelnet.host import Host
 from keelnet.kernel.namespaces import (
@@ -192,12 +192,4 @@ def run_overlay_demo() -> int:
         return 130
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    width = max(len(c.what) for c in results)
-    print(f"{'check':<{width}}  expected  got    ")
-    for check in results:
-        expected = "reach" if check.expected else "blocked"
-        got = "reach" if check.got else "blocked"
-        print(f"{check.what:<{width}}  {expected:<8}  {got:<7}{'' if check.ok else '  <-- WRONG'}")
-    for note in notes:
-        print(f"  {note}")
-    return 0 if all(c.ok for c in results) else 1
+    return print_checks(results, notes)
