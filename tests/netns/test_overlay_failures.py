@@ -64,6 +64,14 @@ def test_killed_agent_leaves_the_others_tables_and_comes_back(
             done = agent.cli(*argv)
             assert done.returncode == 0, done.stderr
         ip3 = agent_ip(agent, "ov1", app3)
+        # The CLI shows the network's scope, and the hosts taking part as Docker's Peers.
+        listed = agent.cli("network", "ls", "--format", "json")
+        rows = {(row["Name"], row["Scope"]) for row in map(json.loads, listed.stdout.splitlines())}
+        assert rows == {("kn-gwbridge", "local"), ("ov1", "global")}
+        shown = json.loads(agent.cli("network", "inspect", "ov1").stdout)[0]
+        assert {(p["Name"], p["IP"]) for p in shown["Peers"]} == {
+            (f"{cluster.etcd.prefix}-h{n}", f"192.0.2.{n}") for n in (1, 2, 3)
+        }
         mac3 = mac_for(ip3)
         assert wait_until(lambda: ping(app1, ip3, timeout=0.5), timeout=10)
         assert ping(app2, ip3, timeout=2)
