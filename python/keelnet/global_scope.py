@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import ipaddress
 import secrets
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from keelnet.errors import (
 from keelnet.ipam import AddressPool, SubnetPools
 from keelnet.kernel import links
 from keelnet.kernel.namespaces import iproute
-from keelnet.model import Endpoint, IpamConfig, Network, RemoteEndpoint
+from keelnet.model import Endpoint, IpamConfig, Network, RemoteEndpoint, created_now
 from keelnet.store import Store
 from keelnet.store.etcd import VNI_OPTION, EtcdStore, lowest_free_vni, retry_on_conflict
 
@@ -122,7 +121,7 @@ class GlobalScope:
         the_driver: Driver,
         name: str,
         plan_ipam: PlanIpam,
-        local_subnets: list[str],
+        local_networks: list[tuple[str, str]],
         ipv6: bool,
         internal: bool,
         opts: dict[str, str],
@@ -130,7 +129,8 @@ class GlobalScope:
     ) -> Network:
         """A network in the cluster store, its VNI taken cluster-wide (or the one pinned by
         `vxlanid_list`), its subnet overlapping no network of the cluster or of this host
-        (`local_subnets`); nothing is built on any host until a sandbox joins there."""
+        (`local_networks`: subnet, network name); nothing is built on any host until a
+        sandbox joins there."""
         the_driver.validate(self._ctx, NetworkRequest(name, opts, ipv6, internal))
         dataplane = the_driver.choose_dataplane(
             self._ctx, opts.get(DATAPLANE_OPTION, "auto"), options=opts
@@ -148,10 +148,10 @@ class GlobalScope:
                     f"VNI {pinned} is already used by network {owner}: pick another "
                     f"{VNI_OPTION} or leave it out"
                 )
-            subnets = [ipaddress.ip_network(c.subnet) for n in existing for c in n.ipam]
-            subnets += [ipaddress.ip_network(s) for s in local_subnets]
+            taken = [(ipaddress.ip_network(c.subnet), n.name) for n in existing for c in n.ipam]
+            taken += [(ipaddress.ip_network(subnet), owner) for subnet, owner in local_networks]
             configs, pools, _ = plan_ipam(
-                existing=subnets, subnet_pools=SubnetPools(OVERLAY_DEFAULT_POOLS)
+                taken=taken, subnet_pools=SubnetPools(OVERLAY_DEFAULT_POOLS)
             )
             network_id = secrets.token_hex(32)
             vni = pinned if pinned is not None else lowest_free_vni(used)
@@ -160,7 +160,7 @@ class GlobalScope:
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
-                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                created=created_now(),
                 ipam=configs,
                 ipv6=ipv6,
                 internal=internal,

@@ -14,11 +14,9 @@ userspace networks to restart), so an open is cheap.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import ipaddress
 import os
-import re
 import secrets
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,43 +26,48 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from keelnet import checks
 from keelnet import sandbox as netns_sandbox
 from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
-from keelnet.drivers import bridge, get_driver
+from keelnet.drivers import _gateway, bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
 from keelnet.errors import (
     AddressOutOfRange,
+    Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
     DuplicateSandbox,
     EndpointNotFound,
     GatewayOutsideSubnet,
+    InvalidOption,
     InvalidRequest,
     InvalidSubnet,
     KeelnetError,
     NetworkInUse,
     NetworkNotFound,
-    NotFound,
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
     StoreUnavailable,
 )
 from keelnet.global_scope import GlobalScope
+from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool, SubnetPools
 from keelnet.kernel import iptables_compat, links, nftables, ownership
-from keelnet.kernel.namespaces import iproute, netns_path, read_sysctl
+from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox, created_now
 from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
 from keelnet.store.etcd import EtcdStore
 from keelnet.store.journal import Entry, Journal
+from keelnet.store.sqlite import DB_NAME, check_state_dir
 
 Undo = Callable[[], None]
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+#: Docker's endpoint driver option that names the sandbox's interface.
+ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
@@ -100,10 +103,11 @@ class Host:
         if dataplane not in (None, "kernel", "userspace", "auto"):
             raise InvalidRequest(f"invalid dataplane {dataplane!r}: use kernel or userspace")
         self.netns = netns
-        self.netns_path = netns_path(netns) if netns else None
-        if self.netns_path is not None and not netns_sandbox.exists(self.netns_path):
-            raise NotFound(f"host network namespace {netns!r} does not exist")
+        self.netns_path = netns_sandbox.host_path(netns)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
+        check_state_dir(self.state_dir)
+        if not (self.state_dir / DB_NAME).exists():  # refused before anything is made
+            NamespaceClaim(netns, self.netns_path, None, self.state_dir).check()
         self.store = Store(self.state_dir)
         self._exit = contextlib.ExitStack()
         self._exit.callback(self.store.close)
@@ -203,16 +207,24 @@ class Host:
     ) -> Network:
         """Create a network; subnets are carved from the default pools when not given."""
         netns_sandbox.check_name(name, "network")
-        the_driver = get_driver(driver)
-        opts = {str(k): str(v) for k, v in (options or {}).items()}
-        ipam = (_as_list(subnet), _as_list(gateway), _as_list(ip_range), dict(aux_addresses or {}))
-        label_map = {str(k): str(v) for k, v in (labels or {}).items()}
+        the_driver = get_driver(checks.text(driver, "driver"))
+        opts = checks.string_map(options, "options")
+        subnets = checks.text_list(subnet, "subnet")
+        gateways = checks.text_list(gateway, "gateway")
+        ranges = checks.text_list(ip_range, "ip_range")
+        aux = checks.string_map(aux_addresses, "aux_addresses")
+        label_map = checks.string_map(labels, "labels")
+        for flag, value in (("ipv6", ipv6), ("internal", internal)):
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
         if the_driver.scope == "global":
             scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
-            plan = functools.partial(self._plan_ipam, *ipam, ipv6)
-            local = [c.subnet for n in self.store.networks() for c in n.ipam]
+            plan = functools.partial(
+                self._plan_ipam, subnets, gateways, ranges, aux, ipv6, gateway_on_host=False
+            )
+            local = [(c.subnet, n.name) for n in self.store.networks() for c in n.ipam]
             return scope.create_network(
                 the_driver, name, plan, local, ipv6, internal, opts, label_map
             )
@@ -232,20 +244,17 @@ class Host:
             pools: dict[int, AddressPool] = {}
             carved: list[str] = []
             if the_driver.uses_ipam:
-                subnet_pools = self.store.subnet_pools()
                 configs, pools, carved = self._plan_ipam(
-                    *ipam, ipv6, existing=self._all_subnets(), subnet_pools=subnet_pools
+                    subnets, gateways, ranges, aux, ipv6, gateway_on_host=the_driver.gateway_on_host
                 )
-                if carved:
-                    self.store.save_subnet_pools(subnet_pools)
-            elif any(ipam):
+            elif subnets or gateways or ranges or aux:
                 raise InvalidRequest(f"driver {the_driver.name!r} takes no IPAM configuration")
             network = Network(
                 id=network_id,
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
-                created=datetime.datetime.now(datetime.UTC).isoformat(),
+                created=created_now(),
                 ipam=configs,
                 ipv6=ipv6,
                 internal=internal,
@@ -273,16 +282,6 @@ class Host:
     def _global_named(self, name: str) -> bool:
         return self.global_store is not None and self.global_store.find_network(name) is not None
 
-    def _all_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        """The subnets of every network this host knows, local and global: a new one
-        must overlap none of them."""
-        global_networks = self.global_store.networks() if self.global_store else []
-        return [
-            ipaddress.ip_network(c.subnet)
-            for n in [*self.store.networks(), *global_networks]
-            for c in n.ipam
-        ]
-
     def _plan_ipam(
         self,
         subnets: list[str],
@@ -291,51 +290,70 @@ class Host:
         aux: dict[str, str],
         ipv6: bool,
         *,
-        existing: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
-        subnet_pools: SubnetPools,
+        gateway_on_host: bool,
+        taken: list[tuple[checks.IPNetwork, str]] | None = None,
+        subnet_pools: SubnetPools | None = None,
     ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
         """The network's subnets (those asked for, else carved from `subnet_pools`,
-        overlapping none of `existing`), with their address pools."""
-        requested: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+        default: the host's, overlapping none of `taken`, default: every network this
+        host knows, local and global), with their address pools."""
+        requested: dict[int, checks.IPNetwork] = {}
         for text in subnets:
-            try:
-                net = ipaddress.ip_network(text, strict=True)
-            except ValueError as exc:
-                raise InvalidSubnet(f"invalid subnet {text}: {exc}") from None
+            net = checks.subnet(text, gateway_on_host=gateway_on_host)
             if net.version in requested:
                 raise InvalidSubnet(f"more than one IPv{net.version} subnet given")
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
+        versions = (4, 6) if ipv6 else (4,)
+        by_gateway = _by_family(gateways, "gateway", versions, network=False)
+        by_range = _by_family(ranges, "IP range", versions, network=True)
+        for what, given in (("a gateway", by_gateway), ("an IP range", by_range)):
+            for version, value in given.items():
+                if version not in requested:
+                    raise InvalidSubnet(
+                        f"{what} needs a subnet: {value} was given without an IPv{version} "
+                        "subnet (give the subnet it belongs to as well)"
+                    )
+        if taken is None:
+            global_networks = self.global_store.networks() if self.global_store else []
+            taken = [
+                (ipaddress.ip_network(c.subnet), n.name)
+                for n in [*self.store.networks(), *global_networks]
+                for c in n.ipam
+            ]
         for net in requested.values():
-            for other in existing:
+            for other, owner in taken:
                 if net.version == other.version and net.overlaps(other):
                     raise OverlappingSubnet(
-                        f"invalid pool request: subnet {net} overlaps with {other} of another "
-                        "network"
+                        f"subnet {net} overlaps with {other} of network {owner}: choose a "
+                        f"subnet outside it (or remove network {owner} first)"
                     )
+            if gateway_on_host:
+                self._check_host_addresses(net)
+        existing = [subnet for subnet, _ in taken]
+        own_pools = subnet_pools is None
+        if subnet_pools is None:
+            subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
-        for version in (4, 6) if ipv6 else (4,):
+        for version in versions:
             if version not in requested:
                 avoid = [str(e) for e in existing] + self._on_link_routes()
                 text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
                 carved.append(text)
                 requested[version] = ipaddress.ip_network(text)
+        if carved and own_pools:
+            self.store.save_subnet_pools(subnet_pools)
         configs: list[IpamConfig] = []
         pools: dict[int, AddressPool] = {}
         for version, net in sorted(requested.items()):
-            gateway = _pick_family(gateways, version, "gateway")
-            ip_range = _pick_family(ranges, version, "ip range")
+            gateway, ip_range = by_gateway.get(version), by_range.get(version)
             if gateway is not None:
-                try:
-                    inside = ipaddress.ip_address(gateway) in net
-                except ValueError:
-                    raise InvalidSubnet(f"invalid gateway address {gateway!r}") from None
-                if not inside:
+                if ipaddress.ip_address(gateway) not in net:
                     raise GatewayOutsideSubnet(f"gateway {gateway} is not inside subnet {net}")
             else:
                 gateway = str(net.network_address + 1) if net.num_addresses > 2 else None
-            mine = {k: v for k, v in aux.items() if _version_of(v) == version}
+            mine = {k: v for k, v in aux.items() if checks.ip_version(v, "aux address") == version}
             for label, address in mine.items():
                 if ipaddress.ip_address(address) not in net:
                     raise AddressOutOfRange(f"auxiliary address {label}={address} not in {net}")
@@ -345,9 +363,21 @@ class Host:
             pools[version] = pool
             configs.append(IpamConfig(str(net), gateway, ip_range, mine))
         for label, address in aux.items():
-            if _version_of(address) not in requested:
+            if checks.ip_version(address, "aux address") not in requested:
                 raise AddressOutOfRange(f"auxiliary address {label}={address} fits no subnet")
         return tuple(configs), pools, carved
+
+    def _check_host_addresses(self, net: checks.IPNetwork) -> None:
+        """Refuse a subnet holding one of the host namespace's own addresses: the gateway
+        on a host device would take over routing for it (and could be that address)."""
+        for entry in self._ipr.addr("dump"):
+            address = ipaddress.ip_address(str(entry.get("address")).split("%")[0])
+            if address in net:
+                device = self._ipr.link("get", index=entry["index"])[0].get("ifname")
+                raise OverlappingSubnet(
+                    f"subnet {net} holds {address}, an address of {device} in this "
+                    "namespace: pick a subnet no host interface uses"
+                )
 
     def _on_link_routes(self) -> list[str]:
         routes = []
@@ -399,27 +429,18 @@ class Host:
             raise NetworkNotFound(f"network {name} not found")
         return network
 
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        network = self.network(name)
+        return network_inspect(self._store_for(network), network)
+
     def _store_for(self, network: Network) -> NetworkStore:
         if network.scope == "global":
             return self._require_global(network.driver).store
         return self.store
 
-    def inspect_network(self, name: str) -> dict[str, Any]:
-        network = self.network(name)
-        store = self._store_for(network)
-        status = {}
-        for config in network.ipam:
-            pool = store.address_pool(network.id, config.version)
-            if pool is not None:
-                status[config.subnet] = {
-                    "IPsInUse": pool.used,
-                    "DynamicIPsAvailable": pool.size - pool.used,
-                }
-        peers = None
-        if self.global_store is not None and network.scope == "global":
-            peers = self.global_store.peers(network.id)
-        # Containers: this host's endpoints only (Docker's swarm mode shows local ones).
-        return network.to_inspect(store.endpoints(network_id=network.id), status, peers)
+    def data_plane_running(self, network: Network) -> bool:
+        """Whether this Host runs `network`'s userspace data plane."""
+        return self._ctx.planes.get(network.id) is not None
 
     # --- sandboxes -----------------------------------------------------------------------
 
@@ -483,12 +504,31 @@ class Host:
         sandbox: str,
         *,
         ip: str | None = None,
+        ipv6: str | None = None,
         mac: str | None = None,
         aliases: Sequence[str] = (),
+        driver_options: Mapping[str, str] | None = None,
+        gw_priority: int = 0,
     ) -> Endpoint:
-        """Attach the sandbox to the network; returns its addresses (no prefix length)."""
-        if mac is not None and not _MAC.match(mac):
-            raise InvalidRequest(f"invalid MAC address {mac!r}")
+        """Attach the sandbox to the network; returns its addresses (no prefix length).
+
+        `ip`/`ipv6`: the addresses to take (any free one when not given); `gw_priority`:
+        Docker's `--gw-priority`, which endpoint gives the sandbox its default routes;
+        `driver_options`: `com.docker.network.endpoint.ifname` names the interface."""
+        checks.text(network, "network")
+        checks.text(sandbox, "sandbox")
+        requested = _requested_addresses(ip, ipv6)
+        mac = checks.mac(mac) if mac is not None else None
+        names = checks.aliases(aliases)
+        if isinstance(gw_priority, bool) or not isinstance(gw_priority, int):
+            raise InvalidRequest(f"gw_priority must be an integer, not {gw_priority!r}")
+        options = checks.string_map(driver_options, "driver options")
+        wanted_ifname = options.pop(ENDPOINT_IFNAME_OPTION, None)
+        if options:
+            raise InvalidOption(
+                f"unknown endpoint option(s) {', '.join(sorted(options))}: keelnet knows "
+                f"{ENDPOINT_IFNAME_OPTION}"
+            )
         with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
@@ -497,19 +537,21 @@ class Host:
             if self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
             driver = get_driver(net.driver)
+            if mac is not None and not driver.shares_parent_mac:
+                self._check_mac_free(net, mac)
             endpoint_id = secrets.token_hex(32)
-            if driver.uses_ipam:
-                used = {e.ifname for e in self._sandbox_endpoints(sandbox)}
-                ifname = next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
-            else:
-                ifname = ""
+            ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
             scope = self._require_global(net.driver) if net.scope == "global" else None
             if scope is not None:
+                for version, address in requested.items():
+                    if net.ipam_for(version) is None:
+                        raise AddressOutOfRange(f"{address}: {net.name} has no IPv{version} subnet")
+                ip = requested.get(4) or requested.get(6)
                 addresses = scope.reserve(net, endpoint_id, sandbox, ifname, ip)
                 # Until the connect completes, the reservation is undone on failure.
                 op.undo.append(lambda: scope.release(net, endpoint_id, addresses))
             else:
-                addresses = self._allocate(net, ip) if driver.uses_ipam else {}
+                addresses = self._allocate(net, requested) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
             routed = driver.uses_gateway(net) and not net.internal
             endpoint = Endpoint(
@@ -531,7 +573,8 @@ class Host:
                     if net.kernel_name and net.dataplane == "kernel"
                     else None
                 ),
-                aliases=tuple(aliases),
+                aliases=names,
+                gw_priority=gw_priority,
             )
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
@@ -542,8 +585,11 @@ class Host:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, op.undo)
                 scope.publish(endpoint)  # ready: the other hosts program it now
-            else:
-                self.store.add_endpoint(endpoint)
+                return endpoint
+            self.store.add_endpoint(endpoint)
+            # Put the sandbox's routes back as they were should anything after this fail.
+            op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
+            self._route_sandbox(box)
             return endpoint
 
     def _attach_gateway_bridge(self, sandbox: str, undo: list[Undo]) -> None:
@@ -568,16 +614,65 @@ class Host:
             found += self.global_store.endpoints(sandbox=sandbox)
         return found
 
-    def _allocate(self, network: Network, ip: str | None) -> dict[int, str]:
-        wanted = _version_of(ip) if ip is not None else None
-        if ip is not None and network.ipam_for(wanted or 0) is None:
-            raise AddressOutOfRange(f"{ip}: network {network.name} has no IPv{wanted} subnet")
+    def _check_mac_free(self, network: Network, mac: str) -> None:
+        """Refuse a MAC another endpoint of the network, or its host device, carries: two
+        interfaces with one MAC on a segment take each other's frames."""
+        for endpoint in self.store.endpoints(network_id=network.id):
+            if endpoint.mac == mac:
+                raise Conflict(
+                    f"MAC address {mac} is already used by {endpoint.sandbox} on {network.name}"
+                )
+        devices = [network.kernel_name, network.options.get("parent", "").partition(".")[0]]
+        for device in filter(None, devices):
+            index = links.link_index(self._ipr, device)
+            found = self._ipr.link("get", index=index)[0].get("address") if index else None
+            if found == mac:
+                raise Conflict(f"MAC address {mac} is the address of {device}, {network.name}'s")
+
+    def _endpoint_ifname(self, sandbox: str, wanted: str | None) -> str:
+        used = {e.ifname for e in self._sandbox_endpoints(sandbox)}
+        if wanted is None:
+            return next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
+        links.check_ifname(wanted, ENDPOINT_IFNAME_OPTION, InvalidOption)
+        if wanted in used:
+            raise Conflict(f"sandbox {sandbox} already has an interface {wanted}")
+        return wanted
+
+    def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
+        """Give the sandbox the default routes Docker's order picks among its endpoints
+        (`leaving`: an endpoint to leave out, one on its way out)."""
+        if not netns_sandbox.exists(box.path):
+            return
+        candidates = []
+        for endpoint in self.store.endpoints(sandbox=box.name):
+            if endpoint.id == leaving or not endpoint.ifname:
+                continue
+            network = self.network(endpoint.network_id)
+            via4, via6 = get_driver(network.driver).default_routes(network, endpoint)
+            candidates.append(
+                _gateway.Candidate(
+                    endpoint.ifname,
+                    network.name,
+                    network.internal,
+                    endpoint.gw_priority,
+                    via4,
+                    via6,
+                )
+            )
+        _gateway.apply(box.path, candidates)
+
+    def _allocate(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
+        for version, address in requested.items():
+            if network.ipam_for(version) is None:
+                raise AddressOutOfRange(
+                    f"{address}: network {network.name} has no IPv{version} subnet"
+                )
         addresses: dict[int, str] = {}
         for config in network.ipam:
             pool = self.store.address_pool(network.id, config.version)
             if pool is None:
                 continue
-            addresses[config.version] = pool.allocate(ip if wanted == config.version else None)
+            addresses[config.version] = pool.allocate(requested.get(config.version))
             self.store.save_address_pool(network.id, config.version, pool)
         return addresses
 
@@ -616,6 +711,8 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        if box is not None and path is not None:
+            self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
             self._sync_firewall()
 
@@ -641,12 +738,14 @@ class Host:
         host_ip: str | None = None,
     ) -> PortMapping:
         """Forward host_port on the host's addresses (and from the host itself) to the sandbox."""
-        if host_port != 0:  # 0: an ephemeral port, as Docker's `-p 80`
-            _check_port(host_port, "host port")
-        _check_port(container_port, "container port")
+        checks.text(network, "network")
+        checks.text(sandbox, "sandbox")
+        if host_port != 0 or isinstance(host_port, bool):  # 0: ephemeral, as Docker's `-p 80`
+            checks.port(host_port, "host port")
+        checks.port(container_port, "container port")
         if proto not in _PROTOCOLS:
             raise InvalidRequest(f"invalid protocol {proto!r}: use tcp, udp or sctp")
-        host_version = _version_of(host_ip) if host_ip is not None else None
+        host_version = checks.ip_version(host_ip, "host IP") if host_ip is not None else None
         with self._operation() as op:
             net = self.network(network)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
@@ -829,6 +928,7 @@ class Host:
             try:
                 driver.create_endpoint(self._ctx, network, endpoint, box.path)
                 driver.join(self._ctx, network, endpoint, box.path)
+                self._route_sandbox(box)
             except KeelnetError:
                 # The Host must start even when a parent is gone; the endpoint stays in
                 # the store and the next reconcile tries again.
@@ -932,30 +1032,38 @@ def _is_name(name: str) -> bool:
     return True
 
 
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
+def _requested_addresses(*addresses: str | None) -> dict[int, str]:
+    requested: dict[int, str] = {}
+    for address in addresses:
+        if address is None:
+            continue
+        version = checks.ip_version(address)
+        if version in requested:
+            raise InvalidRequest(
+                f"two IPv{version} addresses asked for: {requested[version]} and {address}"
+            )
+        requested[version] = address
+    return requested
 
 
-def _version_of(address: str) -> int:
-    try:
-        return ipaddress.ip_address(address).version
-    except ValueError:
-        raise InvalidRequest(f"invalid IP address {address!r}") from None
-
-
-def _pick_family(values: list[str], version: int, what: str) -> str | None:
+def _by_family(
+    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
+) -> dict[int, str]:
+    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
+    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
+    found: dict[int, str] = {}
     for value in values:
         try:
-            parsed = ipaddress.ip_network(value, strict=False)
+            parsed = ipaddress.ip_network(value, strict=False) if network else None
+            version = parsed.version if parsed else ipaddress.ip_address(value).version
         except ValueError:
             raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if parsed.version == version:
-            return value
-    return None
-
-
-def _check_port(port: int, what: str) -> None:
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidRequest(f"invalid {what} {port!r}: must be 1-65535")
+        if version not in versions:
+            raise GatewayOutsideSubnet(
+                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
+                + (" (IPv6 is not enabled)" if version == 6 else "")
+            )
+        if version in found:
+            raise InvalidSubnet(f"more than one IPv{version} {what} given")
+        found[version] = value
+    return found

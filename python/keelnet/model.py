@@ -3,8 +3,39 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+
+def created_now() -> str:
+    """This moment as Docker writes `Created`: RFC 3339 in UTC with nanoseconds."""
+    return rfc3339nano(time.time_ns())
+
+
+def rfc3339nano(ns: int) -> str:
+    """Go's time.RFC3339Nano in UTC (trailing zeros of the fraction dropped)."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    fraction = f"{nanos:09d}".rstrip("0")
+    moment = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{moment}.{fraction}Z" if fraction else f"{moment}Z"
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?")
+
+
+def timestamp_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp of any precision (what the
+    store holds: RFC3339Nano, or isoformat from stores made before keelnet wrote that)."""
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    base, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    seconds = int(datetime.fromisoformat(base + zone).timestamp())
+    return seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
 @dataclass(frozen=True)
@@ -51,6 +82,7 @@ class Endpoint:
     sandbox: str = ""
     host_ifname: str | None = None
     aliases: tuple[str, ...] = ()
+    gw_priority: int = 0  # Docker's --gw-priority: the highest gives the default routes
 
 
 @dataclass(frozen=True)
@@ -113,6 +145,10 @@ class Network:
     kernel_name: str | None  # bridge name, or None for drivers without a host-side device
     scope: str = "local"  # "global": shared by the hosts of a cluster store (overlay)
 
+    @property
+    def created_ns(self) -> int:
+        return timestamp_ns(self.created)
+
     def ipam_for(self, version: int) -> IpamConfig | None:
         return next((c for c in self.ipam if c.version == version), None)
 
@@ -135,7 +171,7 @@ class Network:
         shape: dict[str, Any] = {
             "Name": self.name,
             "Id": self.id,
-            "Created": self.created,
+            "Created": rfc3339nano(self.created_ns),
             "Scope": self.scope,
             "Driver": self.driver,
             "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)

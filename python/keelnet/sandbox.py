@@ -8,13 +8,21 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from keelnet.errors import DuplicateSandbox, InvalidName, InvalidRequest, SandboxNotFound
+from keelnet.errors import (
+    DuplicateSandbox,
+    InvalidName,
+    InvalidRequest,
+    KeelnetError,
+    NotFound,
+    SandboxNotFound,
+)
 from keelnet.kernel.namespaces import (
     NETNS_RUN_DIR,
     call_in_netns,
     create_named,
     iproute,
     is_netns,
+    netns_path,
     remove_named,
 )
 
@@ -51,15 +59,43 @@ def create(name: str) -> str:
 
 def resolve(path_or_pid: str | int) -> str:
     """The namespace path of an existing netns given by path, `ip netns` name or pid."""
-    if isinstance(path_or_pid, int) or str(path_or_pid).isdigit():
+    if isinstance(path_or_pid, bool) or not isinstance(path_or_pid, str | int):
+        raise InvalidRequest(f"a namespace is a path, a name or a pid, not {path_or_pid!r}")
+    if isinstance(path_or_pid, int) or path_or_pid.isdigit():
         path = f"/proc/{int(path_or_pid)}/ns/net"
+    elif "/" in path_or_pid:
+        path = path_or_pid
     else:
-        path = str(path_or_pid) if "/" in str(path_or_pid) else named_path(str(path_or_pid))
+        check_name(path_or_pid, "network namespace")
+        path = named_path(path_or_pid)
+    require(path, SandboxNotFound)
+    return path
+
+
+def host_path(netns: str | None) -> str | None:
+    """The path of the host namespace `netns` (an `ip netns` name or a path; None: the
+    caller's): NotFound when nothing is there, InvalidRequest for anything else."""
+    if netns is None:
+        return None
+    if not isinstance(netns, str):
+        raise InvalidRequest(f"a host namespace is a name or a path, not {netns!r}")
+    if "/" not in netns:
+        check_name(netns, "host network namespace")
+    path = netns_path(netns)
+    require(path, NotFound)
+    return path
+
+
+def require(path: str, missing: type[KeelnetError]) -> None:
+    """Refuse `path` unless it is a network namespace: `missing` when nothing is there,
+    InvalidRequest for a file of another kind."""
+    if "\0" in path:
+        raise InvalidRequest(f"namespace path {path!r} holds a NUL character")
     if exists(path):
-        return path
+        return
     if os.path.lexists(path):
-        raise InvalidRequest(f"{path_or_pid!r}: {path} is not a network namespace")
-    raise SandboxNotFound(f"no network namespace at {path_or_pid!r}")
+        raise InvalidRequest(f"{path} is not a network namespace")
+    raise missing(f"no network namespace at {path}")
 
 
 def exists(path: str) -> bool:

@@ -9,8 +9,11 @@ on failure: namespaces are deleted by their per-test prefix.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from netlab import (
 )
 
 import keelnet
+from keelnet import agent
 from keelnet.kernel import links
 from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
 
@@ -74,7 +78,21 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                 run_in(the_lab.host, tool, "-w", *rule.split())
         yield the_lab
     finally:
-        remove_prefix(prefix)
+        try:
+            stop_agent(the_lab)
+        finally:
+            remove_prefix(prefix)
+
+
+def stop_agent(lab: Lab) -> None:
+    """Stop the keelnet agent a test's commands started for the lab's host, if any: by
+    request, else (it hangs) by SIGKILL to the pid it recorded."""
+    try:
+        agent.stop(lab.host, str(lab.state_dir), timeout=30)
+    except Exception:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            record = json.loads((lab.state_dir / agent.STATUS_NAME).read_text())
+            os.kill(int(record["pid"]), signal.SIGKILL)
 
 
 @pytest.fixture

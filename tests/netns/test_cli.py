@@ -1,36 +1,58 @@
-"""The keelnet CLI end to end, as a Docker user would drive it."""
+"""The keelnet CLI end to end, as a Docker user would drive it (compared with what
+`docker network ...` prints: columns, formats, filters, prompts, errors and exit codes)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from netlab import OUTSIDE_ADDRESS, Lab
 from nettools import TcpServer, tcp_request
 
+from keelnet.kernel.namespaces import iproute, netns_path
 
-def keelnet_cli(lab: Lab, *argv: str) -> subprocess.CompletedProcess[str]:
+KEELNET = [sys.executable, "-m", "keelnet.cli"]
+
+
+def keelnet_cli(lab: Lab, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keelnet.cli",
-            "--netns",
-            lab.host,
-            "--state-dir",
-            str(lab.state_dir),
-            *argv,
-        ],
+        [*KEELNET, "--netns", lab.host, "--state-dir", str(lab.state_dir), *argv],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
+        input=stdin,
     )
+
+
+def ok(lab: Lab, *argv: str) -> str:
+    result = keelnet_cli(lab, *argv)
+    assert result.returncode == 0, f"{argv}: {result.stderr}"
+    return result.stdout
+
+
+def default_routes(sandbox: str) -> dict[int, list[tuple[str | None, str]]]:
+    """The sandbox's default routes by family: (gateway or None, interface)."""
+    routes: dict[int, list[tuple[str | None, str]]] = {4: [], 6: []}
+    with iproute(netns_path(sandbox)) as ipr:
+        names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
+        for route in ipr.route("dump"):
+            if route["dst_len"] == 0 and route["table"] == 254 and route["type"] == 1:
+                family = 6 if route["family"] == socket.AF_INET6 else 4
+                multipath = route.get("multipath") or [{"oif": route.get("oif"), **{}}]
+                for hop in multipath:
+                    gateway = route.get("gateway") or hop.get("gateway")
+                    routes[family].append((gateway, names.get(hop.get("oif") or route.get("oif"))))
+    return routes
 
 
 def test_cli_network_lifecycle(lab: Lab) -> None:
     sandbox = lab.name("web")
-    created = keelnet_cli(
+    created = ok(
         lab,
         "network",
         "create",
@@ -42,57 +64,253 @@ def test_cli_network_lifecycle(lab: Lab) -> None:
         "com.docker.network.driver.mtu=1400",
         "front",
     )
-    assert created.returncode == 0, created.stderr
-    network_id = created.stdout.strip()
+    network_id = created.strip()
     assert len(network_id) == 64
 
-    listed = keelnet_cli(lab, "network", "ls", "--format", "json")
-    assert [json.loads(line)["Name"] for line in listed.stdout.splitlines()] == ["front"]
+    listed = ok(lab, "network", "ls", "--format", "json")
+    assert [json.loads(line)["Name"] for line in listed.splitlines()] == ["front"]
 
-    assert keelnet_cli(lab, "sandbox", "create", sandbox).returncode == 0
-    connected = keelnet_cli(lab, "network", "connect", "--ip", "10.95.0.50", "front", sandbox)
-    assert connected.returncode == 0, connected.stderr
-    inspected = json.loads(keelnet_cli(lab, "network", "inspect", "front").stdout)
+    assert ok(lab, "sandbox", "create", sandbox).strip() == sandbox
+    ok(lab, "network", "connect", "--ip", "10.95.0.50", "front", sandbox)
+    inspected = json.loads(ok(lab, "network", "inspect", "front"))
     assert inspected[0]["Id"] == network_id
     assert inspected[0]["Labels"] == {"team": "net"}
-    assert inspected[0]["Containers"][sandbox]["IPv4Address"] == "10.95.0.50/24"
+    (container,) = inspected[0]["Containers"].values()
+    assert container["Name"] == sandbox and container["IPv4Address"] == "10.95.0.50/24"
 
-    listed = keelnet_cli(lab, "sandbox", "ls", "--format", "json")
-    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    listed = ok(lab, "sandbox", "ls", "--format", "json")
+    (row,) = [json.loads(line) for line in listed.splitlines()]
     assert row["Name"] == sandbox and row["Networks"]["front"]["IPAddress"] == "10.95.0.50"
-    shown = keelnet_cli(lab, "sandbox", "exec", sandbox, "--", "ip", "-4", "-o", "addr")
-    assert "10.95.0.50/24" in shown.stdout
+    shown = ok(lab, "sandbox", "exec", sandbox, "--", "ip", "-4", "-o", "addr")
+    assert "10.95.0.50/24" in shown
 
-    assert keelnet_cli(lab, "port", "publish", "front", sandbox, "8080:80").returncode == 0
+    assert ok(lab, "port", "publish", "front", sandbox, "8080:80") == "80/tcp -> 0.0.0.0:8080\n"
+    assert ok(lab, "port", "ls", "--format", "{{.Sandbox}} {{.HostPort}}") == f"{sandbox} 8080\n"
     with TcpServer(sandbox, "0.0.0.0", 80, "cli"):
         assert tcp_request(lab.outside, "192.0.2.1", 8080, "q") == f"cli q from {OUTSIDE_ADDRESS}"
-    assert keelnet_cli(lab, "port", "unpublish", "front", sandbox, "8080:80").returncode == 0
+    ok(lab, "port", "unpublish", "front", sandbox, "8080:80")
 
     busy = keelnet_cli(lab, "network", "rm", "front")
     assert busy.returncode == 1 and "active endpoints" in busy.stderr
-    assert keelnet_cli(lab, "network", "disconnect", "front", sandbox).returncode == 0
-    assert keelnet_cli(lab, "sandbox", "rm", sandbox).returncode == 0
-    assert (
-        keelnet_cli(lab, "network", "create", "spare", "--subnet", "10.96.0.0/24").returncode == 0
+    ok(lab, "network", "disconnect", "front", sandbox)
+    ok(lab, "sandbox", "rm", sandbox)
+    ok(lab, "network", "create", "spare", "--subnet", "10.96.0.0/24")
+    pruned = ok(lab, "network", "prune", "-f")
+    assert pruned == "Deleted Networks:\nfront\nspare\n\n"  # Docker's shape, blank line too
+    assert ok(lab, "network", "ls", "-q") == ""
+
+
+def test_ls_columns_formats_and_filters(lab: Lab) -> None:
+    long_name = "a-network-with-a-rather-long-name"
+    ids = {}
+    for name, subnet, extra in [
+        ("net10", "10.61.0.0/24", ["--label", "tier=back"]),
+        ("net2", "10.62.0.0/24", ["--label", "tier=front", "--internal"]),
+        (long_name, "10.63.0.0/24", []),
+    ]:
+        ids[name] = ok(lab, "network", "create", "--subnet", subnet, *extra, name).strip()
+    table = ok(lab, "network", "ls").splitlines()
+    assert table[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE", "DATAPLANE"]
+    # Natural order (net2 before net10); every column starts where its header does.
+    assert [line.split()[1] for line in table[1:]] == [long_name, "net2", "net10"]
+    for column in ("NAME", "DRIVER", "SCOPE", "DATAPLANE"):
+        start = table[0].index(column)
+        assert all(line[start - 1] == " " and line[start] != " " for line in table[1:]), column
+    assert table[1].split()[0] == ids[long_name][:12]
+
+    assert ok(lab, "network", "ls", "-q", "--no-trunc").split() == [
+        ids[long_name],
+        ids["net2"],
+        ids["net10"],
+    ]
+    custom = ok(lab, "network", "ls", "--format", "table {{.Name}}\\t{{.Internal}}").splitlines()
+    assert custom[0].split() == ["NAME", "INTERNAL"] and custom[2].split() == ["net2", "true"]
+    assert ok(lab, "network", "ls", "--format", '{{.Name}}={{.Label "tier"}}').split() == [
+        f"{long_name}=",
+        "net2=front",
+        "net10=back",
+    ]
+    lines = ok(lab, "network", "ls", "--format", "json").splitlines()
+    first = json.loads(lines[0])
+    assert len(lines) == 3 and first["Name"] == long_name and first["Scope"] == "local"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? \+0000 UTC", first["CreatedAt"])
+
+    def names(*filters: str) -> list[str]:
+        argv = [part for f in filters for part in ("-f", f)]
+        return ok(lab, "network", "ls", "--format", "{{.Name}}", *argv).split()
+
+    assert names("label=tier") == ["net2", "net10"]
+    assert names("label=tier=front") == ["net2"]
+    assert names("name=net1") == ["net10"]
+    assert names("name=^a-", "name=net2") == [long_name, "net2"]
+    assert names("id=" + ids["net10"][:6]) == ["net10"]
+    assert names("driver=bridge", "label=tier=back") == ["net10"]
+    assert names("driver=macvlan") == []
+    assert names("dangling=true") == [long_name, "net2", "net10"]
+    assert names("type=builtin") == []
+
+    bad = keelnet_cli(lab, "network", "ls", "-f", "nosuch=1")
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: invalid filter 'nosuch'")
+    usage = keelnet_cli(lab, "network", "ls", "-f", "driver")
+    assert usage.returncode == 2 and "bad format of filter (expected name=value)" in usage.stderr
+    template = keelnet_cli(lab, "network", "ls", "--format", "{{.Nosuch}}")
+    assert template.returncode == 1
+    assert "can't evaluate field Nosuch" in template.stderr
+    assert len(template.stderr.splitlines()) == 1
+
+
+def test_inspect_formats_and_missing_networks(lab: Lab) -> None:
+    sandbox = lab.name("i")
+    ok(lab, "network", "create", "--subnet", "10.64.0.0/24", "--ip-range", "10.64.0.128/25", "a")
+    ok(lab, "sandbox", "create", sandbox)
+    ok(lab, "network", "connect", "a", sandbox)
+
+    both = keelnet_cli(lab, "network", "inspect", "a", "nosuch")
+    assert both.returncode == 1
+    assert [n["Name"] for n in json.loads(both.stdout)] == ["a"]  # what was found, then
+    assert both.stderr == "Error: network nosuch not found\n"  # the error
+    (found,) = json.loads(both.stdout)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{1,9}Z", found["Created"])
+    # Dynamic addresses come from the /25: 128 - broadcast - the sandbox's.
+    assert found["Status"]["IPAM"]["Subnets"]["10.64.0.0/24"] == {
+        "IPsInUse": 4,
+        "DynamicIPsAvailable": 126,
+    }
+    assert found["IPAM"]["Config"] == [
+        {"Subnet": "10.64.0.0/24", "IPRange": "10.64.0.128/25", "Gateway": "10.64.0.1"}
+    ]
+
+    template = "{{.Name}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{len .Containers}}"
+    assert ok(lab, "network", "inspect", "-f", template, "a") == "a 10.64.0.0/24 10.64.0.1 1\n"
+    compact = ok(lab, "network", "inspect", "--format", "json", "a")
+    assert compact.count("\n") == 1 and json.loads(compact)[0]["Name"] == "a"
+    assert json.loads(ok(lab, "network", "inspect", "-v", "a"))[0]["Name"] == "a"
+    missing = keelnet_cli(lab, "network", "inspect", "-f", "{{.Name}}", "a", "gone", "a")
+    assert missing.returncode == 1 and missing.stdout == "a\na\n"
+    assert missing.stderr == "Error: network gone not found\n"
+
+
+def test_prune_asks_first_and_filters(lab: Lab) -> None:
+    ok(lab, "network", "create", "--subnet", "10.65.0.0/24", "--label", "keep=yes", "kept")
+    ok(lab, "network", "create", "--subnet", "10.66.0.0/24", "gone")
+    declined = keelnet_cli(lab, "network", "prune", stdin="n\n")
+    assert declined.returncode == 0
+    assert declined.stdout == (
+        "WARNING! This will remove all custom networks not used by at least one sandbox.\n"
+        "Are you sure you want to continue? [y/N] "
     )
-    pruned = keelnet_cli(lab, "network", "prune", "-f")
-    assert pruned.stdout.split() == ["Deleted", "Networks:", "front", "spare"]
-    assert keelnet_cli(lab, "network", "ls", "-q").stdout == ""
+    assert ok(lab, "network", "ls", "-q").count("\n") == 2
+    nothing = keelnet_cli(lab, "network", "prune")  # stdin at EOF: no
+    assert nothing.returncode == 0 and ok(lab, "network", "ls", "-q").count("\n") == 2
+    accepted = keelnet_cli(lab, "network", "prune", "--filter", "label!=keep", stdin="y\n")
+    assert accepted.returncode == 0 and accepted.stdout.endswith("Deleted Networks:\ngone\n\n")
+    assert ok(lab, "network", "ls", "--format", "{{.Name}}") == "kept\n"
+    refused = keelnet_cli(lab, "network", "prune", "-f", "--filter", "driver=bridge")
+    assert refused.returncode == 1 and "invalid filter 'driver'" in refused.stderr
 
 
-def test_cli_errors_are_one_line_with_nonzero_exit(lab: Lab) -> None:
-    assert keelnet_cli(lab, "network", "create", "--subnet", "10.97.0.0/24", "n").returncode == 0
+def test_errors_are_one_line_that_say_what_to_do(lab: Lab) -> None:
+    ok(lab, "network", "create", "--subnet", "10.97.0.0/24", "n")
     for argv, text in [
-        (("network", "create", "n"), "already exists"),
-        (("network", "create", "-d", "nosuch", "m"), "nosuch"),
-        (("network", "create", "--subnet", "10.97.0.0/25", "m"), "overlaps"),
-        (("network", "rm", "ghost"), "ghost"),
+        (("network", "create", "n"), "network with name n already exists"),
+        (("network", "create", "-d", "nosuch", "m"), "drivers: bridge, host, ipvlan, macvlan"),
+        (
+            ("network", "create", "--subnet", "10.97.0.0/25", "m"),
+            "overlaps with 10.97.0.0/24 of network n",
+        ),
+        (("network", "create", "--subnet", "10.1.2.3/24", "m"), "did you mean 10.1.2.0/24?"),
+        (("network", "create", "--gateway", "10.1.2.1", "m"), "a gateway needs a subnet"),
+        (("network", "create", "--ip-range", "10.1.2.0/25", "m"), "an IP range needs a subnet"),
+        (("network", "create", "--subnet", "bogus", "m"), "such as 10.1.2.0/24"),
+        (("network", "create", "--ipv4=false", "m"), "no IPv6-only networks"),
+        (("network", "create", "--scope", "swarm", "m"), 'invalid scope "swarm"'),
+        (("network", "create", "--ipam-driver", "x", "m"), 'IPAM driver "x" not found'),
+        (("network", "rm", "ghost"), "network ghost not found"),
         (("network", "connect", "n", "ghost"), "ghost"),
+        (("network", "connect", "--driver-opt", "x=1", "n", "ghost"), "unknown endpoint option"),
         (("port", "publish", "n", "x", "nonsense"), "port mapping"),
+        (("sandbox", "exec", "ghost", "--", "true"), "no such sandbox: ghost"),
     ]:
         result = keelnet_cli(lab, *argv)
         assert result.returncode == 1, argv
         assert result.stderr.startswith("Error: ") and text in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert keelnet_cli(lab, "network", "rm", "-f", "ghost").returncode == 0
-    assert keelnet_cli(lab, "network", "rm", "n").returncode == 0
+    assert ok(lab, "network", "ls", "--format", "{{.Name}}") == "n\n"  # nothing half-made
+
+
+def test_one_default_route_per_sandbox_as_docker_picks_it(lab: Lab) -> None:
+    sandbox = lab.name("gw")
+    ok(lab, "sandbox", "create", sandbox)
+    ok(lab, "network", "create", "--subnet", "10.71.0.0/24", "zeta")
+    ok(
+        lab,
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.72.0.0/24",
+        "--subnet",
+        "fd71::/64",
+        "beta",
+    )
+    ok(lab, "network", "create", "--subnet", "10.73.0.0/24", "--internal", "alpha")
+
+    ok(lab, "network", "connect", "zeta", sandbox)
+    assert default_routes(sandbox) == {4: [("10.71.0.1", "eth0")], 6: []}
+    ok(lab, "network", "connect", "alpha", sandbox)  # internal: offers no gateway
+    assert default_routes(sandbox) == {4: [("10.71.0.1", "eth0")], 6: []}
+    # beta offers both families: it comes first in libnetwork's order.
+    ok(lab, "network", "connect", "beta", sandbox)
+    assert default_routes(sandbox) == {4: [("10.72.0.1", "eth2")], 6: [("fd71::1", "eth2")]}
+    # The network that gives the routes leaves: the next one takes over, for each family.
+    ok(lab, "network", "disconnect", "beta", sandbox)
+    assert default_routes(sandbox) == {4: [("10.71.0.1", "eth0")], 6: []}
+    ok(lab, "network", "disconnect", "zeta", sandbox)
+    assert default_routes(sandbox) == {4: [], 6: []}  # alpha is internal: none at all
+
+
+def test_connect_takes_ipv6_and_interface_name(lab: Lab) -> None:
+    sandbox = lab.name("six")
+    ok(lab, "sandbox", "create", sandbox)
+    ok(lab, "network", "create", "--ipv6", "--subnet", "10.74.0.0/24", "--subnet", "fd74::/64", "d")
+    ok(
+        lab,
+        "network",
+        "connect",
+        "--ip",
+        "10.74.0.9",
+        "--ip6",
+        "fd74::9",
+        "--driver-opt",
+        "com.docker.network.endpoint.ifname=lan0",
+        "d",
+        sandbox,
+    )
+    with iproute(netns_path(sandbox)) as ipr:
+        (index,) = ipr.link_lookup(ifname="lan0")
+        addresses = {a.get("address") for a in ipr.addr("dump", index=index)}
+    assert {"10.74.0.9", "fd74::9"} <= addresses
+    (container,) = json.loads(ok(lab, "network", "inspect", "d"))[0]["Containers"].values()
+    assert container["IPv6Address"] == "fd74::9/64"
+    assert ipaddress.ip_interface(container["IPv4Address"]).ip == ipaddress.ip_address("10.74.0.9")
+
+
+def test_an_unusable_state_dir_is_one_line(lab: Lab, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    for state_dir in (str(blocker), str(blocker / "below")):
+        for argv in (
+            ["network", "ls"],
+            ["network", "create", "x"],
+            ["sandbox", "exec", "s", "true"],
+        ):
+            result = subprocess.run(
+                [*KEELNET, "--netns", lab.host, "--state-dir", state_dir, *argv],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 1, (state_dir, argv)
+            assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+            assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -253,6 +253,10 @@ def test_floods_reach_every_peer_and_unknown_peers_are_refused(lab: DpLab) -> No
 def test_peer_learning_accepts_an_unconfigured_vtep(lab: DpLab) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     s1, s2 = lab.sandbox("s1"), lab.sandbox("s2")
+    # s2 must stay silent until it pings: an IPv6 router solicitation or MLD report of its
+    # eth0 coming up would reach h1 first (and make h2 a peer) on a slow machine.
+    for scope in ("all", "default"):
+        sh("sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1", netns=s2)
     kernel_vxlan_host(
         h2,
         s2,

@@ -3,25 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from keelnet.cli._common import Commands, format_flag
+from keelnet.cli._common import READ, WRITE, Commands, Session, command, format_flag, print_rows
 from keelnet.errors import InvalidRequest
-from keelnet.host import Host
+
+LS_COLUMNS = "{{.Sandbox}}\t{{.ContainerPort}}/{{.Proto}}\t{{.HostIp}}:{{.HostPort}}\t{{.Network}}"
+LS_HEADERS = {
+    "Sandbox": "SANDBOX",
+    "ContainerPort": "PORT",
+    "Proto": "PROTO",
+    "HostIp": "HOST IP",
+    "HostPort": "HOST PORT",
+    "Network": "NETWORK",
+}
 
 
 def add_commands(commands: Commands) -> None:
-    port = commands.add_parser("port", help="publish sandbox ports on the host")
-    verbs = port.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for verb, handler in (("publish", publish_port), ("unpublish", unpublish_port)):
-        command = verbs.add_parser(verb, help=f"{verb} a port")
-        command.add_argument("network")
-        command.add_argument("sandbox")
-        command.add_argument("mapping", metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]")
-        command.set_defaults(handler=handler)
-    ls = verbs.add_parser("ls", help="list published ports")
+    port = commands.add_parser(
+        "port",
+        help="Publish sandbox ports on the host",
+        description="Publish sandbox ports on the host",
+    )
+    verbs = port.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for verb, handler, what in (
+        ("publish", publish_port, "Publish a sandbox port on the host"),
+        ("unpublish", unpublish_port, "Remove a published port"),
+    ):
+        parser = command(verbs, verb, what, handler, WRITE)
+        parser.add_argument("network", metavar="NETWORK", help="network name or id")
+        parser.add_argument("sandbox", metavar="SANDBOX", help="sandbox name")
+        parser.add_argument(
+            "mapping",
+            metavar="[HOST_IP:]HOST_PORT:PORT[/PROTO]",
+            help="as docker run -p (PORT alone: an ephemeral host port)",
+        )
+    ls = command(verbs, "ls", "List published ports", list_ports, READ, aliases=["list"])
     format_flag(ls)
-    ls.set_defaults(handler=list_ports)
 
 
 def parse_mapping(text: str) -> tuple[str | None, int, int, str]:
@@ -40,39 +57,46 @@ def parse_mapping(text: str) -> tuple[str | None, int, int, str]:
     raise InvalidRequest(f"invalid port mapping {text!r}: use [HOST_IP:]HOST_PORT:PORT[/PROTO]")
 
 
-def publish_port(host: Host, args: argparse.Namespace) -> int:
+def publish_port(session: Session, args: argparse.Namespace) -> int:
     host_ip, host_port, container_port, proto = parse_mapping(args.mapping)
-    mapping = host.publish(args.network, args.sandbox, host_port, container_port, proto, host_ip)
+    mapping = session.host.publish(
+        args.network, args.sandbox, host_port, container_port, proto, host_ip
+    )
     print(f"{container_port}/{proto} -> {mapping.host_ip or '0.0.0.0'}:{mapping.host_port}")
     return 0
 
 
-def unpublish_port(host: Host, args: argparse.Namespace) -> int:
+def unpublish_port(session: Session, args: argparse.Namespace) -> int:
     host_ip, host_port, _, proto = parse_mapping(args.mapping)
-    host.unpublish(args.network, args.sandbox, host_port, proto, host_ip)
+    session.host.unpublish(args.network, args.sandbox, host_port, proto, host_ip)
     return 0
 
 
-def list_ports(host: Host, args: argparse.Namespace) -> int:
-    networks = {n.id: n.name for n in host.networks()}
+class PortRow:
+    go_type = "*port.portContext"
+
+    def __init__(self, **fields: object) -> None:
+        self._fields = fields
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def to_json(self) -> dict[str, object]:
+        return self._fields
+
+
+def list_ports(session: Session, args: argparse.Namespace) -> int:
+    store = session.store
+    networks = {n.id: n.name for n in store.networks()}
     rows = [
-        {
-            "Network": networks[p.network_id],
-            "Sandbox": p.sandbox,
-            "HostIp": p.host_ip or "0.0.0.0",
-            "HostPort": p.host_port,
-            "ContainerPort": p.container_port,
-            "Proto": p.proto,
-        }
-        for p in host.ports()
-    ]
-    if args.format == "json":
-        for row in rows:
-            print(json.dumps(row))
-        return 0
-    for row in rows:
-        print(
-            f"{row['Sandbox']} {row['ContainerPort']}/{row['Proto']} -> "
-            f"{row['HostIp']}:{row['HostPort']} ({row['Network']})"
+        PortRow(
+            Network=networks[p.network_id],
+            Sandbox=p.sandbox,
+            HostIp=p.host_ip or "0.0.0.0",
+            HostPort=p.host_port,
+            ContainerPort=p.container_port,
+            Proto=p.proto,
         )
+        for p in store.ports()
+    ]
+    print_rows(args.format, LS_COLUMNS, rows, LS_HEADERS)
     return 0

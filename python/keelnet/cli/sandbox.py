@@ -3,78 +3,105 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
-from keelnet.cli._common import Commands, error, format_flag
+from keelnet.cli._common import (
+    LOCAL,
+    READ,
+    WRITE,
+    Commands,
+    Session,
+    command,
+    error,
+    format_flag,
+    print_rows,
+)
 from keelnet.errors import InvalidRequest, SandboxNotFound
-from keelnet.host import Host
+
+TYPE_CHECKING = False  # not typing's: the CLI does not import typing
+if TYPE_CHECKING:
+    from typing import Any
+
+LS_COLUMNS = "{{.Name}}\t{{.Networks}}\t{{.Path}}"
+LS_HEADERS = {"Name": "NAME", "Networks": "NETWORKS", "Path": "PATH", "Owned": "OWNED"}
 
 
 def add_commands(commands: Commands) -> None:
-    sandbox = commands.add_parser("sandbox", help="manage sandboxes (network namespaces)")
-    verbs = sandbox.add_subparsers(dest="verb", metavar="VERB", required=True)
-    create = verbs.add_parser("create", help="create a sandbox")
-    create.add_argument("name")
-    create.add_argument("--adopt", metavar="PATH_OR_PID", help="manage an existing namespace")
-    create.set_defaults(handler=create_sandbox)
-    ls = verbs.add_parser("ls", help="list sandboxes")
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="Manage sandboxes (network namespaces)",
+        description="Manage sandboxes (network namespaces)",
+    )
+    verbs = sandbox.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    create = command(verbs, "create", "Create a sandbox", create_sandbox, WRITE)
+    create.add_argument("name", metavar="SANDBOX", help="name of the new sandbox")
+    create.add_argument(
+        "--adopt",
+        metavar="PATH_OR_PID",
+        help="manage an existing namespace (a path, `ip netns` name or pid) instead",
+    )
+    ls = command(verbs, "ls", "List sandboxes", list_sandboxes, READ, aliases=["list"])
     format_flag(ls)
-    ls.set_defaults(handler=list_sandboxes)
-    rm = verbs.add_parser("rm", help="remove sandboxes")
-    rm.add_argument("names", nargs="+", metavar="SANDBOX")
-    rm.add_argument("-f", "--force", action="store_true", help="no error if missing")
-    rm.set_defaults(handler=remove_sandboxes)
-    run = verbs.add_parser("exec", help="run a command inside a sandbox")
-    run.add_argument("name")
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
-    # Runs a program with the caller's terminal: never forwarded to the agent.
-    run.set_defaults(handler=exec_in_sandbox, local_only=True)
+    rm = command(
+        verbs, "rm", "Remove one or more sandboxes", remove_sandboxes, WRITE, aliases=["remove"]
+    )
+    rm.add_argument("names", nargs="+", metavar="SANDBOX", help="sandbox name")
+    rm.add_argument(
+        "-f", "--force", action="store_true", help="Do not error if the sandbox does not exist"
+    )
+    run = command(verbs, "exec", "Run a command inside a sandbox", exec_in_sandbox, LOCAL)
+    run.add_argument("name", metavar="SANDBOX", help="sandbox name")
+    run.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and arguments"
+    )
 
 
-def create_sandbox(host: Host, args: argparse.Namespace) -> int:
+class SandboxRow:
+    go_type = "*sandbox.sandboxContext"
+
+    def __init__(self, name: str, path: str, owned: bool, networks: dict[str, Any]) -> None:
+        self.Name = name
+        self.Path = path
+        self.Owned = str(owned).lower()
+        self.Networks = ",".join(networks) or "-"
+        self._json = {"Name": name, "Path": path, "Owned": owned, "Networks": networks}
+
+    def to_json(self) -> dict[str, Any]:
+        return self._json
+
+
+def create_sandbox(session: Session, args: argparse.Namespace) -> int:
     if args.adopt:
-        sandbox = host.adopt_sandbox(args.name, args.adopt)
+        sandbox = session.host.adopt_sandbox(args.name, args.adopt)
     else:
-        sandbox = host.create_sandbox(args.name)
+        sandbox = session.host.create_sandbox(args.name)
     print(sandbox.name)
     return 0
 
 
-def list_sandboxes(host: Host, args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
-    networks = {n.id: n.name for n in host.networks()}
-    all_endpoints = host.endpoints()
-    for sandbox in host.sandboxes():
-        endpoints = [e for e in all_endpoints if e.sandbox == sandbox.name]
-        rows.append(
-            {
-                "Name": sandbox.name,
-                "Path": sandbox.path,
-                "Owned": sandbox.owned,
-                "Networks": {
-                    networks[e.network_id]: {
-                        "IPAddress": e.ip or "",
-                        "GlobalIPv6Address": e.ipv6 or "",
-                        "MacAddress": e.mac,
-                        "Interface": e.ifname,
-                    }
-                    for e in endpoints
-                },
+def list_sandboxes(session: Session, args: argparse.Namespace) -> int:
+    store = session.store
+    networks = {n.id: n.name for n in store.networks()}
+    all_endpoints = store.endpoints()
+    rows = []
+    for sandbox in store.sandboxes():
+        attached = {
+            networks[e.network_id]: {
+                "IPAddress": e.ip or "",
+                "GlobalIPv6Address": e.ipv6 or "",
+                "MacAddress": e.mac,
+                "Interface": e.ifname,
             }
-        )
-    if args.format == "json":
-        for row in rows:
-            print(json.dumps(row))
-        return 0
-    print(f"{'NAME':<24}{'NETWORKS':<30}PATH")
-    for row in rows:
-        print(f"{row['Name']:<24}{','.join(row['Networks']) or '-':<30}{row['Path']}")
+            for e in all_endpoints
+            if e.sandbox == sandbox.name
+        }
+        rows.append(SandboxRow(sandbox.name, sandbox.path, sandbox.owned, attached))
+    print_rows(args.format, LS_COLUMNS, rows, LS_HEADERS)
     return 0
 
 
-def remove_sandboxes(host: Host, args: argparse.Namespace) -> int:
+def remove_sandboxes(session: Session, args: argparse.Namespace) -> int:
     failed = 0
+    host = session.host
     for name in args.names:
         try:
             host.sandbox(name)
@@ -88,13 +115,16 @@ def remove_sandboxes(host: Host, args: argparse.Namespace) -> int:
     return failed
 
 
-def exec_in_sandbox(host: Host, args: argparse.Namespace) -> int:
+def exec_in_sandbox(session: Session, args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise InvalidRequest("sandbox exec needs a command: keelnet sandbox exec NAME -- CMD")
     from keelnet import sandbox as sandboxes
 
+    found = session.store.find_sandbox(args.name)
+    if found is None:
+        raise SandboxNotFound(f"no such sandbox: {args.name}")
     try:
-        return sandboxes.exec_in(host.sandbox(args.name).path, argv).returncode
+        return sandboxes.exec_in(found.path, argv).returncode
     except FileNotFoundError:
         raise InvalidRequest(f"{argv[0]}: executable file not found") from None

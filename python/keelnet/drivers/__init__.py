@@ -40,7 +40,9 @@ def get_driver(name: str) -> Driver:
             if not (isinstance(driver_class, type) and issubclass(driver_class, Driver)):
                 raise UnknownDriver(f"entry point {entry.value} is not a keelnet Driver")
             return driver_class()
-    raise UnknownDriver(f"plugin {name!r} not found: no such network driver")
+    raise UnknownDriver(
+        f"plugin {name!r} not found: no such network driver (drivers: {', '.join(driver_names())})"
+    )
 
 
 def driver_names() -> list[str]:

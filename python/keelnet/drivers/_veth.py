@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-
 from keelnet.errors import KernelError
 from keelnet.kernel import links, rtnl
 from keelnet.kernel.namespaces import iproute
@@ -12,19 +10,10 @@ from keelnet.model import Endpoint, Network
 
 
 def configure_sandbox_interface(
-    owner: Owner,
-    network: Network,
-    endpoint: Endpoint,
-    sandbox_path: str,
-    *,
-    default_route: bool,
-    device_route: bool = False,
+    owner: Owner, network: Network, endpoint: Endpoint, sandbox_path: str
 ) -> None:
-    """Addresses, link up and default routes for `endpoint` inside the sandbox.
-
-    `default_route`: via the endpoint's gateways; `device_route`: straight out of the
-    interface with no next hop (ipvlan l3, where the parent host routes).
-    """
+    """Addresses and link up for `endpoint` inside the sandbox. Its default routes are the
+    Host's to set, across the sandbox's endpoints (`_gateway`)."""
     try:
         with rtnl.Rtnl(sandbox_path) as sandbox:
             index = sandbox.link_index(endpoint.ifname)
@@ -39,25 +28,8 @@ def configure_sandbox_interface(
             if endpoint.ipv6 and v6:
                 requests.append(rtnl.add_address(index, endpoint.ipv6, v6.prefix_length))
             sandbox.run(requests)
-            for version, gateway, address in (
-                (4, endpoint.gateway, endpoint.ip),
-                (6, endpoint.ipv6_gateway, endpoint.ipv6),
-            ):
-                if default_route and gateway:
-                    _default_route(sandbox, rtnl.add_default_route(index, gateway))
-                elif device_route and address:
-                    _default_route(sandbox, rtnl.add_default_route(index, None, version=version))
     except rtnl.RtnlError as exc:
         raise KernelError(f"configuring {endpoint.ifname} in the sandbox: {exc.strerror}") from exc
-
-
-def _default_route(sandbox: rtnl.Rtnl, route: rtnl.Request) -> None:
-    try:
-        sandbox.run([route])
-    except rtnl.RtnlError as exc:
-        # Docker gives the first network joined the default route; later ones keep theirs.
-        if exc.errno != errno.EEXIST:
-            raise
 
 
 def remove_sandbox_interface(endpoint: Endpoint, sandbox_path: str | None) -> None:

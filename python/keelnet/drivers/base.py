@@ -74,6 +74,11 @@ class Driver(ABC):
     gateway_route: ClassVar[bool] = True
     #: Only one network of this driver per host (Docker: host, none).
     singleton: ClassVar[bool] = False
+    #: Whether the gateway sits on a device of the host namespace (a bridge): the subnet
+    #: then needs room for it and must not hold one of the host's own addresses.
+    gateway_on_host: ClassVar[bool] = False
+    #: Whether every endpoint carries the parent's MAC (ipvlan) instead of one of its own.
+    shares_parent_mac: ClassVar[bool] = False
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         """Refuse unknown or bad options; extended by drivers with checks of their own."""
@@ -111,6 +116,12 @@ class Driver(ABC):
     def uses_gateway(self, network: Network) -> bool:
         """Whether this network's endpoints route through its gateway."""
         return self.gateway_route
+
+    def default_routes(self, network: Network, endpoint: Endpoint) -> tuple[str | None, ...]:
+        """The default routes `endpoint` offers its sandbox, IPv4 then IPv6: a gateway
+        address, `_gateway.DEVICE` (straight out of the interface) or None. The Host
+        installs those of the one endpoint Docker's order picks per family."""
+        return endpoint.gateway, endpoint.ipv6_gateway
 
     def kernel_name(self, network_id: str, options: Mapping[str, str]) -> str | None:
         """The host-side device this network owns, if any (for isolation and cleanup)."""

@@ -53,6 +53,7 @@ class BridgeDriver(Driver):
     name = "bridge"
     options = frozenset({NAME, MASQUERADE, ICC, MTU})
     dataplanes = ("kernel", "userspace")
+    gateway_on_host = True
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -180,9 +181,7 @@ class BridgeDriver(Driver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(
-            ctx.owner, network, endpoint, sandbox_path, default_route=not network.internal
-        )
+        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
 
     def _create_tap_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str

@@ -14,7 +14,7 @@ import ipaddress
 from typing import ClassVar
 
 from keelnet.dataplane_ipvlan import Ipvlan
-from keelnet.drivers import _parent, _userspace, _veth
+from keelnet.drivers import _gateway, _parent, _userspace, _veth
 from keelnet.drivers.base import DATAPLANE_OPTION, HostContext, NetworkRequest
 from keelnet.drivers.macvlan import LowerDeviceDriver
 from keelnet.errors import (
@@ -44,6 +44,7 @@ class IpvlanDriver(LowerDeviceDriver):
     options = frozenset({_parent.PARENT, "ipvlan_mode"})
     modes: ClassVar[dict[str, int]] = {"l2": 0, "l3": 1}  # linux/if_link.h IPVLAN_MODE_*
     default_mode = "l2"
+    shares_parent_mac = True
 
     def tags_in_userspace(self, ctx: HostContext, request: NetworkRequest) -> bool:
         parent = _parent.parse(request.options, self.name)
@@ -61,6 +62,14 @@ class IpvlanDriver(LowerDeviceDriver):
     def uses_gateway(self, network: Network) -> bool:
         # l3: the parent host routes; sandboxes get a device default route, no gateway.
         return self._mode(network) != "l3"
+
+    def default_routes(self, network: Network, endpoint: Endpoint) -> tuple[str | None, ...]:
+        if self.uses_gateway(network) or network.internal:
+            return super().default_routes(network, endpoint)
+        return (
+            _gateway.DEVICE if endpoint.ip else None,
+            _gateway.DEVICE if endpoint.ipv6 else None,
+        )
 
     def _mode(self, network: Network) -> str:
         return network.options.get(self.mode_option, self.default_mode)
@@ -162,15 +171,7 @@ class IpvlanDriver(LowerDeviceDriver):
     ) -> None:
         if network.dataplane == "userspace":
             _prepare_slave(network, endpoint, sandbox_path, l3=self._mode(network) == "l3")
-        routed = not network.internal
-        _veth.configure_sandbox_interface(
-            ctx.owner,
-            network,
-            endpoint,
-            sandbox_path,
-            default_route=routed and self.uses_gateway(network),
-            device_route=routed and not self.uses_gateway(network),
-        )
+        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None

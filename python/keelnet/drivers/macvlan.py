@@ -119,9 +119,7 @@ class LowerDeviceDriver(Driver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(
-            ctx.owner, network, endpoint, sandbox_path, default_route=not network.internal
-        )
+        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None

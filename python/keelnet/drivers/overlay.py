@@ -359,9 +359,7 @@ class OverlayDriver(Driver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(
-            ctx.owner, network, endpoint, sandbox_path, default_route=False
-        )
+        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
         # A peer that connected a moment ago may not be in this host's tables yet when the
         # sandbox first asks for it (the watch is milliseconds behind): ask again soon,
         # not after the kernel's default second.

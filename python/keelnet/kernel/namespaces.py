@@ -14,9 +14,10 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pyroute2 import IPRoute
+if TYPE_CHECKING:  # pyroute2 costs ~0.1 s to import: only where a socket is opened
+    from pyroute2 import IPRoute
 
 NETNS_RUN_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
@@ -135,11 +136,9 @@ def call_in_netns(path: str | None, func: Callable[[], T]) -> T:
 
 @contextmanager
 def iproute(path: str | None) -> Iterator[IPRoute]:
-    """An IPRoute bound to the namespace at `path` (None: the caller's), closed on exit.
+    """An IPRoute bound to the namespace at `path` (None: the caller's), closed on exit."""
+    from pyroute2 import IPRoute
 
-    pyroute2 is not safe to use from several threads at once; keelnet's background
-    threads (the cluster watch) program the kernel through `rtnl.Rtnl` instead.
-    """
     if path is None:
         with IPRoute() as ipr:
             yield ipr
@@ -156,7 +155,8 @@ def iproute(path: str | None) -> Iterator[IPRoute]:
     try:
         yield ipr
     finally:
-        # Not closed again here: by now its number may be another thread's file.
+        # Not closed again here: by now its number may be another thread's file (the
+        # cluster watch's thread opens sockets too).
         ipr.close()
 
 

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keelnet.errors import KernelError
-from keelnet.kernel import links
 from keelnet.kernel.namespaces import call_in_netns
 from keelnet.model import PortMapping
 
@@ -79,6 +78,8 @@ def render(bridges: Sequence[BridgeRules]) -> str:
 def _q(name: str) -> str:
     """An interface name as an nftables string. Names are checked, never altered: a
     stripped character would make the rule name another device."""
+    from keelnet.kernel import links  # here: the store reads claims without pyroute2
+
     return '"' + links.check_ifname(name, "interface name") + '"'
 
 

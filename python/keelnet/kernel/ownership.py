@@ -28,11 +28,12 @@ import re
 import secrets
 import urllib.parse
 from dataclasses import dataclass
-from typing import NamedTuple
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING, NamedTuple
 
 from keelnet.kernel import nftables
+
+if TYPE_CHECKING:  # the store needs this module; it must not pay for pyroute2
+    from pyroute2 import IPRoute
 
 ALIAS_PREFIX = "keelnet:"
 STORE_ID_LENGTH = 16  # hex digits

@@ -19,20 +19,19 @@ from dataclasses import dataclass
 from keelnet.kernel.namespaces import call_in_netns
 
 _NLMSG_ERROR = 2
-_RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_NEWROUTE = 16, 18, 20, 24
+_RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_NEWROUTE, _RTM_DELROUTE = 16, 18, 20, 24, 25
+_F_REQUEST, _F_ACK, _F_REPLACE, _F_EXCL, _F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 _RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
-_F_REPLACE = 0x100
 _NDA_DST, _NDA_LLADDR = 1, 2
 _NUD_PERMANENT, _NTF_SELF = 0x80, 0x02
 _AF_BRIDGE = 7
-_F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE = 0x1, 0x4, 0x200, 0x400
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_GROUP, _IFLA_NET_NS_FD = 18, 20, 27, 28
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
 _IFA_F_NODAD = 0x02
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
-_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST, _RT_SCOPE_LINK = 254, 3, 1, 253
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST, _RT_SCOPE_LINK, _RT_SCOPE_NOWHERE = 254, 3, 1, 253, 255
 _IFF_UP = 0x1
 _NLA_F_NESTED = 0x8000
 _SO_NETNS_COOKIE = 71
@@ -203,8 +202,11 @@ def add_address(index: int, address: str, prefix_length: int) -> Request:
     return Request(_RTM_NEWADDR, _F_REQUEST | _F_ACK | _F_CREATE | _F_EXCL, body)
 
 
-def add_default_route(index: int, gateway: str | None, *, version: int = 4) -> Request:
-    """A default route via `gateway`, or straight out of the device when it is None."""
+def add_default_route(
+    index: int, gateway: str | None, *, version: int = 4, replace: bool = False
+) -> Request:
+    """A default route via `gateway`, or straight out of the device when it is None;
+    `replace`: in place of the default route there is (the sandbox keeps one)."""
     if gateway is not None:
         version = ipaddress.ip_address(gateway).version
     family = socket.AF_INET6 if version == 6 else socket.AF_INET
@@ -215,7 +217,16 @@ def add_default_route(index: int, gateway: str | None, *, version: int = 4) -> R
     if gateway is not None:
         body += _attr(_RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
     body += _attr(_RTA_OIF, struct.pack("=I", index))
-    return Request(_RTM_NEWROUTE, _F_REQUEST | _F_ACK | _F_CREATE, body)
+    flags = _F_REQUEST | _F_ACK | _F_CREATE | (_F_REPLACE if replace else 0)
+    return Request(_RTM_NEWROUTE, flags, body)
+
+
+def delete_default_route(index: int, *, version: int) -> Request:
+    """Remove the default route of `version` out of the device `index` (ESRCH: none)."""
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, _RT_TABLE_MAIN, 0, _RT_SCOPE_NOWHERE, 0, 0)
+    body += _attr(_RTA_OIF, struct.pack("=I", index))
+    return Request(_RTM_DELROUTE, _F_REQUEST | _F_ACK, body)
 
 
 def neighbour(index: int, ip: str, mac: str, *, add: bool) -> Request:

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from keelnet.ipam import AddressPool
-from keelnet.model import Endpoint, Network
+from keelnet.model import Endpoint, Network, Peer
 
 
 class NetworkStore(Protocol):
@@ -39,6 +39,14 @@ class NetworkStore(Protocol):
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[Endpoint]:
         """This host's endpoints, filtered by what is given."""
+        ...
+
+    def addresses(self, network_id: str) -> list[str]:
+        """Every address handed out on the network, by any host."""
+        ...
+
+    def peers(self, network_id: str) -> list[Peer] | None:
+        """The hosts taking part in a global network; None for a local one."""
         ...
 
     def close(self) -> None: ...

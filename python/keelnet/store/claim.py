@@ -20,10 +20,11 @@ from keelnet.store.sqlite import ForeignStore, foreign_store
 
 
 class NamespaceClaim:
-    """One store's claim on one host namespace."""
+    """One store's claim on one host namespace (`owner` None: a store not made yet,
+    for which any other store's claim is foreign)."""
 
     def __init__(
-        self, netns: str | None, netns_path: str | None, owner: Owner, state_dir: Path
+        self, netns: str | None, netns_path: str | None, owner: Owner | None, state_dir: Path
     ) -> None:
         self.netns = netns
         self.netns_path = netns_path
@@ -35,7 +36,7 @@ class NamespaceClaim:
         """Read the namespace's claim: remember it when it is this store's, refuse
         (NamespaceClaimed) when another store holds on to it."""
         claim = ownership.read_claim(self.netns_path)
-        if claim is not None and claim.store_id == self.owner.store_id:
+        if claim is not None and self.owner and claim.store_id == self.owner.store_id:
             self.held = claim
         elif claim is not None:
             with self._let_go(claim):
@@ -47,6 +48,7 @@ class NamespaceClaim:
         store that let go."""
         if self.held is not None:
             return
+        assert self.owner is not None, "a store claims once it exists"
         for _ in range(3):  # another store may win a race for it: look again
             current = ownership.read_claim(self.netns_path)
             if current is not None and current.store_id == self.owner.store_id:
@@ -74,7 +76,7 @@ class NamespaceClaim:
     def release(self) -> None:
         """Let go of the namespace (the store holds nothing any more)."""
         claim = self.held or ownership.read_claim(self.netns_path)
-        if claim is not None and claim.store_id == self.owner.store_id:
+        if claim is not None and self.owner and claim.store_id == self.owner.store_id:
             ownership.release_claim(self.netns_path, claim)
         self.held = None
 

@@ -303,6 +303,11 @@ class EtcdStore:
     ) -> list[Endpoint]:
         return [e for e, _ in self.endpoint_states(network_id=network_id, sandbox=sandbox)]
 
+    def addresses(self, network_id: str) -> list[str]:
+        found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
+        records = [endpoint_from_record(kv.value)[0] for kv in found]
+        return [a for e in records for a in (e.ip, e.ipv6) if a is not None]
+
     def endpoint_states(
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[tuple[Endpoint, bool]]:

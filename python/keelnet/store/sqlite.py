@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from keelnet.errors import Conflict, CorruptState, InvalidRequest, KeelnetError, StateDirError
 from keelnet.ipam import AddressPool, SubnetPools
 from keelnet.kernel.ownership import new_store_id
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import Endpoint, IpamConfig, Network, Peer, PortMapping, Sandbox
 
 DB_NAME = "keelnet.db"
 _BUSY_TIMEOUT = 60.0
@@ -86,15 +86,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def default_state_dir(netns: str | None) -> Path:
-    """`$KEELNET_STATE_DIR`, else /var/lib/keelnet/<host netns name or "default">."""
-    configured = os.environ.get("KEELNET_STATE_DIR")
-    if configured:
-        return Path(configured)
-    host = Path(netns).name if netns else "default"
-    return Path("/var/lib/keelnet") / host
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -102,6 +93,8 @@ R = TypeVar("R")
 def _state_error(path: Path, exc: Exception) -> KeelnetError:
     """The keelnet error for a failure to use the database at `path`."""
     text = str(exc)
+    if isinstance(exc, sqlite3.InterfaceError | sqlite3.ProgrammingError):  # a bad argument
+        return InvalidRequest(f"keelnet cannot look that up: {text}")
     if isinstance(exc, sqlite3.IntegrityError):
         return Conflict(f"{path}: the store refused a change that clashes with it: {text}")
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
@@ -145,16 +138,23 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R]:
 
 
 def check_state_dir(state_dir: Path) -> None:
-    """Make the state directory if needed, or say why it cannot be used."""
+    """Refuse a state directory path that cannot be one, changing nothing."""
     if "\0" in str(state_dir):
         raise InvalidRequest(f"state directory {str(state_dir)!r} holds a NUL character")
+    for path in (state_dir, *state_dir.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise StateDirError(
+                    f"state directory {state_dir}: {path} is not a directory; give keelnet a "
+                    "directory (--state-dir or KEELNET_STATE_DIR)"
+                )
+            return
+
+
+def _make_state_dir(state_dir: Path) -> None:
+    check_state_dir(state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except FileExistsError:
-        raise StateDirError(
-            f"state directory {state_dir} exists and is not a directory: give keelnet a "
-            "directory (--state-dir or KEELNET_STATE_DIR)"
-        ) from None
     except OSError as exc:
         raise StateDirError(
             f"cannot use state directory {state_dir}: {exc.strerror or exc} (it must be a "
@@ -213,7 +213,7 @@ class Store:
     scope = "local"
 
     def __init__(self, state_dir: Path) -> None:
-        check_state_dir(state_dir)
+        _make_state_dir(state_dir)
         self.path = state_dir / DB_NAME
         try:
             if not self.path.exists():
@@ -404,6 +404,13 @@ class Store:
     ) -> list[Endpoint]:
         rows = self._rows("endpoints", "sandbox", network_id=network_id, sandbox=sandbox)
         return [_endpoint(row) for row in rows]
+
+    def addresses(self, network_id: str) -> list[str]:
+        found = self.endpoints(network_id=network_id)
+        return [a for e in found for a in (e.ip, e.ipv6) if a is not None]
+
+    def peers(self, network_id: str) -> list[Peer] | None:
+        return None  # local scope: no other host takes part
 
     def _rows(
         self, table: str, order_by: str, *, network_id: str | None, sandbox: str | None
