@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
-from clusterlab import Cluster, Segment, default_route, make_host_ns, remote_macs, route_between
+from clusterlab import (
+    Cluster,
+    Segment,
+    default_route,
+    keelnet_cli,
+    make_host_ns,
+    remote_macs,
+    route_between,
+)
 from netlab import run_in
 from nettools import TcpServer, ping, tcp_request, wait_until
 
@@ -89,3 +101,33 @@ def test_overlay_sandboxes_leave_through_the_hosts_gateway_bridge(cluster: Clust
         assert tcp_request(app1, "192.0.2.2", 8080, "hi") == "hello hi from 192.0.2.1"
     a.disconnect("ov1", app1)
     assert a.endpoints("kn-gwbridge") == []  # its last overlay endpoint took it along
+
+
+def test_cli_users_get_the_agent_overlay_needs(cluster: Cluster, tmp_path: Path) -> None:
+    """`keelnet --store ...` commands on a host start its agent (the cluster member) when
+    an overlay network needs one, and its sandboxes reach the other hosts'."""
+    prefix, url = cluster.etcd.prefix, cluster.etcd.url
+    a = cluster.add_host(1)
+    second = f"{prefix}-h2"
+    make_host_ns(second)
+    cluster.etcd.segment.plug(second, 2)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return keelnet_cli(second, tmp_path / "h2", url, *argv)
+
+    try:
+        made = cli("network", "create", "-d", "overlay", "--subnet", "10.0.9.0/24", "ov1")
+        assert made.returncode == 0, made.stderr
+        app2 = f"{prefix}-app2"
+        assert cli("sandbox", "create", app2).returncode == 0
+        joined = cli("network", "connect", "ov1", app2)
+        assert joined.returncode == 0, joined.stderr
+        assert "cluster membership" in made.stderr + joined.stderr  # why the agent started
+        shown = json.loads(cli("network", "inspect", "ov1").stdout)[0]
+        ip2 = shown["Containers"][app2]["IPv4Address"].split("/")[0]
+        app1 = cluster.sandbox(a, "app1")
+        ep1 = a.connect("ov1", app1)
+        assert wait_until(lambda: ping(app1, ip2, timeout=0.5), timeout=15)
+        assert ping(app2, str(ep1.ip), timeout=2)
+    finally:
+        cli("agent", "stop")
