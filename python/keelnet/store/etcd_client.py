@@ -23,7 +23,7 @@ import functools
 import json
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -347,7 +347,3 @@ class EtcdClient:
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         return Watch(self, prefix, start_revision)
-
-
-def member_urls(endpoints: Sequence[tuple[str, int]]) -> str:
-    return "etcd://" + ",".join(f"{h}:{p}" for h, p in endpoints)
