@@ -232,6 +232,12 @@ class Cluster:
         host.create_sandbox(full)
         return full
 
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for host in self.hosts.values():
             with contextlib.suppress(Exception):

@@ -157,18 +157,12 @@ def etcd3(cluster_prefix: str, underlay: Segment, tmp_path: Path) -> Iterator[Et
 @pytest.fixture
 def cluster(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Cluster]:
     """keelnet hosts on the underlay, members of the one-member etcd."""
-    the_cluster = Cluster(etcd, tmp_path / "hosts")
-    try:
+    with Cluster(etcd, tmp_path / "hosts") as the_cluster:
         yield the_cluster
-    finally:
-        the_cluster.close()
 
 
 @pytest.fixture
 def cluster3(etcd3: EtcdCluster, tmp_path: Path) -> Iterator[Cluster]:
     """keelnet hosts on the underlay, members of the three-member etcd."""
-    the_cluster = Cluster(etcd3, tmp_path / "hosts")
-    try:
+    with Cluster(etcd3, tmp_path / "hosts") as the_cluster:
         yield the_cluster
-    finally:
-        the_cluster.close()
