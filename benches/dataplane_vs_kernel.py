@@ -193,8 +193,13 @@ class Topology:
         workers: int = 1,
         tunnel_gso: bool = True,
         queues: int = 1,
+        port_security: bool = False,
     ) -> None:
         self.switches: list[Switch] = []
+
+        def allowed(n: int) -> list[str] | None:
+            return [NET.format(n)] if port_security else None
+
         h = {n: lab.host(n) for n in range(1, 7)}
         self.hosts = h
         s = {n: lab.sandbox(f"s{n}") for n in (1, 2, 3, 4, 5, 6, 7, 8)}
@@ -227,7 +232,7 @@ class Topology:
                 workers=workers,
             )
             sw.add_vtep(UNDERLAY_V4.format(n))
-            sw.add_tap("p", vni=VNI, sandbox=s[n], mtu=1450, queues=queues)
+            sw.add_tap("p", vni=VNI, sandbox=s[n], mtu=1450, queues=queues, allowed_ips=allowed(n))
             address(s[n], "eth0", f"{NET.format(n)}/24")
             sw.add_peer(VNI, UNDERLAY_V4.format(peer))
             sw.start()
@@ -255,7 +260,7 @@ class Topology:
         # Same host, keelnet: one switch on h6 with TAP ports (s7, s8).
         sw = Switch(netns=h[6], coalesce=coalesce, busy_poll_us=busy_poll, workers=workers)
         for n in (7, 8):
-            sw.add_tap(f"p{n}", vni=VNI, sandbox=s[n], queues=queues)
+            sw.add_tap(f"p{n}", vni=VNI, sandbox=s[n], queues=queues, allowed_ips=allowed(n))
             address(s[n], "eth0", f"{NET.format(n)}/24")
         sw.start()
         self.switches.append(sw)
@@ -316,6 +321,9 @@ def main() -> None:
     parser.add_argument(
         "--busy-poll-us", type=int, default=None, help="switch polling limit (default: keelnet's)"
     )
+    parser.add_argument(
+        "--port-security", action="store_true", help="keelnet's TAP ports checked (issue 10)"
+    )
     parser.add_argument("--tcp-only", action="store_true", help="skip packet rate and latency")
     parser.add_argument("--latency-only", action="store_true", help="only the ping RTTs")
     args = parser.parse_args()
@@ -334,6 +342,7 @@ def main() -> None:
             busy_poll=args.busy_poll_us,
             workers=args.workers,
             queues=args.queues,
+            port_security=args.port_security,
         )
         s, t, n = topo.sandboxes, args.seconds, args.streams
         try:
@@ -399,7 +408,8 @@ def main() -> None:
         "\nOffloads: TAP IFF_VNET_HDR + TUN_F_CSUM|TSO4|TSO6|TSO_ECN; "
         f"VTEP UDP GSO {vtep_stats['gso']}, UDP GRO {vtep_stats['gro']}, "
         f"tunnel GSO through {vtep_stats['tunnel_device'] or vtep_stats['tunnel_error']}; "
-        f"coalescing towards TAPs {not args.no_coalesce}; switch drops {drops}"
+        f"coalescing towards TAPs {not args.no_coalesce}; switch drops {drops}; "
+        f"port security {args.port_security}"
     )
     print("\nRatios keelnet / kernel (goal)")
     if med:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -338,3 +340,53 @@ def test_the_packaged_systemd_units_run_the_agent(unit: str, tmp_path: Path) -> 
         local.write_text(text.replace("/usr/local/bin/keelnet", keelnet))
         checked = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
+
+
+# --- the store's migration for sandbox ids and gw-priorities -------------------------------------
+
+
+def test_sandboxes_of_an_older_store_get_ids(tmp_path: Path) -> None:
+    from keelnet.store import sqlite as store_sqlite
+
+    state = tmp_path / "v2"
+    state.mkdir()
+    db = sqlite3.connect(state / "keelnet.db")
+    with db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        for step in store_sqlite.MIGRATIONS[:2]:
+            step(db)
+        db.execute("INSERT INTO meta VALUES ('schema', '2')")
+        db.execute("INSERT INTO sandboxes VALUES ('a', '/run/netns/a', 1)")
+        db.execute("INSERT INTO sandboxes VALUES ('b', '/run/netns/b', 0)")
+    db.close()
+    store = store_sqlite.Store(state)
+    try:
+        a, b = store.sandboxes()
+        assert re.fullmatch("[0-9a-f]{64}", a.id) and re.fullmatch("[0-9a-f]{64}", b.id)
+        assert a.id != b.id and (a.gw_priorities, b.gw_priorities) == ({}, {})
+        found = store.find_sandbox(b.id[:12])
+        assert found is not None and found.name == "b"
+        assert store.find_sandbox(a.id) == a and store.find_sandbox("a") == a
+        assert store.find_sandbox(a.id[:11]) is None  # too short to be an id
+        with store.transaction():
+            store.set_gw_priority("a", "e1", 5)
+            store.set_gw_priority("a", "e2", -1)
+            store.set_gw_priority("a", "e1", None)
+        assert store.sandboxes()[0].gw_priorities == {"e2": -1}
+    finally:
+        store.close()
+
+
+def test_reading_the_store_loads_no_pyroute2() -> None:
+    """What `network ls`/`inspect` import when no agent runs: the store, its claim check,
+    inspect's view; no pyroute2 (~0.1 s) and no drivers."""
+    probe = (
+        "import sys, keelnet.inspect, keelnet.store.claim, keelnet.kernel.ownership, "
+        "keelnet.kernel.namespaces, keelnet.cli.network, keelnet.cli.formatter;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2' or m in "
+        "('keelnet.host', 'keelnet.drivers')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[-1] == "[]", out

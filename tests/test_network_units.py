@@ -9,7 +9,7 @@ import pytest
 from keelnet import drivers, errors
 from keelnet.cli.port import parse_mapping
 from keelnet.drivers.base import Driver, HostContext
-from keelnet.kernel import iptables_compat, nftables
+from keelnet.kernel import iptables_compat, nftables, nftables_guard
 from keelnet.model import Endpoint, Network, PortMapping
 
 NET_ID = "ab" * 32
@@ -28,7 +28,57 @@ def test_no_networks_removes_keelnets_tables_only() -> None:
         "delete table inet keelnet",
         "add table inet keelnet-nat",
         "delete table inet keelnet-nat",
+        "add table bridge keelnet",
+        "delete table bridge keelnet",
     ]
+
+
+def test_icc_off_drops_what_the_host_would_route_back_into_the_bridge() -> None:
+    forward = [
+        line
+        for line in nftables.render([_rules(icc=False)]).splitlines()
+        if line.startswith("add rule inet keelnet forward")
+    ]
+    assert 'add rule inet keelnet forward oifname "kn-br" iifname "kn-br" counter drop' in forward
+    assert not any('iifname "kn-br" accept' in line for line in forward)
+    # Before the rules that let replies and published ports in.
+    within = forward.index(
+        'add rule inet keelnet forward oifname "kn-br" iifname "kn-br" counter drop'
+    )
+    assert within < min(i for i, line in enumerate(forward) if "ct " in line)
+
+
+def test_port_security_lets_only_own_subnets_out_of_the_bridge() -> None:
+    script = nftables.render([_rules(port_security=True, subnets=("10.0.0.0/24", "fd00::/64"))])
+    forward = [
+        line for line in script.splitlines() if line.startswith("add rule inet keelnet forward")
+    ]
+    assert forward[:2] == [
+        'add rule inet keelnet forward iifname "kn-br" ip saddr != { 10.0.0.0/24 } counter drop',
+        'add rule inet keelnet forward iifname "kn-br" ip6 saddr != { fd00::/64 } counter drop',
+    ]
+    v4_only = nftables.render([_rules(port_security=True)])
+    assert 'iifname "kn-br" meta nfproto ipv6 counter drop' in v4_only
+    unguarded = nftables.render([_rules()])  # port_security=false: none
+    assert not [line for line in unguarded.splitlines() if "forward" in line and "saddr" in line]
+
+
+def test_guarded_ports_are_set_elements_the_rules_never_touch() -> None:
+    port = nftables_guard.GuardedPort("kn-v1", "02:42:0a:00:00:02", ("10.0.0.2", "fe80::1"))
+    script = nftables_guard.add_port(nftables_guard.BRIDGE, port)
+    assert 'add element bridge keelnet port_mac { "kn-v1" . 02:42:0a:00:00:02 }' in script
+    assert 'add element bridge keelnet port_ipv4 { "kn-v1" . 10.0.0.2 }' in script
+    assert (
+        'add element bridge keelnet port_nd_target { "kn-v1" . 0xfe800000000000000000000000000001 }'
+        in script
+    )
+    removal = nftables_guard.remove_port(nftables_guard.BRIDGE, port).splitlines()
+    assert removal.index('add element bridge keelnet guarded { "kn-v1" }') < removal.index(
+        'delete element bridge keelnet guarded { "kn-v1" }'
+    )  # idempotent: removing a port not guarded is fine
+    rendered = nftables.render([_rules()])
+    assert "flush table bridge keelnet" in rendered and "element" not in rendered
+    assert "flush set" in nftables_guard.sync(nftables_guard.BRIDGE, [port])
 
 
 def test_bridge_rules_isolate_masquerade_and_publish() -> None:

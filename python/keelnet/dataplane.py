@@ -19,6 +19,7 @@ Leaving the ``with`` block stops the switch and closes every port (TAP devices v
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -44,6 +45,11 @@ DROP_REASONS = (
     "tx_error",
     "port_gone",
     "isolated",
+    "spoofed_mac",
+    "spoofed_ip",
+    "spoofed_arp",
+    "spoofed_nd",
+    "tagged",
 )
 
 #: Forwarding rules of a TAP port (``add_tap(isolation=...)``).
@@ -199,6 +205,7 @@ class Switch(Engine[_core.Switch]):
         mtu: int | None = None,
         isolation: str = "open",
         queues: int = 1,
+        allowed_ips: Sequence[str] | None = None,
     ) -> None:
         """Add a TAP port ``name`` in ``vni``.
 
@@ -217,13 +224,27 @@ class Switch(Engine[_core.Switch]):
         over the queues, and a switch with several ``workers`` reads them in parallel
         (each queue belongs to one worker; ``stats()["ports"][name]["queue_rx"]`` counts
         frames per queue).
+
+        ``allowed_ips`` turns port security on (OpenStack's port security, libvirt's
+        clean-traffic): the port then sends only untagged frames from its own MAC, IPv4
+        and IPv6 only from these addresses (give a sandbox on an IPv6 network its
+        link-local address too), ARP only about itself, neighbour discovery only about its
+        own addresses and MAC, and no router advertisements or redirects; what else it
+        sends is dropped and counted (``spoofed_*`` and ``tagged`` drops). None: it may
+        send anything (a sandbox that bridges or routes for others). Either way the
+        port's MAC is a static FDB entry: frames from elsewhere never move it.
         """
         if isolation not in ISOLATIONS:
             raise InvalidRequest(f"isolation {isolation!r}: use one of {', '.join(ISOLATIONS)}")
         if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= 16:
             raise InvalidRequest(f"queues must be an integer in 1..16, not {queues!r}")
         device = ifname if sandbox is not None else name
-        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation, queues)
+        allowed = None
+        if allowed_ips is not None:
+            if isinstance(allowed_ips, str):
+                raise InvalidRequest("allowed_ips is a list of addresses, not one string")
+            allowed = [_address(text, "allowed address") for text in allowed_ips]
+        self._core.add_tap(name, _vni(vni), sandbox, device, mac, mtu, isolation, queues, allowed)
 
     def add_packet_port(self, ifname: str, *, vni: int, vlan: int | None = None) -> None:
         """Switch the existing host interface ``ifname`` (a veth, a macvlan parent...) in

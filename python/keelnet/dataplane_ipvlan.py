@@ -39,6 +39,11 @@ DROP_REASONS = (
     "not_routable",
     "tx_error",
     "port_gone",
+    "spoofed_mac",
+    "spoofed_ip",
+    "spoofed_arp",
+    "spoofed_nd",
+    "tagged",
 )
 
 
@@ -72,17 +77,21 @@ class Ipvlan(Engine[_core.Ipvlan]):
         addresses: Sequence[str],
         ifname: str = "eth0",
         mtu: int | None = None,
+        port_security: bool = False,
     ) -> None:
         """Create a TAP in the host namespace, move it into ``sandbox`` (a netns name or
         path) as ``ifname``, up, with the parent's MAC; frames for ``addresses`` go to
-        it. Addresses and routes inside the sandbox are the caller's to set."""
+        it. Addresses and routes inside the sandbox are the caller's to set. With
+        ``port_security`` the slave sends only from ``addresses`` (give it its link-local
+        one too) and the parent's MAC, ARP and neighbour discovery included (see
+        ``Switch.add_tap``); the rest is dropped and counted (``spoofed_*``, ``tagged``)."""
         parsed = []
         for address in addresses:
             try:
                 parsed.append(str(ipaddress.ip_address(address)))
             except ValueError:
                 raise InvalidRequest(f"{address!r} is not an IP address") from None
-        self._core.add_slave(name, sandbox, ifname, parsed, mtu)
+        self._core.add_slave(name, sandbox, ifname, parsed, mtu, port_security)
 
     def remove_slave(self, name: str) -> None:
         """Remove a slave; its TAP vanishes. An unknown name raises NotFound."""

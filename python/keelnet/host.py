@@ -26,7 +26,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from keelnet import checks
+from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
 from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
 from keelnet.drivers import _gateway, bridge, get_driver
@@ -49,12 +49,13 @@ from keelnet.errors import (
     OverlappingSubnet,
     PortInUse,
     SandboxNotFound,
+    StateDirError,
     StoreUnavailable,
 )
 from keelnet.global_scope import GlobalScope
 from keelnet.inspect import network_inspect
 from keelnet.ipam import AddressPool, SubnetPools
-from keelnet.kernel import iptables_compat, links, nftables, ownership
+from keelnet.kernel import iptables_compat, links, nftables, nftables_guard, ownership
 from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
@@ -74,6 +75,7 @@ _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last recon
 _RECONCILED = ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated")
 #: The per-host bridge (and its network) that overlay sandboxes reach the outside by.
 GATEWAY_BRIDGE = "kn-gwbridge"
+_NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("": the caller's)
 
 
 class Host:
@@ -84,6 +86,7 @@ class Host:
         netns: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         *,
+        serve_dns: bool = True,
         store: str | None = None,
         name: str | None = None,
         advertise_address: str | None = None,
@@ -92,6 +95,9 @@ class Host:
         dataplane: str | None = None,
     ):
         """A host: `netns` (None: the caller's), its state in `state_dir`.
+
+        `serve_dns=False`: this process runs no DNS server (the CLI's short-lived
+        commands; the agent serves); sandboxes still get their resolv.conf.
 
         `store` (or `$KEELNET_STORE`): `etcd://HOST:PORT[,...]`, the cluster store that
         global-scope (overlay) networks live in; without it everything is local (SQLite).
@@ -124,6 +130,10 @@ class Host:
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
             self._applied_script: str | None = None  # the nft script last loaded here
+            # The DNS resolver runs on this process's thread too: it stops with the Host.
+            self._dns = dns.HostDns(self.store, netns, self.netns_path, serve=serve_dns)
+            self._exit.callback(self._dns.close)
+            self._check_store_namespace()
             self._claim.check()
             self._global: GlobalScope | None = None
             store = store or os.environ.get("KEELNET_STORE") or None
@@ -142,6 +152,7 @@ class Host:
             elif self._global is not None and self.cluster is not None:
                 # Its overlay endpoints: userspace ones to serve again, half-made ones.
                 self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
+            self._dns.rebuild()
         except BaseException:
             self.close()
             raise
@@ -159,6 +170,17 @@ class Host:
     def close(self) -> None:
         nftables.close(self.netns_path)
         self._exit.close()
+
+    def _check_store_namespace(self) -> None:
+        """A store manages one namespace: another one's reconcile would find none of the
+        store's objects there and drop them from the store."""
+        recorded, here = self.store.meta(_NAMESPACE), self.netns_path or ""
+        if recorded is not None and recorded != here and self.store.holds_anything():
+            raise StateDirError(
+                f"the keelnet store in {self.state_dir} manages the network namespace "
+                f"{recorded or 'of the host'}, not {here or 'the host one'}: give each "
+                "namespace a state directory of its own (--state-dir or KEELNET_STATE_DIR)"
+            )
 
     def _needs_reconcile(self) -> bool:
         """Whether the kernel may not match the store (checked at open, cheaply)."""
@@ -180,6 +202,11 @@ class Host:
 
     def __enter__(self) -> Host:
         return self
+
+    @property
+    def resolver(self) -> dns.Resolver | None:
+        """The embedded DNS resolver, once a network with DNS has an endpoint."""
+        return self._dns.resolver
 
     def __exit__(
         self,
@@ -204,8 +231,10 @@ class Host:
         internal: bool = False,
         options: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        attachable: bool = False,
     ) -> Network:
-        """Create a network; subnets are carved from the default pools when not given."""
+        """Create a network; subnets are carved from the default pools when not given.
+        `attachable` is Docker's flag, recorded and shown by inspect."""
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
         opts = checks.string_map(options, "options")
@@ -261,6 +290,7 @@ class Host:
                 options=opts,
                 labels=label_map,
                 kernel_name=the_driver.kernel_name(network_id, opts),
+                attachable=attachable,
             )
             op.begin()
             the_driver.create_network(self._ctx, network)
@@ -305,14 +335,14 @@ class Host:
             if net.version == 6 and not ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
             requested[net.version] = net
-        versions = (4, 6) if ipv6 else (4,)
-        by_gateway = _by_family(gateways, "gateway", versions, network=False)
-        by_range = _by_family(ranges, "IP range", versions, network=True)
-        for what, given in (("a gateway", by_gateway), ("an IP range", by_range)):
-            for version, value in given.items():
+        for what, values in (("gateway", gateways), ("IP range", ranges)):
+            for value in values:
+                version = checks.ip_version(value.partition("/")[0], what)
                 if version not in requested:
+                    article = "an" if what[0] in "AEIOU" else "a"
                     raise InvalidSubnet(
-                        f"{what} needs a subnet: {value} was given without an IPv{version} "
+                        f"{article} {what} needs a subnet: {value} was given without an "
+                        f"IPv{version} "
                         "subnet (give the subnet it belongs to as well)"
                     )
         if taken is None:
@@ -332,6 +362,9 @@ class Host:
             if gateway_on_host:
                 self._check_host_addresses(net)
         existing = [subnet for subnet, _ in taken]
+        versions = (4, 6) if ipv6 else (4,)
+        by_gateway = checks.by_family(gateways, "gateway", network=False)
+        by_range = checks.by_family(ranges, "ip range", network=True)
         own_pools = subnet_pools is None
         if subnet_pools is None:
             subnet_pools = self.store.subnet_pools()
@@ -405,6 +438,7 @@ class Host:
                 )
             op.begin()
             get_driver(network.driver).delete_network(self._ctx, network)
+            self._dns.network_removed(network)
             carved = self.store.subnets_from_defaults(network.id)
             self.store.remove_network(network.id)
             if carved:
@@ -431,7 +465,7 @@ class Host:
 
     def inspect_network(self, name: str) -> dict[str, Any]:
         network = self.network(name)
-        return network_inspect(self._store_for(network), network)
+        return network_inspect(self._store_for(network), network, self.store)
 
     def _store_for(self, network: Network) -> NetworkStore:
         if network.scope == "global":
@@ -457,7 +491,7 @@ class Host:
             op.begin(sandboxes=(name,))  # reconcile removes it if we die before commit
             path = netns_sandbox.create(name)
             op.undo.append(lambda: netns_sandbox.delete(path))
-            sandbox = Sandbox(name, path, owned=True)
+            sandbox = Sandbox(name, path, owned=True, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -469,7 +503,7 @@ class Host:
             if self.store.find_sandbox(name) is not None:
                 raise DuplicateSandbox(f"sandbox {name} already exists")
             op.begin()  # the store will hold something: it claims the namespace
-            sandbox = Sandbox(name, path, owned=False)
+            sandbox = Sandbox(name, path, owned=False, id=secrets.token_hex(32))
             self.store.add_sandbox(sandbox)
             return sandbox
 
@@ -477,10 +511,16 @@ class Host:
         return self.store.sandboxes()
 
     def sandbox(self, name: str) -> Sandbox:
+        """A sandbox by name or id (or an id prefix of 12 digits or more)."""
         found = self.store.find_sandbox(name)
         if found is None:
             raise SandboxNotFound(f"no such sandbox: {name}")
         return found
+
+    def _sandbox_name(self, name_or_id: str) -> str:
+        """The name the store files a sandbox's endpoints and ports under."""
+        found = self.store.find_sandbox(name_or_id)
+        return found.name if found is not None else name_or_id
 
     def remove_sandbox(self, name: str) -> None:
         """Disconnect the sandbox everywhere and delete its namespace if keelnet made it."""
@@ -489,11 +529,12 @@ class Host:
             if found is None:
                 return
             op.begin()
-            for endpoint in self._sandbox_endpoints(name):
+            for endpoint in self._sandbox_endpoints(found.name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
-            self.store.remove_sandbox(name)
+            self.store.remove_sandbox(found.name)
+            self._dns.sandbox_removed(name)
             self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
@@ -532,6 +573,7 @@ class Host:
         with self._operation() as op:
             net = self.network(network)
             box = self.sandbox(sandbox)
+            sandbox = box.name
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
             if self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
@@ -574,7 +616,6 @@ class Host:
                     else None
                 ),
                 aliases=names,
-                gw_priority=gw_priority,
             )
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, box.path)
@@ -587,6 +628,10 @@ class Host:
                 scope.publish(endpoint)  # ready: the other hosts program it now
                 return endpoint
             self.store.add_endpoint(endpoint)
+            op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+            self._dns.endpoint_added(net, endpoint)
+            if gw_priority:
+                self.store.set_gw_priority(sandbox, endpoint.id, gw_priority)
             # Put the sandbox's routes back as they were should anything after this fail.
             op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
             self._route_sandbox(box)
@@ -641,10 +686,11 @@ class Host:
     def _route_sandbox(self, box: Sandbox, leaving: str | None = None) -> None:
         """Give the sandbox the default routes Docker's order picks among its endpoints
         (`leaving`: an endpoint to leave out, one on its way out)."""
-        if not netns_sandbox.exists(box.path):
+        current = self.store.find_sandbox(box.name)
+        if current is None or not netns_sandbox.exists(current.path):
             return
         candidates = []
-        for endpoint in self.store.endpoints(sandbox=box.name):
+        for endpoint in self.store.endpoints(sandbox=current.name):
             if endpoint.id == leaving or not endpoint.ifname:
                 continue
             network = self.network(endpoint.network_id)
@@ -654,12 +700,12 @@ class Host:
                     endpoint.ifname,
                     network.name,
                     network.internal,
-                    endpoint.gw_priority,
+                    current.gw_priorities.get(endpoint.id, 0),
                     via4,
                     via6,
                 )
             )
-        _gateway.apply(box.path, candidates)
+        _gateway.apply(current.path, candidates)
 
     def _allocate(self, network: Network, requested: dict[int, str]) -> dict[int, str]:
         for version, address in requested.items():
@@ -683,7 +729,8 @@ class Host:
                 net = self.network(network)
             except NetworkNotFound:
                 return
-            for endpoint in self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
+            name = self._sandbox_name(sandbox)
+            for endpoint in self._store_for(net).endpoints(network_id=net.id, sandbox=name):
                 op.begin()
                 self._disconnect(net, endpoint)
 
@@ -711,6 +758,8 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        self._dns.endpoint_removed(network, endpoint)
+        self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
         if box is not None and path is not None:
             self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
@@ -748,6 +797,7 @@ class Host:
         host_version = checks.ip_version(host_ip, "host IP") if host_ip is not None else None
         with self._operation() as op:
             net = self.network(network)
+            sandbox = self._sandbox_name(sandbox)
             found = self.store.endpoints(network_id=net.id, sandbox=sandbox)
             if not found:
                 raise EndpointNotFound(f"sandbox {sandbox} is not connected to {net.name}")
@@ -808,6 +858,7 @@ class Host:
             net = self.store.find_network(network)
             if net is None:
                 return
+            sandbox = self._sandbox_name(sandbox)
             for port in self.store.ports(network_id=net.id, sandbox=sandbox):
                 if (port.host_port, port.proto, port.host_ip) == (host_port, proto, host_ip):
                     op.begin()
@@ -953,6 +1004,16 @@ class Host:
                 rules.append(rule)
         script = nftables.render(rules)
         nftables.apply(self.netns_path, script)
+        if refresh:
+            # Port guards are set elements that connects add; a crash may have left some.
+            guards: dict[nftables_guard.Guard, list[nftables_guard.GuardedPort]] = {}
+            for network in self.store.networks():
+                endpoints = self.store.endpoints(network_id=network.id)
+                driver = get_driver(network.driver)
+                for guard, guarded in driver.port_guards(network, endpoints).items():
+                    guards.setdefault(guard, []).extend(guarded)
+            for guard, guarded_ports in guards.items():
+                nftables.apply(self.netns_path, nftables_guard.sync(guard, guarded_ports))
         if bridges_changed:
             try:
                 self._docker_compat.sync([r.bridge for r in rules], refresh=refresh)
@@ -971,6 +1032,7 @@ class Host:
         if self._claim.held is None:
             self._claim.take()
             self.store.set_meta(_EPOCH, self._kernel_epoch())
+            self.store.set_meta(_NAMESPACE, self.netns_path or "")
 
     def _release_if_empty(self) -> None:
         """Let go of the namespace once the store holds nothing (after its last removal)."""
@@ -1044,26 +1106,3 @@ def _requested_addresses(*addresses: str | None) -> dict[int, str]:
             )
         requested[version] = address
     return requested
-
-
-def _by_family(
-    values: list[str], what: str, versions: tuple[int, ...], *, network: bool
-) -> dict[int, str]:
-    """`values` (gateways or IP ranges) by IP version: one each, of a version the network
-    has (an IPv6 gateway on an IPv4-only network is refused, not ignored)."""
-    found: dict[int, str] = {}
-    for value in values:
-        try:
-            parsed = ipaddress.ip_network(value, strict=False) if network else None
-            version = parsed.version if parsed else ipaddress.ip_address(value).version
-        except ValueError:
-            raise InvalidSubnet(f"invalid {what} {value!r}") from None
-        if version not in versions:
-            raise GatewayOutsideSubnet(
-                f"{what} {value} is IPv{version} but the network has no IPv{version} subnet"
-                + (" (IPv6 is not enabled)" if version == 6 else "")
-            )
-        if version in found:
-            raise InvalidSubnet(f"more than one IPv{version} {what} given")
-        found[version] = value
-    return found

@@ -6,27 +6,31 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from keelnet import port_security
 from keelnet.ipam import AddressPool
 from keelnet.model import IpamConfig, Network
-from keelnet.store.base import NetworkStore
+from keelnet.store import NetworkStore, Store
 
 #: Docker reports address counts as uint64, saturated.
 _UINT64_MAX = 2**64 - 1
 
 
-def network_inspect(store: NetworkStore, network: Network) -> dict[str, Any]:
-    """The network as `store` (local or the cluster's) holds it. `Containers`: this host's
-    endpoints (Docker's swarm mode shows the local ones); `Peers`: for a global network,
-    the hosts taking part."""
+def network_inspect(store: NetworkStore, network: Network, local: Store) -> dict[str, Any]:
+    """The network as `store` (the host's `local` one, or the cluster's) holds it.
+    `Containers`: this host's endpoints (Docker's swarm mode shows the local ones);
+    `Peers`: for a global network, the hosts taking part."""
+    endpoints = store.endpoints(network_id=network.id)
     status = {}
-    allocated = store.addresses(network.id)
+    allocated = store.addresses(network.id)  # by every host
     for config in network.ipam:
         pool = store.address_pool(network.id, config.version)
         if pool is not None:
             mine = [a for a in allocated if ipaddress.ip_address(a).version == config.version]
             status[config.subnet] = subnet_status(config, pool, mine)
-    endpoints = store.endpoints(network_id=network.id)
-    return network.to_inspect(endpoints, status, store.peers(network.id))
+    sandbox_ids = {box.name: box.id for box in local.sandboxes()}
+    view = network.to_inspect(endpoints, status, sandbox_ids, store.peers(network.id))
+    view["PortSecurity"] = port_security.holds(network)  # keelnet addition, as DataPlane
+    return view
 
 
 def subnet_status(config: IpamConfig, pool: AddressPool, allocated: list[str]) -> dict[str, int]:

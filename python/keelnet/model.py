@@ -38,6 +38,10 @@ def timestamp_ns(text: str) -> int:
     return seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
+#: Drivers whose networks have no embedded DNS server (Docker's).
+NO_DNS_DRIVERS = frozenset({"host", "none"})
+
+
 @dataclass(frozen=True)
 class IpamConfig:
     """One subnet of a network (Docker's `IPAM.Config` entry)."""
@@ -82,7 +86,6 @@ class Endpoint:
     sandbox: str = ""
     host_ifname: str | None = None
     aliases: tuple[str, ...] = ()
-    gw_priority: int = 0  # Docker's --gw-priority: the highest gives the default routes
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,10 @@ class Sandbox:
     name: str
     path: str
     owned: bool  # created by keelnet (deleted on removal) or adopted (left alone)
+    id: str = ""  # 64 hex digits: what `network inspect` keys its Containers by
+    #: Docker's --gw-priority of each endpoint (by endpoint id), kept with the sandbox as
+    #: libnetwork keeps it: the highest gives the sandbox its default routes.
+    gw_priorities: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,14 @@ class Network:
     options: dict[str, str]
     labels: dict[str, str]
     kernel_name: str | None  # bridge name, or None for drivers without a host-side device
+    attachable: bool = False  # Docker's --attachable, recorded (every keelnet network is)
     scope: str = "local"  # "global": shared by the hosts of a cluster store (overlay)
+
+    @property
+    def embedded_dns(self) -> bool:
+        """Whether its sandboxes find each other by name through keelnet's DNS server:
+        every network but Docker's `host` and `none` (as every user-defined network)."""
+        return self.driver not in NO_DNS_DRIVERS
 
     @property
     def created_ns(self) -> int:
@@ -156,10 +170,14 @@ class Network:
         self,
         endpoints: list[Endpoint],
         ipam_status: dict[str, dict[str, int]] | None = None,
+        sandbox_ids: dict[str, str] | None = None,
         peers: list[Peer] | None = None,
     ) -> dict[str, Any]:
+        """Docker's shape; `Containers` is keyed by each sandbox's id (`sandbox_ids`, by
+        name), as Docker keys it by container id, with the sandbox's name inside."""
+        ids = sandbox_ids or {}
         containers = {
-            ep.sandbox: {
+            ids.get(ep.sandbox) or ep.sandbox: {
                 "Name": ep.sandbox,
                 "EndpointID": ep.id,
                 "MacAddress": ep.mac,
@@ -182,7 +200,7 @@ class Network:
                 "Config": [c.to_inspect() for c in self.ipam],
             },
             "Internal": self.internal,
-            "Attachable": self.scope == "global",
+            "Attachable": self.attachable or self.scope == "global",
             "Ingress": False,
             "ConfigFrom": {"Network": ""},
             "ConfigOnly": False,

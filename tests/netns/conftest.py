@@ -19,23 +19,10 @@ from pathlib import Path
 
 import pytest
 from clusterlab import Cluster, EtcdCluster, Segment
-from netlab import (
-    DOCKER_RULES,
-    HOST_ADDRESS,
-    HOST_ADDRESS6,
-    HOST_UPLINK,
-    OUTSIDE_ADDRESS,
-    OUTSIDE_ADDRESS6,
-    Lab,
-    create_ns,
-    remove_prefix,
-    run_in,
-)
+from netlab import Lab, build, remove_prefix
 
 import keelnet
 from keelnet import agent
-from keelnet.kernel import links
-from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,30 +39,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     prefix = f"kn-t-{secrets.token_hex(3)}"
     the_lab = Lab(prefix, f"{prefix}-host", f"{prefix}-out", tmp_path / "state")
     try:
-        create_ns(the_lab.host)
-        create_ns(the_lab.outside)
-        with iproute(netns_path(the_lab.host)) as ipr:
-            fd = os.open(netns_path(the_lab.outside), os.O_RDONLY)
-            try:
-                ipr.link(
-                    "add", ifname=HOST_UPLINK, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd}
-                )
-            finally:
-                os.close(fd)
-            index = ipr.link_lookup(ifname=HOST_UPLINK)[0]
-            # No DAD: its end would add routes a second later, in the middle of a test.
-            write_sysctl(netns_path(the_lab.host), f"net.ipv6.conf.{HOST_UPLINK}.accept_dad", "0")
-            ipr.addr("add", index=index, address=HOST_ADDRESS, prefixlen=24)
-            links.add_address(ipr, index, HOST_ADDRESS6, 64)
-            ipr.link("set", index=index, state="up")
-        with iproute(netns_path(the_lab.outside)) as ipr:
-            index = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=index, address=OUTSIDE_ADDRESS, prefixlen=24)
-            links.add_address(ipr, index, OUTSIDE_ADDRESS6, 64)
-            ipr.link("set", index=index, state="up")
-        for tool in ("iptables", "ip6tables"):  # Docker drops IPv6 forwarding too
-            for rule in DOCKER_RULES:
-                run_in(the_lab.host, tool, "-w", *rule.split())
+        build(the_lab)
         yield the_lab
     finally:
         try:

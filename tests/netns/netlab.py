@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -12,12 +13,13 @@ from typing import Any
 
 from pyroute2 import netns as pyroute2_netns
 
-from keelnet.kernel import nftables
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
+from keelnet.kernel import links, nftables
+from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path, write_sysctl
 
 HOST_UPLINK = "kn-up0"
 HOST_ADDRESS = "192.0.2.1"
 OUTSIDE_ADDRESS = "192.0.2.2"
+NETNS_ETC = Path("/etc/netns")
 HOST_ADDRESS6 = "2001:db8:1::1"  # documentation prefix, never routed
 OUTSIDE_ADDRESS6 = "2001:db8:1::2"
 DOCKER_RULES = [
@@ -60,11 +62,51 @@ def create_ns(name: str) -> None:
         ipr.link("set", index=1, state="up")
 
 
+def build(lab: Lab) -> None:
+    """The lab's namespaces: the host and the outside joined by a veth underlay, the host
+    with Docker's iptables (FORWARD policy DROP, DOCKER-USER) and a resolv.conf naming
+    the outside. `remove_prefix` undoes it."""
+    create_ns(lab.host)
+    create_ns(lab.outside)
+    with iproute(netns_path(lab.host)) as ipr:
+        fd = os.open(netns_path(lab.outside), os.O_RDONLY)
+        try:
+            ipr.link(
+                "add", ifname=HOST_UPLINK, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd}
+            )
+        finally:
+            os.close(fd)
+        index = ipr.link_lookup(ifname=HOST_UPLINK)[0]
+        # No DAD: its end would add routes a second later, in the middle of a test.
+        write_sysctl(netns_path(lab.host), f"net/ipv6/conf/{HOST_UPLINK}/accept_dad", "0")
+        ipr.addr("add", index=index, address=HOST_ADDRESS, prefixlen=24)
+        links.add_address(ipr, index, HOST_ADDRESS6, 64)
+        ipr.link("set", index=index, state="up")
+    with iproute(netns_path(lab.outside)) as ipr:
+        index = ipr.link_lookup(ifname="eth0")[0]
+        ipr.addr("add", index=index, address=OUTSIDE_ADDRESS, prefixlen=24)
+        links.add_address(ipr, index, OUTSIDE_ADDRESS6, 64)
+        ipr.link("set", index=index, state="up")
+    for tool in ("iptables", "ip6tables"):  # Docker drops IPv6 forwarding too
+        for rule in DOCKER_RULES:
+            run_in(lab.host, tool, "-w", *rule.split())
+    # The host's resolv.conf names only the outside namespace: no DNS query of a test
+    # ever goes to the machine's resolvers (test_dns.py runs a server there).
+    own = NETNS_ETC / lab.host
+    own.mkdir(parents=True, exist_ok=True)
+    (own / "resolv.conf").write_text(f"nameserver {OUTSIDE_ADDRESS}\n")
+
+
 def remove_prefix(prefix: str) -> None:
     for name in sorted(os.listdir(NETNS_RUN_DIR), reverse=True):
         if name.startswith(prefix):
             with contextlib.suppress(OSError):
                 pyroute2_netns.remove(name)
+    # resolv.conf files of the lab's host and sandboxes (`ip netns exec` mounts them).
+    if NETNS_ETC.is_dir():
+        for entry in NETNS_ETC.iterdir():
+            if entry.name.startswith(prefix):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 # --- state snapshots: "exactly as before" --------------------------------------------------

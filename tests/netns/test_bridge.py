@@ -26,7 +26,7 @@ def _link(netns: str, ifname: str) -> dict[str, object]:
 def test_two_sandboxes_reach_each_other_over_ipv4_and_ipv6(lab: Lab, host: keelnet.Host) -> None:
     net = host.create_network("front", ipv6=True)
     a, b = lab.name("a"), lab.name("b")
-    host.create_sandbox(a)
+    sandbox_a = host.create_sandbox(a)
     host.create_sandbox(b)
     ep_a = host.connect("front", a)
     ep_b = host.connect("front", b)
@@ -45,7 +45,9 @@ def test_two_sandboxes_reach_each_other_over_ipv4_and_ipv6(lab: Lab, host: keeln
         assert tcp_request(a, ep_b.ipv6, 8081, "x") == f"v6-from-b x from {ep_a.ipv6}"
     inspect = host.inspect_network("front")
     assert inspect["DataPlane"] == "kernel"
-    assert inspect["Containers"][a]["IPv4Address"] == f"{ep_a.ip}/{v4.prefix_length}"
+    # Keyed by the sandbox's id, as Docker keys it by the container's.
+    assert inspect["Containers"][sandbox_a.id]["Name"] == a
+    assert inspect["Containers"][sandbox_a.id]["IPv4Address"] == f"{ep_a.ip}/{v4.prefix_length}"
 
 
 def test_networks_are_isolated_from_each_other(lab: Lab, host: keelnet.Host) -> None:

@@ -70,17 +70,25 @@ def test_cli_network_lifecycle(lab: Lab) -> None:
     listed = ok(lab, "network", "ls", "--format", "json")
     assert [json.loads(line)["Name"] for line in listed.splitlines()] == ["front"]
 
-    assert ok(lab, "sandbox", "create", sandbox).strip() == sandbox
-    ok(lab, "network", "connect", "--ip", "10.95.0.50", "front", sandbox)
+    sandbox_id = ok(lab, "sandbox", "create", sandbox).strip()  # as `docker create`: the id
+    assert re.fullmatch("[0-9a-f]{64}", sandbox_id)
+    # A sandbox answers to its name, its id and a 12-digit prefix of it.
+    ok(lab, "network", "connect", "--ip", "10.95.0.50", "front", sandbox_id[:12])
     inspected = json.loads(ok(lab, "network", "inspect", "front"))
     assert inspected[0]["Id"] == network_id
     assert inspected[0]["Labels"] == {"team": "net"}
-    (container,) = inspected[0]["Containers"].values()
+    # Containers keyed by the sandbox's id (Docker: the container's), the name inside.
+    assert list(inspected[0]["Containers"]) == [sandbox_id]
+    container = inspected[0]["Containers"][sandbox_id]
     assert container["Name"] == sandbox and container["IPv4Address"] == "10.95.0.50/24"
 
     listed = ok(lab, "sandbox", "ls", "--format", "json")
     (row,) = [json.loads(line) for line in listed.splitlines()]
     assert row["Name"] == sandbox and row["Networks"]["front"]["IPAddress"] == "10.95.0.50"
+    assert row["ID"] == sandbox_id
+    table = ok(lab, "sandbox", "ls").splitlines()
+    assert table[0].split() == ["SANDBOX", "ID", "NAME", "NETWORKS", "PATH"]
+    assert table[1].split()[:3] == [sandbox_id[:12], sandbox, "front"]
     shown = ok(lab, "sandbox", "exec", sandbox, "--", "ip", "-4", "-o", "addr")
     assert "10.95.0.50/24" in shown
 
@@ -263,6 +271,16 @@ def test_one_default_route_per_sandbox_as_docker_picks_it(lab: Lab) -> None:
     # beta offers both families: it comes first in libnetwork's order.
     ok(lab, "network", "connect", "beta", sandbox)
     assert default_routes(sandbox) == {4: [("10.72.0.1", "eth2")], 6: [("fd71::1", "eth2")]}
+    # A higher --gw-priority wins whatever else: zeta takes IPv4, IPv6 stays with beta.
+    ok(lab, "network", "disconnect", "zeta", sandbox)
+    ok(lab, "network", "connect", "--gw-priority", "10", "zeta", sandbox)
+    assert default_routes(sandbox) == {4: [("10.71.0.1", "eth0")], 6: [("fd71::1", "eth2")]}
+    # ...and is kept with the sandbox: another connect leaves it where it is.
+    ok(lab, "network", "disconnect", "alpha", sandbox)
+    ok(lab, "network", "connect", "alpha", sandbox)
+    assert default_routes(sandbox) == {4: [("10.71.0.1", "eth0")], 6: [("fd71::1", "eth2")]}
+    ok(lab, "network", "disconnect", "zeta", sandbox)
+    ok(lab, "network", "connect", "zeta", sandbox)  # no priority now: beta's again
     # The network that gives the routes leaves: the next one takes over, for each family.
     ok(lab, "network", "disconnect", "beta", sandbox)
     assert default_routes(sandbox) == {4: [("10.71.0.1", "eth0")], 6: []}

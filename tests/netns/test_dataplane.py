@@ -7,6 +7,7 @@ Every test builds its own namespaces (`kn-dp…`) and removes them, also on fail
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from dplab import (
     sh,
 )
 from nettools import wait_until
+from packetlab import netns
 
 from keelnet import errors
 from keelnet.dataplane import DROP_REASONS, Switch
@@ -73,7 +75,8 @@ def test_tap_to_tap_ping_and_tcp_are_byte_exact(lab: DpLab, workers: int) -> Non
         entries = {entry["mac"]: entry for entry in sw.fdb(VNI)}
         assert entries[mac_of(s1, "eth0")]["port"] == "p1"
         assert entries[mac_of(s2, "eth0")]["port"] == "p2"
-        assert not any(entry["static"] for entry in entries.values())
+        # A TAP's MAC is static from the moment the port exists: never learned elsewhere.
+        assert entries[mac_of(s1, "eth0")]["static"] and entries[mac_of(s2, "eth0")]["static"]
 
 
 def test_a_multi_queue_tap_spreads_flows_over_its_queues(lab: DpLab) -> None:
@@ -132,19 +135,25 @@ def test_vnis_are_isolated(lab: DpLab) -> None:
         assert stats["vnis"][20]["ports"] == ["p3"]
 
 
-def test_learned_macs_age_out(lab: DpLab) -> None:
+def test_learned_macs_age_out_and_port_macs_stay(lab: DpLab) -> None:
     host = lab.host(1)
     with Switch(netns=host, fdb_max_age=1.0) as sw:
         s1 = tap_sandbox(sw, lab, 1)
         s2 = tap_sandbox(sw, lab, 2)
         assert ping(s1, NET.format(2))
-        macs = {mac_of(s1, "eth0"), mac_of(s2, "eth0")}
-        assert macs <= {entry["mac"] for entry in sw.fdb(VNI)}
-        assert wait_until(lambda: not sw.fdb(VNI), timeout=6)
-        assert sw.stats()["fdb"]["aged_out"] >= 2
-        # Traffic learns them again.
-        assert ping(s1, NET.format(2))
-        assert macs <= {entry["mac"] for entry in sw.fdb(VNI)}
+        ports = {mac_of(s1, "eth0"), mac_of(s2, "eth0")}
+        # s1 also speaks for a MAC behind it (the port has no port security).
+        behind = "02:42:c6:33:64:77"
+        frame = bytes.fromhex("ffffffffffff" + behind.replace(":", "") + "88b5") + bytes(46)
+        with netns(s1):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        with sock:
+            sock.bind(("eth0", 0))
+            sock.send(frame)
+        assert wait_until(lambda: behind in {entry["mac"] for entry in sw.fdb(VNI)})
+        assert wait_until(lambda: behind not in {entry["mac"] for entry in sw.fdb(VNI)}, timeout=6)
+        assert sw.stats()["fdb"]["aged_out"] >= 1
+        assert {entry["mac"] for entry in sw.fdb(VNI)} == ports
 
 
 def test_arp_suppression_answers_for_known_addresses(lab: DpLab) -> None:

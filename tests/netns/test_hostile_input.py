@@ -183,11 +183,15 @@ CASES: list[tuple[str, type[Exception], Action]] = [
     ),
     # --- gateways, ranges, auxiliary addresses ----------------------------------------------
     ("gateway outside", E.GatewayOutsideSubnet, _net(subnet="10.46.0.0/24", gateway="10.99.0.1")),
-    ("gateway garbage", E.InvalidSubnet, _net(subnet="10.46.0.0/24", gateway="nope")),
-    ("gateway with a newline", E.InvalidSubnet, _net(subnet="10.46.0.0/24", gateway="10.46.0.1\n")),
+    ("gateway garbage", E.InvalidAddress, _net(subnet="10.46.0.0/24", gateway="nope")),
+    (
+        "gateway with a newline",
+        E.InvalidAddress,
+        _net(subnet="10.46.0.0/24", gateway="10.46.0.1\n"),
+    ),
     (
         "IPv6 gateway on an IPv4-only network",
-        E.GatewayOutsideSubnet,
+        E.InvalidSubnet,
         _net(subnet="10.46.0.0/24", gateway="fd00:46::1"),
     ),
     (
@@ -206,10 +210,10 @@ CASES: list[tuple[str, type[Exception], Action]] = [
         _net(subnet="10.46.0.0/24", gateway="10.46.0.255"),
     ),
     ("ip range outside", E.InvalidSubnet, _net(subnet="10.47.0.0/24", ip_range="10.48.0.0/25")),
-    ("ip range garbage", E.InvalidSubnet, _net(subnet="10.47.0.0/24", ip_range="x/25")),
+    ("ip range garbage", E.InvalidAddress, _net(subnet="10.47.0.0/24", ip_range="x/25")),
     (
         "IPv6 ip range on an IPv4-only network",
-        E.GatewayOutsideSubnet,
+        E.InvalidSubnet,
         _net(subnet="10.47.0.0/24", ip_range="fd00::/120"),
     ),
     (
@@ -516,3 +520,23 @@ def test_a_damaged_row_is_corrupt_state(lab: Lab, host: keelnet.Host) -> None:
 
 def subprocess_run(argv: list[str]) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def test_an_unwritable_journal_stops_the_operation_before_the_kernel(
+    lab: Lab, host: keelnet.Host
+) -> None:
+    _prepare(host, lab)
+    journal = lab.state_dir / "journal"
+    if journal.exists():
+        journal.rmdir()
+    journal.write_text("not a directory")
+    try:
+        kernel_before, store_before = kernel_state(lab.host), store_state(lab.state_dir)
+        with pytest.raises(errors.StateDirError, match="crash journal"):
+            host.create_network("late", subnet="10.81.0.0/24")
+        with pytest.raises(errors.StateDirError, match="crash journal"):
+            host.connect("taken", lab.name("free"))
+        assert kernel_state(lab.host) == kernel_before
+        assert store_state(lab.state_dir) == store_before
+    finally:
+        journal.unlink()

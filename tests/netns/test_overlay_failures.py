@@ -40,7 +40,9 @@ def links_in(netns: str) -> list[str]:
 def agent_ip(agent: Agent, network: str, sandbox: str) -> str:
     shown = agent.cli("network", "inspect", network)
     assert shown.returncode == 0, shown.stderr
-    return str(json.loads(shown.stdout)[0]["Containers"][sandbox]["IPv4Address"].split("/")[0])
+    containers = json.loads(shown.stdout)[0]["Containers"].values()
+    (entry,) = [c for c in containers if c["Name"] == sandbox]
+    return str(entry["IPv4Address"].split("/")[0])
 
 
 @pytest.mark.parametrize("plane", ["kernel", "userspace"])

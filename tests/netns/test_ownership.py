@@ -200,6 +200,15 @@ def test_open_reconciles_in_a_new_kernel_epoch(lab: Lab, owned: keelnet.Host) ->
     assert not _link_exists(lab, stray)
 
 
+def test_one_store_manages_one_namespace(lab: Lab, owned: keelnet.Host) -> None:
+    """The store of the lab's host opened for another namespace: its reconcile there would
+    find none of the store's objects and drop them from the store."""
+    before = _everything(lab)
+    with pytest.raises(errors.StateDirError, match="a state directory of its own"):
+        keelnet.Host(netns=lab.outside, state_dir=lab.state_dir)
+    assert _everything(lab) == before
+
+
 def test_schema_migrates_from_version_1(lab: Lab, tmp_path: Path) -> None:
     state = tmp_path / "v1"
     state.mkdir()

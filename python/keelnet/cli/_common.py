@@ -59,10 +59,15 @@ class Session:
         if self._host is None:
             from keelnet.host import Host
 
-            # Not a cluster member: a command that needs one (an overlay connect) runs in
-            # the agent, which is.
+            # This process exits with the command: names are the agent's to serve (the
+            # sandboxes' resolv.conf files are written here all the same), and it is no
+            # cluster member (an overlay connect runs in the agent, which is).
             self._host = Host(
-                netns=self.netns, state_dir=self.state_dir, store=self.cluster_store, member=False
+                netns=self.netns,
+                state_dir=self.state_dir,
+                serve_dns=False,
+                store=self.cluster_store,
+                member=False,
             )
         return self._host
 
@@ -88,9 +93,8 @@ class Session:
             from keelnet.store.etcd import EtcdStore
 
             name = self.netns.rsplit("/", 1)[-1] if self.netns else socket.gethostname()
-            self._global = EtcdStore(
-                self.cluster_store, host=name, netns_path=host_path(self.netns)
-            )
+            namespace = host_path(self.netns)
+            self._global = EtcdStore(self.cluster_store, host=name, netns_path=namespace)
         return self._global
 
     def networks(self) -> list[Network]:
@@ -132,8 +136,8 @@ class Session:
         None for one whose data plane is the kernel's."""
         from keelnet import agent
 
-        if agent.needs_agent(network) is None:
-            return None
+        if network.dataplane != "userspace":
+            return None  # a kernel plane runs without the agent (its DNS does not)
         if self._in_agent:
             assert self._host is not None
             if self._host.data_plane_running(network):

@@ -38,7 +38,8 @@ PRUNE_WARNING = (
 
 def add_commands(commands: Commands) -> None:
     network = commands.add_parser("network", help="Manage networks", description="Manage networks")
-    verbs = network.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    network.set_defaults(noun_help=network.print_help)  # `keelnet network` alone: its help
+    verbs = network.add_subparsers(dest="verb", metavar="COMMAND")
 
     create = command(verbs, "create", "Create a network", create_network, WRITE)
     create.add_argument("name", metavar="NETWORK", help="name of the new network")
@@ -205,6 +206,10 @@ def create_network(session: Session, args: argparse.Namespace) -> int:
         raise InvalidRequest(
             f'IPAM driver "{args.ipam_driver}" not found: keelnet has the "default" one'
         )
+    if args.ipam_opt:
+        raise InvalidRequest(
+            f"the default IPAM driver takes no options (--ipam-opt {args.ipam_opt[0]})"
+        )
     network = session.host.create_network(
         args.name,
         driver=args.driver,
@@ -216,6 +221,7 @@ def create_network(session: Session, args: argparse.Namespace) -> int:
         internal=args.internal,
         options=pairs(args.opt, "--opt"),
         labels=labels(args.label),
+        attachable=args.attachable,
     )
     print(network.id)
     return 0
@@ -307,7 +313,7 @@ def inspect_networks(session: Session, args: argparse.Namespace) -> int:
         if network is None:
             missing.append(f"network {name} not found")
             continue
-        view = network_inspect(session.store_for(network), network)
+        view = network_inspect(session.store_for(network), network, session.store)
         status = session.plane_status(network)
         if status is not None:
             view["DataPlaneStatus"] = status
@@ -372,10 +378,12 @@ def connect_sandbox(session: Session, args: argparse.Namespace) -> int:
 def disconnect_sandbox(session: Session, args: argparse.Namespace) -> int:
     host = session.host
     network = host.network(args.network)
-    if not args.force and not [
-        e for e in host.endpoints(network.name) if e.sandbox == args.sandbox
-    ]:
-        raise InvalidRequest(f"sandbox {args.sandbox} is not connected to network {network.name}")
+    if not args.force:
+        sandbox = host.sandbox(args.sandbox)
+        if not [e for e in host.endpoints(network.name) if e.sandbox == sandbox.name]:
+            raise InvalidRequest(
+                f"sandbox {sandbox.name} is not connected to network {network.name}"
+            )
     host.disconnect(network.name, args.sandbox)
     return 0
 

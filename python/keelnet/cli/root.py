@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from keelnet.agent import AgentError
-from keelnet.cli import agent, network, port, sandbox
+from keelnet.cli import CommandLine, agent, forward, network, port, sandbox
 from keelnet.cli._common import (
     LOCAL,
     READ,
@@ -32,7 +32,6 @@ NOUNS = {
     "port": port.add_commands,
     "agent": agent.add_commands,
 }
-_GLOBAL_WITH_VALUE = ("--netns", "--state-dir", "--store")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -121,29 +120,23 @@ def _go_bools(argv: list[str]) -> list[str]:
     return result
 
 
-def _noun(argv: list[str]) -> str | None:
-    """The noun a command line names (None: none of ours, or help for all of them)."""
-    tokens = iter(argv)
-    for token in tokens:
-        if token in _GLOBAL_WITH_VALUE:
-            next(tokens, None)
-        elif not token.startswith("-"):
-            return token if token in NOUNS else None
-        elif token in ("-h", "--help"):
-            return None
-    return None
-
-
 def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """The command line parsed (by `parser`, else one built for the noun it names)."""
     argv = _go_bools(argv)
-    return (parser or build_parser(only=_noun(argv))).parse_args(argv)
+    if parser is None:
+        line = CommandLine(argv)
+        known = not line.parsed_here and line.noun in NOUNS
+        parser = build_parser(only=line.noun if known else None)  # else: all, for help
+    return parser.parse_args(argv)
 
 
 def _main(argv: list[str]) -> int:
     args = parse(argv)
     if args.command is None:
         build_parser().print_help()
+        return 0
+    if getattr(args, "handler", None) is None and getattr(args, "standalone", None) is None:
+        args.noun_help()  # a noun without a verb: its help, as `docker network` prints
         return 0
     problem = missing_privileges()
     if problem is not None:
@@ -186,15 +179,7 @@ def _main(argv: list[str]) -> int:
 
 
 def _forward(args: argparse.Namespace, argv: list[str]) -> int | None:
-    from keelnet import agent as agents
-
-    answer = agents.forward(args.netns, args.state_dir, argv)
-    if answer is None:
-        return None
-    status, out, err = answer
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    return status
+    return forward(args.netns, args.state_dir, argv)
 
 
 def _ensure_agent(session: Session) -> bool:

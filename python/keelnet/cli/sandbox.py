@@ -21,8 +21,16 @@ TYPE_CHECKING = False  # not typing's: the CLI does not import typing
 if TYPE_CHECKING:
     from typing import Any
 
-LS_COLUMNS = "{{.Name}}\t{{.Networks}}\t{{.Path}}"
-LS_HEADERS = {"Name": "NAME", "Networks": "NETWORKS", "Path": "PATH", "Owned": "OWNED"}
+    from keelnet.model import Sandbox
+
+LS_COLUMNS = "{{.ID}}\t{{.Name}}\t{{.Networks}}\t{{.Path}}"
+LS_HEADERS = {
+    "ID": "SANDBOX ID",
+    "Name": "NAME",
+    "Networks": "NETWORKS",
+    "Path": "PATH",
+    "Owned": "OWNED",
+}
 
 
 def add_commands(commands: Commands) -> None:
@@ -31,7 +39,8 @@ def add_commands(commands: Commands) -> None:
         help="Manage sandboxes (network namespaces)",
         description="Manage sandboxes (network namespaces)",
     )
-    verbs = sandbox.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    sandbox.set_defaults(noun_help=sandbox.print_help)  # `keelnet sandbox` alone: its help
+    verbs = sandbox.add_subparsers(dest="verb", metavar="COMMAND")
     create = command(verbs, "create", "Create a sandbox", create_sandbox, WRITE)
     create.add_argument("name", metavar="SANDBOX", help="name of the new sandbox")
     create.add_argument(
@@ -41,6 +50,7 @@ def add_commands(commands: Commands) -> None:
     )
     ls = command(verbs, "ls", "List sandboxes", list_sandboxes, READ, aliases=["list"])
     format_flag(ls)
+    ls.add_argument("--no-trunc", action="store_true", help="Do not truncate the output")
     rm = command(
         verbs, "rm", "Remove one or more sandboxes", remove_sandboxes, WRITE, aliases=["remove"]
     )
@@ -58,12 +68,19 @@ def add_commands(commands: Commands) -> None:
 class SandboxRow:
     go_type = "*sandbox.sandboxContext"
 
-    def __init__(self, name: str, path: str, owned: bool, networks: dict[str, Any]) -> None:
-        self.Name = name
-        self.Path = path
-        self.Owned = str(owned).lower()
+    def __init__(self, sandbox: Sandbox, networks: dict[str, Any], no_trunc: bool) -> None:
+        self.ID = sandbox.id if no_trunc else sandbox.id[:12]
+        self.Name = sandbox.name
+        self.Path = sandbox.path
+        self.Owned = str(sandbox.owned).lower()
         self.Networks = ",".join(networks) or "-"
-        self._json = {"Name": name, "Path": path, "Owned": owned, "Networks": networks}
+        self._json = {
+            "ID": sandbox.id,
+            "Name": sandbox.name,
+            "Path": sandbox.path,
+            "Owned": sandbox.owned,
+            "Networks": networks,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return self._json
@@ -74,7 +91,7 @@ def create_sandbox(session: Session, args: argparse.Namespace) -> int:
         sandbox = session.host.adopt_sandbox(args.name, args.adopt)
     else:
         sandbox = session.host.create_sandbox(args.name)
-    print(sandbox.name)
+    print(sandbox.id)  # as `docker create` prints the container's id
     return 0
 
 
@@ -94,7 +111,7 @@ def list_sandboxes(session: Session, args: argparse.Namespace) -> int:
             for e in all_endpoints
             if e.sandbox == sandbox.name
         }
-        rows.append(SandboxRow(sandbox.name, sandbox.path, sandbox.owned, attached))
+        rows.append(SandboxRow(sandbox, attached, args.no_trunc))
     print_rows(args.format, LS_COLUMNS, rows, LS_HEADERS)
     return 0
 

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from keelnet.dataplane import Switch
+from keelnet.drivers import _port_security
 from keelnet.drivers.base import HostContext
 from keelnet.errors import Conflict, DataplaneError, DataPlaneUnavailable, KeelnetError, NotFound
+from keelnet.kernel import links
+from keelnet.kernel.namespaces import iproute
 from keelnet.model import Endpoint
 
 
@@ -121,9 +124,11 @@ def add_sandbox_tap(
     *,
     mtu: int | None,
     isolation: str,
+    port_security: bool,
     vni: int = 0,
 ) -> None:
-    """The endpoint's TAP port on `switch`, moved into the sandbox as its interface."""
+    """The endpoint's TAP port on `switch`, moved into the sandbox as its interface; with
+    `port_security`, it sends only from the endpoint's MAC and addresses."""
     try:
         switch.add_tap(
             endpoint.id,
@@ -133,11 +138,18 @@ def add_sandbox_tap(
             mac=endpoint.mac,
             mtu=mtu,
             isolation=isolation,
+            allowed_ips=_port_security.allowed_ips(endpoint) if port_security else None,
         )
     except DataplaneError as exc:
         if exc.errno == errno.EEXIST:
             raise Conflict(f"interface {endpoint.ifname} exists in the sandbox") from exc
         raise
+    if port_security and _port_security.pin_link_local(sandbox_path, endpoint.ifname):
+        # The TAP came up with another link-local address: take it down and up again.
+        with iproute(sandbox_path) as ipr:
+            index = links.link_index(ipr, endpoint.ifname)
+            ipr.link("set", index=index, state="down")
+            ipr.link("set", index=index, state="up")
 
 
 def remove_sandbox_tap(switch: Switch, endpoint: Endpoint) -> None:

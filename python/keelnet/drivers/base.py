@@ -15,7 +15,7 @@ A driver lists the data planes it implements; the `dataplane` option picks one (
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 from keelnet.errors import DataPlaneUnavailable, InvalidOption
 from keelnet.kernel import links
 from keelnet.kernel.nftables import BridgeRules
+from keelnet.kernel.nftables_guard import Guard, GuardedPort
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
@@ -166,6 +167,13 @@ class Driver(ABC):
     def firewall(self, network: Network, ports: tuple[PortMapping, ...]) -> BridgeRules | None:
         """This network's part of the host's nftables ruleset, if it has one."""
         return None
+
+    def port_guards(
+        self, network: Network, endpoints: Sequence[Endpoint]
+    ) -> dict[Guard, tuple[GuardedPort, ...]]:
+        """Where nftables checks what the endpoints' sandboxes send (`nftables_guard`,
+        kernel data planes under port security), for reconcile to make it match."""
+        return {}
 
 
 def option_bool(options: Mapping[str, str], key: str, default: bool) -> bool:

@@ -4,17 +4,22 @@ With `dataplane=userspace`: keelnet's switch instead, a TAP per sandbox and a ho
 TAP named like the bridge holding the gateway address (so routing, NAT and the firewall
 rules work on it as on a bridge). `enable_icc=false` isolates the sandboxes' ports
 (the kernel bridge's port isolation; the switch's private ports): each reaches the
-gateway, never another sandbox.
+gateway, never another sandbox, also not through the host's routing.
+
+Port security (`_port_security`, on unless `-o port_security=false`): each sandbox sends
+only from its MAC and addresses (nftables bridge rules on the kernel bridge, a check per
+port in the switch). Endpoint MACs are static FDB entries either way: learning never
+moves them (the kernel bridge's ports learn nothing at all under port security).
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.drivers import _userspace, _veth
+from keelnet.drivers import _port_security, _userspace, _veth
 from keelnet.drivers.base import (
     Driver,
     HostContext,
@@ -22,7 +27,7 @@ from keelnet.drivers.base import (
     option_bool,
 )
 from keelnet.errors import Conflict, InvalidOption, KernelError
-from keelnet.kernel import links, rtnl
+from keelnet.kernel import links, nftables, nftables_guard, rtnl
 from keelnet.kernel.namespaces import write_sysctl
 from keelnet.kernel.nftables import BridgeRules
 from keelnet.model import Endpoint, Network, PortMapping
@@ -51,7 +56,7 @@ class BridgePlane(_userspace.SwitchPlane):
 
 class BridgeDriver(Driver):
     name = "bridge"
-    options = frozenset({NAME, MASQUERADE, ICC, MTU})
+    options = frozenset({NAME, MASQUERADE, ICC, MTU, _port_security.OPTION})
     dataplanes = ("kernel", "userspace")
     gateway_on_host = True
 
@@ -60,6 +65,7 @@ class BridgeDriver(Driver):
         mtu_option(request.options)
         option_bool(request.options, MASQUERADE, True)
         option_bool(request.options, ICC, True)
+        _port_security.enabled(request.options)
         bridge = request.options.get(NAME)
         if bridge is not None:
             links.check_ifname(bridge, f"option {NAME}:", InvalidOption)
@@ -109,6 +115,9 @@ class BridgeDriver(Driver):
             ctx.ipr.link("set", index=index, state="up")
             # Published ports are reachable from the host's loopback (Docker's hairpin mode).
             write_sysctl(ctx.netns_path, f"net/ipv4/conf/{bridge}/route_localnet", "1")
+            if not option_bool(network.options, ICC, True):
+                # A redirect would point one sandbox at another, which icc forbids.
+                write_sysctl(ctx.netns_path, f"net/ipv4/conf/{bridge}/send_redirects", "0")
         except NetlinkError as exc:
             self._remove(ctx, network)
             raise links.netlink_error(f"creating bridge {bridge}", exc) from exc
@@ -164,23 +173,50 @@ class BridgeDriver(Driver):
             raise KernelError(f"creating veth pair: {exc.strerror}") from exc
         finally:
             links.close_fd(fd)
+        self._guard_bridge_port(ctx, network, endpoint)
+
+    def _guard_bridge_port(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        """The veth's bridge port: marked and up; its MAC static; under port security it
+        learns nothing, gets no unknown-unicast floods and is checked by nftables; with
+        icc off it is isolated. Before the sandbox's end comes up (at join), so no frame
+        ever passes unchecked."""
+        assert endpoint.host_ifname is not None
+        ifname = endpoint.host_ifname
+        guarded = _port_security.enabled(network.options)
         try:
+            index = ctx.rtnl.link_index(ifname)
+            if index is None:
+                raise KernelError(f"{ifname} vanished after creation")
             alias = ctx.owner.alias(network.id, endpoint.id)
-            ctx.rtnl.run([rtnl.set_link(endpoint.host_ifname, alias=alias, up=True)])
+            ctx.rtnl.run(
+                [
+                    rtnl.set_link(ifname, alias=alias, up=True),
+                    rtnl.set_bridge_port(
+                        ifname,
+                        learning=not guarded,
+                        unicast_flood=not guarded,
+                        isolated=not option_bool(network.options, ICC, True),
+                    ),
+                    rtnl.add_static_fdb(index, endpoint.mac),
+                ]
+            )
             # A bridge port needs no addresses of its own; without this, its link-local
             # address and routes appear a second later, when DAD ends.
-            write_sysctl(ctx.netns_path, f"net/ipv6/conf/{endpoint.host_ifname}/disable_ipv6", "1")
-            if not option_bool(network.options, ICC, True):
-                # Isolated ports reach the bridge (gateway) but not each other: Docker's icc.
-                index = links.link_index(ctx.ipr, endpoint.host_ifname)
-                ctx.ipr.brport("set", index=index, isolated=1)
-        except (NetlinkError, OSError) as exc:  # RtnlError is an OSError
-            links.delete_link(ctx.ipr, endpoint.host_ifname)
-            raise KernelError(f"setting up {endpoint.host_ifname}: {exc}") from exc
+            write_sysctl(ctx.netns_path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
+            if guarded:
+                script = nftables_guard.add_port(nftables_guard.BRIDGE, _guarded_port(endpoint))
+                nftables.apply(ctx.netns_path, script)
+        except (NetlinkError, OSError, KernelError) as exc:  # RtnlError is an OSError
+            self.delete_endpoint(ctx, network, endpoint)
+            if isinstance(exc, KernelError):
+                raise
+            raise KernelError(f"setting up {ifname}: {exc}") from exc
 
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
+        if _port_security.enabled(network.options) and network.dataplane == "kernel":
+            _port_security.pin_link_local(sandbox_path, endpoint.ifname)  # still down
         _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
 
     def _create_tap_endpoint(
@@ -196,6 +232,7 @@ class BridgeDriver(Driver):
             mtu=mtu_option(network.options),
             # The gateway TAP stays open: isolated sandboxes still reach it.
             isolation="open" if option_bool(network.options, ICC, True) else "private",
+            port_security=_port_security.enabled(network.options),
         )
 
     def leave(
@@ -211,6 +248,9 @@ class BridgeDriver(Driver):
     def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
         if endpoint.host_ifname:
             links.delete_link(ctx.ipr, endpoint.host_ifname)
+            if _port_security.enabled(network.options):
+                script = nftables_guard.remove_port(nftables_guard.BRIDGE, _guarded_port(endpoint))
+                nftables.apply(ctx.netns_path, script)
 
     def program_external_connectivity(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, port: PortMapping
@@ -226,7 +266,22 @@ class BridgeDriver(Driver):
             internal=network.internal,
             masquerade=option_bool(network.options, MASQUERADE, True),
             ports=ports,
+            icc=option_bool(network.options, ICC, True),
+            port_security=_port_security.enabled(network.options),
         )
+
+    def port_guards(
+        self, network: Network, endpoints: Sequence[Endpoint]
+    ) -> dict[nftables_guard.Guard, tuple[nftables_guard.GuardedPort, ...]]:
+        if not _port_security.enabled(network.options) or network.dataplane != "kernel":
+            return {}
+        ports = tuple(_guarded_port(endpoint) for endpoint in endpoints if endpoint.host_ifname)
+        return {nftables_guard.BRIDGE: ports}
 
     def _bridge(self, network: Network) -> str:
         return network.kernel_name or self.kernel_name(network.id, network.options)
+
+
+def _guarded_port(endpoint: Endpoint) -> nftables_guard.GuardedPort:
+    assert endpoint.host_ifname is not None
+    return _port_security.guarded_port(endpoint, endpoint.host_ifname)

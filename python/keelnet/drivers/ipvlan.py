@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import ipaddress
 from typing import ClassVar
 
 from keelnet.dataplane_ipvlan import Ipvlan
-from keelnet.drivers import _gateway, _parent, _userspace, _veth
+from keelnet.drivers import _gateway, _parent, _port_security, _userspace, _veth
 from keelnet.drivers.base import DATAPLANE_OPTION, HostContext, NetworkRequest
 from keelnet.drivers.macvlan import LowerDeviceDriver
 from keelnet.errors import (
@@ -41,7 +42,7 @@ class IpvlanDriver(LowerDeviceDriver):
     kind = "ipvlan"
     userspace_instead = "the userspace data plane emulates it: dataplane=userspace (or auto)"
     mode_option = "ipvlan_mode"
-    options = frozenset({_parent.PARENT, "ipvlan_mode"})
+    options = frozenset({_parent.PARENT, "ipvlan_mode", _port_security.OPTION})
     modes: ClassVar[dict[str, int]] = {"l2": 0, "l3": 1}  # linux/if_link.h IPVLAN_MODE_*
     default_mode = "l2"
     shares_parent_mac = True
@@ -151,10 +152,16 @@ class IpvlanDriver(LowerDeviceDriver):
             super().create_endpoint(ctx, network, endpoint, sandbox_path)
             return
         addresses = [a for a in (endpoint.ip, endpoint.ipv6) if a is not None]
+        if network.ipam_for(6) is not None:
+            addresses.append(_link_local(endpoint))
         plane = self._plane(ctx, network)
         try:
             plane.add_slave(
-                endpoint.id, sandbox=sandbox_path, addresses=addresses, ifname=endpoint.ifname
+                endpoint.id,
+                sandbox=sandbox_path,
+                addresses=addresses,
+                ifname=endpoint.ifname,
+                port_security=_port_security.enabled(network.options),
             )
         except DataplaneError as exc:
             if exc.errno == errno.EEXIST:
@@ -186,19 +193,27 @@ class IpvlanDriver(LowerDeviceDriver):
         _veth.remove_sandbox_interface(endpoint, sandbox_path)
 
 
+def _link_local(endpoint: Endpoint) -> str:
+    """The slave's link-local address. Every slave has the parent's MAC, so the EUI-64
+    link-local would be the same for all (the kernel gives each slave a dev_id for that);
+    here one derived from the endpoint id: known in advance, so the emulation delivers
+    frames for it and port security allows it."""
+    interface_id = bytearray(hashlib.sha256(endpoint.id.encode()).digest()[:8])
+    interface_id[0] &= ~0x02  # not universal (RFC 4291 modified EUI-64 u bit)
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + bytes(interface_id)))
+
+
 def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l3: bool) -> None:
-    """What kernel ipvlan slaves have and a TAP lacks. NOARP in l3 mode. A link-local
-    address of its own: every slave has the parent's MAC, so every slave's EUI-64
-    link-local would be the same (the kernel gives each slave a dev_id for that); here
-    a random one (addr_gen_mode 3, made when the link comes up again) on IPv6 networks,
-    none on IPv4-only ones."""
+    """What kernel ipvlan slaves have and a TAP lacks. NOARP in l3 mode. On IPv6 networks
+    the link-local address of `_link_local` (addr_gen_mode none: the kernel makes none, so
+    the TAP is taken down and up to drop the one it made), none on IPv4-only ones."""
     ifname = endpoint.ifname
     try:
         if network.ipam_for(6) is None:
             with contextlib.suppress(OSError):  # a kernel without IPv6 has none to disable
                 write_sysctl(sandbox_path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
         else:
-            write_sysctl(sandbox_path, f"net/ipv6/conf/{ifname}/addr_gen_mode", "3")
+            write_sysctl(sandbox_path, f"net/ipv6/conf/{ifname}/addr_gen_mode", "1")
         with iproute(sandbox_path) as ipr:
             index = links.link_index(ipr, ifname)
             if index is None:
@@ -208,6 +223,7 @@ def _prepare_slave(network: Network, endpoint: Endpoint, sandbox_path: str, *, l
             if network.ipam_for(6) is not None:
                 ipr.link("set", index=index, state="down")
                 ipr.link("set", index=index, state="up")
+                links.add_address(ipr, index, _link_local(endpoint), 64)
     except KeelnetError:
         raise
     except Exception as exc:

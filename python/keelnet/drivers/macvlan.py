@@ -1,14 +1,21 @@
-"""macvlan: each endpoint is a macvlan child of the parent, created inside the sandbox."""
+"""macvlan: each endpoint is a macvlan child of the parent, created inside the sandbox.
+
+Port security (on unless `-o port_security=false`): on the userspace data plane the
+switch checks every sandbox's TAP; on the kernel's, nftables checks what leaves the
+parent from an endpoint's MAC (`nftables_guard.parent`): sandbox-to-sandbox frames of a
+bridge-mode network, which the macvlan driver switches itself, and frames from a MAC no
+endpoint has are beyond its reach.
+"""
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.drivers import _parent, _userspace, _veth
+from keelnet.drivers import _parent, _port_security, _userspace, _veth
 from keelnet.drivers.base import DATAPLANE_OPTION, DATAPLANES, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
     Conflict,
@@ -16,7 +23,7 @@ from keelnet.errors import (
     KernelError,
     MissingParentInterface,
 )
-from keelnet.kernel import links
+from keelnet.kernel import links, nftables, nftables_guard
 from keelnet.model import Endpoint, Network
 
 
@@ -64,6 +71,7 @@ class LowerDeviceDriver(Driver):
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
+        _port_security.enabled(request.options)
         mode = request.options.get(self.mode_option, self.default_mode)
         if mode not in self.modes:
             raise InvalidOption(
@@ -157,7 +165,7 @@ class MacvlanDriver(LowerDeviceDriver):
         "the userspace data plane emulates bridge, private and vepa modes: dataplane=userspace"
     )
     mode_option = "macvlan_mode"
-    options = frozenset({_parent.PARENT, "macvlan_mode"})
+    options = frozenset({_parent.PARENT, "macvlan_mode", _port_security.OPTION})
     # linux/if_link.h MACVLAN_MODE_*
     modes: ClassVar[dict[str, int]] = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
     default_mode = "bridge"
@@ -204,22 +212,54 @@ class MacvlanDriver(LowerDeviceDriver):
         return parent.vlan is not None and dataplane == "userspace"
 
     def create_network(self, ctx: HostContext, network: Network) -> None:
-        if network.dataplane == "kernel":
-            super().create_network(ctx, network)  # the VLAN device, for a VLAN parent
-        else:
+        if network.dataplane == "userspace":
             self._plane(ctx, network)  # tags a VLAN parent's frames itself
+            return
+        super().create_network(ctx, network)  # the VLAN device, for a VLAN parent
+        guard = self._guard(network)
+        if guard is not None:
+            try:
+                nftables.apply(ctx.netns_path, "\n".join(nftables_guard.rules(guard)) + "\n")
+            except BaseException:
+                super().delete_network(ctx, network)
+                raise
 
     def delete_network(self, ctx: HostContext, network: Network) -> None:
         if network.dataplane == "userspace":
             _userspace.planes_of(ctx).close(network.id)
-        else:
-            super().delete_network(ctx, network)
+            return
+        guard = self._guard(network)
+        if guard is not None:
+            nftables.apply(ctx.netns_path, "\n".join(nftables_guard.remove(guard)) + "\n")
+        super().delete_network(ctx, network)
+
+    def _guard(self, network: Network) -> nftables_guard.Guard | None:
+        """Where nftables checks the sandboxes of a kernel network under port security."""
+        if network.dataplane != "kernel" or not _port_security.enabled(network.options):
+            return None
+        return nftables_guard.parent(network.id, _parent.parse(network.options, self.name).name)
+
+    def port_guards(
+        self, network: Network, endpoints: Sequence[Endpoint]
+    ) -> dict[nftables_guard.Guard, tuple[nftables_guard.GuardedPort, ...]]:
+        guard = self._guard(network)
+        if guard is None:
+            return {}
+        return {guard: tuple(_port_security.guarded_port(e, e.ifname) for e in endpoints)}
 
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
         if network.dataplane == "kernel":
             super().create_endpoint(ctx, network, endpoint, sandbox_path)
+            guard = self._guard(network)
+            if guard is not None:
+                port = _port_security.guarded_port(endpoint, endpoint.ifname)
+                try:
+                    nftables.apply(ctx.netns_path, nftables_guard.add_port(guard, port))
+                except BaseException:
+                    super().leave(ctx, network, endpoint, sandbox_path)
+                    raise
             return
         plane = self._plane(ctx, network)
         parent_index = links.link_index(ctx.ipr, plane.base)
@@ -232,7 +272,15 @@ class MacvlanDriver(LowerDeviceDriver):
             sandbox_path,
             mtu=int(mtu) if mtu else None,
             isolation=USERSPACE_ISOLATION[network.options.get(self.mode_option, self.default_mode)],
+            port_security=_port_security.enabled(network.options),
         )
+
+    def join(
+        self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
+    ) -> None:
+        if self._guard(network) is not None:
+            _port_security.pin_link_local(sandbox_path, endpoint.ifname)  # still down
+        super().join(ctx, network, endpoint, sandbox_path)
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
@@ -242,3 +290,9 @@ class MacvlanDriver(LowerDeviceDriver):
             if isinstance(plane, MacvlanPlane):
                 _userspace.remove_sandbox_tap(plane.switch, endpoint)
         super().leave(ctx, network, endpoint, sandbox_path)
+
+    def delete_endpoint(self, ctx: HostContext, network: Network, endpoint: Endpoint) -> None:
+        guard = self._guard(network)
+        if guard is not None:
+            port = _port_security.guarded_port(endpoint, endpoint.ifname)
+            nftables.apply(ctx.netns_path, nftables_guard.remove_port(guard, port))

@@ -318,6 +318,7 @@ class OverlayDriver(Driver):
                     sandbox_path,
                     mtu=inner_mtu(network.options),
                     isolation="open",
+                    port_security=False,  # not enforced on overlay networks (yet)
                     vni=vni_of(network),
                 )
                 plane.attach(network.id, endpoint.id)

@@ -7,16 +7,20 @@ repeated one is a no-op, and nothing outside keelnet's tables is ever touched:
 - `table inet keelnet`: forward filtering (isolation between networks, `internal`,
   published ports only reachable through DNAT),
 - `table inet keelnet-nat`: DNAT of published ports (from outside and from the host itself)
-  and masquerade (one inet table serves IPv4 and IPv6).
+  and masquerade (one inet table serves IPv4 and IPv6),
+- `table bridge keelnet`: port security of sandboxes on kernel bridges
+  (`keelnet.kernel.nftables_guard`).
 
-`enable_icc=false` is not a firewall rule: the bridge driver isolates the bridge ports
-(IFLA_BRPORT_ISOLATED), which needs no br_netfilter and no bridge-family meta matches.
+`enable_icc=false` between sandboxes on one bridge is the bridge driver's port isolation
+(IFLA_BRPORT_ISOLATED; the userspace switch's private ports), which needs no
+br_netfilter; here it also stops the host from routing a frame sent to the gateway's MAC
+back into the same bridge. With port security on, a bridge's packets may only be
+forwarded with a source in its own subnets, so no forged source is ever masqueraded.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import ipaddress
 import os
 import subprocess
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keelnet.errors import KernelError
+from keelnet.kernel import nftables_guard
 from keelnet.kernel.namespaces import call_in_netns
 from keelnet.model import PortMapping
 
@@ -42,6 +47,10 @@ class BridgeRules:
     internal: bool = False
     masquerade: bool = True
     ports: tuple[PortMapping, ...] = field(default_factory=tuple)
+    #: Sandboxes may talk to each other, also through the host (`enable_icc`).
+    icc: bool = True
+    #: Sandboxes send only from their own addresses (see `nftables_guard`).
+    port_security: bool = False
 
 
 _BASE_CHAINS = {
@@ -65,13 +74,14 @@ def render(bridges: Sequence[BridgeRules]) -> str:
     if not bridges:  # add-then-delete: removes the table whether it exists or not
         for family, name in TABLES:
             lines += [f"add table {family} {name}", f"delete table {family} {name}"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + nftables_guard.remove(nftables_guard.BRIDGE)) + "\n"
     for (family, name), chains in _BASE_CHAINS.items():
         lines.append(f"add table {family} {name}")
         for chain, spec in chains.items():
             lines.append(f"add chain {family} {name} {chain}" + (f" {{ {spec} }}" if spec else ""))
         lines.append(f"flush table {family} {name}")
     lines += _filter_rules(bridges) + _nat_rules(bridges)
+    lines += nftables_guard.rules(nftables_guard.BRIDGE)
     return "\n".join(lines) + "\n"
 
 
@@ -86,10 +96,17 @@ def _q(name: str) -> str:
 def _filter_rules(bridges: Sequence[BridgeRules]) -> list[str]:
     rule = "add rule inet keelnet forward "
     out = []
-    # Into a bridge first: replies and (unless internal) DNAT-ed published ports only,
-    # which isolates networks from each other and from direct routing.
+    # Out of a guarded bridge only from its subnets: a forged source is neither routed
+    # nor masqueraded.
     for b in bridges:
-        out.append(f"{rule}oifname {_q(b.bridge)} iifname {_q(b.bridge)} accept")
+        if b.port_security:
+            out += _source_rules(rule, b)
+    # Into a bridge first: replies and (unless internal) DNAT-ed published ports only,
+    # which isolates networks from each other and from direct routing. Within a bridge,
+    # routed by the host (to the gateway's MAC), only when its sandboxes may talk.
+    for b in bridges:
+        verdict = "accept" if b.icc else "counter drop"
+        out.append(f"{rule}oifname {_q(b.bridge)} iifname {_q(b.bridge)} {verdict}")
         if not b.internal:
             out.append(f"{rule}oifname {_q(b.bridge)} ct state established,related accept")
             out.append(f"{rule}oifname {_q(b.bridge)} ct status dnat accept")
@@ -98,6 +115,15 @@ def _filter_rules(bridges: Sequence[BridgeRules]) -> list[str]:
     for b in bridges:
         if b.internal:
             out.append(f"{rule}iifname {_q(b.bridge)} counter drop")
+    return out
+
+
+def _source_rules(rule: str, b: BridgeRules) -> list[str]:
+    out = []
+    for version, family, nfproto in ((4, "ip", "ipv4"), (6, "ip6", "ipv6")):
+        own = ", ".join(s for s in b.subnets if ipaddress.ip_network(s).version == version)
+        match = f"{family} saddr != {{ {own} }}" if own else f"meta nfproto {nfproto}"
+        out.append(f"{rule}iifname {_q(b.bridge)} {match} counter drop")
     return out
 
 
@@ -196,17 +222,29 @@ def _run(netns_path: str | None, script: str, *, handles: bool = False) -> tuple
 
 
 _library: list[ctypes.CDLL | None] = []
+#: The soname every libnftables since 0.9 has: loaded by name first, because
+#: ctypes.util.find_library runs `ldconfig -p` (~10-30 ms, on every command's first nft use).
+_SONAME = "libnftables.so.1"
+
+
+def _load_libnftables() -> ctypes.CDLL | None:
+    for name in (_SONAME, None):
+        if name is None:
+            from ctypes.util import find_library
+
+            name = find_library("nftables")
+            if name is None:
+                return None
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
 
 
 def _libnftables() -> ctypes.CDLL | None:
     if not _library:
-        name = ctypes.util.find_library("nftables")
-        library = None
-        if name is not None:
-            try:
-                library = ctypes.CDLL(name)
-            except OSError:
-                library = None
+        library = _load_libnftables()
         if library is not None:
             library.nft_ctx_new.restype = ctypes.c_void_p
             library.nft_ctx_new.argtypes = [ctypes.c_uint32]

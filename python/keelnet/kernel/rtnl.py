@@ -21,10 +21,6 @@ from keelnet.kernel.namespaces import call_in_netns
 _NLMSG_ERROR = 2
 _RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_NEWROUTE, _RTM_DELROUTE = 16, 18, 20, 24, 25
 _F_REQUEST, _F_ACK, _F_REPLACE, _F_EXCL, _F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
-_RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
-_NDA_DST, _NDA_LLADDR = 1, 2
-_NUD_PERMANENT, _NTF_SELF = 0x80, 0x02
-_AF_BRIDGE = 7
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_GROUP, _IFLA_NET_NS_FD = 18, 20, 27, 28
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
@@ -229,6 +225,48 @@ def delete_default_route(index: int, *, version: int) -> Request:
     return Request(_RTM_DELROUTE, _F_REQUEST | _F_ACK, body)
 
 
+# --- bridge ports ------------------------------------------------------------------------
+
+_RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
+_IFLA_INFO_SLAVE_KIND, _IFLA_INFO_SLAVE_DATA = 4, 5
+_IFLA_BRPORT_LEARNING, _IFLA_BRPORT_UNICAST_FLOOD, _IFLA_BRPORT_ISOLATED = 8, 9, 33
+_NDA_DST, _NDA_LLADDR = 1, 2
+_NTF_SELF, _NTF_MASTER, _NTF_STICKY = 0x02, 0x04, 0x40
+_NUD_NOARP, _NUD_PERMANENT = 0x40, 0x80
+
+
+def set_bridge_port(ifname: str, *, learning: bool, unicast_flood: bool, isolated: bool) -> Request:
+    """A bridge port's settings (`ip link set IFNAME type bridge_slave learning …`)."""
+    data = b"".join(
+        _attr(kind, struct.pack("=B", int(value)))
+        for kind, value in (
+            (_IFLA_BRPORT_LEARNING, learning),
+            (_IFLA_BRPORT_UNICAST_FLOOD, unicast_flood),
+            (_IFLA_BRPORT_ISOLATED, isolated),
+        )
+    )
+    body = _ifinfo() + _attr(_IFLA_IFNAME, _string(ifname))
+    body += _nested(
+        _IFLA_LINKINFO,
+        _attr(_IFLA_INFO_SLAVE_KIND, _string("bridge")),
+        _nested(_IFLA_INFO_SLAVE_DATA, data),
+    )
+    return Request(_RTM_NEWLINK, _F_REQUEST | _F_ACK, body)
+
+
+def add_static_fdb(port_index: int, mac: str) -> Request:
+    """A static, sticky FDB entry of the port's bridge (`bridge fdb add MAC dev PORT master
+    static sticky`): never aged, and never moved by a frame from another port."""
+    body = struct.pack(
+        "=BxxxiHBB", socket.AF_BRIDGE, port_index, _NUD_NOARP, _NTF_MASTER | _NTF_STICKY, 0
+    )
+    body += _attr(_NDA_LLADDR, _mac(mac))
+    return Request(_RTM_NEWNEIGH, _F_REQUEST | _F_ACK | _F_CREATE, body)
+
+
+# --- overlay peers -----------------------------------------------------------------------
+
+
 def neighbour(index: int, ip: str, mac: str, *, add: bool) -> Request:
     """A permanent neighbour entry `ip` → `mac` on the device (add or replace; or delete)."""
     parsed = ipaddress.ip_address(ip)
@@ -240,7 +278,7 @@ def neighbour(index: int, ip: str, mac: str, *, add: bool) -> Request:
 
 def vxlan_fdb(index: int, mac: str, remote: str, *, add: bool) -> Request:
     """A vxlan device's own forwarding entry `mac` → remote VTEP (add/replace, or delete)."""
-    body = struct.pack("=BxxxiHBB", _AF_BRIDGE, index, _NUD_PERMANENT, _NTF_SELF, 0)
+    body = struct.pack("=BxxxiHBB", socket.AF_BRIDGE, index, _NUD_PERMANENT, _NTF_SELF, 0)
     body += _attr(_NDA_LLADDR, _mac(mac)) + _attr(_NDA_DST, ipaddress.ip_address(remote).packed)
     return _neigh_request(body, add=add)
 

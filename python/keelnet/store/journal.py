@@ -26,6 +26,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from keelnet.errors import StateDirError
+
 JOURNAL_DIR = "journal"
 _ABANDONED = ".abandoned"
 
@@ -69,10 +71,16 @@ class Journal:
 
     def begin(self, sandboxes: tuple[str, ...] = ()) -> Entry:
         """Record that an operation starts changing the kernel."""
-        self.dir.mkdir(exist_ok=True, mode=0o700)
         pid = os.getpid()  # at each call: a forked child is another process
         path = self.dir / f"{pid}-{_start_time(pid)}-{secrets.token_hex(6)}"
-        path.write_text(json.dumps({"sandboxes": list(sandboxes)}))
+        try:
+            self.dir.mkdir(exist_ok=True, mode=0o700)
+            path.write_text(json.dumps({"sandboxes": list(sandboxes)}))
+        except OSError as exc:  # nothing changed yet: the operation stops here
+            raise StateDirError(
+                f"cannot write the crash journal in {self.dir} ({exc.strerror or exc}): the "
+                "state directory must be writable, with room to spare"
+            ) from None
         return Entry(path, sandboxes)
 
     def pending(self) -> bool:

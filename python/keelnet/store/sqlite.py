@@ -79,9 +79,27 @@ def _store_identity(db: sqlite3.Connection) -> None:
 #: Migration N takes a database from schema version N to N + 1, inside the transaction
 #: that records the new version. Append, never edit: databases in the field record how
 #: far they got. (Version 1 predates this list: its tables are created IF NOT EXISTS.)
+def _sandbox_ids_and_priorities(db: sqlite3.Connection) -> None:
+    """Sandboxes get an id (what `network inspect` keys Containers by) and the
+    --gw-priority of each of their endpoints (kept with the sandbox, as libnetwork keeps
+    it); networks record --attachable. Columns added, never a table rebuilt."""
+    _execute_all(
+        db,
+        """
+        ALTER TABLE sandboxes ADD COLUMN id TEXT;
+        ALTER TABLE sandboxes ADD COLUMN gw_priorities TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE networks ADD COLUMN attachable INTEGER NOT NULL DEFAULT 0
+        """,
+    )
+    for (name,) in db.execute("SELECT name FROM sandboxes").fetchall():
+        db.execute("UPDATE sandboxes SET id=? WHERE name=?", (secrets.token_hex(32), name))
+    db.execute("CREATE UNIQUE INDEX sandboxes_by_id ON sandboxes(id)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     lambda db: _execute_all(db, _TABLES_V1),
     _store_identity,  # 2: the id every kernel mark of this store carries
+    _sandbox_ids_and_priorities,  # 3
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -284,7 +302,10 @@ class Store:
 
     @_guarded
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self._db.execute(  # an update in place: the row keeps its place in dumps
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     @_guarded
     def holds_anything(self) -> bool:
@@ -317,7 +338,9 @@ class Store:
     @_guarded
     def add_network(self, network: Network, subnets_from_defaults: list[str]) -> None:
         self._db.execute(
-            "INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO networks (id, name, driver, dataplane, created, ipv6, internal, "
+            "options, labels, ipam, kernel_name, subnets_from_defaults, attachable) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 network.id,
                 network.name,
@@ -331,6 +354,7 @@ class Store:
                 json.dumps([_ipam_json(c) for c in network.ipam]),
                 network.kernel_name,
                 json.dumps(subnets_from_defaults),
+                int(network.attachable),
             ),
         )
 
@@ -377,19 +401,53 @@ class Store:
     # --- sandboxes -----------------------------------------------------------------------
 
     @_guarded
-    def find_sandbox(self, name: str) -> Sandbox | None:
-        row = self._db.execute("SELECT * FROM sandboxes WHERE name=?", (name,)).fetchone()
-        return Sandbox(row["name"], row["path"], bool(row["owned"])) if row else None
+    def find_sandbox(self, name_or_id: str) -> Sandbox | None:
+        """A sandbox by name, id, or an id prefix of 12 digits or more (as Docker's)."""
+        row = self._db.execute(
+            "SELECT * FROM sandboxes WHERE name=? OR id=? ORDER BY name=? DESC LIMIT 1",
+            (name_or_id, name_or_id, name_or_id),
+        ).fetchone()
+        if row is None and len(name_or_id) >= 12:
+            rows = self._db.execute(
+                "SELECT * FROM sandboxes WHERE substr(id, 1, ?) = ? LIMIT 2",
+                (len(name_or_id), name_or_id),
+            ).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        return _sandbox(row) if row else None
 
     @_guarded
     def sandboxes(self) -> list[Sandbox]:
         rows = self._db.execute("SELECT * FROM sandboxes ORDER BY name").fetchall()
-        return [Sandbox(r["name"], r["path"], bool(r["owned"])) for r in rows]
+        return [_sandbox(row) for row in rows]
 
     @_guarded
     def add_sandbox(self, sandbox: Sandbox) -> None:
         self._db.execute(
-            "INSERT INTO sandboxes VALUES (?,?,?)", (sandbox.name, sandbox.path, int(sandbox.owned))
+            "INSERT INTO sandboxes (name, path, owned, id, gw_priorities) VALUES (?,?,?,?,?)",
+            (
+                sandbox.name,
+                sandbox.path,
+                int(sandbox.owned),
+                sandbox.id,
+                json.dumps(sandbox.gw_priorities),
+            ),
+        )
+
+    @_guarded
+    def set_gw_priority(self, sandbox: str, endpoint_id: str, priority: int | None) -> None:
+        """Record an endpoint's --gw-priority with its sandbox (None: forget it)."""
+        row = self._db.execute(
+            "SELECT gw_priorities FROM sandboxes WHERE name=?", (sandbox,)
+        ).fetchone()
+        if row is None:
+            return
+        priorities = json.loads(row[0])
+        if priority is None:
+            priorities.pop(endpoint_id, None)
+        else:
+            priorities[endpoint_id] = priority
+        self._db.execute(
+            "UPDATE sandboxes SET gw_priorities=? WHERE name=?", (json.dumps(priorities), sandbox)
         )
 
     @_guarded
@@ -567,6 +625,17 @@ def _network(row: sqlite3.Row) -> Network:
         options=json.loads(row["options"]),
         labels=json.loads(row["labels"]),
         kernel_name=row["kernel_name"],
+        attachable=bool(row["attachable"]),
+    )
+
+
+def _sandbox(row: sqlite3.Row) -> Sandbox:
+    return Sandbox(
+        name=row["name"],
+        path=row["path"],
+        owned=bool(row["owned"]),
+        id=row["id"] or "",
+        gw_priorities={str(k): int(v) for k, v in json.loads(row["gw_priorities"]).items()},
     )
 
 

@@ -1,5 +1,6 @@
 //! Packet figures of issue 3: VXLAN encap/decap per packet (IPv4 and IPv6 outer),
-//! segmenting a 64 KB TCP super-frame into 1448-byte segments and coalescing them back.
+//! segmenting a 64 KB TCP super-frame into 1448-byte segments and coalescing them back;
+//! of issue 10: the port security check per frame.
 
 use std::hint::black_box;
 
@@ -13,9 +14,11 @@ mod packet_cases;
 use criterion::measurement::Measurement;
 use criterion::{Criterion, Throughput};
 use keelnet_core::packet::checksum;
+use keelnet_core::packet::ethernet::EthernetFrame;
 use keelnet_core::packet::offload::build::tcp_frame;
 use keelnet_core::packet::offload::{Coalescer, Segments, segment};
 use keelnet_core::packet::vxlan::{self, DecapConfig, Encapsulator, VxlanConfig};
+use keelnet_core::switch::PortSecurity;
 use packet_cases::{endpoints, inner_frame, super_frame_payload, tcp_spec};
 
 fn encap_decap<M: Measurement>(c: &mut Criterion<M>) {
@@ -122,4 +125,24 @@ fn checksums<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
-wall_or_cpu_time_main!(encap_decap, offload, checksums);
+/// Port security (issue 10): the check every frame of a guarded port passes, for the
+/// common case (TCP from the port's own MAC and address).
+fn port_security<M: Measurement>(c: &mut Criterion<M>) {
+    let mut group = c.benchmark_group("port_security");
+    group.throughput(Throughput::Elements(1));
+    for (name, v6) in [("ipv4_tcp_1400B", false), ("ipv6_tcp_1400B", true)] {
+        let spec = tcp_spec(v6);
+        let frame = tcp_frame(&spec, &[0x5a; 1400]).unwrap();
+        let mac: [u8; 6] = frame[6..12].try_into().unwrap();
+        let guard = PortSecurity::new(mac, &[spec.source, "fe80::1".parse().unwrap()]);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let eth = EthernetFrame::parse(black_box(&frame)).unwrap();
+                black_box(guard.check(&eth))
+            })
+        });
+    }
+    group.finish();
+}
+
+wall_or_cpu_time_main!(encap_decap, offload, checksums, port_security);

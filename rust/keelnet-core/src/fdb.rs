@@ -51,6 +51,9 @@ pub enum LearnOutcome {
     /// A static entry exists for this MAC; it was left unchanged. If the destination
     /// differs, a host is using an address configured elsewhere.
     StaticKept { configured: Destination },
+    /// The MAC was learned behind a local port and a remote VTEP claimed it: a remote
+    /// host never takes a local MAC over (it ages out if the host really moved).
+    LocalKept { port: u32 },
     /// The VNI already holds its limit of learned entries; nothing was learned.
     LimitReached,
     /// Group (multicast/broadcast) or all-zero source MACs are never learned.
@@ -65,6 +68,8 @@ pub struct FdbCounters {
     pub moves: u64,
     /// Learn attempts that met a static entry with a different destination.
     pub static_conflicts: u64,
+    /// Learn attempts of a remote VTEP for a MAC learned behind a local port.
+    pub local_conflicts: u64,
     /// Learn attempts refused because the VNI was at its limit.
     pub limit_drops: u64,
     /// Learn attempts with a group or zero source MAC.
@@ -369,6 +374,10 @@ impl Fdb {
                 self.deadlines[index] = deadline;
                 self.counters.refreshed += 1;
                 return LearnOutcome::Refreshed;
+            }
+            if slot.tagged_mac & REMOTE == 0 && matches!(dest, Destination::Remote(_)) {
+                self.counters.local_conflicts += 1;
+                return LearnOutcome::LocalKept { port: slot.dest };
             }
             let from = self.destination_of(&slot);
             self.release_dest(&slot);
@@ -772,23 +781,38 @@ mod tests {
     #[test]
     fn move_is_reported_with_previous_destination() {
         let mut fdb = Fdb::default();
-        fdb.learn(5, &mac(9), Destination::Port(1), 0);
-        let outcome = fdb.learn(5, &mac(9), Destination::Remote(vtep(3)), 1);
-        assert_eq!(
-            outcome,
-            LearnOutcome::Moved {
-                from: Destination::Port(1)
-            }
-        );
-        let outcome = fdb.learn(5, &mac(9), Destination::Port(4), 2);
+        fdb.learn(5, &mac(9), Destination::Remote(vtep(3)), 0);
+        let outcome = fdb.learn(5, &mac(9), Destination::Port(4), 1);
         assert_eq!(
             outcome,
             LearnOutcome::Moved {
                 from: Destination::Remote(vtep(3))
             }
         );
+        let outcome = fdb.learn(5, &mac(9), Destination::Port(1), 2);
+        assert_eq!(
+            outcome,
+            LearnOutcome::Moved {
+                from: Destination::Port(4)
+            }
+        );
         assert_eq!(fdb.counters().moves, 2);
-        assert_eq!(fdb.lookup(5, &mac(9)), Some(Destination::Port(4)));
+        assert_eq!(fdb.lookup(5, &mac(9)), Some(Destination::Port(1)));
+    }
+
+    #[test]
+    fn a_remote_vtep_never_takes_a_local_mac_over() {
+        let mut fdb = Fdb::default();
+        fdb.learn(5, &mac(9), Destination::Port(1), 0);
+        let outcome = fdb.learn(5, &mac(9), Destination::Remote(vtep(3)), 1);
+        assert_eq!(outcome, LearnOutcome::LocalKept { port: 1 });
+        assert_eq!(fdb.lookup(5, &mac(9)), Some(Destination::Port(1)));
+        assert_eq!(fdb.counters().local_conflicts, 1);
+        assert_eq!(fdb.counters().moves, 0);
+        // Once the local entry ages out, the remote one is learned.
+        fdb.age(u64::MAX);
+        fdb.learn(5, &mac(9), Destination::Remote(vtep(3)), 2);
+        assert_eq!(fdb.lookup(5, &mac(9)), Some(Destination::Remote(vtep(3))));
     }
 
     #[test]

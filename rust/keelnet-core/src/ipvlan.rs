@@ -44,7 +44,7 @@ use crate::packet::ethernet::{self, EthernetFrame, ethertype};
 use crate::packet::ipv4::Ipv4Packet;
 use crate::packet::ipv6::Ipv6Packet;
 use crate::packet::offload::{self, VirtioNetHdr, gso_type};
-use crate::switch::Traffic;
+use crate::switch::{self, PortSecurity, Traffic};
 
 /// ipvlan's modes (`ipvlan_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,10 +80,21 @@ pub enum DropReason {
     TxError,
     /// The slave's device vanished.
     PortGone,
+    /// Port security ([`PortSecurity`]): another source MAC than the slaves' one.
+    SpoofedMac,
+    /// Port security: an IPv4 or IPv6 source the slave does not own.
+    SpoofedIp,
+    /// Port security: ARP whose sender is not the slave.
+    SpoofedArp,
+    /// Port security: neighbour discovery about another's address or MAC, or a router
+    /// advertisement or redirect.
+    SpoofedNd,
+    /// Port security: a VLAN-tagged frame.
+    Tagged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::Multicast,
@@ -91,6 +102,11 @@ impl DropReason {
         DropReason::NotRoutable,
         DropReason::TxError,
         DropReason::PortGone,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::SpoofedNd,
+        DropReason::Tagged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +118,23 @@ impl DropReason {
             DropReason::NotRoutable => "not_routable",
             DropReason::TxError => "tx_error",
             DropReason::PortGone => "port_gone",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::SpoofedNd => "spoofed_nd",
+            DropReason::Tagged => "tagged",
+        }
+    }
+
+    /// The switch's port security reasons, as counted here.
+    fn of_port_security(reason: switch::DropReason) -> DropReason {
+        match reason {
+            switch::DropReason::SpoofedMac => DropReason::SpoofedMac,
+            switch::DropReason::SpoofedIp => DropReason::SpoofedIp,
+            switch::DropReason::SpoofedArp => DropReason::SpoofedArp,
+            switch::DropReason::SpoofedNd => DropReason::SpoofedNd,
+            switch::DropReason::Tagged => DropReason::Tagged,
+            _ => DropReason::Malformed,
         }
     }
 }
@@ -140,6 +173,8 @@ struct Slave {
     name: String,
     tap: Tap,
     addresses: Vec<IpAddr>,
+    /// What the slave may send (its addresses, the parent's MAC); `None`: anything.
+    security: Option<PortSecurity>,
     rx: Traffic,
     tx: Traffic,
     failed: Option<String>,
@@ -330,6 +365,13 @@ impl Engine {
             let Ok(eth) = EthernetFrame::parse(frame) else {
                 return self.drop_frame(DropReason::Malformed);
             };
+            let security = self
+                .slaves
+                .get(&id)
+                .and_then(|slave| slave.security.as_ref());
+            if let Some(Err(reason)) = security.map(|security| security.check(&eth)) {
+                return self.drop_frame(DropReason::of_port_security(reason));
+            }
             let destination = eth.destination();
             let owner = if ethernet::is_multicast(&destination) {
                 None
@@ -678,7 +720,9 @@ impl Ipvlan {
     }
 
     /// Adds a slave: a TAP with the parent's MAC (and MTU unless `mtu`), made in the host
-    /// namespace and moved into `sandbox` as `ifname`, owning `addresses`.
+    /// namespace and moved into `sandbox` as `ifname`, owning `addresses`. With
+    /// `port_security`, it sends only from the parent's MAC and those addresses
+    /// ([`PortSecurity`]).
     pub fn add_slave(
         &self,
         name: &str,
@@ -686,6 +730,7 @@ impl Ipvlan {
         ifname: &str,
         addresses: &[IpAddr],
         mtu: Option<u32>,
+        port_security: bool,
     ) -> io::Result<()> {
         if name.is_empty() {
             return Err(invalid("a slave needs a name".to_owned()));
@@ -736,6 +781,7 @@ impl Ipvlan {
         engine.next_id += 1;
         self.shared.watch(fd, u64::from(id))?;
         engine.names.insert(name.to_owned(), id);
+        let security = port_security.then(|| PortSecurity::new(engine.parent_mac, addresses));
         for address in addresses {
             engine.owners.insert(*address, id);
         }
@@ -745,6 +791,7 @@ impl Ipvlan {
                 name: name.to_owned(),
                 tap,
                 addresses: addresses.to_vec(),
+                security,
                 rx: Traffic::default(),
                 tx: Traffic::default(),
                 failed: None,

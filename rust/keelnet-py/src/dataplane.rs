@@ -7,7 +7,7 @@ use std::time::Duration;
 use keelnet_core::fdb::MacAddr;
 use keelnet_core::io::netns;
 use keelnet_core::io::tap::TapConfig;
-use keelnet_core::switch::{DEFAULT_BUSY_POLL, Drops, Isolation, Switch, SwitchConfig};
+use keelnet_core::switch::{DEFAULT_BUSY_POLL, Drops, Isolation, PortRules, Switch, SwitchConfig};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -78,7 +78,7 @@ impl PySwitch {
         })
     }
 
-    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open", queues=1))]
+    #[pyo3(signature = (name, vni, sandbox, ifname, mac, mtu, isolation="open", queues=1, allowed_ips=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_tap(
         &self,
@@ -91,19 +91,27 @@ impl PySwitch {
         mtu: Option<u32>,
         isolation: &str,
         queues: usize,
+        allowed_ips: Option<Vec<String>>,
     ) -> PyResult<()> {
         let isolation = Isolation::parse(isolation).ok_or_else(|| {
             InvalidRequest::new_err(format!(
                 "isolation {isolation:?}: use one of open, vepa, private"
             ))
         })?;
+        let allowed_ips = allowed_ips
+            .map(|texts| texts.iter().map(|text| parse_ip(text)).collect())
+            .transpose()?;
+        let rules = PortRules {
+            isolation,
+            allowed_ips,
+        };
         let mut config = TapConfig::new(ifname);
         config.sandbox_netns = sandbox.map(netns::resolve).transpose().map_err(to_py)?;
         config.mac = mac.map(parse_mac).transpose()?;
         config.mtu = mtu;
         config.queues = queues;
         let switch = self.inner.get()?;
-        py.detach(|| switch.add_tap(name, vni, config, isolation))
+        py.detach(|| switch.add_tap(name, vni, config, rules))
             .map_err(to_py)
     }
 
@@ -212,6 +220,12 @@ impl PySwitch {
             entry.set_item("ifname", &port.ifname)?;
             entry.set_item("mac", port.mac.as_ref().map(mac::format))?;
             entry.set_item("vni", port.vni)?;
+            entry.set_item(
+                "allowed_ips",
+                port.allowed_ips
+                    .as_ref()
+                    .map(|ips| ips.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            )?;
             entry.set_item("rx", traffic(py, &port.rx)?)?;
             entry.set_item("queue_rx", &port.queue_rx)?;
             entry.set_item("tx", traffic(py, &port.tx)?)?;
@@ -272,6 +286,7 @@ impl PySwitch {
         fdb.set_item("aged_out", stats.fdb.aged_out)?;
         fdb.set_item("limit_drops", stats.fdb.limit_drops)?;
         fdb.set_item("static_conflicts", stats.fdb.static_conflicts)?;
+        fdb.set_item("local_conflicts", stats.fdb.local_conflicts)?;
         result.set_item("fdb", fdb)?;
         result.set_item("running", stats.running)?;
         Ok(result)

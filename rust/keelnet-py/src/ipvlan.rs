@@ -50,7 +50,8 @@ impl PyIpvlan {
         })
     }
 
-    #[pyo3(signature = (name, sandbox, ifname, addresses, mtu))]
+    #[pyo3(signature = (name, sandbox, ifname, addresses, mtu, port_security=false))]
+    #[allow(clippy::too_many_arguments)]
     fn add_slave(
         &self,
         py: Python<'_>,
@@ -59,6 +60,7 @@ impl PyIpvlan {
         ifname: &str,
         addresses: Vec<String>,
         mtu: Option<u32>,
+        port_security: bool,
     ) -> PyResult<()> {
         let addresses = addresses
             .iter()
@@ -66,7 +68,7 @@ impl PyIpvlan {
             .collect::<PyResult<Vec<IpAddr>>>()?;
         let sandbox = netns::resolve(sandbox).map_err(to_py)?;
         let ipvlan = self.inner.get()?;
-        py.detach(|| ipvlan.add_slave(name, sandbox, ifname, &addresses, mtu))
+        py.detach(|| ipvlan.add_slave(name, sandbox, ifname, &addresses, mtu, port_security))
             .map_err(to_py)
     }
 

@@ -47,10 +47,21 @@ pub enum DropReason {
     PortGone,
     /// Between two private ports (also when the wire reflected it back).
     Isolated,
+    /// Port security: a source MAC that is not the port's.
+    SpoofedMac,
+    /// Port security: an IPv4 or IPv6 source that is not one of the port's addresses.
+    SpoofedIp,
+    /// Port security: ARP whose sender is not the port (its MAC and one of its addresses).
+    SpoofedArp,
+    /// Port security: neighbour discovery about another's address or link-layer address,
+    /// or a router advertisement or redirect.
+    SpoofedNd,
+    /// Port security: a VLAN-tagged frame.
+    Tagged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::Oversized,
@@ -64,6 +75,11 @@ impl DropReason {
         DropReason::TxError,
         DropReason::PortGone,
         DropReason::Isolated,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::SpoofedArp,
+        DropReason::SpoofedNd,
+        DropReason::Tagged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +97,11 @@ impl DropReason {
             DropReason::TxError => "tx_error",
             DropReason::PortGone => "port_gone",
             DropReason::Isolated => "isolated",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::SpoofedNd => "spoofed_nd",
+            DropReason::Tagged => "tagged",
         }
     }
 }
@@ -132,6 +153,9 @@ mod tests {
         for (times, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(drops.get(*reason), times as u64 + 1, "{reason}");
         }
-        assert_eq!(drops.total(), (1..=13).sum::<u64>());
+        assert_eq!(
+            drops.total(),
+            (1..=DropReason::ALL.len() as u64).sum::<u64>()
+        );
     }
 }

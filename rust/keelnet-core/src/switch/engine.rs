@@ -16,7 +16,10 @@ use std::time::Instant;
 
 use super::counters::{DropReason, Drops, Traffic};
 use super::vtep::{Vtep, VtepSide};
-use super::{FdbEntry, Isolation, PortKind, PortStats, Stats, SwitchConfig, VniStats};
+use super::{
+    FdbEntry, Isolation, PortKind, PortRules, PortSecurity, PortStats, Stats, SwitchConfig,
+    VniStats,
+};
 use crate::fdb::{Destination, Fdb, FdbConfig, MacAddr};
 use crate::io::VNET_HDR_LEN;
 use crate::io::packet_socket::{PacketReceiver, PacketSocket};
@@ -41,6 +44,7 @@ pub(crate) enum PortIo {
     #[cfg(test)]
     Capture {
         mtu: u32,
+        mac: Option<MacAddr>,
         frames: std::sync::Mutex<Vec<Vec<u8>>>,
     },
 }
@@ -112,7 +116,7 @@ impl PortIo {
             PortIo::Tap(tap) => Some(tap.mac()),
             PortIo::Packet(_) => None,
             #[cfg(test)]
-            PortIo::Capture { .. } => None,
+            PortIo::Capture { mac, .. } => *mac,
         }
     }
 }
@@ -122,6 +126,8 @@ pub(crate) struct Port {
     pub vni: u32,
     pub io: Arc<PortIo>,
     isolation: Isolation,
+    /// What the port may send; `None`: anything.
+    security: Option<PortSecurity>,
     pub(super) max_frame: usize,
     rx: Traffic,
     /// Frames read from each queue.
@@ -239,28 +245,33 @@ impl Engine {
     /// Adds a port; returns its id (the epoll token).
     #[cfg(test)]
     pub fn add_port(&mut self, name: &str, vni: u32, io: PortIo) -> u32 {
-        self.add_port_isolated(name, vni, io, Isolation::Open)
+        self.add_port_with(name, vni, io, PortRules::default())
     }
 
-    /// Adds a port with an [`Isolation`] rule; returns its id.
-    pub fn add_port_isolated(
-        &mut self,
-        name: &str,
-        vni: u32,
-        io: PortIo,
-        isolation: Isolation,
-    ) -> u32 {
+    /// Adds a port under `rules`; returns its id. A port with a MAC of its own (a TAP)
+    /// holds it as a static entry: learning never moves it, and a VNI whose learning
+    /// table is full still knows it.
+    pub fn add_port_with(&mut self, name: &str, vni: u32, io: PortIo, rules: PortRules) -> u32 {
         let id = self.next_port;
         self.next_port += 1;
         let max_frame = io.mtu() as usize + L2_OVERHEAD;
         let queues = io.fds().len().max(1);
+        let mac = io.mac();
+        if let Some(mac) = mac {
+            self.fdb.insert_static(vni, &mac, Destination::Port(id));
+        }
+        let security = rules
+            .allowed_ips
+            .zip(mac)
+            .map(|(addresses, mac)| PortSecurity::new(mac, &addresses));
         self.ports.insert(
             id,
             Port {
                 name: name.to_owned(),
                 vni,
                 io: Arc::new(io),
-                isolation,
+                isolation: rules.isolation,
+                security,
                 max_frame,
                 rx: Traffic::default(),
                 queue_rx: vec![0; queues],
@@ -333,6 +344,7 @@ impl Engine {
                     ifname: port.io.ifname().to_owned(),
                     mac: port.io.mac(),
                     vni: port.vni,
+                    allowed_ips: port.security.as_ref().map(PortSecurity::addresses),
                     rx: port.rx,
                     queue_rx: port.queue_rx.clone(),
                     tx: port.tx,
@@ -568,6 +580,16 @@ impl Engine {
         }
     }
 
+    /// Whether a flooded frame for `destination` goes to port `to`: a guarded port's one
+    /// MAC is a static entry, so unicast it does not find is never for it.
+    pub(super) fn takes_flood(&self, to: u32, destination: &MacAddr) -> bool {
+        ethernet::is_multicast(destination)
+            || self
+                .ports
+                .get(&to)
+                .is_some_and(|port| port.security.is_none())
+    }
+
     fn isolation_of(&self, id: u32) -> Isolation {
         self.ports
             .get(&id)
@@ -589,6 +611,7 @@ impl Engine {
         }
         let vni = port.vni;
         let max_frame = port.max_frame;
+        let security = port.security.as_ref();
         if data.len() < VNET_HDR_LEN + ethernet::HEADER_LEN || data.len() >= RX_BUFFER {
             return self.count_drop(DropReason::Truncated, At::Port(id), Some(vni));
         }
@@ -606,6 +629,9 @@ impl Engine {
         let destination = eth.destination();
         if ethernet::is_multicast(&source) || source == [0; 6] {
             return self.count_drop(DropReason::InvalidSource, At::Port(id), Some(vni));
+        }
+        if let Some(Err(reason)) = security.map(|security| security.check(&eth)) {
+            return self.count_drop(reason, At::Port(id), Some(vni));
         }
         let isolation = self.isolation_of(id);
         // An open port (the wire) bringing back the source MAC of a local isolated port:
@@ -684,6 +710,7 @@ impl Engine {
             .into_iter()
             .filter(|&to| isolation == Isolation::Open || self.isolation_of(to) == Isolation::Open)
             .filter(|&to| Some(to) != reflected_from)
+            .filter(|&to| self.takes_flood(to, &destination))
             .collect();
         for to in ports {
             self.send_to_port(
@@ -799,9 +826,20 @@ pub(super) mod testing {
     pub const B: MacAddr = [2, 0, 0, 0, 0, 0xb];
     pub const BROADCAST: MacAddr = [0xff; 6];
 
+    /// A port that keeps what is written to it, without a MAC of its own (an uplink).
     pub fn capture(mtu: u32) -> PortIo {
         PortIo::Capture {
             mtu,
+            mac: None,
+            frames: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A port with its own MAC, as a TAP has.
+    pub fn capture_tap(mac: MacAddr) -> PortIo {
+        PortIo::Capture {
+            mtu: 1500,
+            mac: Some(mac),
             frames: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -881,9 +919,13 @@ mod tests {
     /// An uplink ("wire") and two sandbox ports under `isolation`, all in VNI 1.
     fn isolated_engine(isolation: Isolation) -> (Engine, u32, u32, u32) {
         let mut engine = Engine::new(SwitchConfig::default());
-        let wire = engine.add_port_isolated("wire", 1, capture(1500), Isolation::Open);
-        let a = engine.add_port_isolated("a", 1, capture(1500), isolation);
-        let b = engine.add_port_isolated("b", 1, capture(1500), isolation);
+        let rules = PortRules {
+            isolation,
+            allowed_ips: None,
+        };
+        let wire = engine.add_port("wire", 1, capture(1500));
+        let a = engine.add_port_with("a", 1, capture(1500), rules.clone());
+        let b = engine.add_port_with("b", 1, capture(1500), rules);
         // Both sandboxes have spoken once (their MACs are learned).
         engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 60));
         engine.on_local_frame(b, &local_frame(BROADCAST, B, 0x88b5, 60));
@@ -996,5 +1038,105 @@ mod tests {
             "a suppressed request is not flooded"
         );
         assert_eq!(engine.stats().vnis[0].arp_suppressed, 1);
+    }
+
+    const GATEWAY: MacAddr = [2, 0, 0, 0, 0, 1];
+
+    /// A bridge network: the gateway TAP (open, unguarded) and guarded sandboxes a and b
+    /// with 10.0.0.2 and 10.0.0.3, in VNI 0.
+    fn guarded_engine() -> (Engine, u32, u32, u32) {
+        let mut engine = Engine::new(SwitchConfig::default());
+        let guarded = |address: &str| PortRules {
+            isolation: Isolation::Open,
+            allowed_ips: Some(vec![address.parse().unwrap()]),
+        };
+        let gateway = engine.add_port("gateway", 0, capture_tap(GATEWAY));
+        let a = engine.add_port_with("a", 0, capture_tap(A), guarded("10.0.0.2"));
+        let b = engine.add_port_with("b", 0, capture_tap(B), guarded("10.0.0.3"));
+        (engine, gateway, a, b)
+    }
+
+    /// An IPv4/UDP frame with a virtio-net header.
+    fn udp4(destination: MacAddr, source: MacAddr, from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
+        let mut data = local_frame(destination, source, ethertype::IPV4, 14 + 28);
+        let ip = &mut data[VNET_HDR_LEN + ethernet::HEADER_LEN..];
+        ip[..12].copy_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]);
+        ip[12..16].copy_from_slice(&from);
+        ip[16..20].copy_from_slice(&to);
+        data
+    }
+
+    #[test]
+    fn local_macs_are_static_from_the_start() {
+        let (engine, gateway, a, _) = guarded_engine();
+        assert_eq!(
+            engine.fdb.lookup(0, &GATEWAY),
+            Some(Destination::Port(gateway))
+        );
+        assert_eq!(engine.fdb.lookup(0, &A), Some(Destination::Port(a)));
+        assert!(engine.fdb.is_static(0, &GATEWAY) && engine.fdb.is_static(0, &A));
+    }
+
+    #[test]
+    fn a_guarded_port_can_neither_take_over_a_mac_nor_forge_an_address() {
+        let (mut engine, gateway, a, b) = guarded_engine();
+        // The gateway's MAC, then b's, as source: dropped, nothing moves.
+        engine.on_local_frame(a, &udp4(BROADCAST, GATEWAY, [10, 0, 0, 1], [10, 0, 0, 3]));
+        engine.on_local_frame(a, &udp4(B, B, [10, 0, 0, 3], [10, 0, 0, 3]));
+        // Its own MAC with b's address: dropped too.
+        engine.on_local_frame(a, &udp4(B, A, [10, 0, 0, 3], [10, 0, 0, 3]));
+        assert!(written(&engine, "b").is_empty() && written(&engine, "gateway").is_empty());
+        assert_eq!(
+            engine.fdb.lookup(0, &GATEWAY),
+            Some(Destination::Port(gateway))
+        );
+        assert_eq!(engine.fdb.lookup(0, &B), Some(Destination::Port(b)));
+        let drops = engine
+            .stats()
+            .ports
+            .into_iter()
+            .find(|p| p.name == "a")
+            .unwrap()
+            .drops;
+        assert_eq!(drops.get(DropReason::SpoofedMac), 2);
+        assert_eq!(drops.get(DropReason::SpoofedIp), 1);
+        // Its own traffic goes through; the gateway (unguarded) sends from any address.
+        let own = udp4(B, A, [10, 0, 0, 2], [10, 0, 0, 3]);
+        engine.on_local_frame(a, &own);
+        assert_eq!(written(&engine, "b"), vec![own]);
+        let routed = udp4(B, GATEWAY, [192, 0, 2, 2], [10, 0, 0, 3]);
+        engine.on_local_frame(gateway, &routed);
+        assert_eq!(written(&engine, "b").last(), Some(&routed));
+        // Unicast to an unknown MAC floods to the gateway only: guarded ports have one
+        // MAC, which is known.
+        let before = written(&engine, "b").len();
+        engine.on_local_frame(
+            a,
+            &udp4([2, 0, 0, 0, 0, 0x77], A, [10, 0, 0, 2], [10, 0, 0, 9]),
+        );
+        assert_eq!(written(&engine, "b").len(), before);
+        assert_eq!(written(&engine, "gateway").len(), 1);
+    }
+
+    #[test]
+    fn a_full_learning_table_leaves_local_ports_known() {
+        let mut engine = Engine::new(SwitchConfig::default());
+        let rules = PortRules::default();
+        let noisy = engine.add_port_with("noisy", 0, capture_tap([2, 0, 0, 0, 0, 0xc]), rules);
+        let a = engine.add_port("a", 0, capture_tap(A));
+        for n in 0..65_537u32 {
+            let b = n.to_be_bytes();
+            let forged = [0x02, 0x99, b[0], b[1], b[2], b[3]];
+            engine.on_local_frame(noisy, &local_frame(A, forged, 0x88b5, 60));
+        }
+        assert!(
+            engine.fdb.counters().limit_drops > 0,
+            "the table did not fill"
+        );
+        // A port added to the full table is known at once: unicast to it is not flooded.
+        engine.add_port("late", 0, capture_tap(B));
+        engine.on_local_frame(a, &local_frame(B, A, 0x88b5, 60));
+        assert_eq!(written(&engine, "late").len(), 1);
+        assert_eq!(written(&engine, "noisy").len(), 0);
     }
 }

@@ -12,9 +12,11 @@
 mod counters;
 mod engine;
 mod partial;
+mod port_security;
 mod vtep;
 
 pub use counters::{DropReason, Drops, Traffic};
+pub use port_security::PortSecurity;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -116,6 +118,16 @@ impl Isolation {
     }
 }
 
+/// How a TAP port forwards and what it may send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortRules {
+    pub isolation: Isolation,
+    /// Port security ([`PortSecurity`]): `Some(addresses)`: the port sends only from its
+    /// own MAC and these addresses; `None`: anything (a sandbox that bridges or routes
+    /// for others).
+    pub allowed_ips: Option<Vec<IpAddr>>,
+}
+
 /// What kind of device a port is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortKind {
@@ -140,6 +152,8 @@ pub struct PortStats {
     pub ifname: String,
     pub mac: Option<MacAddr>,
     pub vni: u32,
+    /// The addresses the port may send from, when port security guards it.
+    pub allowed_ips: Option<Vec<IpAddr>>,
     /// Frames read from the port.
     pub rx: Traffic,
     /// Frames read from each of its queues (one for all but a multi-queue TAP).
@@ -308,7 +322,7 @@ impl Switch {
         Ok(())
     }
 
-    fn attach(&self, name: &str, vni: u32, io: PortIo, isolation: Isolation) -> io::Result<()> {
+    fn attach(&self, name: &str, vni: u32, io: PortIo, rules: PortRules) -> io::Result<()> {
         let fds = io.fds();
         let mut engine = self.shared.engine();
         if engine.has_port(name) {
@@ -317,7 +331,7 @@ impl Switch {
                 format!("port {name:?} exists"),
             ));
         }
-        let id = engine.add_port_isolated(name, vni, io, isolation);
+        let id = engine.add_port_with(name, vni, io, rules);
         for (queue, &fd) in fds.iter().enumerate() {
             if let Err(error) = self.shared.watch(fd, port_token(id, queue)) {
                 for &fd in &fds {
@@ -330,20 +344,20 @@ impl Switch {
         Ok(())
     }
 
-    /// Adds a TAP port in `vni` under the forwarding rule `isolation`.
-    /// `config.host_netns` is taken from the switch.
+    /// Adds a TAP port in `vni` under `rules`. Its MAC is a static entry of the VNI:
+    /// never learned elsewhere, never moved. `config.host_netns` is taken from the switch.
     pub fn add_tap(
         &self,
         name: &str,
         vni: u32,
         mut config: TapConfig,
-        isolation: Isolation,
+        rules: PortRules,
     ) -> io::Result<()> {
         check_vni(vni)?;
         self.reserve_name(name)?;
         config.host_netns = self.shared.engine().config.netns.clone();
         let tap = Tap::create(&config)?;
-        self.attach(name, vni, PortIo::Tap(tap), isolation)
+        self.attach(name, vni, PortIo::Tap(tap), rules)
     }
 
     /// Adds an AF_PACKET port on the existing interface `ifname` of the host namespace;
@@ -357,7 +371,7 @@ impl Switch {
             None => PacketSocket::open(netns.as_deref(), ifname)?,
             Some(vid) => PacketSocket::open_vlan(netns.as_deref(), ifname, vid)?,
         };
-        self.attach(ifname, vni, PortIo::Packet(socket), Isolation::Open)
+        self.attach(ifname, vni, PortIo::Packet(socket), PortRules::default())
     }
 
     /// Adds a VXLAN tunnel endpoint on `local` (one per address family is used for

@@ -622,7 +622,9 @@ impl Engine {
             None => return,
         };
         for to in ports {
-            self.decapsulated_to_port(to, vni, inner);
+            if self.takes_flood(to, &destination) {
+                self.decapsulated_to_port(to, vni, inner);
+            }
         }
     }
 
@@ -804,6 +806,30 @@ mod tests {
         assert_eq!(header.flags, F_NEEDS_CSUM);
         assert_eq!(usize::from(header.gso_size), 1500 - 20 - 32);
         assert_eq!(last[VNET_HDR_LEN..], super_frame[..]);
+    }
+
+    #[test]
+    fn a_peer_cannot_claim_a_local_mac() {
+        let mut engine = engine(SwitchConfig::default());
+        let tap = engine.add_port("tap", 1, capture_tap(B));
+        let Some(vtep) = with_vtep(&mut engine) else {
+            return;
+        };
+        let a = port_id(&engine, "a");
+        engine.on_local_frame(a, &local_frame(BROADCAST, A, 0x88b5, 60));
+        // The peer sends frames from a's (learned) and the TAP's (static) MACs.
+        let peer = "127.0.0.2".parse().unwrap();
+        for source in [A, B] {
+            let frame = local_frame(BROADCAST, source, 0x88b5, 60)[VNET_HDR_LEN..].to_vec();
+            engine.on_vxlan_datagram(vtep, peer, &vxlan_datagram(1, &frame));
+        }
+        assert_eq!(engine.fdb.lookup(1, &A), Some(Destination::Port(a)));
+        assert_eq!(engine.fdb.lookup(1, &B), Some(Destination::Port(tap)));
+        let counters = engine.fdb.counters();
+        assert_eq!(
+            (counters.local_conflicts, counters.static_conflicts),
+            (1, 1)
+        );
     }
 
     #[test]

@@ -1,0 +1,469 @@
+"""Spoofing attacks from inside a sandbox, for the port security tests
+(`test_spoofing.py`) and the figures of `benches/spoofing.py`.
+
+A `SpoofLab` is one bridge network on one data plane of a test host (`lab.host`), with an
+attacker sandbox, a victim and a bystander. An attack is raw frames written to the
+attacker's eth0 through an AF_PACKET socket opened inside its namespace; what they reach
+is captured by AF_PACKET sockets in the other namespaces. A forged frame counts as
+delivered when its signature (a marker payload, or the forged ARP/ND body) arrives where
+it should not; so does legitimate traffic that a forgery redirects to the attacker.
+After every attack a legitimate control packet goes the same way and must arrive: by
+then the forged frames had every chance to arrive too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import random
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from netlab import OUTSIDE_ADDRESS, Lab
+from nettools import wait_until
+from packetlab import ETH_P_ALL, netns
+from pyroute2.netlink.rtnl.ndmsg import NUD_NOARP, NUD_PERMANENT
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+from scapy.layers.l2 import ARP, Ether
+
+import keelnet
+from keelnet.dataplane import Switch
+from keelnet.drivers import _port_security
+from keelnet.kernel import nftables_guard
+from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.model import Endpoint
+
+PORT = 9
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+ALL_NODES = "33:33:00:00:00:01"
+FOREIGN_SOURCE = "203.0.113.66"  # TEST-NET-3: no keelnet subnet, routed nowhere
+OTHER_SUBNET, OTHER_SOURCE = "10.67.0.0/24", "10.67.0.9"  # another keelnet network's
+_PACKET_OUTGOING = 4
+CONTROL_DEADLINE = 5.0  # generous: the machine is shared
+SETTLE = 0.2  # for what may still be in flight on another path once the control arrived
+
+
+class Capture:
+    """Frames arriving on `ifname` in namespace `ns` (the ones it sends are ignored)."""
+
+    def __init__(self, ns: str, ifname: str = "eth0") -> None:
+        with netns(ns):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.bind((ifname, 0))
+        self.sock.setblocking(False)
+        self.frames: list[bytes] = []
+
+    def count(self, signature: bytes) -> int:
+        while True:
+            try:
+                data, address = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            if address[2] != _PACKET_OUTGOING:
+                self.frames.append(data)
+        return sum(signature in frame for frame in self.frames)
+
+    def wait_for(self, signature: bytes) -> bool:
+        end = time.monotonic() + CONTROL_DEADLINE
+        while time.monotonic() < end:
+            if self.count(signature):
+                return True
+            time.sleep(0.01)
+        return False
+
+
+@contextlib.contextmanager
+def capturing(places: list[tuple[str, str]]) -> Iterator[list[Capture]]:
+    captures: list[Capture] = []
+    try:
+        for ns, ifname in places:
+            captures.append(Capture(ns, ifname))
+        yield captures
+    finally:
+        for capture in captures:
+            capture.sock.close()
+
+
+def send_raw(ns: str, frames: list[bytes], ifname: str = "eth0") -> None:
+    """Write frames to `ifname` in namespace `ns` as they are (AF_PACKET). A frame the
+    kernel drops on the way out (a netdev egress rule) is sent all the same."""
+    with netns(ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with sock:
+        sock.bind((ifname, 0))
+        for frame in frames:
+            try:
+                sock.send(frame)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+
+
+def send_udp(ns: str, destination: str, payload: bytes) -> None:
+    """A legitimate UDP datagram from namespace `ns` (its kernel picks source and MACs)."""
+    family = socket.AF_INET6 if ":" in destination else socket.AF_INET
+    with netns(ns):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    with sock:
+        sock.sendto(payload, (destination, PORT))
+
+
+def nft_counters(ns: str, family: str, table: str) -> dict[str, int]:
+    """The named counters of an nftables table: name -> packets."""
+    listing = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-j", "list", "counters", "table", family, table],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        item["counter"]["name"]: item["counter"]["packets"]
+        for item in json.loads(listing)["nftables"]
+        if "counter" in item
+    }
+
+
+def udp4(src_mac: str, dst_mac: str, src: str, dst: str, payload: bytes) -> bytes:
+    frame = Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst) / UDP(sport=PORT, dport=PORT)
+    return bytes(frame / payload)
+
+
+def mac_text(mac: bytes) -> str:
+    return ":".join(f"{octet:02x}" for octet in mac)
+
+
+def random_macs(count: int, seed: int = 66) -> list[bytes]:
+    """`count` distinct unicast, locally administered MACs."""
+    rng = random.Random(seed)
+    macs: set[bytes] = set()
+    while len(macs) < count:
+        octets = bytearray(rng.randbytes(6))
+        octets[0] = (octets[0] & 0xFC) | 0x02
+        macs.add(bytes(octets))
+    return sorted(macs)
+
+
+FLOOD_CHUNK = 256  # below the queues between a sandbox and the switch or bridge
+
+
+def flood(lab: SpoofLab, macs: list[bytes], marker: bytes) -> int:
+    """A broadcast frame from each of `macs` out of the attacker, paced so that every one
+    reaches the bridge or switch (a chunk the receiving side did not count is sent again).
+    Returns the frames sent."""
+    template = udp4(lab.mac("attacker"), BROADCAST, lab.ip("attacker"), "10.66.0.255", marker)
+    sent = 0
+    with lab.attacker_rx() as received:
+        for start in range(0, len(macs), FLOOD_CHUNK):
+            chunk = [
+                template[:6] + mac + template[12:] for mac in macs[start : start + FLOOD_CHUNK]
+            ]
+            for _ in range(5):
+                target = received() + len(chunk)
+                send_raw(lab.ns("attacker"), chunk)
+                sent += len(chunk)
+                if wait_until(lambda target=target: received() >= target, timeout=2, step=0.001):
+                    break
+            else:
+                raise AssertionError("the flood does not get through to the bridge or switch")
+    return sent
+
+
+@dataclass
+class Outcome:
+    kind: str
+    attempts: int
+    delivered: int
+
+
+@dataclass
+class SpoofLab:
+    """One network on `dataplane` with sandboxes "attacker", "victim" and "bystander",
+    and a second network "other" (whose subnet the attacker forges)."""
+
+    lab: Lab
+    host: keelnet.Host
+    dataplane: str
+    options: dict[str, str] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    network: str = "spoof"
+
+    def __post_init__(self) -> None:
+        options = {"dataplane": self.dataplane, **self.options}
+        subnets = ["10.66.0.0/24", "2001:db8:66::/64"]
+        net = self.host.create_network(self.network, subnet=subnets, ipv6=True, options=options)
+        self.host.create_network("other", subnet=OTHER_SUBNET, options=options)
+        assert net.kernel_name is not None
+        self.bridge, self.network_id = net.kernel_name, net.id
+        v4, v6 = net.ipam_for(4), net.ipam_for(6)
+        assert v4 is not None and v6 is not None and v4.gateway and v6.gateway
+        self.gateway_ip, self.gateway_ip6 = v4.gateway, v6.gateway
+        with iproute(netns_path(self.lab.host)) as ipr:
+            self.gateway_mac = str(ipr.link("get", ifname=self.bridge)[0].get_attr("IFLA_ADDRESS"))
+        for role in ("attacker", "victim", "bystander"):
+            self.connect(role)
+
+    def connect(self, role: str) -> Endpoint:
+        name = self.lab.name(role[:6])
+        self.host.create_sandbox(name)
+        self.endpoints[role] = self.host.connect(self.network, name)
+        return self.endpoints[role]
+
+    def ns(self, role: str) -> str:
+        return self.endpoints[role].sandbox
+
+    def ip(self, role: str) -> str:
+        address = self.endpoints[role].ip
+        assert address is not None
+        return address
+
+    def mac(self, role: str) -> str:
+        return self.endpoints[role].mac
+
+    # --- what the bridge or the switch holds ---------------------------------------------
+
+    def switch(self) -> Switch:
+        plane = self.host._ctx.planes.get(self.network_id)
+        assert plane is not None
+        switch = getattr(plane, "switch")  # noqa: B009 (the plane is typed as a Protocol)
+        assert isinstance(switch, Switch)
+        return switch
+
+    def fdb(self) -> dict[str, tuple[str, bool]]:
+        """MAC -> (where frames for it go: a role, "gateway" or a port name; static)."""
+        if self.dataplane == "userspace":
+            ports = {ep.id: role for role, ep in self.endpoints.items()}
+            ports[self.bridge] = "gateway"
+            return {
+                entry["mac"]: (ports.get(entry["port"], str(entry["port"])), entry["static"])
+                for entry in self.switch().fdb(0)
+            }
+        ports = {ep.host_ifname: role for role, ep in self.endpoints.items()}
+        found: dict[str, tuple[str, bool]] = {}
+        with iproute(netns_path(self.lab.host)) as ipr:
+            bridge = ipr.link_lookup(ifname=self.bridge)[0]
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            for entry in ipr.fdb("dump"):
+                if entry.get_attr("NDA_MASTER") != bridge:
+                    continue
+                mac, name = str(entry.get_attr("NDA_LLADDR")), names.get(entry["ifindex"])
+                if entry["state"] & NUD_PERMANENT:
+                    # The bridge's own addresses; its ports' own MACs carry no traffic.
+                    if mac == self.gateway_mac:
+                        found[mac] = ("gateway", True)
+                    continue
+                found[mac] = (ports.get(name, str(name)), bool(entry["state"] & NUD_NOARP))
+        return found
+
+    @contextlib.contextmanager
+    def attacker_rx(self) -> Iterator[Callable[[], int]]:
+        """A function that counts frames the bridge or switch received from the attacker."""
+        if self.dataplane == "userspace":
+            port = self.endpoints["attacker"].id
+            yield lambda: int(self.switch().stats()["ports"][port]["rx"]["packets"])
+            return
+        with iproute(netns_path(self.lab.host)) as ipr:
+            index = ipr.link_lookup(ifname=self.endpoints["attacker"].host_ifname)[0]
+            yield lambda: int(
+                ipr.link("get", index=index)[0].get_attr("IFLA_STATS64")["rx_packets"]
+            )
+
+    def fdb_size(self) -> int:
+        """Entries of the bridge's or the switch's forwarding table."""
+        if self.dataplane == "userspace":
+            return int(self.switch().stats()["fdb"]["entries"])
+        out = subprocess.run(
+            ["bridge", "-n", self.lab.host, "fdb", "show", "br", self.bridge],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return len(out.splitlines())
+
+    def drops(self) -> dict[str, int]:
+        """Port security drops by reason: the attacker's port on the switch, the bridge
+        table's named counters on the kernel."""
+        if self.dataplane == "userspace":
+            drops = self.switch().stats()["ports"][self.endpoints["attacker"].id]["drops"]
+        else:
+            drops = nft_counters(self.lab.host, "bridge", "keelnet")
+        return {reason: drops[reason] for reason in nftables_guard.REASONS}
+
+    # --- running an attack ---------------------------------------------------------------
+
+    def run(self, kind: str, count: int = 1) -> Outcome:
+        return run(self, ATTACKS[kind], count)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """`forge(lab, marker)`: one forged frame and its signature (the marker when it can
+    carry one). `watch`: roles (or "outside") where the signature must not arrive.
+    `follow_up(lab, marker)`: legitimate traffic the forgery would steal; the marker must
+    not reach the attacker. `control(lab, marker)`: a legitimate packet along the same
+    way, which must reach `control_at`."""
+
+    forge: Callable[[SpoofLab, bytes], tuple[bytes, bytes]]
+    watch: tuple[str, ...]
+    control: Callable[[SpoofLab, bytes], None]
+    control_at: str
+    follow_up: Callable[[SpoofLab, bytes], None] | None = None
+    icc: bool = True
+
+
+def _place(lab: SpoofLab, role: str) -> tuple[str, str]:
+    return (lab.lab.outside, "eth0") if role == "outside" else (lab.ns(role), "eth0")
+
+
+def run(lab: SpoofLab, attack: Attack, count: int) -> Outcome:
+    kind = next(name for name, known in ATTACKS.items() if known is attack)
+    token = secrets.token_hex(4)
+    forged_marker = f"kn-spoof-{kind}-{token}".encode()
+    stolen_marker = f"kn-stolen-{kind}-{token}".encode()
+    control_marker = f"kn-control-{kind}-{token}".encode()
+    places = [_place(lab, role) for role in (*attack.watch, attack.control_at, "attacker")]
+    with capturing(places) as captures:
+        *watched, at_control, at_attacker = captures
+        frame, signature = attack.forge(lab, forged_marker)
+        send_raw(lab.ns("attacker"), [frame] * count)
+        if attack.follow_up is not None:
+            attack.follow_up(lab, stolen_marker)
+        attack.control(lab, control_marker)
+        if not at_control.wait_for(control_marker):
+            raise AssertionError(f"{kind}: the control packet never arrived; the lab is broken")
+        time.sleep(SETTLE)
+        delivered = sum(capture.count(signature) for capture in watched)
+        delivered += at_attacker.count(stolen_marker)
+    return Outcome(kind, count, delivered)
+
+
+def _from_attacker_to(role: str) -> Callable[[SpoofLab, bytes], None]:
+    return lambda lab, marker: send_udp(lab.ns("attacker"), lab.ip(role), marker)
+
+
+def _from_host_to(role: str) -> Callable[[SpoofLab, bytes], None]:
+    return lambda lab, marker: send_udp(lab.lab.host, lab.ip(role), marker)
+
+
+def _gateway_mac(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+    """The gateway's MAC as source (to steal what sandboxes send to the gateway)."""
+    frame = udp4(lab.gateway_mac, lab.mac("victim"), lab.gateway_ip, lab.ip("victim"), marker)
+    return frame, marker
+
+
+def _neighbour_mac(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+    """The victim's MAC (and address) as source (to steal the victim's traffic)."""
+    frame = udp4(
+        lab.mac("victim"), lab.mac("bystander"), lab.ip("victim"), lab.ip("bystander"), marker
+    )
+    return frame, marker
+
+
+def _neighbour_ip(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+    """Its own MAC, the victim's address."""
+    frame = udp4(
+        lab.mac("attacker"), lab.mac("bystander"), lab.ip("victim"), lab.ip("bystander"), marker
+    )
+    return frame, marker
+
+
+def _routed_from(source: str) -> Callable[[SpoofLab, bytes], tuple[bytes, bytes]]:
+    """To the outside through the gateway, from a forged source (masquerade would hide it)."""
+
+    def forge(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+        frame = udp4(lab.mac("attacker"), lab.gateway_mac, source, OUTSIDE_ADDRESS, marker)
+        return frame, marker
+
+    return forge
+
+
+def _arp_reply(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+    """ "The gateway's address is at my MAC", to the victim."""
+    arp = ARP(
+        op=2,
+        hwsrc=lab.mac("attacker"),
+        psrc=lab.gateway_ip,
+        hwdst=lab.mac("victim"),
+        pdst=lab.ip("victim"),
+    )
+    return bytes(Ether(src=lab.mac("attacker"), dst=lab.mac("victim")) / arp), bytes(arp)
+
+
+def _gratuitous_arp(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+    """A gratuitous ARP claiming the victim's address, to everyone."""
+    arp = ARP(
+        op=1,
+        hwsrc=lab.mac("attacker"),
+        psrc=lab.ip("victim"),
+        hwdst="00:00:00:00:00:00",
+        pdst=lab.ip("victim"),
+    )
+    return bytes(Ether(src=lab.mac("attacker"), dst=BROADCAST) / arp), bytes(arp)
+
+
+def _neighbour_advert(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+    """An unsolicited, overriding NA: "the gateway's IPv6 address is at my MAC"."""
+    source = _port_security.link_local(lab.mac("attacker"))
+    icmp = ICMPv6ND_NA(tgt=lab.gateway_ip6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(
+        lladdr=lab.mac("attacker")
+    )
+    packet = IPv6(src=source, dst="ff02::1", hlim=255) / icmp
+    body = bytes(packet)[40:]
+    return bytes(Ether(src=lab.mac("attacker"), dst=ALL_NODES) / packet), body
+
+
+def _to_victim_through_gateway(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+    """Its own addresses, the victim's IP, the gateway's MAC: routed back into the bridge."""
+    frame = udp4(lab.mac("attacker"), lab.gateway_mac, lab.ip("attacker"), lab.ip("victim"), marker)
+    return frame, marker
+
+
+def _seen_by(forge: Callable[[SpoofLab, bytes], tuple[bytes, bytes]], role: str) -> Attack:
+    """An attack on `role`, with the attacker's own traffic to it as the control."""
+    return Attack(forge, watch=(role,), control=_from_attacker_to(role), control_at=role)
+
+
+def _to_outside(source: str) -> Attack:
+    """Out through the gateway from a forged source, with a masqueraded control."""
+    return Attack(
+        _routed_from(source),
+        watch=("outside",),
+        control=lambda lab, marker: send_udp(lab.ns("attacker"), OUTSIDE_ADDRESS, marker),
+        control_at="outside",
+    )
+
+
+ATTACKS: dict[str, Attack] = {
+    "mac_gateway": Attack(
+        _gateway_mac,
+        watch=("victim",),
+        follow_up=lambda lab, marker: send_udp(lab.ns("victim"), lab.gateway_ip, marker),
+        control=_from_host_to("victim"),
+        control_at="victim",
+    ),
+    "mac_neighbour": Attack(
+        _neighbour_mac,
+        watch=("bystander",),
+        follow_up=_from_host_to("victim"),
+        control=_from_host_to("victim"),
+        control_at="victim",
+    ),
+    "ip_neighbour": _seen_by(_neighbour_ip, "bystander"),
+    "ip_other_network": _to_outside(OTHER_SOURCE),
+    "ip_foreign": _to_outside(FOREIGN_SOURCE),
+    "arp_reply": _seen_by(_arp_reply, "victim"),
+    "arp_gratuitous": _seen_by(_gratuitous_arp, "bystander"),
+    "nd_advert": _seen_by(_neighbour_advert, "victim"),
+    "icc_via_gateway": Attack(
+        _to_victim_through_gateway,
+        watch=("victim",),
+        control=_from_host_to("victim"),
+        control_at="victim",
+        icc=False,
+    ),
+}
