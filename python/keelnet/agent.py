@@ -68,14 +68,14 @@ def needs_agent(network: Network) -> str | None:
     """Why `network` needs a running agent (None: it does not).
 
     The one place that decides it: every part of a network that lives in a process (a
-    userspace data plane, the DNS server; later the overlay watcher) adds its
+    userspace data plane, the DNS server, the overlay's cluster membership) adds its
     reason here, and the CLI starts the agent for any network that has one."""
+    if network.scope == "global":
+        return "this host's cluster membership (lease, peer watch) runs in the keelnet agent"
     if network.dataplane == "userspace":
         return "its userspace data plane runs in the keelnet agent"
     if network.embedded_dns:
         return "its DNS server (names between sandboxes) runs in the keelnet agent"
-    if network.scope == "global":
-        return "this host's cluster membership (lease, peer watch) runs in the keelnet agent"
     return None
 
 
