@@ -69,8 +69,10 @@ def needs_agent(network: Network) -> str | None:
     """Why `network` needs a running agent (None: it does not).
 
     The one place that decides it: every part of a network that lives in a process (a
-    userspace data plane, the DNS server; later the overlay watcher) adds its
+    userspace data plane, the DNS server, the overlay's cluster membership) adds its
     reason here, and the CLI starts the agent for any network that has one."""
+    if network.scope == "global":
+        return "this host's cluster membership (lease, peer watch) runs in the keelnet agent"
     if network.dataplane == "userspace":
         return "its userspace data plane runs in the keelnet agent"
     if network.embedded_dns:
@@ -265,7 +267,9 @@ def _lock_held(paths: Paths) -> bool:
     return False
 
 
-def ensure_running(netns: str | None, state_dir: str | None, reason: str) -> bool:
+def ensure_running(
+    netns: str | None, state_dir: str | None, reason: str, *, store: str | None = None
+) -> bool:
     """Start the agent for this host unless one answers; True when this call started it
     (the caller then says so once). Safe when several commands race to start it."""
     paths = Paths.of(netns, state_dir)
@@ -275,7 +279,7 @@ def ensure_running(netns: str | None, state_dir: str | None, reason: str) -> boo
     with _flock(paths.start_lock):
         if _ask(paths, {"control": "status"}, 10.0) is not None:
             return False  # another command started it while we waited for the lock
-        _spawn(paths, netns)
+        _spawn(paths, netns, store)
     return True
 
 
@@ -289,14 +293,16 @@ def _flock(path: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _spawn(paths: Paths, netns: str | None) -> None:
+def _spawn(paths: Paths, netns: str | None, store: str | None) -> None:
     import subprocess
 
     _trim_log(paths.log)
     argv = [sys.executable, "-m", "keelnet.cli"]
     if netns:
         argv += ["--netns", netns]
-    argv += ["--state-dir", paths.state_dir, "agent", "run"]
+    argv += ["--state-dir", paths.state_dir]
+    argv += ["--store", store] if store else []  # the agent joins the cluster store
+    argv += ["agent", "run"]
     with open(paths.log, "ab") as log:
         child = subprocess.Popen(
             argv,
@@ -440,13 +446,18 @@ class HostThread:
 Beside = Callable[[HostThread, "threading.Event"], Callable[[], None]]
 
 
-def open_host(netns: str | None, state_dir: str | None) -> Host:
+def open_host(
+    netns: str | None,
+    state_dir: str | None,
+    store: str | None = None,
+    dataplane: str | None = None,
+) -> Host:
     """The agent's Host, reconciled: opening a Host reconciles only when something calls
     for it; the agent, which holds it for long, starts from a checked kernel (as dockerd
     does)."""
     from keelnet.host import Host
 
-    host = Host(netns=netns, state_dir=state_dir)
+    host = Host(netns=netns, state_dir=state_dir, store=store, dataplane=dataplane)
     try:
         host.reconcile()
     except BaseException:
@@ -456,7 +467,13 @@ def open_host(netns: str | None, state_dir: str | None) -> Host:
 
 
 def serve(
-    netns: str | None, state_dir: str | None, run: Runner, beside: Beside | None = None
+    netns: str | None,
+    state_dir: str | None,
+    run: Runner,
+    *,
+    store: str | None = None,
+    dataplane: str | None = None,
+    beside: Beside | None = None,
 ) -> int:
     """Hold the Host and answer CLI commands until SIGTERM, SIGINT or `agent stop`; with
     `beside`, serve that too (`keelnet plugin`)."""
@@ -482,7 +499,7 @@ def serve(
     owner = None
     wait_beside: Callable[[], None] | None = None
     try:
-        owner = HostThread(lambda: open_host(netns, state_dir))
+        owner = HostThread(lambda: open_host(netns, state_dir, store, dataplane))
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(paths.socket)

@@ -245,6 +245,11 @@ def run_network_demo() -> int:
         return 130
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+    return print_checks(results, notes)
+
+
+def print_checks(results: list[Check], notes: list[str]) -> int:
+    """The checks as a table, then the notes; 0 when every check came out as expected."""
     width = max(len(c.what) for c in results)
     print(f"{'check':<{width}}  expected  got    ")
     for check in results:

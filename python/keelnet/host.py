@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import re
 import secrets
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,10 +30,12 @@ from pyroute2 import IPRoute
 
 from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
-from keelnet.drivers import _gateway, get_driver
+from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
+from keelnet.drivers import _gateway, bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
 from keelnet.errors import (
+    AddressOutOfRange,
     Conflict,
     DuplicateEndpoint,
     DuplicateNetwork,
@@ -45,7 +49,9 @@ from keelnet.errors import (
     PortInUse,
     SandboxNotFound,
     StateDirError,
+    StoreUnavailable,
 )
+from keelnet.global_scope import GlobalScope
 from keelnet.inspect import network_inspect
 from keelnet.ipam.networks import NetworkAddresses, Plan
 from keelnet.ipam.networks import Request as AddressRequest
@@ -66,8 +72,9 @@ from keelnet.model import (
     StaticRoute,
     created_now,
 )
-from keelnet.store import PortTaken, Store, default_state_dir
+from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
+from keelnet.store.etcd import EtcdStore
 from keelnet.store.journal import Entry, Journal
 from keelnet.store.sqlite import DB_NAME, check_state_dir
 
@@ -76,6 +83,9 @@ Undo = Callable[[], None]
 ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _ID = re.compile(r"[0-9a-f]{64}")
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
+_RECONCILED = ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated")
+#: The per-host bridge (and its network) that overlay sandboxes reach the outside by.
+GATEWAY_BRIDGE = "kn-gwbridge"
 _NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("": the caller's)
 
 
@@ -88,9 +98,27 @@ class Host:
         state_dir: str | os.PathLike[str] | None = None,
         *,
         serve_dns: bool = True,
+        store: str | None = None,
+        name: str | None = None,
+        advertise_address: str | None = None,
+        member: bool = True,
+        lease_ttl: int = DEFAULT_LEASE_TTL,
+        dataplane: str | None = None,
     ):
-        """`serve_dns=False`: this process runs no DNS server (the CLI's short-lived
-        commands; the agent serves); sandboxes still get their resolv.conf."""
+        """A host: `netns` (None: the caller's), its state in `state_dir`.
+
+        `serve_dns=False`: this process runs no DNS server (the CLI's short-lived
+        commands; the agent serves); sandboxes still get their resolv.conf.
+
+        `store` (or `$KEELNET_STORE`): `etcd://HOST:PORT[,...]`, the cluster store that
+        global-scope (overlay) networks live in; without it everything is local (SQLite).
+        With it this Host is the cluster member `name` (default: the netns name, else the
+        hostname) whose VTEP is `advertise_address` (default: this namespace's source
+        address towards etcd); `member=False` only reads and writes the store (no lease,
+        no peers: short-lived commands). `dataplane` (kernel or userspace) is what this
+        host runs for global networks created with `dataplane=auto`."""
+        if dataplane not in (None, "kernel", "userspace", "auto"):
+            raise InvalidRequest(f"invalid dataplane {dataplane!r}: use kernel or userspace")
         self.netns = netns
         self.netns_path = netns_sandbox.host_path(netns)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
@@ -108,7 +136,8 @@ class Host:
             self._rtnl = Rtnl(self.netns_path)
             self._exit.callback(self._rtnl.close)
             self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl, self.owner)
-            self._addresses = NetworkAddresses(self.store, self._ipr)
+            self._ctx.dataplane = dataplane
+            self._addresses = NetworkAddresses(self.store, self._ipr, self._global_networks)
             # Userspace data planes run on this process's threads: they stop with the Host.
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
@@ -118,12 +147,37 @@ class Host:
             self._exit.callback(self._dns.close)
             self._check_store_namespace()
             self._claim.check()
+            self._global: GlobalScope | None = None
+            store = store or os.environ.get("KEELNET_STORE") or None
+            if store:
+                self._global = GlobalScope(
+                    self._ctx,
+                    store,
+                    name=name or (Path(netns).name if netns else socket.gethostname()),
+                    advertise_address=advertise_address,
+                    member=member,
+                    lease_ttl=lease_ttl,
+                )
+                self._exit.callback(self._global.close)  # leaves before the planes stop
             if self._needs_reconcile():
                 self.reconcile()
+            elif self._global is not None and self.cluster is not None:
+                # Its overlay endpoints: userspace ones to serve again, half-made ones.
+                self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
             self._dns.rebuild()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def global_store(self) -> EtcdStore | None:
+        """The cluster store of global networks, if this Host has one."""
+        return self._global.store if self._global else None
+
+    @property
+    def cluster(self) -> ClusterMember | None:
+        """This host's membership of the cluster (lease, watch), if it is a member."""
+        return self._global.cluster if self._global else None
 
     def close(self) -> None:
         nftables.close(self.netns_path)
@@ -217,8 +271,23 @@ class Host:
         for flag, value in (("ipv6", ipv6), ("internal", internal)):
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
-        with self._operation() as op:
+        if the_driver.scope == "global":
+            scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
+                raise DuplicateNetwork(f"network with name {name} already exists")
+            if network_id is not None or ipam_driver != DEFAULT_IPAM:
+                raise InvalidRequest(
+                    f"{the_driver.name} networks are global: keelnet's cluster store names "
+                    "them and its IPAM gives their addresses (no network id, no IPAM driver)"
+                )
+            request = AddressRequest(subnets, gateways, ranges, aux, ipv6, gateway_on_host=False)
+            plan_ipam = functools.partial(self._addresses.plan_for_cluster, request)
+            local = [(c.subnet, n.name) for n in self.store.networks() for c in n.ipam]
+            return scope.create_network(
+                the_driver, name, plan_ipam, local, ipv6, internal, opts, label_map
+            )
+        with self._operation() as op:
+            if self.store.find_network(name) is not None or self._global_named(name):
                 raise DuplicateNetwork(f"network with name {name} already exists")
             if network_id is not None and self.store.find_network(network_id) is not None:
                 raise DuplicateNetwork(f"network with id {network_id} already exists")
@@ -275,8 +344,29 @@ class Host:
         """What carved pools keep clear of (keelnet's IPAM serving Docker asks this)."""
         return self._addresses.in_use()
 
+    def _require_global(self, driver: str) -> GlobalScope:
+        if self._global is None:
+            raise InvalidRequest(
+                f"{driver} networks are global: give a cluster store "
+                "(keelnet --store etcd://HOST:PORT, $KEELNET_STORE, or Host(store=...))"
+            )
+        return self._global
+
+    def _global_named(self, name: str) -> bool:
+        return self.global_store is not None and self.global_store.find_network(name) is not None
+
+    def _global_networks(self) -> list[Network]:
+        return self.global_store.networks() if self.global_store is not None else []
+
     def remove_network(self, name: str) -> None:
-        """Remove a network with no endpoints; one that does not exist is already removed."""
+        """Remove a network with no endpoints; one that does not exist is already removed.
+        A global network is removed cluster-wide, refused while any host has endpoints."""
+        if self.store.find_network(name) is None and self.global_store is not None:
+            found = self.global_store.find_network(name)
+            if found is not None:
+                self.global_store.remove_network(found)
+                get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
+                return
         with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
             if network is None:
@@ -294,16 +384,26 @@ class Host:
             self._release_if_empty()
 
     def networks(self) -> list[Network]:
-        return self.store.networks()
+        """This host's local networks, then the cluster's global ones."""
+        global_networks = self.global_store.networks() if self.global_store else []
+        return self.store.networks() + global_networks
 
     def network(self, name: str) -> Network:
         network = self.store.find_network(name)
+        if network is None and self.global_store is not None:
+            network = self.global_store.find_network(name)
         if network is None:
             raise NetworkNotFound(f"network {name} not found")
         return network
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        return network_inspect(self.store, self.network(name))
+        network = self.network(name)
+        return network_inspect(self._store_for(network), network, self.store)
+
+    def _store_for(self, network: Network) -> NetworkStore:
+        if network.scope == "global":
+            return self._require_global(network.driver).store
+        return self.store
 
     def data_plane_running(self, network: Network) -> bool:
         """Whether this Host runs `network`'s userspace data plane."""
@@ -362,7 +462,7 @@ class Host:
             if found is None:
                 return
             op.begin()
-            for endpoint in self.store.endpoints(sandbox=found.name):
+            for endpoint in self._sandbox_endpoints(found.name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
@@ -409,7 +509,7 @@ class Host:
             sandbox = box.name
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
-            if self.store.endpoints(network_id=net.id, sandbox=sandbox):
+            if self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
             if net.ipam_driver == EXTERNAL_IPAM:
                 raise InvalidRequest(
@@ -420,10 +520,20 @@ class Host:
             if mac is not None and not driver.shares_parent_mac:
                 self._check_mac_free(net, mac)
             endpoint_id = secrets.token_hex(32)
-            addresses = (
-                self._addresses.allocate(net, requested, op.undo) if driver.uses_ipam else {}
-            )
             ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
+            scope = self._require_global(net.driver) if net.scope == "global" else None
+            if scope is not None:
+                for version, address in requested.items():
+                    if net.ipam_for(version) is None:
+                        raise AddressOutOfRange(f"{address}: {net.name} has no IPv{version} subnet")
+                ip = requested.get(4) or requested.get(6)
+                addresses = scope.reserve(net, endpoint_id, sandbox, ifname, ip)
+                # Until the connect completes, the reservation is undone on failure.
+                op.undo.append(lambda: scope.release(net, endpoint_id, addresses))
+            elif driver.uses_ipam:
+                addresses = self._addresses.allocate(net, requested, op.undo)
+            else:
+                addresses = {}
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, ifname, sandbox)
             endpoint = dataclasses.replace(endpoint, aliases=names)
             op.begin()
@@ -433,6 +543,11 @@ class Host:
             kept = driver.join(self._ctx, net, endpoint, box.path)
             if kept:
                 endpoint = dataclasses.replace(endpoint, driver_data=dict(kept))
+            if scope is not None:
+                if not net.internal:
+                    self._attach_gateway_bridge(sandbox, op.undo)
+                scope.publish(endpoint)  # ready: the other hosts program it now
+                return endpoint
             self.store.add_endpoint(endpoint)
             op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
             self._dns.endpoint_added(net, endpoint)
@@ -459,7 +574,11 @@ class Host:
         return Endpoint(
             ip=addresses.get(4),
             ipv6=addresses.get(6),
-            mac=driver.endpoint_mac(self._ctx, net, mac) if driver.uses_ipam else "",
+            mac=(
+                driver.endpoint_mac(self._ctx, net, mac, addresses.get(4))
+                if driver.uses_ipam
+                else ""
+            ),
             ifname=ifname,
             gateway=v4.gateway if v4 and routed else None,
             ipv6_gateway=v6.gateway if v6 and routed else None,
@@ -470,6 +589,28 @@ class Host:
                 f"kn-v{endpoint_id[:11]}" if net.kernel_name and net.dataplane == "kernel" else None
             ),
         )
+
+    def _attach_gateway_bridge(self, sandbox: str, undo: list[Undo]) -> None:
+        """Give a sandbox on a global network its way out: the host's `kn-gwbridge`
+        network (made on first use: a bridge with NAT whose sandboxes cannot reach each
+        other), as Docker's docker_gwbridge. The sandbox's default route goes there."""
+        if self.store.find_network(GATEWAY_BRIDGE) is None:
+            self.create_network(
+                GATEWAY_BRIDGE,
+                options={bridge.NAME: GATEWAY_BRIDGE, bridge.ICC: "false"},
+                labels={"com.keelnet.gateway-bridge": "true"},
+            )
+            undo.append(lambda: self.remove_network(GATEWAY_BRIDGE))
+        if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
+            self.connect(GATEWAY_BRIDGE, sandbox)
+            undo.append(lambda: self.disconnect(GATEWAY_BRIDGE, sandbox))
+
+    def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
+        """The sandbox's endpoints on local and global networks."""
+        found = self.store.endpoints(sandbox=sandbox)
+        if self.global_store is not None:
+            found += self.global_store.endpoints(sandbox=sandbox)
+        return found
 
     def _check_mac_free(self, network: Network, mac: str) -> None:
         """Refuse a MAC another endpoint of the network, or its host device, carries: two
@@ -487,7 +628,7 @@ class Host:
                 raise Conflict(f"MAC address {mac} is the address of {device}, {network.name}'s")
 
     def _endpoint_ifname(self, sandbox: str, wanted: str | None) -> str:
-        used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+        used = {e.ifname for e in self._sandbox_endpoints(sandbox)}
         if wanted is None:
             return next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
         links.check_ifname(wanted, ENDPOINT_IFNAME_OPTION, InvalidOption)
@@ -522,11 +663,12 @@ class Host:
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            if net is None:
+            try:
+                net = self.network(network)
+            except NetworkNotFound:
                 return
             name = self._sandbox_name(sandbox)
-            for endpoint in self.store.endpoints(network_id=net.id, sandbox=name):
+            for endpoint in self._store_for(net).endpoints(network_id=net.id, sandbox=name):
                 op.begin()
                 self._disconnect(net, endpoint)
 
@@ -537,6 +679,12 @@ class Host:
         ports = self._revoke_ports(network, endpoint.sandbox) if endpoint.sandbox else []
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
+        if network.scope == "global":
+            store = self._require_global(network.driver).store
+            store.release_endpoint(endpoint)
+            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+                self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
+            return
         self._addresses.release(network, endpoint)
         self.store.remove_endpoint(endpoint.id)
         self._dns.endpoint_removed(network, endpoint)
@@ -549,8 +697,14 @@ class Host:
             self._sync_firewall()
 
     def endpoints(self, network: str | None = None) -> list[Endpoint]:
-        network_id = self.network(network).id if network else None
-        return self.store.endpoints(network_id=network_id)
+        """This host's endpoints (of one network, or all)."""
+        if network is not None:
+            net = self.network(network)
+            return self._store_for(net).endpoints(network_id=net.id)
+        found = self.store.endpoints()
+        if self.global_store is not None:
+            found += self.global_store.endpoints()
+        return found
 
     # --- endpoints joined by the caller: libnetwork's flow, as dockerd drives it --------
 
@@ -825,9 +979,7 @@ class Host:
         unreferenced links, here and in its sandboxes; namespaces an operation cut short
         was creating), re-create what the kernel lost, drop what cannot come back. Only
         ever removes what this store made."""
-        removed = dict.fromkeys(
-            ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated"), 0
-        )
+        removed = dict.fromkeys(_RECONCILED, 0)
         with self.store.transaction():
             cut_short = [entry for entry in self._journal.entries() if not entry.live]
             self._claim.forget()  # it may be gone with our tables (a flushed ruleset)
@@ -835,6 +987,17 @@ class Host:
                 self._take_claim()
             networks = {n.id: n for n in self.store.networks()}
             endpoint_ids = {e.id for e in self.store.endpoints()}
+            # A sandbox's links of global networks are this store's too: while the cluster
+            # store cannot say which those are, no sandbox link is removed.
+            in_sandboxes: tuple[dict[str, Network], set[str]] | None = (networks, endpoint_ids)
+            if self.global_store is not None:
+                try:
+                    in_sandboxes = (
+                        networks | {n.id: n for n in self.global_store.networks()},
+                        endpoint_ids | {e.id for e in self.global_store.endpoints()},
+                    )
+                except StoreUnavailable:
+                    in_sandboxes = None
             removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
             links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
             for entry in cut_short:
@@ -857,8 +1020,10 @@ class Host:
                     self.store.remove_sandbox(box.name)
                     removed["sandboxes"] += 1
                     continue
+                if in_sandboxes is None:
+                    continue
                 with iproute(box.path) as ipr:
-                    removed["sandbox_links"] += self._remove_leftovers(ipr, networks, endpoint_ids)
+                    removed["sandbox_links"] += self._remove_leftovers(ipr, *in_sandboxes)
             for endpoint in self.store.endpoints():
                 network = networks[endpoint.network_id]
                 if (
@@ -870,6 +1035,8 @@ class Host:
             for network in networks.values():
                 if network.dataplane == "userspace":
                     removed["recreated"] += self._restore_userspace(network)
+            if self._global is not None and self.cluster is not None:
+                self._global.reconcile(self.store, removed)
             self._sync_firewall(bridges_changed=True, refresh=True)
             self.store.set_meta(_EPOCH, self._kernel_epoch())
             self._release_if_empty()

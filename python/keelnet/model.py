@@ -144,6 +144,26 @@ class JoinInfo:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A host of the cluster: its name and the underlay address of its VTEP."""
+
+    name: str
+    vtep: str
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint of a global network on another host, as the data plane needs it."""
+
+    id: str
+    network_id: str
+    ip: str
+    mac: str
+    vtep: str
+    host: str
+
+
+@dataclass(frozen=True)
 class Sandbox:
     """A network namespace keelnet attaches endpoints to (what a container is to a network)."""
 
@@ -224,6 +244,7 @@ class Network:
     ipam_driver: str = DEFAULT_IPAM
     ipam_options: dict[str, str] = field(default_factory=dict)
     attachable: bool = False  # Docker's --attachable, recorded (every keelnet network is)
+    scope: str = "local"  # "global": shared by the hosts of a cluster store (overlay)
 
     @property
     def embedded_dns(self) -> bool:
@@ -245,6 +266,7 @@ class Network:
         endpoints: list[Endpoint],
         ipam_status: dict[str, dict[str, int]] | None = None,
         sandbox_ids: dict[str, str] | None = None,
+        peers: list[Peer] | None = None,
     ) -> dict[str, Any]:
         """Docker's shape; `Containers` is keyed by each sandbox's id (`sandbox_ids`, by
         name), as Docker keys it by container id, with the sandbox's name inside."""
@@ -260,11 +282,11 @@ class Network:
             for ep in endpoints
             if ep.sandbox
         }
-        return {
+        shape: dict[str, Any] = {
             "Name": self.name,
             "Id": self.id,
             "Created": rfc3339nano(self.created_ns),
-            "Scope": "local",
+            "Scope": self.scope,
             "Driver": self.driver,
             "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
             "EnableIPv6": self.ipv6,
@@ -274,7 +296,7 @@ class Network:
                 "Config": [c.to_inspect() for c in self.ipam],
             },
             "Internal": self.internal,
-            "Attachable": self.attachable,
+            "Attachable": self.attachable or self.scope == "global",
             "Ingress": False,
             "ConfigFrom": {"Network": ""},
             "ConfigOnly": False,
@@ -284,6 +306,9 @@ class Network:
             "DataPlane": self.dataplane,  # keelnet addition: which data plane runs
             "Status": {"IPAM": {"Subnets": ipam_status or {}}},
         }
+        if peers is not None:  # global networks: the hosts taking part, as Docker shows them
+            shape["Peers"] = [{"Name": p.name, "IP": p.vtep} for p in peers]
+        return shape
 
     def _with_prefix(self, address: str | None, version: int) -> str:
         config = self.ipam_for(version)

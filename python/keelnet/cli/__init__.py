@@ -50,11 +50,11 @@ class CommandLine:
         tokens = iter(argv)
         for token in tokens:
             name, has_value, value = token.partition("=")
-            if name in ("--netns", "--state-dir") and not self.words:
+            if name in ("--netns", "--state-dir", "--store") and not self.words:
                 value = value if has_value else next(tokens, "")
                 if name == "--netns":
                     self.netns = value
-                else:
+                elif name == "--state-dir":
                     self.state_dir = value
             elif token.startswith("-") and not self.words:
                 self.parsed_here = True

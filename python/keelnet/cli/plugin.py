@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from keelnet.cli._common import Commands, error
+from keelnet.cli.agent import _dataplane_flag
 from keelnet.errors import KeelnetError
 
 
@@ -30,6 +31,7 @@ def add_commands(commands: Commands) -> None:
     plugin.add_argument(
         "--record", type=Path, help="append each request and answer to this file (JSON lines)"
     )
+    _dataplane_flag(plugin)
     plugin.set_defaults(standalone=run_plugin)
 
 
@@ -45,6 +47,8 @@ def run_plugin(args: argparse.Namespace) -> int:
             path=args.socket,
             record=args.record,
             commands=run_forwarded,
+            store=args.store,
+            dataplane=args.dataplane,
         )
     except KeelnetError as exc:
         error(exc)

@@ -49,6 +49,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--state-dir",
         help="state directory (default: $KEELNET_STATE_DIR or /var/lib/keelnet/<netns>)",
     )
+    parser.add_argument(
+        "--store",
+        help="cluster store for global (overlay) networks: etcd://HOST:PORT[,HOST:PORT...] "
+        "(default: $KEELNET_STORE; none: everything stays local)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for noun, add_commands in NOUNS.items():
         if only in (None, noun):
@@ -77,9 +82,12 @@ class _Version(argparse.Action):
 def run_demo(args: argparse.Namespace) -> int:
     """Networks (real namespaces, removed afterwards), then IPAM."""
     from keelnet.demo import run_network_demo
+    from keelnet.demo_overlay import run_overlay_demo
     from keelnet.ipam_demo import run_ipam_demo
 
     status = run_network_demo()
+    print()
+    status |= run_overlay_demo()
     print()
     run_ipam_demo()
     return status
@@ -149,7 +157,7 @@ def _main(argv: list[str]) -> int:
         answer = _forward(args, argv)
         if answer is not None:
             return answer
-    session = Session(args.netns, args.state_dir)
+    session = Session(args.netns, args.state_dir, cluster_store=args.store)
     try:
         agent_runs = access in (WRITE, LOCAL) and _ensure_agent(session)
         if agent_runs and access == WRITE:
@@ -163,7 +171,7 @@ def _main(argv: list[str]) -> int:
     if access == WRITE and status == 0:
         # A network just made may need the agent: it takes the plane over from this
         # process (gone with it), so it starts after this process let go of the host.
-        after = Session(args.netns, args.state_dir)
+        after = Session(args.netns, args.state_dir, cluster_store=args.store)
         try:
             _ensure_agent(after)
         finally:
@@ -179,12 +187,19 @@ def _ensure_agent(session: Session) -> bool:
     """Make sure the agent runs when a network of this host needs it (True then); the
     command that starts it says so once on stderr."""
     from keelnet import agent as agents
+    from keelnet.errors import StoreUnavailable
 
-    for found in session.store.networks():
+    try:
+        networks = session.networks()
+    except StoreUnavailable:  # global networks unknown: the command itself will say so
+        networks = session.store.networks()
+    for found in networks:
         reason = agents.needs_agent(found)
         if reason is None:
             continue
-        if agents.ensure_running(session.netns, session.state_dir, reason):
+        if agents.ensure_running(
+            session.netns, session.state_dir, reason, store=session.cluster_store
+        ):
             print(
                 f"keelnet: started the keelnet agent for this host (network {found.name}: "
                 f"{reason}); log: {session.agent_log()}",

@@ -93,8 +93,10 @@ class SwitchPlane:
     """A plane on one keelnet switch, started with its first port; nothing is left
     running when that port cannot be added."""
 
-    def __init__(self, ctx: HostContext, add_first_port: Callable[[Switch], None]) -> None:
-        self.switch = Switch(ctx.netns_path)
+    def __init__(
+        self, ctx: HostContext, add_first_port: Callable[[Switch], None], **switch_options: bool
+    ) -> None:
+        self.switch = Switch(ctx.netns_path, **switch_options)
         try:
             add_first_port(self.switch)
             self.switch.start()
@@ -131,6 +133,7 @@ def add_sandbox_tap(
     mtu: int | None,
     isolation: str,
     port_security: bool,
+    vni: int = 0,
 ) -> None:
     """The endpoint's TAP port on `switch`, moved into the sandbox as its interface; with
     no sandbox, left in the host's namespace, down and marked, for the caller to move (a
@@ -140,7 +143,7 @@ def add_sandbox_tap(
     try:
         switch.add_tap(
             endpoint.id,
-            vni=0,
+            vni=vni,
             sandbox=sandbox_path,
             ifname=ifname,
             mac=endpoint.mac,

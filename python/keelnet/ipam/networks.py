@@ -34,7 +34,7 @@ from keelnet.errors import (
     KeelnetError,
     OverlappingSubnet,
 )
-from keelnet.ipam import AddressPool, contract
+from keelnet.ipam import AddressPool, SubnetPools, contract
 from keelnet.model import DEFAULT_IPAM, EXTERNAL_IPAM, Endpoint, IpamConfig, Network
 from keelnet.store import Store
 
@@ -70,11 +70,15 @@ class Request:
 
 
 class NetworkAddresses:
-    """The address management of one Host: its store and its namespace's addresses."""
+    """The address management of one Host: its store, its namespace's addresses, and
+    (`global_networks`) the cluster's networks, whose subnets local ones keep clear of."""
 
-    def __init__(self, store: Store, ipr: IPRoute) -> None:
+    def __init__(
+        self, store: Store, ipr: IPRoute, global_networks: Callable[[], list[Network]]
+    ) -> None:
         self.store = store
         self.ipr = ipr
+        self._global_networks = global_networks
 
     # --- networks ------------------------------------------------------------------------
 
@@ -98,14 +102,33 @@ class NetworkAddresses:
         self._check_free([ipaddress.ip_network(c.subnet) for c in configs], request)
         return Plan(configs)
 
-    def _plan_default(self, request: Request) -> Plan:
+    def plan_for_cluster(
+        self,
+        request: Request,
+        *,
+        taken: list[tuple[checks.IPNetwork, str]],
+        subnet_pools: SubnetPools,
+    ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
+        """A global network's subnets and pools (keelnet's IPAM), clear of `taken`
+        (subnet, network name) and carved from the cluster's `subnet_pools`."""
+        plan = self._plan_default(request, taken, subnet_pools)
+        return plan.configs, plan.pools, plan.carved
+
+    def _plan_default(
+        self,
+        request: Request,
+        taken: list[tuple[checks.IPNetwork, str]] | None = None,
+        subnet_pools: SubnetPools | None = None,
+    ) -> Plan:
         requested = self._given_subnets(request)
         versions = (4, 6) if request.ipv6 else (4,)
         _check_given_families(request, requested)
         by_gateway = checks.by_family(request.gateways, "gateway", network=False)
         by_range = checks.by_family(request.ranges, "ip range", network=True)
-        existing = self._check_free(list(requested.values()), request)
-        subnet_pools = self.store.subnet_pools()
+        existing = self._check_free(list(requested.values()), request, taken)
+        own_pools = subnet_pools is None
+        if subnet_pools is None:
+            subnet_pools = self.store.subnet_pools()
         plan = Plan()
         for version in versions:
             if version not in requested:
@@ -113,7 +136,7 @@ class NetworkAddresses:
                 text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
                 plan.carved.append(text)
                 requested[version] = ipaddress.ip_network(text)
-        if plan.carved:
+        if plan.carved and own_pools:
             self.store.save_subnet_pools(subnet_pools)
         configs: list[IpamConfig] = []
         for version, net in sorted(requested.items()):
@@ -167,13 +190,20 @@ class NetworkAddresses:
         return requested
 
     def _check_free(
-        self, subnets: list[checks.IPNetwork], request: Request
+        self,
+        subnets: list[checks.IPNetwork],
+        request: Request,
+        taken: list[tuple[checks.IPNetwork, str]] | None = None,
     ) -> list[checks.IPNetwork]:
-        """Refuse subnets overlapping another network's (or, where the gateway goes on a
-        host device, holding one of the host's addresses); returns the subnets in use."""
-        taken = [
-            (ipaddress.ip_network(c.subnet), n.name) for n in self.store.networks() for c in n.ipam
-        ]
+        """Refuse subnets overlapping another network's (`taken`, default: every network
+        this host knows, local and global) or, where the gateway goes on a host device,
+        holding one of the host's addresses; returns the subnets in use."""
+        if taken is None:
+            taken = [
+                (ipaddress.ip_network(c.subnet), n.name)
+                for n in [*self.store.networks(), *self._global_networks()]
+                for c in n.ipam
+            ]
         for net in subnets:
             for other, owner in taken:
                 if net.version == other.version and net.overlaps(other):
@@ -234,7 +264,8 @@ class NetworkAddresses:
     def in_use(self) -> list[str]:
         """What carved pools keep clear of: the host's on-link routes and the subnets of
         keelnet's networks (keelnet's IPAM serving Docker asks this)."""
-        return [c.subnet for n in self.store.networks() for c in n.ipam] + self.on_link_routes()
+        networks = [*self.store.networks(), *self._global_networks()]
+        return [c.subnet for n in networks for c in n.ipam] + self.on_link_routes()
 
     # --- endpoints -----------------------------------------------------------------------
 

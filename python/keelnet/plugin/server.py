@@ -213,10 +213,21 @@ def run(
     path: Path | None = None,
     record: Path | None = None,
     commands: agent.Runner,
+    store: str | None = None,
+    dataplane: str | None = None,
 ) -> int:
     """`keelnet plugin`: the agent of the host's store, serving the Docker plugin beside
-    keelnet's own commands, until SIGTERM, SIGINT or `keelnet agent stop`."""
+    keelnet's own commands, until SIGTERM, SIGINT or `keelnet agent stop`. `store` and
+    `dataplane`: the agent's (a cluster store for global networks, and what this host
+    runs for them)."""
     path = path or socket_path(name)
     with contextlib.ExitStack() as files:
         log = files.enter_context(record.open("a")) if record is not None else None
-        return agent.serve(netns, state_dir, commands, beside=beside_agent(path, log))
+        return agent.serve(
+            netns,
+            state_dir,
+            commands,
+            store=store,
+            dataplane=dataplane,
+            beside=beside_agent(path, log),
+        )
