@@ -35,7 +35,8 @@ def install(session: nox.Session, *groups: str) -> None:
     for group in groups:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
     session.install("maturin>=1.16,<2")
-    session.run("maturin", "develop", "--release", "--quiet", silent=True)
+    # With the etcd extra: the overlay suites, the demo and mypy need etcd3gw.
+    session.run("maturin", "develop", "--release", "--quiet", "--extras", "etcd", silent=True)
 
 
 @nox.session
@@ -48,7 +49,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    system_deps(session, "runtime")
+    system_deps(session, "demo")
     install(session)
     session.run("keelnet", "demo", *session.posargs)
 

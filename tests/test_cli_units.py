@@ -375,3 +375,18 @@ def test_sandboxes_of_an_older_store_get_ids(tmp_path: Path) -> None:
         assert store.sandboxes()[0].gw_priorities == {"e2": -1}
     finally:
         store.close()
+
+
+def test_reading_the_store_loads_no_pyroute2() -> None:
+    """What `network ls`/`inspect` import when no agent runs: the store, its claim check,
+    inspect's view; no pyroute2 (~0.1 s) and no drivers."""
+    probe = (
+        "import sys, keelnet.inspect, keelnet.store.claim, keelnet.kernel.ownership, "
+        "keelnet.kernel.namespaces, keelnet.cli.network, keelnet.cli.formatter;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2' or m in "
+        "('keelnet.host', 'keelnet.drivers')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[-1] == "[]", out

@@ -68,10 +68,14 @@ def needs_agent(network: Network) -> str | None:
     """Why `network` needs a running agent (None: it does not).
 
     The one place that decides it: every part of a network that lives in a process (a
-    userspace data plane; later the DNS resolver and the overlay watcher) adds its
+    userspace data plane, the DNS server, the overlay's cluster membership) adds its
     reason here, and the CLI starts the agent for any network that has one."""
+    if network.scope == "global":
+        return "this host's cluster membership (lease, peer watch) runs in the keelnet agent"
     if network.dataplane == "userspace":
         return "its userspace data plane runs in the keelnet agent"
+    if network.embedded_dns:
+        return "its DNS server (names between sandboxes) runs in the keelnet agent"
     return None
 
 
@@ -262,7 +266,9 @@ def _lock_held(paths: Paths) -> bool:
     return False
 
 
-def ensure_running(netns: str | None, state_dir: str | None, reason: str) -> bool:
+def ensure_running(
+    netns: str | None, state_dir: str | None, reason: str, *, store: str | None = None
+) -> bool:
     """Start the agent for this host unless one answers; True when this call started it
     (the caller then says so once). Safe when several commands race to start it."""
     paths = Paths.of(netns, state_dir)
@@ -272,7 +278,7 @@ def ensure_running(netns: str | None, state_dir: str | None, reason: str) -> boo
     with _flock(paths.start_lock):
         if _ask(paths, {"control": "status"}, 10.0) is not None:
             return False  # another command started it while we waited for the lock
-        _spawn(paths, netns)
+        _spawn(paths, netns, store)
     return True
 
 
@@ -286,14 +292,16 @@ def _flock(path: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _spawn(paths: Paths, netns: str | None) -> None:
+def _spawn(paths: Paths, netns: str | None, store: str | None) -> None:
     import subprocess
 
     _trim_log(paths.log)
     argv = [sys.executable, "-m", "keelnet.cli"]
     if netns:
         argv += ["--netns", netns]
-    argv += ["--state-dir", paths.state_dir, "agent", "run"]
+    argv += ["--state-dir", paths.state_dir]
+    argv += ["--store", store] if store else []  # the agent joins the cluster store
+    argv += ["agent", "run"]
     with open(paths.log, "ab") as log:
         child = subprocess.Popen(
             argv,
@@ -404,7 +412,14 @@ def _answer(host: Host, request: bytes, run: Runner, netns: str | None) -> dict[
     return {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
-def serve(netns: str | None, state_dir: str | None, run: Runner) -> int:
+def serve(
+    netns: str | None,
+    state_dir: str | None,
+    run: Runner,
+    *,
+    store: str | None = None,
+    dataplane: str | None = None,
+) -> int:
     """Hold the Host and answer CLI commands until SIGTERM, SIGINT or `agent stop`."""
     import signal
     import threading
@@ -429,7 +444,7 @@ def serve(netns: str | None, state_dir: str | None, run: Runner) -> int:
     _write_status(paths, state="starting", **record)
     try:
         with (
-            Host(netns=netns, state_dir=state_dir) as host,
+            Host(netns=netns, state_dir=state_dir, store=store, dataplane=dataplane) as host,
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server,
         ):
             # Opening a Host reconciles only when something calls for it; the agent, which

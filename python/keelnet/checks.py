@@ -15,7 +15,9 @@ from keelnet.errors import InvalidAddress, InvalidRequest, InvalidSubnet
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
-_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+#: A DNS name as keelnet's DNS server takes one: dot-separated labels of 1-63 letters,
+#: digits, '_' or '-', 253 characters at most.
+DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*")
 #: Address blocks no network can use: they mean something else to every host.
 _SPECIAL = {
     ipaddress.ip_network(block): meaning
@@ -103,9 +105,10 @@ def aliases(value: object) -> tuple[str, ...]:
         raise InvalidRequest(f"aliases must be a list of names, not the string {value!r}")
     names = text_list(value, "aliases")
     for name in names:
-        if not _ALIAS.fullmatch(name):
+        if not DNS_NAME.fullmatch(name):
             raise InvalidRequest(
-                f"invalid alias {name!r}: use up to 253 letters, digits, '_', '.' or '-'"
+                f"invalid alias {name!r}: not a DNS name (dot-separated labels of 1-63 "
+                "letters, digits, '_' or '-', 253 characters at most)"
             )
     return tuple(names)
 

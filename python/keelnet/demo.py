@@ -2,8 +2,10 @@
 
 Builds an "outside" test host and a keelnet host joined by a veth underlay in
 198.51.100.0/24 (TEST-NET-2), puts sandboxes on bridge, macvlan, ipvlan, host and none networks,
-checks reachability and isolation with real packets, prints a table and removes
-everything, also when interrupted. Nothing touches the machine's own interfaces.
+checks reachability and isolation with real packets, and name resolution through keelnet's
+DNS server (the sandboxes ping each other by name), prints a table and removes everything,
+also when interrupted. Nothing touches the machine's own interfaces, and the demo host's
+resolv.conf names no upstream server, so no DNS query leaves the demo's namespaces.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 
 from pyroute2 import netns as pyroute2_netns
 
+from keelnet import sandbox as netns_sandbox
+from keelnet.dns import NETNS_ETC
 from keelnet.host import Host
 from keelnet.kernel.namespaces import NETNS_RUN_DIR, call_in_netns, iproute, netns_path
 
@@ -70,6 +74,21 @@ def ping(netns: str, address: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def resolve(sandbox_path: str, name: str) -> str | None:
+    """The IPv4 address of `name` as the sandbox's own C library finds it (through the
+    resolv.conf keelnet wrote for it, as `keelnet sandbox exec` mounts it)."""
+    result = netns_sandbox.exec_in(
+        sandbox_path, ["getent", "ahostsv4", name], capture_output=True, timeout=10
+    )
+    words = result.stdout.decode().split()
+    return words[0] if result.returncode == 0 and words else None
+
+
+def ping_by_name(sandbox_path: str, name: str) -> bool:
+    address = resolve(sandbox_path, name)
+    return address is not None and ping(sandbox_path, address)
+
+
 def tcp_roundtrip(
     server_ns: str, listen: tuple[str, int], client_ns: str, target: tuple[str, int]
 ) -> bool:
@@ -114,12 +133,19 @@ def _lab(prefix: str) -> Iterator[tuple[str, str]]:
             index = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=index, address=OUTSIDE_IP, prefixlen=24)
             ipr.link("set", index=index, state="up")
+        # The host's resolv.conf (what keelnet's DNS forwards to): no server at all.
+        (NETNS_ETC / host_ns).mkdir(parents=True, exist_ok=True)
+        (NETNS_ETC / host_ns / "resolv.conf").write_text("# keelnet demo: no upstream\n")
         yield host_ns, outside_ns
     finally:
         for name in sorted(os.listdir(NETNS_RUN_DIR), reverse=True):
             if name.startswith(prefix):
                 with contextlib.suppress(OSError):
                     pyroute2_netns.remove(name)
+        if NETNS_ETC.is_dir():
+            for entry in NETNS_ETC.iterdir():
+                if entry.name.startswith(prefix):
+                    shutil.rmtree(entry, ignore_errors=True)
 
 
 def _build_and_check(host: Host, prefix: str, outside: str) -> tuple[list[Check], list[str]]:
@@ -144,11 +170,12 @@ def _build_and_check(host: Host, prefix: str, outside: str) -> tuple[list[Check]
     for name in ("web", "api", "db", "lan1", "lan2", "lonely"):
         host.create_sandbox(sb(name))
     host.adopt_sandbox(sb("on-host"), netns_path(str(host.netns)))
-    web = host.connect("front", sb("web"))
-    api = host.connect("front", sb("api"))
-    db = host.connect("back", sb("db"))
-    lan2 = host.connect("lan", sb("lan2"))
-    host.connect("lan", sb("lan1"))
+    # Aliases give the sandboxes short names on their networks, as `docker run --name`.
+    web = host.connect("front", sb("web"), aliases=["web"])
+    api = host.connect("front", sb("api"), aliases=["api"])
+    db = host.connect("back", sb("db"), aliases=["db"])
+    lan2 = host.connect("lan", sb("lan2"), aliases=["lan2"])
+    host.connect("lan", sb("lan1"), aliases=["lan1"])
     host.connect("none", sb("lonely"))
     host.connect("host", sb("on-host"))
     host.publish("front", sb("web"), 8080, 80)
@@ -165,6 +192,10 @@ def _build_and_check(host: Host, prefix: str, outside: str) -> tuple[list[Check]
     notes = [f"{n.name}: {n.driver}, data plane {n.dataplane}" for n in host.networks()]
 
     checks: list[tuple[str, bool, Callable[[], bool]]] = [
+        ("dns: web pings api by name", True, lambda: ping_by_name(ns("web"), "api")),
+        ("dns: api pings web by name", True, lambda: ping_by_name(ns("api"), "web")),
+        ("dns: web -> db by name, other network", False, lambda: ping_by_name(ns("web"), "db")),
+        ("dns: lan1 pings lan2 by name (macvlan)", True, lambda: ping_by_name(ns("lan1"), "lan2")),
         ("bridge: web -> api, same network", True, lambda: ping(ns("web"), str(api.ip))),
         ("bridge: web -> db, other network (isolated)", False, lambda: ping(ns("web"), str(db.ip))),
         ("bridge: web -> outside host (masquerade)", True, lambda: ping(ns("web"), OUTSIDE_IP)),
@@ -214,6 +245,11 @@ def run_network_demo() -> int:
         return 130
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+    return print_checks(results, notes)
+
+
+def print_checks(results: list[Check], notes: list[str]) -> int:
+    """The checks as a table, then the notes; 0 when every check came out as expected."""
     width = max(len(c.what) for c in results)
     print(f"{'check':<{width}}  expected  got    ")
     for check in results:

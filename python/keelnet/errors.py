@@ -159,6 +159,14 @@ class KernelError(KeelnetError):
     """The kernel refused a change keelnet asked for (netlink or nftables)."""
 
 
+class StoreUnavailable(KeelnetError):
+    """The shared store (etcd) cannot be reached or has no quorum: nothing was changed."""
+
+
+class StoreConflict(Conflict):
+    """Another host changed the shared store first; the operation may be retried."""
+
+
 class StateDirError(KeelnetError):
     """The state directory cannot be used: not a directory, read-only, not accessible."""
 

@@ -14,6 +14,7 @@ userspace networks to restart), so an open is cheap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import secrets
@@ -25,9 +26,10 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from keelnet import checks
+from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
-from keelnet.drivers import _gateway, get_driver
+from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
+from keelnet.drivers import _gateway, bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, NetworkRequest
 from keelnet.errors import (
@@ -48,16 +50,19 @@ from keelnet.errors import (
     PortInUse,
     SandboxNotFound,
     StateDirError,
+    StoreUnavailable,
 )
+from keelnet.global_scope import GlobalScope
 from keelnet.inspect import network_inspect
-from keelnet.ipam import AddressPool
+from keelnet.ipam import AddressPool, SubnetPools
 from keelnet.kernel import iptables_compat, links, nftables, nftables_guard, ownership
 from keelnet.kernel.namespaces import iproute, read_sysctl
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox, created_now
-from keelnet.store import PortTaken, Store, default_state_dir
+from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
+from keelnet.store.etcd import EtcdStore
 from keelnet.store.journal import Entry, Journal
 from keelnet.store.sqlite import DB_NAME, check_state_dir
 
@@ -67,13 +72,42 @@ ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _RT_SCOPE_LINK = 253
 _EPOCH = "kernel_epoch"  # meta key: the boot and namespace the store last reconciled in
+_RECONCILED = ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated")
+#: The per-host bridge (and its network) that overlay sandboxes reach the outside by.
+GATEWAY_BRIDGE = "kn-gwbridge"
 _NAMESPACE = "netns"  # meta key: the path of the namespace the store manages ("": the caller's)
 
 
 class Host:
     """keelnet's view of one network namespace (the caller's, or `netns`)."""
 
-    def __init__(self, netns: str | None = None, state_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        netns: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        serve_dns: bool = True,
+        store: str | None = None,
+        name: str | None = None,
+        advertise_address: str | None = None,
+        member: bool = True,
+        lease_ttl: int = DEFAULT_LEASE_TTL,
+        dataplane: str | None = None,
+    ):
+        """A host: `netns` (None: the caller's), its state in `state_dir`.
+
+        `serve_dns=False`: this process runs no DNS server (the CLI's short-lived
+        commands; the agent serves); sandboxes still get their resolv.conf.
+
+        `store` (or `$KEELNET_STORE`): `etcd://HOST:PORT[,...]`, the cluster store that
+        global-scope (overlay) networks live in; without it everything is local (SQLite).
+        With it this Host is the cluster member `name` (default: the netns name, else the
+        hostname) whose VTEP is `advertise_address` (default: this namespace's source
+        address towards etcd); `member=False` only reads and writes the store (no lease,
+        no peers: short-lived commands). `dataplane` (kernel or userspace) is what this
+        host runs for global networks created with `dataplane=auto`."""
+        if dataplane not in (None, "kernel", "userspace", "auto"):
+            raise InvalidRequest(f"invalid dataplane {dataplane!r}: use kernel or userspace")
         self.netns = netns
         self.netns_path = netns_sandbox.host_path(netns)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir(netns)
@@ -91,17 +125,47 @@ class Host:
             self._rtnl = Rtnl(self.netns_path)
             self._exit.callback(self._rtnl.close)
             self._ctx = PlaneHostContext(self.netns_path, self._ipr, self._rtnl, self.owner)
+            self._ctx.dataplane = dataplane
             # Userspace data planes run on this process's threads: they stop with the Host.
             self._exit.callback(self._ctx.planes.close_all)
             self._docker_compat = iptables_compat.DockerCompat(self.netns_path)
             self._applied_script: str | None = None  # the nft script last loaded here
+            # The DNS resolver runs on this process's thread too: it stops with the Host.
+            self._dns = dns.HostDns(self.store, netns, self.netns_path, serve=serve_dns)
+            self._exit.callback(self._dns.close)
             self._check_store_namespace()
             self._claim.check()
+            self._global: GlobalScope | None = None
+            store = store or os.environ.get("KEELNET_STORE") or None
+            if store:
+                self._global = GlobalScope(
+                    self._ctx,
+                    store,
+                    name=name or (Path(netns).name if netns else socket.gethostname()),
+                    advertise_address=advertise_address,
+                    member=member,
+                    lease_ttl=lease_ttl,
+                )
+                self._exit.callback(self._global.close)  # leaves before the planes stop
             if self._needs_reconcile():
                 self.reconcile()
+            elif self._global is not None and self.cluster is not None:
+                # Its overlay endpoints: userspace ones to serve again, half-made ones.
+                self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
+            self._dns.rebuild()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def global_store(self) -> EtcdStore | None:
+        """The cluster store of global networks, if this Host has one."""
+        return self._global.store if self._global else None
+
+    @property
+    def cluster(self) -> ClusterMember | None:
+        """This host's membership of the cluster (lease, watch), if it is a member."""
+        return self._global.cluster if self._global else None
 
     def close(self) -> None:
         nftables.close(self.netns_path)
@@ -138,6 +202,11 @@ class Host:
 
     def __enter__(self) -> Host:
         return self
+
+    @property
+    def resolver(self) -> dns.Resolver | None:
+        """The embedded DNS resolver, once a network with DNS has an endpoint."""
+        return self._dns.resolver
 
     def __exit__(
         self,
@@ -177,8 +246,19 @@ class Host:
         for flag, value in (("ipv6", ipv6), ("internal", internal)):
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
-        with self._operation() as op:
+        if the_driver.scope == "global":
+            scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
+                raise DuplicateNetwork(f"network with name {name} already exists")
+            plan = functools.partial(
+                self._plan_ipam, subnets, gateways, ranges, aux, ipv6, gateway_on_host=False
+            )
+            local = [(c.subnet, n.name) for n in self.store.networks() for c in n.ipam]
+            return scope.create_network(
+                the_driver, name, plan, local, ipv6, internal, opts, label_map
+            )
+        with self._operation() as op:
+            if self.store.find_network(name) is not None or self._global_named(name):
                 raise DuplicateNetwork(f"network with name {name} already exists")
             if the_driver.singleton and any(
                 n.driver == the_driver.name for n in self.store.networks()
@@ -221,6 +301,17 @@ class Host:
             self._sync_firewall(bridges_changed=True)
             return network
 
+    def _require_global(self, driver: str) -> GlobalScope:
+        if self._global is None:
+            raise InvalidRequest(
+                f"{driver} networks are global: give a cluster store "
+                "(keelnet --store etcd://HOST:PORT, $KEELNET_STORE, or Host(store=...))"
+            )
+        return self._global
+
+    def _global_named(self, name: str) -> bool:
+        return self.global_store is not None and self.global_store.find_network(name) is not None
+
     def _plan_ipam(
         self,
         subnets: list[str],
@@ -230,7 +321,12 @@ class Host:
         ipv6: bool,
         *,
         gateway_on_host: bool,
+        taken: list[tuple[checks.IPNetwork, str]] | None = None,
+        subnet_pools: SubnetPools | None = None,
     ) -> tuple[tuple[IpamConfig, ...], dict[int, AddressPool], list[str]]:
+        """The network's subnets (those asked for, else carved from `subnet_pools`,
+        default: the host's, overlapping none of `taken`, default: every network this
+        host knows, local and global), with their address pools."""
         requested: dict[int, checks.IPNetwork] = {}
         for text in subnets:
             net = checks.subnet(text, gateway_on_host=gateway_on_host)
@@ -249,9 +345,13 @@ class Host:
                         f"IPv{version} "
                         "subnet (give the subnet it belongs to as well)"
                     )
-        taken = [
-            (ipaddress.ip_network(c.subnet), n.name) for n in self.store.networks() for c in n.ipam
-        ]
+        if taken is None:
+            global_networks = self.global_store.networks() if self.global_store else []
+            taken = [
+                (ipaddress.ip_network(c.subnet), n.name)
+                for n in [*self.store.networks(), *global_networks]
+                for c in n.ipam
+            ]
         for net in requested.values():
             for other, owner in taken:
                 if net.version == other.version and net.overlaps(other):
@@ -265,7 +365,9 @@ class Host:
         versions = (4, 6) if ipv6 else (4,)
         by_gateway = checks.by_family(gateways, "gateway", network=False)
         by_range = checks.by_family(ranges, "ip range", network=True)
-        subnet_pools = self.store.subnet_pools()
+        own_pools = subnet_pools is None
+        if subnet_pools is None:
+            subnet_pools = self.store.subnet_pools()
         carved: list[str] = []
         for version in versions:
             if version not in requested:
@@ -273,7 +375,7 @@ class Host:
                 text = subnet_pools.request(avoid=avoid, ipv6=version == 6)
                 carved.append(text)
                 requested[version] = ipaddress.ip_network(text)
-        if carved:
+        if carved and own_pools:
             self.store.save_subnet_pools(subnet_pools)
         configs: list[IpamConfig] = []
         pools: dict[int, AddressPool] = {}
@@ -318,7 +420,14 @@ class Host:
         return routes
 
     def remove_network(self, name: str) -> None:
-        """Remove a network with no endpoints; one that does not exist is already removed."""
+        """Remove a network with no endpoints; one that does not exist is already removed.
+        A global network is removed cluster-wide, refused while any host has endpoints."""
+        if self.store.find_network(name) is None and self.global_store is not None:
+            found = self.global_store.find_network(name)
+            if found is not None:
+                self.global_store.remove_network(found)
+                get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
+                return
         with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
             if network is None:
@@ -329,6 +438,7 @@ class Host:
                 )
             op.begin()
             get_driver(network.driver).delete_network(self._ctx, network)
+            self._dns.network_removed(network)
             carved = self.store.subnets_from_defaults(network.id)
             self.store.remove_network(network.id)
             if carved:
@@ -341,16 +451,26 @@ class Host:
             self._release_if_empty()
 
     def networks(self) -> list[Network]:
-        return self.store.networks()
+        """This host's local networks, then the cluster's global ones."""
+        global_networks = self.global_store.networks() if self.global_store else []
+        return self.store.networks() + global_networks
 
     def network(self, name: str) -> Network:
         network = self.store.find_network(name)
+        if network is None and self.global_store is not None:
+            network = self.global_store.find_network(name)
         if network is None:
             raise NetworkNotFound(f"network {name} not found")
         return network
 
     def inspect_network(self, name: str) -> dict[str, Any]:
-        return network_inspect(self.store, self.network(name))
+        network = self.network(name)
+        return network_inspect(self._store_for(network), network, self.store)
+
+    def _store_for(self, network: Network) -> NetworkStore:
+        if network.scope == "global":
+            return self._require_global(network.driver).store
+        return self.store
 
     def data_plane_running(self, network: Network) -> bool:
         """Whether this Host runs `network`'s userspace data plane."""
@@ -409,11 +529,12 @@ class Host:
             if found is None:
                 return
             op.begin()
-            for endpoint in self.store.endpoints(sandbox=found.name):
+            for endpoint in self._sandbox_endpoints(found.name):
                 self._disconnect(self.network(endpoint.network_id), endpoint)
             if found.owned:
                 netns_sandbox.delete(found.path)
             self.store.remove_sandbox(found.name)
+            self._dns.sandbox_removed(name)
             self._release_if_empty()
 
     # --- endpoints -----------------------------------------------------------------------
@@ -455,20 +576,34 @@ class Host:
             sandbox = box.name
             if not netns_sandbox.exists(box.path):
                 raise SandboxNotFound(f"sandbox {sandbox}: its network namespace is gone")
-            if self.store.endpoints(network_id=net.id, sandbox=sandbox):
+            if self._store_for(net).endpoints(network_id=net.id, sandbox=sandbox):
                 raise DuplicateEndpoint(f"sandbox {sandbox} is already connected to {net.name}")
             driver = get_driver(net.driver)
             if mac is not None and not driver.shares_parent_mac:
                 self._check_mac_free(net, mac)
             endpoint_id = secrets.token_hex(32)
-            addresses = self._allocate(net, requested) if driver.uses_ipam else {}
+            ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
+            scope = self._require_global(net.driver) if net.scope == "global" else None
+            if scope is not None:
+                for version, address in requested.items():
+                    if net.ipam_for(version) is None:
+                        raise AddressOutOfRange(f"{address}: {net.name} has no IPv{version} subnet")
+                ip = requested.get(4) or requested.get(6)
+                addresses = scope.reserve(net, endpoint_id, sandbox, ifname, ip)
+                # Until the connect completes, the reservation is undone on failure.
+                op.undo.append(lambda: scope.release(net, endpoint_id, addresses))
+            else:
+                addresses = self._allocate(net, requested) if driver.uses_ipam else {}
             v4, v6 = net.ipam_for(4), net.ipam_for(6)
             routed = driver.uses_gateway(net) and not net.internal
-            ifname = self._endpoint_ifname(sandbox, wanted_ifname) if driver.uses_ipam else ""
             endpoint = Endpoint(
                 ip=addresses.get(4),
                 ipv6=addresses.get(6),
-                mac=driver.endpoint_mac(self._ctx, net, mac) if driver.uses_ipam else "",
+                mac=(
+                    driver.endpoint_mac(self._ctx, net, mac, addresses.get(4))
+                    if driver.uses_ipam
+                    else ""
+                ),
                 ifname=ifname,
                 gateway=v4.gateway if v4 and routed else None,
                 ipv6_gateway=v6.gateway if v6 and routed else None,
@@ -487,13 +622,42 @@ class Host:
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             op.undo.append(lambda: driver.leave(self._ctx, net, endpoint, box.path))
             driver.join(self._ctx, net, endpoint, box.path)
+            if scope is not None:
+                if not net.internal:
+                    self._attach_gateway_bridge(sandbox, op.undo)
+                scope.publish(endpoint)  # ready: the other hosts program it now
+                return endpoint
             self.store.add_endpoint(endpoint)
+            op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+            self._dns.endpoint_added(net, endpoint)
             if gw_priority:
                 self.store.set_gw_priority(sandbox, endpoint.id, gw_priority)
             # Put the sandbox's routes back as they were should anything after this fail.
             op.undo.append(lambda: self._route_sandbox(box, leaving=endpoint.id))
             self._route_sandbox(box)
             return endpoint
+
+    def _attach_gateway_bridge(self, sandbox: str, undo: list[Undo]) -> None:
+        """Give a sandbox on a global network its way out: the host's `kn-gwbridge`
+        network (made on first use: a bridge with NAT whose sandboxes cannot reach each
+        other), as Docker's docker_gwbridge. The sandbox's default route goes there."""
+        if self.store.find_network(GATEWAY_BRIDGE) is None:
+            self.create_network(
+                GATEWAY_BRIDGE,
+                options={bridge.NAME: GATEWAY_BRIDGE, bridge.ICC: "false"},
+                labels={"com.keelnet.gateway-bridge": "true"},
+            )
+            undo.append(lambda: self.remove_network(GATEWAY_BRIDGE))
+        if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
+            self.connect(GATEWAY_BRIDGE, sandbox)
+            undo.append(lambda: self.disconnect(GATEWAY_BRIDGE, sandbox))
+
+    def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
+        """The sandbox's endpoints on local and global networks."""
+        found = self.store.endpoints(sandbox=sandbox)
+        if self.global_store is not None:
+            found += self.global_store.endpoints(sandbox=sandbox)
+        return found
 
     def _check_mac_free(self, network: Network, mac: str) -> None:
         """Refuse a MAC another endpoint of the network, or its host device, carries: two
@@ -511,7 +675,7 @@ class Host:
                 raise Conflict(f"MAC address {mac} is the address of {device}, {network.name}'s")
 
     def _endpoint_ifname(self, sandbox: str, wanted: str | None) -> str:
-        used = {e.ifname for e in self.store.endpoints(sandbox=sandbox)}
+        used = {e.ifname for e in self._sandbox_endpoints(sandbox)}
         if wanted is None:
             return next(f"eth{n}" for n in range(len(used) + 1) if f"eth{n}" not in used)
         links.check_ifname(wanted, ENDPOINT_IFNAME_OPTION, InvalidOption)
@@ -561,11 +725,12 @@ class Host:
     def disconnect(self, network: str, sandbox: str) -> None:
         """Detach the sandbox; succeeds if it is not (or no longer) connected."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            if net is None:
+            try:
+                net = self.network(network)
+            except NetworkNotFound:
                 return
             name = self._sandbox_name(sandbox)
-            for endpoint in self.store.endpoints(network_id=net.id, sandbox=name):
+            for endpoint in self._store_for(net).endpoints(network_id=net.id, sandbox=name):
                 op.begin()
                 self._disconnect(net, endpoint)
 
@@ -579,6 +744,12 @@ class Host:
             self.store.remove_port(port.host_ip, port.host_port, port.proto)
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
+        if network.scope == "global":
+            store = self._require_global(network.driver).store
+            store.release_endpoint(endpoint)
+            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+                self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
+            return
         for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
             pool = self.store.address_pool(network.id, version)
             if address is None or pool is None:
@@ -587,6 +758,7 @@ class Host:
                 pool.release(address)
             self.store.save_address_pool(network.id, version, pool)
         self.store.remove_endpoint(endpoint.id)
+        self._dns.endpoint_removed(network, endpoint)
         self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
         if box is not None and path is not None:
             self._route_sandbox(box)  # the next network in Docker's order takes over
@@ -594,8 +766,14 @@ class Host:
             self._sync_firewall()
 
     def endpoints(self, network: str | None = None) -> list[Endpoint]:
-        network_id = self.network(network).id if network else None
-        return self.store.endpoints(network_id=network_id)
+        """This host's endpoints (of one network, or all)."""
+        if network is not None:
+            net = self.network(network)
+            return self._store_for(net).endpoints(network_id=net.id)
+        found = self.store.endpoints()
+        if self.global_store is not None:
+            found += self.global_store.endpoints()
+        return found
 
     # --- published ports -----------------------------------------------------------------
 
@@ -703,9 +881,7 @@ class Host:
         unreferenced links, here and in its sandboxes; namespaces an operation cut short
         was creating), re-create what the kernel lost, drop what cannot come back. Only
         ever removes what this store made."""
-        removed = dict.fromkeys(
-            ("links", "sandbox_links", "endpoints", "sandboxes", "namespaces", "recreated"), 0
-        )
+        removed = dict.fromkeys(_RECONCILED, 0)
         with self.store.transaction():
             cut_short = [entry for entry in self._journal.entries() if not entry.live]
             self._claim.forget()  # it may be gone with our tables (a flushed ruleset)
@@ -713,6 +889,17 @@ class Host:
                 self._take_claim()
             networks = {n.id: n for n in self.store.networks()}
             endpoint_ids = {e.id for e in self.store.endpoints()}
+            # A sandbox's links of global networks are this store's too: while the cluster
+            # store cannot say which those are, no sandbox link is removed.
+            in_sandboxes: tuple[dict[str, Network], set[str]] | None = (networks, endpoint_ids)
+            if self.global_store is not None:
+                try:
+                    in_sandboxes = (
+                        networks | {n.id: n for n in self.global_store.networks()},
+                        endpoint_ids | {e.id for e in self.global_store.endpoints()},
+                    )
+                except StoreUnavailable:
+                    in_sandboxes = None
             removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
             links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
             for entry in cut_short:
@@ -735,8 +922,10 @@ class Host:
                     self.store.remove_sandbox(box.name)
                     removed["sandboxes"] += 1
                     continue
+                if in_sandboxes is None:
+                    continue
                 with iproute(box.path) as ipr:
-                    removed["sandbox_links"] += self._remove_leftovers(ipr, networks, endpoint_ids)
+                    removed["sandbox_links"] += self._remove_leftovers(ipr, *in_sandboxes)
             for endpoint in self.store.endpoints():
                 network = networks[endpoint.network_id]
                 if (
@@ -748,6 +937,8 @@ class Host:
             for network in networks.values():
                 if network.dataplane == "userspace":
                     removed["recreated"] += self._restore_userspace(network)
+            if self._global is not None and self.cluster is not None:
+                self._global.reconcile(self.store, removed)
             self._sync_firewall(bridges_changed=True, refresh=True)
             self.store.set_meta(_EPOCH, self._kernel_epoch())
             self._release_if_empty()

@@ -9,24 +9,26 @@ from typing import Any
 from keelnet import port_security
 from keelnet.ipam import AddressPool
 from keelnet.model import IpamConfig, Network
-from keelnet.store import Store
+from keelnet.store import NetworkStore, Store
 
 #: Docker reports address counts as uint64, saturated.
 _UINT64_MAX = 2**64 - 1
 
 
-def network_inspect(store: Store, network: Network) -> dict[str, Any]:
+def network_inspect(store: NetworkStore, network: Network, local: Store) -> dict[str, Any]:
+    """The network as `store` (the host's `local` one, or the cluster's) holds it.
+    `Containers`: this host's endpoints (Docker's swarm mode shows the local ones);
+    `Peers`: for a global network, the hosts taking part."""
     endpoints = store.endpoints(network_id=network.id)
     status = {}
+    allocated = store.addresses(network.id)  # by every host
     for config in network.ipam:
         pool = store.address_pool(network.id, config.version)
         if pool is not None:
-            allocated = [e.ip if config.version == 4 else e.ipv6 for e in endpoints]
-            status[config.subnet] = subnet_status(
-                config, pool, [a for a in allocated if a is not None]
-            )
-    sandbox_ids = {box.name: box.id for box in store.sandboxes()}
-    view = network.to_inspect(endpoints, status, sandbox_ids)
+            mine = [a for a in allocated if ipaddress.ip_address(a).version == config.version]
+            status[config.subnet] = subnet_status(config, pool, mine)
+    sandbox_ids = {box.name: box.id for box in local.sandboxes()}
+    view = network.to_inspect(endpoints, status, sandbox_ids, store.peers(network.id))
     view["PortSecurity"] = port_security.holds(network)  # keelnet addition, as DataPlane
     return view
 

@@ -38,6 +38,10 @@ def timestamp_ns(text: str) -> int:
     return seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
 
 
+#: Drivers whose networks have no embedded DNS server (Docker's).
+NO_DNS_DRIVERS = frozenset({"host", "none"})
+
+
 @dataclass(frozen=True)
 class IpamConfig:
     """One subnet of a network (Docker's `IPAM.Config` entry)."""
@@ -85,6 +89,26 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A host of the cluster: its name and the underlay address of its VTEP."""
+
+    name: str
+    vtep: str
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint of a global network on another host, as the data plane needs it."""
+
+    id: str
+    network_id: str
+    ip: str
+    mac: str
+    vtep: str
+    host: str
+
+
+@dataclass(frozen=True)
 class Sandbox:
     """A network namespace keelnet attaches endpoints to (what a container is to a network)."""
 
@@ -127,6 +151,13 @@ class Network:
     labels: dict[str, str]
     kernel_name: str | None  # bridge name, or None for drivers without a host-side device
     attachable: bool = False  # Docker's --attachable, recorded (every keelnet network is)
+    scope: str = "local"  # "global": shared by the hosts of a cluster store (overlay)
+
+    @property
+    def embedded_dns(self) -> bool:
+        """Whether its sandboxes find each other by name through keelnet's DNS server:
+        every network but Docker's `host` and `none` (as every user-defined network)."""
+        return self.driver not in NO_DNS_DRIVERS
 
     @property
     def created_ns(self) -> int:
@@ -140,6 +171,7 @@ class Network:
         endpoints: list[Endpoint],
         ipam_status: dict[str, dict[str, int]] | None = None,
         sandbox_ids: dict[str, str] | None = None,
+        peers: list[Peer] | None = None,
     ) -> dict[str, Any]:
         """Docker's shape; `Containers` is keyed by each sandbox's id (`sandbox_ids`, by
         name), as Docker keys it by container id, with the sandbox's name inside."""
@@ -154,11 +186,11 @@ class Network:
             }
             for ep in endpoints
         }
-        return {
+        shape: dict[str, Any] = {
             "Name": self.name,
             "Id": self.id,
             "Created": rfc3339nano(self.created_ns),
-            "Scope": "local",
+            "Scope": self.scope,
             "Driver": self.driver,
             "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
             "EnableIPv6": self.ipv6,
@@ -168,7 +200,7 @@ class Network:
                 "Config": [c.to_inspect() for c in self.ipam],
             },
             "Internal": self.internal,
-            "Attachable": self.attachable,
+            "Attachable": self.attachable or self.scope == "global",
             "Ingress": False,
             "ConfigFrom": {"Network": ""},
             "ConfigOnly": False,
@@ -178,6 +210,9 @@ class Network:
             "DataPlane": self.dataplane,  # keelnet addition: which data plane runs
             "Status": {"IPAM": {"Subnets": ipam_status or {}}},
         }
+        if peers is not None:  # global networks: the hosts taking part, as Docker shows them
+            shape["Peers"] = [{"Name": p.name, "IP": p.vtep} for p in peers]
+        return shape
 
     def _with_prefix(self, address: str | None, version: int) -> str:
         config = self.ipam_for(version)

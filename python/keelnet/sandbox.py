@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -108,16 +109,27 @@ def delete(path: str) -> None:
     remove_named(path)
 
 
+def _with_etc(path: str, argv: Sequence[str]) -> list[str]:
+    """`argv`, run through `ip netns exec` when the named namespace has files under
+    /etc/netns/<name> (keelnet's resolv.conf): it mounts them over /etc for the command."""
+    name = os.path.basename(path)
+    if shutil.which(argv[0]) is None:
+        return list(argv)  # let the caller see FileNotFoundError, as without the wrapper
+    if os.path.dirname(path) == str(NETNS_RUN_DIR) and os.path.isdir(f"/etc/netns/{name}"):
+        return ["ip", "netns", "exec", name, *argv]
+    return list(argv)
+
+
 def exec_in(path: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-    """Run a command inside the sandbox's network namespace."""
+    """Run a command inside the sandbox's network namespace (with its resolv.conf)."""
     if not exists(path):
         raise SandboxNotFound(f"no network namespace at {path!r}")
     # Started while this thread is in the namespace: the child begins its life there.
-    return call_in_netns(path, lambda: subprocess.run(list(argv), **kwargs))
+    return call_in_netns(path, lambda: subprocess.run(_with_etc(path, argv), **kwargs))
 
 
 def popen_in(path: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Start a command inside the sandbox's network namespace."""
+    """Start a command inside the sandbox's network namespace (with its resolv.conf)."""
     if not exists(path):
         raise SandboxNotFound(f"no network namespace at {path!r}")
-    return call_in_netns(path, lambda: subprocess.Popen(list(argv), **kwargs))
+    return call_in_netns(path, lambda: subprocess.Popen(_with_etc(path, argv), **kwargs))

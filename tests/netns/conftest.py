@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clusterlab import Cluster, EtcdCluster, Segment
 from netlab import Lab, build, remove_prefix
 
 import keelnet
@@ -71,3 +72,61 @@ def host(lab: Lab) -> Iterator[keelnet.Host]:
                 the_host.remove_network(network.name)
         finally:
             the_host.close()
+
+
+# --- clusters: several test hosts and etcd, each in its own namespace -------------------
+
+
+@pytest.fixture
+def cluster_prefix() -> Iterator[str]:
+    """A namespace prefix whose every namespace is removed after the test."""
+    prefix = f"kn-c-{secrets.token_hex(3)}"
+    try:
+        yield prefix
+    finally:
+        remove_prefix(prefix)
+
+
+@pytest.fixture
+def underlay(cluster_prefix: str) -> Segment:
+    """One L2 underlay segment, 192.0.2.0/24."""
+    segment = Segment(cluster_prefix, "sw", "192.0.2.")
+    segment.create()
+    return segment
+
+
+def _etcd(
+    cluster_prefix: str, underlay: Segment, tmp_path: Path, size: int
+) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(cluster_prefix, underlay, tmp_path / "etcd", size=size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()  # every member, also when the test failed
+
+
+@pytest.fixture
+def etcd(cluster_prefix: str, underlay: Segment, tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A one-member etcd on the underlay (192.0.2.101)."""
+    yield from _etcd(cluster_prefix, underlay, tmp_path, 1)
+
+
+@pytest.fixture
+def etcd3(cluster_prefix: str, underlay: Segment, tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A three-member etcd on the underlay (192.0.2.101-103)."""
+    yield from _etcd(cluster_prefix, underlay, tmp_path, 3)
+
+
+@pytest.fixture
+def cluster(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Cluster]:
+    """keelnet hosts on the underlay, members of the one-member etcd."""
+    with Cluster(etcd, tmp_path / "hosts") as the_cluster:
+        yield the_cluster
+
+
+@pytest.fixture
+def cluster3(etcd3: EtcdCluster, tmp_path: Path) -> Iterator[Cluster]:
+    """keelnet hosts on the underlay, members of the three-member etcd."""
+    with Cluster(etcd3, tmp_path / "hosts") as the_cluster:
+        yield the_cluster

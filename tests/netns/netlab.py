@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path, write_
 HOST_UPLINK = "kn-up0"
 HOST_ADDRESS = "192.0.2.1"
 OUTSIDE_ADDRESS = "192.0.2.2"
+NETNS_ETC = Path("/etc/netns")
 HOST_ADDRESS6 = "2001:db8:1::1"  # documentation prefix, never routed
 OUTSIDE_ADDRESS6 = "2001:db8:1::2"
 DOCKER_RULES = [
@@ -62,7 +64,8 @@ def create_ns(name: str) -> None:
 
 def build(lab: Lab) -> None:
     """The lab's namespaces: the host and the outside joined by a veth underlay, the host
-    with Docker's iptables (FORWARD policy DROP, DOCKER-USER). `remove_prefix` undoes it."""
+    with Docker's iptables (FORWARD policy DROP, DOCKER-USER) and a resolv.conf naming
+    the outside. `remove_prefix` undoes it."""
     create_ns(lab.host)
     create_ns(lab.outside)
     with iproute(netns_path(lab.host)) as ipr:
@@ -87,6 +90,11 @@ def build(lab: Lab) -> None:
     for tool in ("iptables", "ip6tables"):  # Docker drops IPv6 forwarding too
         for rule in DOCKER_RULES:
             run_in(lab.host, tool, "-w", *rule.split())
+    # The host's resolv.conf names only the outside namespace: no DNS query of a test
+    # ever goes to the machine's resolvers (test_dns.py runs a server there).
+    own = NETNS_ETC / lab.host
+    own.mkdir(parents=True, exist_ok=True)
+    (own / "resolv.conf").write_text(f"nameserver {OUTSIDE_ADDRESS}\n")
 
 
 def remove_prefix(prefix: str) -> None:
@@ -94,6 +102,11 @@ def remove_prefix(prefix: str) -> None:
         if name.startswith(prefix):
             with contextlib.suppress(OSError):
                 pyroute2_netns.remove(name)
+    # resolv.conf files of the lab's host and sandboxes (`ip netns exec` mounts them).
+    if NETNS_ETC.is_dir():
+        for entry in NETNS_ETC.iterdir():
+            if entry.name.startswith(prefix):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 # --- state snapshots: "exactly as before" --------------------------------------------------

@@ -15,6 +15,7 @@ from netlab import Lab
 from nettools import ping, wait_until
 from pyroute2 import NetNS
 
+from keelnet import dns
 from keelnet.agent import PROTOCOL, socket_path
 
 
@@ -194,14 +195,48 @@ def test_commands_that_race_start_one_agent(lab: Lab) -> None:
     assert listed == sorted(lab.name(f"race{n}") for n in range(4))
 
 
-def test_kernel_networks_need_no_agent(lab: Lab) -> None:
-    created = keelnet_cli(lab, "network", "create", "--subnet", "10.83.0.0/24", "k")
+def test_networks_without_names_or_planes_need_no_agent(lab: Lab) -> None:
+    created = keelnet_cli(lab, "network", "create", "-d", "none", "k")
     assert created.returncode == 0 and created.stderr == ""
     assert keelnet_cli(lab, "sandbox", "create", lab.name("k")).returncode == 0
     assert keelnet_cli(lab, "network", "connect", "k", lab.name("k")).returncode == 0
     assert agent_pids(lab) == []
     inspected = json.loads(keelnet_cli(lab, "network", "inspect", "k").stdout)[0]
     assert "DataPlaneStatus" not in inspected
+
+
+def test_a_network_with_names_brings_the_agent_that_serves_them(lab: Lab) -> None:
+    """The CLI's commands exit, so a bridge network's DNS server lives in the agent
+    (started by the command that made the network); `sandbox exec` mounts the
+    sandbox's resolv.conf, and the names answer between commands."""
+    a, b = lab.name("a"), lab.name("b")
+    created = keelnet_cli(lab, "network", "create", "--subnet", "10.97.0.0/24", "named")
+    assert created.returncode == 0 and created.stderr.count(STARTED) == 1, created.stderr
+    assert "its DNS server" in created.stderr
+    for step in [
+        ("sandbox", "create", a),
+        ("sandbox", "create", b),
+        ("network", "connect", "--alias", "db", "named", a),
+        ("network", "connect", "named", b),
+    ]:
+        result = keelnet_cli(lab, *step)
+        assert result.returncode == 0 and result.stderr == "", (step, result.stderr)
+    assert len(agent_pids(lab)) == 1
+    assert "nameserver 127.0.0.11" in dns.resolv_conf_path(b).read_text()
+    found = keelnet_cli(lab, "sandbox", "exec", b, "--", "getent", "hosts", "db")
+    assert found.returncode == 0 and found.stdout.split()[0].startswith("10.97.0."), found
+    assert keelnet_cli(lab, "network", "disconnect", "named", a).returncode == 0
+    gone = keelnet_cli(lab, "sandbox", "exec", b, "--", "getent", "hosts", "db")
+    assert gone.returncode == 2, gone
+    # Killed outright, the agent comes back with the next change and serves the names
+    # the store holds.
+    (pid,) = agent_pids(lab)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not agent_pids(lab), timeout=20)
+    assert keelnet_cli(lab, "network", "connect", "--alias", "db2", "named", a).returncode == 0
+    found = keelnet_cli(lab, "sandbox", "exec", b, "--", "getent", "hosts", "db2")
+    assert found.returncode == 0, found
+    assert keelnet_cli(lab, "sandbox", "exec", a, "--", "getent", "hosts", b).returncode == 0
 
 
 def test_an_agent_of_another_protocol_is_named_not_misunderstood(lab: Lab) -> None:

@@ -11,15 +11,27 @@ from netlab import HOST_UPLINK, Lab, kernel_state, store_state
 import keelnet
 from keelnet import errors
 from keelnet.kernel import iptables_compat, links
+from keelnet.kernel.namespaces import iproute, netns_path
 
 Action = Callable[[keelnet.Host, Lab], object]
 
 
 def _prepare(host: keelnet.Host, lab: Lab) -> None:
-    host.create_network("taken", subnet="10.80.0.0/24", ipv6=True)
+    bridge = host.create_network("taken", subnet="10.80.0.0/24", ipv6=True).kernel_name
     host.create_sandbox(lab.name("s"))
     host.connect("taken", lab.name("s"), ip="10.80.0.10")
     host.create_sandbox(lab.name("free"))
+    # The bridge's link-local address comes when the kernel's link watcher sees its first
+    # port's carrier (up to a second later, more on a loaded machine): wait for it, so the
+    # snapshots compare a settled state.
+    deadline = time.monotonic() + 20
+    with iproute(netns_path(lab.host)) as ipr:
+        index = links.link_index(ipr, str(bridge))
+        while time.monotonic() < deadline:
+            found = [a.get("address") for a in ipr.addr("dump", index=index, family=10)]
+            if any(str(address).startswith("fe80:") for address in found):
+                break
+            time.sleep(0.05)
 
 
 CASES: list[tuple[str, type[Exception], Action]] = [

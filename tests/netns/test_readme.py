@@ -41,8 +41,9 @@ def normalized(lines: list[str], names: dict[str, str]) -> list[list[str]]:
 
 
 def test_the_readme_session_prints_what_the_readme_shows(lab: Lab) -> None:
-    sandbox = lab.name("app")
-    names = {str(lab.state_dir): "/var/lib/keelnet/default", sandbox: "app"}
+    sandboxes = {shown: lab.name(shown) for shown in ("app", "db")}
+    names = {str(lab.state_dir): "/var/lib/keelnet/default"}
+    names.update({mine: shown for shown, mine in sandboxes.items()})
     keelnet = [sys.executable, "-m", "keelnet.cli", "--netns", lab.host]
     keelnet += ["--state-dir", str(lab.state_dir)]
     steps = session()
@@ -50,7 +51,7 @@ def test_the_readme_session_prints_what_the_readme_shows(lab: Lab) -> None:
     for command, shown in steps:
         argv = shlex.split(command)
         assert argv[0] == "keelnet", command
-        argv = [sandbox if word == "app" else word for word in argv[1:]]
+        argv = [sandboxes.get(word, word) for word in argv[1:]]
         result = subprocess.run(
             [*keelnet, *argv],
             capture_output=True,

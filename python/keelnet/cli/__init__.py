@@ -37,38 +37,64 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
 
 
-def _in_agent(argv: list[str]) -> int | None:
-    """Hand the command line to this host's agent if one serves it (its exit status);
-    None: this process parses and runs it (it also reports any trouble reaching the agent)."""
-    netns = state_dir = None
-    words: list[str] = []
-    tokens = iter(argv)
-    for token in tokens:
-        name, has_value, value = token.partition("=")
-        if name in ("--netns", "--state-dir") and not words:
-            value = value if has_value else next(tokens, "")
-            netns, state_dir = (value, state_dir) if name == "--netns" else (netns, value)
-        elif token.startswith("-") and not words:
-            return None  # --help, --version among others, or a mistake: parsed here
-        else:
-            words.append(token)
-    if len(words) < 2 or words[0] not in AGENT_NOUNS or os.geteuid() != 0:
-        return None
-    verb = (words[0], words[1])
-    if verb == _RUN_HERE or (verb == _ASKS_FIRST and not {"-f", "--force"} & set(words)):
-        return None
+class CommandLine:
+    """What a command line names before any parsing: the global flags, then the words
+    (noun, verb, arguments); `parsed_here` when a global option other than those two
+    comes first (--help, --version, a mistake), which argparse must handle."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.netns: str | None = None
+        self.state_dir: str | None = None
+        self.words: list[str] = []
+        self.parsed_here = False
+        tokens = iter(argv)
+        for token in tokens:
+            name, has_value, value = token.partition("=")
+            if name in ("--netns", "--state-dir", "--store") and not self.words:
+                value = value if has_value else next(tokens, "")
+                if name == "--netns":
+                    self.netns = value
+                elif name == "--state-dir":
+                    self.state_dir = value
+            elif token.startswith("-") and not self.words:
+                self.parsed_here = True
+                return
+            else:
+                self.words.append(token)
+
+    @property
+    def noun(self) -> str | None:
+        return self.words[0] if self.words else None
+
+
+def forward(netns: str | None, state_dir: str | None, argv: list[str]) -> int | None:
+    """Run the command line in the agent serving this host and print what it printed;
+    its exit status, None when no agent serves the host."""
     from keelnet import agent
 
-    try:
-        answer = agent.forward(netns, state_dir, argv)
-    except Exception:
-        return None
+    answer = agent.forward(netns, state_dir, argv)
     if answer is None:
         return None
     status, out, err = answer
     sys.stdout.write(out)
     sys.stderr.write(err)
     return status
+
+
+def _in_agent(argv: list[str]) -> int | None:
+    """Hand the command line to this host's agent if one serves it (its exit status);
+    None: this process parses and runs it (it also reports any trouble reaching the agent)."""
+    line = CommandLine(argv)
+    words = line.words
+    if line.parsed_here or len(words) < 2 or words[0] not in AGENT_NOUNS or os.geteuid() != 0:
+        return None
+    verb = (words[0], words[1])
+    if verb == _RUN_HERE or (verb == _ASKS_FIRST and not {"-f", "--force"} & set(words)):
+        return None
+    try:
+        return forward(line.netns, line.state_dir, argv)
+    except Exception:
+        return None
 
 
 __all__ = ["main"]

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from typing import Any, TypeAlias
 
     from keelnet.host import Host
-    from keelnet.model import Network
-    from keelnet.store import Store
+    from keelnet.model import Endpoint, Network
+    from keelnet.store import NetworkStore, Store
+    from keelnet.store.etcd import EtcdStore
 
 # (Annotations are not evaluated: TypeAlias need not exist at run time.)
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -37,19 +38,37 @@ class Session:
     In the agent the session wraps the agent's Host; in a CLI process it opens the store or
     the Host only when the command first asks for it."""
 
-    def __init__(self, netns: str | None, state_dir: str | None, host: Host | None = None):
+    def __init__(
+        self,
+        netns: str | None,
+        state_dir: str | None,
+        host: Host | None = None,
+        cluster_store: str | None = None,
+    ):
         self.netns = netns
         self.state_dir = state_dir
         self._host = host
         self._in_agent = host is not None
         self._store: Store | None = None
+        #: `--store` (else $KEELNET_STORE): where global (overlay) networks live.
+        self.cluster_store = cluster_store or os.environ.get("KEELNET_STORE") or None
+        self._global: EtcdStore | None = None
 
     @property
     def host(self) -> Host:
         if self._host is None:
             from keelnet.host import Host
 
-            self._host = Host(netns=self.netns, state_dir=self.state_dir)
+            # This process exits with the command: names are the agent's to serve (the
+            # sandboxes' resolv.conf files are written here all the same), and it is no
+            # cluster member (an overlay connect runs in the agent, which is).
+            self._host = Host(
+                netns=self.netns,
+                state_dir=self.state_dir,
+                serve_dns=False,
+                store=self.cluster_store,
+                member=False,
+            )
         return self._host
 
     @property
@@ -60,21 +79,65 @@ class Session:
             self._store = _open_store(self.netns, self.state_dir)
         return self._store
 
+    @property
+    def global_store(self) -> EtcdStore | None:
+        """The cluster store, if one is given (opened when first asked for)."""
+        if self._host is not None and self._host.global_store is not None:
+            return self._host.global_store
+        if self.cluster_store is None:
+            return None
+        if self._global is None:
+            import socket
+
+            from keelnet.sandbox import host_path
+            from keelnet.store.etcd import EtcdStore
+
+            name = self.netns.rsplit("/", 1)[-1] if self.netns else socket.gethostname()
+            namespace = host_path(self.netns)
+            self._global = EtcdStore(self.cluster_store, host=name, netns_path=namespace)
+        return self._global
+
+    def networks(self) -> list[Network]:
+        """The host's local networks, then the cluster's global ones."""
+        found = self.store.networks()
+        if self.global_store is not None:
+            found += self.global_store.networks()
+        return found
+
+    def endpoints(self) -> list[Endpoint]:
+        """The host's endpoints, on local and global networks."""
+        found = self.store.endpoints()
+        if self.global_store is not None:
+            found += self.global_store.endpoints()
+        return found
+
+    def find_network(self, name: str) -> Network | None:
+        network = self.store.find_network(name)
+        if network is None and self.global_store is not None:
+            network = self.global_store.find_network(name)
+        return network
+
     def network(self, name: str) -> Network:
         from keelnet.errors import NetworkNotFound
 
-        network = self.store.find_network(name)
+        network = self.find_network(name)
         if network is None:
             raise NetworkNotFound(f"network {name} not found")
         return network
+
+    def store_for(self, network: Network) -> NetworkStore:
+        """The store that holds `network`: the host's, or the cluster's."""
+        if network.scope == "global" and self.global_store is not None:
+            return self.global_store
+        return self.store
 
     def plane_status(self, network: Network) -> str | None:
         """`running`, or `not running: why`, for a network whose plane needs the agent;
         None for one whose data plane is the kernel's."""
         from keelnet import agent
 
-        if agent.needs_agent(network) is None:
-            return None
+        if network.dataplane != "userspace":
+            return None  # a kernel plane runs without the agent (its DNS does not)
         if self._in_agent:
             assert self._host is not None
             if self._host.data_plane_running(network):
@@ -96,6 +159,8 @@ class Session:
             self._host.close()
         if self._store is not None:
             self._store.close()
+        if self._global is not None:
+            self._global.close()
 
 
 def _open_store(netns: str | None, state_dir: str | None) -> Store:

@@ -21,10 +21,13 @@ def add_commands(commands: Commands) -> None:
         "other commands; commands that need it start it. Without a command: run it here.",
     )
     agent.set_defaults(standalone=run_agent)
+    _dataplane_flag(agent)
     verbs = agent.add_subparsers(dest="agent_verb", metavar="COMMAND")
-    verbs.add_parser(
+    run = verbs.add_parser(
         "run", help="Run the agent in the foreground (as systemd does)", description="Run"
-    ).set_defaults(standalone=run_agent)
+    )
+    run.set_defaults(standalone=run_agent)
+    _dataplane_flag(run)
     verbs.add_parser(
         "start", help="Start the agent in the background unless it runs", description="Start"
     ).set_defaults(standalone=start_agent)
@@ -36,16 +39,30 @@ def add_commands(commands: Commands) -> None:
     ).set_defaults(standalone=stop_agent)
 
 
+def _dataplane_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataplane",
+        choices=("kernel", "userspace"),
+        help="what this host runs for overlay networks created with dataplane=auto",
+    )
+
+
 def run_agent(args: argparse.Namespace) -> int:
     from keelnet import agent
 
-    return agent.serve(args.netns, args.state_dir, run_forwarded)
+    return agent.serve(
+        args.netns,
+        args.state_dir,
+        run_forwarded,
+        store=args.store,
+        dataplane=getattr(args, "dataplane", None),
+    )
 
 
 def start_agent(args: argparse.Namespace) -> int:
     from keelnet import agent
 
-    if agent.ensure_running(args.netns, args.state_dir, "asked to"):
+    if agent.ensure_running(args.netns, args.state_dir, "asked to", store=args.store):
         print("keelnet agent started")
     else:
         print("keelnet agent is already running")

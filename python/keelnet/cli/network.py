@@ -38,7 +38,8 @@ PRUNE_WARNING = (
 
 def add_commands(commands: Commands) -> None:
     network = commands.add_parser("network", help="Manage networks", description="Manage networks")
-    verbs = network.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    network.set_defaults(noun_help=network.print_help)  # `keelnet network` alone: its help
+    verbs = network.add_subparsers(dest="verb", metavar="COMMAND")
 
     create = command(verbs, "create", "Create a network", create_network, WRITE)
     create.add_argument("name", metavar="NETWORK", help="name of the new network")
@@ -254,7 +255,7 @@ class NetworkRow:
         self.ID = network.id if no_trunc else network.id[:12]
         self.Name = network.name
         self.Driver = network.driver
-        self.Scope = "local"
+        self.Scope = network.scope
         self.IPv4 = "true"
         self.IPv6 = str(network.ipv6).lower()
         self.Internal = str(network.internal).lower()
@@ -283,9 +284,8 @@ def natural_key(text: str) -> list[Any]:
 
 def list_networks(session: Session, args: argparse.Namespace) -> int:
     wanted = filters.NetworkFilter.parse(args.filter, filters.LIST_KEYS)
-    store = session.store
-    used = {e.network_id for e in store.endpoints()}
-    networks = [n for n in store.networks() if wanted.matches(n, n.id in used)]
+    used = {e.network_id for e in session.endpoints()}
+    networks = [n for n in session.networks() if wanted.matches(n, n.id in used)]
     networks.sort(key=lambda n: natural_key(n.name))
     if args.quiet:
         for network in networks:
@@ -309,11 +309,11 @@ def inspect_networks(session: Session, args: argparse.Namespace) -> int:
     found: list[dict[str, Any]] = []
     missing: list[str] = []
     for name in args.names:
-        network = session.store.find_network(name)
+        network = session.find_network(name)
         if network is None:
             missing.append(f"network {name} not found")
             continue
-        view = network_inspect(session.store, network)
+        view = network_inspect(session.store_for(network), network, session.store)
         status = session.plane_status(network)
         if status is not None:
             view["DataPlaneStatus"] = status

@@ -24,7 +24,8 @@ def add_commands(commands: Commands) -> None:
         help="Publish sandbox ports on the host",
         description="Publish sandbox ports on the host",
     )
-    verbs = port.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    port.set_defaults(noun_help=port.print_help)  # `keelnet port` alone: its help
+    verbs = port.add_subparsers(dest="verb", metavar="COMMAND")
     for verb, handler, what in (
         ("publish", publish_port, "Publish a sandbox port on the host"),
         ("unpublish", unpublish_port, "Remove a published port"),

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from keelnet.agent import AgentError
-from keelnet.cli import agent, network, port, sandbox
+from keelnet.cli import CommandLine, agent, forward, network, port, sandbox
 from keelnet.cli._common import (
     LOCAL,
     READ,
@@ -32,7 +32,6 @@ NOUNS = {
     "port": port.add_commands,
     "agent": agent.add_commands,
 }
-_GLOBAL_WITH_VALUE = ("--netns", "--state-dir")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -48,6 +47,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir",
         help="state directory (default: $KEELNET_STATE_DIR or /var/lib/keelnet/<netns>)",
+    )
+    parser.add_argument(
+        "--store",
+        help="cluster store for global (overlay) networks: etcd://HOST:PORT[,HOST:PORT...] "
+        "(default: $KEELNET_STORE; none: everything stays local)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for noun, add_commands in NOUNS.items():
@@ -77,9 +81,12 @@ class _Version(argparse.Action):
 def run_demo(args: argparse.Namespace) -> int:
     """Networks (real namespaces, removed afterwards), then IPAM."""
     from keelnet.demo import run_network_demo
+    from keelnet.demo_overlay import run_overlay_demo
     from keelnet.ipam_demo import run_ipam_demo
 
     status = run_network_demo()
+    print()
+    status |= run_overlay_demo()
     print()
     run_ipam_demo()
     return status
@@ -113,29 +120,23 @@ def _go_bools(argv: list[str]) -> list[str]:
     return result
 
 
-def _noun(argv: list[str]) -> str | None:
-    """The noun a command line names (None: none of ours, or help for all of them)."""
-    tokens = iter(argv)
-    for token in tokens:
-        if token in _GLOBAL_WITH_VALUE:
-            next(tokens, None)
-        elif not token.startswith("-"):
-            return token if token in NOUNS else None
-        elif token in ("-h", "--help"):
-            return None
-    return None
-
-
 def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     """The command line parsed (by `parser`, else one built for the noun it names)."""
     argv = _go_bools(argv)
-    return (parser or build_parser(only=_noun(argv))).parse_args(argv)
+    if parser is None:
+        line = CommandLine(argv)
+        known = not line.parsed_here and line.noun in NOUNS
+        parser = build_parser(only=line.noun if known else None)  # else: all, for help
+    return parser.parse_args(argv)
 
 
 def _main(argv: list[str]) -> int:
     args = parse(argv)
     if args.command is None:
         build_parser().print_help()
+        return 0
+    if getattr(args, "handler", None) is None and getattr(args, "standalone", None) is None:
+        args.noun_help()  # a noun without a verb: its help, as `docker network` prints
         return 0
     problem = missing_privileges()
     if problem is not None:
@@ -155,7 +156,7 @@ def _main(argv: list[str]) -> int:
         answer = _forward(args, argv)
         if answer is not None:
             return answer
-    session = Session(args.netns, args.state_dir)
+    session = Session(args.netns, args.state_dir, cluster_store=args.store)
     try:
         agent_runs = access in (WRITE, LOCAL) and _ensure_agent(session)
         if agent_runs and access == WRITE:
@@ -169,7 +170,7 @@ def _main(argv: list[str]) -> int:
     if access == WRITE and status == 0:
         # A network just made may need the agent: it takes the plane over from this
         # process (gone with it), so it starts after this process let go of the host.
-        after = Session(args.netns, args.state_dir)
+        after = Session(args.netns, args.state_dir, cluster_store=args.store)
         try:
             _ensure_agent(after)
         finally:
@@ -178,27 +179,26 @@ def _main(argv: list[str]) -> int:
 
 
 def _forward(args: argparse.Namespace, argv: list[str]) -> int | None:
-    from keelnet import agent as agents
-
-    answer = agents.forward(args.netns, args.state_dir, argv)
-    if answer is None:
-        return None
-    status, out, err = answer
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    return status
+    return forward(args.netns, args.state_dir, argv)
 
 
 def _ensure_agent(session: Session) -> bool:
     """Make sure the agent runs when a network of this host needs it (True then); the
     command that starts it says so once on stderr."""
     from keelnet import agent as agents
+    from keelnet.errors import StoreUnavailable
 
-    for found in session.store.networks():
+    try:
+        networks = session.networks()
+    except StoreUnavailable:  # global networks unknown: the command itself will say so
+        networks = session.store.networks()
+    for found in networks:
         reason = agents.needs_agent(found)
         if reason is None:
             continue
-        if agents.ensure_running(session.netns, session.state_dir, reason):
+        if agents.ensure_running(
+            session.netns, session.state_dir, reason, store=session.cluster_store
+        ):
             print(
                 f"keelnet: started the keelnet agent for this host (network {found.name}: "
                 f"{reason}); log: {session.agent_log()}",

@@ -39,7 +39,8 @@ def add_commands(commands: Commands) -> None:
         help="Manage sandboxes (network namespaces)",
         description="Manage sandboxes (network namespaces)",
     )
-    verbs = sandbox.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    sandbox.set_defaults(noun_help=sandbox.print_help)  # `keelnet sandbox` alone: its help
+    verbs = sandbox.add_subparsers(dest="verb", metavar="COMMAND")
     create = command(verbs, "create", "Create a sandbox", create_sandbox, WRITE)
     create.add_argument("name", metavar="SANDBOX", help="name of the new sandbox")
     create.add_argument(

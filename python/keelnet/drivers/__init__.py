@@ -10,11 +10,19 @@ from keelnet.drivers.host import HostDriver
 from keelnet.drivers.ipvlan import IpvlanDriver
 from keelnet.drivers.macvlan import MacvlanDriver
 from keelnet.drivers.none import NoneDriver
+from keelnet.drivers.overlay import OverlayDriver
 from keelnet.errors import UnknownDriver
 
 BUILTIN: dict[str, type[Driver]] = {
     driver.name: driver
-    for driver in (BridgeDriver, HostDriver, NoneDriver, MacvlanDriver, IpvlanDriver)
+    for driver in (
+        BridgeDriver,
+        HostDriver,
+        NoneDriver,
+        MacvlanDriver,
+        IpvlanDriver,
+        OverlayDriver,
+    )
 }
 # Docker's CLI calls the none driver "null" in places.
 ALIASES = {"null": "none"}

@@ -86,8 +86,10 @@ class SwitchPlane:
     """A plane on one keelnet switch, started with its first port; nothing is left
     running when that port cannot be added."""
 
-    def __init__(self, ctx: HostContext, add_first_port: Callable[[Switch], None]) -> None:
-        self.switch = Switch(ctx.netns_path)
+    def __init__(
+        self, ctx: HostContext, add_first_port: Callable[[Switch], None], **switch_options: bool
+    ) -> None:
+        self.switch = Switch(ctx.netns_path, **switch_options)
         try:
             add_first_port(self.switch)
             self.switch.start()
@@ -123,13 +125,14 @@ def add_sandbox_tap(
     mtu: int | None,
     isolation: str,
     port_security: bool,
+    vni: int = 0,
 ) -> None:
     """The endpoint's TAP port on `switch`, moved into the sandbox as its interface; with
     `port_security`, it sends only from the endpoint's MAC and addresses."""
     try:
         switch.add_tap(
             endpoint.id,
-            vni=0,
+            vni=vni,
             sandbox=sandbox_path,
             ifname=endpoint.ifname,
             mac=endpoint.mac,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pyroute2 import IPRoute
 
@@ -28,6 +28,9 @@ from keelnet.kernel.nftables_guard import Guard, GuardedPort
 from keelnet.kernel.ownership import Owner
 from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import Endpoint, Network, PortMapping
+
+if TYPE_CHECKING:
+    from keelnet.cluster import ClusterMember
 
 DATAPLANE_OPTION = "dataplane"
 DATAPLANES = ("kernel", "userspace", "auto")
@@ -42,6 +45,8 @@ class HostContext:
     ipr: IPRoute
     rtnl: Rtnl  # the fast path for per-connect requests
     owner: Owner
+    cluster: ClusterMember | None = None  # this host in a cluster store (global networks)
+    dataplane: str | None = None  # this host's choice where a global network says auto
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class Driver(ABC):
     """One network driver. Subclasses are stateless: all state is in the store or kernel."""
 
     name: ClassVar[str]
+    #: "local": networks live on one host; "global": shared through the cluster store.
+    scope: ClassVar[str] = "local"
     #: Options the driver understands besides `dataplane`.
     options: ClassVar[frozenset[str]] = frozenset()
     #: Data planes implemented, in order of preference for `auto`.
@@ -100,8 +107,11 @@ class Driver(ABC):
             )
         return requested
 
-    def endpoint_mac(self, ctx: HostContext, network: Network, requested: str | None) -> str:
-        """The MAC address the endpoint's interface will carry: `requested`, else a random one."""
+    def endpoint_mac(
+        self, ctx: HostContext, network: Network, requested: str | None, ip: str | None = None
+    ) -> str:
+        """The MAC address the endpoint's interface (IPv4 address `ip`) will carry:
+        `requested`, else a random one."""
         return (requested or links.random_mac()).lower()
 
     def uses_gateway(self, network: Network) -> bool:

@@ -128,7 +128,9 @@ class IpvlanDriver(LowerDeviceDriver):
         _userspace.planes_of(ctx).close(network.id)
         sync_steering(ctx, network)
 
-    def endpoint_mac(self, ctx: HostContext, network: Network, requested: str | None) -> str:
+    def endpoint_mac(
+        self, ctx: HostContext, network: Network, requested: str | None, ip: str | None = None
+    ) -> str:
         """Every ipvlan slave carries its parent's MAC: that is what ipvlan is."""
         parent = _parent.parse(network.options, self.name)
         index = links.link_index(ctx.ipr, parent.base)

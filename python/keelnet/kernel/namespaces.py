@@ -147,13 +147,17 @@ def iproute(path: str | None) -> Iterator[IPRoute]:
         path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
     )
     fd = sock.detach()
-    ipr = IPRoute(fileno=fd)
+    try:
+        ipr = IPRoute(fileno=fd)  # takes the descriptor over (and closes it when done)
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         yield ipr
     finally:
+        # Not closed again here: by now its number may be another thread's file (the
+        # cluster watch's thread opens sockets too).
         ipr.close()
-        with suppress(OSError):  # pyroute2 does not own a socket it was handed
-            os.close(fd)
 
 
 def _sysctl_file(key: str) -> Path:

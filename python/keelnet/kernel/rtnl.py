@@ -227,11 +227,12 @@ def delete_default_route(index: int, *, version: int) -> Request:
 
 # --- bridge ports ------------------------------------------------------------------------
 
-_RTM_NEWNEIGH = 28
+_RTM_NEWNEIGH, _RTM_DELNEIGH = 28, 29
 _IFLA_INFO_SLAVE_KIND, _IFLA_INFO_SLAVE_DATA = 4, 5
 _IFLA_BRPORT_LEARNING, _IFLA_BRPORT_UNICAST_FLOOD, _IFLA_BRPORT_ISOLATED = 8, 9, 33
-_NDA_LLADDR = 2
-_NTF_MASTER, _NTF_STICKY, _NUD_NOARP = 0x04, 0x40, 0x40
+_NDA_DST, _NDA_LLADDR = 1, 2
+_NTF_SELF, _NTF_MASTER, _NTF_STICKY = 0x02, 0x04, 0x40
+_NUD_NOARP, _NUD_PERMANENT = 0x40, 0x80
 
 
 def set_bridge_port(ifname: str, *, learning: bool, unicast_flood: bool, isolated: bool) -> Request:
@@ -273,3 +274,28 @@ def set_addr_gen_mode(ifname: str, mode: int) -> Request:
     inet6 = _nested(socket.AF_INET6, _attr(_IFLA_INET6_ADDR_GEN_MODE, struct.pack("=B", mode)))
     body = _ifinfo() + _attr(_IFLA_IFNAME, _string(ifname)) + _nested(_IFLA_AF_SPEC, inet6)
     return Request(_RTM_NEWLINK, _F_REQUEST | _F_ACK, body)
+
+
+# --- overlay peers -----------------------------------------------------------------------
+
+
+def neighbour(index: int, ip: str, mac: str, *, add: bool) -> Request:
+    """A permanent neighbour entry `ip` → `mac` on the device (add or replace; or delete)."""
+    parsed = ipaddress.ip_address(ip)
+    family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
+    body = struct.pack("=BxxxiHBB", family, index, _NUD_PERMANENT, 0, 0)
+    body += _attr(_NDA_DST, parsed.packed) + _attr(_NDA_LLADDR, _mac(mac))
+    return _neigh_request(body, add=add)
+
+
+def vxlan_fdb(index: int, mac: str, remote: str, *, add: bool) -> Request:
+    """A vxlan device's own forwarding entry `mac` → remote VTEP (add/replace, or delete)."""
+    body = struct.pack("=BxxxiHBB", socket.AF_BRIDGE, index, _NUD_PERMANENT, _NTF_SELF, 0)
+    body += _attr(_NDA_LLADDR, _mac(mac)) + _attr(_NDA_DST, ipaddress.ip_address(remote).packed)
+    return _neigh_request(body, add=add)
+
+
+def _neigh_request(body: bytes, *, add: bool) -> Request:
+    if add:
+        return Request(_RTM_NEWNEIGH, _F_REQUEST | _F_ACK | _F_CREATE | _F_REPLACE, body)
+    return Request(_RTM_DELNEIGH, _F_REQUEST | _F_ACK, body)

@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from keelnet.errors import Conflict, CorruptState, InvalidRequest, KeelnetError, StateDirError
 from keelnet.ipam import AddressPool, SubnetPools
 from keelnet.kernel.ownership import new_store_id
-from keelnet.model import Endpoint, IpamConfig, Network, PortMapping, Sandbox
+from keelnet.model import Endpoint, IpamConfig, Network, Peer, PortMapping, Sandbox
 
 DB_NAME = "keelnet.db"
 _BUSY_TIMEOUT = 60.0
@@ -223,7 +223,12 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
 
 
 class Store:
-    """Desired state of one host. Use `transaction()` around every change."""
+    """Desired state of one host. Use `transaction()` around every change.
+
+    The local-scope :class:`~keelnet.store.base.NetworkStore`, plus the host's
+    sandboxes and published ports."""
+
+    scope = "local"
 
     def __init__(self, state_dir: Path) -> None:
         _make_state_dir(state_dir)
@@ -241,7 +246,9 @@ class Store:
     @_guarded
     def _open(self) -> None:
         # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
-        self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -455,6 +462,13 @@ class Store:
     ) -> list[Endpoint]:
         rows = self._rows("endpoints", "sandbox", network_id=network_id, sandbox=sandbox)
         return [_endpoint(row) for row in rows]
+
+    def addresses(self, network_id: str) -> list[str]:
+        found = self.endpoints(network_id=network_id)
+        return [a for e in found for a in (e.ip, e.ipv6) if a is not None]
+
+    def peers(self, network_id: str) -> list[Peer] | None:
+        return None  # local scope: no other host takes part
 
     def _rows(
         self, table: str, order_by: str, *, network_id: str | None, sandbox: str | None

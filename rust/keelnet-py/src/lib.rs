@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod dataplane;
+mod dns;
 mod engine;
 mod ipam;
 mod ipvlan;
@@ -18,5 +19,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     packet::register(m)?;
     m.add_class::<dataplane::PySwitch>()?;
     m.add_class::<ipvlan::PyIpvlan>()?;
+    m.add_class::<dns::PyResolver>()?;
     Ok(())
 }

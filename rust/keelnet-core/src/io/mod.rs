@@ -14,7 +14,7 @@ pub mod udp;
 
 mod sys;
 
-pub(crate) use sys::check;
+pub(crate) use sys::{RecvBatch, check, context, send_batch, socket_for};
 
 pub use sys::{OsErrorWithContext, errno_of, interface_index, interface_mtu};
 

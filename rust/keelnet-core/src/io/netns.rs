@@ -36,7 +36,8 @@ pub fn open(path: &Path) -> io::Result<File> {
     })
 }
 
-fn enter(namespace: &File) -> io::Result<()> {
+/// Moves the calling thread into `namespace` (only this thread changes).
+pub fn enter(namespace: &File) -> io::Result<()> {
     // SAFETY: setns on a valid descriptor only changes this thread's namespace.
     let result = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
     if result != 0 {

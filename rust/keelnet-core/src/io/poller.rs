@@ -44,6 +44,16 @@ impl Poller {
         Ok(())
     }
 
+    /// Change the events `fd` is watched for.
+    pub fn modify(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: changing a registered descriptor with an event struct on the stack.
+        check(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event)
+        })?;
+        Ok(())
+    }
+
     /// Stop watching `fd`; one already gone is fine.
     pub fn remove(&self, fd: RawFd) {
         // SAFETY: removing a descriptor from our epoll set.

@@ -445,6 +445,71 @@ impl RecvBatch {
     }
 }
 
+/// A new non-blocking, close-on-exec socket of `kind` (`SOCK_DGRAM`, `SOCK_STREAM`) for
+/// the family of `address`.
+pub(crate) fn socket_for(address: &std::net::SocketAddr, kind: libc::c_int) -> io::Result<OwnedFd> {
+    let family = if address.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); owned right away.
+    let fd =
+        check(unsafe { libc::socket(family, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends each `(payload, address, address length)` as its own datagram with one
+/// `sendmmsg(2)`, without blocking; returns how many went (the rest: socket full).
+pub(crate) fn send_batch(
+    fd: RawFd,
+    messages: &[(&[u8], &libc::sockaddr_storage, libc::socklen_t)],
+) -> io::Result<usize> {
+    if messages.is_empty() {
+        return Ok(0);
+    }
+    let mut iovecs: Vec<libc::iovec> = messages
+        .iter()
+        .map(|(payload, _, _)| libc::iovec {
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = messages
+        .iter()
+        .zip(iovecs.iter_mut())
+        .map(|((_, address, length), iovec)| {
+            // SAFETY: an all-zero mmsghdr is valid; the pointers set below outlive the call.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_name = (*address as *const libc::sockaddr_storage)
+                .cast_mut()
+                .cast();
+            header.msg_hdr.msg_namelen = *length;
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect();
+    // SAFETY: every header points at a live payload and address of the stated lengths.
+    let sent = unsafe {
+        libc::sendmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            headers.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if sent < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::WouldBlock {
+            return Ok(0);
+        }
+        return Err(error);
+    }
+    Ok(sent as usize)
+}
+
 /// Non-blocking `read(2)`: `Ok(None)` when nothing is waiting.
 pub(crate) fn read_nonblocking(fd: RawFd, buffer: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: reading into a buffer of the stated length.

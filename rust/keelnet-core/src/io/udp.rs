@@ -6,7 +6,7 @@
 use std::io;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::netns;
@@ -44,21 +44,7 @@ impl UdpSocket {
     /// Binds `local` in namespace `netns` (`None`: the caller's).
     pub fn bind(netns_path: Option<&Path>, local: SocketAddr) -> io::Result<UdpSocket> {
         netns::run_in(netns_path, move || {
-            let family = if local.is_ipv4() {
-                libc::AF_INET
-            } else {
-                libc::AF_INET6
-            };
-            // SAFETY: plain socket(2); owned right away.
-            let fd = check(unsafe {
-                libc::socket(
-                    family,
-                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    0,
-                )
-            })?;
-            // SAFETY: fresh descriptor.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let fd = sys::socket_for(&local, libc::SOCK_DGRAM)?;
             let raw = fd.as_raw_fd();
             if local.is_ipv6() {
                 sys::set_int_option(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
@@ -221,7 +207,7 @@ impl UdpReceiver {
     }
 }
 
-fn to_sockaddr(address: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn to_sockaddr(address: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: zeroed sockaddr_storage is valid; we write one sockaddr_in(6) into it.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     match address {
@@ -245,7 +231,7 @@ fn to_sockaddr(address: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t
     }
 }
 
-fn from_sockaddr(storage: &libc::sockaddr_storage) -> SocketAddr {
+pub(crate) fn from_sockaddr(storage: &libc::sockaddr_storage) -> SocketAddr {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in (family says so).

@@ -1,0 +1,111 @@
+"""Bad input to overlay networks: a specific error, and nothing half-made in etcd or in
+any host's kernel."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from clusterlab import Cluster, EtcdCluster, Segment, keelnet_cli, make_host_ns
+from netlab import kernel_state
+from nettools import ping, wait_until
+
+from keelnet import Host
+from keelnet.errors import (
+    Conflict,
+    InvalidOption,
+    InvalidRequest,
+    NetworkInUse,
+    OverlappingSubnet,
+    StoreUnavailable,
+)
+from keelnet.store.etcd import VNI_OPTION
+
+pytestmark = pytest.mark.netns
+
+
+def etcd_keys(etcd: EtcdCluster) -> list[str]:
+    listed = etcd.etcdctl("get", "--prefix", "--keys-only", "/keelnet/")
+    return sorted(line for line in listed.splitlines() if line)
+
+
+def test_vni_taken_overlap_and_bad_options_are_refused_and_leave_nothing(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.add_host(1), cluster.add_host(2)
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24", options={VNI_OPTION: "5000"})
+    keys, kernels = etcd_keys(cluster.etcd), [kernel_state(str(h.netns)) for h in (a, b)]
+    with pytest.raises(Conflict, match="VNI 5000 is already used by network ov1"):
+        b.create_network(
+            "ov2", driver="overlay", subnet="10.0.10.0/24", options={VNI_OPTION: "5000"}
+        )
+    with pytest.raises(OverlappingSubnet, match=r"10\.0\.9\.0/25 overlaps with 10\.0\.9\.0/24"):
+        b.create_network("ov2", driver="overlay", subnet="10.0.9.0/25")
+    # A local network may not take an overlay's subnet either, on any member host.
+    with pytest.raises(OverlappingSubnet):
+        b.create_network("br", driver="bridge", subnet="10.0.9.128/25")
+    for options, message in (
+        ({VNI_OPTION: "abc"}, "is not a VNI"),
+        ({VNI_OPTION: "5001,5002"}, "one VNI per subnet"),
+        ({"vxlan_port": "80"}, "not a UDP port in 1024-49151"),
+        ({"dataplane": "dpdk"}, "invalid dataplane"),
+        ({"com.docker.network.driver.mtu": "100"}, "underlay MTU"),
+    ):
+        with pytest.raises(InvalidOption, match=message):
+            b.create_network("ov2", driver="overlay", subnet="10.0.10.0/24", options=options)
+    with pytest.raises(InvalidRequest, match="IPv4-only"):
+        b.create_network("ov2", driver="overlay", ipv6=True)
+    with pytest.raises(Conflict, match="already exists"):
+        b.create_network("ov1", driver="overlay", subnet="10.0.11.0/24")
+    assert etcd_keys(cluster.etcd) == keys
+    assert [kernel_state(str(h.netns)) for h in (a, b)] == kernels
+
+
+def test_removing_a_network_another_host_uses_is_refused_naming_it(cluster: Cluster) -> None:
+    a, b = cluster.add_host(1), cluster.add_host(2)
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
+    ep1 = a.connect("ov1", app1)
+    b.connect("ov1", app2)
+    keys = etcd_keys(cluster.etcd)
+    with pytest.raises(NetworkInUse, match=rf"host\(s\) {a.netns} \(up\), {b.netns} \(up\)"):
+        a.remove_network("ov1")
+    a.disconnect("ov1", app1)
+    with pytest.raises(NetworkInUse, match=rf"on host\(s\) {b.netns} \(up\): disconnect"):
+        a.remove_network("ov1")
+    assert wait_until(lambda: ping(app2, "10.0.9.1", timeout=0.5), timeout=5)  # b's part works
+    assert len(etcd_keys(cluster.etcd)) == len(keys) - 1  # only a's endpoint went
+    b.disconnect("ov1", app2)
+    a.remove_network("ov1")
+    assert [k for k in etcd_keys(cluster.etcd) if not k.startswith("/keelnet/hosts/")] == []
+    # Every host's part of it is gone too (the last sandbox's disconnect took it).
+    for host in (a, b):
+        assert not [n for n in kernel_state(str(host.netns))["links"] if "kn-vx" in n[0]]
+    assert ep1.ip  # the test used a real endpoint
+
+
+def test_a_store_that_is_not_there_is_refused_at_once(underlay: Segment, tmp_path: object) -> None:
+    netns = f"{underlay.prefix}-h1"
+    make_host_ns(netns)
+    underlay.plug(netns, 1)
+    before = kernel_state(netns)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"unreachable \(tried 192\.0\.2\.200:2379"):
+        Host(netns=netns, state_dir=f"{tmp_path}/h1", store="etcd://192.0.2.200:2379")
+    assert time.monotonic() - started < 15  # a connect timeout, not a hang
+    with pytest.raises(InvalidRequest, match="use etcd://HOST:PORT"):
+        Host(netns=netns, state_dir=f"{tmp_path}/h1", store="http://192.0.2.200:2379")
+    assert kernel_state(netns) == before
+    # The CLI says it in one line, exit code 1.
+    listed = keelnet_cli(netns, tmp_path / "h1", "etcd://192.0.2.200:2379", "network", "ls")  # type: ignore[operator]
+    assert listed.returncode == 1
+    assert listed.stderr.startswith("Error: the etcd store is unreachable")
+    assert len(listed.stderr.strip().splitlines()) == 1
+    # Without a store nothing needs etcd: local networks work as ever.
+    with Host(netns=netns, state_dir=f"{tmp_path}/h2") as host:
+        host.create_network("br", subnet="10.77.0.0/24")
+        with pytest.raises(
+            InvalidRequest, match="overlay networks are global: give a cluster store"
+        ):
+            host.create_network("ov", driver="overlay", subnet="10.0.9.0/24")
+        host.remove_network("br")
