@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from keelnet.errors import InvalidRequest, KeelnetError
+from keelnet.errors import InvalidRequest, KeelnetError, NetworkNotFound
 
 # `typing` costs as much to import as a whole command the agent answers: checkers only.
 TYPE_CHECKING = False
@@ -118,8 +118,6 @@ class Session:
         return network
 
     def network(self, name: str) -> Network:
-        from keelnet.errors import NetworkNotFound
-
         network = self.find_network(name)
         if network is None:
             raise NetworkNotFound(f"network {name} not found")
