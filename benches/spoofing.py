@@ -34,7 +34,7 @@ FLOOD_MACS = 65_536 + 64
 PLANES = ("kernel", "userspace")
 
 
-def run_plane(dataplane: str, rounds: int, icc: bool) -> list[Outcome]:
+def run_plane(dataplane: str, rounds: int, icc: bool, guarded: bool) -> list[Outcome]:
     prefix = f"kn-sp-{secrets.token_hex(2)}"
     with tempfile.TemporaryDirectory(prefix="kn-sp-") as state:
         lab = Lab(prefix, f"{prefix}-host", f"{prefix}-out", Path(state) / "state")
@@ -42,13 +42,15 @@ def run_plane(dataplane: str, rounds: int, icc: bool) -> list[Outcome]:
             build(lab)
             with keelnet.Host(netns=lab.host, state_dir=lab.state_dir) as host:
                 options = {} if icc else {"com.docker.network.bridge.enable_icc": "false"}
+                if not guarded:
+                    options["port_security"] = "false"
                 spoof = SpoofLab(lab, host, dataplane, options=options)
                 outcomes = [
                     spoof.run(kind, count=rounds)
                     for kind, attack in ATTACKS.items()
                     if attack.icc == icc
                 ]
-                if icc:
+                if icc and guarded:  # without port security the flood is delivered by design
                     outcomes.append(mac_flood(spoof))
                 for sandbox in host.sandboxes():
                     host.remove_sandbox(sandbox.name)
@@ -74,13 +76,20 @@ def mac_flood(spoof: SpoofLab) -> Outcome:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=20, help="forged frames per attack")
+    parser.add_argument(
+        "--without-port-security",
+        action="store_true",
+        help="the control: networks with -o port_security=false (forgeries get through)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("spoofing.py needs root (network namespaces)", file=sys.stderr)
         return 1
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    guarded = not args.without_port_security
     results = {
-        plane: run_plane(plane, args.rounds, icc=True) + run_plane(plane, args.rounds, icc=False)
+        plane: run_plane(plane, args.rounds, True, guarded)
+        + run_plane(plane, args.rounds, False, guarded)
         for plane in PLANES
     }
     print(f"\n{'attack':<18}" + "".join(f"{plane + ' sent/delivered':>28}" for plane in PLANES))
@@ -90,9 +99,9 @@ def main() -> int:
         print(f"{kind:<18}" + "".join(f"{o.attempts:>20} / {o.delivered:<5}" for o in cells))
     delivered = sum(o.delivered for outcomes in results.values() for o in outcomes)
     attempts = sum(o.attempts for outcomes in results.values() for o in outcomes)
-    print(f"\n{attempts} forged frames, {delivered} delivered (goal 0)")
+    print(f"\n{attempts} forged frames, {delivered} delivered (goal 0), port security {guarded}")
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    return 0 if delivered == 0 else 1
+    return 0 if delivered == 0 or not guarded else 1
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from test_ipvlan_userspace import GATEWAY, RANGE, SUBNET
 import keelnet
 from keelnet import errors
 from keelnet.dataplane import Switch
-from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.drivers import _port_security
+from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
 
 PLANES = ("kernel", "userspace")
 NO_ICC = {"com.docker.network.bridge.enable_icc": "false"}
@@ -87,6 +88,34 @@ def test_forged_frames_reach_no_one(lab: Lab, host: keelnet.Host, dataplane: str
     assert drops["spoofed_ip"] >= 3  # a neighbour's, another network's, a foreign address
     assert drops["spoofed_arp"] >= 2
     assert drops["spoofed_nd"] >= 1
+
+
+@pytest.mark.parametrize("dataplane", PLANES)
+def test_a_sandbox_with_random_link_locals_still_speaks_ipv6(
+    lab: Lab, host: keelnet.Host, dataplane: str
+) -> None:
+    """Port security allows the EUI-64 link-local address; a namespace whose default is
+    another kind (an adopted container's, say) gets that one on keelnet's interface."""
+    host.create_network(
+        "v6",
+        subnet=["10.68.0.0/24", "2001:db8:68::/64"],
+        ipv6=True,
+        options={"dataplane": dataplane},
+    )
+    a, b = lab.name("a"), lab.name("b")
+    for name in (a, b):
+        host.create_sandbox(name)
+        write_sysctl(netns_path(name), "net/ipv6/conf/default/addr_gen_mode", "3")
+    ep_a, ep_b = host.connect("v6", a), host.connect("v6", b)
+    with iproute(netns_path(a)) as ipr:
+        index = ipr.link_lookup(ifname="eth0")[0]
+        link_locals = [
+            str(entry.get_attr("IFA_ADDRESS"))
+            for entry in ipr.addr("dump", family=socket.AF_INET6, index=index)
+            if str(entry.get_attr("IFA_ADDRESS")).startswith("fe80:")
+        ]
+    assert link_locals == [_port_security.link_local(ep_a.mac)]
+    assert ping(a, str(ep_b.ipv6), timeout=3) and ping(a, "2001:db8:68::1", timeout=3)
 
 
 @pytest.mark.parametrize("dataplane", PLANES)

@@ -43,10 +43,11 @@ def guarded_port(endpoint: Endpoint, ifname: str) -> GuardedPort:
 
 
 def pin_link_local(sandbox_path: str, ifname: str) -> bool:
-    """Make the sandbox derive its link-local address from the MAC (EUI-64), the one the
-    rules allow, whatever the namespace's default says. Returns whether it had to change
-    the setting, which takes effect when the link next comes up. A kernel without IPv6
-    has nothing to pin."""
+    """For an interface that is up already (a TAP): make the sandbox derive its link-local
+    address from the MAC (EUI-64), the one the rules allow, whatever the namespace's
+    default says. Returns whether it had to change the setting, which takes effect when
+    the link next comes up. A kernel without IPv6 has nothing to pin. (An interface still
+    down gets it in the request that configures it: `_veth`'s `eui64_link_local`.)"""
     key = f"net/ipv6/conf/{ifname}/addr_gen_mode"
     try:
         if read_sysctl(sandbox_path, key) == "0":

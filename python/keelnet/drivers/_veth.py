@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet.drivers.base import HostContext
@@ -13,15 +15,26 @@ from keelnet.model import Endpoint, JoinInfo, Network
 
 
 def configure_sandbox_interface(
-    owner: Owner, network: Network, endpoint: Endpoint, sandbox_path: str
+    owner: Owner,
+    network: Network,
+    endpoint: Endpoint,
+    sandbox_path: str,
+    *,
+    eui64_link_local: bool = False,
 ) -> None:
     """Addresses and link up for `endpoint` inside the sandbox. Its default routes are the
-    Host's to set, across the sandbox's endpoints (`_gateway`)."""
+    Host's to set, across the sandbox's endpoints (`_gateway`). `eui64_link_local`: the
+    link-local address from the MAC, whatever the namespace's default (port security
+    allows that one)."""
     try:
         with rtnl.Rtnl(sandbox_path) as sandbox:
             index = sandbox.link_index(endpoint.ifname)
             if index is None:
                 raise KernelError(f"{endpoint.ifname} did not appear in the sandbox")
+            if eui64_link_local:
+                mode = rtnl.set_addr_gen_mode(endpoint.ifname, rtnl.ADDR_GEN_MODE_EUI64)
+                with contextlib.suppress(rtnl.RtnlError):  # a kernel without IPv6
+                    sandbox.run([mode])
             v4, v6 = network.ipam_for(4), network.ipam_for(6)
             requests = [
                 rtnl.set_link(endpoint.ifname, alias=owner.alias(network.id, endpoint.id), up=True)

@@ -224,9 +224,13 @@ class BridgeDriver(Driver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        if _port_security.enabled(network.options) and network.dataplane == "kernel":
-            _port_security.pin_link_local(sandbox_path, endpoint.ifname)  # still down
-        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
+        _veth.configure_sandbox_interface(
+            ctx.owner,
+            network,
+            endpoint,
+            sandbox_path,
+            eui64_link_local=_port_security.enabled(network.options),
+        )
 
     def _create_tap_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None

@@ -292,9 +292,10 @@ class MacvlanDriver(LowerDeviceDriver):
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        if self._guard(network) is not None:
-            _port_security.pin_link_local(sandbox_path, endpoint.ifname)  # still down
-        super().join(ctx, network, endpoint, sandbox_path)
+        guarded = self._guard(network) is not None
+        _veth.configure_sandbox_interface(
+            ctx.owner, network, endpoint, sandbox_path, eui64_link_local=guarded
+        )
 
     def leave(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None

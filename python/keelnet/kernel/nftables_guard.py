@@ -138,8 +138,9 @@ def sync(guard: Guard, ports: Sequence[GuardedPort]) -> str:
 
 
 def add_port(guard: Guard, port: GuardedPort) -> str:
-    """Guard one more port (the rules are in place since its network was made)."""
-    return _script(_declarations(guard) + _elements(guard, "add", [port]))
+    """Guard one more port. The table is in place since its network was made (a connect
+    pays for no declarations); without it nft refuses, and the connect fails."""
+    return _script(_elements(guard, "add", [port]))
 
 
 def remove_port(guard: Guard, port: GuardedPort) -> str:

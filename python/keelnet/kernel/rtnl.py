@@ -293,6 +293,18 @@ def add_static_fdb(port_index: int, mac: str) -> Request:
     return Request(_RTM_NEWNEIGH, _F_REQUEST | _F_ACK | _F_CREATE, body)
 
 
+_IFLA_AF_SPEC, _IFLA_INET6_ADDR_GEN_MODE = 26, 8
+ADDR_GEN_MODE_EUI64 = 0
+
+
+def set_addr_gen_mode(ifname: str, mode: int) -> Request:
+    """How the kernel makes the link's IPv6 link-local address (`addr_gen_mode`), taken
+    into account when the link comes up; EAFNOSUPPORT from a kernel without IPv6."""
+    inet6 = _nested(socket.AF_INET6, _attr(_IFLA_INET6_ADDR_GEN_MODE, struct.pack("=B", mode)))
+    body = _ifinfo() + _attr(_IFLA_IFNAME, _string(ifname)) + _nested(_IFLA_AF_SPEC, inet6)
+    return Request(_RTM_NEWLINK, _F_REQUEST | _F_ACK, body)
+
+
 # --- overlay peers -----------------------------------------------------------------------
 
 
