@@ -188,6 +188,17 @@ class DpLab:
             netns=name,
         )
         sh("ip", "link", "set", "ul0", "up", netns=name)
+        # The kernel adds ul0's link-local address and IPv6 routes when its link watcher
+        # reports the carrier, up to a second later (more on a loaded machine): wait, so
+        # that a test's before/after comparison never sees them arrive.
+        settled = ("fe80::/64", f"local {UNDERLAY_V6.format(number)} ", "local fe80::", "ff00::/8")
+
+        def ipv6_settled() -> bool:
+            routes = sh("ip", "-6", "route", "show", "table", "all", "dev", "ul0", netns=name)
+            return all(route in routes for route in settled)
+
+        if not nettools.wait_until(ipv6_settled, timeout=20):
+            raise RuntimeError(f"{name}: ul0 got no IPv6 link-local address and routes")
         self.hosts.append(name)
         return name
 
@@ -281,7 +292,10 @@ def kernel_vxlan_host(
     )
     for remote in remotes:
         sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", remote, netns=host)
-    sh("ip", "link", "add", br, "type", "bridge", netns=host)
+    # No multicast snooping: with it the bridge joins the snoopers' group 224.0.0.106 and
+    # sends IGMP reports for it into the tunnel, up to a second after it comes up, which
+    # the switch counts as floods or drops behind the tests' backs.
+    sh("ip", "link", "add", br, "type", "bridge", "mcast_snooping", "0", netns=host)
     # No IPv6 on the overlay's host-side links: their router solicitations and MLD
     # reports would be flooded into the tunnel behind the tests' backs.
     for link in (vx, br):
