@@ -487,5 +487,14 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
 
 
 def _remove_netns(name: str) -> None:
+    """Remove a network's namespace, its links first: the kernel destroys what is left in
+    a dropped namespace later, in the background (seconds on a loaded machine), and until
+    then its vxlan holds the VNI on this host and its veths the sandboxes' interfaces, so
+    the network could not be built here again at once."""
+    path = netns_path(name)
+    with contextlib.suppress(OSError, NetlinkError, KernelError), iproute(path) as ipr:
+        for ifname in [str(link.get("ifname")) for link in ipr.link("dump")]:
+            if ifname != "lo":
+                links.delete_link(ipr, ifname)
     with contextlib.suppress(OSError):
-        remove_named(netns_path(name))
+        remove_named(path)
