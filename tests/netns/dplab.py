@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nettools
+from netlab import wait_for_link_local
 
 NETNS_DIR = Path("/var/run/netns")
 UNDERLAY_V4 = "192.0.2.{}"
@@ -188,17 +189,9 @@ class DpLab:
             netns=name,
         )
         sh("ip", "link", "set", "ul0", "up", netns=name)
-        # The kernel adds ul0's link-local address and IPv6 routes when its link watcher
-        # reports the carrier, up to a second later (more on a loaded machine): wait, so
-        # that a test's before/after comparison never sees them arrive.
-        settled = ("fe80::/64", f"local {UNDERLAY_V6.format(number)} ", "local fe80::", "ff00::/8")
-
-        def ipv6_settled() -> bool:
-            routes = sh("ip", "-6", "route", "show", "table", "all", "dev", "ul0", netns=name)
-            return all(route in routes for route in settled)
-
-        if not nettools.wait_until(ipv6_settled, timeout=20):
-            raise RuntimeError(f"{name}: ul0 got no IPv6 link-local address and routes")
+        # Its IPv6 link-local address and routes come late: a test's before/after
+        # comparison must not see them arrive.
+        wait_for_link_local(name, "ul0")
         self.hosts.append(name)
         return name
 
