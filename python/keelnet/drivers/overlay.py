@@ -160,6 +160,7 @@ class OverlayDriver(Driver):
     options = frozenset({VNI_OPTION, VXLAN_PORT, MTU})
     dataplanes = ("kernel", "userspace")
     gateway_route = False  # sandboxes leave through kn-gwbridge, as Docker's docker_gwbridge
+    hands_over = True  # Docker's containers: their veth end or TAP waits in the host
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -306,7 +307,6 @@ class OverlayDriver(Driver):
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
-        assert sandbox_path is not None  # it does not hand endpoints over (hands_over)
         vtep = self._vtep(ctx)
         cluster = ctx.cluster
         assert cluster is not None
@@ -328,7 +328,8 @@ class OverlayDriver(Driver):
             path = self._ensure_kernel(ctx, network)
         bridge = f"kn-br{vni_of(network):06x}"
         host_ifname = f"kn-v{endpoint.id[:11]}"
-        fd = links.open_netns_fd(sandbox_path)
+        # The sandbox's end goes into it, or (handed over) waits in the host's namespace.
+        fd = links.open_netns_fd(sandbox_path or ctx.netns_path or links.OWN_NETNS)
         try:
             with rtnl.Rtnl(path) as overlay:
                 bridge_index = overlay.link_index(bridge)
@@ -350,6 +351,9 @@ class OverlayDriver(Driver):
                         ),
                     ]
                 )
+            if sandbox_path is None:  # marked as the endpoint's, down, for the caller
+                alias = ctx.owner.alias(network.id, endpoint.id)
+                ctx.rtnl.run([rtnl.set_link(endpoint.ifname, alias=alias)])
         except rtnl.RtnlError as exc:
             with contextlib.suppress(KernelError):
                 self._remove_kernel_endpoint(ctx, network, endpoint)
