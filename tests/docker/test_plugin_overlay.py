@@ -1,116 +1,67 @@
 """keelnet's overlay through the plugin: a Docker container and a keelnet host, one network.
 
-The plugin (dockerd's namespace, the root one) runs as a member of an etcd the test
-starts in a namespace of its own, on an underlay segment (203.0.113.0/24, TEST-NET-3)
-that the root namespace joins by one veth leg. A second test host, a namespace of its
-own with a keelnet Host on the same store, connects a sandbox to the Docker network by
-its keelnet name; the two talk across VXLAN. Teardown removes it all, also on failure.
+The plugin (dockerd's namespace) runs as a member of an etcd the test starts in a
+namespace of its own (`overlaylab`). A second test host, a namespace of its own with a
+keelnet Host on the same store, connects a sandbox to the Docker network by its keelnet
+name; the two talk across VXLAN. Teardown removes it all, also on failure.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from clusterlab import EtcdCluster, Segment, make_host_ns, overlay_ns, remote_macs
+from clusterlab import make_host_ns, overlay_ns, remote_macs
 from dockerlab import DockerError, DockerLab, container_links, docker, kn_links, ping
-from netlab import remove_prefix
 from nettools import ping as ping_from
 from nettools import wait_until
-from pyroute2 import IPRoute
+from overlaylab import PLUGIN_VTEP, etcd_beside_dockerd, why_no_underlay
 
 from keelnet import Host
-from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
-
-UNDERLAY = "203.0.113."
-PLUGIN_VTEP = f"{UNDERLAY}1"
+from keelnet.kernel.namespaces import netns_path
 
 
 @dataclass
 class Cluster:
-    """The etcd, the plugin as a member of it, and test host 2 with a sandbox."""
+    """Test host 2, a member of the plugin's cluster, and its sandbox."""
 
-    etcd: EtcdCluster
     other: Host
     sandbox: str
 
 
-def _routed(network: str) -> bool:
-    ours = ipaddress.ip_network(network)
-    with IPRoute() as ipr:
-        for route in ipr.route("dump", family=2):
-            if route["dst_len"] and ipaddress.ip_network(
-                f"{route.get('dst')}/{route['dst_len']}", strict=False
-            ).overlaps(ours):
-                return True
-    return False
-
-
-@contextlib.contextmanager
-def root_leg(segment: Segment, ifname: str) -> Iterator[None]:
-    """A veth from the underlay's bridge into the root namespace, as `ifname` with the
-    plugin host's underlay address: the way to etcd and the other host's VTEP."""
-    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        with iproute(netns_path(segment.netns)) as ipr:
-            port = f"{ifname[-4:]}p"
-            ipr.link("add", ifname=port, kind="veth", peer={"ifname": ifname, "net_ns_fd": fd})
-            bridge = ipr.link_lookup(ifname="br0")[0]
-            ipr.link("set", index=ipr.link_lookup(ifname=port)[0], master=bridge, state="up")
-    finally:
-        os.close(fd)
-    try:
-        write_sysctl(None, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=ifname)[0]
-            ipr.addr("add", index=index, address=PLUGIN_VTEP, prefixlen=24)
-            ipr.link("set", index=index, state="up")
-        yield
-    finally:
-        with IPRoute() as ipr, contextlib.suppress(Exception):
-            ipr.link("del", index=ipr.link_lookup(ifname=ifname)[0])
-
-
 @pytest.fixture
 def cluster(lab: DockerLab, tmp_path: Path) -> Iterator[Cluster]:
-    if _routed(f"{UNDERLAY}0/24"):
-        pytest.skip(f"this machine routes {UNDERLAY}0/24, the overlay test's underlay")
+    reason = why_no_underlay()
+    if reason is not None:
+        pytest.skip(reason)
     prefix = lab.prefix
-    segment = Segment(prefix, "sw", UNDERLAY)
-    etcd = EtcdCluster(prefix, segment, tmp_path / "etcd")
-    other: Host | None = None
-    try:
-        segment.create()
-        etcd.start()
-        with root_leg(segment, f"{prefix}u"):
+    with etcd_beside_dockerd(prefix, tmp_path) as etcd:
+        try:
             lab.plugin.stop()
             lab.plugin.store = etcd.url
             lab.plugin.start()
             make_host_ns(f"{prefix}-h2")
-            segment.plug(f"{prefix}-h2", 2)
+            etcd.segment.plug(f"{prefix}-h2", 2)
             other = Host(netns=f"{prefix}-h2", state_dir=tmp_path / "h2", store=etcd.url)
-            sandbox = other.create_sandbox(f"{prefix}-s2").name
             try:
-                yield Cluster(etcd, other, sandbox)
+                sandbox = other.create_sandbox(f"{prefix}-s2").name
+                try:
+                    yield Cluster(other, sandbox)
+                finally:
+                    # Host 2 leaves first (a network goes only without endpoints), then
+                    # Docker's side, while the plugin is still the cluster's member.
+                    with contextlib.suppress(Exception):
+                        other.remove_sandbox(sandbox)
+                    lab.cleanup()
             finally:
-                # Host 2 leaves first (a network is removed only without endpoints), then
-                # Docker's side goes while the plugin is still the cluster's member.
-                with contextlib.suppress(Exception):
-                    other.remove_sandbox(sandbox)
-                lab.cleanup()
-    finally:
-        if other is not None:
-            other.close()
-        lab.plugin.stop()
-        lab.plugin.store = None
-        lab.plugin.start()
-        etcd.stop()
-        remove_prefix(f"{prefix}-")
+                other.close()
+        finally:
+            lab.plugin.stop()
+            lab.plugin.store = None
+            lab.plugin.start()
 
 
 @pytest.mark.parametrize("dataplane", ["kernel", "userspace"])
@@ -153,12 +104,21 @@ def test_a_container_on_the_overlay_pings_a_keelnet_host(
     # Host 2 sends to the container's MAC through the plugin host's VTEP.
     assert (mac, PLUGIN_VTEP) in remote_macs(other, other.network(name))
 
-    # An address host 2 holds, asked for by hand: refused, saying whose it is.
+    # The plugin killed and started again: the container is served again (a userspace
+    # plane attaches to the TAP that waited, set up as dockerd left it).
+    lab.plugin.kill()
+    lab.plugin.start()
+    assert wait_until(lambda: ping(lab, box, remote.ip, count=1), timeout=30)
+    assert wait_until(lambda: ping_from(cluster.sandbox, address, timeout=0.5), timeout=10)
+
+    # An address host 2 holds, asked for by hand: refused, saying whose it is, and
+    # nothing is left of the attempt.
     with pytest.raises(DockerError) as refused:
         lab.run("dup", "--network", net, "--ip", remote.ip)
     assert f"already taken on network {name} by host {lab.prefix}-h2" in refused.value.stderr
     assert other.global_store is not None
-    assert [e.ip for e in other.global_store.endpoints()] == [remote.ip]
+    assert sorted(other.global_store.addresses(nid)) == [remote.ip, address]
+    assert not [link for link in kn_links() if link.startswith("kn-c")]
 
     lab.docker("rm", "-f", box)
     other.disconnect(name, cluster.sandbox)
