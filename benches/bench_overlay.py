@@ -56,6 +56,7 @@ from dplab import kernel_vxlan_host, sh
 from netlab import create_ns, remove_prefix
 
 from keelnet.kernel.namespaces import call_in_netns, netns_path
+from keelnet.model import Endpoint
 
 LEASE_TTL = 3
 
@@ -343,20 +344,35 @@ def bench_names(root: Path, connects: int) -> None:
             asker = cluster.sandbox(a, "asker")
             a.connect("ov", asker)
             boxes = [cluster.sandbox(b, f"s{i}") for i in range(connects)]
-            calls, names = [], []
+            # Note when B's "ready" record went to etcd (what A's watch reacts to).
+            scope, published = b._global, [0.0]
+            assert scope is not None
+            publish = scope.publish
+
+            def publish_and_note(endpoint: Endpoint) -> None:
+                publish(endpoint)
+                published[0] = time.perf_counter()
+
+            scope.publish = publish_and_note  # type: ignore[method-assign]
+            calls, totals, watched = [], [], []
             for box in boxes:
                 start = time.perf_counter()
                 b.connect("ov", box)
                 calls.append(time.perf_counter() - start)
-                names.append(first_resolution(asker, box))
+                resolved = start + calls[-1] + first_resolution(asker, box)
+                totals.append(resolved - start)
+                watched.append(resolved - published[0])
         finally:
             cluster.close()
-    print(
-        f"  B's connect() p50 {statistics.median(calls) * 1e3:6.1f} ms, "
-        f"p99 {percentile(calls, 99) * 1e3:6.1f} ms; from its return until A's sandbox gets "
-        f"the address: p50 {statistics.median(names) * 1e3:6.2f} ms, "
-        f"p99 {percentile(names, 99) * 1e3:6.2f} ms, max {max(names) * 1e3:6.2f} ms"
-    )
+    for label, samples in (
+        ("B's connect() alone", calls),
+        ("connect() called on B -> A's sandbox gets the address", totals),
+        ("B's ready record written -> A's sandbox gets the address", watched),
+    ):
+        print(
+            f"  {label:<56} p50 {statistics.median(samples) * 1e3:6.2f} ms, "
+            f"p99 {percentile(samples, 99) * 1e3:6.2f} ms, max {max(samples) * 1e3:6.2f} ms"
+        )
 
 
 def main() -> int:
