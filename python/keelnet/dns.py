@@ -347,8 +347,9 @@ class HostDns:
         _remove_file(sandbox)
 
     def _dns_networks(self, sandbox: str, leaving: str | None) -> list[Network]:
-        """The sandbox's networks with DNS now in the store (less `leaving`, an endpoint
-        going away in this transaction), in the order it joined them."""
+        """The sandbox's networks with DNS now in the stores (less `leaving`, an endpoint
+        going away in this transaction): its local ones, then its global ones, each in
+        the order it joined them."""
         networks = {n.id: n for n in self._networks()}
         endpoints = self._store.endpoints(sandbox=sandbox)
         if self._global is not None:
