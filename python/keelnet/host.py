@@ -62,6 +62,7 @@ from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import (
     DEFAULT_IPAM,
     EXTERNAL_IPAM,
+    GATEWAY_BRIDGE_LABEL,
     HANDOVER_PREFIX,
     Endpoint,
     JoinInfo,
@@ -157,8 +158,10 @@ class Host:
                     advertise_address=advertise_address,
                     member=member,
                     lease_ttl=lease_ttl,
+                    names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
+                self._dns.use_cluster(self._global.store, self._global.cluster)
             if self._needs_reconcile():
                 self.reconcile()
             elif self._global is not None and self.cluster is not None:
@@ -366,6 +369,7 @@ class Host:
             if found is not None:
                 self.global_store.remove_network(found)
                 get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
+                self._dns.network_removed(found)
                 return
         with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
@@ -547,6 +551,8 @@ class Host:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, op.undo)
                 scope.publish(endpoint)  # ready: the other hosts program it now
+                op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+                self._dns.endpoint_added(net, endpoint)
                 return endpoint
             self.store.add_endpoint(endpoint)
             op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
@@ -598,7 +604,7 @@ class Host:
             self.create_network(
                 GATEWAY_BRIDGE,
                 options={bridge.NAME: GATEWAY_BRIDGE, bridge.ICC: "false"},
-                labels={"com.keelnet.gateway-bridge": "true"},
+                labels={GATEWAY_BRIDGE_LABEL: "true"},
             )
             undo.append(lambda: self.remove_network(GATEWAY_BRIDGE))
         if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
@@ -682,9 +688,11 @@ class Host:
         if network.scope == "global":
             store = self._require_global(network.driver).store
             store.release_endpoint(endpoint)
-            if endpoint.handed_over:  # its caller (Docker) gives the sandbox its way out
+            if endpoint.handed_over:  # Docker names it, and gives the sandbox its way out
                 self._forget_if_transient(endpoint.sandbox)
-            elif not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+                return
+            self._dns.endpoint_removed(network, endpoint)
+            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
             return
         self._addresses.release(network, endpoint)
