@@ -491,5 +491,13 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
 
 
 def _remove_netns(name: str) -> None:
+    """Remove a network's namespace, its vxlan device first: a namespace's devices go
+    later, in the kernel's cleanup work, and until then the VNI stays taken on the
+    underlay's socket (the next `_ensure_kernel` of the network would find it in use)."""
+    path = netns_path(name)
+    with contextlib.suppress(OSError, NetlinkError), iproute(path) as ipr:
+        for link in ipr.link("dump"):
+            if link.get(("linkinfo", "kind")) == "vxlan":
+                ipr.link("del", index=link["index"])
     with contextlib.suppress(OSError):
-        remove_named(netns_path(name))
+        remove_named(path)
