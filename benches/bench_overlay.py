@@ -57,7 +57,7 @@ from dplab import kernel_vxlan_host, sh
 from netlab import create_ns, remove_prefix
 
 from keelnet.kernel.namespaces import call_in_netns, netns_path
-from keelnet.model import Endpoint
+from keelnet.model import Endpoint, Network
 
 LEASE_TTL = 3
 
@@ -356,8 +356,8 @@ def bench_names(root: Path, connects: int) -> None:
             assert scope is not None
             publish = scope.publish
 
-            def publish_and_note(endpoint: Endpoint) -> None:
-                publish(endpoint)
+            def publish_and_note(network: Network, endpoint: Endpoint) -> None:
+                publish(network, endpoint)
                 published[0] = time.perf_counter()
 
             scope.publish = publish_and_note  # type: ignore[method-assign]
