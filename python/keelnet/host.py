@@ -161,7 +161,7 @@ class Host:
                     names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
-                self._dns.use_cluster(self._global.store, self._global.cluster)
+                self._dns.use_cluster(self._global)
             if self._needs_reconcile():
                 self.reconcile()
             elif self._global is not None and self.cluster is not None:
@@ -550,7 +550,7 @@ class Host:
             if scope is not None:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, op.undo)
-                scope.publish(endpoint)  # ready: the other hosts program it now
+                scope.publish(net, endpoint)  # ready: the other hosts program it now
                 op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
                 self._dns.endpoint_added(net, endpoint)
                 return endpoint
@@ -614,8 +614,8 @@ class Host:
     def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
         """The sandbox's endpoints on local and global networks."""
         found = self.store.endpoints(sandbox=sandbox)
-        if self.global_store is not None:
-            found += self.global_store.endpoints(sandbox=sandbox)
+        if self._global is not None:
+            found += [endpoint for _, endpoint in self._global.joined(sandbox)]
         return found
 
     def _check_mac_free(self, network: Network, mac: str) -> None:
@@ -686,13 +686,13 @@ class Host:
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
         if network.scope == "global":
-            store = self._require_global(network.driver).store
-            store.release_endpoint(endpoint)
+            scope = self._require_global(network.driver)
+            scope.remove(endpoint)
             if endpoint.handed_over:  # Docker names it, and gives the sandbox its way out
                 self._forget_if_transient(endpoint.sandbox)
                 return
             self._dns.endpoint_removed(network, endpoint)
-            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+            if not scope.joined(endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
             return
         self._addresses.release(network, endpoint)
@@ -761,7 +761,7 @@ class Host:
             driver.create_endpoint(self._ctx, net, endpoint, None)
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
             if scope is not None:
-                scope.publish(endpoint)  # the other hosts program it; it waits for its caller
+                scope.publish(net, endpoint)  # the other hosts program it; it waits for its caller
             else:
                 self.store.add_endpoint(endpoint)
             return endpoint
@@ -779,7 +779,7 @@ class Host:
                     f"endpoint {endpoint_id[:12]} is already joined to sandbox {endpoint.sandbox}"
                 )
             if not endpoint.sandbox:
-                if self._store_for(net).endpoints(network_id=net.id, sandbox=box.name):
+                if any(e.network_id == net.id for e in self._sandbox_endpoints(box.name)):
                     raise DuplicateEndpoint(
                         f"sandbox {box.name} is already connected to {net.name}"
                     )
@@ -840,7 +840,8 @@ class Host:
     def _find_endpoint(self, net: Network, endpoint_id: str) -> Endpoint | None:
         """The network's endpoint of that id on this host, in the network's store."""
         if net.scope == "global":
-            return self._require_global(net.driver).store.find_endpoint(net.id, endpoint_id)
+            joined = self._require_global(net.driver).joined()
+            return next((e for n, e in joined if e.id == endpoint_id and n.id == net.id), None)
         endpoint = self.store.find_endpoint(endpoint_id)
         return endpoint if endpoint is not None and endpoint.network_id == net.id else None
 
@@ -856,7 +857,7 @@ class Host:
         """Join ("": leave) a caller's endpoint to the sandbox of that name."""
         if net.scope == "global":
             joined = dataclasses.replace(endpoint, sandbox=sandbox)
-            self._require_global(net.driver).publish(joined)
+            self._require_global(net.driver).publish(net, joined)
         else:
             self.store.set_endpoint_sandbox(endpoint.id, sandbox)
 
@@ -866,10 +867,10 @@ class Host:
         if box is None or not box.transient or self.store.endpoints(sandbox=box.name):
             return
         try:
-            if self.global_store is not None and self.global_store.endpoints(sandbox=box.name):
+            if self._global is not None and self._global.joined(box.name):
                 return
-        except StoreUnavailable:
-            return  # it may have endpoints of global networks: kept until a later leave
+        except StoreUnavailable:  # a Host that is no member asks etcd: kept till later
+            return
         self.store.remove_sandbox(box.name)
 
     def _sandbox_at(self, path: str) -> Sandbox:

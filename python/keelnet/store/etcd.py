@@ -311,14 +311,6 @@ class EtcdStore:
     ) -> list[Endpoint]:
         return [e for e, _ in self.endpoint_states(network_id=network_id, sandbox=sandbox)]
 
-    def find_endpoint(self, network_id: str, endpoint_id: str) -> Endpoint | None:
-        """This host's endpoint `endpoint_id` of the network, if there is one."""
-        found = self.client.get(f"{ENDPOINTS}{network_id}/{endpoint_id}")
-        if found is None:
-            return None
-        endpoint, host, _vtep, _ready = endpoint_from_record(found.value)
-        return endpoint if host == self.host else None
-
     def holder(self, network_id: str, address: str) -> str | None:
         """The host whose endpoint holds `address` on the network, if any does."""
         found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
