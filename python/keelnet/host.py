@@ -864,10 +864,10 @@ class Host:
     def _forget_if_transient(self, sandbox: str) -> None:
         """A sandbox adopted by a join goes from the store with its last endpoint."""
         box = self.store.find_sandbox(sandbox) if sandbox else None
-        if box is None or not box.transient or self.store.endpoints(sandbox=box.name):
+        if box is None or not box.transient:
             return
         try:
-            if self._global is not None and self._global.joined(box.name):
+            if self._sandbox_endpoints(box.name):
                 return
         except StoreUnavailable:  # a Host that is no member asks etcd: kept till later
             return
