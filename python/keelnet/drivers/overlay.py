@@ -19,6 +19,9 @@ kernel and userspace hosts share a network.
 
 MTU inside: 1450 (the underlay's 1500 less 50 bytes of VXLAN); MACs are derived from
 the IPv4 address (02:42:a.b.c.d) as Docker does, so remote peers need no ARP.
+
+Docker's containers (keelnet's plugin) get their endpoints handed over: the veth's other
+end, or the TAP, waits in the host's namespace, marked, for dockerd to move and set up.
 """
 
 from __future__ import annotations
