@@ -459,10 +459,17 @@ def open_host(
 
     host = Host(netns=netns, state_dir=state_dir, store=store, dataplane=dataplane)
     try:
-        host.reconcile()
+        done = host.reconcile()
     except BaseException:
         host.close()
         raise
+    repaired = {
+        key: count + host.reconciled_at_open.get(key, 0)
+        for key, count in done.items()
+        if count + host.reconciled_at_open.get(key, 0)
+    }
+    if repaired:  # what `keelnet system reconcile` would have reported (the log's reader)
+        print(f"keelnet agent: reconciled at start: {repaired}", flush=True)
     return host
 
 

@@ -159,8 +159,10 @@ class Host:
                     lease_ttl=lease_ttl,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
+            #: What the reconcile this open ran did (empty: none ran).
+            self.reconciled_at_open: dict[str, int] = {}
             if self._needs_reconcile():
-                self.reconcile()
+                self.reconciled_at_open = self.reconcile()
             elif self._global is not None and self.cluster is not None:
                 # Its overlay endpoints: userspace ones to serve again, half-made ones.
                 self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
@@ -247,6 +249,7 @@ class Host:
         ipam_options: Mapping[str, str] | None = None,
         network_id: str | None = None,
         attachable: bool = False,
+        ipv4: bool = True,
     ) -> Network:
         """Create a network; subnets are carved from the default pools when not given.
 
@@ -254,7 +257,8 @@ class Host:
         by name, or `external`: every subnet is given and every address is the caller's
         (dockerd's, when keelnet serves Docker; endpoints then come from
         `create_endpoint`). `network_id`: the id to use (Docker's), instead of a new one.
-        `attachable` is Docker's flag, recorded and shown by inspect.
+        `attachable` is Docker's flag, recorded and shown by inspect. `ipv4=False` (with
+        `ipv6`): an IPv6-only network (Docker 28's `--ipv4=false`), for drivers that can.
         """
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
@@ -268,9 +272,11 @@ class Host:
         checks.text(ipam_driver, "ipam_driver")
         if network_id is not None and not _ID.fullmatch(checks.text(network_id, "network id")):
             raise InvalidRequest(f"invalid network id {network_id!r}: use 64 hex digits")
-        for flag, value in (("ipv6", ipv6), ("internal", internal)):
+        for flag, value in (("ipv4", ipv4), ("ipv6", ipv6), ("internal", internal)):
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
+        if not ipv4:
+            _check_ipv6_only(the_driver, ipv6)
         if the_driver.scope == "global":
             scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
@@ -311,6 +317,7 @@ class Host:
                     gateway_on_host=the_driver.gateway_on_host,
                     driver=ipam_driver,
                     options=ipam_opts,
+                    ipv4=ipv4,
                 )
                 plan = self._addresses.plan(request, op.undo)
             elif subnets or gateways or ranges or aux or ipam_driver != DEFAULT_IPAM:
@@ -1194,6 +1201,17 @@ class _Operation:
             except Exception:  # keep undoing; the operation's own error is the one raised
                 clean = False
         return clean
+
+
+def _check_ipv6_only(driver: Driver, ipv6: bool) -> None:
+    """Refuse an IPv6-only network without IPv6, or of a driver that cannot make one."""
+    if not ipv6:
+        raise InvalidRequest("IPv4 or IPv6 must be enabled: with --ipv4=false give --ipv6")
+    if not driver.ipv6_only:
+        raise InvalidRequest(
+            f"driver {driver.name!r} makes no IPv6-only networks (bridge, macvlan and "
+            "ipvlan do): leave IPv4 on"
+        )
 
 
 def _is_name(name: str) -> bool:

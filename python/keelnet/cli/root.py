@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from keelnet.agent import AgentError
-from keelnet.cli import CommandLine, agent, forward, network, plugin, port, sandbox
+from keelnet.cli import CommandLine, agent, forward, network, plugin, port, sandbox, system
 from keelnet.cli._common import (
     LOCAL,
     READ,
@@ -32,6 +32,7 @@ NOUNS = {
     "port": port.add_commands,
     "agent": agent.add_commands,
     "plugin": plugin.add_commands,
+    "system": system.add_commands,
 }
 
 
