@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 #: Docker's `--scope` values (keelnet refuses "swarm").
 SCOPES = ("local", "global", "swarm")
-#: Flags that take Go's `--flag=false` as well as `--flag` (rewritten before parsing).
-BOOL_FLAGS = ("--ipv4", "--ipv6", "--internal", "--attachable")
 
 PRUNE_WARNING = (
     "WARNING! This will remove all custom networks not used by at least one sandbox.\n"
