@@ -6,14 +6,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import socket
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from miniplugin import MiniPlugin
 from netlab import OUTSIDE_ADDRESS, Lab
 from nettools import TcpServer, ping, tcp_request
@@ -251,7 +250,7 @@ def test_errors_are_one_line_that_say_what_to_do(lab: Lab) -> None:
         (("network", "create", "--scope", "global", "m"), 'driver bridge makes "local" networks'),
         (("network", "create", "--config-only", "m"), "no configuration-only networks"),
         (("network", "create", "--ipam-driver", "x", "m"), 'IPAM driver "x" not found'),
-        (("network", "create", "--ipam-driver", "external", "m"), "use \"default\" or"),
+        (("network", "create", "--ipam-driver", "external", "m"), 'use "default" or'),
         (("network", "rm", "ghost"), "network ghost not found"),
         (("network", "connect", "n", "ghost"), "ghost"),
         (("network", "connect", "--driver-opt", "x=1", "n", "ghost"), "unknown endpoint option"),
@@ -357,9 +356,7 @@ def sandbox_addresses(sandbox: str, ifname: str = "eth0") -> set[str]:
     """The addresses on the sandbox's interface, as "address/prefix"."""
     with iproute(netns_path(sandbox)) as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
-        return {
-            f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)
-        }
+        return {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)}
 
 
 def test_a_docker_ipam_plugin_gives_the_addresses(

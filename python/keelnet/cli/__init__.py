@@ -1,8 +1,9 @@
 """The `keelnet` command line: Docker's verbs, flags and output.
 
-One module per noun (`network`, `sandbox`, `port`, `agent`, `plugin`, `system`), as Docker's CLI keeps
-`cli/command/network/*.go`; each adds its verbs with `add_commands`. `root` holds the
-global flags and decides where a command runs (in the agent or in this process).
+One module per noun (`network`, `sandbox`, `port`, `agent`, `plugin`, `system`), as
+Docker's CLI keeps `cli/command/network/*.go`; each adds its verbs with `add_commands`.
+`root` holds the global flags and decides where a command runs (in the agent or in this
+process).
 
 This module imports next to nothing: `keelnet --version` costs an interpreter start, and
 a command line a running agent can take goes to it as it is, before any parsing here

@@ -80,8 +80,8 @@ def plan_network(
     options: Mapping[str, str],
 ) -> tuple[tuple[IpamConfig, ...], Undo]:
     """Pools, gateways and auxiliary addresses of a new network (a pool per IP version
-    of `versions`), as libnetwork asks them of an IPAM driver; returns the network's IPAM configuration and the undo that gives
-    all of it back."""
+    of `versions`), as libnetwork asks them of an IPAM driver; returns the network's IPAM
+    configuration and the undo that gives all of it back."""
     undo: list[Undo] = []
 
     def give_back() -> None:

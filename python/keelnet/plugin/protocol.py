@@ -26,9 +26,11 @@ from keelnet.model import IpamConfig, JoinInfo, StaticRoute
 #: for plugins kept away from where a dockerd looks (tests, a dockerd with other paths).
 PLUGIN_DIR_VARIABLE = "KEELNET_PLUGIN_DIR"
 _ONE_DIR = os.environ.get(PLUGIN_DIR_VARIABLE)
-SOCKET_DIR = Path(_ONE_DIR) if _ONE_DIR else Path("/run/docker/plugins")
+SOCKET_DIR = Path(_ONE_DIR or "/run/docker/plugins")
 SPEC_DIRS = (
-    (Path(_ONE_DIR),) if _ONE_DIR else (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"))
+    (Path(_ONE_DIR),)
+    if _ONE_DIR
+    else (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"))
 )
 
 NETWORK_DRIVER = "NetworkDriver"
