@@ -24,13 +24,12 @@ import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
-from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
 from keelnet.drivers import _gateway, bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
@@ -51,7 +50,6 @@ from keelnet.errors import (
     StateDirError,
     StoreUnavailable,
 )
-from keelnet.global_scope import GlobalScope
 from keelnet.inspect import network_inspect
 from keelnet.ipam.networks import NetworkAddresses, Plan
 from keelnet.ipam.networks import Request as AddressRequest
@@ -74,9 +72,13 @@ from keelnet.model import (
 )
 from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
-from keelnet.store.etcd import EtcdStore
 from keelnet.store.journal import Entry, Journal
 from keelnet.store.sqlite import DB_NAME, check_state_dir
+
+if TYPE_CHECKING:  # a host with a cluster store imports them: requests, etcd3gw (~0.1 s)
+    from keelnet.cluster import ClusterMember
+    from keelnet.global_scope import GlobalScope
+    from keelnet.store.etcd import EtcdStore
 
 Undo = Callable[[], None]
 #: Docker's endpoint driver option that names the sandbox's interface.
@@ -102,7 +104,7 @@ class Host:
         name: str | None = None,
         advertise_address: str | None = None,
         member: bool = True,
-        lease_ttl: int = DEFAULT_LEASE_TTL,
+        lease_ttl: int | None = None,
         dataplane: str | None = None,
     ):
         """A host: `netns` (None: the caller's), its state in `state_dir`.
@@ -150,13 +152,16 @@ class Host:
             self._global: GlobalScope | None = None
             store = store or os.environ.get("KEELNET_STORE") or None
             if store:
+                from keelnet.cluster import DEFAULT_LEASE_TTL
+                from keelnet.global_scope import GlobalScope
+
                 self._global = GlobalScope(
                     self._ctx,
                     store,
                     name=name or (Path(netns).name if netns else socket.gethostname()),
                     advertise_address=advertise_address,
                     member=member,
-                    lease_ttl=lease_ttl,
+                    lease_ttl=DEFAULT_LEASE_TTL if lease_ttl is None else lease_ttl,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
             #: What the reconcile this open ran did (empty: none ran).
