@@ -16,6 +16,13 @@ query). It starts when the first endpoint of a network with DNS appears and stop
 the last sandbox it serves, or with the Host. ``Host(serve_dns=False)`` (the CLI's own
 short-lived processes) runs none and only keeps the sandboxes' files.
 
+On an overlay network the names of the other hosts' sandboxes answer too: their endpoint
+records in the cluster store carry their sandbox name and aliases, and the host's cluster
+watch (:mod:`keelnet.cluster`) hands each ready endpoint of a live host to
+:meth:`HostDns.add_peer` as it appears, and to :meth:`HostDns.remove_peer` as it goes:
+disconnected there, or its host's lease ran out. As local names, they are seen only by
+sandboxes on that network.
+
 Upstream servers are those of the host's ``resolv.conf``: ``/etc/netns/<host netns>/
 resolv.conf`` for ``Host(netns=...)`` when it exists (the file ``ip netns exec`` shows
 programs there), else ``/etc/resolv.conf``. As in Docker (moby ``TransformForIntNS``),
@@ -37,18 +44,23 @@ import contextlib
 import errno
 import ipaddress
 import os
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from keelnet import _core
 from keelnet.checks import DNS_NAME
 from keelnet.errors import DataplaneError, KeelnetError
-from keelnet.model import Endpoint, Network
+from keelnet.model import Endpoint, Network, RemoteEndpoint
 from keelnet.store import Store
+
+if TYPE_CHECKING:
+    from keelnet.cluster import ClusterMember
+    from keelnet.store.base import NetworkStore
 
 __all__ = [
     "LISTEN_ADDRESS",
@@ -211,31 +223,61 @@ class Resolver:
 
 class HostDns:
     """A Host's DNS: keeps the resolver's table and the sandboxes' files in step with the
-    store. Started lazily: a Host without DNS networks runs no resolver thread."""
+    stores (the host's, and the cluster store with `use_cluster`). Started lazily: a Host
+    without DNS networks runs no resolver thread."""
 
     def __init__(
         self, store: Store, netns: str | None, netns_path: str | None, *, serve: bool = True
     ):
         self._store = store
+        self._global: NetworkStore | None = None
+        self._cluster: ClusterMember | None = None
         self._netns = netns
         self._netns_path = netns_path
         self._serve = serve
         self._resolver: Resolver | None = None
+        self._own_lock = threading.RLock()
+
+    def use_cluster(self, store: NetworkStore, cluster: ClusterMember | None) -> None:
+        """Serve global networks too: this host's endpoints from `store`, the other hosts'
+        as `cluster` (a member's watch; None for a Host that is none) reports them."""
+        self._global, self._cluster = store, cluster
+
+    @property
+    def _lock(self) -> threading.RLock:
+        """Held while the resolver starts, stops or takes another host's names: the
+        cluster's lock when there is one, so no peer event falls between the replay of
+        the known peers and the start."""
+        return self._cluster.lock if self._cluster is not None else self._own_lock
 
     @staticmethod
     def serves(network: Network) -> bool:
         return network.embedded_dns
 
+    def _networks(self) -> list[Network]:
+        found = self._store.networks()
+        return found + self._global.networks() if self._global is not None else found
+
+    def _endpoints(self, network: Network) -> list[Endpoint]:
+        """This host's endpoints of `network`."""
+        store = self._global if network.scope == "global" else self._store
+        return store.endpoints(network_id=network.id) if store is not None else []
+
     def _started(self) -> Resolver:
-        """The resolver, started (with every stored endpoint of a DNS network in its
-        table) if it is not running."""
-        if self._resolver is None:
-            self._resolver = Resolver(self._netns_path)
-            for network in self._store.networks():
-                if self.serves(network):
-                    for endpoint in self._store.endpoints(network_id=network.id):
+        """The resolver, started (with every endpoint of a DNS network this host and its
+        cluster know in its table) if it is not running."""
+        with self._lock:
+            if self._resolver is None:
+                self._resolver = Resolver(self._netns_path)
+                for network in self._networks():
+                    if not self.serves(network):
+                        continue
+                    for endpoint in self._endpoints(network):
                         self._push(network, endpoint)
-        return self._resolver
+                    if self._cluster is not None and network.scope == "global":
+                        for peer in self._cluster.peers(network.id):
+                            self._push_names(network, peer.id, peer.names, peer.ip)
+            return self._resolver
 
     def endpoint_added(self, network: Network, endpoint: Endpoint) -> None:
         if not self.serves(network):
@@ -247,15 +289,37 @@ class HostDns:
         self._attach(endpoint.sandbox)
 
     def _push(self, network: Network, endpoint: Endpoint) -> None:
-        """Put the endpoint in the table under its sandbox name and aliases; a sandbox
-        name that is no DNS name (a 64-letter label) is left out, so the sandbox still
-        resolves others."""
+        names = (endpoint.sandbox, *endpoint.aliases)
+        self._push_names(network, endpoint.id, names, endpoint.ip, endpoint.ipv6)
+
+    def _push_names(
+        self,
+        network: Network,
+        endpoint_id: str,
+        names: Iterable[str],
+        ip: str | None,
+        ipv6: str | None = None,
+    ) -> None:
+        """Put an endpoint in the table under its sandbox name and aliases; a name that
+        is no DNS name (a 64-letter sandbox name, a bad record of another host) is left
+        out, so the sandbox still resolves others."""
         resolver = self._started()
         resolver.set_network(network.id, network.name)
-        names = [endpoint.sandbox] if DNS_NAME.fullmatch(endpoint.sandbox) else []
-        names += endpoint.aliases
-        if names:
-            resolver.set_endpoint(network.id, endpoint.id, names, endpoint.ip, endpoint.ipv6)
+        valid = [name for name in names if DNS_NAME.fullmatch(name)]
+        if valid:
+            resolver.set_endpoint(network.id, endpoint_id, valid, ip, ipv6)
+
+    def add_peer(self, network: Network, peer: RemoteEndpoint) -> None:
+        """Another host's endpoint (the cluster watch): its names, while this host serves
+        any sandbox (the resolver takes the known ones when it starts)."""
+        with self._lock:
+            if self._resolver is not None and self.serves(network):
+                self._push_names(network, peer.id, peer.names, peer.ip)
+
+    def remove_peer(self, network: Network, peer: RemoteEndpoint) -> None:
+        with self._lock:
+            if self._resolver is not None:
+                self._resolver.remove_endpoint(network.id, peer.id)
 
     def endpoint_removed(self, network: Network, endpoint: Endpoint) -> None:
         if not self.serves(network):
@@ -283,13 +347,17 @@ class HostDns:
         _remove_file(sandbox)
 
     def _dns_networks(self, sandbox: str, leaving: str | None) -> list[Network]:
-        """The sandbox's networks with DNS now in the store (less `leaving`, an endpoint
-        going away in this transaction), in the order it joined them."""
-        networks = {n.id: n for n in self._store.networks()}
+        """The sandbox's networks with DNS now in the stores (less `leaving`, an endpoint
+        going away in this transaction): its local ones, then its global ones, each in
+        the order it joined them."""
+        networks = {n.id: n for n in self._networks()}
+        endpoints = self._store.endpoints(sandbox=sandbox)
+        if self._global is not None:
+            endpoints += self._global.endpoints(sandbox=sandbox)
         return [
             networks[e.network_id]
-            for e in self._store.endpoints(sandbox=sandbox)
-            if e.id != leaving and self.serves(networks[e.network_id])
+            for e in endpoints
+            if e.id != leaving and e.network_id in networks and self.serves(networks[e.network_id])
         ]
 
     def _write_or_remove(self, sandbox: str, leaving: str | None = None) -> None:
@@ -328,13 +396,15 @@ class HostDns:
     def rebuild(self) -> None:
         """Serve what the store holds (a Host starting on existing state). A sandbox
         another process already serves is left to it, with a warning."""
+        if not self._serve:
+            return
         sandboxes: list[str] = []
-        for network in self._store.networks():
+        for network in self._networks():
             if self.serves(network):
-                for endpoint in self._store.endpoints(network_id=network.id):
+                for endpoint in self._endpoints(network):
                     if endpoint.sandbox not in sandboxes:
                         sandboxes.append(endpoint.sandbox)
-        if not sandboxes or not self._serve:
+        if not sandboxes:
             return
         self._started()
         for sandbox in sandboxes:
@@ -349,9 +419,10 @@ class HostDns:
         return self._resolver
 
     def close(self) -> None:
-        if self._resolver is not None:
-            self._resolver.close()
-            self._resolver = None
+        with self._lock:
+            if self._resolver is not None:
+                self._resolver.close()
+                self._resolver = None
 
 
 def _write_file(sandbox: str, text: str) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet import sandbox as netns_sandbox
-from keelnet.cluster import ClusterMember
+from keelnet.cluster import ClusterMember, PeerProgrammer
 from keelnet.drivers import get_driver, overlay
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
@@ -44,25 +44,33 @@ PlanIpam = Callable[..., tuple[tuple[IpamConfig, ...], dict[int, AddressPool], l
 
 
 class _PeerProgrammer:
-    """What the cluster watch calls to program remote endpoints into this host's planes."""
+    """What the cluster watch calls to program remote endpoints into this host's planes,
+    and their names into its DNS server (`names`): a name answers once its address is
+    reachable, and goes before it is not."""
 
-    def __init__(self, ctx: HostContext) -> None:
+    def __init__(self, ctx: HostContext, names: PeerProgrammer) -> None:
         self._ctx = ctx
+        self._names = names
 
     def add_peer(self, network: Network, peer: RemoteEndpoint) -> None:
         driver = get_driver(network.driver)
-        if isinstance(driver, overlay.OverlayDriver):
-            driver.add_peer(self._ctx, network, peer)
+        try:
+            if isinstance(driver, overlay.OverlayDriver):
+                driver.add_peer(self._ctx, network, peer)
+        finally:  # the watch counts it as added either way: its names follow that
+            self._names.add_peer(network, peer)
 
     def remove_peer(self, network: Network, peer: RemoteEndpoint) -> None:
         driver = get_driver(network.driver)
+        self._names.remove_peer(network, peer)
         if isinstance(driver, overlay.OverlayDriver):
             driver.remove_peer(self._ctx, network, peer)
 
 
 class GlobalScope:
     """The cluster store at `url` for the host of `ctx`, as the member `name` (with a
-    lease and a watch) unless `member` is False."""
+    lease and a watch) unless `member` is False; the watch hands the other hosts'
+    endpoints to `names` (the host's DNS) too."""
 
     def __init__(
         self,
@@ -73,6 +81,7 @@ class GlobalScope:
         advertise_address: str | None,
         member: bool,
         lease_ttl: int,
+        names: PeerProgrammer,
     ) -> None:
         netns_sandbox.check_name(name, "host")
         self._ctx = ctx
@@ -83,7 +92,7 @@ class GlobalScope:
         try:
             vtep = advertise_address or self._source_address(self.store.client.endpoints[0][0])
             self.cluster = ClusterMember(
-                self.store, vtep, _PeerProgrammer(ctx), lease_ttl=lease_ttl
+                self.store, vtep, _PeerProgrammer(ctx, names), lease_ttl=lease_ttl
             )
             self.cluster.start()
         except BaseException:

@@ -60,6 +60,7 @@ from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import (
     DEFAULT_IPAM,
     EXTERNAL_IPAM,
+    GATEWAY_BRIDGE_LABEL,
     HANDOVER_PREFIX,
     Endpoint,
     JoinInfo,
@@ -162,8 +163,10 @@ class Host:
                     advertise_address=advertise_address,
                     member=member,
                     lease_ttl=DEFAULT_LEASE_TTL if lease_ttl is None else lease_ttl,
+                    names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
+                self._dns.use_cluster(self._global.store, self._global.cluster)
             #: What the reconcile this open ran did (empty: none ran).
             self.reconciled_at_open: dict[str, int] = {}
             if self._needs_reconcile():
@@ -378,6 +381,7 @@ class Host:
             if found is not None:
                 self.global_store.remove_network(found)
                 get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
+                self._dns.network_removed(found)
                 return
         with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
@@ -559,6 +563,8 @@ class Host:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, op.undo)
                 scope.publish(endpoint)  # ready: the other hosts program it now
+                op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+                self._dns.endpoint_added(net, endpoint)
                 return endpoint
             self.store.add_endpoint(endpoint)
             op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
@@ -610,7 +616,7 @@ class Host:
             self.create_network(
                 GATEWAY_BRIDGE,
                 options={bridge.NAME: GATEWAY_BRIDGE, bridge.ICC: "false"},
-                labels={"com.keelnet.gateway-bridge": "true"},
+                labels={GATEWAY_BRIDGE_LABEL: "true"},
             )
             undo.append(lambda: self.remove_network(GATEWAY_BRIDGE))
         if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
@@ -694,6 +700,7 @@ class Host:
         if network.scope == "global":
             store = self._require_global(network.driver).store
             store.release_endpoint(endpoint)
+            self._dns.endpoint_removed(network, endpoint)
             if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
             return
