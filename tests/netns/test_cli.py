@@ -248,6 +248,10 @@ def test_errors_are_one_line_that_say_what_to_do(lab: Lab) -> None:
         ),
         (("network", "create", "--scope", "swarm", "m"), 'scope "swarm" needs Docker\'s swarm'),
         (("network", "create", "--scope", "global", "m"), 'driver bridge makes "local" networks'),
+        (
+            ("network", "create", "-d", "overlay", "--scope", "local", "m"),
+            'driver overlay makes "global" networks, not "local"',
+        ),
         (("network", "create", "--config-only", "m"), "no configuration-only networks"),
         (("network", "create", "--ipam-driver", "x", "m"), 'IPAM driver "x" not found'),
         (("network", "create", "--ipam-driver", "external", "m"), 'use "default" or'),
@@ -396,7 +400,18 @@ def test_an_ipv6_only_network(lab: Lab) -> None:
     """`--ipv6 --ipv4=false` (Docker 28): no IPv4 subnet, gateway or address anywhere;
     sandboxes reach each other, their gateway and each other's names over IPv6."""
     a, b = lab.name("six-a"), lab.name("six-b")
-    ok(lab, "network", "create", "--ipv6", "--ipv4=false", "--subnet", "fd00:6:1::/64", "six")
+    ok(
+        lab,
+        "network",
+        "create",
+        "--ipv6",
+        "--ipv4=false",
+        "--subnet",
+        "fd00:6:1::/64",
+        "--scope",
+        "local",
+        "six",
+    )
     (view,) = json.loads(ok(lab, "network", "inspect", "six"))
     assert (view["EnableIPv4"], view["EnableIPv6"]) == (False, True)
     assert view["IPAM"]["Config"] == [{"Subnet": "fd00:6:1::/64", "Gateway": "fd00:6:1::1"}]
