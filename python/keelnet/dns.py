@@ -60,7 +60,7 @@ from keelnet.store import Store
 
 if TYPE_CHECKING:
     from keelnet.cluster import ClusterMember
-    from keelnet.store.base import NetworkStore
+    from keelnet.global_scope import GlobalScope
 
 __all__ = [
     "LISTEN_ADDRESS",
@@ -223,14 +223,14 @@ class Resolver:
 
 class HostDns:
     """A Host's DNS: keeps the resolver's table and the sandboxes' files in step with the
-    stores (the host's, and the cluster store with `use_cluster`). Started lazily: a Host
-    without DNS networks runs no resolver thread."""
+    host's store and, with `use_cluster`, its endpoints on global networks. Started
+    lazily: a Host without DNS networks runs no resolver thread."""
 
     def __init__(
         self, store: Store, netns: str | None, netns_path: str | None, *, serve: bool = True
     ):
         self._store = store
-        self._global: NetworkStore | None = None
+        self._global: GlobalScope | None = None
         self._cluster: ClusterMember | None = None
         self._netns = netns
         self._netns_path = netns_path
@@ -238,10 +238,11 @@ class HostDns:
         self._resolver: Resolver | None = None
         self._own_lock = threading.RLock()
 
-    def use_cluster(self, store: NetworkStore, cluster: ClusterMember | None) -> None:
-        """Serve global networks too: this host's endpoints from `store`, the other hosts'
-        as `cluster` (a member's watch; None for a Host that is none) reports them."""
-        self._global, self._cluster = store, cluster
+    def use_cluster(self, scope: GlobalScope) -> None:
+        """Serve global networks too: this host's endpoints as `scope` knows them (a
+        member without asking etcd, so local changes never wait for it), the other
+        hosts' as its cluster watch reports them."""
+        self._global, self._cluster = scope, scope.cluster
 
     @property
     def _lock(self) -> threading.RLock:
@@ -254,14 +255,18 @@ class HostDns:
     def serves(network: Network) -> bool:
         return network.embedded_dns
 
-    def _networks(self) -> list[Network]:
-        found = self._store.networks()
-        return found + self._global.networks() if self._global is not None else found
-
-    def _endpoints(self, network: Network) -> list[Endpoint]:
-        """This host's endpoints of `network`."""
-        store = self._global if network.scope == "global" else self._store
-        return store.endpoints(network_id=network.id) if store is not None else []
+    def _joined(self, sandbox: str | None = None) -> list[tuple[Network, Endpoint]]:
+        """This host's endpoints (of `sandbox`) on networks with DNS, with their networks:
+        on local networks, then on global ones, each in the order they joined."""
+        networks = {n.id: n for n in self._store.networks()}
+        found = [
+            (networks[e.network_id], e)
+            for e in self._store.endpoints(sandbox=sandbox)
+            if e.network_id in networks
+        ]
+        if self._global is not None:
+            found += self._global.joined(sandbox)
+        return [(network, endpoint) for network, endpoint in found if self.serves(network)]
 
     def _started(self) -> Resolver:
         """The resolver, started (with every endpoint of a DNS network this host and its
@@ -269,13 +274,11 @@ class HostDns:
         with self._lock:
             if self._resolver is None:
                 self._resolver = Resolver(self._netns_path)
-                for network in self._networks():
-                    if not self.serves(network):
-                        continue
-                    for endpoint in self._endpoints(network):
-                        self._push(network, endpoint)
-                    if self._cluster is not None and network.scope == "global":
-                        for peer in self._cluster.peers(network.id):
+                for network, endpoint in self._joined():
+                    self._push(network, endpoint)
+                if self._cluster is not None:
+                    for network, peer in self._cluster.programmed():
+                        if self.serves(network):
                             self._push_names(network, peer.id, peer.names, peer.ip)
             return self._resolver
 
@@ -347,18 +350,10 @@ class HostDns:
         _remove_file(sandbox)
 
     def _dns_networks(self, sandbox: str, leaving: str | None) -> list[Network]:
-        """The sandbox's networks with DNS now in the stores (less `leaving`, an endpoint
+        """The sandbox's networks with DNS (less `leaving`, an endpoint
         going away in this transaction): its local ones, then its global ones, each in
         the order it joined them."""
-        networks = {n.id: n for n in self._networks()}
-        endpoints = self._store.endpoints(sandbox=sandbox)
-        if self._global is not None:
-            endpoints += self._global.endpoints(sandbox=sandbox)
-        return [
-            networks[e.network_id]
-            for e in endpoints
-            if e.id != leaving and e.network_id in networks and self.serves(networks[e.network_id])
-        ]
+        return [network for network, endpoint in self._joined(sandbox) if endpoint.id != leaving]
 
     def _write_or_remove(self, sandbox: str, leaving: str | None = None) -> None:
         """Without a server here: the sandbox's resolv.conf, or none when it has no
@@ -398,12 +393,8 @@ class HostDns:
         another process already serves is left to it, with a warning."""
         if not self._serve:
             return
-        sandboxes: list[str] = []
-        for network in self._networks():
-            if self.serves(network):
-                for endpoint in self._endpoints(network):
-                    if endpoint.sandbox not in sandboxes:
-                        sandboxes.append(endpoint.sandbox)
+        # Endpoints a Docker plugin caller has not joined yet have no sandbox.
+        sandboxes = list(dict.fromkeys(e.sandbox for _, e in self._joined() if e.sandbox))
         if not sandboxes:
             return
         self._started()

@@ -166,7 +166,7 @@ class Host:
                     names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
-                self._dns.use_cluster(self._global.store, self._global.cluster)
+                self._dns.use_cluster(self._global)
             #: What the reconcile this open ran did (empty: none ran).
             self.reconciled_at_open: dict[str, int] = {}
             if self._needs_reconcile():
@@ -562,7 +562,7 @@ class Host:
             if scope is not None:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, op.undo)
-                scope.publish(endpoint)  # ready: the other hosts program it now
+                scope.publish(net, endpoint)  # ready: the other hosts program it now
                 op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
                 self._dns.endpoint_added(net, endpoint)
                 return endpoint
@@ -626,8 +626,8 @@ class Host:
     def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
         """The sandbox's endpoints on local and global networks."""
         found = self.store.endpoints(sandbox=sandbox)
-        if self.global_store is not None:
-            found += self.global_store.endpoints(sandbox=sandbox)
+        if self._global is not None:
+            found += [endpoint for _, endpoint in self._global.joined(sandbox)]
         return found
 
     def _check_mac_free(self, network: Network, mac: str) -> None:
@@ -698,10 +698,10 @@ class Host:
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
         if network.scope == "global":
-            store = self._require_global(network.driver).store
-            store.release_endpoint(endpoint)
+            scope = self._require_global(network.driver)
+            scope.remove(endpoint)
             self._dns.endpoint_removed(network, endpoint)
-            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+            if not scope.joined(endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
             return
         self._addresses.release(network, endpoint)

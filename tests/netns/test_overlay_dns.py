@@ -16,9 +16,10 @@ from clusterlab import Agent, Cluster, make_host_ns
 from dnslab import addresses, ask
 from nettools import wait_until
 
+from keelnet import dns
 from keelnet import sandbox as sandboxes
 from keelnet.cluster import DEFAULT_LEASE_TTL
-from keelnet.kernel.namespaces import netns_path
+from keelnet.kernel.namespaces import iproute, netns_path
 
 pytestmark = pytest.mark.netns
 
@@ -116,3 +117,49 @@ def test_names_of_a_killed_agent_go_with_its_lease(cluster: Cluster, tmp_path: P
         assert wait_until(gone, timeout=LEASE_TTL + 1, step=0.05)
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("reopened", [False, True], ids=["same-host", "reopened-host"])
+def test_bridge_connect_and_disconnect_need_no_etcd(cluster: Cluster, reopened: bool) -> None:
+    """A sandbox on an overlay network joins and leaves a bridge network while etcd is
+    down: the host knows its own overlay endpoints without asking (those it connected,
+    or, opened again, those its cluster watch listed at start), and the names on the
+    bridge network come and go as they should (the overlay's stay)."""
+    a = cluster.add_host(1)
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    a.create_network("br", subnet="10.0.20.0/24")
+    app, web = cluster.sandbox(a, "app"), cluster.sandbox(a, "web")
+    ip_overlay = a.connect("ov1", app).ip
+    ip_web = a.connect("br", web).ip
+    at_app, at_web = a.sandbox(app).path, a.sandbox(web).path
+    if reopened:
+        a.close()
+        a = cluster.add_host(1)
+    cluster.etcd.stop_member(0)
+    try:
+        endpoint = a.connect("br", app, aliases=["db"])
+        # Its interfaces of ov1 and kn-gwbridge stay; the bridge's comes as a third.
+        assert endpoint.ifname == "eth2"
+        with iproute(at_app) as ipr:
+            assert sorted(str(link.get("ifname")) for link in ipr.link("dump")) == [
+                "eth0",
+                "eth1",
+                "eth2",
+                "lo",
+            ]
+        # The bridge's sandbox finds app by name and alias, app finds it, and app still
+        # finds its own overlay name.
+        assert getent(at_web, "hosts", app)[:1] == [endpoint.ip]
+        assert addresses(ask(at_web, "db")) == [endpoint.ip]
+        assert getent(at_app, "hosts", web)[:1] == [ip_web]
+        assert getent(at_app, "hosts", f"{app}.ov1")[:1] == [ip_overlay]
+
+        a.disconnect("br", app)
+        assert unknown(at_web, app) and unknown(at_web, "db")
+        assert unknown(at_app, web)
+        assert getent(at_app, "hosts", app)[:1] == [ip_overlay]  # still served: ov1
+        assert dns.resolv_conf_path(app).exists()
+        assert [e.ip for e in a.endpoints("br")] == [ip_web]
+    finally:
+        cluster.etcd.start_member(0)
+        cluster.etcd.wait_healthy()
