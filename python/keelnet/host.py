@@ -289,16 +289,16 @@ class Host:
             scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
-            if network_id is not None or ipam_driver != DEFAULT_IPAM:
+            if ipam_driver != DEFAULT_IPAM:
                 raise InvalidRequest(
-                    f"{the_driver.name} networks are global: keelnet's cluster store names "
-                    "them and its IPAM gives their addresses (no network id, no IPAM driver)"
+                    f"{the_driver.name} networks are global: keelnet's cluster store gives "
+                    "their addresses (no IPAM driver)"
                 )
             request = AddressRequest(subnets, gateways, ranges, aux, ipv6, gateway_on_host=False)
             plan_ipam = functools.partial(self._addresses.plan_for_cluster, request)
             local = [(c.subnet, n.name) for n in self.store.networks() for c in n.ipam]
             return scope.create_network(
-                the_driver, name, plan_ipam, local, ipv6, internal, opts, label_map
+                the_driver, name, plan_ipam, local, ipv6, internal, opts, label_map, network_id
             )
         with self._operation() as op:
             if self.store.find_network(name) is not None or self._global_named(name):
@@ -700,6 +700,9 @@ class Host:
         if network.scope == "global":
             scope = self._require_global(network.driver)
             scope.remove(endpoint)
+            if endpoint.handed_over:  # Docker names it, and gives the sandbox its way out
+                self._forget_if_transient(endpoint.sandbox)
+                return
             self._dns.endpoint_removed(network, endpoint)
             if not scope.joined(endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
@@ -708,8 +711,7 @@ class Host:
         self.store.remove_endpoint(endpoint.id)
         self._dns.endpoint_removed(network, endpoint)
         self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
-        if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
-            self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one
+        self._forget_if_transient(endpoint.sandbox)
         if box is not None and path is not None:
             self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
@@ -754,18 +756,26 @@ class Host:
                     "caller to move into a sandbox (Docker's plugin protocol needs that)"
                 )
             endpoint_id = endpoint_id or secrets.token_hex(32)
-            if self.store.find_endpoint(endpoint_id) is not None:
+            if self._find_endpoint(net, endpoint_id) is not None:
                 raise DuplicateEndpoint(f"endpoint {endpoint_id[:12]} already exists")
-            if net.ipam_driver == EXTERNAL_IPAM:
+            staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
+            scope = self._require_global(net.driver) if net.scope == "global" else None
+            if scope is not None:  # the caller's addresses (or new ones), taken cluster-wide
+                ip = requested.get(4) or requested.get(6)
+                addresses = scope.reserve(net, endpoint_id, "", staging, ip)
+                op.undo.append(lambda: scope.release(net, endpoint_id, addresses))
+            elif net.ipam_driver == EXTERNAL_IPAM:
                 addresses = self._addresses.given(net, requested)
             else:
                 addresses = self._addresses.allocate(net, requested, op.undo)
-            staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, None)
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
-            self.store.add_endpoint(endpoint)
+            if scope is not None:
+                scope.publish(net, endpoint)  # the other hosts program it; it waits for its caller
+            else:
+                self.store.add_endpoint(endpoint)
             return endpoint
 
     def join(self, network: str, endpoint_id: str, sandbox_path: str) -> JoinInfo:
@@ -781,11 +791,11 @@ class Host:
                     f"endpoint {endpoint_id[:12]} is already joined to sandbox {endpoint.sandbox}"
                 )
             if not endpoint.sandbox:
-                if self.store.endpoints(network_id=net.id, sandbox=box.name):
+                if any(e.network_id == net.id for e in self._sandbox_endpoints(box.name)):
                     raise DuplicateEndpoint(
                         f"sandbox {box.name} is already connected to {net.name}"
                     )
-                self.store.set_endpoint_sandbox(endpoint.id, box.name)
+                self._set_endpoint_sandbox(net, endpoint, box.name)
             gateways: list[str | None] = []
             routes: list[StaticRoute] = []
             offers = get_driver(net.driver).default_routes(net, endpoint)
@@ -793,30 +803,29 @@ class Host:
                 if via == _gateway.DEVICE:  # ipvlan l3: straight out, the parent host routes
                     routes.append(StaticRoute(default))
                 gateways.append(None if via == _gateway.DEVICE else via)
+            # No way out offered (overlay): the caller must not add one of its own
+            # (dockerd's docker_gwbridge) beside keelnet's network.
+            no_way_out = not net.internal and not any(offers)
             return JoinInfo(
                 src_name=endpoint.ifname,
                 gateway=gateways[0],
                 ipv6_gateway=gateways[1],
                 static_routes=tuple(routes),
-                disable_gateway_service=bool(routes),
+                disable_gateway_service=bool(routes) or no_way_out,
             )
 
     def leave(self, network: str, endpoint_id: str) -> None:
         """The caller takes the interface out of its sandbox (Docker's Leave): its
         published ports go. An endpoint that is not joined (or not known) has left."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            endpoint = self.store.find_endpoint(endpoint_id)
-            if net is None or endpoint is None or endpoint.network_id != net.id:
-                return
-            if not endpoint.sandbox:
+            net = self._known_network(network)
+            endpoint = self._find_endpoint(net, endpoint_id) if net is not None else None
+            if net is None or endpoint is None or not endpoint.sandbox:
                 return
             op.begin()
             ports = self._revoke_ports(net, endpoint.sandbox)
-            self.store.set_endpoint_sandbox(endpoint.id, "")
-            box = self.store.find_sandbox(endpoint.sandbox)
-            if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
-                self.store.remove_sandbox(box.name)
+            self._set_endpoint_sandbox(net, endpoint, "")
+            self._forget_if_transient(endpoint.sandbox)
             if ports:
                 self._sync_firewall()
 
@@ -824,9 +833,9 @@ class Host:
         """Remove the endpoint and its interface wherever the caller left it (Docker's
         DeleteEndpoint); one that is not known is already removed."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            endpoint = self.store.find_endpoint(endpoint_id)
-            if net is None or endpoint is None or endpoint.network_id != net.id:
+            net = self._known_network(network)
+            endpoint = self._find_endpoint(net, endpoint_id) if net is not None else None
+            if net is None or endpoint is None:
                 return
             op.begin()
             self._disconnect(net, endpoint)
@@ -835,10 +844,46 @@ class Host:
         return self._endpoint_of(self.network(network), endpoint_id)
 
     def _endpoint_of(self, net: Network, endpoint_id: str) -> Endpoint:
-        endpoint = self.store.find_endpoint(endpoint_id)
-        if endpoint is None or endpoint.network_id != net.id:
+        endpoint = self._find_endpoint(net, endpoint_id)
+        if endpoint is None:
             raise EndpointNotFound(f"network {net.name} has no endpoint {endpoint_id[:12]}")
         return endpoint
+
+    def _find_endpoint(self, net: Network, endpoint_id: str) -> Endpoint | None:
+        """The network's endpoint of that id on this host, in the network's store."""
+        if net.scope == "global":
+            joined = self._require_global(net.driver).joined()
+            return next((e for n, e in joined if e.id == endpoint_id and n.id == net.id), None)
+        endpoint = self.store.find_endpoint(endpoint_id)
+        return endpoint if endpoint is not None and endpoint.network_id == net.id else None
+
+    def _known_network(self, name_or_id: str) -> Network | None:
+        """The network, local or global; None when this host knows no such network (for
+        teardown: what is not known is already gone)."""
+        try:
+            return self.network(name_or_id)
+        except NetworkNotFound:
+            return None
+
+    def _set_endpoint_sandbox(self, net: Network, endpoint: Endpoint, sandbox: str) -> None:
+        """Join ("": leave) a caller's endpoint to the sandbox of that name."""
+        if net.scope == "global":
+            joined = dataclasses.replace(endpoint, sandbox=sandbox)
+            self._require_global(net.driver).publish(net, joined)
+        else:
+            self.store.set_endpoint_sandbox(endpoint.id, sandbox)
+
+    def _forget_if_transient(self, sandbox: str) -> None:
+        """A sandbox adopted by a join goes from the store with its last endpoint."""
+        box = self.store.find_sandbox(sandbox) if sandbox else None
+        if box is None or not box.transient:
+            return
+        try:
+            if self._sandbox_endpoints(box.name):
+                return
+        except StoreUnavailable:  # a Host that is no member asks etcd: kept till later
+            return
+        self.store.remove_sandbox(box.name)
 
     def _sandbox_at(self, path: str) -> Sandbox:
         """The sandbox of the namespace at `path`: a known one, else adopted for as long
@@ -1017,7 +1062,12 @@ class Host:
                     )
                 except StoreUnavailable:
                     in_sandboxes = None
-            removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
+            # The host's namespace holds links of global networks too (handed-over ones
+            # waiting for Docker): while the cluster store cannot say which, they stay.
+            known = in_sandboxes or (networks, endpoint_ids)
+            removed["links"] = self._remove_leftovers(
+                self._ipr, *known, keep_unknown=in_sandboxes is None
+            )
             links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
             for entry in cut_short:
                 for name in entry.sandboxes:
@@ -1064,13 +1114,21 @@ class Host:
         return removed
 
     def _remove_leftovers(
-        self, ipr: IPRoute, networks: Mapping[str, Network], endpoint_ids: set[str]
+        self,
+        ipr: IPRoute,
+        networks: Mapping[str, Network],
+        endpoint_ids: set[str],
+        *,
+        keep_unknown: bool = False,
     ) -> int:
         """Delete this store's links in one namespace that no committed network or
-        endpoint accounts for: half made (no alias yet) or left by a cut-short operation."""
+        endpoint accounts for: half made (no alias yet) or left by a cut-short operation
+        (`keep_unknown`: not those of networks missing from `networks`)."""
         count = 0
         for link in ownership.owned_links(ipr, self.owner):
             mark = link.mark
+            if keep_unknown and mark is not None and mark.network_id not in networks:
+                continue
             if (
                 mark is None
                 or mark.network_id not in networks

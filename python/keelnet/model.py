@@ -122,6 +122,13 @@ class Endpoint:
         as `ifname`, whatever the caller renamed it to in the sandbox."""
         return self.ifname.startswith(HANDOVER_PREFIX)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What keelnet's DNS answers for it: its sandbox's name and its aliases; none for
+        a handed-over one (its sandbox's name is dockerd's id of a namespace; Docker's
+        own DNS server names its containers)."""
+        return () if self.handed_over else (self.sandbox, *self.aliases)
+
 
 @dataclass(frozen=True)
 class StaticRoute:

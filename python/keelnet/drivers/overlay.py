@@ -19,6 +19,9 @@ kernel and userspace hosts share a network.
 
 MTU inside: 1450 (the underlay's 1500 less 50 bytes of VXLAN); MACs are derived from
 the IPv4 address (02:42:a.b.c.d) as Docker does, so remote peers need no ARP.
+
+Docker's containers (keelnet's plugin) get their endpoints handed over: the veth's other
+end, or the TAP, waits in the host's namespace, marked, for dockerd to move and set up.
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ class OverlayDriver(Driver):
     options = frozenset({VNI_OPTION, VXLAN_PORT, MTU})
     dataplanes = ("kernel", "userspace")
     gateway_route = False  # sandboxes leave through kn-gwbridge, as Docker's docker_gwbridge
+    hands_over = True  # Docker's containers: their veth end or TAP waits in the host
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
@@ -306,7 +310,6 @@ class OverlayDriver(Driver):
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
-        assert sandbox_path is not None  # it does not hand endpoints over (hands_over)
         vtep = self._vtep(ctx)
         cluster = ctx.cluster
         assert cluster is not None
@@ -328,7 +331,8 @@ class OverlayDriver(Driver):
             path = self._ensure_kernel(ctx, network)
         bridge = f"kn-br{vni_of(network):06x}"
         host_ifname = f"kn-v{endpoint.id[:11]}"
-        fd = links.open_netns_fd(sandbox_path)
+        # The sandbox's end goes into it, or (handed over) waits in the host's namespace.
+        fd = links.open_netns_fd(sandbox_path or ctx.netns_path or links.OWN_NETNS)
         try:
             with rtnl.Rtnl(path) as overlay:
                 bridge_index = overlay.link_index(bridge)
@@ -350,6 +354,9 @@ class OverlayDriver(Driver):
                         ),
                     ]
                 )
+            if sandbox_path is None:  # marked as the endpoint's, down, for the caller
+                alias = ctx.owner.alias(network.id, endpoint.id)
+                ctx.rtnl.run([rtnl.set_link(endpoint.ifname, alias=alias)])
         except rtnl.RtnlError as exc:
             with contextlib.suppress(KernelError):
                 self._remove_kernel_endpoint(ctx, network, endpoint)
@@ -487,5 +494,13 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
 
 
 def _remove_netns(name: str) -> None:
+    """Remove a network's namespace, its vxlan device first: a namespace's devices go
+    later, in the kernel's cleanup work, and until then the VNI stays taken on the
+    underlay's socket (the next `_ensure_kernel` of the network would find it in use)."""
+    path = netns_path(name)
+    with contextlib.suppress(OSError, NetlinkError), iproute(path) as ipr:
+        for link in ipr.link("dump"):
+            if link.get(("linkinfo", "kind")) == "vxlan":
+                ipr.link("del", index=link["index"])
     with contextlib.suppress(OSError):
-        remove_named(netns_path(name))
+        remove_named(path)

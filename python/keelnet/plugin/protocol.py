@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from keelnet.errors import InvalidRequest, KeelnetError
-from keelnet.model import IpamConfig, JoinInfo, StaticRoute
+from keelnet.model import IpamConfig, JoinInfo, PortMapping, StaticRoute
 
 #: Where dockerd looks for a plugin `NAME`, in this order: a socket
 #: `/run/docker/plugins/NAME.sock` (or `NAME/NAME.sock`), then `NAME.spec` (one URL) or
@@ -145,6 +145,26 @@ def ipam_data(config: IpamConfig, address_space: str = "") -> dict[str, Any]:
     if config.aux_addresses:
         data["AuxAddresses"] = {k: with_prefix(v, config) for k, v in config.aux_addresses.items()}
     return data
+
+
+def port_bindings(port: PortMapping) -> list[dict[str, Any]]:
+    """libnetwork's PortBinding objects, as its JSON has them, of one published port: one
+    per address family it forwards (no host IP: all of the family's, as Docker writes)."""
+    return [
+        {
+            "Proto": PROTOCOL_NUMBERS[port.proto],
+            "IP": container_ip,
+            "Port": port.container_port,
+            "HostIP": port.host_ip or every_address,
+            "HostPort": port.host_port,
+            "HostPortEnd": port.host_port,
+        }
+        for container_ip, every_address in (
+            (port.container_ip, "0.0.0.0"),
+            (port.container_ipv6, "::"),
+        )
+        if container_ip is not None
+    ]
 
 
 def join_answer(info: JoinInfo) -> dict[str, Any]:

@@ -99,7 +99,10 @@ def remote_endpoint(data: bytes) -> tuple[RemoteEndpoint, bool] | None:
     endpoint, host, vtep, ready = endpoint_from_record(data)
     if not endpoint.ip:
         return None
-    names = tuple(n for n in (endpoint.sandbox, *endpoint.aliases) if isinstance(n, str) and n)
+    # Docker's containers (handed over) are named by Docker's DNS, not keelnet's.
+    handed_over = isinstance(endpoint.ifname, str) and endpoint.handed_over
+    given = () if handed_over else (endpoint.sandbox, *endpoint.aliases)
+    names = tuple(n for n in given if isinstance(n, str) and n)
     return (
         RemoteEndpoint(
             endpoint.id, endpoint.network_id, endpoint.ip, endpoint.mac, vtep, host, names
@@ -320,6 +323,15 @@ class EtcdStore:
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[Endpoint]:
         return [e for e, _ in self.endpoint_states(network_id=network_id, sandbox=sandbox)]
+
+    def holder(self, network_id: str, address: str) -> str | None:
+        """The host whose endpoint holds `address` on the network, if any does."""
+        found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
+        for kv in found:
+            endpoint, host, _vtep, _ready = endpoint_from_record(kv.value)
+            if address in (endpoint.ip, endpoint.ipv6):
+                return host
+        return None
 
     def addresses(self, network_id: str) -> list[str]:
         found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
