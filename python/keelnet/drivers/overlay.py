@@ -17,6 +17,14 @@ sandbox, remote endpoints as static FDB entries with their IPs for ARP suppressi
 `auto` takes the kernel where it has the vxlan module. Both speak standard VXLAN, so
 kernel and userspace hosts share a network.
 
+Port security (`_port_security`, on unless `-o port_security=false`), as on bridge
+networks: each sandbox sends only from its MAC and address (nftables bridge rules in the
+network's namespace, a check per TAP in the switch). Local endpoints' MACs are static
+entries either way, which nothing arriving over VXLAN moves: on the kernel bridge sticky
+ones (a learning port cannot take them), on the switch static ones that neither learning
+nor a peer's record replaces; under port security the kernel bridge learns nothing, the
+vxlan port included. The gateway's MAC (the bridge's own) is never learnt anywhere.
+
 MTU inside: 1450 (the underlay's 1500 less 50 bytes of VXLAN); MACs are derived from
 the IPv4 address (02:42:a.b.c.d) as Docker does, so remote peers need no ARP.
 """
@@ -32,7 +40,7 @@ from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.drivers import _userspace, _veth
+from keelnet.drivers import _port_security, _userspace, _veth
 from keelnet.drivers.base import Driver, HostContext, NetworkRequest
 from keelnet.errors import (
     Conflict,
@@ -42,7 +50,7 @@ from keelnet.errors import (
     KernelError,
     NotFound,
 )
-from keelnet.kernel import links, rtnl
+from keelnet.kernel import links, nftables, nftables_guard, rtnl
 from keelnet.kernel.namespaces import (
     NETNS_RUN_DIR,
     create_named,
@@ -139,6 +147,14 @@ class OverlayPlane(_userspace.SwitchPlane):
         self._endpoints.pop(network_id, None)
         return True
 
+    def release(self, vni: int) -> None:
+        """Forget every peer of the VNI (its network is gone from this host): a network
+        that gets the VNI next starts with none of them."""
+        for key in [key for key in self._behind if key[0] == vni]:
+            del self._behind[key]
+            with contextlib.suppress(NotFound):
+                self.switch.remove_peer(vni, key[1])
+
     def add_peer(self, vni: int, peer: RemoteEndpoint) -> None:
         self.switch.add_peer(vni, peer.vtep, mac=peer.mac, ip=peer.ip)
         self._behind.setdefault((vni, peer.vtep), set()).add(peer.mac)
@@ -157,7 +173,7 @@ class OverlayPlane(_userspace.SwitchPlane):
 class OverlayDriver(Driver):
     name = "overlay"
     scope = "global"
-    options = frozenset({VNI_OPTION, VXLAN_PORT, MTU})
+    options = frozenset({VNI_OPTION, VXLAN_PORT, MTU, _port_security.OPTION})
     dataplanes = ("kernel", "userspace")
     gateway_route = False  # sandboxes leave through kn-gwbridge, as Docker's docker_gwbridge
 
@@ -166,6 +182,7 @@ class OverlayDriver(Driver):
         pinned_vni(request.options)
         vxlan_port(request.options)
         inner_mtu(request.options)
+        _port_security.enabled(request.options)
         if request.ipv6:
             raise InvalidRequest("overlay networks are IPv4-only in keelnet for now")
         if request.internal:
@@ -216,7 +233,7 @@ class OverlayDriver(Driver):
     def delete_network(self, ctx: HostContext, network: Network) -> None:
         """Remove this host's part (idempotent)."""
         if self.local_dataplane(ctx, network) == "userspace":
-            _userspace.planes_of(ctx).close(network.id)
+            _close_userspace(ctx, network)
         else:
             _remove_netns(overlay_netns(ctx, network))
 
@@ -286,6 +303,17 @@ class OverlayDriver(Driver):
                 if index is None:
                     raise KernelError(f"{vxlan} did not arrive in {name}")
                 ipr.link("set", index=index, master=bridge_index, state="up")
+            if _port_security.enabled(network.options):
+                # The guard is in place before any sandbox's port, and the vxlan port
+                # learns nothing (remote MACs need no bridge entry: unknown unicast goes
+                # out there, to the vxlan device's static table, and to no sandbox).
+                port = rtnl.set_bridge_port(
+                    vxlan, learning=False, unicast_flood=True, isolated=False
+                )
+                with rtnl.Rtnl(path) as overlay:
+                    overlay.run([port])
+                rules = nftables_guard.rules(nftables_guard.BRIDGE)
+                nftables.apply(path, "\n".join(rules) + "\n")
             peers = ctx.cluster.peers(network.id) if ctx.cluster else []
             _program_kernel_peers(path, vxlan, peers, add=True)
         except NetlinkError as exc:
@@ -320,14 +348,14 @@ class OverlayDriver(Driver):
                     sandbox_path,
                     mtu=inner_mtu(network.options),
                     isolation="open",
-                    port_security=False,  # not enforced on overlay networks (yet)
+                    port_security=_port_security.enabled(network.options),
                     vni=vni_of(network),
                 )
                 plane.attach(network.id, endpoint.id)
                 return
             path = self._ensure_kernel(ctx, network)
         bridge = f"kn-br{vni_of(network):06x}"
-        host_ifname = f"kn-v{endpoint.id[:11]}"
+        host_ifname = _host_ifname(endpoint)
         fd = links.open_netns_fd(sandbox_path)
         try:
             with rtnl.Rtnl(path) as overlay:
@@ -358,11 +386,51 @@ class OverlayDriver(Driver):
             raise KernelError(f"creating the overlay veth pair: {exc.strerror}") from exc
         finally:
             links.close_fd(fd)
+        try:
+            self._guard_port(network, endpoint, path)
+        except BaseException:
+            with contextlib.suppress(KernelError):
+                self._remove_kernel_endpoint(ctx, network, endpoint)
+            raise
+
+    def _guard_port(self, network: Network, endpoint: Endpoint, path: str) -> None:
+        """The veth's bridge port, before the sandbox's end comes up (at join): its MAC a
+        sticky static entry (no frame from another port, the vxlan one included, moves
+        it); under port security it learns nothing, gets no unknown unicast and nftables
+        checks what it brings."""
+        ifname = _host_ifname(endpoint)
+        guarded = _port_security.enabled(network.options)
+        try:
+            with rtnl.Rtnl(path) as overlay:
+                index = overlay.link_index(ifname)
+                if index is None:
+                    raise KernelError(f"{ifname} vanished after creation")
+                overlay.run(
+                    [
+                        rtnl.set_bridge_port(
+                            ifname, learning=not guarded, unicast_flood=not guarded, isolated=False
+                        ),
+                        rtnl.add_static_fdb(index, endpoint.mac),
+                    ]
+                )
+            # A bridge port needs no addresses of its own (nor the DAD that comes with them).
+            write_sysctl(path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
+        except rtnl.RtnlError as exc:
+            raise KernelError(f"setting up {ifname}: {exc.strerror}") from exc
+        if guarded:
+            port = _port_security.guarded_port(endpoint, ifname)
+            nftables.apply(path, nftables_guard.add_port(nftables_guard.BRIDGE, port))
 
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
+        _veth.configure_sandbox_interface(
+            ctx.owner,
+            network,
+            endpoint,
+            sandbox_path,
+            eui64_link_local=_port_security.enabled(network.options),
+        )
         # A peer that connected a moment ago may not be in this host's tables yet when the
         # sandbox first asks for it (the watch is milliseconds behind): ask again soon,
         # not after the kernel's default second.
@@ -383,22 +451,33 @@ class OverlayDriver(Driver):
         if self.local_dataplane(ctx, network) == "userspace":
             plane = _userspace.planes_of(ctx).get(network.id)
             if isinstance(plane, OverlayPlane) and plane.detach(network.id, endpoint.id):
-                _userspace.planes_of(ctx).close(network.id)  # its last sandbox here: it goes
+                _close_userspace(ctx, network)  # its last sandbox here: it goes
             return
         self._remove_kernel_endpoint(ctx, network, endpoint)
 
     def _remove_kernel_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint
     ) -> None:
+        """Remove the endpoint's veth and guard, or with the host's last sandbox on the
+        network its whole part (the guard goes with the namespace); a namespace already
+        gone is fine, and nothing is asked of it then."""
         name = overlay_netns(ctx, network)
         path = netns_path(name)
         if not Path(path).exists():
             return
-        with iproute(path) as ipr:
-            links.delete_link(ipr, f"kn-v{endpoint.id[:11]}")
-            left = [link for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth"]
-        if not left:  # the host's last sandbox on it: its part goes
-            _remove_netns(name)
+        try:
+            with iproute(path) as ipr:
+                links.delete_link(ipr, _host_ifname(endpoint))
+                left = [
+                    link for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth"
+                ]
+            if not left:  # the host's last sandbox on it: its part goes
+                _remove_netns(name)
+            elif _port_security.enabled(network.options):
+                port = _port_security.guarded_port(endpoint, _host_ifname(endpoint))
+                nftables.apply(path, nftables_guard.remove_port(nftables_guard.BRIDGE, port))
+        except FileNotFoundError:
+            return  # the namespace went meanwhile
 
     # --- userspace plumbing --------------------------------------------------------------
 
@@ -484,6 +563,21 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
         return  # the namespace went meanwhile
     except rtnl.RtnlError as exc:
         raise KernelError(f"programming overlay peers in {path}: {exc.strerror}") from exc
+
+
+def _host_ifname(endpoint: Endpoint) -> str:
+    """The veth end on the overlay's bridge (in the network's namespace)."""
+    return f"kn-v{endpoint.id[:11]}"
+
+
+def _close_userspace(ctx: HostContext, network: Network) -> None:
+    """The network leaves the host's shared switch: its VNI's peers go with it (the next
+    network given that VNI must not inherit them), the switch when it was the last."""
+    planes = _userspace.planes_of(ctx)
+    plane = planes.get(network.id)
+    if isinstance(plane, OverlayPlane):
+        plane.release(vni_of(network))
+    planes.close(network.id)
 
 
 def _remove_netns(name: str) -> None:
