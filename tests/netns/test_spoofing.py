@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from clusterlab import Cluster, Segment
@@ -373,23 +374,28 @@ def test_overlay_without_port_security_forgeries_pass_but_macs_stay(
 
 def test_overlay_guard_follows_endpoints_and_teardown_is_idempotent(cluster: Cluster) -> None:
     """Kernel plane: the guard lives in the network's namespace and holds exactly its
-    sandboxes' ports; removing endpoints of a namespace that is already gone asks
-    nothing of it and fails nowhere."""
+    sandboxes' ports. The namespace made again after the last sandbox left (the VNI is
+    free at once) has its own guard; removing endpoints of a namespace that is already
+    gone asks nothing of it and fails nowhere."""
     host = cluster.add_host(1, dataplane="kernel")
     net = host.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
     apps = [cluster.sandbox(host, f"app{i}") for i in (1, 2)]
-    endpoints = [host.connect("ov1", app) for app in apps]
+    ports = {app: f'"kn-v{host.connect("ov1", app).id[:11]}"' for app in apps}
     assert host.netns is not None
     namespace = f"{host.netns}-ov-{net.id[:10]}"
 
     def guarded() -> set[str]:
         listing = run_in(namespace, "nft", "list", "set", "bridge", "keelnet", "guarded")
-        return {ep.id[:11] for ep in endpoints if f'"kn-v{ep.id[:11]}"' in listing}
+        return {app for app, port in ports.items() if port in listing}
 
-    assert guarded() == {endpoints[0].id[:11], endpoints[1].id[:11]}
+    assert guarded() == set(apps)
     host.disconnect("ov1", apps[0])
-    assert guarded() == {endpoints[1].id[:11]}
+    assert guarded() == {apps[1]}
+    host.disconnect("ov1", apps[1])  # the last one here: the namespace goes
+    assert not Path(netns_path(namespace)).exists()
+    ports[apps[0]] = f'"kn-v{host.connect("ov1", apps[0]).id[:11]}"'
+    assert guarded() == {apps[0]}
     run_in(host.netns, "ip", "netns", "delete", namespace)  # gone under keelnet's feet
-    host.disconnect("ov1", apps[1])
+    host.disconnect("ov1", apps[0])
     host.remove_network("ov1")
     assert "ov1" not in {network.name for network in host.networks()}

@@ -255,6 +255,7 @@ class OverlayDriver(Driver):
             return path
         vni, mtu = vni_of(network), inner_mtu(network.options)
         bridge, vxlan = f"kn-br{vni:06x}", f"kn-vx{vni:06x}"
+        nftables.close(path)  # one left for a namespace once here would reach that one
         create_named(path)
         try:
             with iproute(path) as ipr:
@@ -464,6 +465,7 @@ class OverlayDriver(Driver):
         name = overlay_netns(ctx, network)
         path = netns_path(name)
         if not Path(path).exists():
+            _remove_netns(name)  # removed by someone else: let go of it here too
             return
         try:
             with iproute(path) as ipr:
@@ -477,7 +479,7 @@ class OverlayDriver(Driver):
                 port = _port_security.guarded_port(endpoint, _host_ifname(endpoint))
                 nftables.apply(path, nftables_guard.remove_port(nftables_guard.BRIDGE, port))
         except FileNotFoundError:
-            return  # the namespace went meanwhile
+            _remove_netns(name)  # it went meanwhile
 
     # --- userspace plumbing --------------------------------------------------------------
 
@@ -581,5 +583,17 @@ def _close_userspace(ctx: HostContext, network: Network) -> None:
 
 
 def _remove_netns(name: str) -> None:
+    """Remove the network's namespace, its vxlan device first: that device's socket, in
+    the host's namespace, holds the VNI and UDP port until the device goes, and a
+    namespace goes whenever the kernel gets round to it (later still while anything holds
+    it: this process's nftables context there is let go of too). So the VNI is free at
+    once for the next network given it."""
+    path = netns_path(name)
+    nftables.close(path)
+    gone_or_half_made = contextlib.suppress(OSError, NetlinkError, KernelError)
+    with gone_or_half_made, iproute(path) as ipr:
+        for link in ipr.link("dump"):
+            if link.get(("linkinfo", "kind")) == "vxlan":
+                links.delete_link(ipr, link.get_attr("IFLA_IFNAME"))
     with contextlib.suppress(OSError):
-        remove_named(netns_path(name))
+        remove_named(path)
