@@ -599,19 +599,40 @@ class OverlaySpoofLab:
     def run(self, kind: str, count: int = 1) -> Outcome:
         return run(self, kind, OVERLAY_ATTACKS[kind], count)
 
-    def claim_over_vxlan(self, target: keelnet.Host, role: str, count: int = 3) -> None:
-        """VXLAN datagrams from the other host's VTEP address to `target`'s, carrying
-        frames from `role`'s MAC (a sandbox of `target`)."""
-        sender = self.hosts[1] if target is self.hosts[0] else self.hosts[0]
+    def claim(self, count: int = 3) -> Outcome:
+        """Each host gets `count` VXLAN datagrams from the other's VTEP address carrying
+        frames from one of its own sandboxes' MACs. Delivered counts the MACs that left
+        their sandbox's port (or stopped being static) and the traffic for them that no
+        longer reached them."""
+        token = secrets.token_hex(4).encode()
+        claimed, after = b"kn-claim-" + token, b"kn-after-claim-" + token
+        failed = 0
+        for target, role, witness, sender in _CLAIMS:
+            with capturing([self.place(witness), self.place(role)]) as (at_witness, at_role):
+                self._send_claim(target, role, claimed, count)
+                if not at_witness.wait_for(claimed):
+                    raise AssertionError("vxlan_claim: the datagrams never arrived; lab broken")
+                send_udp(self.ns(sender), self.ip(role), after)
+                failed += not at_role.wait_for(after)
+            failed += self.fdb(self.hosts[target]).get(self.mac(role)) != (role, True)
+        return Outcome("vxlan_claim", count * len(_CLAIMS), failed)
+
+    def _send_claim(self, target: int, role: str, marker: bytes, count: int) -> None:
+        sender, receiver = self.hosts[1 - target], self.hosts[target]
         assert sender.netns is not None
-        inner = udp4(self.mac(role), BROADCAST, self.ip(role), "10.0.66.255", b"kn-claim")
+        inner = udp4(self.mac(role), BROADCAST, self.ip(role), "10.0.66.255", marker)
         datagram = bytes([0x08, 0, 0, 0, *self.vni.to_bytes(3, "big"), 0]) + inner
         with netns(sender.netns):
             peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with peer:
             peer.bind((self.vtep(sender), 0))
             for _ in range(count):
-                peer.sendto(datagram, (self.vtep(target), 4789))
+                peer.sendto(datagram, (self.vtep(receiver), 4789))
+
+
+#: (host claimed at, the sandbox of it whose MAC is claimed, a sandbox there that sees the
+#: claim arrive, a sandbox on the other host that then sends to the claimed one)
+_CLAIMS = ((0, "neighbour", "attacker", "victim"), (1, "victim", "bystander", "neighbour"))
 
 
 def _from_sandbox(sender: str, role: str) -> Callable[[Sandboxes, bytes], None]:

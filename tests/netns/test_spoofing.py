@@ -199,7 +199,7 @@ def test_a_vxlan_peer_cannot_claim_a_local_mac(
 ) -> None:
     """The userspace switch's VTEP: a peer whose frames carry a local sandbox's MAC does
     not move it, even on a switch that learns from its peers, nor does a peer's record
-    (the overlay driver's switch learns nothing from peers: `_claim_moves_nothing`)."""
+    (the overlay driver's switch learns nothing from peers: `OverlaySpoofLab.claim`)."""
     box = lab.name("vx")
     keelnet.sandbox.create(box)
     local_mac = "02:42:0a:63:00:02"
@@ -313,22 +313,6 @@ def _overlay_lab(
     return OverlaySpoofLab(cluster, hosts, options=options or {})
 
 
-def _claim_moves_nothing(spoof: OverlaySpoofLab) -> None:
-    """Each host gets VXLAN from the other's VTEP carrying frames from one of its own
-    sandboxes' MACs: the frames arrive, and the MAC stays at its sandbox's port (traffic
-    for it still reaches it)."""
-    for target, role, witness, sender in (
-        (0, "neighbour", "attacker", "victim"),
-        (1, "victim", "bystander", "attacker"),
-    ):
-        with capturing([spoof.place(witness), spoof.place(role)]) as (at_witness, at_role):
-            spoof.claim_over_vxlan(spoof.hosts[target], role)
-            assert at_witness.wait_for(b"kn-claim")  # the datagrams were taken in
-            send_udp(spoof.ns(sender), spoof.ip(role), b"kn-after-claim")
-            assert at_role.wait_for(b"kn-after-claim")
-        assert spoof.fdb(spoof.hosts[target])[spoof.mac(role)] == (role, True)
-
-
 @pytest.mark.parametrize("dataplane", PLANES)
 def test_overlay_forgeries_reach_no_one_on_either_host(cluster: Cluster, dataplane: str) -> None:
     """A sandbox on a `dataplane` host forges MACs (the gateway's, a remote and a local
@@ -341,7 +325,7 @@ def test_overlay_forgeries_reach_no_one_on_either_host(cluster: Cluster, datapla
 
     outcomes = {kind: spoof.run(kind) for kind in OVERLAY_ATTACKS}
     assert {kind: o.delivered for kind, o in outcomes.items()} == dict.fromkeys(outcomes, 0)
-    _claim_moves_nothing(spoof)
+    assert spoof.claim().delivered == 0
 
     assert [spoof.fdb(host) for host in spoof.hosts] == tables
     for role in ("attacker", "neighbour", "victim", "bystander"):
@@ -368,7 +352,7 @@ def test_overlay_without_port_security_forgeries_pass_but_macs_stay(
     # The forged frame reaches the victim, but nothing the victim sends the neighbour
     # goes to the attacker.
     assert spoof.run("mac_local").delivered == 1
-    _claim_moves_nothing(spoof)
+    assert spoof.claim().delivered == 0
     assert spoof.fdb(first)[spoof.mac("neighbour")] == ("neighbour", True)
 
 
