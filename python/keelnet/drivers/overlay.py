@@ -19,11 +19,11 @@ kernel and userspace hosts share a network.
 
 Port security (`_port_security`, on unless `-o port_security=false`), as on bridge
 networks: each sandbox sends only from its MAC and address (nftables bridge rules in the
-network's namespace, a check per TAP in the switch). Local endpoints' MACs are static
-entries either way, which nothing arriving over VXLAN moves: on the kernel bridge sticky
-ones (a learning port cannot take them), on the switch static ones that neither learning
-nor a peer's record replaces; under port security the kernel bridge learns nothing, the
-vxlan port included. The gateway's MAC (the bridge's own) is never learnt anywhere.
+network's namespace, a check per TAP in the switch). Either way every endpoint's MAC,
+local or remote, is a static entry that no frame moves (on the kernel bridge a sticky
+one: a learning port moves plain static entries) and no peer's record takes from a
+local endpoint; the vxlan port learns nothing, and under port security neither do the
+sandboxes' ports. The gateway's MAC (the kernel bridge's own) is never learnt anywhere.
 
 MTU inside: 1450 (the underlay's 1500 less 50 bytes of VXLAN); MACs are derived from
 the IPv4 address (02:42:a.b.c.d) as Docker does, so remote peers need no ARP.
@@ -304,15 +304,11 @@ class OverlayDriver(Driver):
                 if index is None:
                     raise KernelError(f"{vxlan} did not arrive in {name}")
                 ipr.link("set", index=index, master=bridge_index, state="up")
-            if _port_security.enabled(network.options):
-                # The guard is in place before any sandbox's port, and the vxlan port
-                # learns nothing (remote MACs need no bridge entry: unknown unicast goes
-                # out there, to the vxlan device's static table, and to no sandbox).
-                port = rtnl.set_bridge_port(
-                    vxlan, learning=False, unicast_flood=True, isolated=False
-                )
-                with rtnl.Rtnl(path) as overlay:
-                    overlay.run([port])
+            # The vxlan port learns nothing: remote MACs are static entries on it.
+            port = rtnl.set_bridge_port(vxlan, learning=False, unicast_flood=True, isolated=False)
+            with rtnl.Rtnl(path) as overlay:
+                overlay.run([port])
+            if _port_security.enabled(network.options):  # before any sandbox's port
                 rules = nftables_guard.rules(nftables_guard.BRIDGE)
                 nftables.apply(path, "\n".join(rules) + "\n")
             peers = ctx.cluster.peers(network.id) if ctx.cluster else []
@@ -540,8 +536,10 @@ class OverlayDriver(Driver):
 
 def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *, add: bool) -> None:
     """Permanent neighbour entries IP → MAC and FDB entries MAC → remote VTEP on the
-    vxlan device (or their removal; entries already gone are fine). Plain rtnetlink:
-    this runs on the cluster watch's thread, beside the Host's own pyroute2 use."""
+    vxlan device, and the bridge's static, sticky entry MAC → vxlan port, which a
+    sandbox's frames never move and which never takes a local endpoint's MAC (or their
+    removal; entries already gone are fine). Plain rtnetlink: this runs on the cluster
+    watch's thread, beside the Host's own pyroute2 use."""
     try:
         with rtnl.Rtnl(path) as overlay:
             index = overlay.link_index(vxlan)
@@ -554,8 +552,13 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
                 ]
                 if add:
                     overlay.run(requests)
+                    try:  # EEXIST: there already, or a local endpoint's, which stays
+                        overlay.run([rtnl.add_static_fdb(index, peer.mac, exclusive=True)])
+                    except rtnl.RtnlError as exc:
+                        if exc.errno != errno.EEXIST:
+                            raise
                     continue
-                for request in requests:
+                for request in [*requests, rtnl.delete_fdb(index, peer.mac)]:
                     try:
                         overlay.run([request])
                     except rtnl.RtnlError as exc:
