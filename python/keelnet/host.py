@@ -24,13 +24,12 @@ import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
-from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
 from keelnet.drivers import _gateway, bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
@@ -51,7 +50,6 @@ from keelnet.errors import (
     StateDirError,
     StoreUnavailable,
 )
-from keelnet.global_scope import GlobalScope
 from keelnet.inspect import network_inspect
 from keelnet.ipam.networks import NetworkAddresses, Plan
 from keelnet.ipam.networks import Request as AddressRequest
@@ -75,9 +73,13 @@ from keelnet.model import (
 )
 from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
-from keelnet.store.etcd import EtcdStore
 from keelnet.store.journal import Entry, Journal
 from keelnet.store.sqlite import DB_NAME, check_state_dir
+
+if TYPE_CHECKING:  # a host with a cluster store imports them: requests, etcd3gw (~0.1 s)
+    from keelnet.cluster import ClusterMember
+    from keelnet.global_scope import GlobalScope
+    from keelnet.store.etcd import EtcdStore
 
 Undo = Callable[[], None]
 #: Docker's endpoint driver option that names the sandbox's interface.
@@ -103,7 +105,7 @@ class Host:
         name: str | None = None,
         advertise_address: str | None = None,
         member: bool = True,
-        lease_ttl: int = DEFAULT_LEASE_TTL,
+        lease_ttl: int | None = None,
         dataplane: str | None = None,
     ):
         """A host: `netns` (None: the caller's), its state in `state_dir`.
@@ -151,19 +153,24 @@ class Host:
             self._global: GlobalScope | None = None
             store = store or os.environ.get("KEELNET_STORE") or None
             if store:
+                from keelnet.cluster import DEFAULT_LEASE_TTL
+                from keelnet.global_scope import GlobalScope
+
                 self._global = GlobalScope(
                     self._ctx,
                     store,
                     name=name or (Path(netns).name if netns else socket.gethostname()),
                     advertise_address=advertise_address,
                     member=member,
-                    lease_ttl=lease_ttl,
+                    lease_ttl=DEFAULT_LEASE_TTL if lease_ttl is None else lease_ttl,
                     names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
                 self._dns.use_cluster(self._global)
+            #: What the reconcile this open ran did (empty: none ran).
+            self.reconciled_at_open: dict[str, int] = {}
             if self._needs_reconcile():
-                self.reconcile()
+                self.reconciled_at_open = self.reconcile()
             elif self._global is not None and self.cluster is not None:
                 # Its overlay endpoints: userspace ones to serve again, half-made ones.
                 self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
@@ -250,6 +257,7 @@ class Host:
         ipam_options: Mapping[str, str] | None = None,
         network_id: str | None = None,
         attachable: bool = False,
+        ipv4: bool = True,
     ) -> Network:
         """Create a network; subnets are carved from the default pools when not given.
 
@@ -257,7 +265,8 @@ class Host:
         by name, or `external`: every subnet is given and every address is the caller's
         (dockerd's, when keelnet serves Docker; endpoints then come from
         `create_endpoint`). `network_id`: the id to use (Docker's), instead of a new one.
-        `attachable` is Docker's flag, recorded and shown by inspect.
+        `attachable` is Docker's flag, recorded and shown by inspect. `ipv4=False` (with
+        `ipv6`): an IPv6-only network (Docker 28's `--ipv4=false`), for drivers that can.
         """
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
@@ -271,9 +280,11 @@ class Host:
         checks.text(ipam_driver, "ipam_driver")
         if network_id is not None and not _ID.fullmatch(checks.text(network_id, "network id")):
             raise InvalidRequest(f"invalid network id {network_id!r}: use 64 hex digits")
-        for flag, value in (("ipv6", ipv6), ("internal", internal)):
+        for flag, value in (("ipv4", ipv4), ("ipv6", ipv6), ("internal", internal)):
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
+        if not ipv4:
+            _check_ipv6_only(the_driver, ipv6)
         if the_driver.scope == "global":
             scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
@@ -314,6 +325,7 @@ class Host:
                     gateway_on_host=the_driver.gateway_on_host,
                     driver=ipam_driver,
                     options=ipam_opts,
+                    ipv4=ipv4,
                 )
                 plan = self._addresses.plan(request, op.undo)
             elif subnets or gateways or ranges or aux or ipam_driver != DEFAULT_IPAM:
@@ -1201,6 +1213,17 @@ class _Operation:
             except Exception:  # keep undoing; the operation's own error is the one raised
                 clean = False
         return clean
+
+
+def _check_ipv6_only(driver: Driver, ipv6: bool) -> None:
+    """Refuse an IPv6-only network without IPv6, or of a driver that cannot make one."""
+    if not ipv6:
+        raise InvalidRequest("IPv4 or IPv6 must be enabled: with --ipv4=false give --ipv6")
+    if not driver.ipv6_only:
+        raise InvalidRequest(
+            f"driver {driver.name!r} makes no IPv6-only networks (bridge, macvlan and "
+            "ipvlan do): leave IPv4 on"
+        )
 
 
 def _is_name(name: str) -> bool:

@@ -266,6 +266,12 @@ class Network:
         )
 
     @property
+    def ipv4(self) -> bool:
+        """Whether IPv4 is enabled (Docker's EnableIPv4): false only for an IPv6-only
+        network, the one kind with subnets but none of IPv4 (`host` and `none` have none)."""
+        return not self.ipam or self.ipam_for(4) is not None
+
+    @property
     def created_ns(self) -> int:
         return timestamp_ns(self.created)
 
@@ -299,7 +305,7 @@ class Network:
             "Created": rfc3339nano(self.created_ns),
             "Scope": self.scope,
             "Driver": self.driver,
-            "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
+            "EnableIPv4": self.ipv4,
             "EnableIPv6": self.ipv6,
             "IPAM": {
                 "Driver": self.ipam_driver,

@@ -477,3 +477,11 @@ def test_keelnet_commands_are_served_by_the_plugin(lab: DockerLab, state_dir: Pa
         timeout=60,
     )
     assert itself.returncode == 1 and "keelnet's own, served by this process" in itself.stderr
+    # Nor its own IPAM driver (same wait): its own IPAM is "default".
+    own_ipam = subprocess.run(
+        [*command, "network", "create", "--ipam-driver", lab.plugin.name, "y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert own_ipam.returncode == 1 and '--ipam-driver "default"' in own_ipam.stderr

@@ -11,6 +11,7 @@ moby's `pkg/plugins` and `daemon/libnetwork/drivers/remote` (read, not copied).
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,16 @@ from keelnet.model import IpamConfig, JoinInfo, StaticRoute
 #: Where dockerd looks for a plugin `NAME`, in this order: a socket
 #: `/run/docker/plugins/NAME.sock` (or `NAME/NAME.sock`), then `NAME.spec` (one URL) or
 #: `NAME.json` (`{"Addr": URL, "TLSConfig": {...}}`) in each spec directory.
-SOCKET_DIR = Path("/run/docker/plugins")
-SPEC_DIRS = (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"))
+#: `$KEELNET_PLUGIN_DIR` replaces them all with one directory (sockets and specs alike):
+#: for plugins kept away from where a dockerd looks (tests, a dockerd with other paths).
+PLUGIN_DIR_VARIABLE = "KEELNET_PLUGIN_DIR"
+_ONE_DIR = os.environ.get(PLUGIN_DIR_VARIABLE)
+SOCKET_DIR = Path(_ONE_DIR or "/run/docker/plugins")
+SPEC_DIRS = (
+    (Path(_ONE_DIR),)
+    if _ONE_DIR
+    else (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"))
+)
 
 NETWORK_DRIVER = "NetworkDriver"
 IPAM_DRIVER = "IpamDriver"

@@ -39,7 +39,13 @@ from keelnet.errors import (
 )
 from keelnet.ipam import AddressPool
 from keelnet.model import Endpoint, IpamConfig, Network, Peer, RemoteEndpoint
-from keelnet.store.etcd_client import Compare, EtcdClient, KeyValue, Txn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from keelnet.store.etcd_client import KeyValue
+
+# etcd_client is imported where used: it loads requests and etcd3gw (~0.1 s), which a host
+# without a cluster store (its overlay driver reads VNI_OPTION from here) never needs.
 
 PREFIX = "/keelnet/"
 NETWORKS = PREFIX + "networks/"
@@ -132,6 +138,8 @@ class EtcdStore:
     scope = "global"
 
     def __init__(self, url: str, *, host: str, netns_path: str | None = None) -> None:
+        from keelnet.store.etcd_client import EtcdClient
+
         self.host = host
         self.client = EtcdClient(url, netns_path)
 
@@ -181,6 +189,8 @@ class EtcdStore:
         """Create the network with its pools, if its name and VNI are free and no network
         appeared since revision `checked_at` (when its subnet was checked for overlaps).
         Raises DuplicateNetwork, or StoreConflict when something changed (check again)."""
+        from keelnet.store.etcd_client import Compare, Txn
+
         vni = vni_of(network)
         txn = Txn(
             compares=[
@@ -205,6 +215,7 @@ class EtcdStore:
     def remove_network(self, network: Network) -> None:
         """Delete the network if no endpoint (on any host) uses it; else NetworkInUse
         naming the hosts that still have endpoints on it."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
             found, revision = self.client.range(f"{ENDPOINTS}{network.id}/", prefix=True)
@@ -251,6 +262,7 @@ class EtcdStore:
     ) -> dict[int, str]:
         """Take addresses for `endpoint` (`ip` if given) and record the endpoint, not yet
         ready, in one transaction; returns the addresses by IP version."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> dict[int, str]:
             compares, puts, addresses = [], [], {}
@@ -285,6 +297,7 @@ class EtcdStore:
     def release_endpoint(self, endpoint: Endpoint) -> None:
         """Give the endpoint's addresses back and delete its record (both or neither);
         an endpoint already released is fine."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
             compares, puts = [], []
