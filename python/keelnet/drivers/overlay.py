@@ -412,8 +412,8 @@ class OverlayDriver(Driver):
                 )
             # A bridge port needs no addresses of its own (nor the DAD that comes with them).
             write_sysctl(path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
-        except rtnl.RtnlError as exc:
-            raise KernelError(f"setting up {ifname}: {exc.strerror}") from exc
+        except OSError as exc:  # RtnlError is one
+            raise KernelError(f"setting up {ifname}: {exc.strerror or exc}") from exc
         if guarded:
             port = _port_security.guarded_port(endpoint, ifname)
             nftables.apply(path, nftables_guard.add_port(nftables_guard.BRIDGE, port))
