@@ -604,7 +604,9 @@ class Host:
             network_id=net.id,
             sandbox=sandbox,
             host_ifname=(
-                f"kn-v{endpoint_id[:11]}" if net.kernel_name and net.dataplane == "kernel" else None
+                links.veth_host_end(endpoint_id)
+                if net.kernel_name and net.dataplane == "kernel"
+                else None
             ),
         )
 

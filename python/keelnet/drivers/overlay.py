@@ -355,7 +355,7 @@ class OverlayDriver(Driver):
                 return
             path = self._ensure_kernel(ctx, network)
         bridge = f"kn-br{vni_of(network):06x}"
-        host_ifname = _host_ifname(endpoint)
+        host_ifname = links.veth_host_end(endpoint.id)
         # The sandbox's end goes into it, or (handed over) waits in the host's namespace.
         fd = links.open_netns_fd(sandbox_path or ctx.netns_path or links.OWN_NETNS)
         try:
@@ -402,7 +402,7 @@ class OverlayDriver(Driver):
         sticky static entry (no frame from another port, the vxlan one included, moves
         it); under port security it learns nothing, gets no unknown unicast and nftables
         checks what it brings."""
-        ifname = _host_ifname(endpoint)
+        ifname = links.veth_host_end(endpoint.id)
         guarded = _port_security.enabled(network.options)
         try:
             with rtnl.Rtnl(path) as overlay:
@@ -472,14 +472,14 @@ class OverlayDriver(Driver):
             return
         try:
             with iproute(path) as ipr:
-                links.delete_link(ipr, _host_ifname(endpoint))
+                links.delete_link(ipr, links.veth_host_end(endpoint.id))
                 left = [
                     link for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth"
                 ]
             if not left:  # the host's last sandbox on it: its part goes
                 _remove_netns(name)
             elif _port_security.enabled(network.options):
-                port = _port_security.guarded_port(endpoint, _host_ifname(endpoint))
+                port = _port_security.guarded_port(endpoint, links.veth_host_end(endpoint.id))
                 nftables.apply(path, nftables_guard.remove_port(nftables_guard.BRIDGE, port))
         except FileNotFoundError:
             _remove_netns(name)  # it went meanwhile
@@ -575,11 +575,6 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
         return  # the namespace went meanwhile
     except rtnl.RtnlError as exc:
         raise KernelError(f"programming overlay peers in {path}: {exc.strerror}") from exc
-
-
-def _host_ifname(endpoint: Endpoint) -> str:
-    """The veth end on the overlay's bridge (in the network's namespace)."""
-    return f"kn-v{endpoint.id[:11]}"
 
 
 def _close_userspace(ctx: HostContext, network: Network) -> None:

@@ -44,6 +44,12 @@ def check_ifname(name: object, what: str, error: type[InvalidRequest] = InvalidN
     return name
 
 
+def veth_host_end(endpoint_id: str) -> str:
+    """The host-side end of an endpoint's veth: the endpoint id keeps it unique within
+    IFNAMSIZ."""
+    return f"kn-v{endpoint_id[:11]}"
+
+
 def random_mac() -> str:
     """A random unicast, locally administered MAC (what Docker does since v28)."""
     octets = bytearray(os.urandom(6))
