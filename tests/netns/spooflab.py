@@ -197,6 +197,23 @@ class Sandboxes(Protocol):
 Lab_ = TypeVar("Lab_", bound=Sandboxes)
 
 
+class EndpointRoles:
+    """A lab's sandboxes by role, from the endpoints their connects returned."""
+
+    endpoints: dict[str, Endpoint]
+
+    def ns(self, role: str) -> str:
+        return self.endpoints[role].sandbox
+
+    def ip(self, role: str) -> str:
+        address = self.endpoints[role].ip
+        assert address is not None
+        return address
+
+    def mac(self, role: str) -> str:
+        return self.endpoints[role].mac
+
+
 @dataclass
 class Outcome:
     kind: str
@@ -205,7 +222,7 @@ class Outcome:
 
 
 @dataclass
-class SpoofLab:
+class SpoofLab(EndpointRoles):
     """One network on `dataplane` with sandboxes "attacker", "victim" and "bystander",
     and a second network "other" (whose subnet the attacker forges)."""
 
@@ -236,17 +253,6 @@ class SpoofLab:
         self.host.create_sandbox(name)
         self.endpoints[role] = self.host.connect(self.network, name)
         return self.endpoints[role]
-
-    def ns(self, role: str) -> str:
-        return self.endpoints[role].sandbox
-
-    def ip(self, role: str) -> str:
-        address = self.endpoints[role].ip
-        assert address is not None
-        return address
-
-    def mac(self, role: str) -> str:
-        return self.endpoints[role].mac
 
     def place(self, role: str) -> tuple[str, str]:
         """Where to watch `role`: a namespace and interface."""
@@ -498,7 +504,7 @@ OVERLAY_ROLES = {"attacker": 0, "neighbour": 0, "victim": 1, "bystander": 1}  # 
 
 
 @dataclass
-class OverlaySpoofLab:
+class OverlaySpoofLab(EndpointRoles):
     """One overlay network over hosts `hosts[0]` (the attacker's and its "neighbour") and
     `hosts[1]` (the "victim" and the "bystander"), each on its own data plane. The
     gateway's MAC is the overlay bridge's of the first kernel host (a userspace host has
@@ -531,17 +537,6 @@ class OverlaySpoofLab:
 
     def host(self, role: str) -> keelnet.Host:
         return self.hosts[OVERLAY_ROLES[role]]
-
-    def ns(self, role: str) -> str:
-        return self.endpoints[role].sandbox
-
-    def ip(self, role: str) -> str:
-        address = self.endpoints[role].ip
-        assert address is not None
-        return address
-
-    def mac(self, role: str) -> str:
-        return self.endpoints[role].mac
 
     def place(self, role: str) -> tuple[str, str]:
         return self.ns(role), "eth0"
