@@ -176,6 +176,16 @@ def write_sysctl(path: str | None, key: str, value: str) -> None:
     call_in_netns(path, write)
 
 
+def bridges_skip_iptables(path: str | None) -> None:
+    """Bridged frames in the namespace at `path` skip iptables. With br_netfilter loaded
+    (Docker loads it) they pass its hooks, and conntrack, by default, which costs a TCP
+    stream through a bridge ~5 % of its CPU (BENCHMARKS.md, issue 12); without it there
+    is nothing to turn off."""
+    for table in ("iptables", "ip6tables", "arptables"):
+        with suppress(FileNotFoundError):
+            write_sysctl(path, f"net/bridge/bridge-nf-call-{table}", "0")
+
+
 def read_sysctl(path: str | None, key: str) -> str:
     target = _sysctl_file(key)
     return call_in_netns(path, lambda: target.read_text().strip())
