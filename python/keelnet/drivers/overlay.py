@@ -490,5 +490,14 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
 
 
 def _remove_netns(name: str) -> None:
+    """Remove a network's namespace, its vxlan device first: the kernel frees the devices
+    of a namespace later, on a worker, and until then that device holds its VNI on the
+    underlay, so a network part re-made here at once (a disconnect, then a connect)
+    would find the VNI taken."""
+    path = netns_path(name)
+    with contextlib.suppress(OSError, NetlinkError), iproute(path) as ipr:
+        for link in ipr.link("dump"):
+            if link.get(("linkinfo", "kind")) == "vxlan":
+                ipr.link("del", index=link["index"])
     with contextlib.suppress(OSError):
-        remove_named(netns_path(name))
+        remove_named(path)
