@@ -2,7 +2,7 @@
 hand-built equivalent measured in the same run.
 
     python benches/bench_overlay.py [--connects 100] [--seconds 5] [--rounds 7] [--hosts 10]
-        [--endpoints 100] [--kills 5] [--only connect,throughput,scale,failover]   (root)
+        [--endpoints 100] [--kills 5] [--only connect,throughput,scale,failover,names]  (root)
 
 Everything runs in throwaway namespaces `kn-ob-…` on a TEST-NET-1 underlay with its own
 one-member etcd (stopped and removed at the end, also on Ctrl-C):
@@ -22,11 +22,15 @@ one-member etcd (stopped and removed at the end, also on Ctrl-C):
    takes from its start until its kernel holds every remote endpoint.
 4. Failover: from SIGKILL of a host process until its endpoints are gone from another
    host's kernel table (lease TTL 3 s), `--kills` times.
+5. Names: host B connects a sandbox while host A's sandbox asks 127.0.0.11 for its name
+   every millisecond (from a thread started with the connect) until the address comes
+   back (the watch brings the name); p50/p99 over `--connects` connects.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -58,6 +62,7 @@ from dplab import kernel_vxlan_host, sh
 from netlab import create_ns, remove_prefix
 
 from keelnet.kernel.namespaces import bridges_skip_iptables, call_in_netns, netns_path
+from keelnet.model import Endpoint, Network
 
 LEASE_TTL = 3
 
@@ -110,6 +115,36 @@ def first_answer(netns: str, address: str, timeout: float = 10.0) -> float:
                     if icmp[0] == 0 and icmp[4:6] == struct.pack("!H", ident):
                         return time.perf_counter() - start
     raise TimeoutError(f"{address} never answered from {netns}")
+
+
+def first_resolution(netns: str, name: str, timeout: float = 10.0) -> float:
+    """Seconds until 127.0.0.11 in `netns` answers `name` with an address, asked every
+    millisecond."""
+    query = struct.pack("!HHHHHH", 0x4B4E, 0x0100, 1, 0, 0, 0)
+    query += b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
+    query += b"\0" + struct.pack("!HH", 1, 1)  # A, IN
+    sock = call_in_netns(
+        netns_path(netns), lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    )
+    start = time.perf_counter()
+    with sock:
+        sock.settimeout(0.001)
+        sock.connect(("127.0.0.11", 53))
+        while time.perf_counter() - start < timeout:
+            sock.send(query)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    answer = sock.recv(512)
+                    flags, count = struct.unpack("!H", answer[2:4])[0], answer[7]
+                    if answer[:2] == query[:2] and flags & 0xF == 0 and count:
+                        return time.perf_counter() - start
+    raise TimeoutError(f"{name} never resolved in {netns}")
+
+
+def resolved_at(netns: str, name: str) -> float:
+    """The `time.perf_counter()` at which `name` first resolves in `netns`."""
+    first_resolution(netns, name)
+    return time.perf_counter()
 
 
 def bench_connect(root: Path, connects: int) -> None:
@@ -389,6 +424,51 @@ def bench_failover(root: Path, kills: int) -> None:
     )
 
 
+def bench_names(root: Path, connects: int) -> None:
+    print(f"\n5. connect on host B -> its name resolves on host A ({connects} connects)")
+    with lab(root / "names") as (_prefix, _segment, etcd):
+        cluster = Cluster(etcd, root / "names" / "hosts")
+        try:
+            a = cluster.add_host(1, lease_ttl=LEASE_TTL)
+            b = cluster.add_host(2, lease_ttl=LEASE_TTL)
+            a.create_network("ov", driver="overlay", subnet="10.0.0.0/16")
+            asker = cluster.sandbox(a, "asker")
+            a.connect("ov", asker)
+            boxes = [cluster.sandbox(b, f"s{i}") for i in range(connects)]
+            # Note when B's "ready" record went to etcd (what A's watch reacts to).
+            scope, published = b._global, [0.0]
+            assert scope is not None
+            publish = scope.publish
+
+            def publish_and_note(network: Network, endpoint: Endpoint) -> None:
+                publish(network, endpoint)
+                published[0] = time.perf_counter()
+
+            scope.publish = publish_and_note  # type: ignore[method-assign]
+            calls, totals, watched = [], [], []
+            # A asks while B connects: the name may answer before B's connect() returns.
+            with concurrent.futures.ThreadPoolExecutor(1) as asking:
+                for box in boxes:
+                    start = time.perf_counter()
+                    answered = asking.submit(resolved_at, asker, box)
+                    b.connect("ov", box)
+                    calls.append(time.perf_counter() - start)
+                    resolved = answered.result()
+                    totals.append(resolved - start)
+                    watched.append(resolved - published[0])
+        finally:
+            cluster.close()
+    for label, samples in (
+        ("B's connect() alone", calls),
+        ("connect() called on B -> A's sandbox gets the address", totals),
+        ("B's ready record written -> A's sandbox gets the address", watched),
+    ):
+        print(
+            f"  {label:<56} p50 {statistics.median(samples) * 1e3:6.2f} ms, "
+            f"p99 {percentile(samples, 99) * 1e3:6.2f} ms, max {max(samples) * 1e3:6.2f} ms"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connects", type=int, default=100)
@@ -397,7 +477,7 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--endpoints", type=int, default=100)
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--only", default="connect,throughput,scale,failover")
+    parser.add_argument("--only", default="connect,throughput,scale,failover,names")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)")
@@ -414,6 +494,8 @@ def main() -> int:
             bench_scale(root, args.hosts, args.endpoints)
         if "failover" in only:
             bench_failover(root, args.kills)
+        if "names" in only:
+            bench_names(root, args.connects)
     print(f"\nload average after: {load_average()}")
     return 0
 

@@ -9,9 +9,11 @@ ends (its etcd member went away) it resumes from the last revision it saw, and l
 again only when that revision was compacted. Nothing re-reads the store on a timer.
 
 From what it knows it keeps, per global network, the remote endpoints that are ready
-and whose host is alive, and programs the difference into the data plane (through
-`PeerProgrammer`) each time something changes. While etcd is unreachable the data
-plane keeps its last state: existing flows keep forwarding.
+and whose host is alive, and programs them into the data plane (through
+`PeerProgrammer`) as they change: each event re-checks only the endpoints it concerns
+(one record; a host's endpoints when it joins or leaves; a network's when it comes or
+goes), so an event costs the same with ten endpoints or ten thousand. While etcd is
+unreachable the data plane keeps its last state: existing flows keep forwarding.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 from keelnet.errors import KeelnetError, StoreUnavailable
-from keelnet.model import Network, RemoteEndpoint
+from keelnet.model import Endpoint, Network, RemoteEndpoint
 from keelnet.store.etcd import (
     ENDPOINTS,
     HOSTS,
     NETWORKS,
     PREFIX,
     EtcdStore,
+    endpoint_from_record,
     network_from_json,
     remote_endpoint,
 )
@@ -39,6 +42,7 @@ from keelnet.store.etcd_client import Watch, WatchEnded, WatchEvent
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_TTL = 3
+T = TypeVar("T")
 
 
 class PeerProgrammer(Protocol):
@@ -67,8 +71,13 @@ class ClusterMember:
         self.revision = 0  # the last store revision seen (list or watch)
         self.relists = 0  # full lists so far (the first one included)
         self.last_error: str | None = None
-        self._cache: dict[str, bytes] = {}
-        self._applied: dict[tuple[str, str], tuple[Network, RemoteEndpoint]] = {}
+        self._cache: dict[str, bytes] = {}  # the watched records as the store holds them
+        # ...and read: endpoint key -> (peer, ready) (None: no IPv4 address, or unreadable),
+        # network id -> network, the live hosts.
+        self._peers: dict[str, tuple[RemoteEndpoint, bool] | None] = {}
+        self._networks: dict[str, Network] = {}
+        self._live: set[str] = set()
+        self._applied: dict[str, tuple[Network, RemoteEndpoint]] = {}  # by endpoint key
         self._watch: Watch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,7 +110,27 @@ class ClusterMember:
         """The remote endpoints of `network_id` programmed now (a driver replays them
         when it builds the network's plumbing on this host)."""
         with self.lock:
-            return [peer for (nid, _), (_, peer) in self._applied.items() if nid == network_id]
+            return [peer for _, peer in self._applied.values() if peer.network_id == network_id]
+
+    def programmed(self) -> list[tuple[Network, RemoteEndpoint]]:
+        """Every remote endpoint programmed now, with its network."""
+        with self.lock:
+            return list(self._applied.values())
+
+    def own_endpoints(self) -> list[tuple[Network, Endpoint]]:
+        """This host's ready endpoints as the store held them at the last list or event,
+        with their networks (what the host knows of its own without asking etcd)."""
+        found = []
+        with self.lock:
+            for key, value in self._cache.items():
+                if not key.startswith(ENDPOINTS):
+                    continue
+                with contextlib.suppress(KeelnetError):
+                    endpoint, host, _vtep, ready = endpoint_from_record(value)
+                    network = self._networks.get(endpoint.network_id)
+                    if ready and host == self.store.host and network is not None:
+                        found.append((network, endpoint))
+        return sorted(found, key=lambda pair: pair[1].sandbox)
 
     # --- the thread ----------------------------------------------------------------------
 
@@ -148,10 +177,16 @@ class ClusterMember:
     def _relist(self) -> None:
         found, revision = self.store.client.range(PREFIX, prefix=True)
         with self.lock:
-            self._cache = {kv.key: kv.value for kv in found if _watched(kv.key)}
+            self._cache.clear()
+            self._peers.clear()
+            self._networks.clear()
+            self._live.clear()
+            for kv in found:
+                if _watched(kv.key):
+                    self._take(kv.key, kv.value)
             self.revision = revision
             self.relists += 1
-            self._sync()
+            self._update([*self._applied, *self._peers])  # what went while unwatched too
 
     def _resume(self) -> None:
         """Watch from the revision after the last one seen; list first if it is gone."""
@@ -167,55 +202,92 @@ class ClusterMember:
 
     def _apply(self, batch: list[WatchEvent | WatchEnded]) -> None:
         with self.lock:
+            # What the batch changed: endpoint records, hosts, networks.
+            keys: list[str] = []
+            hosts: set[str] = set()
+            networks: set[str] = set()
             for item in batch:
                 if isinstance(item, WatchEnded):
                     self._cancel_watch()
                     if item.compacted:
                         self._relist()
                     break
-                if not _watched(item.key):
-                    self.revision = max(self.revision, item.revision)
-                    continue
-                if item.kind == "put":
-                    self._cache[item.key] = item.value
-                else:
-                    self._cache.pop(item.key, None)
                 self.revision = max(self.revision, item.revision)
-            self._sync()
-
-    def _sync(self) -> None:
-        """Program what changed between the peers wanted now and those programmed."""
-        live = {key[len(HOSTS) :] for key in self._cache if key.startswith(HOSTS)}
-        networks: dict[str, Network] = {}
-        wanted: dict[tuple[str, str], tuple[Network, RemoteEndpoint]] = {}
-        for key, value in self._cache.items():
-            if not key.startswith(ENDPOINTS):
-                continue
-            try:
-                found = remote_endpoint(value)
-            except KeelnetError as exc:
-                self.last_error = str(exc)
-                continue
-            if found is None:
-                continue
-            peer, ready = found
-            if not ready or peer.host == self.store.host or peer.host not in live:
-                continue
-            if peer.network_id not in networks:
-                data = self._cache.get(NETWORKS + peer.network_id)
-                if data is None:
+                if not _watched(item.key):
                     continue
-                networks[peer.network_id] = network_from_json(data)
-            wanted[(peer.network_id, peer.id)] = (networks[peer.network_id], peer)
-        for pair, (network, peer) in list(self._applied.items()):
-            still = wanted.get(pair)
-            if still is None or still[1] != peer:
-                self._program(self.programmer.remove_peer, network, peer)
-                del self._applied[pair]
-        for pair, (network, peer) in wanted.items():
-            if pair not in self._applied:
-                self._program(self.programmer.add_peer, network, peer)
-                self._applied[pair] = (network, peer)
+                self._take(item.key, item.value if item.kind == "put" else None)
+                if item.key.startswith(ENDPOINTS):
+                    keys.append(item.key)
+                elif item.key.startswith(HOSTS):
+                    hosts.add(item.key[len(HOSTS) :])
+                else:
+                    networks.add(item.key[len(NETWORKS) :])
+            if hosts or networks:  # a host joined or left, a network came or went
+                keys += [
+                    key
+                    for key, found in self._peers.items()
+                    if found and (found[0].host in hosts or found[0].network_id in networks)
+                ]
+            self._update(keys)
+
+    def _take(self, key: str, value: bytes | None) -> None:
+        """Note one watched record put (`value`) or deleted (None), read once here."""
+        if value is None:
+            self._cache.pop(key, None)
+        else:
+            self._cache[key] = value
+        if key.startswith(ENDPOINTS):
+            if value is None:
+                self._peers.pop(key, None)
+            else:
+                self._peers[key] = self._read(remote_endpoint, value)
+        elif key.startswith(HOSTS):
+            if value is None:
+                self._live.discard(key[len(HOSTS) :])
+            else:
+                self._live.add(key[len(HOSTS) :])
+        else:
+            network = self._read(network_from_json, value) if value is not None else None
+            if network is None:
+                self._networks.pop(key[len(NETWORKS) :], None)
+            else:
+                self._networks[key[len(NETWORKS) :]] = network
+
+    def _read(self, parse: Callable[[bytes], T], value: bytes) -> T | None:
+        """A record read, or None (noted in `last_error`) for a bad one: one bad record
+        must not stop the watch."""
+        try:
+            return parse(value)
+        except KeelnetError as exc:
+            self.last_error = str(exc)
+            return None
+
+    def _wanted(self, key: str) -> tuple[Network, RemoteEndpoint] | None:
+        """The peer to program for the endpoint record at `key`: one ready on another
+        live host, of a network the store holds."""
+        found = self._peers.get(key)
+        if found is None:
+            return None
+        peer, ready = found
+        network = self._networks.get(peer.network_id)
+        if not ready or peer.host == self.store.host or peer.host not in self._live:
+            return None
+        return (network, peer) if network is not None else None
+
+    def _update(self, keys: Iterable[str]) -> None:
+        """Program what changed for these endpoints: every removal first (an address may
+        have moved from one endpoint to another in the same batch), then the additions."""
+        pending = []
+        for key in dict.fromkeys(keys):
+            wanted, applied = self._wanted(key), self._applied.get(key)
+            if applied is not None and (wanted is None or wanted[1] != applied[1]):
+                self._program(self.programmer.remove_peer, *applied)
+                del self._applied[key]
+            if wanted is not None and key not in self._applied:
+                pending.append((key, wanted))
+        for key, (network, peer) in pending:
+            self._program(self.programmer.add_peer, network, peer)
+            self._applied[key] = (network, peer)
 
     def _program(
         self,

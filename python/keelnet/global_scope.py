@@ -3,8 +3,8 @@
 What `Host` does for networks shared by the hosts of a cluster (overlay), kept here so
 host.py stays the orchestrator: joining the cluster (the store, the lease and watch of
 `ClusterMember`, the local VTEP address), creating a network with a cluster-wide VNI,
-reserving and releasing endpoint addresses, and reconciling this host's endpoints with
-its kernel after a restart.
+reserving and releasing endpoint addresses, remembering this host's own endpoints, and
+reconciling them with its kernel after a restart.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pyroute2.netlink.exceptions import NetlinkError
 
 from keelnet import sandbox as netns_sandbox
-from keelnet.cluster import ClusterMember
+from keelnet.cluster import ClusterMember, PeerProgrammer
 from keelnet.drivers import get_driver, overlay
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
@@ -44,25 +44,33 @@ PlanIpam = Callable[..., tuple[tuple[IpamConfig, ...], dict[int, AddressPool], l
 
 
 class _PeerProgrammer:
-    """What the cluster watch calls to program remote endpoints into this host's planes."""
+    """What the cluster watch calls to program remote endpoints into this host's planes,
+    and their names into its DNS server (`names`): a name answers once its address is
+    reachable, and goes before it is not."""
 
-    def __init__(self, ctx: HostContext) -> None:
+    def __init__(self, ctx: HostContext, names: PeerProgrammer) -> None:
         self._ctx = ctx
+        self._names = names
 
     def add_peer(self, network: Network, peer: RemoteEndpoint) -> None:
         driver = get_driver(network.driver)
-        if isinstance(driver, overlay.OverlayDriver):
-            driver.add_peer(self._ctx, network, peer)
+        try:
+            if isinstance(driver, overlay.OverlayDriver):
+                driver.add_peer(self._ctx, network, peer)
+        finally:  # the watch counts it as added either way: its names follow that
+            self._names.add_peer(network, peer)
 
     def remove_peer(self, network: Network, peer: RemoteEndpoint) -> None:
         driver = get_driver(network.driver)
+        self._names.remove_peer(network, peer)
         if isinstance(driver, overlay.OverlayDriver):
             driver.remove_peer(self._ctx, network, peer)
 
 
 class GlobalScope:
     """The cluster store at `url` for the host of `ctx`, as the member `name` (with a
-    lease and a watch) unless `member` is False."""
+    lease and a watch) unless `member` is False; the watch hands the other hosts'
+    endpoints to `names` (the host's DNS) too."""
 
     def __init__(
         self,
@@ -73,19 +81,26 @@ class GlobalScope:
         advertise_address: str | None,
         member: bool,
         lease_ttl: int,
+        names: PeerProgrammer,
     ) -> None:
         netns_sandbox.check_name(name, "host")
         self._ctx = ctx
         self.store = EtcdStore(url, host=name, netns_path=ctx.netns_path)
         self.cluster: ClusterMember | None = None
+        #: A member's endpoints on global networks, reserved or ready (id -> network,
+        #: endpoint), in the order they joined: only this process connects and disconnects
+        #: them, so it knows them without asking etcd: a local operation works while etcd
+        #: is away.
+        self._joined: dict[str, tuple[Network, Endpoint]] = {}
         if not member:
             return
         try:
             vtep = advertise_address or self._source_address(self.store.client.endpoints[0][0])
             self.cluster = ClusterMember(
-                self.store, vtep, _PeerProgrammer(ctx), lease_ttl=lease_ttl
+                self.store, vtep, _PeerProgrammer(ctx, names), lease_ttl=lease_ttl
             )
             self.cluster.start()
+            self._joined = {e.id: (n, e) for n, e in self.cluster.own_endpoints()}
         except BaseException:
             self.store.close()
             raise
@@ -193,18 +208,45 @@ class GlobalScope:
                 raise InvalidRequest(f"invalid IP address {ip!r}") from None
             if network.ipam_for(version) is None:
                 raise AddressOutOfRange(f"{ip}: network {network.name} has no such subnet")
-        placeholder = Endpoint(None, None, "", ifname, None, id=endpoint_id, sandbox=sandbox)
-        return self.store.reserve_endpoint(network, placeholder, ip, self.cluster.vtep)
+        placeholder = Endpoint(
+            None, None, "", ifname, None, id=endpoint_id, network_id=network.id, sandbox=sandbox
+        )
+        addresses = self.store.reserve_endpoint(network, placeholder, ip, self.cluster.vtep)
+        # Its interface name is taken from now on (a kn-gwbridge connect comes before
+        # `publish`, which puts the whole endpoint in its place).
+        self._joined[endpoint_id] = (network, placeholder)
+        return addresses
 
-    def publish(self, endpoint: Endpoint) -> None:
+    def publish(self, network: Network, endpoint: Endpoint) -> None:
         """The endpoint's connect completed: mark it ready for the other hosts."""
         assert self.cluster is not None  # reserve() refused otherwise
         self.store.publish_endpoint(endpoint, self.cluster.vtep)
+        self._joined[endpoint.id] = (network, endpoint)
 
     def release(self, network: Network, endpoint_id: str, addresses: dict[int, str]) -> None:
-        """Undo `reserve`."""
+        """Undo `reserve` (and `publish`)."""
         endpoint = Endpoint(addresses.get(4), addresses.get(6), "", "", None, id=endpoint_id)
-        self.store.release_endpoint(dataclasses.replace(endpoint, network_id=network.id))
+        self.remove(dataclasses.replace(endpoint, network_id=network.id))
+
+    def remove(self, endpoint: Endpoint) -> None:
+        """The endpoint is gone from this host: its record and addresses go."""
+        self.store.release_endpoint(endpoint)
+        self._joined.pop(endpoint.id, None)
+
+    def joined(self, sandbox: str | None = None) -> list[tuple[Network, Endpoint]]:
+        """This host's endpoints on global networks (of `sandbox`), with their networks:
+        a member's as it remembers them, never asking etcd; a process that is no member
+        reads them from the store."""
+        if self.cluster is not None:
+            found = list(self._joined.values())
+        else:
+            networks = {n.id: n for n in self.store.networks()}
+            found = [
+                (networks[e.network_id], e)
+                for e in self.store.endpoints(sandbox=sandbox)
+                if e.network_id in networks
+            ]
+        return [(n, e) for n, e in found if sandbox is None or e.sandbox == sandbox]
 
     def reconcile(self, local: Store, removed: dict[str, int]) -> None:
         """This host's endpoints on global networks against its kernel: release those
@@ -237,7 +279,7 @@ class GlobalScope:
             with contextlib.suppress(KeelnetError):
                 driver.leave(self._ctx, network, endpoint, path)
                 driver.delete_endpoint(self._ctx, network, endpoint)
-            self.store.release_endpoint(endpoint)
+            self.remove(endpoint)
             removed["endpoints"] += 1
         in_use = {e.network_id for e in self.store.endpoints()}
         removed["namespaces"] += overlay.OverlayDriver().remove_unused(self._ctx, in_use)

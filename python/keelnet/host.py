@@ -62,6 +62,7 @@ from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import (
     DEFAULT_IPAM,
     EXTERNAL_IPAM,
+    GATEWAY_BRIDGE_LABEL,
     HANDOVER_PREFIX,
     Endpoint,
     JoinInfo,
@@ -157,8 +158,10 @@ class Host:
                     advertise_address=advertise_address,
                     member=member,
                     lease_ttl=lease_ttl,
+                    names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
+                self._dns.use_cluster(self._global)
             if self._needs_reconcile():
                 self.reconcile()
             elif self._global is not None and self.cluster is not None:
@@ -367,6 +370,7 @@ class Host:
             if found is not None:
                 self.global_store.remove_network(found)
                 get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
+                self._dns.network_removed(found)
                 return
         with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
@@ -547,7 +551,9 @@ class Host:
             if scope is not None:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, op.undo)
-                scope.publish(endpoint)  # ready: the other hosts program it now
+                scope.publish(net, endpoint)  # ready: the other hosts program it now
+                op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+                self._dns.endpoint_added(net, endpoint)
                 return endpoint
             self.store.add_endpoint(endpoint)
             op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
@@ -599,7 +605,7 @@ class Host:
             self.create_network(
                 GATEWAY_BRIDGE,
                 options={bridge.NAME: GATEWAY_BRIDGE, bridge.ICC: "false"},
-                labels={"com.keelnet.gateway-bridge": "true"},
+                labels={GATEWAY_BRIDGE_LABEL: "true"},
             )
             undo.append(lambda: self.remove_network(GATEWAY_BRIDGE))
         if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
@@ -609,8 +615,8 @@ class Host:
     def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
         """The sandbox's endpoints on local and global networks."""
         found = self.store.endpoints(sandbox=sandbox)
-        if self.global_store is not None:
-            found += self.global_store.endpoints(sandbox=sandbox)
+        if self._global is not None:
+            found += [endpoint for _, endpoint in self._global.joined(sandbox)]
         return found
 
     def _check_mac_free(self, network: Network, mac: str) -> None:
@@ -681,9 +687,10 @@ class Host:
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
         if network.scope == "global":
-            store = self._require_global(network.driver).store
-            store.release_endpoint(endpoint)
-            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+            scope = self._require_global(network.driver)
+            scope.remove(endpoint)
+            self._dns.endpoint_removed(network, endpoint)
+            if not scope.joined(endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
             return
         self._addresses.release(network, endpoint)

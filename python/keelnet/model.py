@@ -56,6 +56,10 @@ def timestamp_ns(text: str) -> int:
 
 #: Drivers whose networks have no embedded DNS server (Docker's).
 NO_DNS_DRIVERS = frozenset({"host", "none"})
+#: Marks a host's gateway bridge (kn-gwbridge, Docker's docker_gwbridge): no names on it,
+#: as Docker's gateway endpoints have none (else every overlay sandbox of a host would
+#: see the others by name there, whatever their overlay networks).
+GATEWAY_BRIDGE_LABEL = "com.keelnet.gateway-bridge"
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ class Peer:
 
 @dataclass(frozen=True)
 class RemoteEndpoint:
-    """An endpoint of a global network on another host, as the data plane needs it."""
+    """An endpoint of a global network on another host, as the data plane and the DNS
+    server need it."""
 
     id: str
     network_id: str
@@ -161,6 +166,8 @@ class RemoteEndpoint:
     mac: str
     vtep: str
     host: str
+    #: Its sandbox's name, then its aliases on the network (what it answers to by name).
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -249,10 +256,14 @@ class Network:
     @property
     def embedded_dns(self) -> bool:
         """Whether its sandboxes find each other by name through keelnet's DNS server:
-        every network but Docker's `host` and `none` (as every user-defined network) and
+        every network but Docker's `host` and `none` (as every user-defined network),
         those whose creator hands out the addresses (external IPAM: Docker, whose own DNS
-        server serves its containers)."""
-        return self.driver not in NO_DNS_DRIVERS and self.ipam_driver != EXTERNAL_IPAM
+        server serves its containers) and a host's gateway bridge."""
+        return (
+            self.driver not in NO_DNS_DRIVERS
+            and self.ipam_driver != EXTERNAL_IPAM
+            and GATEWAY_BRIDGE_LABEL not in self.labels
+        )
 
     @property
     def created_ns(self) -> int:

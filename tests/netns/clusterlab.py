@@ -25,6 +25,7 @@ from pathlib import Path
 from netlab import DOCKER_RULES, create_ns, run_in
 
 from keelnet import Host
+from keelnet.dns import NETNS_ETC
 from keelnet.drivers.overlay import OverlayPlane
 from keelnet.errors import StoreUnavailable
 from keelnet.kernel.namespaces import (
@@ -83,10 +84,13 @@ class Segment:
 
 
 def make_host_ns(netns: str) -> None:
-    """A test host namespace with Docker's iptables (FORWARD policy DROP)."""
+    """A test host namespace with Docker's iptables (FORWARD policy DROP) and a
+    resolv.conf naming no server: its sandboxes' DNS forwards nothing off the machine."""
     create_ns(netns)
     for rule in DOCKER_RULES:
         run_in(netns, "iptables", "-w", *rule.split())
+    (NETNS_ETC / netns).mkdir(parents=True, exist_ok=True)
+    (NETNS_ETC / netns / "resolv.conf").write_text("# keelnet test host: no upstream\n")
 
 
 def route_between(prefix: str, a: Segment, b: Segment) -> str:

@@ -30,6 +30,7 @@ def test_keelnet_demo_passes_and_cleans_up(
     assert "IPAM" in output and "a damaged blob" in output and "refused" in output
     assert "overlay: app1 (kernel) -> app2 (userspace)" in output
     assert "out via kn-gwbridge" in output and "peer host3 at 192.0.2.3" in output
+    assert "overlay: app1 (host1) pings app3 (host3) by name" in output
     for prefix in (f"kn-demo-{token}", f"kn-demo-{overlay_token}"):
         assert not [n for n in os.listdir(NETNS_RUN_DIR) if n.startswith(prefix)]
         assert not [n for n in os.listdir(NETNS_ETC) if n.startswith(prefix)]

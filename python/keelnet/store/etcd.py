@@ -6,7 +6,8 @@ Keys (under ``/keelnet/``), JSON values unless said otherwise:
     names/<name>                  network id: one network per name, cluster-wide
     vnis/<vni>                    network id: one network per VNI
     pools/<id>/<ip version>       the network's AddressPool, as its versioned bytes
-    endpoints/<network id>/<id>   an endpoint: addresses, MAC, host and the host's VTEP
+    endpoints/<network id>/<id>   an endpoint: addresses, MAC, sandbox name, aliases, host
+                                  and the host's VTEP
     hosts/<name>                  a live host and its VTEP address, under the host's lease
 
 Every write that could collide with another host's is a compare-and-swap transaction:
@@ -87,13 +88,17 @@ def endpoint_from_record(data: bytes) -> tuple[Endpoint, str, str, bool]:
 
 
 def remote_endpoint(data: bytes) -> tuple[RemoteEndpoint, bool] | None:
-    """The data plane's view of an endpoint record (and whether it is ready); None when
-    it has no IPv4 address to program."""
+    """The other hosts' view of an endpoint record (and whether it is ready); None when
+    it has no IPv4 address to program. Its names are its sandbox's and its aliases (a
+    record without them, or with a non-text one, has fewer: it still forwards)."""
     endpoint, host, vtep, ready = endpoint_from_record(data)
     if not endpoint.ip:
         return None
+    names = tuple(n for n in (endpoint.sandbox, *endpoint.aliases) if isinstance(n, str) and n)
     return (
-        RemoteEndpoint(endpoint.id, endpoint.network_id, endpoint.ip, endpoint.mac, vtep, host),
+        RemoteEndpoint(
+            endpoint.id, endpoint.network_id, endpoint.ip, endpoint.mac, vtep, host, names
+        ),
         ready,
     )
 
