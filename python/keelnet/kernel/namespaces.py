@@ -177,10 +177,10 @@ def write_sysctl(path: str | None, key: str, value: str) -> None:
 
 
 def bridges_skip_iptables(path: str | None) -> None:
-    """Bridged frames in the namespace at `path` skip iptables. With br_netfilter loaded
-    (Docker loads it) they pass its hooks, and conntrack, by default, which costs a TCP
-    stream through a bridge ~5 % of its CPU (BENCHMARKS.md, issue 12); without it there
-    is nothing to turn off."""
+    """Bridged frames in the namespace at `path` skip iptables. Where br_netfilter is
+    loaded (Docker hosts that filter bridges) they pass its hooks by default, ~5 % of
+    the CPU of a TCP stream through an overlay bridge (BENCHMARKS.md, issue 12); where
+    it is not, there is nothing to turn off."""
     for table in ("iptables", "ip6tables", "arptables"):
         with suppress(FileNotFoundError):
             write_sysctl(path, f"net/bridge/bridge-nf-call-{table}", "0")
