@@ -292,8 +292,7 @@ class HostDns:
         self._attach(endpoint.sandbox)
 
     def _push(self, network: Network, endpoint: Endpoint) -> None:
-        names = (endpoint.sandbox, *endpoint.aliases)
-        self._push_names(network, endpoint.id, names, endpoint.ip, endpoint.ipv6)
+        self._push_names(network, endpoint.id, endpoint.names, endpoint.ip, endpoint.ipv6)
 
     def _push_names(
         self,

@@ -22,6 +22,7 @@ from keelnet.cluster import ClusterMember, PeerProgrammer
 from keelnet.drivers import get_driver, overlay
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, HostContext, NetworkRequest
 from keelnet.errors import (
+    AddressInUse,
     AddressOutOfRange,
     Conflict,
     DuplicateNetwork,
@@ -141,11 +142,12 @@ class GlobalScope:
         internal: bool,
         opts: dict[str, str],
         labels: dict[str, str],
+        network_id: str | None = None,
     ) -> Network:
         """A network in the cluster store, its VNI taken cluster-wide (or the one pinned by
         `vxlanid_list`), its subnet overlapping no network of the cluster or of this host
         (`local_networks`: subnet, network name); nothing is built on any host until a
-        sandbox joins there."""
+        sandbox joins there. `network_id`: the id to use (Docker's), else a new one."""
         the_driver.validate(self._ctx, NetworkRequest(name, opts, ipv6, internal))
         dataplane = the_driver.choose_dataplane(
             self._ctx, opts.get(DATAPLANE_OPTION, "auto"), options=opts
@@ -168,10 +170,12 @@ class GlobalScope:
             configs, pools, _ = plan_ipam(
                 taken=taken, subnet_pools=SubnetPools(OVERLAY_DEFAULT_POOLS)
             )
-            network_id = secrets.token_hex(32)
+            new_id = network_id or secrets.token_hex(32)
+            if network_id is not None and any(n.id == network_id for n in existing):
+                raise DuplicateNetwork(f"network with id {network_id} already exists")
             vni = pinned if pinned is not None else lowest_free_vni(used)
             network = Network(
-                id=network_id,
+                id=new_id,
                 name=name,
                 driver=the_driver.name,
                 dataplane=dataplane,
@@ -211,7 +215,15 @@ class GlobalScope:
         placeholder = Endpoint(
             None, None, "", ifname, None, id=endpoint_id, network_id=network.id, sandbox=sandbox
         )
-        addresses = self.store.reserve_endpoint(network, placeholder, ip, self.cluster.vtep)
+        try:
+            addresses = self.store.reserve_endpoint(network, placeholder, ip, self.cluster.vtep)
+        except AddressInUse:
+            holder = self.store.holder(network.id, ip) if ip is not None else None
+            if holder is None:
+                raise
+            raise AddressInUse(
+                f"{ip} is already taken on network {network.name} by host {holder}"
+            ) from None
         # Its interface name is taken from now on (a kn-gwbridge connect comes before
         # `publish`, which puts the whole endpoint in its place).
         self._joined[endpoint_id] = (network, placeholder)
@@ -261,7 +273,10 @@ class GlobalScope:
             driver = get_driver(network.driver)
             box = local.find_sandbox(endpoint.sandbox)
             path = box.path if box is not None and netns_sandbox.exists(box.path) else None
-            if path is not None and ready:
+            if endpoint.handed_over:
+                if ready and self._still_handed_over(network, endpoint, path, removed):
+                    continue
+            elif path is not None and ready:
                 with iproute(path) as ipr:
                     if links.link_index(ipr, endpoint.ifname) is not None:
                         continue  # served: by the kernel, or by another running process
@@ -283,3 +298,36 @@ class GlobalScope:
             removed["endpoints"] += 1
         in_use = {e.network_id for e in self.store.endpoints()}
         removed["namespaces"] += overlay.OverlayDriver().remove_unused(self._ctx, in_use)
+
+    def _still_handed_over(
+        self,
+        network: Network,
+        endpoint: Endpoint,
+        path: str | None,
+        removed: dict[str, int],
+    ) -> bool:
+        """Whether an endpoint handed to its caller (Docker) is still served: its
+        interface, found by its mark under whatever name the caller gave it, in its
+        sandbox or (not joined yet) waiting in the host's namespace. A userspace one's
+        TAP persists without carrier when the process that served it died: a new plane
+        attaches to it, set up as the caller left it."""
+        if endpoint.sandbox and path is None:
+            return False  # the container's namespace went, and the interface with it
+        where = path if endpoint.sandbox else self._ctx.netns_path
+        with iproute(where) as ipr:
+            found = links.endpoint_link(ipr, self._ctx.owner, network.id, endpoint.id)
+            if found is None:
+                return False
+            if links.has_carrier(ipr, found):
+                return True  # served: by the kernel, or by another running process
+        driver = get_driver(network.driver)
+        if not isinstance(driver, overlay.OverlayDriver):
+            return True
+        if driver.local_dataplane(self._ctx, network) != "userspace":
+            return True  # a veth: the kernel serves it
+        try:
+            driver.create_endpoint(self._ctx, network, endpoint, path)
+        except KeelnetError:
+            return False
+        removed["recreated"] += 1
+        return True

@@ -24,13 +24,12 @@ import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
-from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
 from keelnet.drivers import _gateway, bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
@@ -51,7 +50,6 @@ from keelnet.errors import (
     StateDirError,
     StoreUnavailable,
 )
-from keelnet.global_scope import GlobalScope
 from keelnet.inspect import network_inspect
 from keelnet.ipam.networks import NetworkAddresses, Plan
 from keelnet.ipam.networks import Request as AddressRequest
@@ -75,9 +73,13 @@ from keelnet.model import (
 )
 from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
-from keelnet.store.etcd import EtcdStore
 from keelnet.store.journal import Entry, Journal
 from keelnet.store.sqlite import DB_NAME, check_state_dir
+
+if TYPE_CHECKING:  # a host with a cluster store imports them: requests, etcd3gw (~0.1 s)
+    from keelnet.cluster import ClusterMember
+    from keelnet.global_scope import GlobalScope
+    from keelnet.store.etcd import EtcdStore
 
 Undo = Callable[[], None]
 #: Docker's endpoint driver option that names the sandbox's interface.
@@ -103,7 +105,7 @@ class Host:
         name: str | None = None,
         advertise_address: str | None = None,
         member: bool = True,
-        lease_ttl: int = DEFAULT_LEASE_TTL,
+        lease_ttl: int | None = None,
         dataplane: str | None = None,
     ):
         """A host: `netns` (None: the caller's), its state in `state_dir`.
@@ -151,19 +153,24 @@ class Host:
             self._global: GlobalScope | None = None
             store = store or os.environ.get("KEELNET_STORE") or None
             if store:
+                from keelnet.cluster import DEFAULT_LEASE_TTL
+                from keelnet.global_scope import GlobalScope
+
                 self._global = GlobalScope(
                     self._ctx,
                     store,
                     name=name or (Path(netns).name if netns else socket.gethostname()),
                     advertise_address=advertise_address,
                     member=member,
-                    lease_ttl=lease_ttl,
+                    lease_ttl=DEFAULT_LEASE_TTL if lease_ttl is None else lease_ttl,
                     names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
                 self._dns.use_cluster(self._global)
+            #: What the reconcile this open ran did (empty: none ran).
+            self.reconciled_at_open: dict[str, int] = {}
             if self._needs_reconcile():
-                self.reconcile()
+                self.reconciled_at_open = self.reconcile()
             elif self._global is not None and self.cluster is not None:
                 # Its overlay endpoints: userspace ones to serve again, half-made ones.
                 self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
@@ -250,6 +257,7 @@ class Host:
         ipam_options: Mapping[str, str] | None = None,
         network_id: str | None = None,
         attachable: bool = False,
+        ipv4: bool = True,
     ) -> Network:
         """Create a network; subnets are carved from the default pools when not given.
 
@@ -257,7 +265,8 @@ class Host:
         by name, or `external`: every subnet is given and every address is the caller's
         (dockerd's, when keelnet serves Docker; endpoints then come from
         `create_endpoint`). `network_id`: the id to use (Docker's), instead of a new one.
-        `attachable` is Docker's flag, recorded and shown by inspect.
+        `attachable` is Docker's flag, recorded and shown by inspect. `ipv4=False` (with
+        `ipv6`): an IPv6-only network (Docker 28's `--ipv4=false`), for drivers that can.
         """
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
@@ -271,23 +280,25 @@ class Host:
         checks.text(ipam_driver, "ipam_driver")
         if network_id is not None and not _ID.fullmatch(checks.text(network_id, "network id")):
             raise InvalidRequest(f"invalid network id {network_id!r}: use 64 hex digits")
-        for flag, value in (("ipv6", ipv6), ("internal", internal)):
+        for flag, value in (("ipv4", ipv4), ("ipv6", ipv6), ("internal", internal)):
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
+        if not ipv4:
+            _check_ipv6_only(the_driver, ipv6)
         if the_driver.scope == "global":
             scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
-            if network_id is not None or ipam_driver != DEFAULT_IPAM:
+            if ipam_driver != DEFAULT_IPAM:
                 raise InvalidRequest(
-                    f"{the_driver.name} networks are global: keelnet's cluster store names "
-                    "them and its IPAM gives their addresses (no network id, no IPAM driver)"
+                    f"{the_driver.name} networks are global: keelnet's cluster store gives "
+                    "their addresses (no IPAM driver)"
                 )
             request = AddressRequest(subnets, gateways, ranges, aux, ipv6, gateway_on_host=False)
             plan_ipam = functools.partial(self._addresses.plan_for_cluster, request)
             local = [(c.subnet, n.name) for n in self.store.networks() for c in n.ipam]
             return scope.create_network(
-                the_driver, name, plan_ipam, local, ipv6, internal, opts, label_map
+                the_driver, name, plan_ipam, local, ipv6, internal, opts, label_map, network_id
             )
         with self._operation() as op:
             if self.store.find_network(name) is not None or self._global_named(name):
@@ -314,6 +325,7 @@ class Host:
                     gateway_on_host=the_driver.gateway_on_host,
                     driver=ipam_driver,
                     options=ipam_opts,
+                    ipv4=ipv4,
                 )
                 plan = self._addresses.plan(request, op.undo)
             elif subnets or gateways or ranges or aux or ipam_driver != DEFAULT_IPAM:
@@ -593,7 +605,9 @@ class Host:
             network_id=net.id,
             sandbox=sandbox,
             host_ifname=(
-                f"kn-v{endpoint_id[:11]}" if net.kernel_name and net.dataplane == "kernel" else None
+                links.veth_host_end(endpoint_id)
+                if net.kernel_name and net.dataplane == "kernel"
+                else None
             ),
         )
 
@@ -689,6 +703,9 @@ class Host:
         if network.scope == "global":
             scope = self._require_global(network.driver)
             scope.remove(endpoint)
+            if endpoint.handed_over:  # Docker names it, and gives the sandbox its way out
+                self._forget_if_transient(endpoint.sandbox)
+                return
             self._dns.endpoint_removed(network, endpoint)
             if not scope.joined(endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
@@ -697,8 +714,7 @@ class Host:
         self.store.remove_endpoint(endpoint.id)
         self._dns.endpoint_removed(network, endpoint)
         self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
-        if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
-            self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one
+        self._forget_if_transient(endpoint.sandbox)
         if box is not None and path is not None:
             self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
@@ -743,18 +759,26 @@ class Host:
                     "caller to move into a sandbox (Docker's plugin protocol needs that)"
                 )
             endpoint_id = endpoint_id or secrets.token_hex(32)
-            if self.store.find_endpoint(endpoint_id) is not None:
+            if self._find_endpoint(net, endpoint_id) is not None:
                 raise DuplicateEndpoint(f"endpoint {endpoint_id[:12]} already exists")
-            if net.ipam_driver == EXTERNAL_IPAM:
+            staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
+            scope = self._require_global(net.driver) if net.scope == "global" else None
+            if scope is not None:  # the caller's addresses (or new ones), taken cluster-wide
+                ip = requested.get(4) or requested.get(6)
+                addresses = scope.reserve(net, endpoint_id, "", staging, ip)
+                op.undo.append(lambda: scope.release(net, endpoint_id, addresses))
+            elif net.ipam_driver == EXTERNAL_IPAM:
                 addresses = self._addresses.given(net, requested)
             else:
                 addresses = self._addresses.allocate(net, requested, op.undo)
-            staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, None)
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
-            self.store.add_endpoint(endpoint)
+            if scope is not None:
+                scope.publish(net, endpoint)  # the other hosts program it; it waits for its caller
+            else:
+                self.store.add_endpoint(endpoint)
             return endpoint
 
     def join(self, network: str, endpoint_id: str, sandbox_path: str) -> JoinInfo:
@@ -770,11 +794,11 @@ class Host:
                     f"endpoint {endpoint_id[:12]} is already joined to sandbox {endpoint.sandbox}"
                 )
             if not endpoint.sandbox:
-                if self.store.endpoints(network_id=net.id, sandbox=box.name):
+                if any(e.network_id == net.id for e in self._sandbox_endpoints(box.name)):
                     raise DuplicateEndpoint(
                         f"sandbox {box.name} is already connected to {net.name}"
                     )
-                self.store.set_endpoint_sandbox(endpoint.id, box.name)
+                self._set_endpoint_sandbox(net, endpoint, box.name)
             gateways: list[str | None] = []
             routes: list[StaticRoute] = []
             offers = get_driver(net.driver).default_routes(net, endpoint)
@@ -782,30 +806,29 @@ class Host:
                 if via == _gateway.DEVICE:  # ipvlan l3: straight out, the parent host routes
                     routes.append(StaticRoute(default))
                 gateways.append(None if via == _gateway.DEVICE else via)
+            # No way out offered (overlay): the caller must not add one of its own
+            # (dockerd's docker_gwbridge) beside keelnet's network.
+            no_way_out = not net.internal and not any(offers)
             return JoinInfo(
                 src_name=endpoint.ifname,
                 gateway=gateways[0],
                 ipv6_gateway=gateways[1],
                 static_routes=tuple(routes),
-                disable_gateway_service=bool(routes),
+                disable_gateway_service=bool(routes) or no_way_out,
             )
 
     def leave(self, network: str, endpoint_id: str) -> None:
         """The caller takes the interface out of its sandbox (Docker's Leave): its
         published ports go. An endpoint that is not joined (or not known) has left."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            endpoint = self.store.find_endpoint(endpoint_id)
-            if net is None or endpoint is None or endpoint.network_id != net.id:
-                return
-            if not endpoint.sandbox:
+            net = self._known_network(network)
+            endpoint = self._find_endpoint(net, endpoint_id) if net is not None else None
+            if net is None or endpoint is None or not endpoint.sandbox:
                 return
             op.begin()
             ports = self._revoke_ports(net, endpoint.sandbox)
-            self.store.set_endpoint_sandbox(endpoint.id, "")
-            box = self.store.find_sandbox(endpoint.sandbox)
-            if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
-                self.store.remove_sandbox(box.name)
+            self._set_endpoint_sandbox(net, endpoint, "")
+            self._forget_if_transient(endpoint.sandbox)
             if ports:
                 self._sync_firewall()
 
@@ -813,9 +836,9 @@ class Host:
         """Remove the endpoint and its interface wherever the caller left it (Docker's
         DeleteEndpoint); one that is not known is already removed."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            endpoint = self.store.find_endpoint(endpoint_id)
-            if net is None or endpoint is None or endpoint.network_id != net.id:
+            net = self._known_network(network)
+            endpoint = self._find_endpoint(net, endpoint_id) if net is not None else None
+            if net is None or endpoint is None:
                 return
             op.begin()
             self._disconnect(net, endpoint)
@@ -824,10 +847,46 @@ class Host:
         return self._endpoint_of(self.network(network), endpoint_id)
 
     def _endpoint_of(self, net: Network, endpoint_id: str) -> Endpoint:
-        endpoint = self.store.find_endpoint(endpoint_id)
-        if endpoint is None or endpoint.network_id != net.id:
+        endpoint = self._find_endpoint(net, endpoint_id)
+        if endpoint is None:
             raise EndpointNotFound(f"network {net.name} has no endpoint {endpoint_id[:12]}")
         return endpoint
+
+    def _find_endpoint(self, net: Network, endpoint_id: str) -> Endpoint | None:
+        """The network's endpoint of that id on this host, in the network's store."""
+        if net.scope == "global":
+            joined = self._require_global(net.driver).joined()
+            return next((e for n, e in joined if e.id == endpoint_id and n.id == net.id), None)
+        endpoint = self.store.find_endpoint(endpoint_id)
+        return endpoint if endpoint is not None and endpoint.network_id == net.id else None
+
+    def _known_network(self, name_or_id: str) -> Network | None:
+        """The network, local or global; None when this host knows no such network (for
+        teardown: what is not known is already gone)."""
+        try:
+            return self.network(name_or_id)
+        except NetworkNotFound:
+            return None
+
+    def _set_endpoint_sandbox(self, net: Network, endpoint: Endpoint, sandbox: str) -> None:
+        """Join ("": leave) a caller's endpoint to the sandbox of that name."""
+        if net.scope == "global":
+            joined = dataclasses.replace(endpoint, sandbox=sandbox)
+            self._require_global(net.driver).publish(net, joined)
+        else:
+            self.store.set_endpoint_sandbox(endpoint.id, sandbox)
+
+    def _forget_if_transient(self, sandbox: str) -> None:
+        """A sandbox adopted by a join goes from the store with its last endpoint."""
+        box = self.store.find_sandbox(sandbox) if sandbox else None
+        if box is None or not box.transient:
+            return
+        try:
+            if self._sandbox_endpoints(box.name):
+                return
+        except StoreUnavailable:  # a Host that is no member asks etcd: kept till later
+            return
+        self.store.remove_sandbox(box.name)
 
     def _sandbox_at(self, path: str) -> Sandbox:
         """The sandbox of the namespace at `path`: a known one, else adopted for as long
@@ -1006,7 +1065,12 @@ class Host:
                     )
                 except StoreUnavailable:
                     in_sandboxes = None
-            removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
+            # The host's namespace holds links of global networks too (handed-over ones
+            # waiting for Docker): while the cluster store cannot say which, they stay.
+            known = in_sandboxes or (networks, endpoint_ids)
+            removed["links"] = self._remove_leftovers(
+                self._ipr, *known, keep_unknown=in_sandboxes is None
+            )
             links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
             for entry in cut_short:
                 for name in entry.sandboxes:
@@ -1053,13 +1117,21 @@ class Host:
         return removed
 
     def _remove_leftovers(
-        self, ipr: IPRoute, networks: Mapping[str, Network], endpoint_ids: set[str]
+        self,
+        ipr: IPRoute,
+        networks: Mapping[str, Network],
+        endpoint_ids: set[str],
+        *,
+        keep_unknown: bool = False,
     ) -> int:
         """Delete this store's links in one namespace that no committed network or
-        endpoint accounts for: half made (no alias yet) or left by a cut-short operation."""
+        endpoint accounts for: half made (no alias yet) or left by a cut-short operation
+        (`keep_unknown`: not those of networks missing from `networks`)."""
         count = 0
         for link in ownership.owned_links(ipr, self.owner):
             mark = link.mark
+            if keep_unknown and mark is not None and mark.network_id not in networks:
+                continue
             if (
                 mark is None
                 or mark.network_id not in networks
@@ -1202,6 +1274,17 @@ class _Operation:
             except Exception:  # keep undoing; the operation's own error is the one raised
                 clean = False
         return clean
+
+
+def _check_ipv6_only(driver: Driver, ipv6: bool) -> None:
+    """Refuse an IPv6-only network without IPv6, or of a driver that cannot make one."""
+    if not ipv6:
+        raise InvalidRequest("IPv4 or IPv6 must be enabled: with --ipv4=false give --ipv6")
+    if not driver.ipv6_only:
+        raise InvalidRequest(
+            f"driver {driver.name!r} makes no IPv6-only networks (bridge, macvlan and "
+            "ipvlan do): leave IPv4 on"
+        )
 
 
 def _is_name(name: str) -> bool:

@@ -122,6 +122,13 @@ class Endpoint:
         as `ifname`, whatever the caller renamed it to in the sandbox."""
         return self.ifname.startswith(HANDOVER_PREFIX)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What keelnet's DNS answers for it: its sandbox's name and its aliases; none for
+        a handed-over one (its sandbox's name is dockerd's id of a namespace; Docker's
+        own DNS server names its containers)."""
+        return () if self.handed_over else (self.sandbox, *self.aliases)
+
 
 @dataclass(frozen=True)
 class StaticRoute:
@@ -266,6 +273,12 @@ class Network:
         )
 
     @property
+    def ipv4(self) -> bool:
+        """Whether IPv4 is enabled (Docker's EnableIPv4): false only for an IPv6-only
+        network, the one kind with subnets but none of IPv4 (`host` and `none` have none)."""
+        return not self.ipam or self.ipam_for(4) is not None
+
+    @property
     def created_ns(self) -> int:
         return timestamp_ns(self.created)
 
@@ -299,7 +312,7 @@ class Network:
             "Created": rfc3339nano(self.created_ns),
             "Scope": self.scope,
             "Driver": self.driver,
-            "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
+            "EnableIPv4": self.ipv4,
             "EnableIPv6": self.ipv6,
             "IPAM": {
                 "Driver": self.ipam_driver,

@@ -67,6 +67,7 @@ def test_vni_taken_overlap_and_bad_options_are_refused_and_leave_nothing(
         ({"vxlan_port": "80"}, "not a UDP port in 1024-49151"),
         ({"dataplane": "dpdk"}, "invalid dataplane"),
         ({"com.docker.network.driver.mtu": "100"}, "underlay MTU"),
+        ({"port_security": "maybe"}, "port_security: 'maybe' is not a boolean"),
     ):
         with pytest.raises(InvalidOption, match=message):
             b.create_network("ov2", driver="overlay", subnet="10.0.10.0/24", options=options)

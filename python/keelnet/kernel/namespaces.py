@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -143,6 +142,8 @@ def iproute(path: str | None) -> Iterator[IPRoute]:
         with IPRoute() as ipr:
             yield ipr
         return
+    import socket  # here: reading a store's claim (every CLI command) opens no socket
+
     sock = call_in_netns(
         path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
     )

@@ -40,7 +40,13 @@ from keelnet.errors import (
 )
 from keelnet.ipam import AddressPool
 from keelnet.model import Endpoint, IpamConfig, Network, Peer, RemoteEndpoint
-from keelnet.store.etcd_client import Compare, EtcdClient, KeyValue, Txn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from keelnet.store.etcd_client import KeyValue
+
+# etcd_client is imported where used: it loads requests and etcd3gw (~0.1 s), which a host
+# without a cluster store (its overlay driver reads VNI_OPTION from here) never needs.
 
 PREFIX = "/keelnet/"
 NETWORKS = PREFIX + "networks/"
@@ -94,7 +100,10 @@ def remote_endpoint(data: bytes) -> tuple[RemoteEndpoint, bool] | None:
     endpoint, host, vtep, ready = endpoint_from_record(data)
     if not endpoint.ip:
         return None
-    names = tuple(n for n in (endpoint.sandbox, *endpoint.aliases) if isinstance(n, str) and n)
+    # Docker's containers (handed over) are named by Docker's DNS, not keelnet's.
+    handed_over = isinstance(endpoint.ifname, str) and endpoint.handed_over
+    given = () if handed_over else (endpoint.sandbox, *endpoint.aliases)
+    names = tuple(n for n in given if isinstance(n, str) and n)
     return (
         RemoteEndpoint(
             endpoint.id, endpoint.network_id, endpoint.ip, endpoint.mac, vtep, host, names
@@ -133,6 +142,8 @@ class EtcdStore:
     scope = "global"
 
     def __init__(self, url: str, *, host: str, netns_path: str | None = None) -> None:
+        from keelnet.store.etcd_client import EtcdClient
+
         self.host = host
         self.client = EtcdClient(url, netns_path)
 
@@ -182,6 +193,8 @@ class EtcdStore:
         """Create the network with its pools, if its name and VNI are free and no network
         appeared since revision `checked_at` (when its subnet was checked for overlaps).
         Raises DuplicateNetwork, or StoreConflict when something changed (check again)."""
+        from keelnet.store.etcd_client import Compare, Txn
+
         vni = vni_of(network)
         txn = Txn(
             compares=[
@@ -211,6 +224,7 @@ class EtcdStore:
         the network goes, if no endpoint appeared and no stale host came back meanwhile.
         A stale host that comes back finds its endpoints gone and removes its part of
         the network (its reconcile)."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
             found, revision = self.client.range(f"{ENDPOINTS}{network.id}/", prefix=True)
@@ -262,6 +276,7 @@ class EtcdStore:
     ) -> dict[int, str]:
         """Take addresses for `endpoint` (`ip` if given) and record the endpoint, not yet
         ready, in one transaction; returns the addresses by IP version."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> dict[int, str]:
             compares, puts, addresses = [], [], {}
@@ -297,6 +312,7 @@ class EtcdStore:
         """Give the endpoint's addresses back and delete its record (both or neither);
         an endpoint already released is fine. With `while_away`, only while that host
         is not live (a stale endpoint); nothing happens once it is back."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
             compares, puts = [], []
@@ -323,6 +339,15 @@ class EtcdStore:
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[Endpoint]:
         return [e for e, _ in self.endpoint_states(network_id=network_id, sandbox=sandbox)]
+
+    def holder(self, network_id: str, address: str) -> str | None:
+        """The host whose endpoint holds `address` on the network, if any does."""
+        found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
+        for kv in found:
+            endpoint, host, _vtep, _ready = endpoint_from_record(kv.value)
+            if address in (endpoint.ip, endpoint.ipv6):
+                return host
+        return None
 
     def addresses(self, network_id: str) -> list[str]:
         found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
