@@ -375,7 +375,8 @@ class Host:
 
     def remove_network(self, name: str) -> None:
         """Remove a network with no endpoints; one that does not exist is already removed.
-        A global network is removed cluster-wide, refused while any host has endpoints."""
+        A global network is removed cluster-wide, refused while a live host has endpoints
+        on it (those of hosts whose lease expired are stale and go with it)."""
         if self.store.find_network(name) is None and self.global_store is not None:
             found = self.global_store.find_network(name)
             if found is not None:

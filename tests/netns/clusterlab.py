@@ -28,7 +28,12 @@ from keelnet import Host
 from keelnet.dns import NETNS_ETC
 from keelnet.drivers.overlay import OverlayPlane
 from keelnet.errors import StoreUnavailable
-from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
+from keelnet.kernel.namespaces import (
+    bridges_skip_iptables,
+    iproute,
+    netns_path,
+    write_sysctl,
+)
 from keelnet.model import Network
 from keelnet.store.etcd import VNI_OPTION
 from keelnet.store.etcd_client import EtcdClient
@@ -52,6 +57,7 @@ class Segment:
 
     def create(self) -> None:
         create_ns(self.netns)
+        bridges_skip_iptables(netns_path(self.netns))  # the wire runs no host firewall
         with iproute(netns_path(self.netns)) as ipr:
             ipr.link("add", ifname="br0", kind="bridge")
             ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")

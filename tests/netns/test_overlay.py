@@ -13,6 +13,7 @@ from clusterlab import (
     default_route,
     keelnet_cli,
     make_host_ns,
+    overlay_ns,
     remote_macs,
     route_between,
 )
@@ -40,6 +41,33 @@ def test_sandboxes_on_two_hosts_reach_each_other(cluster: Cluster, planes: tuple
     assert ep_a.mac == "02:42:0a:00:09:02"
     assert wait_until(lambda: ping(app_a, ep_b.ip, timeout=0.5), timeout=10)
     assert ping(app_b, ep_a.ip)
+
+
+def test_a_kernel_part_removed_and_made_again_at_once(cluster: Cluster) -> None:
+    """The last disconnect removes the host's part of the network; a connect right after
+    builds it again, with the same VNI (the old vxlan device must not still hold it)."""
+    a, b = cluster.add_host(1, dataplane="kernel"), cluster.add_host(2, dataplane="kernel")
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
+    ep2 = b.connect("ov1", app2)
+    for _ in range(3):
+        a.connect("ov1", app1)
+        a.disconnect("ov1", app1)
+    a.connect("ov1", app1)
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=10)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/sys/net/bridge").exists(), reason="br_netfilter is not loaded here"
+)
+def test_kernel_overlay_bridges_are_kept_out_of_iptables(cluster: Cluster) -> None:
+    """Nothing filters in a network's namespace: its frames skip br_netfilter's hooks."""
+    a = cluster.add_host(1, dataplane="kernel")
+    ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    a.connect("ov1", cluster.sandbox(a, "app1"))
+    for table in ("iptables", "ip6tables", "arptables"):
+        key = f"net.bridge.bridge-nf-call-{table}"
+        assert run_in(overlay_ns(str(a.netns), ov1.id), "sysctl", "-n", key).strip() == "0"
 
 
 def test_vxlan_over_l3_two_subnets_joined_by_a_router(

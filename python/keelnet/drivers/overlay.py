@@ -56,6 +56,7 @@ from keelnet.errors import (
 from keelnet.kernel import links, nftables, nftables_guard, rtnl
 from keelnet.kernel.namespaces import (
     NETNS_RUN_DIR,
+    bridges_skip_iptables,
     create_named,
     iproute,
     netns_path,
@@ -280,6 +281,8 @@ class OverlayDriver(Driver):
                         links.add_address(ipr, bridge_index, config.gateway, config.prefix_length)
                 ipr.link("set", index=bridge_index, state="up")
             write_sysctl(path, f"net/ipv6/conf/{bridge}/disable_ipv6", "1")
+            # Nothing filters in this namespace: spare its frames br_netfilter's hooks.
+            bridges_skip_iptables(path)
             fd = links.open_netns_fd(path)
             try:
                 # Made where the underlay is: its UDP socket stays there when it moves.

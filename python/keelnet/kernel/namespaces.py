@@ -177,6 +177,16 @@ def write_sysctl(path: str | None, key: str, value: str) -> None:
     call_in_netns(path, write)
 
 
+def bridges_skip_iptables(path: str | None) -> None:
+    """Bridged frames in the namespace at `path` skip iptables. Where br_netfilter is
+    loaded (Docker hosts that filter bridges) they pass its hooks by default, ~5 % of
+    the CPU of a TCP stream through an overlay bridge (BENCHMARKS.md, issue 12); where
+    it is not, there is nothing to turn off."""
+    for table in ("iptables", "ip6tables", "arptables"):
+        with suppress(FileNotFoundError):
+            write_sysctl(path, f"net/bridge/bridge-nf-call-{table}", "0")
+
+
 def read_sysctl(path: str | None, key: str) -> str:
     target = _sysctl_file(key)
     return call_in_netns(path, lambda: target.read_text().strip())

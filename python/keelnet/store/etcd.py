@@ -14,7 +14,8 @@ Every write that could collide with another host's is a compare-and-swap transac
 a network is created only if its name and VNI are free and no network was added since
 its subnet was checked for overlaps; an address is taken only if the pool is unchanged
 since it was read (else read again and retry); a network is removed only if no endpoint
-appeared since it was found empty. An endpoint record is written together with its
+appeared since it was found free of live hosts' endpoints (the stale ones of hosts whose
+lease expired are released first). An endpoint record is written together with its
 address (`reserve_endpoint`), so a host that dies after that leaves a record naming it,
 which its own reconcile removes, never an address nobody accounts for.
 """
@@ -216,23 +217,33 @@ class EtcdStore:
         raise StoreConflict(f"VNI {vni} or the set of networks changed while creating one")
 
     def remove_network(self, network: Network) -> None:
-        """Delete the network if no endpoint (on any host) uses it; else NetworkInUse
-        naming the hosts that still have endpoints on it."""
+        """Delete the network if no live host has an endpoint on it; else NetworkInUse
+        naming those hosts. Endpoints of hosts that are not live (their lease expired, or
+        they left) are stale, as Docker treats a departed node's: each is released (its
+        address back to the pool, its record deleted) while its host is still away, then
+        the network goes, if no endpoint appeared and no stale host came back meanwhile.
+        A stale host that comes back finds its endpoints gone and removes its part of
+        the network (its reconcile)."""
         from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
             found, revision = self.client.range(f"{ENDPOINTS}{network.id}/", prefix=True)
-            if found:
-                hosts = sorted({endpoint_from_record(kv.value)[1] for kv in found})
-                live = {p.name for p in self.peers()}
-                named = ", ".join(f"{h} ({'up' if h in live else 'down'})" for h in hosts)
+            records = [endpoint_from_record(kv.value) for kv in found]
+            live = {peer.name for peer in self.peers()}
+            in_use = sorted({host for _, host, _, _ in records if host in live})
+            if in_use:
+                named = ", ".join(f"{host} (up)" for host in in_use)
                 raise NetworkInUse(
                     f"error while removing network: network {network.name} has active "
                     f"endpoints on host(s) {named}: disconnect them there first"
                 )
+            stale_hosts = sorted({host for _, host, _, _ in records})
+            for endpoint, host, _, _ in records:
+                self.release_endpoint(endpoint, while_away=host)
             txn = Txn(
                 compares=[
                     Compare(f"{ENDPOINTS}{network.id}/", prefix=True, below=revision + 1),
+                    *(Compare(HOSTS + host) for host in stale_hosts),  # still away
                 ],
                 puts=[],
                 deletes=[
@@ -244,7 +255,7 @@ class EtcdStore:
                 ],
             )
             if not self.client.txn(txn):
-                raise StoreConflict("an endpoint appeared while removing the network")
+                raise StoreConflict("an endpoint or a host appeared while removing the network")
 
         retry_on_conflict(attempt)
 
@@ -297,13 +308,18 @@ class EtcdStore:
             endpoint_record(endpoint, self.host, vtep, ready=True),
         )
 
-    def release_endpoint(self, endpoint: Endpoint) -> None:
+    def release_endpoint(self, endpoint: Endpoint, *, while_away: str | None = None) -> None:
         """Give the endpoint's addresses back and delete its record (both or neither);
-        an endpoint already released is fine."""
+        an endpoint already released is fine. With `while_away`, only while that host
+        is not live (a stale endpoint); nothing happens once it is back."""
         from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
             compares, puts = [], []
+            if while_away is not None:
+                if self.client.get(HOSTS + while_away) is not None:
+                    return  # it came back: its endpoint is its own again
+                compares.append(Compare(HOSTS + while_away))
             for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
                 found = self._pool(endpoint.network_id, version)
                 if address is None or found is None:

@@ -575,12 +575,12 @@ impl Engine {
         // The common case, a TCP segment for a known local port: the coalescer verifies
         // and copies it in one pass. Whatever it refuses (a partial or bad checksum,
         // no payload, not TCP) takes the checked path below.
-        if self.config.coalesce && !ethernet::is_multicast(&destination) {
-            if let Some(Destination::Port(to)) = self.fdb.lookup(vni, &destination) {
-                if self.try_coalesce(to, inner) {
-                    return;
-                }
-            }
+        if self.config.coalesce
+            && !ethernet::is_multicast(&destination)
+            && let Some(Destination::Port(to)) = self.fdb.lookup(vni, &destination)
+            && self.try_coalesce(to, inner)
+        {
+            return;
         }
         let mut completed = std::mem::take(&mut self.vtep_side.completed);
         let (inner, verified) = match partial::inspect(inner) {
