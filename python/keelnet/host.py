@@ -365,7 +365,8 @@ class Host:
 
     def subnets_in_use(self) -> list[str]:
         """What carved pools keep clear of (keelnet's IPAM serving Docker asks this)."""
-        return self._addresses.in_use()
+        with self._lock:  # not while the cluster watch lends the netlink socket its own
+            return self._addresses.in_use()
 
     def _require_global(self, driver: str) -> GlobalScope:
         if self._global is None:
@@ -416,7 +417,7 @@ class Host:
         disconnect takes it (interface, DNS names, the sandbox's way out), then the
         network's plumbing. Idempotent; nothing happens where nothing is held."""
         scope = self._require_global(network.driver)
-        with self._operation(undoable=False) as op:
+        with self._operation(undoable=False) as op, self._netlink_of_this_thread():
             if not scope.holds_part(network):
                 return
             op.begin()
@@ -425,7 +426,6 @@ class Host:
                 self._disconnect(network, endpoint)
             get_driver(network.driver).delete_network(self._ctx, network)
             self._dns.network_removed(network)
-            self._release_if_empty()
         log.warning(
             "keelnet: network %s was removed from the cluster while this host held a part "
             "of it: removed here, with %d endpoint(s) (%s)",
@@ -433,6 +433,18 @@ class Host:
             len(mine),
             ", ".join(endpoint.sandbox or endpoint.id[:12] for endpoint in mine) or "none",
         )
+
+    @contextlib.contextmanager
+    def _netlink_of_this_thread(self) -> Iterator[None]:
+        """The Host's pyroute2 socket serves only the thread that opened it: for work on
+        another one (the cluster watch's, under `_lock`), one of that thread's own."""
+        opened_by_host = self._ipr
+        with iproute(self.netns_path) as ipr:
+            self._ipr = self._ctx.ipr = self._addresses.ipr = ipr
+            try:
+                yield
+            finally:
+                self._ipr = self._ctx.ipr = self._addresses.ipr = opened_by_host
 
     def networks(self) -> list[Network]:
         """This host's local networks, then the cluster's global ones."""
