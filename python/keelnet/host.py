@@ -417,14 +417,15 @@ class Host:
         disconnect takes it (interface, DNS names, the sandbox's way out), then the
         network's plumbing. Idempotent; nothing happens where nothing is held."""
         scope = self._require_global(network.driver)
-        with self._operation(undoable=False) as op, self._netlink_of_this_thread():
+        with self._operation(undoable=False) as op:
             if not scope.holds_part(network):
-                return
+                return  # the usual case: every host but those cut off while it went
             op.begin()
             mine = [endpoint for joined, endpoint in scope.joined() if joined.id == network.id]
-            for endpoint in mine:
-                self._disconnect(network, endpoint)
-            get_driver(network.driver).delete_network(self._ctx, network)
+            with self._netlink_of_this_thread():
+                for endpoint in mine:
+                    self._disconnect(network, endpoint)
+                get_driver(network.driver).delete_network(self._ctx, network)
             self._dns.network_removed(network)
         log.warning(
             "keelnet: network %s was removed from the cluster while this host held a part "
