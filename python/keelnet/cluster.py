@@ -14,6 +14,14 @@ and whose host is alive, and programs them into the data plane (through
 (one record; a host's endpoints when it joins or leaves; a network's when it comes or
 goes), so an event costs the same with ten endpoints or ten thousand. While etcd is
 unreachable the data plane keeps its last state: existing flows keep forwarding.
+
+A network that goes from the store (its delete event, or missing from a list after a
+reconnect) is handed to `on_network_gone`, outside the lock, once this host's view of
+the store has caught up: a host cut off for longer than its lease finds, when it comes
+back, the networks removed meanwhile (its endpoints on them released as stale), and
+takes down what it still holds of them. A hand-over that fails because etcd went away
+again is retried; one that fails otherwise is logged and dropped (the next start's
+reconcile removes what is left).
 """
 
 from __future__ import annotations
@@ -51,7 +59,10 @@ class PeerProgrammer(Protocol):
 
 
 class ClusterMember:
-    """Membership (lease) and the peer watch of one host; `start()`, then `close()`."""
+    """Membership (lease) and the peer watch of one host; `start()`, then `close()`.
+    `on_network_gone` is called, on the watch's thread and outside `lock`, with each
+    network removed from the store while this host was a member (those removed before
+    it is set wait for it)."""
 
     def __init__(
         self,
@@ -65,6 +76,7 @@ class ClusterMember:
         self.vtep = vtep
         self.programmer = programmer
         self.lease_ttl = lease_ttl
+        self.on_network_gone: Callable[[Network], None] | None = None
         #: Held while peers are programmed; drivers hold it while they replay peers.
         self.lock = threading.RLock()
         self.lease = 0
@@ -78,6 +90,9 @@ class ClusterMember:
         self._networks: dict[str, Network] = {}
         self._live: set[str] = set()
         self._applied: dict[str, tuple[Network, RemoteEndpoint]] = {}  # by endpoint key
+        self._gone: dict[str, Network] = {}  # removed networks not yet handed over, by id
+        #: Names of the networks handed to `on_network_gone` so far (what the host saw go).
+        self.networks_gone: list[str] = []
         self._watch: Watch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -142,6 +157,7 @@ class ClusterMember:
                     self._keep_lease()
                 if self._watch is None:
                     self._resume()
+                self._hand_over_gone()  # also those a list found gone, or a failed try
                 assert self._watch is not None
                 wait = max(0.0, self._next_keepalive - time.monotonic())
                 try:
@@ -152,6 +168,7 @@ class ClusterMember:
                     while len(batch) < 1000:
                         batch.append(self._watch.events.get_nowait())
                 self._apply(batch)
+                self._hand_over_gone()
                 backoff = 0.1
             except StoreUnavailable as exc:
                 # Keep the data plane as it is; try again, a little later each time.
@@ -177,6 +194,7 @@ class ClusterMember:
     def _relist(self) -> None:
         found, revision = self.store.client.range(PREFIX, prefix=True)
         with self.lock:
+            known = dict(self._networks)
             self._cache.clear()
             self._peers.clear()
             self._networks.clear()
@@ -186,6 +204,8 @@ class ClusterMember:
                     self._take(kv.key, kv.value)
             self.revision = revision
             self.relists += 1
+            for network_id in known.keys() - self._networks.keys():  # removed while unwatched
+                self._gone[network_id] = known[network_id]
             self._update([*self._applied, *self._peers])  # what went while unwatched too
 
     def _resume(self) -> None:
@@ -249,9 +269,32 @@ class ClusterMember:
         else:
             network = self._read(network_from_json, value) if value is not None else None
             if network is None:
-                self._networks.pop(key[len(NETWORKS) :], None)
+                gone = self._networks.pop(key[len(NETWORKS) :], None)
+                if gone is not None and value is None:  # deleted: its local part goes
+                    self._gone[gone.id] = gone
             else:
                 self._networks[key[len(NETWORKS) :]] = network
+
+    def _hand_over_gone(self) -> None:
+        """Hand each removed network to `on_network_gone` (outside the lock: the handler
+        takes its Host's, which the Host holds while it takes this one). StoreUnavailable
+        keeps it for the next try."""
+        with self.lock:
+            pending = list(self._gone.values())
+        for network in pending:
+            handler = self.on_network_gone
+            if handler is None:
+                return  # kept until its Host, still opening, sets one
+            try:
+                handler(network)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # logged; the next start's reconcile finishes it
+                log.exception("keelnet: taking down network %s here", network.name)
+                self.last_error = f"taking down network {network.name}: {exc}"
+            with self.lock:
+                if self._gone.pop(network.id, None) is not None:
+                    self.networks_gone.append(network.name)
 
     def _read(self, parse: Callable[[bytes], T], value: bytes) -> T | None:
         """A record read, or None (noted in `last_error`) for a bad one: one bad record

@@ -4,7 +4,8 @@ What `Host` does for networks shared by the hosts of a cluster (overlay), kept h
 host.py stays the orchestrator: joining the cluster (the store, the lease and watch of
 `ClusterMember`, the local VTEP address), creating a network with a cluster-wide VNI,
 reserving and releasing endpoint addresses, remembering this host's own endpoints, and
-reconciling them with its kernel after a restart.
+reconciling them with its kernel after a restart (or, while it runs, after a network
+was removed while it was cut off: `holds_part`, used by the Host's watch handler).
 """
 
 from __future__ import annotations
@@ -259,6 +260,13 @@ class GlobalScope:
                 if e.network_id in networks
             ]
         return [(n, e) for n, e in found if sandbox is None or e.sandbox == sandbox]
+
+    def holds_part(self, network: Network) -> bool:
+        """Whether this host holds anything of `network`: an endpoint, or its plumbing."""
+        driver = get_driver(network.driver)
+        if isinstance(driver, overlay.OverlayDriver) and driver.has_local_part(self._ctx, network):
+            return True
+        return any(joined.id == network.id for joined, _ in self._joined.values())
 
     def reconcile(self, local: Store, removed: dict[str, int]) -> None:
         """This host's endpoints on global networks against its kernel: release those

@@ -17,10 +17,12 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import re
 import secrets
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -81,6 +83,7 @@ if TYPE_CHECKING:  # a host with a cluster store imports them: requests, etcd3gw
     from keelnet.global_scope import GlobalScope
     from keelnet.store.etcd import EtcdStore
 
+log = logging.getLogger(__name__)
 Undo = Callable[[], None]
 #: Docker's endpoint driver option that names the sandbox's interface.
 ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
@@ -129,6 +132,9 @@ class Host:
         if not (self.state_dir / DB_NAME).exists():  # refused before anything is made
             NamespaceClaim(netns, self.netns_path, None, self.state_dir).check()
         self.store = Store(self.state_dir)
+        #: Held by each operation, and by the cluster watch while it takes down a network
+        #: removed from the cluster (its thread): one at a time.
+        self._lock = threading.RLock()
         self._exit = contextlib.ExitStack()
         self._exit.callback(self.store.close)
         try:
@@ -175,6 +181,8 @@ class Host:
                 # Its overlay endpoints: userspace ones to serve again, half-made ones.
                 self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
             self._dns.rebuild()
+            if self.cluster is not None:  # removed networks noticed meanwhile wait for it
+                self.cluster.on_network_gone = self._network_gone
         except BaseException:
             self.close()
             raise
@@ -357,7 +365,8 @@ class Host:
 
     def subnets_in_use(self) -> list[str]:
         """What carved pools keep clear of (keelnet's IPAM serving Docker asks this)."""
-        return self._addresses.in_use()
+        with self._lock:  # not while the cluster watch lends the netlink socket its own
+            return self._addresses.in_use()
 
     def _require_global(self, driver: str) -> GlobalScope:
         if self._global is None:
@@ -380,9 +389,10 @@ class Host:
         if self.store.find_network(name) is None and self.global_store is not None:
             found = self.global_store.find_network(name)
             if found is not None:
-                self.global_store.remove_network(found)
-                get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
-                self._dns.network_removed(found)
+                with self._lock:  # the watch takes down what it sees removed, too
+                    self.global_store.remove_network(found)
+                    get_driver(found.driver).delete_network(self._ctx, found)  # this host's
+                    self._dns.network_removed(found)
                 return
         with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
@@ -399,6 +409,43 @@ class Host:
             self.store.remove_network(network.id)
             self._sync_firewall(bridges_changed=True)
             self._release_if_empty()
+
+    def _network_gone(self, network: Network) -> None:
+        """The cluster watch saw the global `network` removed while this host may still
+        hold a part of it (cut off from etcd past its lease, its endpoints were released
+        as stale by the host that removed it): each of its endpoints here goes as a
+        disconnect takes it (interface, DNS names, the sandbox's way out), then the
+        network's plumbing. Idempotent; nothing happens where nothing is held."""
+        scope = self._require_global(network.driver)
+        with self._operation(undoable=False) as op:
+            if not scope.holds_part(network):
+                return  # the usual case: every host but those cut off while it went
+            op.begin()
+            mine = [endpoint for joined, endpoint in scope.joined() if joined.id == network.id]
+            with self._netlink_of_this_thread():
+                for endpoint in mine:
+                    self._disconnect(network, endpoint)
+                get_driver(network.driver).delete_network(self._ctx, network)
+            self._dns.network_removed(network)
+        log.warning(
+            "keelnet: network %s was removed from the cluster while this host held a part "
+            "of it: removed here, with %d endpoint(s) (%s)",
+            network.name,
+            len(mine),
+            ", ".join(endpoint.sandbox or endpoint.id[:12] for endpoint in mine) or "none",
+        )
+
+    @contextlib.contextmanager
+    def _netlink_of_this_thread(self) -> Iterator[None]:
+        """The Host's pyroute2 socket serves only the thread that opened it: for work on
+        another one (the cluster watch's, under `_lock`), one of that thread's own."""
+        opened_by_host = self._ipr
+        with iproute(self.netns_path) as ipr:
+            self._ipr = self._ctx.ipr = self._addresses.ipr = ipr
+            try:
+                yield
+            finally:
+                self._ipr = self._ctx.ipr = self._addresses.ipr = opened_by_host
 
     def networks(self) -> list[Network]:
         """This host's local networks, then the cluster's global ones."""
@@ -1236,7 +1283,7 @@ class Host:
         failure the undo steps run newest first; the entry goes when they all succeed
         (an `undoable=False` removal, which has none, leaves it to reconcile)."""
         op = _Operation(self)
-        with self.store.transaction():
+        with self._lock, self.store.transaction():
             try:
                 yield op
             except BaseException:

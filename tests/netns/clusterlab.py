@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,19 @@ def make_host_ns(netns: str) -> None:
         run_in(netns, "iptables", "-w", *rule.split())
     (NETNS_ETC / netns).mkdir(parents=True, exist_ok=True)
     (NETNS_ETC / netns / "resolv.conf").write_text("# keelnet test host: no upstream\n")
+
+
+@contextlib.contextmanager
+def cut_off(netns: str, ifname: str = "eth0") -> Iterator[None]:
+    """The host namespace's underlay link down (no etcd, no VXLAN) until the block ends,
+    also when it fails; its address stays, and its route comes back with the link."""
+    with iproute(netns_path(netns)) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=index, state="down")
+        try:
+            yield
+        finally:
+            ipr.link("set", index=index, state="up")
 
 
 def route_between(prefix: str, a: Segment, b: Segment) -> str:

@@ -235,6 +235,13 @@ class OverlayDriver(Driver):
     def create_network(self, ctx: HostContext, network: Network) -> None:
         return
 
+    def has_local_part(self, ctx: HostContext, network: Network) -> bool:
+        """Whether this host runs a part of the network (its namespace, or its VNI on the
+        host's switch)."""
+        if self.local_dataplane(ctx, network) == "userspace":
+            return _userspace.planes_of(ctx).get(network.id) is not None
+        return Path(netns_path(overlay_netns(ctx, network))).exists()
+
     def delete_network(self, ctx: HostContext, network: Network) -> None:
         """Remove this host's part (idempotent)."""
         if self.local_dataplane(ctx, network) == "userspace":
