@@ -31,6 +31,7 @@ from keelnet.errors import (
 )
 from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
 from keelnet.store.etcd import VNI_OPTION
+from keelnet.store.etcd_client import Txn
 
 pytestmark = pytest.mark.netns
 LEASE_TTL = 3
@@ -121,9 +122,31 @@ def test_a_dead_hosts_endpoints_are_stale_and_go_with_the_network(
         a.disconnect("ov1", app1)
         with pytest.raises(NetworkInUse, match=rf"on host\(s\) {dead} \(up\): disconnect"):
             a.remove_network("ov1")
+        store = a.global_store
+        assert store is not None
+        host_key = f"/keelnet/hosts/{dead}"
+        record = store.client.get(host_key)
+        assert record is not None
         victim.process.kill()  # SIGKILL: its lease holds for up to LEASE_TTL more
         victim.process.wait(timeout=10)
-        assert wait_until(lambda: f"/keelnet/hosts/{dead}" not in etcd_keys(cluster.etcd), 10)
+        assert wait_until(lambda: host_key not in etcd_keys(cluster.etcd), 10)
+        # It comes back while the removal is under way, just before the transaction that
+        # deletes the network: its endpoints stay its own (none released, no address free
+        # to be handed out twice), and so does the network.
+        before = {key: store.client.get(key) for key in etcd_keys(cluster.etcd)}
+        commit = store.client.txn
+
+        def back_before_commit(txn: Txn) -> bool:
+            if f"/keelnet/networks/{ov1.id}" in txn.deletes:
+                store.client.put(host_key, record.value)
+            return commit(txn)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store.client, "txn", back_before_commit)
+            with pytest.raises(NetworkInUse, match=rf"on host\(s\) {dead} \(up\)"):
+                a.remove_network("ov1")
+        store.client.delete(host_key)
+        assert {key: store.client.get(key) for key in etcd_keys(cluster.etcd)} == before
         a.remove_network("ov1")  # its two endpoints are stale: they go with the network
         assert [k for k in etcd_keys(cluster.etcd) if not k.startswith("/keelnet/hosts/")] == []
         # The dead host comes back: its reconcile removes its part of the network.

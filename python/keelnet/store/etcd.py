@@ -219,11 +219,12 @@ class EtcdStore:
     def remove_network(self, network: Network) -> None:
         """Delete the network if no live host has an endpoint on it; else NetworkInUse
         naming those hosts. Endpoints of hosts that are not live (their lease expired, or
-        they left) are stale, as Docker treats a departed node's: each is released (its
-        address back to the pool, its record deleted) while its host is still away, then
-        the network goes, if no endpoint appeared and no stale host came back meanwhile.
-        A stale host that comes back finds its endpoints gone and removes its part of
-        the network (its reconcile)."""
+        they left) are stale, as Docker treats a departed node's: their records go with
+        the network and its pools, in one transaction that holds only while no endpoint
+        appeared and every stale host is still away (a host that came back keeps its
+        endpoints and the network; releasing them one by one before would have handed
+        its addresses out again). A stale host that comes back finds the network gone
+        and removes its part of it (the cluster watch)."""
         from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
@@ -238,8 +239,6 @@ class EtcdStore:
                     f"endpoints on host(s) {named}: disconnect them there first"
                 )
             stale_hosts = sorted({host for _, host, _, _ in records})
-            for endpoint, host, _, _ in records:
-                self.release_endpoint(endpoint, while_away=host)
             txn = Txn(
                 compares=[
                     Compare(f"{ENDPOINTS}{network.id}/", prefix=True, below=revision + 1),
@@ -253,6 +252,7 @@ class EtcdStore:
                     f"{POOLS}{network.id}/4",
                     f"{POOLS}{network.id}/6",
                 ],
+                delete_prefixes=[f"{ENDPOINTS}{network.id}/"],  # the stale endpoints
             )
             if not self.client.txn(txn):
                 raise StoreConflict("an endpoint or a host appeared while removing the network")
@@ -308,18 +308,14 @@ class EtcdStore:
             endpoint_record(endpoint, self.host, vtep, ready=True),
         )
 
-    def release_endpoint(self, endpoint: Endpoint, *, while_away: str | None = None) -> None:
+    def release_endpoint(self, endpoint: Endpoint) -> None:
         """Give the endpoint's addresses back and delete its record (both or neither);
-        an endpoint already released is fine. With `while_away`, only while that host
-        is not live (a stale endpoint); nothing happens once it is back."""
+        an endpoint already released is fine."""
         from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
-            compares, puts = [], []
-            if while_away is not None:
-                if self.client.get(HOSTS + while_away) is not None:
-                    return  # it came back: its endpoint is its own again
-                compares.append(Compare(HOSTS + while_away))
+            compares: list[Compare] = []
+            puts: list[tuple[str, bytes, int]] = []
             for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
                 found = self._pool(endpoint.network_id, version)
                 if address is None or found is None:
