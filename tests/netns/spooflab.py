@@ -41,11 +41,11 @@ from scapy.layers.l2 import ARP, Ether
 import keelnet
 from keelnet.dataplane import Switch
 from keelnet.drivers import _port_security
-from keelnet.drivers.overlay import OverlayPlane
+from keelnet.drivers.overlay import OverlayPlane, mac_for
 from keelnet.kernel import nftables_guard
 from keelnet.kernel.namespaces import iproute, netns_path
 from keelnet.model import Endpoint
-from keelnet.store.etcd import vni_of
+from keelnet.store.etcd import ENDPOINTS, endpoint_record, vni_of
 
 PORT = 9
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -612,6 +612,37 @@ class OverlaySpoofLab(EndpointRoles):
             failed += self.fdb(self.hosts[target]).get(self.mac(role)) != (role, True)
         return Outcome("vxlan_claim", count * len(_CLAIMS), failed)
 
+    def forge_record(self, ip: str, mac: str) -> str:
+        """Write a ready endpoint record of the victim's host claiming `ip` and `mac`
+        straight into etcd, as anyone with access to the store can; wait until the
+        attacker's host has seen it (it programs a record written after it). Returns the
+        forged endpoint's key."""
+        victims, here = self.hosts[1], self.hosts[0]
+        assert victims.global_store is not None and here.cluster is not None
+        client = victims.global_store.client
+        keys = []
+        for address, hardware in ((ip, mac), (_beacon_ip(), None)):
+            endpoint = Endpoint(
+                address,
+                None,
+                hardware or mac_for(address),
+                "eth0",
+                None,
+                id=secrets.token_hex(32),
+                network_id=self.network_id,
+                sandbox=f"forged-{address}",
+            )
+            keys.append(f"{ENDPOINTS}{self.network_id}/{endpoint.id}")
+            record = endpoint_record(endpoint, victims.global_store.host, self.vtep(victims), ready=True)
+            client.put(keys[-1], record)
+        beacon = keys[1].rpartition("/")[2]
+        assert wait_until(
+            lambda: beacon in {peer.id for peer in here.cluster.peers(self.network_id)},  # type: ignore[union-attr]
+            timeout=10,
+        ), "the attacker's host never programmed a record written after the forged one"
+        client.delete(keys[1])
+        return keys[0]
+
     def _send_claim(self, target: int, role: str, marker: bytes, count: int) -> None:
         sender, receiver = self.hosts[1 - target], self.hosts[target]
         assert sender.netns is not None
@@ -623,6 +654,15 @@ class OverlaySpoofLab(EndpointRoles):
             peer.bind((self.vtep(sender), 0))
             for _ in range(count):
                 peer.sendto(datagram, (self.vtep(receiver), 4789))
+
+
+_beacons = itertools.count(210)
+
+
+def _beacon_ip() -> str:
+    """A free address of the overlay subnet for a record that only marks a point in
+    the store's history."""
+    return f"10.0.66.{next(_beacons)}"
 
 
 #: (host claimed at, the sandbox of it whose MAC is claimed, a sandbox there that sees the

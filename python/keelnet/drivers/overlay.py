@@ -428,6 +428,20 @@ class OverlayDriver(Driver):
             port = _port_security.guarded_port(endpoint, ifname)
             nftables.apply(path, nftables_guard.add_port(nftables_guard.BRIDGE, port))
 
+    def restore_guard(self, ctx: HostContext, network: Network, endpoints: list[Endpoint]) -> None:
+        """Reload the port security of this host's kernel part of the network, guarding
+        exactly `endpoints`' ports (reconcile: the namespace's ruleset flushed by hand, or
+        a crash between a veth and its guard). Nothing where the part is not here."""
+        if self.local_dataplane(ctx, network) != "kernel":
+            return
+        if not _port_security.enabled(network.options):
+            return
+        path = netns_path(overlay_netns(ctx, network))
+        if not Path(path).exists():
+            return
+        ports = [_port_security.guarded_port(e, links.veth_host_end(e.id)) for e in endpoints]
+        nftables.apply(path, nftables_guard.sync(nftables_guard.BRIDGE, ports))
+
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
