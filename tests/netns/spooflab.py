@@ -621,7 +621,8 @@ class OverlaySpoofLab(EndpointRoles):
         neighbour's address to another MAC, or its traffic to the neighbour went astray."""
         keys, failed = [], 0
         for n in range(count):
-            keys.append(self.forge_record(self.ip("neighbour"), f"02:42:de:ad:{n >> 8:02x}:{n & 255:02x}"))
+            own_mac = f"02:42:de:ad:{n >> 8:02x}:{n & 255:02x}"
+            keys.append(self.forge_record(self.ip("neighbour"), own_mac))
             keys.append(self.forge_record(CLAIM_IP, self.mac("neighbour")))
             failed += not self.reaches("attacker", "neighbour")
         assert self.hosts[1].global_store is not None
@@ -669,8 +670,8 @@ class OverlaySpoofLab(EndpointRoles):
                 sandbox=f"forged-{address}",
             )
             keys.append(f"{ENDPOINTS}{self.network_id}/{endpoint.id}")
-            record = endpoint_record(endpoint, victims.global_store.host, self.vtep(victims), ready=True)
-            client.put(keys[-1], record)
+            owner = victims.global_store.host
+            client.put(keys[-1], endpoint_record(endpoint, owner, self.vtep(victims), ready=True))
         beacon = keys[1].rpartition("/")[2]
         assert wait_until(
             lambda: beacon in {peer.id for peer in here.cluster.peers(self.network_id)},  # type: ignore[union-attr]
