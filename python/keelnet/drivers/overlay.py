@@ -22,9 +22,10 @@ networks: each sandbox sends only from its MAC and address (nftables bridge rule
 network's namespace, a check per TAP in the switch). Either way every endpoint's MAC,
 local or remote, is a static entry that no frame moves (on the kernel bridge a sticky
 one: a learning port moves plain static entries) and no peer's record takes a local
-endpoint's MAC or IP (`keelnet.cluster` ignores it); the vxlan port learns nothing, and under port security neither do the
-sandboxes' ports. The gateway's MAC (the kernel bridge's own) is never learnt anywhere. Reconcile
-reloads the guard of a namespace whose ruleset went (`restore_guard`).
+endpoint's MAC or IP (`keelnet.cluster` ignores it); the vxlan port learns nothing, and
+under port security neither do the sandboxes' ports. The gateway's MAC (the kernel
+bridge's own) is never learnt anywhere. Reconcile reloads the guard of a namespace whose
+ruleset went (`restore_guard`).
 
 MTU inside: 1450 (the underlay's 1500 less 50 bytes of VXLAN); MACs are derived from
 the IPv4 address (02:42:a.b.c.d) as Docker does, so remote peers need no ARP.
