@@ -16,7 +16,10 @@ Overlay: per data plane a one-member etcd and two cluster hosts (namespaces `kn-
 the attacker's host on that plane and the victim's on the other, one overlay network
 (`OverlaySpoofLab`); the same forgeries across VXLAN, and a peer's VTEP sending
 `--rounds` VXLAN datagrams to each host that claim one of its sandboxes' MACs (delivered:
-a MAC that moved, or traffic for it that went elsewhere).
+a MAC that moved, or traffic for it that went elsewhere); and `--rounds` pairs of
+endpoint records forged into etcd as the victim's host's, claiming the address and the
+MAC of a sandbox on the attacker's host (delivered: its neighbour then resolved it to
+another MAC, or its traffic went elsewhere).
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def run_overlay(dataplane: str, rounds: int, guarded: bool) -> list[Outcome]:
                 spoof = OverlaySpoofLab(cluster, hosts, options=options)
                 outcomes = [spoof.run(kind, count=rounds) for kind in OVERLAY_ATTACKS]
                 outcomes.append(spoof.claim(count=rounds))
+                outcomes.append(spoof.record_claims(count=rounds))
             return outcomes  # the cluster removed its sandboxes; etcd goes with its data
         finally:
             etcd.stop()

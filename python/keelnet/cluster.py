@@ -22,6 +22,11 @@ back, the networks removed meanwhile (its endpoints on them released as stale), 
 takes down what it still holds of them. A hand-over that fails because etcd went away
 again is retried; one that fails otherwise is logged and dropped (the next start's
 reconcile removes what is left).
+
+A remote record never takes an IP or MAC that one of this host's endpoints holds (an
+address clash, or a record written by someone with access to the store): it is not
+programmed, with a logged warning, and one programmed before the local endpoint took the
+address goes when it does (`hold`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,11 @@ class ClusterMember:
         self._gone: dict[str, Network] = {}  # removed networks not yet handed over, by id
         #: Names of the networks handed to `on_network_gone` so far (what the host saw go).
         self.networks_gone: list[str] = []
+        # This host's endpoints (id -> endpoint): their records, and those its process
+        # holds before the watch sees their records. No peer takes their IP or MAC.
+        self._local: dict[str, Endpoint] = {}
+        self._claims: dict[tuple[str, str], str] | None = None  # (network, IP or MAC) -> id
+        self._refused: set[str] = set()  # endpoint keys refused for that (warned once)
         self._watch: Watch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,6 +156,30 @@ class ClusterMember:
                     if ready and host == self.store.host and network is not None:
                         found.append((network, endpoint))
         return sorted(found, key=lambda pair: pair[1].sandbox)
+
+    def hold(self, endpoint: Endpoint) -> None:
+        """One of this host's endpoints holds its IP and MAC from now on: a peer claiming
+        either is not programmed, and one programmed already goes (before the endpoint's
+        interface is made)."""
+        with self.lock:
+            self._local[endpoint.id] = endpoint
+            self._claims = None
+            self._recheck(endpoint.network_id)
+
+    def let_go(self, endpoint_id: str) -> None:
+        """This host's endpoint is gone: a peer may take its addresses."""
+        with self.lock:
+            gone = self._local.pop(endpoint_id, None)
+            if gone is not None:
+                self._claims = None
+                self._recheck(gone.network_id)
+
+    def _recheck(self, network_id: str) -> None:
+        self._update(
+            key
+            for key, found in self._peers.items()
+            if found is not None and found[0].network_id == network_id
+        )
 
     # --- the thread ----------------------------------------------------------------------
 
@@ -259,8 +293,10 @@ class ClusterMember:
         if key.startswith(ENDPOINTS):
             if value is None:
                 self._peers.pop(key, None)
+                self._take_local(key, None)
             else:
                 self._peers[key] = self._read(remote_endpoint, value)
+                self._take_local(key, value)
         elif key.startswith(HOSTS):
             if value is None:
                 self._live.discard(key[len(HOSTS) :])
@@ -296,6 +332,20 @@ class ClusterMember:
                 if self._gone.pop(network.id, None) is not None:
                     self.networks_gone.append(network.name)
 
+    def _take_local(self, key: str, value: bytes | None) -> None:
+        """Note this host's endpoint record at `key` put or deleted: what a process that
+        starts finds of its endpoints (its own `hold`, which comes first, is kept)."""
+        endpoint_id = key.rpartition("/")[2]
+        if value is None:
+            if self._local.pop(endpoint_id, None) is not None:
+                self._claims = None
+            return
+        with contextlib.suppress(KeelnetError):
+            endpoint, host, _vtep, _ready = endpoint_from_record(value)
+            if host == self.store.host and endpoint_id not in self._local:
+                self._local[endpoint_id] = endpoint
+                self._claims = None
+
     def _read(self, parse: Callable[[bytes], T], value: bytes) -> T | None:
         """A record read, or None (noted in `last_error`) for a bad one: one bad record
         must not stop the watch."""
@@ -315,7 +365,40 @@ class ClusterMember:
         network = self._networks.get(peer.network_id)
         if not ready or peer.host == self.store.host or peer.host not in self._live:
             return None
-        return (network, peer) if network is not None else None
+        if network is None:
+            return None
+        taken = self._taken_locally(peer)
+        if taken is None:
+            self._refused.discard(key)
+            return network, peer
+        if key not in self._refused:
+            self._refused.add(key)
+            log.warning(
+                "keelnet: ignoring endpoint %s of host %s on network %s: its %s is this "
+                "host's endpoint %s's (an address clash, or a forged record in the store)",
+                peer.id[:12],
+                peer.host,
+                network.name,
+                taken[0],
+                taken[1][:12],
+            )
+        return None
+
+    def _taken_locally(self, peer: RemoteEndpoint) -> tuple[str, str] | None:
+        """("IP x" or "MAC x", the endpoint's id) when one of this host's endpoints holds
+        the peer's IP or MAC on its network."""
+        if self._claims is None:  # rebuilt after this host's endpoints changed
+            self._claims = {}
+            for endpoint in self._local.values():
+                if endpoint.mac:
+                    self._claims[(endpoint.network_id, endpoint.mac.lower())] = endpoint.id
+                if endpoint.ip:
+                    self._claims[(endpoint.network_id, endpoint.ip)] = endpoint.id
+        for what, value in (("IP", peer.ip), ("MAC", peer.mac.lower())):
+            holder = self._claims.get((peer.network_id, value))
+            if holder is not None:
+                return f"{what} {value}", holder
+        return None
 
     def _update(self, keys: Iterable[str]) -> None:
         """Program what changed for these endpoints: every removal first (an address may

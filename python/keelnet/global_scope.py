@@ -228,11 +228,16 @@ class GlobalScope:
         # Its interface name is taken from now on (a kn-gwbridge connect comes before
         # `publish`, which puts the whole endpoint in its place).
         self._joined[endpoint_id] = (network, placeholder)
+        # No peer's record takes these addresses here from now on (nor one that did).
+        self.cluster.hold(
+            dataclasses.replace(placeholder, ip=addresses.get(4), ipv6=addresses.get(6))
+        )
         return addresses
 
     def publish(self, network: Network, endpoint: Endpoint) -> None:
         """The endpoint's connect completed: mark it ready for the other hosts."""
         assert self.cluster is not None  # reserve() refused otherwise
+        self.cluster.hold(endpoint)  # its MAC too
         self.store.publish_endpoint(endpoint, self.cluster.vtep)
         self._joined[endpoint.id] = (network, endpoint)
 
@@ -245,6 +250,8 @@ class GlobalScope:
         """The endpoint is gone from this host: its record and addresses go."""
         self.store.release_endpoint(endpoint)
         self._joined.pop(endpoint.id, None)
+        if self.cluster is not None:
+            self.cluster.let_go(endpoint.id)
 
     def joined(self, sandbox: str | None = None) -> list[tuple[Network, Endpoint]]:
         """This host's endpoints on global networks (of `sandbox`), with their networks:
@@ -306,6 +313,19 @@ class GlobalScope:
             removed["endpoints"] += 1
         in_use = {e.network_id for e in self.store.endpoints()}
         removed["namespaces"] += overlay.OverlayDriver().remove_unused(self._ctx, in_use)
+
+    def restore_guards(self) -> None:
+        """Port security of this host's kernel parts of overlay networks back as the
+        store says (a ruleset flushed by hand): member or not, as reconcile asks."""
+        networks = {n.id: n for n in self.store.networks()}
+        mine: dict[str, list[Endpoint]] = {}
+        for endpoint in self.store.endpoints():
+            mine.setdefault(endpoint.network_id, []).append(endpoint)
+        for network_id, endpoints in mine.items():
+            network = networks.get(network_id)
+            driver = get_driver(network.driver) if network is not None else None
+            if network is not None and isinstance(driver, overlay.OverlayDriver):
+                driver.restore_guard(self._ctx, network, endpoints)
 
     def _still_handed_over(
         self,

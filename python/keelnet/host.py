@@ -1156,6 +1156,9 @@ class Host:
                     removed["recreated"] += self._restore_userspace(network)
             if self._global is not None and self.cluster is not None:
                 self._global.reconcile(self.store, removed)
+            if self._global is not None:
+                with contextlib.suppress(StoreUnavailable):  # etcd away: the next time
+                    self._global.restore_guards()
             self._sync_firewall(bridges_changed=True, refresh=True)
             self.store.set_meta(_EPOCH, self._kernel_epoch())
             self._release_if_empty()

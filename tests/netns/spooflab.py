@@ -41,11 +41,11 @@ from scapy.layers.l2 import ARP, Ether
 import keelnet
 from keelnet.dataplane import Switch
 from keelnet.drivers import _port_security
-from keelnet.drivers.overlay import OverlayPlane
+from keelnet.drivers.overlay import OverlayPlane, mac_for
 from keelnet.kernel import nftables_guard
 from keelnet.kernel.namespaces import iproute, netns_path
 from keelnet.model import Endpoint
-from keelnet.store.etcd import vni_of
+from keelnet.store.etcd import ENDPOINTS, endpoint_record, vni_of
 
 PORT = 9
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -500,6 +500,8 @@ ATTACKS: dict[str, Attack[SpoofLab]] = {
 # --- overlay networks: the attacker's frames would cross VXLAN to another host ----------
 
 OVERLAY_SUBNET = "10.0.66.0/24"
+BEACON_IP = "10.0.66.250"  # a record that only marks a point in the store's history
+CLAIM_IP = "10.0.66.249"  # the address of records claiming a local sandbox's MAC
 OVERLAY_ROLES = {"attacker": 0, "neighbour": 0, "victim": 1, "bystander": 1}  # role -> host
 
 
@@ -611,6 +613,72 @@ class OverlaySpoofLab(EndpointRoles):
                 failed += not at_role.wait_for(after)
             failed += self.fdb(self.hosts[target]).get(self.mac(role)) != (role, True)
         return Outcome("vxlan_claim", count * len(_CLAIMS), failed)
+
+    def record_claims(self, count: int = 1) -> Outcome:
+        """`count` pairs of endpoint records forged into etcd (`forge_record`) as the
+        victim's host's: one claiming the neighbour's IP (with a MAC of its own), one its
+        MAC. Delivered counts the times the attacker's sandbox then resolved the
+        neighbour's address to another MAC, or its traffic to the neighbour went astray."""
+        keys, failed = [], 0
+        for n in range(count):
+            own_mac = f"02:42:de:ad:{n >> 8:02x}:{n & 255:02x}"
+            keys.append(self.forge_record(self.ip("neighbour"), own_mac))
+            keys.append(self.forge_record(CLAIM_IP, self.mac("neighbour")))
+            failed += not self.reaches("attacker", "neighbour")
+        assert self.hosts[1].global_store is not None
+        for key in keys:
+            self.hosts[1].global_store.client.delete(key)
+        return Outcome("forged_record", len(keys), failed)
+
+    def reaches(self, sender: str, role: str) -> bool:
+        """Whether `sender`, its neighbour cache flushed, resolves `role`'s address to its
+        MAC and what it sends there arrives."""
+        subprocess.run(
+            ["ip", "netns", "exec", self.ns(sender), "ip", "neigh", "flush", "dev", "eth0"],
+            check=True,
+        )
+        marker = f"kn-to-{role}-{secrets.token_hex(4)}".encode()
+        with capturing([self.place(role)]) as (at_role,):
+            send_udp(self.ns(sender), self.ip(role), marker)
+            arrived = at_role.wait_for(marker)
+        with iproute(netns_path(self.ns(sender))) as ipr:
+            resolved = {
+                str(entry.get_attr("NDA_DST")): str(entry.get_attr("NDA_LLADDR"))
+                for entry in ipr.get_neighbours()
+                if entry.get_attr("NDA_LLADDR")
+            }
+        return arrived and resolved.get(self.ip(role)) == self.mac(role)
+
+    def forge_record(self, ip: str, mac: str) -> str:
+        """Write a ready endpoint record of the victim's host claiming `ip` and `mac`
+        straight into etcd, as anyone with access to the store can; wait until the
+        attacker's host has seen it (it programs a record written after it). Returns the
+        forged endpoint's key."""
+        victims, here = self.hosts[1], self.hosts[0]
+        assert victims.global_store is not None and here.cluster is not None
+        client = victims.global_store.client
+        keys = []
+        for address, hardware in ((ip, mac), (BEACON_IP, None)):
+            endpoint = Endpoint(
+                address,
+                None,
+                hardware or mac_for(address),
+                "eth0",
+                None,
+                id=secrets.token_hex(32),
+                network_id=self.network_id,
+                sandbox=f"forged-{address}",
+            )
+            keys.append(f"{ENDPOINTS}{self.network_id}/{endpoint.id}")
+            owner = victims.global_store.host
+            client.put(keys[-1], endpoint_record(endpoint, owner, self.vtep(victims), ready=True))
+        beacon = keys[1].rpartition("/")[2]
+        assert wait_until(
+            lambda: beacon in {peer.id for peer in here.cluster.peers(self.network_id)},  # type: ignore[union-attr]
+            timeout=10,
+        ), "the attacker's host never programmed a record written after the forged one"
+        client.delete(keys[1])
+        return keys[0]
 
     def _send_claim(self, target: int, role: str, marker: bytes, count: int) -> None:
         sender, receiver = self.hosts[1 - target], self.hosts[target]

@@ -10,12 +10,13 @@ by the drop counters."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from pathlib import Path
 
 import pytest
-from clusterlab import Cluster, Segment
+from clusterlab import Cluster, Segment, keelnet_cli
 from netlab import (
     HOST_ADDRESS6,
     HOST_UPLINK,
@@ -384,3 +385,59 @@ def test_overlay_guard_follows_endpoints_and_teardown_is_idempotent(cluster: Clu
     host.disconnect("ov1", apps[0])
     host.remove_network("ov1")
     assert "ov1" not in {network.name for network in host.networks()}
+
+
+@pytest.mark.parametrize("dataplane", PLANES)
+def test_a_forged_peer_record_takes_no_local_address(
+    cluster: Cluster, dataplane: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records written straight into etcd (as anyone with access to the store can) as
+    the other host's, claiming a local sandbox's IP or its MAC, are ignored with a
+    warning: the sandboxes beside it still resolve its address to its MAC and reach it.
+    One that claimed an address before a local sandbox took it goes when it does."""
+    spoof = _overlay_lab(cluster, dataplane)
+    here = spoof.hosts[0]
+    assert here.cluster is not None and here.netns is not None
+    with caplog.at_level(logging.WARNING, logger="keelnet.cluster"):
+        assert spoof.record_claims().delivered == 0
+        ignored = [r.getMessage() for r in caplog.records if "ignoring endpoint" in r.getMessage()]
+    assert len(ignored) == 2 and "IP" in ignored[0] and "MAC" in ignored[1]
+    assert spoof.fdb(here)[spoof.mac("neighbour")] == ("neighbour", True)
+
+    early = "10.0.66.202"
+    key = spoof.forge_record(early, "02:42:de:ad:be:02")
+    forged = key.rpartition("/")[2]
+    assert forged in {peer.id for peer in here.cluster.peers(spoof.network_id)}
+    spoof.endpoints["late"] = here.connect(spoof.network, cluster.sandbox(here, "late"), ip=early)
+    assert forged not in {peer.id for peer in here.cluster.peers(spoof.network_id)}
+    assert spoof.reaches("attacker", "late")
+    if dataplane == "kernel":  # no proxy-ARP entry for a local address on the vxlan device
+        vxlan = f"kn-vx{spoof.vni:06x}"
+        table = run_in(spoof.overlay_ns(here), "ip", "neigh", "show", "dev", vxlan).split()
+        assert spoof.ip("neighbour") not in table and early not in table
+    assert here.global_store is not None
+    here.global_store.client.delete(key)
+
+
+def test_reconcile_restores_a_flushed_overlay_guard(cluster: Cluster, tmp_path: Path) -> None:
+    """The overlay namespace's ruleset flushed by hand: forgeries pass until `keelnet
+    system reconcile` (a process that is no cluster member) or `Host.reconcile()` loads
+    the guard again, holding exactly the host's sandboxes' ports."""
+    spoof = _overlay_lab(cluster, "kernel")
+    here = spoof.hosts[0]
+    assert here.netns is not None
+    namespace = spoof.overlay_ns(here)
+    for reconcile in ("cli", "host"):
+        run_in(namespace, "nft", "flush", "ruleset")
+        assert spoof.run("ip_neighbour").delivered == 1  # the guard is really gone
+        if reconcile == "cli":
+            state_dir = cluster.root / "h1"
+            done = keelnet_cli(here.netns, state_dir, cluster.etcd.url, "system", "reconcile")
+            assert done.returncode == 0, done.stderr
+        else:
+            here.reconcile()
+        outcomes = {kind: spoof.run(kind) for kind in OVERLAY_ATTACKS}
+        assert {kind: o.delivered for kind, o in outcomes.items()} == dict.fromkeys(outcomes, 0)
+        listing = run_in(namespace, "nft", "list", "set", "bridge", "keelnet", "guarded")
+        for role in ("attacker", "neighbour"):
+            assert f'"kn-v{spoof.endpoints[role].id[:11]}"' in listing

@@ -21,9 +21,11 @@ Port security (`_port_security`, on unless `-o port_security=false`), as on brid
 networks: each sandbox sends only from its MAC and address (nftables bridge rules in the
 network's namespace, a check per TAP in the switch). Either way every endpoint's MAC,
 local or remote, is a static entry that no frame moves (on the kernel bridge a sticky
-one: a learning port moves plain static entries) and no peer's record takes from a
-local endpoint; the vxlan port learns nothing, and under port security neither do the
-sandboxes' ports. The gateway's MAC (the kernel bridge's own) is never learnt anywhere.
+one: a learning port moves plain static entries) and no peer's record takes a local
+endpoint's MAC or IP (`keelnet.cluster` ignores it); the vxlan port learns nothing, and
+under port security neither do the sandboxes' ports. The gateway's MAC (the kernel
+bridge's own) is never learnt anywhere. Reconcile reloads the guard of a namespace whose
+ruleset went (`restore_guard`).
 
 MTU inside: 1450 (the underlay's 1500 less 50 bytes of VXLAN); MACs are derived from
 the IPv4 address (02:42:a.b.c.d) as Docker does, so remote peers need no ARP.
@@ -434,6 +436,20 @@ class OverlayDriver(Driver):
         if guarded:
             port = _port_security.guarded_port(endpoint, ifname)
             nftables.apply(path, nftables_guard.add_port(nftables_guard.BRIDGE, port))
+
+    def restore_guard(self, ctx: HostContext, network: Network, endpoints: list[Endpoint]) -> None:
+        """Reload the port security of this host's kernel part of the network, guarding
+        exactly `endpoints`' ports (reconcile: the namespace's ruleset flushed by hand, or
+        a crash between a veth and its guard). Nothing where the part is not here."""
+        if self.local_dataplane(ctx, network) != "kernel":
+            return
+        if not _port_security.enabled(network.options):
+            return
+        path = netns_path(overlay_netns(ctx, network))
+        if not Path(path).exists():
+            return
+        ports = [_port_security.guarded_port(e, links.veth_host_end(e.id)) for e in endpoints]
+        nftables.apply(path, nftables_guard.sync(nftables_guard.BRIDGE, ports))
 
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
