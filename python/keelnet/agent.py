@@ -376,9 +376,10 @@ def _hold_lock(paths: Paths) -> None:
 
 def _write_status(paths: Paths, **record: Any) -> None:
     temporary = paths.status + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(record, handle)
-    os.replace(temporary, paths.status)
+    with contextlib.suppress(FileNotFoundError):  # the state directory was removed
+        with open(temporary, "w") as handle:
+            json.dump(record, handle)
+        os.replace(temporary, paths.status)
 
 
 def _answer(host: Host, request: bytes, run: Runner, netns: str | None) -> dict[str, Any]:
@@ -526,6 +527,11 @@ def serve(
                     try:
                         conn, _ = server.accept()
                     except TimeoutError:
+                        if not os.path.exists(paths.socket):
+                            # Its state directory removed (or the socket): no command can
+                            # reach it again, so nothing would ever stop it.
+                            why = f"as its socket {paths.socket} was removed"
+                            stop_requested.set()
                         continue
                     with conn:
                         conn.settimeout(30)

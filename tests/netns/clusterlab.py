@@ -26,6 +26,7 @@ from pathlib import Path
 from netlab import DOCKER_RULES, create_ns, run_in
 
 from keelnet import Host
+from keelnet import agent as agents
 from keelnet.dns import NETNS_ETC
 from keelnet.drivers.overlay import OverlayPlane
 from keelnet.errors import StoreUnavailable
@@ -263,12 +264,15 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
-        for host in self.hosts.values():
+        for netns, host in self.hosts.items():
             with contextlib.suppress(Exception):
                 for box in host.sandboxes():
                     host.remove_sandbox(box.name)
             with contextlib.suppress(Exception):
                 host.close()
+            # An agent that a CLI command started for this host (a change starts one).
+            with contextlib.suppress(Exception):
+                agents.stop(netns, str(host.state_dir))
         self.hosts.clear()
 
 
