@@ -1,8 +1,8 @@
 """Overlay networks across hosts: control-plane and data-plane figures, and the kernel's
 hand-built equivalent measured in the same run.
 
-    python benches/bench_overlay.py [--connects 100] [--seconds 5] [--hosts 10]
-        [--endpoints 100] [--kills 5] [--only connect,throughput,scale,failover]   (root)
+    python benches/bench_overlay.py [--connects 100] [--seconds 5] [--rounds 7] [--hosts 10]
+        [--endpoints 100] [--kills 5] [--only connect,throughput,scale,failover,names]  (root)
 
 Everything runs in throwaway namespaces `kn-ob-…` on a TEST-NET-1 underlay with its own
 one-member etcd (stopped and removed at the end, also on Ctrl-C):
@@ -12,21 +12,30 @@ one-member etcd (stopped and removed at the end, also on Ctrl-C):
    Goal (issue 12): p99 <= 200 ms.
 2. TCP throughput (iperf3, one stream) sandbox → sandbox across two hosts: keelnet's
    overlay driver with the kernel data plane and with the userspace one, against a
-   hand-built kernel bridge + vxlan on two other hosts. Goals: kernel >= 0.95x,
-   userspace >= 0.7x of the hand-built one.
+   hand-built kernel bridge + vxlan on two other hosts with the same host firewall as
+   keelnet's (and, for comparison, on two bare hosts). `--rounds` rounds each run every
+   setup once, in an order rotated per round; a setup's ratio is the median over rounds
+   of its figure over the reference's in the same round (a shared machine's load moves
+   both together). Goals: kernel >= 0.95x, userspace >= 0.7x of the hand-built one.
 3. Scale: `--hosts` host processes x `--endpoints` endpoints on one network: RSS of a host
    process (the agent's share), etcd keys and bytes per endpoint, and how long a new host
    takes from its start until its kernel holds every remote endpoint.
 4. Failover: from SIGKILL of a host process until its endpoints are gone from another
    host's kernel table (lease TTL 3 s), `--kills` times.
+5. Names: host B connects a sandbox while host A's sandbox asks 127.0.0.11 for its name
+   every millisecond (from a thread started with the connect) until the address comes
+   back (the watch brings the name); p50/p99 over `--connects` connects.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
+import resource
 import secrets
 import socket
 import statistics
@@ -52,7 +61,8 @@ from clusterlab import (
 from dplab import kernel_vxlan_host, sh
 from netlab import create_ns, remove_prefix
 
-from keelnet.kernel.namespaces import call_in_netns, netns_path
+from keelnet.kernel.namespaces import bridges_skip_iptables, call_in_netns, netns_path
+from keelnet.model import Endpoint, Network
 
 LEASE_TTL = 3
 
@@ -107,6 +117,36 @@ def first_answer(netns: str, address: str, timeout: float = 10.0) -> float:
     raise TimeoutError(f"{address} never answered from {netns}")
 
 
+def first_resolution(netns: str, name: str, timeout: float = 10.0) -> float:
+    """Seconds until 127.0.0.11 in `netns` answers `name` with an address, asked every
+    millisecond."""
+    query = struct.pack("!HHHHHH", 0x4B4E, 0x0100, 1, 0, 0, 0)
+    query += b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
+    query += b"\0" + struct.pack("!HH", 1, 1)  # A, IN
+    sock = call_in_netns(
+        netns_path(netns), lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    )
+    start = time.perf_counter()
+    with sock:
+        sock.settimeout(0.001)
+        sock.connect(("127.0.0.11", 53))
+        while time.perf_counter() - start < timeout:
+            sock.send(query)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    answer = sock.recv(512)
+                    flags, count = struct.unpack("!H", answer[2:4])[0], answer[7]
+                    if answer[:2] == query[:2] and flags & 0xF == 0 and count:
+                        return time.perf_counter() - start
+    raise TimeoutError(f"{name} never resolved in {netns}")
+
+
+def resolved_at(netns: str, name: str) -> float:
+    """The `time.perf_counter()` at which `name` first resolves in `netns`."""
+    first_resolution(netns, name)
+    return time.perf_counter()
+
+
 def bench_connect(root: Path, connects: int) -> None:
     print(f"\n1. connect on host A -> first ping from host B ({connects} connects each)")
     for plane in ("kernel", "userspace"):
@@ -135,7 +175,34 @@ def bench_connect(root: Path, connects: int) -> None:
         )
 
 
-def iperf_gbits(client: str, server: str, address: str, seconds: float) -> float:
+@dataclasses.dataclass
+class ThroughputRun:
+    gbits: float
+    cpu_per_gb: float  # CPU seconds per GB received: both iperf3 processes + switch threads
+
+
+def switch_cpu_seconds() -> float:
+    """CPU time of this process's switch threads (the userspace hosts live here)."""
+    total = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            if text[text.index("(") + 1 : text.rindex(")")].startswith("keelnet-switch"):
+                fields = text[text.rindex(")") + 2 :].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def iperf_run(client: str, server: str, address: str, seconds: float) -> ThroughputRun:
+    """One iperf3 stream from `client` to `server`; the softirq work of the kernel paths
+    runs in the iperf3 processes' time (no IRQ time accounting), the userspace path's
+    in the switch threads', so both count."""
+    before = children_cpu_seconds() + switch_cpu_seconds()
     daemon = subprocess.Popen(
         ["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-B", address],
         stdout=subprocess.DEVNULL,
@@ -147,32 +214,74 @@ def iperf_gbits(client: str, server: str, address: str, seconds: float) -> float
             "iperf3", "-c", address, "-t", str(seconds), "-J", netns=client, timeout=seconds + 30
         )
     finally:
-        daemon.wait(timeout=10)
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # the client failed: do not leave it behind
+            daemon.kill()
+            daemon.wait()
+    cpu = children_cpu_seconds() + switch_cpu_seconds() - before
+    received = json.loads(out)["end"]["sum_received"]
+    return ThroughputRun(received["bits_per_second"] / 1e9, cpu / (received["bytes"] / 1e9))
 
 
-def bench_throughput(root: Path, seconds: float) -> None:
+@dataclasses.dataclass
+class Setup:
+    client: str
+    server: str
+    address: str
+
+
+def hand_built_pair(
+    prefix: str, segment: Segment, first: int, vni: int, *, firewall: bool
+) -> Setup:
+    """Docker-overlay style, built with ip/bridge on two more hosts (host numbers `first`
+    and `first + 1`), its bridge kept out of iptables as keelnet's kernel plane keeps
+    its own. With `firewall`, the hosts have what keelnet's test hosts have: Docker's
+    iptables (FORWARD policy DROP) and a NAT rule like the one Docker adds for
+    docker_gwbridge (keelnet's kn-gwbridge has its own), so conntrack follows the
+    underlay's VXLAN datagrams on both sides of the comparison."""
+    numbers = (first, first + 1)
+    for number, peer in (numbers, numbers[::-1]):
+        host, box = f"{prefix}-k{number}", f"{prefix}-kc{number}"
+        if firewall:
+            make_host_ns(host)
+            sh("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "172.18.0.0/16",
+               "!", "-o", "docker_gwbridge", "-j", "MASQUERADE", netns=host)  # fmt: skip
+        else:
+            create_ns(host)
+        bridges_skip_iptables(netns_path(host))
+        segment.plug(host, number, "ul0")
+        create_ns(box)
+        kernel_vxlan_host(
+            host,
+            box,
+            vni=vni,
+            local=f"192.0.2.{number}",
+            remotes=[f"192.0.2.{peer}"],
+            overlay_cidr=f"10.60.{first}.{number}/24",
+        )
+    return Setup(f"{prefix}-kc{first}", f"{prefix}-kc{first + 1}", f"10.60.{first}.{first + 1}")
+
+
+REFERENCE = "hand-built kernel"
+GOALS = {"keelnet kernel": 0.95, "keelnet userspace": 0.70}
+
+
+def bench_throughput(root: Path, seconds: float, rounds: int) -> None:
     print(
-        f"\n2. TCP, one iperf3 stream, sandbox -> sandbox across two hosts ({seconds:.0f} s runs)"
+        f"\n2. TCP, one iperf3 stream, sandbox -> sandbox across two hosts: {rounds} rounds, "
+        f"each runs every setup once for {seconds:g} s (order rotated per round); ratio = "
+        f"median over rounds of (setup / {REFERENCE}) in the same round"
     )
-    figures: dict[str, list[float]] = {"hand-built kernel": [], "kernel": [], "userspace": []}
     with lab(root / "throughput") as (prefix, segment, etcd):
-        # The reference: Docker-overlay style, built with ip/bridge on two more hosts.
-        for number in (11, 12):
-            create_ns(f"{prefix}-k{number}")
-            segment.plug(f"{prefix}-k{number}", number, "ul0")
-            create_ns(f"{prefix}-kc{number}")
-            kernel_vxlan_host(
-                f"{prefix}-k{number}",
-                f"{prefix}-kc{number}",
-                vni=42,
-                local=f"192.0.2.{number}",
-                remotes=[f"192.0.2.{23 - number}"],
-                overlay_cidr=f"10.60.0.{number}/24",
-            )
+        setups = {
+            # The reference: hosts with the same firewall as keelnet's.
+            REFERENCE: hand_built_pair(prefix, segment, 11, 42, firewall=True),
+            # What the host firewall (conntrack) costs the kernel path, for comparison.
+            "hand-built, bare hosts": hand_built_pair(prefix, segment, 13, 43, firewall=False),
+        }
         cluster = Cluster(etcd, root / "throughput" / "hosts")
         try:
-            setups = {}
             for plane, (first, second) in (("kernel", (1, 2)), ("userspace", (3, 4))):
                 a = cluster.add_host(first, dataplane=plane)
                 b = cluster.add_host(second, dataplane=plane)
@@ -183,19 +292,29 @@ def bench_throughput(root: Path, seconds: float) -> None:
                 a.connect(name, ca)
                 target = str(b.connect(name, cb).ip)
                 first_answer(ca, target)
-                setups[plane] = (ca, cb, target)
-            setups["hand-built kernel"] = (f"{prefix}-kc11", f"{prefix}-kc12", "10.60.0.12")
-            for _ in range(2):  # interleaved, twice
-                for label, (client, server, address) in setups.items():
-                    figures[label].append(iperf_gbits(client, server, address, seconds))
+                setups[f"keelnet {plane}"] = Setup(ca, cb, target)
+            labels = list(setups)
+            runs: dict[str, list[ThroughputRun]] = {label: [] for label in labels}
+            for number in range(rounds):
+                order = labels[number % len(labels) :] + labels[: number % len(labels)]
+                for label in order:
+                    setup = setups[label]
+                    run = iperf_run(setup.client, setup.server, setup.address, seconds)
+                    runs[label].append(run)
+                line = ", ".join(f"{label} {runs[label][-1].gbits:.2f}" for label in labels)
+                print(f"  round {number + 1}: {line} Gbit/s (load {load_average()})")
         finally:
             cluster.close()
-    reference = statistics.median(figures["hand-built kernel"])
-    for label, runs in figures.items():
-        value = statistics.median(runs)
-        runs_text = ", ".join(f"{r:.2f}" for r in runs)
-        goal = {"kernel": " (goal >= 0.95x)", "userspace": " (goal >= 0.70x)"}.get(label, "")
-        print(f"  {label:<18} {value:6.2f} Gbit/s ({runs_text}) = {value / reference:.2f}x{goal}")
+    reference = runs[REFERENCE]
+    for label in labels:
+        ratios = [run.gbits / ref.gbits for run, ref in zip(runs[label], reference, strict=True)]
+        gbits = statistics.median(run.gbits for run in runs[label])
+        cpu = statistics.median(run.cpu_per_gb for run in runs[label])
+        goal = f" (goal >= {GOALS[label]:.2f}x)" if label in GOALS else ""
+        print(
+            f"  {label:<22} {gbits:6.2f} Gbit/s = {statistics.median(ratios):.2f}x "
+            f"[{min(ratios):.2f}-{max(ratios):.2f}]{goal}; {cpu:.2f} CPU-s/GB"
+        )
 
 
 def etcd_usage(etcd: EtcdCluster) -> tuple[int, int]:
@@ -305,14 +424,60 @@ def bench_failover(root: Path, kills: int) -> None:
     )
 
 
+def bench_names(root: Path, connects: int) -> None:
+    print(f"\n5. connect on host B -> its name resolves on host A ({connects} connects)")
+    with lab(root / "names") as (_prefix, _segment, etcd):
+        cluster = Cluster(etcd, root / "names" / "hosts")
+        try:
+            a = cluster.add_host(1, lease_ttl=LEASE_TTL)
+            b = cluster.add_host(2, lease_ttl=LEASE_TTL)
+            a.create_network("ov", driver="overlay", subnet="10.0.0.0/16")
+            asker = cluster.sandbox(a, "asker")
+            a.connect("ov", asker)
+            boxes = [cluster.sandbox(b, f"s{i}") for i in range(connects)]
+            # Note when B's "ready" record went to etcd (what A's watch reacts to).
+            scope, published = b._global, [0.0]
+            assert scope is not None
+            publish = scope.publish
+
+            def publish_and_note(network: Network, endpoint: Endpoint) -> None:
+                publish(network, endpoint)
+                published[0] = time.perf_counter()
+
+            scope.publish = publish_and_note  # type: ignore[method-assign]
+            calls, totals, watched = [], [], []
+            # A asks while B connects: the name may answer before B's connect() returns.
+            with concurrent.futures.ThreadPoolExecutor(1) as asking:
+                for box in boxes:
+                    start = time.perf_counter()
+                    answered = asking.submit(resolved_at, asker, box)
+                    b.connect("ov", box)
+                    calls.append(time.perf_counter() - start)
+                    resolved = answered.result()
+                    totals.append(resolved - start)
+                    watched.append(resolved - published[0])
+        finally:
+            cluster.close()
+    for label, samples in (
+        ("B's connect() alone", calls),
+        ("connect() called on B -> A's sandbox gets the address", totals),
+        ("B's ready record written -> A's sandbox gets the address", watched),
+    ):
+        print(
+            f"  {label:<56} p50 {statistics.median(samples) * 1e3:6.2f} ms, "
+            f"p99 {percentile(samples, 99) * 1e3:6.2f} ms, max {max(samples) * 1e3:6.2f} ms"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connects", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--endpoints", type=int, default=100)
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--only", default="connect,throughput,scale,failover")
+    parser.add_argument("--only", default="connect,throughput,scale,failover,names")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)")
@@ -324,11 +489,13 @@ def main() -> int:
         if "connect" in only:
             bench_connect(root, args.connects)
         if "throughput" in only:
-            bench_throughput(root, args.seconds)
+            bench_throughput(root, args.seconds, args.rounds)
         if "scale" in only:
             bench_scale(root, args.hosts, args.endpoints)
         if "failover" in only:
             bench_failover(root, args.kills)
+        if "names" in only:
+            bench_names(root, args.connects)
     print(f"\nload average after: {load_average()}")
     return 0
 

@@ -1,5 +1,5 @@
 """Spoofing attempts per kind and how many were delivered (issue 10; goal 0), on both
-data planes of the bridge driver.
+data planes of the bridge and the overlay drivers.
 
     python benches/spoofing.py [--rounds 20]   (root)
 
@@ -11,6 +11,15 @@ forged frame `--rounds` times per round; a legitimate control packet along the s
 must arrive before the captures are read. The MAC flood sends 65 600 random source
 MACs once. Delivered counts forged frames seen in any other namespace, plus traffic a
 forgery would have stolen that reached the attacker.
+
+Overlay: per data plane a one-member etcd and two cluster hosts (namespaces `kn-so-…`),
+the attacker's host on that plane and the victim's on the other, one overlay network
+(`OverlaySpoofLab`); the same forgeries across VXLAN, and a peer's VTEP sending
+`--rounds` VXLAN datagrams to each host that claim one of its sandboxes' MACs (delivered:
+a MAC that moved, or traffic for it that went elsewhere); and `--rounds` pairs of
+endpoint records forged into etcd as the victim's host's, claiming the address and the
+MAC of a sandbox on the attacker's host (delivered: its neighbour then resolved it to
+another MAC, or its traffic went elsewhere).
 """
 
 from __future__ import annotations
@@ -25,8 +34,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "netns"))
 
+from clusterlab import Cluster, EtcdCluster, Segment
 from netlab import Lab, build, remove_prefix
-from spooflab import ATTACKS, Outcome, SpoofLab, capturing, flood, random_macs, send_udp
+from spooflab import (
+    ATTACKS,
+    OVERLAY_ATTACKS,
+    Outcome,
+    OverlaySpoofLab,
+    SpoofLab,
+    capturing,
+    flood,
+    random_macs,
+    send_udp,
+)
 
 import keelnet
 
@@ -61,6 +81,31 @@ def run_plane(dataplane: str, rounds: int, icc: bool, guarded: bool) -> list[Out
             remove_prefix(prefix)
 
 
+def run_overlay(dataplane: str, rounds: int, guarded: bool) -> list[Outcome]:
+    prefix = f"kn-so-{secrets.token_hex(2)}"
+    with tempfile.TemporaryDirectory(prefix="kn-so-") as state:
+        underlay = Segment(prefix, "sw", "192.0.2.")
+        etcd = EtcdCluster(prefix, underlay, Path(state) / "etcd")
+        try:
+            underlay.create()
+            etcd.start()
+            with Cluster(etcd, Path(state) / "hosts") as cluster:
+                other = "userspace" if dataplane == "kernel" else "kernel"
+                hosts = (
+                    cluster.add_host(1, dataplane=dataplane),
+                    cluster.add_host(2, dataplane=other),
+                )
+                options = {} if guarded else {"port_security": "false"}
+                spoof = OverlaySpoofLab(cluster, hosts, options=options)
+                outcomes = [spoof.run(kind, count=rounds) for kind in OVERLAY_ATTACKS]
+                outcomes.append(spoof.claim(count=rounds))
+                outcomes.append(spoof.record_claims(count=rounds))
+            return outcomes  # the cluster removed its sandboxes; etcd goes with its data
+        finally:
+            etcd.stop()
+            remove_prefix(prefix)
+
+
 def mac_flood(spoof: SpoofLab) -> Outcome:
     places = [(spoof.ns(role), "eth0") for role in ("victim", "bystander")]
     with capturing(places) as captures:
@@ -87,21 +132,29 @@ def main() -> int:
         return 1
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     guarded = not args.without_port_security
-    results = {
+    bridge = {
         plane: run_plane(plane, args.rounds, True, guarded)
         + run_plane(plane, args.rounds, False, guarded)
         for plane in PLANES
     }
-    print(f"\n{'attack':<18}" + "".join(f"{plane + ' sent/delivered':>28}" for plane in PLANES))
+    overlay = {plane: run_overlay(plane, args.rounds, guarded) for plane in PLANES}
+    print_table("bridge", bridge)
+    print_table("overlay (attacker's host on the plane, victim's on the other)", overlay)
+    everything = [o for runs in (bridge, overlay) for outcomes in runs.values() for o in outcomes]
+    delivered = sum(o.delivered for o in everything)
+    attempts = sum(o.attempts for o in everything)
+    print(f"\n{attempts} forged frames, {delivered} delivered (goal 0), port security {guarded}")
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0 if delivered == 0 or not guarded else 1
+
+
+def print_table(title: str, results: dict[str, list[Outcome]]) -> None:
+    print(f"\n{title}")
+    print(f"{'attack':<18}" + "".join(f"{plane + ' sent/delivered':>28}" for plane in PLANES))
     kinds = [outcome.kind for outcome in results[PLANES[0]]]
     for index, kind in enumerate(kinds):
         cells = [results[plane][index] for plane in PLANES]
         print(f"{kind:<18}" + "".join(f"{o.attempts:>20} / {o.delivered:<5}" for o in cells))
-    delivered = sum(o.delivered for outcomes in results.values() for o in outcomes)
-    attempts = sum(o.attempts for outcomes in results.values() for o in outcomes)
-    print(f"\n{attempts} forged frames, {delivered} delivered (goal 0), port security {guarded}")
-    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    return 0 if delivered == 0 or not guarded else 1
 
 
 if __name__ == "__main__":

@@ -379,12 +379,29 @@ def test_sandboxes_of_an_older_store_get_ids(tmp_path: Path) -> None:
 
 def test_reading_the_store_loads_no_pyroute2() -> None:
     """What `network ls`/`inspect` import when no agent runs: the store, its claim check,
-    inspect's view; no pyroute2 (~0.1 s) and no drivers."""
+    inspect's view, the CLI's parser; no pyroute2 (~0.1 s), no drivers, and none of what
+    only other commands use (sockets, subprocesses, random numbers)."""
     probe = (
         "import sys, keelnet.inspect, keelnet.store.claim, keelnet.kernel.ownership, "
-        "keelnet.kernel.namespaces, keelnet.cli.network, keelnet.cli.formatter;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2' or m in "
-        "('keelnet.host', 'keelnet.drivers')))"
+        "keelnet.kernel.namespaces, keelnet.cli.network, keelnet.cli.formatter, "
+        "keelnet.cli.root, keelnet.agent, keelnet.sandbox;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pyroute2', 'socket', 'subprocess', 'secrets') or m in "
+        "('keelnet.host', 'keelnet.drivers', 'keelnet.cli.sandbox', 'keelnet.cli.port')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[-1] == "[]", out
+
+
+def test_a_host_without_cluster_store_loads_no_etcd_client() -> None:
+    """Opening a Host (the agent's start, a command run without it) imports the etcd
+    client (requests, etcd3gw: ~0.1 s) only for a host given a cluster store."""
+    probe = (
+        "import sys, keelnet.host;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('requests', 'etcd3gw') "
+        "or m == 'keelnet.store.etcd_client'))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

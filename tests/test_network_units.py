@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -11,6 +13,7 @@ from keelnet.cli.port import parse_mapping
 from keelnet.drivers.base import Driver, HostContext
 from keelnet.kernel import iptables_compat, nftables, nftables_guard
 from keelnet.model import Endpoint, Network, PortMapping
+from keelnet.store import etcd
 
 NET_ID = "ab" * 32
 
@@ -170,3 +173,17 @@ def test_drivers_by_name_and_entry_point(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "thirdparty" in drivers.driver_names()
     with pytest.raises(errors.UnknownDriver):
         drivers.get_driver("nosuch")
+
+
+def test_remote_endpoints_carry_their_names_and_old_records_still_read() -> None:
+    endpoint = Endpoint("10.0.9.2", None, "02:42:0a:00:09:02", "eth0", None, id="e1")
+    endpoint = dataclasses.replace(endpoint, network_id="n1", sandbox="web", aliases=("api",))
+    record = etcd.endpoint_record(endpoint, "h2", "192.0.2.2", ready=True)
+    found = etcd.remote_endpoint(record)
+    assert found is not None and found[1] is True
+    assert found[0].names == ("web", "api") and found[0].vtep == "192.0.2.2"
+    # A record written before names were read (no sandbox, no aliases) still forwards.
+    old = json.loads(record)
+    del old["endpoint"]["sandbox"], old["endpoint"]["aliases"]
+    found = etcd.remote_endpoint(json.dumps(old).encode())
+    assert found is not None and found[0].names == () and found[0].ip == "10.0.9.2"

@@ -20,7 +20,7 @@ from keelnet.errors import (
     UnknownDriver,
 )
 from keelnet.ipam.allocator import Allocator
-from keelnet.model import JoinInfo, StaticRoute
+from keelnet.model import JoinInfo, PortMapping, StaticRoute
 from keelnet.plugin import protocol
 from keelnet.plugin.client import find_plugin
 from keelnet.plugin.protocol import PluginError
@@ -184,6 +184,35 @@ def test_addresses_come_from_the_range_and_go_back(allocator: Allocator) -> None
     allocator.release_address(pool.pool_id, "10.2.0.77")  # never given: fine
     with pytest.raises(NotFound):
         allocator.request_address("LocalDefault/10.9.0.0/24", None, None)
+
+
+def test_addresses_keep_clear_of_those_other_hosts_hold(tmp_path: Path) -> None:
+    """A global network's subnet: what the cluster's other hosts hold is skipped, and the
+    addresses skipped stay free here."""
+    held = {"10.6.0.2", "10.6.0.3"}
+    allocator = Allocator(Store(tmp_path / "state"), list, lambda subnet: held)
+    pool = allocator.request_pool("LocalDefault", "10.6.0.0/24", None, {}, False)
+    assert allocator.request_address(pool.pool_id, None, None) == "10.6.0.1/24"
+    assert allocator.request_address(pool.pool_id, None, None) == "10.6.0.4/24"
+    held.clear()
+    assert allocator.request_address(pool.pool_id, None, None) == "10.6.0.2/24"
+    held.add("10.6.0.5")  # asked for by hand: given (the cluster store has the last word)
+    assert allocator.request_address(pool.pool_id, "10.6.0.5", None) == "10.6.0.5/24"
+
+
+def test_published_ports_as_libnetwork_writes_them() -> None:
+    both = PortMapping("n", "s", 8080, 80, "tcp", None, "10.0.0.2", "fd00::2")
+    assert protocol.port_bindings(both) == [
+        {"Proto": 6, "IP": "10.0.0.2", "Port": 80, "HostIP": "0.0.0.0", "HostPort": 8080}
+        | {"HostPortEnd": 8080},
+        {"Proto": 6, "IP": "fd00::2", "Port": 80, "HostIP": "::", "HostPort": 8080}
+        | {"HostPortEnd": 8080},
+    ]
+    one = PortMapping("n", "s", 53, 5353, "udp", "127.0.0.1", "10.0.0.2")
+    assert protocol.port_bindings(one) == [
+        {"Proto": 17, "IP": "10.0.0.2", "Port": 5353, "HostIP": "127.0.0.1", "HostPort": 53}
+        | {"HostPortEnd": 53}
+    ]
 
 
 @pytest.mark.parametrize(

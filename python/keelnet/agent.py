@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import stat
 import sys
 import time
@@ -34,6 +33,7 @@ from keelnet.statedir import state_dir_path
 
 TYPE_CHECKING = False  # not typing's: the CLI does not import typing
 if TYPE_CHECKING:
+    import socket
     import threading
     from pathlib import Path
     from types import FrameType
@@ -116,6 +116,8 @@ def _ask(paths: Paths, payload: dict[str, Any], timeout: float) -> dict[str, Any
     """Send one request to the agent; None when no agent answers on the socket."""
     if not _is_socket(paths.socket):
         return None
+    import socket  # here: with no agent there is nothing to connect to
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(5.0)
         try:
@@ -374,9 +376,10 @@ def _hold_lock(paths: Paths) -> None:
 
 def _write_status(paths: Paths, **record: Any) -> None:
     temporary = paths.status + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(record, handle)
-    os.replace(temporary, paths.status)
+    with contextlib.suppress(FileNotFoundError):  # the state directory was removed
+        with open(temporary, "w") as handle:
+            json.dump(record, handle)
+        os.replace(temporary, paths.status)
 
 
 def _answer(host: Host, request: bytes, run: Runner, netns: str | None) -> dict[str, Any]:
@@ -459,10 +462,17 @@ def open_host(
 
     host = Host(netns=netns, state_dir=state_dir, store=store, dataplane=dataplane)
     try:
-        host.reconcile()
+        done = host.reconcile()
     except BaseException:
         host.close()
         raise
+    repaired = {
+        key: count + host.reconciled_at_open.get(key, 0)
+        for key, count in done.items()
+        if count + host.reconciled_at_open.get(key, 0)
+    }
+    if repaired:  # what `keelnet system reconcile` would have reported (the log's reader)
+        print(f"keelnet agent: reconciled at start: {repaired}", flush=True)
     return host
 
 
@@ -478,6 +488,7 @@ def serve(
     """Hold the Host and answer CLI commands until SIGTERM, SIGINT or `agent stop`; with
     `beside`, serve that too (`keelnet plugin`)."""
     import signal
+    import socket
     import threading
 
     paths = Paths.of(netns, state_dir)
@@ -516,6 +527,11 @@ def serve(
                     try:
                         conn, _ = server.accept()
                     except TimeoutError:
+                        if not os.path.exists(paths.socket):
+                            # Its state directory removed (or the socket): no command can
+                            # reach it again, so nothing would ever stop it.
+                            why = f"as its socket {paths.socket} was removed"
+                            stop_requested.set()
                         continue
                     with conn:
                         conn.settimeout(30)

@@ -3,9 +3,10 @@
 Builds, in throwaway namespaces on a TEST-NET-1 underlay (192.0.2.0/24): a one-member
 etcd, and three keelnet hosts that are members of it: host 1 runs the kernel data plane
 (Docker's bridge + vxlan), hosts 2 and 3 keelnet's userspace switch. One overlay network
-spans them; the demo checks reachability between every pair and out through a host's
-kn-gwbridge, prints a table, and removes everything (etcd included), also when
-interrupted. Nothing touches the machine's own interfaces.
+spans them; the demo checks reachability between every pair, by name across hosts, and
+out through a host's kn-gwbridge, prints a table, and removes everything (etcd
+included), also when interrupted. Nothing touches the machine's own interfaces; the
+hosts' resolv.conf names no upstream, so no DNS query leaves the demo's namespaces.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from keelnet.demo import Check, claim_prefix, ping, print_checks, tcp_roundtrip
+from keelnet.demo import Check, claim_prefix, ping, ping_by_name, print_checks, tcp_roundtrip
+from keelnet.dns import NETNS_ETC
 from keelnet.errors import StoreUnavailable
 from keelnet.host import Host
 from keelnet.kernel.namespaces import (
@@ -108,6 +110,9 @@ def _underlay_and_etcd(data_dir: Path) -> Iterator[tuple[str, str]]:
             if name.startswith(f"{prefix}-"):
                 with contextlib.suppress(OSError):
                     remove_named(netns_path(name))
+        for entry in NETNS_ETC.iterdir() if NETNS_ETC.is_dir() else ():
+            if entry.name.startswith(f"{prefix}-"):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _build_and_check(
@@ -117,6 +122,9 @@ def _build_and_check(
         netns = f"{prefix}-h{number}"
         _namespace(netns)
         _plug(f"{prefix}-sw", netns, number)
+        # The host's resolv.conf (what keelnet's DNS forwards to): no server at all.
+        (NETNS_ETC / netns).mkdir(parents=True, exist_ok=True)
+        (NETNS_ETC / netns / "resolv.conf").write_text("# keelnet demo: no upstream\n")
         hosts[number] = Host(
             netns=netns, state_dir=state_dir / netns, store=url, name=f"host{number}",
             dataplane=plane,
@@ -138,6 +146,13 @@ def _build_and_check(
         for b in PLANES
         if a != b
     ]
+    checks.append(
+        (
+            "overlay: app1 (host1) pings app3 (host3) by name",
+            True,
+            lambda: any(ping_by_name(netns_path(sandboxes[1]), sandboxes[3]) for _ in range(10)),
+        )
+    )
     checks.append(
         (
             "overlay: TCP app1 -> app2",

@@ -16,6 +16,13 @@ query). It starts when the first endpoint of a network with DNS appears and stop
 the last sandbox it serves, or with the Host. ``Host(serve_dns=False)`` (the CLI's own
 short-lived processes) runs none and only keeps the sandboxes' files.
 
+On an overlay network the names of the other hosts' sandboxes answer too: their endpoint
+records in the cluster store carry their sandbox name and aliases, and the host's cluster
+watch (:mod:`keelnet.cluster`) hands each ready endpoint of a live host to
+:meth:`HostDns.add_peer` as it appears, and to :meth:`HostDns.remove_peer` as it goes:
+disconnected there, or its host's lease ran out. As local names, they are seen only by
+sandboxes on that network.
+
 Upstream servers are those of the host's ``resolv.conf``: ``/etc/netns/<host netns>/
 resolv.conf`` for ``Host(netns=...)`` when it exists (the file ``ip netns exec`` shows
 programs there), else ``/etc/resolv.conf``. As in Docker (moby ``TransformForIntNS``),
@@ -37,18 +44,23 @@ import contextlib
 import errno
 import ipaddress
 import os
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from keelnet import _core
 from keelnet.checks import DNS_NAME
 from keelnet.errors import DataplaneError, KeelnetError
-from keelnet.model import Endpoint, Network
+from keelnet.model import Endpoint, Network, RemoteEndpoint
 from keelnet.store import Store
+
+if TYPE_CHECKING:
+    from keelnet.cluster import ClusterMember
+    from keelnet.global_scope import GlobalScope
 
 __all__ = [
     "LISTEN_ADDRESS",
@@ -211,31 +223,64 @@ class Resolver:
 
 class HostDns:
     """A Host's DNS: keeps the resolver's table and the sandboxes' files in step with the
-    store. Started lazily: a Host without DNS networks runs no resolver thread."""
+    host's store and, with `use_cluster`, its endpoints on global networks. Started
+    lazily: a Host without DNS networks runs no resolver thread."""
 
     def __init__(
         self, store: Store, netns: str | None, netns_path: str | None, *, serve: bool = True
     ):
         self._store = store
+        self._global: GlobalScope | None = None
+        self._cluster: ClusterMember | None = None
         self._netns = netns
         self._netns_path = netns_path
         self._serve = serve
         self._resolver: Resolver | None = None
+        self._own_lock = threading.RLock()
+
+    def use_cluster(self, scope: GlobalScope) -> None:
+        """Serve global networks too: this host's endpoints as `scope` knows them (a
+        member without asking etcd, so local changes never wait for it), the other
+        hosts' as its cluster watch reports them."""
+        self._global, self._cluster = scope, scope.cluster
+
+    @property
+    def _lock(self) -> threading.RLock:
+        """Held while the resolver starts, stops or takes another host's names: the
+        cluster's lock when there is one, so no peer event falls between the replay of
+        the known peers and the start."""
+        return self._cluster.lock if self._cluster is not None else self._own_lock
 
     @staticmethod
     def serves(network: Network) -> bool:
         return network.embedded_dns
 
+    def _joined(self, sandbox: str | None = None) -> list[tuple[Network, Endpoint]]:
+        """This host's endpoints (of `sandbox`) on networks with DNS, with their networks:
+        on local networks, then on global ones, each in the order they joined."""
+        networks = {n.id: n for n in self._store.networks()}
+        found = [
+            (networks[e.network_id], e)
+            for e in self._store.endpoints(sandbox=sandbox)
+            if e.network_id in networks
+        ]
+        if self._global is not None:
+            found += self._global.joined(sandbox)
+        return [(network, endpoint) for network, endpoint in found if self.serves(network)]
+
     def _started(self) -> Resolver:
-        """The resolver, started (with every stored endpoint of a DNS network in its
-        table) if it is not running."""
-        if self._resolver is None:
-            self._resolver = Resolver(self._netns_path)
-            for network in self._store.networks():
-                if self.serves(network):
-                    for endpoint in self._store.endpoints(network_id=network.id):
-                        self._push(network, endpoint)
-        return self._resolver
+        """The resolver, started (with every endpoint of a DNS network this host and its
+        cluster know in its table) if it is not running."""
+        with self._lock:
+            if self._resolver is None:
+                self._resolver = Resolver(self._netns_path)
+                for network, endpoint in self._joined():
+                    self._push(network, endpoint)
+                if self._cluster is not None:
+                    for network, peer in self._cluster.programmed():
+                        if self.serves(network):
+                            self._push_names(network, peer.id, peer.names, peer.ip)
+            return self._resolver
 
     def endpoint_added(self, network: Network, endpoint: Endpoint) -> None:
         if not self.serves(network):
@@ -247,15 +292,36 @@ class HostDns:
         self._attach(endpoint.sandbox)
 
     def _push(self, network: Network, endpoint: Endpoint) -> None:
-        """Put the endpoint in the table under its sandbox name and aliases; a sandbox
-        name that is no DNS name (a 64-letter label) is left out, so the sandbox still
-        resolves others."""
+        self._push_names(network, endpoint.id, endpoint.names, endpoint.ip, endpoint.ipv6)
+
+    def _push_names(
+        self,
+        network: Network,
+        endpoint_id: str,
+        names: Iterable[str],
+        ip: str | None,
+        ipv6: str | None = None,
+    ) -> None:
+        """Put an endpoint in the table under its sandbox name and aliases; a name that
+        is no DNS name (a 64-letter sandbox name, a bad record of another host) is left
+        out, so the sandbox still resolves others."""
         resolver = self._started()
         resolver.set_network(network.id, network.name)
-        names = [endpoint.sandbox] if DNS_NAME.fullmatch(endpoint.sandbox) else []
-        names += endpoint.aliases
-        if names:
-            resolver.set_endpoint(network.id, endpoint.id, names, endpoint.ip, endpoint.ipv6)
+        valid = [name for name in names if DNS_NAME.fullmatch(name)]
+        if valid:
+            resolver.set_endpoint(network.id, endpoint_id, valid, ip, ipv6)
+
+    def add_peer(self, network: Network, peer: RemoteEndpoint) -> None:
+        """Another host's endpoint (the cluster watch): its names, while this host serves
+        any sandbox (the resolver takes the known ones when it starts)."""
+        with self._lock:
+            if self._resolver is not None and self.serves(network):
+                self._push_names(network, peer.id, peer.names, peer.ip)
+
+    def remove_peer(self, network: Network, peer: RemoteEndpoint) -> None:
+        with self._lock:
+            if self._resolver is not None:
+                self._resolver.remove_endpoint(network.id, peer.id)
 
     def endpoint_removed(self, network: Network, endpoint: Endpoint) -> None:
         if not self.serves(network):
@@ -283,14 +349,10 @@ class HostDns:
         _remove_file(sandbox)
 
     def _dns_networks(self, sandbox: str, leaving: str | None) -> list[Network]:
-        """The sandbox's networks with DNS now in the store (less `leaving`, an endpoint
-        going away in this transaction), in the order it joined them."""
-        networks = {n.id: n for n in self._store.networks()}
-        return [
-            networks[e.network_id]
-            for e in self._store.endpoints(sandbox=sandbox)
-            if e.id != leaving and self.serves(networks[e.network_id])
-        ]
+        """The sandbox's networks with DNS (less `leaving`, an endpoint
+        going away in this transaction): its local ones, then its global ones, each in
+        the order it joined them."""
+        return [network for network, endpoint in self._joined(sandbox) if endpoint.id != leaving]
 
     def _write_or_remove(self, sandbox: str, leaving: str | None = None) -> None:
         """Without a server here: the sandbox's resolv.conf, or none when it has no
@@ -328,13 +390,11 @@ class HostDns:
     def rebuild(self) -> None:
         """Serve what the store holds (a Host starting on existing state). A sandbox
         another process already serves is left to it, with a warning."""
-        sandboxes: list[str] = []
-        for network in self._store.networks():
-            if self.serves(network):
-                for endpoint in self._store.endpoints(network_id=network.id):
-                    if endpoint.sandbox not in sandboxes:
-                        sandboxes.append(endpoint.sandbox)
-        if not sandboxes or not self._serve:
+        if not self._serve:
+            return
+        # Endpoints a Docker plugin caller has not joined yet have no sandbox.
+        sandboxes = list(dict.fromkeys(e.sandbox for _, e in self._joined() if e.sandbox))
+        if not sandboxes:
             return
         self._started()
         for sandbox in sandboxes:
@@ -349,9 +409,10 @@ class HostDns:
         return self._resolver
 
     def close(self) -> None:
-        if self._resolver is not None:
-            self._resolver.close()
-            self._resolver = None
+        with self._lock:
+            if self._resolver is not None:
+                self._resolver.close()
+                self._resolver = None
 
 
 def _write_file(sandbox: str, text: str) -> None:

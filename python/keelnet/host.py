@@ -17,20 +17,21 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import re
 import secrets
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from keelnet import checks, dns
 from keelnet import sandbox as netns_sandbox
-from keelnet.cluster import DEFAULT_LEASE_TTL, ClusterMember
 from keelnet.drivers import _gateway, bridge, get_driver
 from keelnet.drivers._userspace import PlaneHostContext
 from keelnet.drivers.base import DATAPLANE_OPTION, Driver, NetworkRequest
@@ -51,7 +52,6 @@ from keelnet.errors import (
     StateDirError,
     StoreUnavailable,
 )
-from keelnet.global_scope import GlobalScope
 from keelnet.inspect import network_inspect
 from keelnet.ipam.networks import NetworkAddresses, Plan
 from keelnet.ipam.networks import Request as AddressRequest
@@ -62,6 +62,7 @@ from keelnet.kernel.rtnl import Rtnl
 from keelnet.model import (
     DEFAULT_IPAM,
     EXTERNAL_IPAM,
+    GATEWAY_BRIDGE_LABEL,
     HANDOVER_PREFIX,
     Endpoint,
     JoinInfo,
@@ -74,10 +75,15 @@ from keelnet.model import (
 )
 from keelnet.store import NetworkStore, PortTaken, Store, default_state_dir
 from keelnet.store.claim import NamespaceClaim
-from keelnet.store.etcd import EtcdStore
 from keelnet.store.journal import Entry, Journal
 from keelnet.store.sqlite import DB_NAME, check_state_dir
 
+if TYPE_CHECKING:  # a host with a cluster store imports them: requests, etcd3gw (~0.1 s)
+    from keelnet.cluster import ClusterMember
+    from keelnet.global_scope import GlobalScope
+    from keelnet.store.etcd import EtcdStore
+
+log = logging.getLogger(__name__)
 Undo = Callable[[], None]
 #: Docker's endpoint driver option that names the sandbox's interface.
 ENDPOINT_IFNAME_OPTION = "com.docker.network.endpoint.ifname"
@@ -102,7 +108,7 @@ class Host:
         name: str | None = None,
         advertise_address: str | None = None,
         member: bool = True,
-        lease_ttl: int = DEFAULT_LEASE_TTL,
+        lease_ttl: int | None = None,
         dataplane: str | None = None,
     ):
         """A host: `netns` (None: the caller's), its state in `state_dir`.
@@ -126,6 +132,9 @@ class Host:
         if not (self.state_dir / DB_NAME).exists():  # refused before anything is made
             NamespaceClaim(netns, self.netns_path, None, self.state_dir).check()
         self.store = Store(self.state_dir)
+        #: Held by each operation, and by the cluster watch while it takes down a network
+        #: removed from the cluster (its thread): one at a time.
+        self._lock = threading.RLock()
         self._exit = contextlib.ExitStack()
         self._exit.callback(self.store.close)
         try:
@@ -150,21 +159,30 @@ class Host:
             self._global: GlobalScope | None = None
             store = store or os.environ.get("KEELNET_STORE") or None
             if store:
+                from keelnet.cluster import DEFAULT_LEASE_TTL
+                from keelnet.global_scope import GlobalScope
+
                 self._global = GlobalScope(
                     self._ctx,
                     store,
                     name=name or (Path(netns).name if netns else socket.gethostname()),
                     advertise_address=advertise_address,
                     member=member,
-                    lease_ttl=lease_ttl,
+                    lease_ttl=DEFAULT_LEASE_TTL if lease_ttl is None else lease_ttl,
+                    names=self._dns,
                 )
                 self._exit.callback(self._global.close)  # leaves before the planes stop
+                self._dns.use_cluster(self._global)
+            #: What the reconcile this open ran did (empty: none ran).
+            self.reconciled_at_open: dict[str, int] = {}
             if self._needs_reconcile():
-                self.reconcile()
+                self.reconciled_at_open = self.reconcile()
             elif self._global is not None and self.cluster is not None:
                 # Its overlay endpoints: userspace ones to serve again, half-made ones.
                 self._global.reconcile(self.store, dict.fromkeys(_RECONCILED, 0))
             self._dns.rebuild()
+            if self.cluster is not None:  # removed networks noticed meanwhile wait for it
+                self.cluster.on_network_gone = self._network_gone
         except BaseException:
             self.close()
             raise
@@ -247,6 +265,7 @@ class Host:
         ipam_options: Mapping[str, str] | None = None,
         network_id: str | None = None,
         attachable: bool = False,
+        ipv4: bool = True,
     ) -> Network:
         """Create a network; subnets are carved from the default pools when not given.
 
@@ -254,7 +273,8 @@ class Host:
         by name, or `external`: every subnet is given and every address is the caller's
         (dockerd's, when keelnet serves Docker; endpoints then come from
         `create_endpoint`). `network_id`: the id to use (Docker's), instead of a new one.
-        `attachable` is Docker's flag, recorded and shown by inspect.
+        `attachable` is Docker's flag, recorded and shown by inspect. `ipv4=False` (with
+        `ipv6`): an IPv6-only network (Docker 28's `--ipv4=false`), for drivers that can.
         """
         netns_sandbox.check_name(name, "network")
         the_driver = get_driver(checks.text(driver, "driver"))
@@ -268,23 +288,25 @@ class Host:
         checks.text(ipam_driver, "ipam_driver")
         if network_id is not None and not _ID.fullmatch(checks.text(network_id, "network id")):
             raise InvalidRequest(f"invalid network id {network_id!r}: use 64 hex digits")
-        for flag, value in (("ipv6", ipv6), ("internal", internal)):
+        for flag, value in (("ipv4", ipv4), ("ipv6", ipv6), ("internal", internal)):
             if not isinstance(value, bool):
                 raise InvalidRequest(f"{flag} must be True or False, not {value!r}")
+        if not ipv4:
+            _check_ipv6_only(the_driver, ipv6)
         if the_driver.scope == "global":
             scope = self._require_global(the_driver.name)
             if self.store.find_network(name) is not None:
                 raise DuplicateNetwork(f"network with name {name} already exists")
-            if network_id is not None or ipam_driver != DEFAULT_IPAM:
+            if ipam_driver != DEFAULT_IPAM:
                 raise InvalidRequest(
-                    f"{the_driver.name} networks are global: keelnet's cluster store names "
-                    "them and its IPAM gives their addresses (no network id, no IPAM driver)"
+                    f"{the_driver.name} networks are global: keelnet's cluster store gives "
+                    "their addresses (no IPAM driver)"
                 )
             request = AddressRequest(subnets, gateways, ranges, aux, ipv6, gateway_on_host=False)
             plan_ipam = functools.partial(self._addresses.plan_for_cluster, request)
             local = [(c.subnet, n.name) for n in self.store.networks() for c in n.ipam]
             return scope.create_network(
-                the_driver, name, plan_ipam, local, ipv6, internal, opts, label_map
+                the_driver, name, plan_ipam, local, ipv6, internal, opts, label_map, network_id
             )
         with self._operation() as op:
             if self.store.find_network(name) is not None or self._global_named(name):
@@ -311,6 +333,7 @@ class Host:
                     gateway_on_host=the_driver.gateway_on_host,
                     driver=ipam_driver,
                     options=ipam_opts,
+                    ipv4=ipv4,
                 )
                 plan = self._addresses.plan(request, op.undo)
             elif subnets or gateways or ranges or aux or ipam_driver != DEFAULT_IPAM:
@@ -342,7 +365,8 @@ class Host:
 
     def subnets_in_use(self) -> list[str]:
         """What carved pools keep clear of (keelnet's IPAM serving Docker asks this)."""
-        return self._addresses.in_use()
+        with self._lock:  # not while the cluster watch lends the netlink socket its own
+            return self._addresses.in_use()
 
     def _require_global(self, driver: str) -> GlobalScope:
         if self._global is None:
@@ -360,12 +384,15 @@ class Host:
 
     def remove_network(self, name: str) -> None:
         """Remove a network with no endpoints; one that does not exist is already removed.
-        A global network is removed cluster-wide, refused while any host has endpoints."""
+        A global network is removed cluster-wide, refused while a live host has endpoints
+        on it (those of hosts whose lease expired are stale and go with it)."""
         if self.store.find_network(name) is None and self.global_store is not None:
             found = self.global_store.find_network(name)
             if found is not None:
-                self.global_store.remove_network(found)
-                get_driver(found.driver).delete_network(self._ctx, found)  # this host's part
+                with self._lock:  # the watch takes down what it sees removed, too
+                    self.global_store.remove_network(found)
+                    get_driver(found.driver).delete_network(self._ctx, found)  # this host's
+                    self._dns.network_removed(found)
                 return
         with self._operation(undoable=False) as op:
             network = self.store.find_network(name)
@@ -382,6 +409,43 @@ class Host:
             self.store.remove_network(network.id)
             self._sync_firewall(bridges_changed=True)
             self._release_if_empty()
+
+    def _network_gone(self, network: Network) -> None:
+        """The cluster watch saw the global `network` removed while this host may still
+        hold a part of it (cut off from etcd past its lease, its endpoints were released
+        as stale by the host that removed it): each of its endpoints here goes as a
+        disconnect takes it (interface, DNS names, the sandbox's way out), then the
+        network's plumbing. Idempotent; nothing happens where nothing is held."""
+        scope = self._require_global(network.driver)
+        with self._operation(undoable=False) as op:
+            if not scope.holds_part(network):
+                return  # the usual case: every host but those cut off while it went
+            op.begin()
+            mine = [endpoint for joined, endpoint in scope.joined() if joined.id == network.id]
+            with self._netlink_of_this_thread():
+                for endpoint in mine:
+                    self._disconnect(network, endpoint)
+                get_driver(network.driver).delete_network(self._ctx, network)
+            self._dns.network_removed(network)
+        log.warning(
+            "keelnet: network %s was removed from the cluster while this host held a part "
+            "of it: removed here, with %d endpoint(s) (%s)",
+            network.name,
+            len(mine),
+            ", ".join(endpoint.sandbox or endpoint.id[:12] for endpoint in mine) or "none",
+        )
+
+    @contextlib.contextmanager
+    def _netlink_of_this_thread(self) -> Iterator[None]:
+        """The Host's pyroute2 socket serves only the thread that opened it: for work on
+        another one (the cluster watch's, under `_lock`), one of that thread's own."""
+        opened_by_host = self._ipr
+        with iproute(self.netns_path) as ipr:
+            self._ipr = self._ctx.ipr = self._addresses.ipr = ipr
+            try:
+                yield
+            finally:
+                self._ipr = self._ctx.ipr = self._addresses.ipr = opened_by_host
 
     def networks(self) -> list[Network]:
         """This host's local networks, then the cluster's global ones."""
@@ -546,7 +610,9 @@ class Host:
             if scope is not None:
                 if not net.internal:
                     self._attach_gateway_bridge(sandbox, op.undo)
-                scope.publish(endpoint)  # ready: the other hosts program it now
+                scope.publish(net, endpoint)  # ready: the other hosts program it now
+                op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
+                self._dns.endpoint_added(net, endpoint)
                 return endpoint
             self.store.add_endpoint(endpoint)
             op.undo.append(lambda: self._dns.endpoint_removed(net, endpoint))
@@ -586,7 +652,9 @@ class Host:
             network_id=net.id,
             sandbox=sandbox,
             host_ifname=(
-                f"kn-v{endpoint_id[:11]}" if net.kernel_name and net.dataplane == "kernel" else None
+                links.veth_host_end(endpoint_id)
+                if net.kernel_name and net.dataplane == "kernel"
+                else None
             ),
         )
 
@@ -598,7 +666,7 @@ class Host:
             self.create_network(
                 GATEWAY_BRIDGE,
                 options={bridge.NAME: GATEWAY_BRIDGE, bridge.ICC: "false"},
-                labels={"com.keelnet.gateway-bridge": "true"},
+                labels={GATEWAY_BRIDGE_LABEL: "true"},
             )
             undo.append(lambda: self.remove_network(GATEWAY_BRIDGE))
         if not self.store.endpoints(network_id=self.network(GATEWAY_BRIDGE).id, sandbox=sandbox):
@@ -608,8 +676,8 @@ class Host:
     def _sandbox_endpoints(self, sandbox: str) -> list[Endpoint]:
         """The sandbox's endpoints on local and global networks."""
         found = self.store.endpoints(sandbox=sandbox)
-        if self.global_store is not None:
-            found += self.global_store.endpoints(sandbox=sandbox)
+        if self._global is not None:
+            found += [endpoint for _, endpoint in self._global.joined(sandbox)]
         return found
 
     def _check_mac_free(self, network: Network, mac: str) -> None:
@@ -680,17 +748,20 @@ class Host:
         driver.leave(self._ctx, network, endpoint, path)
         driver.delete_endpoint(self._ctx, network, endpoint)
         if network.scope == "global":
-            store = self._require_global(network.driver).store
-            store.release_endpoint(endpoint)
-            if not store.endpoints(sandbox=endpoint.sandbox):  # its last way out via overlay
+            scope = self._require_global(network.driver)
+            scope.remove(endpoint)
+            if endpoint.handed_over:  # Docker names it, and gives the sandbox its way out
+                self._forget_if_transient(endpoint.sandbox)
+                return
+            self._dns.endpoint_removed(network, endpoint)
+            if not scope.joined(endpoint.sandbox):  # its last way out via overlay
                 self.disconnect(GATEWAY_BRIDGE, endpoint.sandbox)
             return
         self._addresses.release(network, endpoint)
         self.store.remove_endpoint(endpoint.id)
         self._dns.endpoint_removed(network, endpoint)
         self.store.set_gw_priority(endpoint.sandbox, endpoint.id, None)
-        if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
-            self.store.remove_sandbox(box.name)  # adopted by a join: gone with its last one
+        self._forget_if_transient(endpoint.sandbox)
         if box is not None and path is not None:
             self._route_sandbox(box)  # the next network in Docker's order takes over
         if ports:
@@ -735,18 +806,26 @@ class Host:
                     "caller to move into a sandbox (Docker's plugin protocol needs that)"
                 )
             endpoint_id = endpoint_id or secrets.token_hex(32)
-            if self.store.find_endpoint(endpoint_id) is not None:
+            if self._find_endpoint(net, endpoint_id) is not None:
                 raise DuplicateEndpoint(f"endpoint {endpoint_id[:12]} already exists")
-            if net.ipam_driver == EXTERNAL_IPAM:
+            staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
+            scope = self._require_global(net.driver) if net.scope == "global" else None
+            if scope is not None:  # the caller's addresses (or new ones), taken cluster-wide
+                ip = requested.get(4) or requested.get(6)
+                addresses = scope.reserve(net, endpoint_id, "", staging, ip)
+                op.undo.append(lambda: scope.release(net, endpoint_id, addresses))
+            elif net.ipam_driver == EXTERNAL_IPAM:
                 addresses = self._addresses.given(net, requested)
             else:
                 addresses = self._addresses.allocate(net, requested, op.undo)
-            staging = f"{HANDOVER_PREFIX}{endpoint_id[:11]}"
             endpoint = self._endpoint(net, driver, endpoint_id, addresses, mac, staging, "")
             op.begin()
             driver.create_endpoint(self._ctx, net, endpoint, None)
             op.undo.append(lambda: driver.delete_endpoint(self._ctx, net, endpoint))
-            self.store.add_endpoint(endpoint)
+            if scope is not None:
+                scope.publish(net, endpoint)  # the other hosts program it; it waits for its caller
+            else:
+                self.store.add_endpoint(endpoint)
             return endpoint
 
     def join(self, network: str, endpoint_id: str, sandbox_path: str) -> JoinInfo:
@@ -762,11 +841,11 @@ class Host:
                     f"endpoint {endpoint_id[:12]} is already joined to sandbox {endpoint.sandbox}"
                 )
             if not endpoint.sandbox:
-                if self.store.endpoints(network_id=net.id, sandbox=box.name):
+                if any(e.network_id == net.id for e in self._sandbox_endpoints(box.name)):
                     raise DuplicateEndpoint(
                         f"sandbox {box.name} is already connected to {net.name}"
                     )
-                self.store.set_endpoint_sandbox(endpoint.id, box.name)
+                self._set_endpoint_sandbox(net, endpoint, box.name)
             gateways: list[str | None] = []
             routes: list[StaticRoute] = []
             offers = get_driver(net.driver).default_routes(net, endpoint)
@@ -774,30 +853,29 @@ class Host:
                 if via == _gateway.DEVICE:  # ipvlan l3: straight out, the parent host routes
                     routes.append(StaticRoute(default))
                 gateways.append(None if via == _gateway.DEVICE else via)
+            # No way out offered (overlay): the caller must not add one of its own
+            # (dockerd's docker_gwbridge) beside keelnet's network.
+            no_way_out = not net.internal and not any(offers)
             return JoinInfo(
                 src_name=endpoint.ifname,
                 gateway=gateways[0],
                 ipv6_gateway=gateways[1],
                 static_routes=tuple(routes),
-                disable_gateway_service=bool(routes),
+                disable_gateway_service=bool(routes) or no_way_out,
             )
 
     def leave(self, network: str, endpoint_id: str) -> None:
         """The caller takes the interface out of its sandbox (Docker's Leave): its
         published ports go. An endpoint that is not joined (or not known) has left."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            endpoint = self.store.find_endpoint(endpoint_id)
-            if net is None or endpoint is None or endpoint.network_id != net.id:
-                return
-            if not endpoint.sandbox:
+            net = self._known_network(network)
+            endpoint = self._find_endpoint(net, endpoint_id) if net is not None else None
+            if net is None or endpoint is None or not endpoint.sandbox:
                 return
             op.begin()
             ports = self._revoke_ports(net, endpoint.sandbox)
-            self.store.set_endpoint_sandbox(endpoint.id, "")
-            box = self.store.find_sandbox(endpoint.sandbox)
-            if box is not None and box.transient and not self.store.endpoints(sandbox=box.name):
-                self.store.remove_sandbox(box.name)
+            self._set_endpoint_sandbox(net, endpoint, "")
+            self._forget_if_transient(endpoint.sandbox)
             if ports:
                 self._sync_firewall()
 
@@ -805,9 +883,9 @@ class Host:
         """Remove the endpoint and its interface wherever the caller left it (Docker's
         DeleteEndpoint); one that is not known is already removed."""
         with self._operation(undoable=False) as op:
-            net = self.store.find_network(network)
-            endpoint = self.store.find_endpoint(endpoint_id)
-            if net is None or endpoint is None or endpoint.network_id != net.id:
+            net = self._known_network(network)
+            endpoint = self._find_endpoint(net, endpoint_id) if net is not None else None
+            if net is None or endpoint is None:
                 return
             op.begin()
             self._disconnect(net, endpoint)
@@ -816,10 +894,46 @@ class Host:
         return self._endpoint_of(self.network(network), endpoint_id)
 
     def _endpoint_of(self, net: Network, endpoint_id: str) -> Endpoint:
-        endpoint = self.store.find_endpoint(endpoint_id)
-        if endpoint is None or endpoint.network_id != net.id:
+        endpoint = self._find_endpoint(net, endpoint_id)
+        if endpoint is None:
             raise EndpointNotFound(f"network {net.name} has no endpoint {endpoint_id[:12]}")
         return endpoint
+
+    def _find_endpoint(self, net: Network, endpoint_id: str) -> Endpoint | None:
+        """The network's endpoint of that id on this host, in the network's store."""
+        if net.scope == "global":
+            joined = self._require_global(net.driver).joined()
+            return next((e for n, e in joined if e.id == endpoint_id and n.id == net.id), None)
+        endpoint = self.store.find_endpoint(endpoint_id)
+        return endpoint if endpoint is not None and endpoint.network_id == net.id else None
+
+    def _known_network(self, name_or_id: str) -> Network | None:
+        """The network, local or global; None when this host knows no such network (for
+        teardown: what is not known is already gone)."""
+        try:
+            return self.network(name_or_id)
+        except NetworkNotFound:
+            return None
+
+    def _set_endpoint_sandbox(self, net: Network, endpoint: Endpoint, sandbox: str) -> None:
+        """Join ("": leave) a caller's endpoint to the sandbox of that name."""
+        if net.scope == "global":
+            joined = dataclasses.replace(endpoint, sandbox=sandbox)
+            self._require_global(net.driver).publish(net, joined)
+        else:
+            self.store.set_endpoint_sandbox(endpoint.id, sandbox)
+
+    def _forget_if_transient(self, sandbox: str) -> None:
+        """A sandbox adopted by a join goes from the store with its last endpoint."""
+        box = self.store.find_sandbox(sandbox) if sandbox else None
+        if box is None or not box.transient:
+            return
+        try:
+            if self._sandbox_endpoints(box.name):
+                return
+        except StoreUnavailable:  # a Host that is no member asks etcd: kept till later
+            return
+        self.store.remove_sandbox(box.name)
 
     def _sandbox_at(self, path: str) -> Sandbox:
         """The sandbox of the namespace at `path`: a known one, else adopted for as long
@@ -998,7 +1112,12 @@ class Host:
                     )
                 except StoreUnavailable:
                     in_sandboxes = None
-            removed["links"] = self._remove_leftovers(self._ipr, networks, endpoint_ids)
+            # The host's namespace holds links of global networks too (handed-over ones
+            # waiting for Docker): while the cluster store cannot say which, they stay.
+            known = in_sandboxes or (networks, endpoint_ids)
+            removed["links"] = self._remove_leftovers(
+                self._ipr, *known, keep_unknown=in_sandboxes is None
+            )
             links.delete_link(self._ipr, links.PROBE_LINK)  # a probe cut short
             for entry in cut_short:
                 for name in entry.sandboxes:
@@ -1037,6 +1156,9 @@ class Host:
                     removed["recreated"] += self._restore_userspace(network)
             if self._global is not None and self.cluster is not None:
                 self._global.reconcile(self.store, removed)
+            if self._global is not None:
+                with contextlib.suppress(StoreUnavailable):  # etcd away: the next time
+                    self._global.restore_guards()
             self._sync_firewall(bridges_changed=True, refresh=True)
             self.store.set_meta(_EPOCH, self._kernel_epoch())
             self._release_if_empty()
@@ -1045,13 +1167,21 @@ class Host:
         return removed
 
     def _remove_leftovers(
-        self, ipr: IPRoute, networks: Mapping[str, Network], endpoint_ids: set[str]
+        self,
+        ipr: IPRoute,
+        networks: Mapping[str, Network],
+        endpoint_ids: set[str],
+        *,
+        keep_unknown: bool = False,
     ) -> int:
         """Delete this store's links in one namespace that no committed network or
-        endpoint accounts for: half made (no alias yet) or left by a cut-short operation."""
+        endpoint accounts for: half made (no alias yet) or left by a cut-short operation
+        (`keep_unknown`: not those of networks missing from `networks`)."""
         count = 0
         for link in ownership.owned_links(ipr, self.owner):
             mark = link.mark
+            if keep_unknown and mark is not None and mark.network_id not in networks:
+                continue
             if (
                 mark is None
                 or mark.network_id not in networks
@@ -1156,7 +1286,7 @@ class Host:
         failure the undo steps run newest first; the entry goes when they all succeed
         (an `undoable=False` removal, which has none, leaves it to reconcile)."""
         op = _Operation(self)
-        with self.store.transaction():
+        with self._lock, self.store.transaction():
             try:
                 yield op
             except BaseException:
@@ -1194,6 +1324,17 @@ class _Operation:
             except Exception:  # keep undoing; the operation's own error is the one raised
                 clean = False
         return clean
+
+
+def _check_ipv6_only(driver: Driver, ipv6: bool) -> None:
+    """Refuse an IPv6-only network without IPv6, or of a driver that cannot make one."""
+    if not ipv6:
+        raise InvalidRequest("IPv4 or IPv6 must be enabled: with --ipv4=false give --ipv6")
+    if not driver.ipv6_only:
+        raise InvalidRequest(
+            f"driver {driver.name!r} makes no IPv6-only networks (bridge, macvlan and "
+            "ipvlan do): leave IPv4 on"
+        )
 
 
 def _is_name(name: str) -> bool:

@@ -56,6 +56,10 @@ def timestamp_ns(text: str) -> int:
 
 #: Drivers whose networks have no embedded DNS server (Docker's).
 NO_DNS_DRIVERS = frozenset({"host", "none"})
+#: Marks a host's gateway bridge (kn-gwbridge, Docker's docker_gwbridge): no names on it,
+#: as Docker's gateway endpoints have none (else every overlay sandbox of a host would
+#: see the others by name there, whatever their overlay networks).
+GATEWAY_BRIDGE_LABEL = "com.keelnet.gateway-bridge"
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,13 @@ class Endpoint:
         as `ifname`, whatever the caller renamed it to in the sandbox."""
         return self.ifname.startswith(HANDOVER_PREFIX)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What keelnet's DNS answers for it: its sandbox's name and its aliases; none for
+        a handed-over one (its sandbox's name is dockerd's id of a namespace; Docker's
+        own DNS server names its containers)."""
+        return () if self.handed_over else (self.sandbox, *self.aliases)
+
 
 @dataclass(frozen=True)
 class StaticRoute:
@@ -153,7 +164,8 @@ class Peer:
 
 @dataclass(frozen=True)
 class RemoteEndpoint:
-    """An endpoint of a global network on another host, as the data plane needs it."""
+    """An endpoint of a global network on another host, as the data plane and the DNS
+    server need it."""
 
     id: str
     network_id: str
@@ -161,6 +173,8 @@ class RemoteEndpoint:
     mac: str
     vtep: str
     host: str
+    #: Its sandbox's name, then its aliases on the network (what it answers to by name).
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -249,10 +263,20 @@ class Network:
     @property
     def embedded_dns(self) -> bool:
         """Whether its sandboxes find each other by name through keelnet's DNS server:
-        every network but Docker's `host` and `none` (as every user-defined network) and
+        every network but Docker's `host` and `none` (as every user-defined network),
         those whose creator hands out the addresses (external IPAM: Docker, whose own DNS
-        server serves its containers)."""
-        return self.driver not in NO_DNS_DRIVERS and self.ipam_driver != EXTERNAL_IPAM
+        server serves its containers) and a host's gateway bridge."""
+        return (
+            self.driver not in NO_DNS_DRIVERS
+            and self.ipam_driver != EXTERNAL_IPAM
+            and GATEWAY_BRIDGE_LABEL not in self.labels
+        )
+
+    @property
+    def ipv4(self) -> bool:
+        """Whether IPv4 is enabled (Docker's EnableIPv4): false only for an IPv6-only
+        network, the one kind with subnets but none of IPv4 (`host` and `none` have none)."""
+        return not self.ipam or self.ipam_for(4) is not None
 
     @property
     def created_ns(self) -> int:
@@ -288,7 +312,7 @@ class Network:
             "Created": rfc3339nano(self.created_ns),
             "Scope": self.scope,
             "Driver": self.driver,
-            "EnableIPv4": True,  # keelnet has no IPv6-only networks (yet)
+            "EnableIPv4": self.ipv4,
             "EnableIPv6": self.ipv6,
             "IPAM": {
                 "Driver": self.ipam_driver,

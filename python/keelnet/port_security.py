@@ -9,13 +9,14 @@ from keelnet.errors import InvalidOption
 from keelnet.model import Network
 
 OPTION = "port_security"
-#: Drivers whose sandboxes it holds to their addresses: the bridge and macvlan on both
+#: Drivers whose sandboxes it holds to their addresses: the bridge, overlay and macvlan on both
 #: data planes (the kernel's macvlan in part: see `drivers/macvlan`), ipvlan on the
 #: userspace one (the kernel's ipvlan slaves all carry the parent's MAC: nothing on the
 #: host tells them apart; and this kernel has no ipvlan to test against).
 _HOLDS = {
     "bridge": ("kernel", "userspace"),
     "macvlan": ("kernel", "userspace"),
+    "overlay": ("kernel", "userspace", "auto"),  # `auto`: each host runs one of them
     "ipvlan": ("userspace",),
 }
 _WORDS = {"true": True, "1": True, "yes": True, "on": True}

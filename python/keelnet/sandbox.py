@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keelnet.errors import (
     DuplicateSandbox,
@@ -26,6 +24,9 @@ from keelnet.kernel.namespaces import (
     netns_path,
     remove_named,
 )
+
+if TYPE_CHECKING:  # imported where used: reading a store needs `host_path` only
+    import subprocess
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -116,6 +117,8 @@ def delete(path: str) -> None:
 def _with_etc(path: str, argv: Sequence[str]) -> list[str]:
     """`argv`, run through `ip netns exec` when the named namespace has files under
     /etc/netns/<name> (keelnet's resolv.conf): it mounts them over /etc for the command."""
+    import shutil
+
     name = os.path.basename(path)
     if shutil.which(argv[0]) is None:
         return list(argv)  # let the caller see FileNotFoundError, as without the wrapper
@@ -128,6 +131,8 @@ def exec_in(path: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Complet
     """Run a command inside the sandbox's network namespace (with its resolv.conf)."""
     if not exists(path):
         raise SandboxNotFound(f"no network namespace at {path!r}")
+    import subprocess
+
     # Started while this thread is in the namespace: the child begins its life there.
     return call_in_netns(path, lambda: subprocess.run(_with_etc(path, argv), **kwargs))
 
@@ -136,4 +141,6 @@ def popen_in(path: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[
     """Start a command inside the sandbox's network namespace (with its resolv.conf)."""
     if not exists(path):
         raise SandboxNotFound(f"no network namespace at {path!r}")
+    import subprocess
+
     return call_in_netns(path, lambda: subprocess.Popen(_with_etc(path, argv), **kwargs))

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The overlay tests' etcd and test hosts come from the netns suite's lab.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "netns"))
+
 from dockerlab import (
     DockerLab,
     Plugin,
@@ -64,25 +70,46 @@ def docker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session
             pytest.skip(clash)
         prefix = f"kn-t-{secrets.token_hex(3)}"
         links_before = kn_links()
+        docker_before = _docker_state()
         image = f"{prefix}-busybox:latest"
         state_dir = tmp_path_factory.mktemp("plugin-state")
         plugin = Plugin(prefix, state_dir, record=state_dir / "requests.jsonl")
+        default_bridge: list[bool] = []
         try:
             build_image(image)
+            default_bridge.append(_default_bridge_works(prefix, image))
             plugin.start()
             yield Session(prefix, plugin, image, itertools.count())
         finally:
-            _remove_everything(prefix, plugin, image)
+            # What the tests' own teardown left (docker ps -a, docker network ls)...
             left = {
+                "containers": docker("ps", "-aq", "--filter", f"name={prefix}", check=False),
+                "networks": docker("network", "ls", "-q", "--filter", f"name={prefix}"),
+            }
+            try:
+                _remove_everything(prefix, plugin)
+                # ...and Docker's own networking as it was: docker0, its networks (no
+                # docker_gwbridge made), a container on its default bridge still works.
+                if default_bridge:
+                    works = _default_bridge_works(prefix, image)
+                    left["default bridge works as before"] = works == default_bridge[0]
+            finally:
+                docker("rmi", "-f", image, check=False)
+            left |= {
+                "docker": _docker_state(),
                 "links": sorted(kn_links() - links_before),
                 "nftables": keelnet_tables(),
                 "socket": plugin.socket.exists(),
             }
-            assert left == {"links": [], "nftables": "", "socket": False}, left
+            clean = {"containers": "", "networks": "", "docker": docker_before, "links": []}
+            clean |= {"nftables": "", "socket": False}
+            if default_bridge:
+                clean["default bridge works as before"] = True
+            assert left == clean, left
 
 
-def _remove_everything(prefix: str, plugin: Plugin, image: str) -> None:
-    """Containers, then networks (the plugin must serve for those), then the rest."""
+def _remove_everything(prefix: str, plugin: Plugin) -> None:
+    """Containers, then networks (the plugin must serve for those), then the plugin."""
     try:
         if plugin.process is None:
             plugin.start()
@@ -93,7 +120,30 @@ def _remove_everything(prefix: str, plugin: Plugin, image: str) -> None:
             docker("network", "rm", network, check=False)
     finally:
         plugin.stop()
-        docker("rmi", "-f", image, check=False)
+
+
+def _docker_state() -> dict[str, object]:
+    """Docker's networks (by name) and docker0's addresses: what keelnet must not touch."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname="docker0")
+        docker0 = (
+            sorted(f"{a.get('address')}/{a['prefixlen']}" for a in ipr.addr("dump", index=found[0]))
+            if found
+            else None
+        )
+    names = docker("network", "ls", "--format", "{{.Name}}").split()
+    return {"networks": sorted(names), "docker0": docker0}
+
+
+def _default_bridge_works(prefix: str, image: str) -> bool:
+    """Whether a container on Docker's default `bridge` network reaches its gateway."""
+    config = json.loads(docker("network", "inspect", "bridge", check=False) or "[{}]")[0]
+    gateways = [c.get("Gateway") for c in (config.get("IPAM") or {}).get("Config") or []]
+    if not gateways or not gateways[0]:
+        return False
+    argv = ["run", "--rm", "--network", "bridge", "--name", f"{prefix}-default-bridge", image]
+    out = docker(*argv, "ping", "-c", "1", "-W", "2", gateways[0], check=False, timeout=60)
+    return "1 packets received" in out
 
 
 @pytest.fixture

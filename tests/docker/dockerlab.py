@@ -29,6 +29,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from keelnet.kernel.namespaces import iproute
+
 PLUGIN_DIR = Path("/run/docker/plugins")
 LOCK = Path("/run/lock/keelnet-docker-tests.lock")
 #: What the test containers run: busybox's applets (sh, ping, httpd, wget, nc, ip...).
@@ -144,13 +146,15 @@ def _libraries(binary: str) -> list[str]:
 
 @dataclass
 class Plugin:
-    """keelnet's plugin process, serving `name` from `state_dir`."""
+    """keelnet's plugin process, serving `name` from `state_dir` (a member of the cluster
+    `store`, if one is set)."""
 
     name: str
     state_dir: Path
     record: Path | None = None
     process: subprocess.Popen[str] | None = None
     log: list[str] = field(default_factory=list)
+    store: str | None = None
 
     @property
     def socket(self) -> Path:
@@ -161,6 +165,8 @@ class Plugin:
         command += ["plugin", "--name", self.name]
         if self.record is not None:
             command += ["--record", str(self.record)]
+        if self.store is not None:
+            command += ["--store", self.store]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -264,6 +270,16 @@ def ping(lab: DockerLab, container: str, address: str, count: int = 2) -> bool:
         "exec", container, tool, "-c", str(count), "-W", "2", address, check=False, timeout=60
     )
     return f"{count} packets received" in out or f", {count} received" in out
+
+
+def container_links(lab: DockerLab, container: str) -> dict[str, str]:
+    """Interface name -> kind, as the kernel sees the container's namespace."""
+    key = lab.inspect("container", container)["NetworkSettings"]["SandboxKey"]
+    with iproute(key) as ipr:
+        return {
+            str(link.get("ifname")): str(link.get(("linkinfo", "kind")) or "")
+            for link in ipr.link("dump")
+        }
 
 
 def kn_links() -> set[str]:

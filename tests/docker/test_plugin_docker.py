@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dockerlab import DockerError, DockerLab, kn_links, ping
+from dockerlab import DockerError, DockerLab, container_links, kn_links, ping, read_records
 from pyroute2 import IPRoute
 
-from keelnet.kernel.namespaces import iproute
+from keelnet.plugin.protocol import PORT_MAP
 from keelnet.store import Store
 
 SERVE = "dd if=/dev/urandom of=/www/blob bs=1024 count=3072 2>/dev/null && httpd -f -p 8080 -h /www"
@@ -79,16 +79,6 @@ def host_link(name: str) -> dict[str, object] | None:
             "master": link.get("master"),
             "addresses": addresses,
             "index": found[0],
-        }
-
-
-def container_links(lab: DockerLab, container: str) -> dict[str, str]:
-    """Interface name -> kind, as the kernel sees the container's namespace."""
-    key = lab.inspect("container", container)["NetworkSettings"]["SandboxKey"]
-    with iproute(key) as ipr:
-        return {
-            str(link.get("ifname")): str(link.get(("linkinfo", "kind")) or "")
-            for link in ipr.link("dump")
         }
 
 
@@ -208,6 +198,21 @@ def test_published_port_reaches_the_container(lab: DockerLab) -> None:
     server = lab.run("srv", "--network", net, "-p", f"{port}:8080", command=["sh", "-c", page])
     server_ip = lab.address(server, net)
     assert f"dnat ip to {server_ip}:8080" in nft_ruleset()
+    # The plugin tells dockerd the mapping as libnetwork's bridge driver does (in what
+    # EndpointOperInfo answers); dockerd takes it only from its own drivers (a Go type
+    # assertion on []types.PortBinding in getEndpointPortMapInfo, 20.10 to today's moby),
+    # so `docker port` and docker ps's PORTS show none.
+    binding = {"Proto": 6, "IP": server_ip, "Port": 8080, "HostIP": "0.0.0.0"}
+    binding |= {"HostPort": port, "HostPortEnd": port}
+    told = [
+        entry["answer"]["Value"].get(PORT_MAP)
+        for entry in read_records(lab.plugin.record)
+        if entry["method"] == "NetworkDriver.EndpointOperInfo"
+        and entry["request"]["EndpointID"] == endpoint_id(lab, server, net)
+    ]
+    assert [binding] in told
+    # dockerd 20.10 shows nothing; one that took a plugin's mapping must show this one.
+    assert lab.docker("port", server) in ("", f"8080/tcp -> 0.0.0.0:{port}")
     # From the host itself (loopback), as `curl localhost:PORT` does...
     assert _http_get(f"http://127.0.0.1:{port}/index.html") == b"published-by-keelnet\n"
     # ...and from a container of another keelnet network, through its gateway address.
@@ -477,3 +482,11 @@ def test_keelnet_commands_are_served_by_the_plugin(lab: DockerLab, state_dir: Pa
         timeout=60,
     )
     assert itself.returncode == 1 and "keelnet's own, served by this process" in itself.stderr
+    # Nor its own IPAM driver (same wait): its own IPAM is "default".
+    own_ipam = subprocess.run(
+        [*command, "network", "create", "--ipam-driver", lab.plugin.name, "y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert own_ipam.returncode == 1 and '--ipam-driver "default"' in own_ipam.stderr

@@ -19,15 +19,23 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from netlab import DOCKER_RULES, create_ns, run_in
 
 from keelnet import Host
+from keelnet import agent as agents
+from keelnet.dns import NETNS_ETC
 from keelnet.drivers.overlay import OverlayPlane
 from keelnet.errors import StoreUnavailable
-from keelnet.kernel.namespaces import iproute, netns_path, write_sysctl
+from keelnet.kernel.namespaces import (
+    bridges_skip_iptables,
+    iproute,
+    netns_path,
+    write_sysctl,
+)
 from keelnet.model import Network
 from keelnet.store.etcd import VNI_OPTION
 from keelnet.store.etcd_client import EtcdClient
@@ -51,6 +59,7 @@ class Segment:
 
     def create(self) -> None:
         create_ns(self.netns)
+        bridges_skip_iptables(netns_path(self.netns))  # the wire runs no host firewall
         with iproute(netns_path(self.netns)) as ipr:
             ipr.link("add", ifname="br0", kind="bridge")
             ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")
@@ -77,10 +86,26 @@ class Segment:
 
 
 def make_host_ns(netns: str) -> None:
-    """A test host namespace with Docker's iptables (FORWARD policy DROP)."""
+    """A test host namespace with Docker's iptables (FORWARD policy DROP) and a
+    resolv.conf naming no server: its sandboxes' DNS forwards nothing off the machine."""
     create_ns(netns)
     for rule in DOCKER_RULES:
         run_in(netns, "iptables", "-w", *rule.split())
+    (NETNS_ETC / netns).mkdir(parents=True, exist_ok=True)
+    (NETNS_ETC / netns / "resolv.conf").write_text("# keelnet test host: no upstream\n")
+
+
+@contextlib.contextmanager
+def cut_off(netns: str, ifname: str = "eth0") -> Iterator[None]:
+    """The host namespace's underlay link down (no etcd, no VXLAN) until the block ends,
+    also when it fails; its address stays, and its route comes back with the link."""
+    with iproute(netns_path(netns)) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=index, state="down")
+        try:
+            yield
+        finally:
+            ipr.link("set", index=index, state="up")
 
 
 def route_between(prefix: str, a: Segment, b: Segment) -> str:
@@ -239,12 +264,15 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
-        for host in self.hosts.values():
+        for netns, host in self.hosts.items():
             with contextlib.suppress(Exception):
                 for box in host.sandboxes():
                     host.remove_sandbox(box.name)
             with contextlib.suppress(Exception):
                 host.close()
+            # An agent that a CLI command started for this host (a change starts one).
+            with contextlib.suppress(Exception):
+                agents.stop(netns, str(host.state_dir))
         self.hosts.clear()
 
 

@@ -35,6 +35,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_agent_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An agent that a test's command started and nothing stopped is a leak: killed here,
+    and the run fails naming it."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    left = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if "keelnet.cli" in argv and "agent" in argv and any(base in a for a in argv):
+                left[int(entry.name)] = " ".join(argv)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"agents left running by the tests (now killed): {left}"
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     prefix = f"kn-t-{secrets.token_hex(3)}"

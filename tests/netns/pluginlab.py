@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from netlab import Lab
-
 from keelnet.agent import HostThread
 from keelnet.host import Host
 from keelnet.plugin import protocol
@@ -21,15 +19,18 @@ from keelnet.plugin.server import serve
 
 
 @contextlib.contextmanager
-def served_plugin(lab: Lab, socket_path: Path, state_dir: Path) -> Iterator[None]:
-    """keelnet's plugin on `socket_path`, its Host in the lab's host namespace, served
-    from a thread of this process until the block ends."""
+def served_plugin(
+    host_netns: str, socket_path: Path, state_dir: Path, *, store: str | None = None
+) -> Iterator[None]:
+    """keelnet's plugin on `socket_path`, its Host in namespace `host_netns` (a member of
+    the cluster `store`, if given), served from a thread of this process until the block
+    ends."""
     stop, ready = threading.Event(), threading.Event()
     failed: list[BaseException] = []
 
     def run() -> None:
         try:
-            owner = HostThread(lambda: Host(netns=lab.host, state_dir=state_dir))
+            owner = HostThread(lambda: Host(netns=host_netns, state_dir=state_dir, store=store))
             try:
                 serve(socket_path, owner, stop, ready=ready.set)
             finally:

@@ -2,7 +2,9 @@
 (`test_spoofing.py`) and the figures of `benches/spoofing.py`.
 
 A `SpoofLab` is one bridge network on one data plane of a test host (`lab.host`), with an
-attacker sandbox, a victim and a bystander. An attack is raw frames written to the
+attacker sandbox, a victim and a bystander; an `OverlaySpoofLab` one overlay network
+across two cluster hosts, the attacker and a neighbour on the first, the victim and the
+bystander on the second (`OVERLAY_ATTACKS`). An attack is raw frames written to the
 attacker's eth0 through an AF_PACKET socket opened inside its namespace; what they reach
 is captured by AF_PACKET sockets in the other namespaces. A forged frame counts as
 delivered when its signature (a marker payload, or the forged ARP/ND body) arrives where
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import itertools
 import json
 import random
 import secrets
@@ -23,9 +27,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
+from clusterlab import Cluster, overlay_ns
 from netlab import OUTSIDE_ADDRESS, Lab
-from nettools import wait_until
+from nettools import ping, wait_until
 from packetlab import ETH_P_ALL, netns
 from pyroute2.netlink.rtnl.ndmsg import NUD_NOARP, NUD_PERMANENT
 from scapy.layers.inet import IP, UDP
@@ -35,9 +41,11 @@ from scapy.layers.l2 import ARP, Ether
 import keelnet
 from keelnet.dataplane import Switch
 from keelnet.drivers import _port_security
+from keelnet.drivers.overlay import OverlayPlane, mac_for
 from keelnet.kernel import nftables_guard
 from keelnet.kernel.namespaces import iproute, netns_path
 from keelnet.model import Endpoint
+from keelnet.store.etcd import ENDPOINTS, endpoint_record, vni_of
 
 PORT = 9
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -174,6 +182,38 @@ def flood(lab: SpoofLab, macs: list[bytes], marker: bytes) -> int:
     return sent
 
 
+class Sandboxes(Protocol):
+    """What an attack needs of a lab: its sandboxes by role, the gateway's addresses."""
+
+    gateway_ip: str
+    gateway_mac: str
+
+    def ns(self, role: str) -> str: ...
+    def ip(self, role: str) -> str: ...
+    def mac(self, role: str) -> str: ...
+    def place(self, role: str) -> tuple[str, str]: ...
+
+
+Lab_ = TypeVar("Lab_", bound=Sandboxes)
+
+
+class EndpointRoles:
+    """A lab's sandboxes by role, from the endpoints their connects returned."""
+
+    endpoints: dict[str, Endpoint]
+
+    def ns(self, role: str) -> str:
+        return self.endpoints[role].sandbox
+
+    def ip(self, role: str) -> str:
+        address = self.endpoints[role].ip
+        assert address is not None
+        return address
+
+    def mac(self, role: str) -> str:
+        return self.endpoints[role].mac
+
+
 @dataclass
 class Outcome:
     kind: str
@@ -182,7 +222,7 @@ class Outcome:
 
 
 @dataclass
-class SpoofLab:
+class SpoofLab(EndpointRoles):
     """One network on `dataplane` with sandboxes "attacker", "victim" and "bystander",
     and a second network "other" (whose subnet the attacker forges)."""
 
@@ -214,16 +254,9 @@ class SpoofLab:
         self.endpoints[role] = self.host.connect(self.network, name)
         return self.endpoints[role]
 
-    def ns(self, role: str) -> str:
-        return self.endpoints[role].sandbox
-
-    def ip(self, role: str) -> str:
-        address = self.endpoints[role].ip
-        assert address is not None
-        return address
-
-    def mac(self, role: str) -> str:
-        return self.endpoints[role].mac
+    def place(self, role: str) -> tuple[str, str]:
+        """Where to watch `role`: a namespace and interface."""
+        return (self.lab.outside, "eth0") if role == "outside" else (self.ns(role), "eth0")
 
     # --- what the bridge or the switch holds ---------------------------------------------
 
@@ -297,36 +330,31 @@ class SpoofLab:
     # --- running an attack ---------------------------------------------------------------
 
     def run(self, kind: str, count: int = 1) -> Outcome:
-        return run(self, ATTACKS[kind], count)
+        return run(self, kind, ATTACKS[kind], count)
 
 
 @dataclass(frozen=True)
-class Attack:
+class Attack(Generic[Lab_]):
     """`forge(lab, marker)`: one forged frame and its signature (the marker when it can
     carry one). `watch`: roles (or "outside") where the signature must not arrive.
     `follow_up(lab, marker)`: legitimate traffic the forgery would steal; the marker must
     not reach the attacker. `control(lab, marker)`: a legitimate packet along the same
     way, which must reach `control_at`."""
 
-    forge: Callable[[SpoofLab, bytes], tuple[bytes, bytes]]
+    forge: Callable[[Lab_, bytes], tuple[bytes, bytes]]
     watch: tuple[str, ...]
-    control: Callable[[SpoofLab, bytes], None]
+    control: Callable[[Lab_, bytes], None]
     control_at: str
-    follow_up: Callable[[SpoofLab, bytes], None] | None = None
+    follow_up: Callable[[Lab_, bytes], None] | None = None
     icc: bool = True
 
 
-def _place(lab: SpoofLab, role: str) -> tuple[str, str]:
-    return (lab.lab.outside, "eth0") if role == "outside" else (lab.ns(role), "eth0")
-
-
-def run(lab: SpoofLab, attack: Attack, count: int) -> Outcome:
-    kind = next(name for name, known in ATTACKS.items() if known is attack)
+def run(lab: Lab_, kind: str, attack: Attack[Lab_], count: int) -> Outcome:
     token = secrets.token_hex(4)
     forged_marker = f"kn-spoof-{kind}-{token}".encode()
     stolen_marker = f"kn-stolen-{kind}-{token}".encode()
     control_marker = f"kn-control-{kind}-{token}".encode()
-    places = [_place(lab, role) for role in (*attack.watch, attack.control_at, "attacker")]
+    places = [lab.place(role) for role in (*attack.watch, attack.control_at, "attacker")]
     with capturing(places) as captures:
         *watched, at_control, at_attacker = captures
         frame, signature = attack.forge(lab, forged_marker)
@@ -342,7 +370,7 @@ def run(lab: SpoofLab, attack: Attack, count: int) -> Outcome:
     return Outcome(kind, count, delivered)
 
 
-def _from_attacker_to(role: str) -> Callable[[SpoofLab, bytes], None]:
+def _from_attacker_to(role: str) -> Callable[[Sandboxes, bytes], None]:
     return lambda lab, marker: send_udp(lab.ns("attacker"), lab.ip(role), marker)
 
 
@@ -350,13 +378,13 @@ def _from_host_to(role: str) -> Callable[[SpoofLab, bytes], None]:
     return lambda lab, marker: send_udp(lab.lab.host, lab.ip(role), marker)
 
 
-def _gateway_mac(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+def _gateway_mac(lab: Sandboxes, marker: bytes) -> tuple[bytes, bytes]:
     """The gateway's MAC as source (to steal what sandboxes send to the gateway)."""
     frame = udp4(lab.gateway_mac, lab.mac("victim"), lab.gateway_ip, lab.ip("victim"), marker)
     return frame, marker
 
 
-def _neighbour_mac(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+def _neighbour_mac(lab: Sandboxes, marker: bytes) -> tuple[bytes, bytes]:
     """The victim's MAC (and address) as source (to steal the victim's traffic)."""
     frame = udp4(
         lab.mac("victim"), lab.mac("bystander"), lab.ip("victim"), lab.ip("bystander"), marker
@@ -364,7 +392,7 @@ def _neighbour_mac(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
     return frame, marker
 
 
-def _neighbour_ip(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+def _neighbour_ip(lab: Sandboxes, marker: bytes) -> tuple[bytes, bytes]:
     """Its own MAC, the victim's address."""
     frame = udp4(
         lab.mac("attacker"), lab.mac("bystander"), lab.ip("victim"), lab.ip("bystander"), marker
@@ -382,7 +410,7 @@ def _routed_from(source: str) -> Callable[[SpoofLab, bytes], tuple[bytes, bytes]
     return forge
 
 
-def _arp_reply(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+def _arp_reply(lab: Sandboxes, marker: bytes) -> tuple[bytes, bytes]:
     """ "The gateway's address is at my MAC", to the victim."""
     arp = ARP(
         op=2,
@@ -394,7 +422,7 @@ def _arp_reply(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
     return bytes(Ether(src=lab.mac("attacker"), dst=lab.mac("victim")) / arp), bytes(arp)
 
 
-def _gratuitous_arp(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+def _gratuitous_arp(lab: Sandboxes, marker: bytes) -> tuple[bytes, bytes]:
     """A gratuitous ARP claiming the victim's address, to everyone."""
     arp = ARP(
         op=1,
@@ -417,18 +445,18 @@ def _neighbour_advert(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
     return bytes(Ether(src=lab.mac("attacker"), dst=ALL_NODES) / packet), body
 
 
-def _to_victim_through_gateway(lab: SpoofLab, marker: bytes) -> tuple[bytes, bytes]:
+def _to_victim_through_gateway(lab: Sandboxes, marker: bytes) -> tuple[bytes, bytes]:
     """Its own addresses, the victim's IP, the gateway's MAC: routed back into the bridge."""
     frame = udp4(lab.mac("attacker"), lab.gateway_mac, lab.ip("attacker"), lab.ip("victim"), marker)
     return frame, marker
 
 
-def _seen_by(forge: Callable[[SpoofLab, bytes], tuple[bytes, bytes]], role: str) -> Attack:
+def _seen_by(forge: Callable[[Sandboxes, bytes], tuple[bytes, bytes]], role: str) -> Attack[Any]:
     """An attack on `role`, with the attacker's own traffic to it as the control."""
     return Attack(forge, watch=(role,), control=_from_attacker_to(role), control_at=role)
 
 
-def _to_outside(source: str) -> Attack:
+def _to_outside(source: str) -> Attack[SpoofLab]:
     """Out through the gateway from a forged source, with a masqueraded control."""
     return Attack(
         _routed_from(source),
@@ -438,7 +466,7 @@ def _to_outside(source: str) -> Attack:
     )
 
 
-ATTACKS: dict[str, Attack] = {
+ATTACKS: dict[str, Attack[SpoofLab]] = {
     "mac_gateway": Attack(
         _gateway_mac,
         watch=("victim",),
@@ -465,5 +493,255 @@ ATTACKS: dict[str, Attack] = {
         control=_from_host_to("victim"),
         control_at="victim",
         icc=False,
+    ),
+}
+
+
+# --- overlay networks: the attacker's frames would cross VXLAN to another host ----------
+
+OVERLAY_SUBNET = "10.0.66.0/24"
+BEACON_IP = "10.0.66.250"  # a record that only marks a point in the store's history
+CLAIM_IP = "10.0.66.249"  # the address of records claiming a local sandbox's MAC
+OVERLAY_ROLES = {"attacker": 0, "neighbour": 0, "victim": 1, "bystander": 1}  # role -> host
+
+
+@dataclass
+class OverlaySpoofLab(EndpointRoles):
+    """One overlay network over hosts `hosts[0]` (the attacker's and its "neighbour") and
+    `hosts[1]` (the "victim" and the "bystander"), each on its own data plane. The
+    gateway's MAC is the overlay bridge's of the first kernel host (a userspace host has
+    none: its sandboxes leave through kn-gwbridge)."""
+
+    cluster: Cluster
+    hosts: tuple[keelnet.Host, keelnet.Host]
+    options: dict[str, str] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    network: str = "ovspoof"
+
+    def __post_init__(self) -> None:
+        first = self.hosts[0]
+        net = first.create_network(
+            self.network, driver="overlay", subnet=OVERLAY_SUBNET, options=self.options
+        )
+        self.network_id, self.vni = net.id, vni_of(net)
+        v4 = net.ipam_for(4)
+        assert v4 is not None and v4.gateway
+        self.gateway_ip = v4.gateway
+        for role, index in OVERLAY_ROLES.items():
+            host = self.hosts[index]
+            self.endpoints[role] = host.connect(self.network, self.cluster.sandbox(host, role))
+        # Every host holds the others' endpoints once each sandbox reaches them all.
+        for role, other in itertools.product(("attacker", "neighbour"), ("victim", "bystander")):
+            reached = functools.partial(ping, self.ns(role), self.ip(other), 0.5)
+            assert wait_until(reached, timeout=15), f"{role} does not reach {other}"
+        kernel = [host for host in self.hosts if not self._switch_of(host)]
+        self.gateway_mac = self._bridge_mac(kernel[0]) if kernel else ""
+
+    def host(self, role: str) -> keelnet.Host:
+        return self.hosts[OVERLAY_ROLES[role]]
+
+    def place(self, role: str) -> tuple[str, str]:
+        return self.ns(role), "eth0"
+
+    def overlay_ns(self, host: keelnet.Host) -> str:
+        assert host.netns is not None
+        return overlay_ns(host.netns, self.network_id)
+
+    def _switch_of(self, host: keelnet.Host) -> Switch | None:
+        plane = host._ctx.planes.get(self.network_id)
+        return plane.switch if isinstance(plane, OverlayPlane) else None
+
+    def _bridge_mac(self, host: keelnet.Host) -> str:
+        with iproute(netns_path(self.overlay_ns(host))) as ipr:
+            link = ipr.link("get", ifname=f"kn-br{self.vni:06x}")[0]
+            return str(link.get_attr("IFLA_ADDRESS"))
+
+    def vtep(self, host: keelnet.Host) -> str:
+        assert host.cluster is not None
+        return host.cluster.vtep
+
+    # --- what a host's bridge or switch holds --------------------------------------------
+
+    def fdb(self, host: keelnet.Host) -> dict[str, tuple[str, bool]]:
+        """The host's entries for local MACs: MAC -> (a role or a port name, static)."""
+        switch = self._switch_of(host)
+        if switch is not None:
+            ports = {ep.id: role for role, ep in self.endpoints.items()}
+            return {
+                entry["mac"]: (ports.get(entry["port"], str(entry["port"])), entry["static"])
+                for entry in switch.fdb(self.vni)
+                if entry["remote"] is None
+            }
+        ports = {f"kn-v{ep.id[:11]}": role for role, ep in self.endpoints.items()}
+        found: dict[str, tuple[str, bool]] = {}
+        with iproute(netns_path(self.overlay_ns(host))) as ipr:
+            bridge = ipr.link_lookup(ifname=f"kn-br{self.vni:06x}")[0]
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            for entry in ipr.fdb("dump"):
+                if entry.get_attr("NDA_MASTER") != bridge or entry["state"] & NUD_PERMANENT:
+                    continue  # a vxlan device's own entries; the bridge's own addresses
+                mac, name = str(entry.get_attr("NDA_LLADDR")), names.get(entry["ifindex"])
+                found[mac] = (ports.get(name, str(name)), bool(entry["state"] & NUD_NOARP))
+        return found
+
+    def drops(self) -> dict[str, int]:
+        """Port security drops by reason on the attacker's host."""
+        switch = self._switch_of(self.hosts[0])
+        if switch is not None:
+            drops = switch.stats()["ports"][self.endpoints["attacker"].id]["drops"]
+        else:
+            drops = nft_counters(self.overlay_ns(self.hosts[0]), "bridge", "keelnet")
+        return {reason: drops[reason] for reason in nftables_guard.REASONS}
+
+    def run(self, kind: str, count: int = 1) -> Outcome:
+        return run(self, kind, OVERLAY_ATTACKS[kind], count)
+
+    def claim(self, count: int = 3) -> Outcome:
+        """Each host gets `count` VXLAN datagrams from the other's VTEP address carrying
+        frames from one of its own sandboxes' MACs. Delivered counts the MACs that left
+        their sandbox's port (or stopped being static) and the traffic for them that no
+        longer reached them."""
+        token = secrets.token_hex(4).encode()
+        claimed, after = b"kn-claim-" + token, b"kn-after-claim-" + token
+        failed = 0
+        for target, role, witness, sender in _CLAIMS:
+            with capturing([self.place(witness), self.place(role)]) as (at_witness, at_role):
+                self._send_claim(target, role, claimed, count)
+                if not at_witness.wait_for(claimed):
+                    raise AssertionError("vxlan_claim: the datagrams never arrived; lab broken")
+                send_udp(self.ns(sender), self.ip(role), after)
+                failed += not at_role.wait_for(after)
+            failed += self.fdb(self.hosts[target]).get(self.mac(role)) != (role, True)
+        return Outcome("vxlan_claim", count * len(_CLAIMS), failed)
+
+    def record_claims(self, count: int = 1) -> Outcome:
+        """`count` pairs of endpoint records forged into etcd (`forge_record`) as the
+        victim's host's: one claiming the neighbour's IP (with a MAC of its own), one its
+        MAC. Delivered counts the times the attacker's sandbox then resolved the
+        neighbour's address to another MAC, or its traffic to the neighbour went astray."""
+        keys, failed = [], 0
+        for n in range(count):
+            own_mac = f"02:42:de:ad:{n >> 8:02x}:{n & 255:02x}"
+            keys.append(self.forge_record(self.ip("neighbour"), own_mac))
+            keys.append(self.forge_record(CLAIM_IP, self.mac("neighbour")))
+            failed += not self.reaches("attacker", "neighbour")
+        assert self.hosts[1].global_store is not None
+        for key in keys:
+            self.hosts[1].global_store.client.delete(key)
+        return Outcome("forged_record", len(keys), failed)
+
+    def reaches(self, sender: str, role: str) -> bool:
+        """Whether `sender`, its neighbour cache flushed, resolves `role`'s address to its
+        MAC and what it sends there arrives."""
+        subprocess.run(
+            ["ip", "netns", "exec", self.ns(sender), "ip", "neigh", "flush", "dev", "eth0"],
+            check=True,
+        )
+        marker = f"kn-to-{role}-{secrets.token_hex(4)}".encode()
+        with capturing([self.place(role)]) as (at_role,):
+            send_udp(self.ns(sender), self.ip(role), marker)
+            arrived = at_role.wait_for(marker)
+        with iproute(netns_path(self.ns(sender))) as ipr:
+            resolved = {
+                str(entry.get_attr("NDA_DST")): str(entry.get_attr("NDA_LLADDR"))
+                for entry in ipr.get_neighbours()
+                if entry.get_attr("NDA_LLADDR")
+            }
+        return arrived and resolved.get(self.ip(role)) == self.mac(role)
+
+    def forge_record(self, ip: str, mac: str) -> str:
+        """Write a ready endpoint record of the victim's host claiming `ip` and `mac`
+        straight into etcd, as anyone with access to the store can; wait until the
+        attacker's host has seen it (it programs a record written after it). Returns the
+        forged endpoint's key."""
+        victims, here = self.hosts[1], self.hosts[0]
+        assert victims.global_store is not None and here.cluster is not None
+        client = victims.global_store.client
+        keys = []
+        for address, hardware in ((ip, mac), (BEACON_IP, None)):
+            endpoint = Endpoint(
+                address,
+                None,
+                hardware or mac_for(address),
+                "eth0",
+                None,
+                id=secrets.token_hex(32),
+                network_id=self.network_id,
+                sandbox=f"forged-{address}",
+            )
+            keys.append(f"{ENDPOINTS}{self.network_id}/{endpoint.id}")
+            owner = victims.global_store.host
+            client.put(keys[-1], endpoint_record(endpoint, owner, self.vtep(victims), ready=True))
+        beacon = keys[1].rpartition("/")[2]
+        assert wait_until(
+            lambda: beacon in {peer.id for peer in here.cluster.peers(self.network_id)},  # type: ignore[union-attr]
+            timeout=10,
+        ), "the attacker's host never programmed a record written after the forged one"
+        client.delete(keys[1])
+        return keys[0]
+
+    def _send_claim(self, target: int, role: str, marker: bytes, count: int) -> None:
+        sender, receiver = self.hosts[1 - target], self.hosts[target]
+        assert sender.netns is not None
+        inner = udp4(self.mac(role), BROADCAST, self.ip(role), "10.0.66.255", marker)
+        datagram = bytes([0x08, 0, 0, 0, *self.vni.to_bytes(3, "big"), 0]) + inner
+        with netns(sender.netns):
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with peer:
+            peer.bind((self.vtep(sender), 0))
+            for _ in range(count):
+                peer.sendto(datagram, (self.vtep(receiver), 4789))
+
+
+#: (host claimed at, the sandbox of it whose MAC is claimed, a sandbox there that sees the
+#: claim arrive, a sandbox on the other host that then sends to the claimed one)
+_CLAIMS = ((0, "neighbour", "attacker", "victim"), (1, "victim", "bystander", "neighbour"))
+
+
+def _from_sandbox(sender: str, role: str) -> Callable[[Sandboxes, bytes], None]:
+    return lambda lab, marker: send_udp(lab.ns(sender), lab.ip(role), marker)
+
+
+def _local_mac(lab: Sandboxes, marker: bytes) -> tuple[bytes, bytes]:
+    """The neighbour's MAC (a sandbox on the attacker's host) as source, to the victim
+    (to steal what the victim sends the neighbour)."""
+    frame = udp4(
+        lab.mac("neighbour"), lab.mac("victim"), lab.ip("neighbour"), lab.ip("victim"), marker
+    )
+    return frame, marker
+
+
+#: What a sandbox forges on an overlay network. Controls and follow-ups come from
+#: sandboxes (the hosts reach no overlay address); forged ARP never leaves a kernel host
+#: (its vxlan device answers requests itself and sends no ARP replies).
+OVERLAY_ATTACKS: dict[str, Attack[OverlaySpoofLab]] = {
+    "mac_gateway": Attack(
+        _gateway_mac,
+        watch=("victim",),
+        follow_up=lambda lab, marker: send_udp(lab.ns("neighbour"), lab.gateway_ip, marker),
+        control=_from_sandbox("neighbour", "victim"),
+        control_at="victim",
+    ),
+    "mac_neighbour": Attack(
+        _neighbour_mac,
+        watch=("bystander",),
+        follow_up=_from_sandbox("neighbour", "victim"),
+        control=_from_sandbox("neighbour", "victim"),
+        control_at="victim",
+    ),
+    "mac_local": Attack(
+        _local_mac,
+        watch=("victim",),
+        follow_up=_from_sandbox("victim", "neighbour"),
+        control=_from_sandbox("victim", "neighbour"),
+        control_at="neighbour",
+    ),
+    "ip_neighbour": _seen_by(_neighbour_ip, "bystander"),
+    "arp_reply": _seen_by(_arp_reply, "victim"),
+    "arp_gratuitous": Attack(
+        _gratuitous_arp,
+        watch=("bystander", "neighbour"),
+        control=_from_attacker_to("bystander"),
+        control_at="bystander",
     ),
 }

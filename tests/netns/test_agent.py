@@ -80,6 +80,15 @@ def test_agent_serves_the_cli_and_stops_cleanly(lab: Lab, agent: subprocess.Pope
     assert keelnet_cli(lab, "network", "rm", "local").returncode == 0
 
 
+def test_an_agent_whose_socket_is_removed_stops(lab: Lab, agent: subprocess.Popen[str]) -> None:
+    """Its state directory removed (a test's, a throwaway host's): no command can reach
+    it any more, so it stops by itself instead of running on unreachable."""
+    socket_path(lab.host, str(lab.state_dir)).unlink()
+    assert agent.wait(timeout=20) == 0
+    assert agent.stdout is not None
+    assert "was removed" in agent.stdout.read()
+
+
 def test_a_dead_agents_socket_is_ignored(lab: Lab) -> None:
     import socket
 

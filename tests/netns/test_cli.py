@@ -6,15 +6,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import secrets
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from miniplugin import MiniPlugin
 from netlab import OUTSIDE_ADDRESS, Lab
-from nettools import TcpServer, tcp_request
+from nettools import TcpServer, ping, tcp_request
+from pyroute2 import IPRoute
 
+from keelnet.kernel import ownership
 from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.plugin.protocol import PLUGIN_DIR_VARIABLE
+from keelnet.store import Store
 
 KEELNET = [sys.executable, "-m", "keelnet.cli"]
 
@@ -230,9 +237,24 @@ def test_errors_are_one_line_that_say_what_to_do(lab: Lab) -> None:
         (("network", "create", "--gateway", "10.1.2.1", "m"), "a gateway needs a subnet"),
         (("network", "create", "--ip-range", "10.1.2.0/25", "m"), "an IP range needs a subnet"),
         (("network", "create", "--subnet", "bogus", "m"), "such as 10.1.2.0/24"),
-        (("network", "create", "--ipv4=false", "m"), "no IPv6-only networks"),
-        (("network", "create", "--scope", "swarm", "m"), 'invalid scope "swarm"'),
+        (("network", "create", "--ipv4=false", "m"), "IPv4 or IPv6 must be enabled"),
+        (
+            ("network", "create", "--ipv6", "--ipv4=false", "-d", "host", "m"),
+            "driver 'host' makes no IPv6-only networks",
+        ),
+        (
+            ("network", "create", "--ipv6", "--ipv4=false", "--subnet", "10.1.2.0/24", "m"),
+            "IPv4 subnet 10.1.2.0/24 given but IPv4 is disabled",
+        ),
+        (("network", "create", "--scope", "swarm", "m"), 'scope "swarm" needs Docker\'s swarm'),
+        (("network", "create", "--scope", "global", "m"), 'driver bridge makes "local" networks'),
+        (
+            ("network", "create", "-d", "overlay", "--scope", "local", "m"),
+            'driver overlay makes "global" networks, not "local"',
+        ),
+        (("network", "create", "--config-only", "m"), "no configuration-only networks"),
         (("network", "create", "--ipam-driver", "x", "m"), 'IPAM driver "x" not found'),
+        (("network", "create", "--ipam-driver", "external", "m"), 'use "default" or'),
         (("network", "rm", "ghost"), "network ghost not found"),
         (("network", "connect", "n", "ghost"), "ghost"),
         (("network", "connect", "--driver-opt", "x=1", "n", "ghost"), "unknown endpoint option"),
@@ -332,3 +354,145 @@ def test_an_unusable_state_dir_is_one_line(lab: Lab, tmp_path: Path) -> None:
             assert result.returncode == 1, (state_dir, argv)
             assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
             assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def sandbox_addresses(sandbox: str, ifname: str = "eth0") -> set[str]:
+    """The addresses on the sandbox's interface, as "address/prefix"."""
+    with iproute(netns_path(sandbox)) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        return {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)}
+
+
+def test_a_docker_ipam_plugin_gives_the_addresses(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--ipam-driver PLUGIN`: pools and addresses from an independent IPAM plugin, found
+    as dockerd finds plugins (in $KEELNET_PLUGIN_DIR here: the agent that the first
+    command starts looks there too), with `--ipam-opt` sent along and shown by inspect."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    monkeypatch.setenv(PLUGIN_DIR_VARIABLE, str(plugins))
+    name, box = f"{lab.prefix}-ipam", lab.name("pooled")
+    with MiniPlugin(plugins / f"{name}.sock", lab.host) as mini:
+        ok(lab, "network", "create", "--ipam-driver", name, "--ipam-opt", "flavour=mini", "pool")
+        (view,) = json.loads(ok(lab, "network", "inspect", "pool"))
+        assert view["IPAM"] == {
+            "Driver": name,
+            "Options": {"flavour": "mini"},
+            "Config": [{"Subnet": "10.97.0.0/24", "Gateway": "10.97.0.1"}],
+        }
+        ok(lab, "sandbox", "create", box)
+        ok(lab, "network", "connect", "pool", box)
+        assert "10.97.0.2/24" in sandbox_addresses(box)
+        assert ping(box, "10.97.0.1")  # keelnet's bridge holds the gateway the plugin gave
+        asked = [body for method, body in mini.requests if method == "IpamDriver.RequestPool"]
+        assert [body["Options"] for body in asked] == [{"flavour": "mini"}]
+        ok(lab, "network", "disconnect", "pool", box)
+        ok(lab, "network", "rm", "pool")
+        assert mini.pools == {}  # everything given back
+    # Nothing is made when the plugin is not there.
+    gone = keelnet_cli(lab, "network", "create", "--ipam-driver", name, "pool")
+    assert gone.returncode == 1 and f'IPAM driver "{name}" not found' in gone.stderr
+    assert ok(lab, "network", "ls", "-q") == ""
+
+
+def test_an_ipv6_only_network(lab: Lab) -> None:
+    """`--ipv6 --ipv4=false` (Docker 28): no IPv4 subnet, gateway or address anywhere;
+    sandboxes reach each other, their gateway and each other's names over IPv6."""
+    a, b = lab.name("six-a"), lab.name("six-b")
+    ok(
+        lab,
+        "network",
+        "create",
+        "--ipv6",
+        "--ipv4=false",
+        "--subnet",
+        "fd00:6:1::/64",
+        "--scope",
+        "local",
+        "six",
+    )
+    (view,) = json.loads(ok(lab, "network", "inspect", "six"))
+    assert (view["EnableIPv4"], view["EnableIPv6"]) == (False, True)
+    assert view["IPAM"]["Config"] == [{"Subnet": "fd00:6:1::/64", "Gateway": "fd00:6:1::1"}]
+    listed = ok(lab, "network", "ls", "--format", "{{.Name}} {{.IPv4}} {{.IPv6}}")
+    assert listed == "six false true\n"
+    for box in (a, b):
+        ok(lab, "sandbox", "create", box)
+        ok(lab, "network", "connect", "six", box)
+    assert {x for x in sandbox_addresses(a) if not x.startswith("fe80:")} == {"fd00:6:1::2/64"}
+    assert default_routes(a) == {4: [], 6: [("fd00:6:1::1", "eth0")]}
+    with iproute(netns_path(lab.host)) as ipr:
+        bridge = ipr.link_lookup(ifname=f"kn-{view['Id'][:12]}")[0]
+        assert not ipr.get_addr(index=bridge, family=socket.AF_INET)
+    assert ping(a, "fd00:6:1::3") and ping(a, "fd00:6:1::1")
+    # The embedded DNS server answers a name on an IPv6-only network with its IPv6 address.
+    found = ok(lab, "sandbox", "exec", a, "--", "getent", "ahosts", b)
+    assert found.split()[0] == "fd00:6:1::3"
+    # Without a subnet, one is carved from the default IPv6 pools, still with no IPv4.
+    ok(lab, "network", "create", "--ipv6", "--ipv4=false", "carved")
+    (carved,) = json.loads(ok(lab, "network", "inspect", "carved"))
+    (config,) = carved["IPAM"]["Config"]
+    assert ipaddress.ip_network(config["Subnet"]).version == 6 and not carved["EnableIPv4"]
+    ok(lab, "sandbox", "create", lab.name("six-c"))
+    refused = keelnet_cli(lab, "network", "connect", "--ip", "10.0.0.5", "six", lab.name("six-c"))
+    assert refused.returncode == 1 and "six has no IPv4 subnet" in refused.stderr
+
+
+def _leak(ipr: IPRoute, name: str, group: int, alias: str | None) -> None:
+    """A link as a store leaves one: in its device group, with its alias (or none yet)."""
+    ipr.link("add", ifname=name, kind="bridge", group=group)
+    if alias is not None:
+        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], ifalias=alias)
+
+
+def _links(netns: str) -> set[str]:
+    with iproute(netns_path(netns)) as ipr:
+        return {str(link.get("ifname")) for link in ipr.link("dump")}
+
+
+def test_system_reconcile_removes_this_stores_leftovers_only(lab: Lab) -> None:
+    """`keelnet system reconcile`: links marked as this store's that nothing it holds
+    accounts for go, in the host's namespace and in sandboxes, whether this process or the
+    agent runs it; another store's links, and unmarked ones, stay."""
+    box = lab.name("rc")
+    ok(lab, "sandbox", "create", box)  # the store holds something: no agent needed yet
+    store = Store(lab.state_dir)
+    try:
+        ours = ownership.Owner(store.store_id)
+    finally:
+        store.close()
+    theirs = ownership.Owner(ownership.new_store_id())
+    with iproute(netns_path(lab.host)) as ipr:
+        _leak(ipr, "kn-lk-ours", ours.group, ours.alias(secrets.token_hex(32)))
+        _leak(ipr, "kn-lk-half", ours.group, None)  # its maker died before the alias
+        _leak(ipr, "kn-lk-theirs", theirs.group, theirs.alias(secrets.token_hex(32)))
+        # Another store whose group is ours by chance: its alias says whose it is.
+        _leak(ipr, "kn-lk-clash", ours.group, theirs.alias(secrets.token_hex(32)))
+        _leak(ipr, "kn-lk-plain", 0, None)
+    assert ok(lab, "system", "reconcile") == (
+        "leaked interfaces removed from the host's namespace: 2\n"
+    )
+    left = _links(lab.host)
+    assert {"kn-lk-theirs", "kn-lk-clash", "kn-lk-plain"} <= left
+    assert not {"kn-lk-ours", "kn-lk-half"} & left
+
+    # With a network the agent runs (its DNS): the agent's Host reconciles.
+    ok(lab, "network", "create", "--subnet", "10.74.0.0/24", "kept")
+    ok(lab, "network", "connect", "kept", box)
+    (view,) = json.loads(ok(lab, "network", "inspect", "kept"))
+    with iproute(netns_path(box)) as ipr:
+        _leak(ipr, "lk0", ours.group, ours.alias(view["Id"], secrets.token_hex(32)))
+        _leak(ipr, "lk1", theirs.group, theirs.alias(view["Id"], secrets.token_hex(32)))
+    with iproute(netns_path(lab.host)) as ipr:
+        _leak(ipr, "kn-lk-ours2", ours.group, ours.alias(secrets.token_hex(32)))
+    assert (lab.state_dir / "agent.sock").is_socket()
+    assert ok(lab, "system", "reconcile") == (
+        "leaked interfaces removed from the host's namespace: 1\n"
+        "leaked interfaces removed from sandboxes: 1\n"
+    )
+    assert "lk0" not in _links(box) and "lk1" in _links(box)
+    assert "kn-lk-ours2" not in _links(lab.host)
+    assert {"kn-lk-theirs", "kn-lk-clash", "kn-lk-plain"} <= _links(lab.host)
+    assert ping(box, "10.74.0.1")  # what the store holds is untouched
+    assert ok(lab, "system", "reconcile") == "nothing to do: the kernel matches the store\n"

@@ -24,6 +24,7 @@ def test_keelnet_demo_passes_and_cleans_up(capsys: pytest.CaptureFixture[str]) -
     assert "IPAM" in output and "a damaged blob" in output and "refused" in output
     assert "overlay: app1 (kernel) -> app2 (userspace)" in output
     assert "out via kn-gwbridge" in output and "peer host3 at 192.0.2.3" in output
+    assert "overlay: app1 (host1) pings app3 (host3) by name" in output
     # Each part names the namespace prefix it claimed (other demos may run beside this
     # one, under prefixes of their own): nothing of this run's is left.
     prefixes = re.findall(r"built in namespaces (\S+)-\*, all removed", output)

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
-from netlab import HOST_UPLINK, OUTSIDE_ADDRESS, Lab, kernel_state, store_state
+from netlab import (
+    HOST_ADDRESS6,
+    HOST_UPLINK,
+    OUTSIDE_ADDRESS,
+    OUTSIDE_ADDRESS6,
+    Lab,
+    kernel_state,
+    store_state,
+)
 from nettools import TcpServer, ping, tcp_request
 
 import keelnet
@@ -45,6 +55,35 @@ def test_macvlan_bridge_mode_reaches_peers_and_outside(lab: Lab, host: keelnet.H
         assert tcp_request(a, OUTSIDE_ADDRESS, 7100, "m") == f"out m from {ep_a.ip}"
     host.disconnect("mv", a)
     assert "eth0" not in _links(a)
+
+
+@pytest.mark.parametrize("driver", ["macvlan", "ipvlan"])
+def test_ipv6_only_networks_on_a_parent(lab: Lab, host: keelnet.Host, driver: str) -> None:
+    """`--ipv6 --ipv4=false` on the underlay's IPv6 subnet: no IPv4 address in the sandbox,
+    the outside host reached as the sandbox itself (ipvlan: the userspace plane where the
+    kernel has no ipvlan)."""
+    host.create_network(
+        "six",
+        driver=driver,
+        ipv4=False,
+        ipv6=True,
+        subnet="2001:db8:1::/64",
+        gateway=HOST_ADDRESS6,
+        ip_range="2001:db8:1::80/121",
+        options={"parent": HOST_UPLINK},
+    )
+    assert host.inspect_network("six")["EnableIPv4"] is False
+    a, b = lab.name("a"), lab.name("b")
+    host.create_sandbox(a)
+    host.create_sandbox(b)
+    ep_a, ep_b = host.connect("six", a), host.connect("six", b)
+    assert (ep_a.ip, ep_a.ipv6, ep_b.ipv6) == (None, "2001:db8:1::80", "2001:db8:1::81")
+    with iproute(netns_path(a)) as ipr:
+        assert not ipr.get_addr(family=socket.AF_INET, label="eth0")
+    assert ping(a, "2001:db8:1::81")
+    with TcpServer(lab.outside, "::", 7101, "out"):
+        reply = tcp_request(a, OUTSIDE_ADDRESS6, 7101, "m")
+    assert reply == "out m from 2001:db8:1::80"
 
 
 @pytest.mark.parametrize("mode", ["private", "vepa"])

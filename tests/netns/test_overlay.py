@@ -13,11 +13,15 @@ from clusterlab import (
     default_route,
     keelnet_cli,
     make_host_ns,
+    overlay_ns,
     remote_macs,
     route_between,
 )
 from netlab import run_in
 from nettools import TcpServer, ping, tcp_request, wait_until
+
+from keelnet.drivers.overlay import OverlayPlane
+from keelnet.store.etcd import VNI_OPTION
 
 pytestmark = pytest.mark.netns
 
@@ -37,6 +41,33 @@ def test_sandboxes_on_two_hosts_reach_each_other(cluster: Cluster, planes: tuple
     assert ep_a.mac == "02:42:0a:00:09:02"
     assert wait_until(lambda: ping(app_a, ep_b.ip, timeout=0.5), timeout=10)
     assert ping(app_b, ep_a.ip)
+
+
+def test_a_kernel_part_removed_and_made_again_at_once(cluster: Cluster) -> None:
+    """The last disconnect removes the host's part of the network; a connect right after
+    builds it again, with the same VNI (the old vxlan device must not still hold it)."""
+    a, b = cluster.add_host(1, dataplane="kernel"), cluster.add_host(2, dataplane="kernel")
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
+    ep2 = b.connect("ov1", app2)
+    for _ in range(3):
+        a.connect("ov1", app1)
+        a.disconnect("ov1", app1)
+    a.connect("ov1", app1)
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=10)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/sys/net/bridge").exists(), reason="br_netfilter is not loaded here"
+)
+def test_kernel_overlay_bridges_are_kept_out_of_iptables(cluster: Cluster) -> None:
+    """Nothing filters in a network's namespace: its frames skip br_netfilter's hooks."""
+    a = cluster.add_host(1, dataplane="kernel")
+    ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    a.connect("ov1", cluster.sandbox(a, "app1"))
+    for table in ("iptables", "ip6tables", "arptables"):
+        key = f"net.bridge.bridge-nf-call-{table}"
+        assert run_in(overlay_ns(str(a.netns), ov1.id), "sysctl", "-n", key).strip() == "0"
 
 
 def test_vxlan_over_l3_two_subnets_joined_by_a_router(
@@ -133,3 +164,32 @@ def test_cli_users_get_the_agent_overlay_needs(cluster: Cluster, tmp_path: Path)
         assert ping(app2, str(ep1.ip), timeout=2)
     finally:
         cli("agent", "stop")
+
+
+def test_a_vni_leaves_the_shared_switch_with_its_network(cluster: Cluster) -> None:
+    """A userspace host runs one switch for all its overlay networks. A network whose last
+    sandbox there leaves takes its VNI's peers along at once, so the next network given
+    that VNI (pinned here, right after the removal) inherits none of them."""
+    a = cluster.add_host(1, dataplane="userspace")
+    b = cluster.add_host(2, dataplane="userspace")
+    keep = a.create_network("keep", driver="overlay", subnet="10.0.8.0/24")
+    pinned = {VNI_OPTION: "5000"}
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24", options=pinned)
+    a.connect("keep", cluster.sandbox(a, "keeper"))  # keeps a's switch running
+    app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
+    a.connect("ov1", app1)
+    ep2 = b.connect("ov1", app2)
+    assert wait_until(lambda: ping(app1, str(ep2.ip), timeout=0.5), timeout=10)
+    plane = a._ctx.planes.get(keep.id)
+    assert isinstance(plane, OverlayPlane)
+    switch = plane.switch
+    assert switch.stats()["vnis"][5000]["peers"] == ["192.0.2.2"]
+
+    a.disconnect("ov1", app1)
+    assert switch.stats()["vnis"].get(5000, {}).get("peers", []) == []
+    assert switch.fdb(5000) == []
+    b.disconnect("ov1", app2)
+    a.remove_network("ov1")
+    a.create_network("ov2", driver="overlay", subnet="10.0.7.0/24", options=pinned)
+    ep1 = a.connect("ov2", app1)
+    assert [entry["mac"] for entry in switch.fdb(5000)] == [ep1.mac]

@@ -3,10 +3,20 @@ any host's kernel."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
-from clusterlab import Cluster, EtcdCluster, Segment, keelnet_cli, make_host_ns
+from clusterlab import (
+    Cluster,
+    Connector,
+    EtcdCluster,
+    Segment,
+    keelnet_cli,
+    make_host_ns,
+    overlay_ns,
+)
 from netlab import kernel_state
 from nettools import ping, wait_until
 
@@ -19,9 +29,17 @@ from keelnet.errors import (
     OverlappingSubnet,
     StoreUnavailable,
 )
+from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
 from keelnet.store.etcd import VNI_OPTION
+from keelnet.store.etcd_client import Txn
 
 pytestmark = pytest.mark.netns
+LEASE_TTL = 3
+
+
+def links_in(netns: str) -> list[str]:
+    with iproute(netns_path(netns)) as ipr:
+        return [str(link.get("ifname")) for link in ipr.link("dump")]
 
 
 def etcd_keys(etcd: EtcdCluster) -> list[str]:
@@ -50,6 +68,7 @@ def test_vni_taken_overlap_and_bad_options_are_refused_and_leave_nothing(
         ({"vxlan_port": "80"}, "not a UDP port in 1024-49151"),
         ({"dataplane": "dpdk"}, "invalid dataplane"),
         ({"com.docker.network.driver.mtu": "100"}, "underlay MTU"),
+        ({"port_security": "maybe"}, "port_security: 'maybe' is not a boolean"),
     ):
         with pytest.raises(InvalidOption, match=message):
             b.create_network("ov2", driver="overlay", subnet="10.0.10.0/24", options=options)
@@ -82,6 +101,67 @@ def test_removing_a_network_another_host_uses_is_refused_naming_it(cluster: Clus
     for host in (a, b):
         assert not [n for n in kernel_state(str(host.netns))["links"] if "kn-vx" in n[0]]
     assert ep1.ip  # the test used a real endpoint
+
+
+def test_a_dead_hosts_endpoints_are_stale_and_go_with_the_network(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    a = cluster.add_host(1, lease_ttl=LEASE_TTL)
+    ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1 = cluster.sandbox(a, "app1")
+    a.connect("ov1", app1)
+    dead = f"{cluster.etcd.prefix}-h2"
+    make_host_ns(dead)
+    cluster.etcd.segment.plug(dead, 2)
+    victim = Connector(dead, tmp_path / "h2", cluster.etcd.url, "ov1", 2)
+    try:
+        victim.go()
+        made = victim.result()["endpoints"]
+        boxes = [(str(ep["sandbox"]), str(ep["ifname"])) for ep in made]  # type: ignore[attr-defined]
+        assert all(ifname in links_in(box) for box, ifname in boxes)
+        a.disconnect("ov1", app1)
+        with pytest.raises(NetworkInUse, match=rf"on host\(s\) {dead} \(up\): disconnect"):
+            a.remove_network("ov1")
+        store = a.global_store
+        assert store is not None
+        host_key = f"/keelnet/hosts/{dead}"
+        record = store.client.get(host_key)
+        assert record is not None
+        victim.process.kill()  # SIGKILL: its lease holds for up to LEASE_TTL more
+        victim.process.wait(timeout=10)
+        assert wait_until(lambda: host_key not in etcd_keys(cluster.etcd), 10)
+        # It comes back while the removal is under way, just before the transaction that
+        # deletes the network: its endpoints stay its own (none released, no address free
+        # to be handed out twice), and so does the network.
+        before = {key: store.client.get(key) for key in etcd_keys(cluster.etcd)}
+        commit = store.client.txn
+
+        def back_before_commit(txn: Txn) -> bool:
+            if f"/keelnet/networks/{ov1.id}" in txn.deletes:
+                store.client.put(host_key, record.value)
+            return commit(txn)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store.client, "txn", back_before_commit)
+            with pytest.raises(NetworkInUse, match=rf"on host\(s\) {dead} \(up\)"):
+                a.remove_network("ov1")
+        store.client.delete(host_key)
+        assert {key: store.client.get(key) for key in etcd_keys(cluster.etcd)} == before
+        a.remove_network("ov1")  # its two endpoints are stale: they go with the network
+        assert [k for k in etcd_keys(cluster.etcd) if not k.startswith("/keelnet/hosts/")] == []
+        # The dead host comes back: its reconcile removes its part of the network.
+        assert overlay_ns(dead, ov1.id) in os.listdir(NETNS_RUN_DIR)
+        with Host(netns=dead, state_dir=tmp_path / "h2", store=cluster.etcd.url) as back:
+            assert back.networks() == [back.network("kn-gwbridge")]
+            assert overlay_ns(dead, ov1.id) not in os.listdir(NETNS_RUN_DIR)
+            # Their interfaces go with that namespace (the kernel frees it a moment later).
+            assert wait_until(
+                lambda: all(ifname not in links_in(box) for box, ifname in boxes), timeout=10
+            )
+            for box, _ in boxes:
+                back.remove_sandbox(box)
+    finally:
+        victim.stop()
 
 
 def test_a_store_that_is_not_there_is_refused_at_once(underlay: Segment, tmp_path: object) -> None:

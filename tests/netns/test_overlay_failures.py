@@ -15,6 +15,7 @@ from clusterlab import (
     Agent,
     Cluster,
     Connector,
+    cut_off,
     kernel_remote_macs,
     make_host_ns,
     overlay_ns,
@@ -23,6 +24,7 @@ from clusterlab import (
 from nettools import WatcherScript, ping, wait_until
 
 from keelnet import Host
+from keelnet.dns import resolv_conf_path
 from keelnet.drivers.overlay import OverlayDriver, mac_for
 from keelnet.errors import StoreUnavailable
 from keelnet.kernel.namespaces import iproute, netns_path
@@ -257,3 +259,61 @@ def test_a_watch_that_resumes_after_compaction_lists_again(
     monkeypatch.setattr(client, "watch", watch)
     ep3 = b.connect("ov1", cluster.sandbox(b, "app3"))  # watched again from there
     assert wait_until(lambda: (mac_for(str(ep3.ip)), "192.0.2.2") in remote_macs(a, ov1), 10)
+
+
+@pytest.mark.parametrize(
+    ("plane", "compacted"),
+    [("kernel", False), ("userspace", True)],
+    ids=["kernel-watch-resumed", "userspace-listed-again"],
+)
+def test_a_network_removed_while_a_host_was_cut_off_goes_from_it_when_it_is_back(
+    cluster: Cluster, plane: str, compacted: bool
+) -> None:
+    """Host b, cut off from etcd for longer than its lease, has its endpoint on ov1
+    released as stale when a removes ov1. Back (its process never stopped), b joins the
+    cluster again and takes down its part of ov1 by itself, as a disconnect would; a new
+    ov1 works there. `compacted`: etcd compacted what b missed, so b lists again."""
+    a = cluster.add_host(1, lease_ttl=LEASE_TTL)
+    b = cluster.add_host(2, lease_ttl=LEASE_TTL, dataplane=plane)
+    assert a.global_store is not None and b.cluster is not None
+    b_name = str(b.netns)
+    ov1 = a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    app1, app2 = cluster.sandbox(a, "app1"), cluster.sandbox(b, "app2")
+    a.connect("ov1", app1)
+    ep2 = b.connect("ov1", app2)
+    assert wait_until(lambda: ping(app1, ep2.ip, timeout=0.5), timeout=10)
+
+    def b_holds_ov1() -> bool:
+        if plane == "userspace":
+            return b.data_plane_running(ov1)
+        return Path(netns_path(overlay_ns(b_name, ov1.id))).exists()
+
+    def live_hosts() -> set[str]:
+        assert a.global_store is not None
+        return {peer.name for peer in a.global_store.peers()}
+
+    assert b_holds_ov1() and "eth0" in links_in(app2) and resolv_conf_path(app2).exists()
+    lease = b.cluster.lease
+    with cut_off(b_name):
+        assert wait_until(lambda: b_name not in live_hosts(), timeout=LEASE_TTL + 5)
+        a.disconnect("ov1", app1)
+        a.remove_network("ov1")  # b's endpoint is stale: released with the network
+        if compacted:
+            _, revision = a.global_store.client.range("/keelnet/", prefix=True)
+            cluster.etcd.etcdctl("compact", str(revision))
+        assert b_holds_ov1()  # b cannot know yet
+    # Back: b is a member again (a new lease, its host record) and lets go of ov1.
+    assert wait_until(lambda: b_name in live_hosts(), timeout=15)
+    assert wait_until(lambda: b.cluster is not None and b.cluster.networks_gone, timeout=15)
+    assert b.cluster.networks_gone == ["ov1"]  # taken down: checked below
+    assert not b_holds_ov1() and links_in(app2) == ["lo"]
+    assert b.cluster.lease != lease
+    assert b.endpoints() == []  # its kn-gwbridge endpoint went too: no way out left
+    assert not resolv_conf_path(app2).exists()  # no network with DNS names left
+    assert "ov1" not in {network.name for network in b.networks()}
+    # A new network of that name (most likely the same VNI) works on b.
+    a.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    ep1 = a.connect("ov1", app1)
+    ep2 = b.connect("ov1", app2)
+    assert wait_until(lambda: ping(app2, ep1.ip, timeout=0.5), timeout=10)
+    assert ping(app1, ep2.ip, timeout=2)

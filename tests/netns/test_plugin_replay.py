@@ -39,7 +39,7 @@ def test_the_plugin_answers_a_recorded_dockerd_session(lab: Lab, tmp_path: Path)
     # The recording machine's docker0 held 172.17.0.0/16, which keelnet's IPAM avoided.
     run_in(lab.host, "ip", "route", "add", "172.17.0.0/16", "dev", HOST_UPLINK)
     socket_path = tmp_path / "replay.sock"
-    with served_plugin(lab, socket_path, tmp_path / "state"):
+    with served_plugin(lab.host, socket_path, tmp_path / "state"):
         for number, entry in enumerate(entries):
             status, answer = post(socket_path, entry["method"], entry["request"])
             where = f"#{number} {entry['method']}"

@@ -21,7 +21,7 @@ NETWORK_ID = "ab" * 32
 @pytest.fixture
 def plugin(lab: Lab, tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "kn.sock"
-    with served_plugin(lab, path, tmp_path / "state"):
+    with served_plugin(lab.host, path, tmp_path / "state"):
         yield path
 
 

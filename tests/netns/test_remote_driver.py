@@ -47,7 +47,7 @@ def mini(lab: Lab, plugin_dirs: Path) -> Iterator[MiniPlugin]:
 def served(lab: Lab, plugin_dirs: Path, tmp_path: Path) -> Iterator[str]:
     """keelnet's plugin, named `<prefix>-kn`, its store owning the lab's host namespace."""
     name = f"{lab.prefix}-kn"
-    with served_plugin(lab, plugin_dirs / f"{name}.sock", tmp_path / "served-state"):
+    with served_plugin(lab.host, plugin_dirs / f"{name}.sock", tmp_path / "served-state"):
         yield name
 
 

@@ -3,23 +3,38 @@ forged source MACs (the gateway's, a neighbour's), forged addresses (a neighbour
 another network's, a foreign one through masquerade), forged ARP replies, gratuitous
 ARP, IPv6 neighbour advertisements, a flood of random source MACs, a VXLAN peer that
 claims a local MAC, and a frame to the gateway's MAC meant for a neighbour on an icc=false
-network. Every attack is checked by what arrives in the other namespaces (`spooflab`),
-by the forwarding tables and by the drop counters."""
+network. On overlay networks the same forgeries from a sandbox on one cluster host, and
+VXLAN from a peer claiming a local MAC, on a kernel and a userspace host. Every attack is
+checked by what arrives in the other namespaces (`spooflab`), by the forwarding tables and
+by the drop counters."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
+from pathlib import Path
 
 import pytest
-from netlab import HOST_ADDRESS6, HOST_UPLINK, OUTSIDE_ADDRESS, OUTSIDE_ADDRESS6, Lab
+from clusterlab import Cluster, Segment, keelnet_cli
+from netlab import (
+    HOST_ADDRESS6,
+    HOST_UPLINK,
+    OUTSIDE_ADDRESS,
+    OUTSIDE_ADDRESS6,
+    Lab,
+    create_ns,
+    run_in,
+)
 from nettools import ping, wait_until
-from packetlab import Underlay, netns, underlay_fixture  # noqa: F401  (provides `underlay`)
+from packetlab import netns
 from pyroute2.netlink.rtnl.ndmsg import NUD_FAILED, NUD_INCOMPLETE
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
 from spooflab import (
     ATTACKS,
+    OVERLAY_ATTACKS,
+    OverlaySpoofLab,
     SpoofLab,
     capturing,
     flood,
@@ -180,19 +195,26 @@ def test_a_mac_flood_leaves_new_sandboxes_known(
         assert at_attacker.count(b"kn-to-late") == at_bystander.count(b"kn-to-late") == 0
 
 
-def test_a_vxlan_peer_cannot_claim_a_local_mac(lab: Lab, underlay: Underlay) -> None:
+def test_a_vxlan_peer_cannot_claim_a_local_mac(
+    lab: Lab, underlay: Segment, cluster_prefix: str
+) -> None:
     """The userspace switch's VTEP: a peer whose frames carry a local sandbox's MAC does
-    not move it (keelnet's kernel data plane has no VXLAN on bridge networks)."""
+    not move it, even on a switch that learns from its peers, nor does a peer's record
+    (the overlay driver's switch learns nothing from peers: `OverlaySpoofLab.claim`)."""
     box = lab.name("vx")
     keelnet.sandbox.create(box)
     local_mac = "02:42:0a:63:00:02"
-    with Switch(netns=underlay.a) as switch:
+    here, peer_ns = f"{cluster_prefix}-a", f"{cluster_prefix}-b"
+    for number, name in ((1, here), (2, peer_ns)):
+        create_ns(name)
+        underlay.plug(name, number)
+    with Switch(netns=here) as switch:
         switch.add_vtep("192.0.2.1")
         switch.add_peer(42, "192.0.2.2")
         switch.add_tap("local", vni=42, sandbox=box, mac=local_mac, allowed_ips=["10.99.0.2"])
         inner = udp4(local_mac, "ff:ff:ff:ff:ff:ff", "10.99.0.2", "10.99.0.255", b"kn-claim")
         vxlan = bytes([0x08, 0, 0, 0, 0, 0, 42, 0]) + inner
-        with netns(underlay.b):
+        with netns(peer_ns):
             peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with peer:
             for _ in range(3):
@@ -201,6 +223,10 @@ def test_a_vxlan_peer_cannot_claim_a_local_mac(lab: Lab, underlay: Underlay) -> 
         entries = {entry["mac"]: entry for entry in switch.fdb(42)}
         assert entries[local_mac]["port"] == "local" and entries[local_mac]["static"]
         assert entries[local_mac]["remote"] is None
+        # Nor does a peer's record naming that MAC (an address clash, or a peer that lies).
+        switch.add_peer(42, "192.0.2.2", mac=local_mac, ip="10.99.0.9")
+        (entry,) = [entry for entry in switch.fdb(42) if entry["mac"] == local_mac]
+        assert (entry["port"], entry["static"], entry["remote"]) == ("local", True, None)
 
 
 @pytest.mark.parametrize(
@@ -274,3 +300,144 @@ def test_port_security_option_is_checked(lab: Lab, host: keelnet.Host) -> None:
         host.create_network("bad", options={"port_security": "maybe"})
     host.create_network("plain")
     assert host.inspect_network("plain")["PortSecurity"] is True
+
+
+# --- overlay networks -------------------------------------------------------------------
+
+
+def _overlay_lab(
+    cluster: Cluster, dataplane: str, options: dict[str, str] | None = None
+) -> OverlaySpoofLab:
+    """The attacker's host on `dataplane`, the victim's on the other one."""
+    other = "userspace" if dataplane == "kernel" else "kernel"
+    hosts = (cluster.add_host(1, dataplane=dataplane), cluster.add_host(2, dataplane=other))
+    return OverlaySpoofLab(cluster, hosts, options=options or {})
+
+
+@pytest.mark.parametrize("dataplane", PLANES)
+def test_overlay_forgeries_reach_no_one_on_either_host(cluster: Cluster, dataplane: str) -> None:
+    """A sandbox on a `dataplane` host forges MACs (the gateway's, a remote and a local
+    neighbour's), an address and ARP: nothing reaches the other host's sandboxes nor its
+    neighbour, nothing moves in either host's table, and a peer's VTEP cannot claim a
+    local MAC on either plane."""
+    spoof = _overlay_lab(cluster, dataplane)
+    assert spoof.hosts[0].inspect_network(spoof.network)["PortSecurity"] is True
+    tables = [spoof.fdb(host) for host in spoof.hosts]
+
+    outcomes = {kind: spoof.run(kind) for kind in OVERLAY_ATTACKS}
+    assert {kind: o.delivered for kind, o in outcomes.items()} == dict.fromkeys(outcomes, 0)
+    assert spoof.claim().delivered == 0
+
+    assert [spoof.fdb(host) for host in spoof.hosts] == tables
+    for role in ("attacker", "neighbour", "victim", "bystander"):
+        assert tables[0 if role in ("attacker", "neighbour") else 1][spoof.mac(role)] == (
+            role,
+            True,
+        )
+    drops = spoof.drops()
+    assert drops["spoofed_mac"] >= 3  # the gateway's, the victim's and the neighbour's MAC
+    assert drops["spoofed_ip"] >= 1
+    assert drops["spoofed_arp"] >= 2
+
+
+@pytest.mark.parametrize("dataplane", PLANES)
+def test_overlay_without_port_security_forgeries_pass_but_macs_stay(
+    cluster: Cluster, dataplane: str
+) -> None:
+    spoof = _overlay_lab(cluster, dataplane, options=OPEN)
+    first = spoof.hosts[0]
+    assert first.inspect_network(spoof.network)["PortSecurity"] is False
+    if dataplane == "kernel":
+        assert "bridge keelnet" not in run_in(spoof.overlay_ns(first), "nft", "list", "tables")
+    assert spoof.run("ip_neighbour").delivered == 1
+    # Forged frames from a local or a remote neighbour's MAC arrive, but nothing sent to
+    # that neighbour goes to the attacker: every endpoint's MAC is static.
+    assert spoof.run("mac_local").delivered == 1
+    assert spoof.run("mac_neighbour").delivered == 1
+    assert spoof.claim().delivered == 0
+    assert spoof.fdb(first)[spoof.mac("neighbour")] == ("neighbour", True)
+
+
+def test_overlay_guard_follows_endpoints_and_teardown_is_idempotent(cluster: Cluster) -> None:
+    """Kernel plane: the guard lives in the network's namespace and holds exactly its
+    sandboxes' ports. The namespace made again after the last sandbox left (the VNI is
+    free at once) has its own guard; removing endpoints of a namespace that is already
+    gone asks nothing of it and fails nowhere."""
+    host = cluster.add_host(1, dataplane="kernel")
+    net = host.create_network("ov1", driver="overlay", subnet="10.0.9.0/24")
+    apps = [cluster.sandbox(host, f"app{i}") for i in (1, 2)]
+    ports = {app: f'"kn-v{host.connect("ov1", app).id[:11]}"' for app in apps}
+    assert host.netns is not None
+    namespace = f"{host.netns}-ov-{net.id[:10]}"
+
+    def guarded() -> set[str]:
+        listing = run_in(namespace, "nft", "list", "set", "bridge", "keelnet", "guarded")
+        return {app for app, port in ports.items() if port in listing}
+
+    assert guarded() == set(apps)
+    host.disconnect("ov1", apps[0])
+    assert guarded() == {apps[1]}
+    host.disconnect("ov1", apps[1])  # the last one here: the namespace goes
+    assert not Path(netns_path(namespace)).exists()
+    ports[apps[0]] = f'"kn-v{host.connect("ov1", apps[0]).id[:11]}"'
+    assert guarded() == {apps[0]}
+    run_in(host.netns, "ip", "netns", "delete", namespace)  # gone under keelnet's feet
+    host.disconnect("ov1", apps[0])
+    host.remove_network("ov1")
+    assert "ov1" not in {network.name for network in host.networks()}
+
+
+@pytest.mark.parametrize("dataplane", PLANES)
+def test_a_forged_peer_record_takes_no_local_address(
+    cluster: Cluster, dataplane: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records written straight into etcd (as anyone with access to the store can) as
+    the other host's, claiming a local sandbox's IP or its MAC, are ignored with a
+    warning: the sandboxes beside it still resolve its address to its MAC and reach it.
+    One that claimed an address before a local sandbox took it goes when it does."""
+    spoof = _overlay_lab(cluster, dataplane)
+    here = spoof.hosts[0]
+    assert here.cluster is not None and here.netns is not None
+    with caplog.at_level(logging.WARNING, logger="keelnet.cluster"):
+        assert spoof.record_claims().delivered == 0
+        ignored = [r.getMessage() for r in caplog.records if "ignoring endpoint" in r.getMessage()]
+    assert len(ignored) == 2 and "IP" in ignored[0] and "MAC" in ignored[1]
+    assert spoof.fdb(here)[spoof.mac("neighbour")] == ("neighbour", True)
+
+    early = "10.0.66.202"
+    key = spoof.forge_record(early, "02:42:de:ad:be:02")
+    forged = key.rpartition("/")[2]
+    assert forged in {peer.id for peer in here.cluster.peers(spoof.network_id)}
+    spoof.endpoints["late"] = here.connect(spoof.network, cluster.sandbox(here, "late"), ip=early)
+    assert forged not in {peer.id for peer in here.cluster.peers(spoof.network_id)}
+    assert spoof.reaches("attacker", "late")
+    if dataplane == "kernel":  # no proxy-ARP entry for a local address on the vxlan device
+        vxlan = f"kn-vx{spoof.vni:06x}"
+        table = run_in(spoof.overlay_ns(here), "ip", "neigh", "show", "dev", vxlan).split()
+        assert spoof.ip("neighbour") not in table and early not in table
+    assert here.global_store is not None
+    here.global_store.client.delete(key)
+
+
+def test_reconcile_restores_a_flushed_overlay_guard(cluster: Cluster, tmp_path: Path) -> None:
+    """The overlay namespace's ruleset flushed by hand: forgeries pass until `keelnet
+    system reconcile` (a process that is no cluster member) or `Host.reconcile()` loads
+    the guard again, holding exactly the host's sandboxes' ports."""
+    spoof = _overlay_lab(cluster, "kernel")
+    here = spoof.hosts[0]
+    assert here.netns is not None
+    namespace = spoof.overlay_ns(here)
+    for reconcile in ("cli", "host"):
+        run_in(namespace, "nft", "flush", "ruleset")
+        assert spoof.run("ip_neighbour").delivered == 1  # the guard is really gone
+        if reconcile == "cli":
+            state_dir = cluster.root / "h1"
+            done = keelnet_cli(here.netns, state_dir, cluster.etcd.url, "system", "reconcile")
+            assert done.returncode == 0, done.stderr
+        else:
+            here.reconcile()
+        outcomes = {kind: spoof.run(kind) for kind in OVERLAY_ATTACKS}
+        assert {kind: o.delivered for kind, o in outcomes.items()} == dict.fromkeys(outcomes, 0)
+        listing = run_in(namespace, "nft", "list", "set", "bridge", "keelnet", "guarded")
+        for role in ("attacker", "neighbour"):
+            assert f'"kn-v{spoof.endpoints[role].id[:11]}"' in listing

@@ -37,6 +37,7 @@ EVERY_COMMAND = [
     ["agent", "start"],
     ["agent", "status"],
     ["agent", "stop"],
+    ["system", "reconcile"],
     ["demo"],
 ]
 

@@ -1,8 +1,9 @@
 """The `keelnet` command line: Docker's verbs, flags and output.
 
-One module per noun (`network`, `sandbox`, `port`, `agent`, `plugin`), as Docker's CLI keeps
-`cli/command/network/*.go`; each adds its verbs with `add_commands`. `root` holds the
-global flags and decides where a command runs (in the agent or in this process).
+One module per noun (`network`, `sandbox`, `port`, `agent`, `plugin`, `system`), as
+Docker's CLI keeps `cli/command/network/*.go`; each adds its verbs with `add_commands`.
+`root` holds the global flags and decides where a command runs (in the agent or in this
+process).
 
 This module imports next to nothing: `keelnet --version` costs an interpreter start, and
 a command line a running agent can take goes to it as it is, before any parsing here
@@ -15,7 +16,7 @@ import os
 import sys
 
 #: Nouns whose commands the agent runs.
-AGENT_NOUNS = ("network", "sandbox", "port")
+AGENT_NOUNS = ("network", "sandbox", "port", "system")
 #: ...but these are parsed here: `sandbox exec` runs here with the caller's terminal,
 #: `network prune` asks before it deletes (the agent gets it once answered, or with -f).
 _RUN_HERE = ("sandbox", "exec")

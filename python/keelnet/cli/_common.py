@@ -55,6 +55,11 @@ class Session:
         self._global: EtcdStore | None = None
 
     @property
+    def in_agent(self) -> bool:
+        """Whether the command runs in the agent, on the agent's long-open Host."""
+        return self._in_agent
+
+    @property
     def host(self) -> Host:
         if self._host is None:
             from keelnet.host import Host

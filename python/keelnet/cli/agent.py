@@ -106,6 +106,6 @@ def run_forwarded(host: Host, argv: list[str]) -> int:
         _parser = build_parser()
     args = parse(argv, _parser)
     if getattr(args, "handler", None) is None or getattr(args, "access", None) == "local":
-        error("the agent runs network, sandbox and port commands only")
+        error("the agent runs network, sandbox, port and system commands only")
         return 2
     return run_handler(Session(args.netns, args.state_dir, host=host), args)

@@ -20,6 +20,7 @@ from keelnet.cli._common import (
     print_rows,
 )
 from keelnet.errors import InvalidRequest, KeelnetError, NetworkNotFound
+from keelnet.model import DEFAULT_IPAM, EXTERNAL_IPAM
 
 TYPE_CHECKING = False  # not typing's: the CLI does not import typing
 if TYPE_CHECKING:
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
     from keelnet.model import Network
 
-#: Flags that take Go's `--flag=false` as well as `--flag` (rewritten before parsing).
-BOOL_FLAGS = ("--ipv4", "--ipv6", "--internal", "--attachable")
+#: Docker's `--scope` values (keelnet refuses "swarm").
+SCOPES = ("local", "global", "swarm")
 
 PRUNE_WARNING = (
     "WARNING! This will remove all custom networks not used by at least one sandbox.\n"
@@ -72,7 +73,8 @@ def add_commands(commands: Commands) -> None:
         "--ipv4",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Enable or disable IPv4 address assignment (default true)",
+        help="Enable or disable IPv4 address assignment (default true; "
+        "--ipv6 --ipv4=false: an IPv6-only network, drivers bridge, macvlan, ipvlan)",
     )
     create.add_argument(
         "--ipv6",
@@ -87,23 +89,32 @@ def add_commands(commands: Commands) -> None:
         help="Enable manual sandbox attachment (recorded; every keelnet network is)",
     )
     create.add_argument(
-        "--ipam-driver", default="default", help='IP Address Management Driver (default "default")'
+        "--ipam-driver",
+        default=DEFAULT_IPAM,
+        help='IP Address Management Driver (default "default": keelnet\'s own; else a '
+        "Docker IPAM plugin's name, found where dockerd finds it)",
     )
     create.add_argument(
-        "--ipam-opt", action="append", metavar="KEY=VALUE", help="Set IPAM driver options"
+        "--ipam-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="Set IPAM driver options (sent to a plugin with every pool and address request)",
     )
     create.add_argument(
-        "--scope", default="local", help='Control the network\'s scope (keelnet: "local")'
+        "--scope",
+        choices=SCOPES,
+        help='Control the network\'s scope: "local" (one host; every driver but overlay) '
+        'or "global" (overlay); "swarm" needs Docker\'s swarm mode (default: the driver\'s)',
     )
     create.add_argument(
         "--config-only",
         action="store_true",
-        help="Create a configuration only network (not supported by keelnet)",
+        help="Create a configuration only network (refused: keelnet has none)",
     )
     create.add_argument(
         "--config-from",
         metavar="NETWORK",
-        help="The network from which to copy the configuration (not supported by keelnet)",
+        help="The network from which to copy the configuration (refused: keelnet has none)",
     )
     create.add_argument(
         "--label", action="append", metavar="KEY=VALUE", help="Set metadata on a network"
@@ -196,12 +207,13 @@ def create_network(session: Session, args: argparse.Namespace) -> int:
             "keelnet has no configuration-only networks: give the configuration "
             "(--subnet, -o ...) to `network create` itself"
         )
-    if not args.ipv4:
-        raise InvalidRequest("keelnet has no IPv6-only networks yet: leave --ipv4 on")
-    if args.scope != "local":
+    if args.ipam_driver == EXTERNAL_IPAM:
         raise InvalidRequest(
-            f'invalid scope "{args.scope}": keelnet networks created here are "local"'
+            f'IPAM driver "{EXTERNAL_IPAM}" is how keelnet records networks whose addresses '
+            f'dockerd gives: use "{DEFAULT_IPAM}" or an IPAM plugin\'s name'
         )
+    if args.scope is not None:
+        _check_scope(args.scope, args.driver)
     network = session.host.create_network(
         args.name,
         driver=args.driver,
@@ -216,9 +228,28 @@ def create_network(session: Session, args: argparse.Namespace) -> int:
         ipam_driver=args.ipam_driver,
         ipam_options=pairs(args.ipam_opt, "--ipam-opt"),
         attachable=args.attachable,
+        ipv4=args.ipv4,
     )
     print(network.id)
     return 0
+
+
+def _check_scope(scope: str, driver_name: str) -> None:
+    """`--scope` must be the driver's own: keelnet cannot make a driver's network wider or
+    narrower than the driver makes it (a plugin's networks are local to keelnet)."""
+    from keelnet.drivers import get_driver
+
+    if scope == "swarm":
+        raise InvalidRequest(
+            'scope "swarm" needs Docker\'s swarm mode, which keelnet has not: overlay '
+            'networks are "global", shared through the cluster store (--store)'
+        )
+    own = get_driver(driver_name).scope
+    if scope != own:
+        raise InvalidRequest(
+            f'driver {driver_name} makes "{own}" networks, not "{scope}": leave --scope out '
+            f"or give --scope {own}"
+        )
 
 
 # --- ls ----------------------------------------------------------------------------------------
@@ -250,7 +281,7 @@ class NetworkRow:
         self.Name = network.name
         self.Driver = network.driver
         self.Scope = network.scope
-        self.IPv4 = "true"
+        self.IPv4 = str(network.ipv4).lower()
         self.IPv6 = str(network.ipv6).lower()
         self.Internal = str(network.internal).lower()
         self.Labels = ",".join(f"{k}={v}" for k, v in sorted(network.labels.items()))

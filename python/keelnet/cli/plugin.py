@@ -16,10 +16,11 @@ def add_commands(commands: Commands) -> None:
         help="serve Docker as its network and IPAM driver (docker network create -d keelnet)",
         description=(
             "Serve keelnet's drivers and IPAM to dockerd on /run/docker/plugins/NAME.sock "
-            "(docker network create -d NAME [-o keelnet.driver=bridge|macvlan|ipvlan] "
+            "(docker network create -d NAME [-o keelnet.driver=bridge|macvlan|ipvlan|overlay] "
             "[--ipam-driver NAME]), as the agent of the host's store (serving keelnet's own "
             "commands too), until SIGTERM, SIGINT or `keelnet agent stop`. State lives in "
-            "the state directory: restart it any time."
+            "the state directory: restart it any time. Overlay networks need --store: the "
+            "plugin's host then is a member of that cluster."
         ),
     )
     plugin.add_argument(
@@ -30,6 +31,11 @@ def add_commands(commands: Commands) -> None:
     )
     plugin.add_argument(
         "--record", type=Path, help="append each request and answer to this file (JSON lines)"
+    )
+    plugin.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,  # else keelnet's own --store, given before `plugin`
+        help="cluster store of overlay networks: etcd://HOST:PORT[,HOST:PORT...]",
     )
     _dataplane_flag(plugin)
     plugin.set_defaults(standalone=run_plugin)

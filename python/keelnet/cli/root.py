@@ -9,13 +9,14 @@ imports pyroute2 or the drivers until a command needs a Host.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
 from collections.abc import Callable
 
 from keelnet.agent import AgentError
-from keelnet.cli import CommandLine, agent, forward, network, plugin, port, sandbox
+from keelnet.cli import CommandLine, forward
 from keelnet.cli._common import (
     LOCAL,
     READ,
@@ -26,13 +27,11 @@ from keelnet.cli._common import (
     missing_privileges,
 )
 
-NOUNS = {
-    "network": network.add_commands,
-    "sandbox": sandbox.add_commands,
-    "port": port.add_commands,
-    "agent": agent.add_commands,
-    "plugin": plugin.add_commands,
-}
+#: The nouns, each a module `keelnet.cli.<noun>` with `add_commands`: imported only when
+#: its commands are parsed (a command line names one noun).
+NOUNS = ("network", "sandbox", "port", "agent", "plugin", "system")
+#: Flags that take Go's `--flag=false` as well as `--flag` (rewritten before parsing).
+BOOL_FLAGS = ("--ipv4", "--ipv6", "--internal", "--attachable")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -55,9 +54,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "(default: $KEELNET_STORE; none: everything stays local)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for noun, add_commands in NOUNS.items():
+    for noun in NOUNS:
         if only in (None, noun):
-            add_commands(commands)
+            importlib.import_module(f"keelnet.cli.{noun}").add_commands(commands)
     demo = commands.add_parser(
         "demo",
         help="Build networks in throwaway namespaces, check them, show IPAM at work",
@@ -114,7 +113,7 @@ def _go_bools(argv: list[str]) -> list[str]:
     result = []
     for token in argv:
         match = _GO_BOOL.match(token)
-        if match and match.group(1) in network.BOOL_FLAGS:
+        if match and match.group(1) in BOOL_FLAGS:
             on = match.group(2).lower() in ("true", "1")
             token = match.group(1) if on else "--no-" + match.group(1)[2:]
         result.append(token)

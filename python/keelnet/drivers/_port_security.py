@@ -1,6 +1,6 @@
 """Port security: a sandbox sends only from its own MAC and addresses.
 
-On by default for the bridge, macvlan and ipvlan drivers, off per network with
+On by default for the bridge, overlay, macvlan and ipvlan drivers, off per network with
 `-o port_security=false` (for a sandbox that bridges or routes for others; the option
 and where it holds: `keelnet.port_security`). Like
 OpenStack's port security and libvirt's clean-traffic filter: a sandbox's port passes

@@ -101,7 +101,7 @@ def give_back(ctx: HostContext, endpoint: Endpoint, sandbox_path: str | None, na
     unmarked, as dockerd does before DeleteEndpoint; gone already is fine."""
     if sandbox_path is None or not name:
         return
-    host_path = ctx.netns_path or "/proc/self/ns/net"
+    host_path = ctx.netns_path or links.OWN_NETNS
     try:
         with iproute(sandbox_path) as ipr:
             current = links.endpoint_link(ipr, ctx.owner, endpoint.network_id, endpoint.id)

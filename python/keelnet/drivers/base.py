@@ -84,6 +84,9 @@ class Driver(ABC):
     gateway_on_host: ClassVar[bool] = False
     #: Whether every endpoint carries the parent's MAC (ipvlan) instead of one of its own.
     shares_parent_mac: ClassVar[bool] = False
+    #: Whether it makes IPv6-only networks (Docker 28's `--ipv4=false`): no IPv4 subnet,
+    #: gateway or address anywhere.
+    ipv6_only: ClassVar[bool] = False
     #: Whether `create_endpoint` can leave the interface in the host's namespace for the
     #: caller to move into a sandbox (what Docker's remote-driver protocol needs).
     hands_over: ClassVar[bool] = False

@@ -60,6 +60,7 @@ class BridgeDriver(Driver):
     dataplanes = ("kernel", "userspace")
     gateway_on_host = True
     hands_over = True
+    ipv6_only = True
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)

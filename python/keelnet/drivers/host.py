@@ -7,6 +7,7 @@ import os
 from keelnet.drivers.base import HostContext
 from keelnet.drivers.none import NoneDriver
 from keelnet.errors import InvalidRequest
+from keelnet.kernel import links
 from keelnet.model import Endpoint, Network
 
 
@@ -23,7 +24,7 @@ class HostDriver(NoneDriver):
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
-        host_path = ctx.netns_path or "/proc/self/ns/net"
+        host_path = ctx.netns_path or links.OWN_NETNS
         if sandbox_path is None or not _same_namespace(host_path, sandbox_path):
             # Docker refuses this too: a container with its own namespace cannot share the
             # host's. Adopt the host namespace as the sandbox instead.

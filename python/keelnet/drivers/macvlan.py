@@ -36,6 +36,7 @@ class LowerDeviceDriver(Driver):
     default_mode: ClassVar[str]
     dataplanes = ("kernel", "userspace")
     hands_over = True
+    ipv6_only = True
     #: What to tell a user whose kernel lacks the module.
     userspace_instead: ClassVar[str]
 

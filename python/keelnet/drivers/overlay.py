@@ -17,8 +17,21 @@ sandbox, remote endpoints as static FDB entries with their IPs for ARP suppressi
 `auto` takes the kernel where it has the vxlan module. Both speak standard VXLAN, so
 kernel and userspace hosts share a network.
 
+Port security (`_port_security`, on unless `-o port_security=false`), as on bridge
+networks: each sandbox sends only from its MAC and address (nftables bridge rules in the
+network's namespace, a check per TAP in the switch). Either way every endpoint's MAC,
+local or remote, is a static entry that no frame moves (on the kernel bridge a sticky
+one: a learning port moves plain static entries) and no peer's record takes a local
+endpoint's MAC or IP (`keelnet.cluster` ignores it); the vxlan port learns nothing, and
+under port security neither do the sandboxes' ports. The gateway's MAC (the kernel
+bridge's own) is never learnt anywhere. Reconcile reloads the guard of a namespace whose
+ruleset went (`restore_guard`).
+
 MTU inside: 1450 (the underlay's 1500 less 50 bytes of VXLAN); MACs are derived from
 the IPv4 address (02:42:a.b.c.d) as Docker does, so remote peers need no ARP.
+
+Docker's containers (keelnet's plugin) get their endpoints handed over: the veth's other
+end, or the TAP, waits in the host's namespace, marked, for dockerd to move and set up.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from keelnet.drivers import _userspace, _veth
+from keelnet.drivers import _port_security, _userspace, _veth
 from keelnet.drivers.base import Driver, HostContext, NetworkRequest
 from keelnet.errors import (
     Conflict,
@@ -42,9 +55,10 @@ from keelnet.errors import (
     KernelError,
     NotFound,
 )
-from keelnet.kernel import links, rtnl
+from keelnet.kernel import links, nftables, nftables_guard, rtnl
 from keelnet.kernel.namespaces import (
     NETNS_RUN_DIR,
+    bridges_skip_iptables,
     create_named,
     iproute,
     netns_path,
@@ -139,6 +153,14 @@ class OverlayPlane(_userspace.SwitchPlane):
         self._endpoints.pop(network_id, None)
         return True
 
+    def release(self, vni: int) -> None:
+        """Forget every peer of the VNI (its network is gone from this host): a network
+        that gets the VNI next starts with none of them."""
+        for key in [key for key in self._behind if key[0] == vni]:
+            del self._behind[key]
+            with contextlib.suppress(NotFound):
+                self.switch.remove_peer(vni, key[1])
+
     def add_peer(self, vni: int, peer: RemoteEndpoint) -> None:
         self.switch.add_peer(vni, peer.vtep, mac=peer.mac, ip=peer.ip)
         self._behind.setdefault((vni, peer.vtep), set()).add(peer.mac)
@@ -157,15 +179,17 @@ class OverlayPlane(_userspace.SwitchPlane):
 class OverlayDriver(Driver):
     name = "overlay"
     scope = "global"
-    options = frozenset({VNI_OPTION, VXLAN_PORT, MTU})
+    options = frozenset({VNI_OPTION, VXLAN_PORT, MTU, _port_security.OPTION})
     dataplanes = ("kernel", "userspace")
     gateway_route = False  # sandboxes leave through kn-gwbridge, as Docker's docker_gwbridge
+    hands_over = True  # Docker's containers: their veth end or TAP waits in the host
 
     def validate(self, ctx: HostContext, request: NetworkRequest) -> None:
         super().validate(ctx, request)
         pinned_vni(request.options)
         vxlan_port(request.options)
         inner_mtu(request.options)
+        _port_security.enabled(request.options)
         if request.ipv6:
             raise InvalidRequest("overlay networks are IPv4-only in keelnet for now")
         if request.internal:
@@ -213,10 +237,17 @@ class OverlayDriver(Driver):
     def create_network(self, ctx: HostContext, network: Network) -> None:
         return
 
+    def has_local_part(self, ctx: HostContext, network: Network) -> bool:
+        """Whether this host runs a part of the network (its namespace, or its VNI on the
+        host's switch)."""
+        if self.local_dataplane(ctx, network) == "userspace":
+            return _userspace.planes_of(ctx).get(network.id) is not None
+        return Path(netns_path(overlay_netns(ctx, network))).exists()
+
     def delete_network(self, ctx: HostContext, network: Network) -> None:
         """Remove this host's part (idempotent)."""
         if self.local_dataplane(ctx, network) == "userspace":
-            _userspace.planes_of(ctx).close(network.id)
+            _close_userspace(ctx, network)
         else:
             _remove_netns(overlay_netns(ctx, network))
 
@@ -238,6 +269,7 @@ class OverlayDriver(Driver):
             return path
         vni, mtu = vni_of(network), inner_mtu(network.options)
         bridge, vxlan = f"kn-br{vni:06x}", f"kn-vx{vni:06x}"
+        nftables.close(path)  # one left for a namespace once here would reach that one
         create_named(path)
         try:
             with iproute(path) as ipr:
@@ -258,6 +290,8 @@ class OverlayDriver(Driver):
                         links.add_address(ipr, bridge_index, config.gateway, config.prefix_length)
                 ipr.link("set", index=bridge_index, state="up")
             write_sysctl(path, f"net/ipv6/conf/{bridge}/disable_ipv6", "1")
+            # Nothing filters in this namespace: spare its frames br_netfilter's hooks.
+            bridges_skip_iptables(path)
             fd = links.open_netns_fd(path)
             try:
                 # Made where the underlay is: its UDP socket stays there when it moves.
@@ -286,6 +320,13 @@ class OverlayDriver(Driver):
                 if index is None:
                     raise KernelError(f"{vxlan} did not arrive in {name}")
                 ipr.link("set", index=index, master=bridge_index, state="up")
+            # The vxlan port learns nothing: remote MACs are static entries on it.
+            port = rtnl.set_bridge_port(vxlan, learning=False, unicast_flood=True, isolated=False)
+            with rtnl.Rtnl(path) as overlay:
+                overlay.run([port])
+            if _port_security.enabled(network.options):  # before any sandbox's port
+                rules = nftables_guard.rules(nftables_guard.BRIDGE)
+                nftables.apply(path, "\n".join(rules) + "\n")
             peers = ctx.cluster.peers(network.id) if ctx.cluster else []
             _program_kernel_peers(path, vxlan, peers, add=True)
         except NetlinkError as exc:
@@ -306,7 +347,6 @@ class OverlayDriver(Driver):
     def create_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str | None
     ) -> None:
-        assert sandbox_path is not None  # it does not hand endpoints over (hands_over)
         vtep = self._vtep(ctx)
         cluster = ctx.cluster
         assert cluster is not None
@@ -320,15 +360,16 @@ class OverlayDriver(Driver):
                     sandbox_path,
                     mtu=inner_mtu(network.options),
                     isolation="open",
-                    port_security=False,  # not enforced on overlay networks (yet)
+                    port_security=_port_security.enabled(network.options),
                     vni=vni_of(network),
                 )
                 plane.attach(network.id, endpoint.id)
                 return
             path = self._ensure_kernel(ctx, network)
         bridge = f"kn-br{vni_of(network):06x}"
-        host_ifname = f"kn-v{endpoint.id[:11]}"
-        fd = links.open_netns_fd(sandbox_path)
+        host_ifname = links.veth_host_end(endpoint.id)
+        # The sandbox's end goes into it, or (handed over) waits in the host's namespace.
+        fd = links.open_netns_fd(sandbox_path or ctx.netns_path or links.OWN_NETNS)
         try:
             with rtnl.Rtnl(path) as overlay:
                 bridge_index = overlay.link_index(bridge)
@@ -350,6 +391,9 @@ class OverlayDriver(Driver):
                         ),
                     ]
                 )
+            if sandbox_path is None:  # marked as the endpoint's, down, for the caller
+                alias = ctx.owner.alias(network.id, endpoint.id)
+                ctx.rtnl.run([rtnl.set_link(endpoint.ifname, alias=alias)])
         except rtnl.RtnlError as exc:
             with contextlib.suppress(KernelError):
                 self._remove_kernel_endpoint(ctx, network, endpoint)
@@ -358,11 +402,65 @@ class OverlayDriver(Driver):
             raise KernelError(f"creating the overlay veth pair: {exc.strerror}") from exc
         finally:
             links.close_fd(fd)
+        try:
+            self._guard_port(network, endpoint, path)
+        except BaseException:
+            with contextlib.suppress(KernelError):
+                self._remove_kernel_endpoint(ctx, network, endpoint)
+            raise
+
+    def _guard_port(self, network: Network, endpoint: Endpoint, path: str) -> None:
+        """The veth's bridge port, before the sandbox's end comes up (at join): its MAC a
+        sticky static entry (no frame from another port, the vxlan one included, moves
+        it); under port security it learns nothing, gets no unknown unicast and nftables
+        checks what it brings."""
+        ifname = links.veth_host_end(endpoint.id)
+        guarded = _port_security.enabled(network.options)
+        try:
+            with rtnl.Rtnl(path) as overlay:
+                index = overlay.link_index(ifname)
+                if index is None:
+                    raise KernelError(f"{ifname} vanished after creation")
+                overlay.run(
+                    [
+                        rtnl.set_bridge_port(
+                            ifname, learning=not guarded, unicast_flood=not guarded, isolated=False
+                        ),
+                        rtnl.add_static_fdb(index, endpoint.mac),
+                    ]
+                )
+            # A bridge port needs no addresses of its own (nor the DAD that comes with them).
+            write_sysctl(path, f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
+        except OSError as exc:  # RtnlError is one
+            raise KernelError(f"setting up {ifname}: {exc.strerror or exc}") from exc
+        if guarded:
+            port = _port_security.guarded_port(endpoint, ifname)
+            nftables.apply(path, nftables_guard.add_port(nftables_guard.BRIDGE, port))
+
+    def restore_guard(self, ctx: HostContext, network: Network, endpoints: list[Endpoint]) -> None:
+        """Reload the port security of this host's kernel part of the network, guarding
+        exactly `endpoints`' ports (reconcile: the namespace's ruleset flushed by hand, or
+        a crash between a veth and its guard). Nothing where the part is not here."""
+        if self.local_dataplane(ctx, network) != "kernel":
+            return
+        if not _port_security.enabled(network.options):
+            return
+        path = netns_path(overlay_netns(ctx, network))
+        if not Path(path).exists():
+            return
+        ports = [_port_security.guarded_port(e, links.veth_host_end(e.id)) for e in endpoints]
+        nftables.apply(path, nftables_guard.sync(nftables_guard.BRIDGE, ports))
 
     def join(
         self, ctx: HostContext, network: Network, endpoint: Endpoint, sandbox_path: str
     ) -> None:
-        _veth.configure_sandbox_interface(ctx.owner, network, endpoint, sandbox_path)
+        _veth.configure_sandbox_interface(
+            ctx.owner,
+            network,
+            endpoint,
+            sandbox_path,
+            eui64_link_local=_port_security.enabled(network.options),
+        )
         # A peer that connected a moment ago may not be in this host's tables yet when the
         # sandbox first asks for it (the watch is milliseconds behind): ask again soon,
         # not after the kernel's default second.
@@ -383,22 +481,34 @@ class OverlayDriver(Driver):
         if self.local_dataplane(ctx, network) == "userspace":
             plane = _userspace.planes_of(ctx).get(network.id)
             if isinstance(plane, OverlayPlane) and plane.detach(network.id, endpoint.id):
-                _userspace.planes_of(ctx).close(network.id)  # its last sandbox here: it goes
+                _close_userspace(ctx, network)  # its last sandbox here: it goes
             return
         self._remove_kernel_endpoint(ctx, network, endpoint)
 
     def _remove_kernel_endpoint(
         self, ctx: HostContext, network: Network, endpoint: Endpoint
     ) -> None:
+        """Remove the endpoint's veth and guard, or with the host's last sandbox on the
+        network its whole part (the guard goes with the namespace); a namespace already
+        gone is fine, and nothing is asked of it then."""
         name = overlay_netns(ctx, network)
         path = netns_path(name)
         if not Path(path).exists():
+            _remove_netns(name)  # removed by someone else: let go of it here too
             return
-        with iproute(path) as ipr:
-            links.delete_link(ipr, f"kn-v{endpoint.id[:11]}")
-            left = [link for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth"]
-        if not left:  # the host's last sandbox on it: its part goes
-            _remove_netns(name)
+        try:
+            with iproute(path) as ipr:
+                links.delete_link(ipr, links.veth_host_end(endpoint.id))
+                left = [
+                    link for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth"
+                ]
+            if not left:  # the host's last sandbox on it: its part goes
+                _remove_netns(name)
+            elif _port_security.enabled(network.options):
+                port = _port_security.guarded_port(endpoint, links.veth_host_end(endpoint.id))
+                nftables.apply(path, nftables_guard.remove_port(nftables_guard.BRIDGE, port))
+        except FileNotFoundError:
+            _remove_netns(name)  # it went meanwhile
 
     # --- userspace plumbing --------------------------------------------------------------
 
@@ -459,8 +569,10 @@ class OverlayDriver(Driver):
 
 def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *, add: bool) -> None:
     """Permanent neighbour entries IP → MAC and FDB entries MAC → remote VTEP on the
-    vxlan device (or their removal; entries already gone are fine). Plain rtnetlink:
-    this runs on the cluster watch's thread, beside the Host's own pyroute2 use."""
+    vxlan device, and the bridge's static, sticky entry MAC → vxlan port, which a
+    sandbox's frames never move and which never takes a local endpoint's MAC (or their
+    removal; entries already gone are fine). Plain rtnetlink: this runs on the cluster
+    watch's thread, beside the Host's own pyroute2 use."""
     try:
         with rtnl.Rtnl(path) as overlay:
             index = overlay.link_index(vxlan)
@@ -473,8 +585,13 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
                 ]
                 if add:
                     overlay.run(requests)
+                    try:  # EEXIST: there already, or a local endpoint's, which stays
+                        overlay.run([rtnl.add_static_fdb(index, peer.mac, exclusive=True)])
+                    except rtnl.RtnlError as exc:
+                        if exc.errno != errno.EEXIST:
+                            raise
                     continue
-                for request in requests:
+                for request in [*requests, rtnl.delete_fdb(index, peer.mac)]:
                     try:
                         overlay.run([request])
                     except rtnl.RtnlError as exc:
@@ -486,13 +603,27 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
         raise KernelError(f"programming overlay peers in {path}: {exc.strerror}") from exc
 
 
+def _close_userspace(ctx: HostContext, network: Network) -> None:
+    """The network leaves the host's shared switch: its VNI's peers go with it (the next
+    network given that VNI must not inherit them), the switch when it was the last."""
+    planes = _userspace.planes_of(ctx)
+    plane = planes.get(network.id)
+    if isinstance(plane, OverlayPlane):
+        plane.release(vni_of(network))
+    planes.close(network.id)
+
+
 def _remove_netns(name: str) -> None:
-    """Remove a network's namespace, its links first: the kernel destroys what is left in
-    a dropped namespace later, in the background (seconds on a loaded machine), and until
-    then its vxlan holds the VNI on this host and its veths the sandboxes' interfaces, so
-    the network could not be built here again at once."""
+    """Remove the network's namespace, its links first: the vxlan device's socket, in
+    the host's namespace, holds the VNI and UDP port until the device goes, the veths
+    hold the sandboxes' interfaces, and a namespace goes whenever the kernel gets round
+    to it (seconds on a loaded machine; later still while anything holds it: this
+    process's nftables context there is let go of too). So the VNI is free at once for
+    the next network given it, and the sandboxes can be connected again at once."""
     path = netns_path(name)
-    with contextlib.suppress(OSError, NetlinkError, KernelError), iproute(path) as ipr:
+    nftables.close(path)
+    gone_or_half_made = contextlib.suppress(OSError, NetlinkError, KernelError)
+    with gone_or_half_made, iproute(path) as ipr:
         for ifname in [str(link.get("ifname")) for link in ipr.link("dump")]:
             if ifname != "lo":
                 links.delete_link(ipr, ifname)

@@ -14,7 +14,6 @@ endpoint does not keep it in keelnet (a plugin that cannot be reached does).
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -53,11 +52,9 @@ class RemoteDriver(Driver):
 
     def _plugin(self) -> client.Plugin:
         plugin = client.plugin(self.name)
-        if protocol.served_here.get(plugin.client.address.url) == threading.get_ident():
-            raise PluginError(
-                f"plugin {self.name} is keelnet's own, served by this process for this "
-                "store: use keelnet's drivers directly (-d bridge, macvlan or ipvlan)"
-            )
+        client.check_not_served_here(
+            plugin, "use keelnet's drivers directly (-d bridge, macvlan or ipvlan)"
+        )
         return plugin
 
     def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,11 +31,19 @@ from keelnet.store import Store
 
 class Allocator:
     """Docker's IPAM calls over `store`; `in_use()` lists the subnets (CIDR) the host
-    routes or keelnet's networks hold, which carved pools keep clear of."""
+    routes or keelnet's networks hold, which carved pools keep clear of; `held_elsewhere`
+    (subnet) the addresses other hosts hold in it (a global network's, in the cluster
+    store), which addresses chosen here keep clear of."""
 
-    def __init__(self, store: Store, in_use: Callable[[], list[str]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        in_use: Callable[[], list[str]],
+        held_elsewhere: Callable[[str], set[str]] = lambda subnet: set(),
+    ) -> None:
         self.store = store
         self._in_use = in_use
+        self._held_elsewhere = held_elsewhere
 
     def address_spaces(self) -> tuple[str, str]:
         return LOCAL_SPACE, GLOBAL_SPACE
@@ -123,7 +131,10 @@ class Allocator:
                 parsed = ipaddress.ip_address(_checked_address(address))
                 if parsed not in ipaddress.ip_network(pool.subnet):
                     raise AddressOutOfRange(f"{address} is not in pool {pool.subnet}")
-            given = pool.addresses.allocate(address or None)
+            if address:
+                given = pool.addresses.allocate(address)
+            else:
+                given = _allocate_clear_of(pool.addresses, self._held_elsewhere(pool.subnet))
             self.store.save_ipam_pool(pool)
             return f"{given}/{ipaddress.ip_network(pool.subnet).prefixlen}"
 
@@ -142,6 +153,20 @@ class Allocator:
         if pool is None:
             raise NotFound(f"keelnet's IPAM has no pool {pool_id!r}")
         return pool
+
+
+def _allocate_clear_of(addresses: AddressPool, avoid: set[str]) -> str:
+    """The pool's next free address that is not in `avoid`."""
+    skipped = []
+    try:
+        while True:
+            given = addresses.allocate(None)
+            if given not in avoid:
+                return given
+            skipped.append(given)
+    finally:
+        for address in skipped:
+            addresses.release(address)
 
 
 def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -76,12 +76,12 @@ def plan_network(
     ranges: list[str],
     gateways: list[str],
     aux: Mapping[str, str],
-    ipv6: bool,
+    versions: tuple[int, ...],
     options: Mapping[str, str],
 ) -> tuple[tuple[IpamConfig, ...], Undo]:
-    """Pools, gateways and auxiliary addresses of a new network, as libnetwork asks them
-    of an IPAM driver; returns the network's IPAM configuration and the undo that gives
-    all of it back."""
+    """Pools, gateways and auxiliary addresses of a new network (a pool per IP version
+    of `versions`), as libnetwork asks them of an IPAM driver; returns the network's IPAM
+    configuration and the undo that gives all of it back."""
     undo: list[Undo] = []
 
     def give_back() -> None:
@@ -92,7 +92,7 @@ def plan_network(
     try:
         local_space, _ = driver.address_spaces()
         configs = []
-        for version in (4, 6) if ipv6 else (4,):
+        for version in versions:
             subnet = pick_family(subnets, version, "subnet")
             ip_range = pick_family(ranges, version, "ip range")
             if ip_range is not None and subnet is None:

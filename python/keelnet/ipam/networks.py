@@ -56,7 +56,7 @@ class Plan:
 @dataclass(frozen=True)
 class Request:
     """A network's IPAM as its creator asked for it (Docker's `--subnet`, `--gateway`,
-    `--ip-range`, `--aux-address`, `--ipv6`, `--ipam-driver`, `--ipam-opt`);
+    `--ip-range`, `--aux-address`, `--ipv6`, `--ipam-driver`, `--ipam-opt`, `--ipv4`);
     `gateway_on_host`: the network's driver puts the gateway on a host device."""
 
     subnets: list[str]
@@ -67,6 +67,12 @@ class Request:
     gateway_on_host: bool
     driver: str = DEFAULT_IPAM
     options: Mapping[str, str] = field(default_factory=dict)
+    ipv4: bool = True
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The IP versions the network has a subnet of."""
+        return tuple(version for version, on in ((4, self.ipv4), (6, self.ipv6)) if on)
 
 
 class NetworkAddresses:
@@ -89,13 +95,14 @@ class NetworkAddresses:
             if request.ranges:
                 raise InvalidRequest("a network with external IPAM takes no ip range")
             return Plan(self._plan_external(request))
+        _check_given_families(request, self._given_subnets(request))
         configs, give_back = contract.plan_network(
             remote(request.driver),
             subnets=request.subnets,
             ranges=request.ranges,
             gateways=request.gateways,
             aux=request.aux,
-            ipv6=request.ipv6,
+            versions=request.versions,
             options=request.options,
         )
         undo.append(give_back)
@@ -121,7 +128,7 @@ class NetworkAddresses:
         subnet_pools: SubnetPools | None = None,
     ) -> Plan:
         requested = self._given_subnets(request)
-        versions = (4, 6) if request.ipv6 else (4,)
+        versions = request.versions
         _check_given_families(request, requested)
         by_gateway = checks.by_family(request.gateways, "gateway", network=False)
         by_range = checks.by_family(request.ranges, "ip range", network=True)
@@ -160,9 +167,9 @@ class NetworkAddresses:
     def _plan_external(self, request: Request) -> tuple[IpamConfig, ...]:
         """One given subnet per family, its gateway if any, auxiliary addresses inside."""
         requested = self._given_subnets(request)
-        if 4 not in requested or (request.ipv6 and 6 not in requested):
-            missing = "IPv4" if 4 not in requested else "IPv6"
-            raise InvalidSubnet(f"a network with external IPAM needs its {missing} subnet")
+        missing = next((v for v in request.versions if v not in requested), None)
+        if missing is not None:
+            raise InvalidSubnet(f"a network with external IPAM needs its IPv{missing} subnet")
         self._check_free(list(requested.values()), request)
         _check_given_families(request, requested)
         gateways = checks.by_family(request.gateways, "gateway", network=False)
@@ -186,6 +193,8 @@ class NetworkAddresses:
                 )
             if net.version == 6 and not request.ipv6:
                 raise InvalidSubnet(f"IPv6 subnet {text} given but IPv6 is not enabled")
+            if net.version == 4 and not request.ipv4:
+                raise InvalidSubnet(f"IPv4 subnet {text} given but IPv4 is disabled (--ipv4=false)")
             requested[net.version] = net
         return requested
 

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 _IFA_F_NODAD = 0x02
 #: The link a kernel feature probe creates and deletes at once; the name is reserved.
 PROBE_LINK = "kn-probe"
+#: This process's own network namespace (the host's, for a Host of no named namespace).
+OWN_NETNS = "/proc/self/ns/net"
 _probed: dict[tuple[str | None, str], bool] = {}
 #: Interface names keelnet accepts: what the kernel takes (at most IFNAMSIZ - 1 bytes, no
 #: '/', ':' or white space) less what is special to nftables or iptables ('"', '*',
@@ -40,6 +42,12 @@ def check_ifname(name: object, what: str, error: type[InvalidRequest] = InvalidN
             "'_', '.' or '-', starting with a letter or digit"
         )
     return name
+
+
+def veth_host_end(endpoint_id: str) -> str:
+    """The host-side end of an endpoint's veth: the endpoint id keeps it unique within
+    IFNAMSIZ."""
+    return f"kn-v{endpoint_id[:11]}"
 
 
 def random_mac() -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -143,6 +142,8 @@ def iproute(path: str | None) -> Iterator[IPRoute]:
         with IPRoute() as ipr:
             yield ipr
         return
+    import socket  # here: reading a store's claim (every CLI command) opens no socket
+
     sock = call_in_netns(
         path, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
     )
@@ -174,6 +175,16 @@ def write_sysctl(path: str | None, key: str, value: str) -> None:
         target.write_text(value)
 
     call_in_netns(path, write)
+
+
+def bridges_skip_iptables(path: str | None) -> None:
+    """Bridged frames in the namespace at `path` skip iptables. Where br_netfilter is
+    loaded (Docker hosts that filter bridges) they pass its hooks by default, ~5 % of
+    the CPU of a TCP stream through an overlay bridge (BENCHMARKS.md, issue 12); where
+    it is not, there is nothing to turn off."""
+    for table in ("iptables", "ip6tables", "arptables"):
+        with suppress(FileNotFoundError):
+            write_sysctl(path, f"net/bridge/bridge-nf-call-{table}", "0")
 
 
 def read_sysctl(path: str | None, key: str) -> str:

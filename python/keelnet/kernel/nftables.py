@@ -23,12 +23,10 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keelnet.errors import KernelError
-from keelnet.kernel import nftables_guard
 from keelnet.kernel.namespaces import call_in_netns
 from keelnet.model import PortMapping
 
@@ -70,6 +68,9 @@ def render(bridges: Sequence[BridgeRules]) -> str:
     The chains are fixed and only their rules are replaced (`flush table`): re-creating
     base chains re-registers netfilter hooks, which costs milliseconds per change.
     """
+    # here: reading a store's claim (every CLI command) needs none of the rules
+    from keelnet.kernel import nftables_guard
+
     lines: list[str] = []
     if not bridges:  # add-then-delete: removes the table whether it exists or not
         for family, name in TABLES:
@@ -209,6 +210,8 @@ def _run(netns_path: str | None, script: str, *, handles: bool = False) -> tuple
     library = _libnftables()
     if library is not None:
         return call_in_netns(netns_path, lambda: _run_library(library, netns_path, script, handles))
+    import subprocess  # the fallback without libnftables
+
     argv = ["nft", *(["-a"] if handles else []), "-f", "-"]
     result = call_in_netns(
         netns_path,
@@ -304,6 +307,8 @@ def close(netns_path: str | None) -> None:
 
 
 def list_ruleset(netns_path: str | None) -> str:
+    import subprocess
+
     result = call_in_netns(
         netns_path,
         lambda: subprocess.run(["nft", "list", "ruleset"], capture_output=True, check=True),

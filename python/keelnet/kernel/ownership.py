@@ -25,8 +25,6 @@ safety.
 from __future__ import annotations
 
 import re
-import secrets
-import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -41,6 +39,8 @@ STORE_ID_LENGTH = 16  # hex digits
 
 def new_store_id() -> str:
     """A random store id whose group is not one of the small numbers people use."""
+    import secrets  # here: reading a store (every CLI command) needs no random numbers
+
     while True:
         store_id = secrets.token_hex(STORE_ID_LENGTH // 2)
         if int(store_id[:8], 16) > 0xFFFF:
@@ -129,6 +129,8 @@ class Claim:
 
 def read_claim(netns_path: str | None) -> Claim | None:
     """The namespace's claim, None when it has none (or one keelnet cannot read)."""
+    import urllib.parse
+
     family, name = CLAIM_TABLE
     listing = nftables.query(netns_path, f"list table {family} {name}")
     if listing is None:
@@ -149,6 +151,8 @@ def take_claim(
     """Claim the namespace for `owner`, replacing the claim `replacing` (None: when it
     has none). One nftables transaction: False when the namespace's claim is not (or no
     longer) the one expected, because another store got there first."""
+    import urllib.parse
+
     family, name = CLAIM_TABLE
     quoted = urllib.parse.quote(state_dir, safe=_SAFE)
     pieces = [quoted[i : i + _COMMENT_MAX] for i in range(0, len(quoted), _COMMENT_MAX)]

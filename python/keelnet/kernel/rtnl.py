@@ -283,14 +283,23 @@ def set_bridge_port(ifname: str, *, learning: bool, unicast_flood: bool, isolate
     return Request(_RTM_NEWLINK, _F_REQUEST | _F_ACK, body)
 
 
-def add_static_fdb(port_index: int, mac: str) -> Request:
+def add_static_fdb(port_index: int, mac: str, *, exclusive: bool = False) -> Request:
     """A static, sticky FDB entry of the port's bridge (`bridge fdb add MAC dev PORT master
-    static sticky`): never aged, and never moved by a frame from another port."""
+    static sticky`): never aged, and never moved by a frame from another port. An entry
+    for the MAC on another port moves here, unless `exclusive` (then EEXIST)."""
     body = struct.pack(
         "=BxxxiHBB", socket.AF_BRIDGE, port_index, _NUD_NOARP, _NTF_MASTER | _NTF_STICKY, 0
     )
     body += _attr(_NDA_LLADDR, _mac(mac))
-    return Request(_RTM_NEWNEIGH, _F_REQUEST | _F_ACK | _F_CREATE, body)
+    flags = _F_REQUEST | _F_ACK | _F_CREATE | (_F_EXCL if exclusive else 0)
+    return Request(_RTM_NEWNEIGH, flags, body)
+
+
+def delete_fdb(port_index: int, mac: str) -> Request:
+    """Delete the bridge's FDB entry for `mac` if it is on this port (ENOENT otherwise)."""
+    body = struct.pack("=BxxxiHBB", socket.AF_BRIDGE, port_index, 0, _NTF_MASTER, 0)
+    body += _attr(_NDA_LLADDR, _mac(mac))
+    return Request(_RTM_DELNEIGH, _F_REQUEST | _F_ACK, body)
 
 
 _IFLA_AF_SPEC, _IFLA_INET6_ADDR_GEN_MODE = 26, 8

@@ -16,6 +16,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -231,6 +232,16 @@ class Plugin:
 _plugins: dict[tuple[str, str], Plugin] = {}
 
 
+def check_not_served_here(plugin: Plugin, instead: str) -> None:
+    """Refuse keelnet's own plugin when this thread runs the Host serving it: the call
+    would wait for itself. `instead` says what to use."""
+    if protocol.served_here.get(plugin.client.address.url) == threading.get_ident():
+        raise PluginError(
+            f"plugin {plugin.name} is keelnet's own, served by this process for this store: "
+            f"{instead}"
+        )
+
+
 def plugin(name: str, *, missing: str | None = None) -> Plugin:
     """Plugin `name` as found now (one object per address for the process's life)."""
     address = find_plugin(name, missing=missing)
@@ -308,4 +319,6 @@ class RemoteIpam:
 def remote_ipam(name: str) -> RemoteIpam:
     """Docker IPAM plugin `name` (keelnet's own IPAM is "default")."""
     missing = f'IPAM driver "{name}" not found: keelnet has the "default" one, and'
-    return RemoteIpam(plugin(name, missing=missing))
+    found = plugin(name, missing=missing)
+    check_not_served_here(found, 'use keelnet\'s IPAM directly (--ipam-driver "default")')
+    return RemoteIpam(found)

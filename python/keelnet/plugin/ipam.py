@@ -5,10 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from keelnet.host import Host
 from keelnet.ipam.allocator import Allocator
 from keelnet.plugin.protocol import flag, string_map, text
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def held_in_the_cluster(host: Host) -> Callable[[str], set[str]]:
+    """The addresses the cluster's endpoints hold in a subnet, when it is a global
+    network's (a Docker overlay network's): keelnet's IPAM gives Docker's containers
+    addresses clear of them, which CreateEndpoint then takes in the cluster store."""
+
+    def held(subnet: str) -> set[str]:
+        store = host.global_store
+        if store is None:
+            return set()
+        for network in store.networks():
+            if any(config.subnet == subnet for config in network.ipam):
+                return set(store.addresses(network.id))
+        return set()
+
+    return held
 
 
 class IpamDriverApi:

@@ -8,6 +8,14 @@ goes to that driver (`dataplane=userspace`, `parent=eth1`, `com.docker.network.b
 ...). Endpoints follow libnetwork's flow: CreateEndpoint leaves the interface in the host's
 namespace, Join names it to dockerd, which moves and sets it up; ProgramExternalConnectivity
 publishes the container's ports. Every call is one Host operation: all or nothing.
+
+An overlay network (`-o keelnet.driver=overlay`, the plugin started with `--store
+etcd://...`) is a global network of the cluster store under the same id and name, so
+keelnet hosts of the cluster connect to it by that name: Docker's subnet and gateway are
+its own, and each container's address, chosen by dockerd's IPAM, is taken in the cluster
+store at CreateEndpoint (keelnet's IPAM, `--ipam-driver keelnet`, chooses one no host of
+the cluster holds). Its containers reach the overlay only: keelnet offers no way out and
+tells dockerd not to add its docker_gwbridge.
 """
 
 from __future__ import annotations
@@ -16,9 +24,17 @@ from collections.abc import Callable
 from typing import Any
 
 from keelnet.drivers import driver_names, get_driver
-from keelnet.errors import KeelnetError, NetworkNotFound, UnknownDriver
+from keelnet.errors import (
+    AddressInUse,
+    EndpointNotFound,
+    InvalidOption,
+    InvalidRequest,
+    KeelnetError,
+    NetworkNotFound,
+    UnknownDriver,
+)
 from keelnet.host import Host
-from keelnet.model import EXTERNAL_IPAM, Network, PortRequest
+from keelnet.model import DEFAULT_IPAM, EXTERNAL_IPAM, Endpoint, Network, PortRequest
 from keelnet.plugin import protocol
 from keelnet.plugin.protocol import address_of, flag, items, mapping, string_map, text
 
@@ -60,7 +76,9 @@ class NetworkDriverApi:
         }
 
     def get_capabilities(self, body: dict[str, Any]) -> dict[str, Any]:
-        # Local: a network's state is this host's store; overlay comes with global scope.
+        # Local, overlay included: dockerd keeps a global-scope network in a cluster store
+        # of its own, which only swarm gives it (else "This node is not a swarm manager");
+        # keelnet keeps the overlay's cluster state in etcd itself.
         return {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": False}
 
     # --- networks ------------------------------------------------------------------------
@@ -81,9 +99,15 @@ class NetworkDriverApi:
                 gateways.append(address_of(gateway, "Gateway"))
             for label, cidr in string_map(data, "AuxAddresses").items():
                 aux[label] = address_of(cidr, f"auxiliary address {label}")
-        existing = self.host.store.find_network(network_id)
-        if existing is not None and existing.id == network_id:
+        if self._find(network_id) is not None:
             return {}  # dockerd replays a create it did not see answered: already made
+        clustered = get_driver(driver).scope == "global"
+        if clustered and self.host.global_store is None:
+            raise InvalidRequest(
+                f"{DRIVER_OPTION}={driver}: {driver} networks span the hosts of a cluster "
+                "store; start the plugin as a member of one: keelnet --store "
+                "etcd://HOST:PORT plugin"
+            )
         self.host.create_network(
             network_name(network_id),
             driver=driver,
@@ -93,7 +117,8 @@ class NetworkDriverApi:
             ipv6=flag(options, protocol.ENABLE_IPV6),
             internal=flag(options, protocol.INTERNAL),
             options=generic,
-            ipam_driver=EXTERNAL_IPAM,
+            # A global network's addresses are the cluster store's (taken at CreateEndpoint).
+            ipam_driver=DEFAULT_IPAM if clustered else EXTERNAL_IPAM,
             network_id=network_id,
         )
         return {}
@@ -104,6 +129,13 @@ class NetworkDriverApi:
             raise UnknownDriver(
                 f"{DRIVER_OPTION}={name}: keelnet serves Docker with the drivers {serving}"
             )
+
+    def _find(self, network_id: str) -> Network | None:
+        """The keelnet network of Docker's network id: local, or global in the cluster."""
+        found = self.host.store.find_network(network_id)
+        if found is None and self.host.global_store is not None:
+            found = self.host.global_store.find_network(network_id)
+        return found if found is not None and found.id == network_id else None
 
     def delete_network(self, body: dict[str, Any]) -> dict[str, Any]:
         self.host.remove_network(self._known_id(body))
@@ -131,22 +163,31 @@ class NetworkDriverApi:
         address = text(interface, "Address", required=False)
         address6 = text(interface, "AddressIPv6", required=False)
         mac = text(interface, "MacAddress", required=False)
-        existing = self.host.store.find_endpoint(endpoint_id)
+        existing = self._endpoint(network, endpoint_id)
         if existing is None:
-            existing = self.host.create_endpoint(
-                network.id,
-                endpoint_id=endpoint_id,
-                ip=address_of(address, "Address") if address else None,
-                ipv6=address_of(address6, "AddressIPv6") if address6 else None,
-                mac=mac.lower() or None,
-            )
+            try:
+                existing = self.host.create_endpoint(
+                    network.id,
+                    endpoint_id=endpoint_id,
+                    ip=address_of(address, "Address") if address else None,
+                    ipv6=address_of(address6, "AddressIPv6") if address6 else None,
+                    mac=mac.lower() or None,
+                )
+            except AddressInUse as exc:
+                if network.scope != "global":
+                    raise
+                raise AddressInUse(
+                    f"{exc}: dockerd's own IPAM does not know the cluster's addresses; create "
+                    "the network with keelnet's (--ipam-driver keelnet), which picks free "
+                    "ones, or give the container a free --ip"
+                ) from None
         # libnetwork takes only the fields it left empty; the MAC is the one keelnet chose.
         return {} if mac else {"Interface": {"MacAddress": existing.mac}}
 
     def endpoint_info(self, body: dict[str, Any]) -> dict[str, Any]:
         network = self._network(body)
         endpoint = self.host.endpoint(network.id, text(body, "EndpointID"))
-        value = {
+        value: dict[str, Any] = {
             "keelnet.network": network.name,
             "keelnet.driver": network.driver,
             "keelnet.dataplane": network.dataplane,
@@ -154,6 +195,13 @@ class NetworkDriverApi:
         }
         if endpoint.host_ifname:
             value["keelnet.host_interface"] = endpoint.host_ifname
+        ports = self.host.store.ports(network_id=network.id, sandbox=endpoint.sandbox)
+        if endpoint.sandbox and ports:
+            # What libnetwork's bridge driver answers. dockerd (20.10 up to today's moby)
+            # builds a container's NetworkSettings.Ports, which `docker ps`/`docker port`
+            # show, only from Go values of its own drivers' (a type assertion on
+            # []types.PortBinding); from a plugin's JSON it takes nothing.
+            value[protocol.PORT_MAP] = [b for port in ports for b in protocol.port_bindings(port)]
         return {"Value": value}
 
     def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +223,13 @@ class NetworkDriverApi:
         requests = [_port_request(b) for b in items(mapping(body, "Options"), protocol.PORT_MAP)]
         if not endpoint.sandbox:
             raise KeelnetError(f"endpoint {endpoint.id[:12]} is not joined to a sandbox")
+        if network.scope == "global":  # no way out of the host: nothing to publish through
+            if requests:
+                raise InvalidOption(
+                    f"{network.driver} network {network.name} publishes no ports: publish "
+                    "them on a keelnet bridge network the container is connected to as well"
+                )
+            return {}
         # Asked again (a replay, or a new gateway endpoint): the ports it names now.
         self.host.unpublish_all(network.id, endpoint.sandbox)
         if requests:
@@ -193,8 +248,8 @@ class NetworkDriverApi:
     def _network(self, body: dict[str, Any]) -> Network:
         """The keelnet network of the request's NetworkID, or a clear error."""
         network_id = text(body, "NetworkID")
-        network = self.host.store.find_network(network_id)
-        if network is None or network.id != network_id:
+        network = self._find(network_id)
+        if network is None:
             raise NetworkNotFound(
                 f"network {network_id[:12]} is not known to keelnet (state in "
                 f"{self.host.state_dir}): it was made before that state or the state was "
@@ -202,11 +257,17 @@ class NetworkDriverApi:
             )
         return network
 
+    def _endpoint(self, network: Network, endpoint_id: str) -> Endpoint | None:
+        try:
+            return self.host.endpoint(network.id, endpoint_id)
+        except EndpointNotFound:
+            return None
+
     def _known_id(self, body: dict[str, Any]) -> str:
         """The NetworkID of a teardown request: an unknown network is already gone."""
         network_id = text(body, "NetworkID")
-        network = self.host.store.find_network(network_id)
-        return network.id if network is not None and network.id == network_id else network_id
+        network = self._find(network_id)
+        return network.id if network is not None else network_id
 
 
 def _hands_over(name: str) -> bool:

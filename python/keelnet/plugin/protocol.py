@@ -11,18 +11,27 @@ moby's `pkg/plugins` and `daemon/libnetwork/drivers/remote` (read, not copied).
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from keelnet.errors import InvalidRequest, KeelnetError
-from keelnet.model import IpamConfig, JoinInfo, StaticRoute
+from keelnet.model import IpamConfig, JoinInfo, PortMapping, StaticRoute
 
 #: Where dockerd looks for a plugin `NAME`, in this order: a socket
 #: `/run/docker/plugins/NAME.sock` (or `NAME/NAME.sock`), then `NAME.spec` (one URL) or
 #: `NAME.json` (`{"Addr": URL, "TLSConfig": {...}}`) in each spec directory.
-SOCKET_DIR = Path("/run/docker/plugins")
-SPEC_DIRS = (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"))
+#: `$KEELNET_PLUGIN_DIR` replaces them all with one directory (sockets and specs alike):
+#: for plugins kept away from where a dockerd looks (tests, a dockerd with other paths).
+PLUGIN_DIR_VARIABLE = "KEELNET_PLUGIN_DIR"
+_ONE_DIR = os.environ.get(PLUGIN_DIR_VARIABLE)
+SOCKET_DIR = Path(_ONE_DIR or "/run/docker/plugins")
+SPEC_DIRS = (
+    (Path(_ONE_DIR),)
+    if _ONE_DIR
+    else (Path("/etc/docker/plugins"), Path("/usr/lib/docker/plugins"))
+)
 
 NETWORK_DRIVER = "NetworkDriver"
 IPAM_DRIVER = "IpamDriver"
@@ -136,6 +145,26 @@ def ipam_data(config: IpamConfig, address_space: str = "") -> dict[str, Any]:
     if config.aux_addresses:
         data["AuxAddresses"] = {k: with_prefix(v, config) for k, v in config.aux_addresses.items()}
     return data
+
+
+def port_bindings(port: PortMapping) -> list[dict[str, Any]]:
+    """libnetwork's PortBinding objects, as its JSON has them, of one published port: one
+    per address family it forwards (no host IP: all of the family's, as Docker writes)."""
+    return [
+        {
+            "Proto": PROTOCOL_NUMBERS[port.proto],
+            "IP": container_ip,
+            "Port": port.container_port,
+            "HostIP": port.host_ip or every_address,
+            "HostPort": port.host_port,
+            "HostPortEnd": port.host_port,
+        }
+        for container_ip, every_address in (
+            (port.container_ip, "0.0.0.0"),
+            (port.container_ipv6, "::"),
+        )
+        if container_ip is not None
+    ]
 
 
 def join_answer(info: JoinInfo) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from keelnet.agent import HostThread
 from keelnet.errors import KeelnetError
 from keelnet.ipam.allocator import Allocator
 from keelnet.plugin import protocol
-from keelnet.plugin.ipam import IpamDriverApi
+from keelnet.plugin.ipam import IpamDriverApi, held_in_the_cluster
 from keelnet.plugin.network import NetworkDriverApi
 
 #: Largest request accepted (dockerd's are a few kB).
@@ -49,7 +49,7 @@ class Dispatcher:
         self.owner = owner
         self.record = record
         host = owner.host
-        allocator = Allocator(host.store, host.subnets_in_use)
+        allocator = Allocator(host.store, host.subnets_in_use, held_in_the_cluster(host))
         self.apis: dict[str, dict[str, Handler]] = {
             protocol.NETWORK_DRIVER: NetworkDriverApi(host).handlers(),
             protocol.IPAM_DRIVER: IpamDriverApi(allocator).handlers(),

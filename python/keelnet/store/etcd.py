@@ -6,14 +6,16 @@ Keys (under ``/keelnet/``), JSON values unless said otherwise:
     names/<name>                  network id: one network per name, cluster-wide
     vnis/<vni>                    network id: one network per VNI
     pools/<id>/<ip version>       the network's AddressPool, as its versioned bytes
-    endpoints/<network id>/<id>   an endpoint: addresses, MAC, host and the host's VTEP
+    endpoints/<network id>/<id>   an endpoint: addresses, MAC, sandbox name, aliases, host
+                                  and the host's VTEP
     hosts/<name>                  a live host and its VTEP address, under the host's lease
 
 Every write that could collide with another host's is a compare-and-swap transaction:
 a network is created only if its name and VNI are free and no network was added since
 its subnet was checked for overlaps; an address is taken only if the pool is unchanged
 since it was read (else read again and retry); a network is removed only if no endpoint
-appeared since it was found empty. An endpoint record is written together with its
+appeared since it was found free of live hosts' endpoints (the stale ones of hosts whose
+lease expired are released first). An endpoint record is written together with its
 address (`reserve_endpoint`), so a host that dies after that leaves a record naming it,
 which its own reconcile removes, never an address nobody accounts for.
 """
@@ -38,7 +40,13 @@ from keelnet.errors import (
 )
 from keelnet.ipam import AddressPool
 from keelnet.model import Endpoint, IpamConfig, Network, Peer, RemoteEndpoint
-from keelnet.store.etcd_client import Compare, EtcdClient, KeyValue, Txn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from keelnet.store.etcd_client import KeyValue
+
+# etcd_client is imported where used: it loads requests and etcd3gw (~0.1 s), which a host
+# without a cluster store (its overlay driver reads VNI_OPTION from here) never needs.
 
 PREFIX = "/keelnet/"
 NETWORKS = PREFIX + "networks/"
@@ -86,13 +94,20 @@ def endpoint_from_record(data: bytes) -> tuple[Endpoint, str, str, bool]:
 
 
 def remote_endpoint(data: bytes) -> tuple[RemoteEndpoint, bool] | None:
-    """The data plane's view of an endpoint record (and whether it is ready); None when
-    it has no IPv4 address to program."""
+    """The other hosts' view of an endpoint record (and whether it is ready); None when
+    it has no IPv4 address to program. Its names are its sandbox's and its aliases (a
+    record without them, or with a non-text one, has fewer: it still forwards)."""
     endpoint, host, vtep, ready = endpoint_from_record(data)
     if not endpoint.ip:
         return None
+    # Docker's containers (handed over) are named by Docker's DNS, not keelnet's.
+    handed_over = isinstance(endpoint.ifname, str) and endpoint.handed_over
+    given = () if handed_over else (endpoint.sandbox, *endpoint.aliases)
+    names = tuple(n for n in given if isinstance(n, str) and n)
     return (
-        RemoteEndpoint(endpoint.id, endpoint.network_id, endpoint.ip, endpoint.mac, vtep, host),
+        RemoteEndpoint(
+            endpoint.id, endpoint.network_id, endpoint.ip, endpoint.mac, vtep, host, names
+        ),
         ready,
     )
 
@@ -127,6 +142,8 @@ class EtcdStore:
     scope = "global"
 
     def __init__(self, url: str, *, host: str, netns_path: str | None = None) -> None:
+        from keelnet.store.etcd_client import EtcdClient
+
         self.host = host
         self.client = EtcdClient(url, netns_path)
 
@@ -176,6 +193,8 @@ class EtcdStore:
         """Create the network with its pools, if its name and VNI are free and no network
         appeared since revision `checked_at` (when its subnet was checked for overlaps).
         Raises DuplicateNetwork, or StoreConflict when something changed (check again)."""
+        from keelnet.store.etcd_client import Compare, Txn
+
         vni = vni_of(network)
         txn = Txn(
             compares=[
@@ -198,22 +217,32 @@ class EtcdStore:
         raise StoreConflict(f"VNI {vni} or the set of networks changed while creating one")
 
     def remove_network(self, network: Network) -> None:
-        """Delete the network if no endpoint (on any host) uses it; else NetworkInUse
-        naming the hosts that still have endpoints on it."""
+        """Delete the network if no live host has an endpoint on it; else NetworkInUse
+        naming those hosts. Endpoints of hosts that are not live (their lease expired, or
+        they left) are stale, as Docker treats a departed node's: their records go with
+        the network and its pools, in one transaction that holds only while no endpoint
+        appeared and every stale host is still away (a host that came back keeps its
+        endpoints and the network; releasing them one by one before would have handed
+        its addresses out again). A stale host that comes back finds the network gone
+        and removes its part of it (the cluster watch)."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
             found, revision = self.client.range(f"{ENDPOINTS}{network.id}/", prefix=True)
-            if found:
-                hosts = sorted({endpoint_from_record(kv.value)[1] for kv in found})
-                live = {p.name for p in self.peers()}
-                named = ", ".join(f"{h} ({'up' if h in live else 'down'})" for h in hosts)
+            records = [endpoint_from_record(kv.value) for kv in found]
+            live = {peer.name for peer in self.peers()}
+            in_use = sorted({host for _, host, _, _ in records if host in live})
+            if in_use:
+                named = ", ".join(f"{host} (up)" for host in in_use)
                 raise NetworkInUse(
                     f"error while removing network: network {network.name} has active "
                     f"endpoints on host(s) {named}: disconnect them there first"
                 )
+            stale_hosts = sorted({host for _, host, _, _ in records})
             txn = Txn(
                 compares=[
                     Compare(f"{ENDPOINTS}{network.id}/", prefix=True, below=revision + 1),
+                    *(Compare(HOSTS + host) for host in stale_hosts),  # still away
                 ],
                 puts=[],
                 deletes=[
@@ -223,9 +252,10 @@ class EtcdStore:
                     f"{POOLS}{network.id}/4",
                     f"{POOLS}{network.id}/6",
                 ],
+                delete_prefixes=[f"{ENDPOINTS}{network.id}/"],  # the stale endpoints
             )
             if not self.client.txn(txn):
-                raise StoreConflict("an endpoint appeared while removing the network")
+                raise StoreConflict("an endpoint or a host appeared while removing the network")
 
         retry_on_conflict(attempt)
 
@@ -246,6 +276,7 @@ class EtcdStore:
     ) -> dict[int, str]:
         """Take addresses for `endpoint` (`ip` if given) and record the endpoint, not yet
         ready, in one transaction; returns the addresses by IP version."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> dict[int, str]:
             compares, puts, addresses = [], [], {}
@@ -280,9 +311,11 @@ class EtcdStore:
     def release_endpoint(self, endpoint: Endpoint) -> None:
         """Give the endpoint's addresses back and delete its record (both or neither);
         an endpoint already released is fine."""
+        from keelnet.store.etcd_client import Compare, Txn
 
         def attempt() -> None:
-            compares, puts = [], []
+            compares: list[Compare] = []
+            puts: list[tuple[str, bytes, int]] = []
             for version, address in ((4, endpoint.ip), (6, endpoint.ipv6)):
                 found = self._pool(endpoint.network_id, version)
                 if address is None or found is None:
@@ -302,6 +335,15 @@ class EtcdStore:
         self, *, network_id: str | None = None, sandbox: str | None = None
     ) -> list[Endpoint]:
         return [e for e, _ in self.endpoint_states(network_id=network_id, sandbox=sandbox)]
+
+    def holder(self, network_id: str, address: str) -> str | None:
+        """The host whose endpoint holds `address` on the network, if any does."""
+        found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)
+        for kv in found:
+            endpoint, host, _vtep, _ready = endpoint_from_record(kv.value)
+            if address in (endpoint.ip, endpoint.ipv6):
+                return host
+        return None
 
     def addresses(self, network_id: str) -> list[str]:
         found, _ = self.client.range(f"{ENDPOINTS}{network_id}/", prefix=True)

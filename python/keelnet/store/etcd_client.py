@@ -24,7 +24,7 @@ import json
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -133,6 +133,8 @@ class Txn:
     compares: list[Compare]
     puts: list[tuple[str, bytes, int]]  # key, value, lease (0: none)
     deletes: list[str]
+    #: Every key under each of these goes too (one operation, however many keys).
+    delete_prefixes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         success: list[dict[str, Any]] = []
@@ -142,6 +144,10 @@ class Txn:
                 put["lease"] = lease
             success.append({"request_put": put})
         success += [{"request_delete_range": {"key": _b64(key)}} for key in self.deletes]
+        success += [
+            {"request_delete_range": {"key": _b64(key), "range_end": _b64(prefix_end(key))}}
+            for key in self.delete_prefixes
+        ]
         return {
             "compare": [c.to_json() for c in self.compares],
             "success": success,

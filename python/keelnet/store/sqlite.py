@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,6 +64,13 @@ CREATE TABLE IF NOT EXISTS ports (
 """
 
 
+def token_hex(nbytes: int) -> str:
+    """secrets.token_hex, imported when first needed: reading a store needs none."""
+    import secrets
+
+    return secrets.token_hex(nbytes)
+
+
 def _execute_all(db: sqlite3.Connection, script: str) -> None:
     """Run `;`-separated statements inside the open transaction (executescript commits)."""
     for statement in script.split(";"):
@@ -92,7 +98,7 @@ def _sandbox_ids_and_priorities(db: sqlite3.Connection) -> None:
         """,
     )
     for (name,) in db.execute("SELECT name FROM sandboxes").fetchall():
-        db.execute("UPDATE sandboxes SET id=? WHERE name=?", (secrets.token_hex(32), name))
+        db.execute("UPDATE sandboxes SET id=? WHERE name=?", (token_hex(32), name))
     db.execute("CREATE UNIQUE INDEX sandboxes_by_id ON sandboxes(id)")
 
 
@@ -211,7 +217,7 @@ def _make_state_dir(state_dir: Path) -> None:
 def _create(path: Path) -> None:
     """Build a new database aside and link it into place: `path` exists whole or not at
     all. A process that loses the race to another uses that one's."""
-    building = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    building = path.with_name(f".{path.name}.{os.getpid()}-{token_hex(4)}")
     try:
         db = sqlite3.connect(building, isolation_level=None)
         try:

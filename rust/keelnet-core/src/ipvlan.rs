@@ -665,12 +665,12 @@ fn invalid(message: String) -> io::Error {
 impl Ipvlan {
     /// Opens the parent's socket (and, in l3 mode, the raw sockets to route with).
     pub fn open(config: IpvlanConfig) -> io::Result<Ipvlan> {
-        if let Some(vid) = config.vlan {
-            if !(1..=4094).contains(&vid) || config.mode != Mode::L2 {
-                return Err(invalid(format!(
-                    "VLAN {vid}: ids are 1-4094, and only l2 mode tags in userspace"
-                )));
-            }
+        if let Some(vid) = config.vlan
+            && (!(1..=4094).contains(&vid) || config.mode != Mode::L2)
+        {
+            return Err(invalid(format!(
+                "VLAN {vid}: ids are 1-4094, and only l2 mode tags in userspace"
+            )));
         }
         let parent = PacketSocket::open(config.netns.as_deref(), &config.parent)?;
         crate::io::packet_socket::enable_auxdata(&parent)?;

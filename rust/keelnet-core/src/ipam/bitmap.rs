@@ -303,7 +303,7 @@ impl Bitmap {
         let chunk_count = Bitmap::new_chunk_count(last);
         let summary_words = chunk_count.div_ceil(64);
         let mut chunk_not_full = vec![u64::MAX; summary_words];
-        if chunk_count % 64 != 0 {
+        if !chunk_count.is_multiple_of(64) {
             chunk_not_full[summary_words - 1] = (1u64 << (chunk_count % 64)) - 1;
         }
         let top_not_full = if summary_words == 64 {
@@ -513,15 +513,15 @@ impl Bitmap {
         let to = to.min(self.last);
         if from >= self.dense_end() && from <= to {
             let key = from / CHUNK_BITS;
-            if let Some(chunk) = self.sparse.get_mut(&key) {
-                if let Some(bit) = chunk.first_clear_from(from % CHUNK_BITS) {
-                    let offset = key * CHUNK_BITS + bit;
-                    if offset > to {
-                        return None;
-                    }
-                    chunk.set(bit as u16);
-                    return Some(offset);
+            if let Some(chunk) = self.sparse.get_mut(&key)
+                && let Some(bit) = chunk.first_clear_from(from % CHUNK_BITS)
+            {
+                let offset = key * CHUNK_BITS + bit;
+                if offset > to {
+                    return None;
                 }
+                chunk.set(bit as u16);
+                return Some(offset);
             }
         }
         let offset = self.first_clear(from, to)?;

@@ -471,10 +471,11 @@ pub fn flow_hash(inner: &[u8]) -> u64 {
     // The common shape first, untagged IPv4 without options, at fixed offsets after one
     // bounds check; it hashes what the general path would.
     const IPV4_PORTS_END: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + 4;
-    if let Some(head) = inner.first_chunk::<IPV4_PORTS_END>() {
-        if be16(head, 12) == ethertype::IPV4 && head[ethernet::HEADER_LEN] == 0x45 {
-            return ipv4_flow_hash(&head[ethernet::HEADER_LEN..]);
-        }
+    if let Some(head) = inner.first_chunk::<IPV4_PORTS_END>()
+        && be16(head, 12) == ethertype::IPV4
+        && head[ethernet::HEADER_LEN] == 0x45
+    {
+        return ipv4_flow_hash(&head[ethernet::HEADER_LEN..]);
     }
     flow_hash_any(inner)
 }
@@ -649,12 +650,12 @@ fn decapsulate_any<'a>(
             value: udp.length(),
         });
     }
-    if let Some(port) = config.destination_port {
-        if udp.destination_port() != port {
-            return Err(PacketError::WrongPort {
-                port: udp.destination_port(),
-            });
-        }
+    if let Some(port) = config.destination_port
+        && udp.destination_port() != port
+    {
+        return Err(PacketError::WrongPort {
+            port: udp.destination_port(),
+        });
     }
     if udp.checksum() == 0 {
         if is_v6 && !config.allow_zero_checksum_v6 {

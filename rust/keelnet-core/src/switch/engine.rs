@@ -687,17 +687,17 @@ impl Engine {
                 }
                 Some(Destination::Port(to)) => {
                     let gso = header.gso_type != gso_type::NONE;
-                    if self.defer_local {
-                        if let Some(port) = self.ports.get(&to) {
-                            if port.vni == vni && (gso || frame.len() <= port.max_frame) {
-                                self.deferred = Some(Deferred {
-                                    to,
-                                    vni,
-                                    io: Arc::clone(&port.io),
-                                });
-                                return;
-                            }
-                        }
+                    if self.defer_local
+                        && let Some(port) = self.ports.get(&to)
+                        && port.vni == vni
+                        && (gso || frame.len() <= port.max_frame)
+                    {
+                        self.deferred = Some(Deferred {
+                            to,
+                            vni,
+                            io: Arc::clone(&port.io),
+                        });
+                        return;
                     }
                     self.send_to_port(to, vni, header_bytes, frame, gso);
                     return;

@@ -414,10 +414,10 @@ impl Switch {
         if remote.is_unspecified() || remote.is_multicast() {
             return Err(invalid(format!("{remote} is not a unicast VTEP address")));
         }
-        if let Some(mac) = &mac {
-            if crate::packet::ethernet::is_multicast(mac) || *mac == [0; 6] {
-                return Err(invalid("a peer MAC must be unicast".to_owned()));
-            }
+        if let Some(mac) = &mac
+            && (crate::packet::ethernet::is_multicast(mac) || *mac == [0; 6])
+        {
+            return Err(invalid("a peer MAC must be unicast".to_owned()));
         }
         if ip.is_some() && mac.is_none() {
             return Err(invalid("an IP binding needs the MAC it maps to".to_owned()));

@@ -170,6 +170,10 @@ impl Engine {
         mac: Option<MacAddr>,
         ip: Option<Ipv4Addr>,
     ) {
+        // A peer's record never takes over a local port's MAC (an address clash, or a
+        // peer that lies): the port keeps it, and its address is not answered for.
+        let mac =
+            mac.filter(|mac| !matches!(self.fdb.lookup(vni, mac), Some(Destination::Port(_))));
         let state = self.vnis.entry(vni).or_default();
         state.peers.insert(remote);
         if let (Some(mac), Some(ip)) = (mac, ip) {
@@ -571,12 +575,12 @@ impl Engine {
         // The common case, a TCP segment for a known local port: the coalescer verifies
         // and copies it in one pass. Whatever it refuses (a partial or bad checksum,
         // no payload, not TCP) takes the checked path below.
-        if self.config.coalesce && !ethernet::is_multicast(&destination) {
-            if let Some(Destination::Port(to)) = self.fdb.lookup(vni, &destination) {
-                if self.try_coalesce(to, inner) {
-                    return;
-                }
-            }
+        if self.config.coalesce
+            && !ethernet::is_multicast(&destination)
+            && let Some(Destination::Port(to)) = self.fdb.lookup(vni, &destination)
+            && self.try_coalesce(to, inner)
+        {
+            return;
         }
         let mut completed = std::mem::take(&mut self.vtep_side.completed);
         let (inner, verified) = match partial::inspect(inner) {
@@ -830,6 +834,19 @@ mod tests {
             (counters.local_conflicts, counters.static_conflicts),
             (1, 1)
         );
+    }
+
+    #[test]
+    fn a_peer_record_cannot_take_a_local_mac() {
+        let mut engine = engine(SwitchConfig::default());
+        let tap = engine.add_port("tap", 1, capture_tap(B));
+        let peer: IpAddr = "127.0.0.2".parse().unwrap();
+        engine.add_peer(1, peer, Some(B), Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(engine.fdb.lookup(1, &B), Some(Destination::Port(tap)));
+        assert!(engine.fdb.flood_list(1).contains(&peer));
+        // Removing what the record named leaves the port's entry alone.
+        assert!(!engine.remove_peer(1, peer, Some(B)));
+        assert_eq!(engine.fdb.lookup(1, &B), Some(Destination::Port(tap)));
     }
 
     #[test]
