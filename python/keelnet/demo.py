@@ -21,12 +21,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pyroute2 import netns as pyroute2_netns
-
 from keelnet import sandbox as netns_sandbox
 from keelnet.dns import NETNS_ETC
 from keelnet.host import Host
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, call_in_netns, iproute, netns_path
+from keelnet.kernel.namespaces import (
+    NETNS_RUN_DIR,
+    call_in_netns,
+    create_named,
+    iproute,
+    netns_path,
+    remove_named,
+)
 
 UPLINK = "kn-demo-up"
 HOST_IP, OUTSIDE_IP = "198.51.100.1", "198.51.100.2"
@@ -110,12 +115,26 @@ def tcp_roundtrip(
                 return False
 
 
+def claim_prefix(stem: str, first: str) -> str:
+    """A fresh `<stem>-<random>` namespace prefix, held by creating its first namespace
+    `<prefix>-<first>` exclusively: a demo running beside this one (another terminal, a
+    test run) never gets the same prefix, so neither builds in nor removes the other's
+    namespaces. The caller removes the namespace."""
+    while True:
+        prefix = f"{stem}-{secrets.token_hex(3)}"
+        with contextlib.suppress(FileExistsError):
+            create_named(netns_path(f"{prefix}-{first}"))
+            return prefix
+
+
 @contextlib.contextmanager
-def _lab(prefix: str) -> Iterator[tuple[str, str]]:
+def _lab() -> Iterator[tuple[str, str, str]]:
+    """The demo's prefix, its host namespace and the outside one; removed at the end."""
+    prefix = claim_prefix("kn-demo", "host")
     host_ns, outside_ns = f"{prefix}-host", f"{prefix}-out"
     try:
+        create_named(netns_path(outside_ns))
         for name in (host_ns, outside_ns):
-            pyroute2_netns.create(name)
             with iproute(netns_path(name)) as ipr:
                 ipr.link("set", index=1, state="up")
         with iproute(netns_path(host_ns)) as ipr:
@@ -136,15 +155,15 @@ def _lab(prefix: str) -> Iterator[tuple[str, str]]:
         # The host's resolv.conf (what keelnet's DNS forwards to): no server at all.
         (NETNS_ETC / host_ns).mkdir(parents=True, exist_ok=True)
         (NETNS_ETC / host_ns / "resolv.conf").write_text("# keelnet demo: no upstream\n")
-        yield host_ns, outside_ns
+        yield prefix, host_ns, outside_ns
     finally:
         for name in sorted(os.listdir(NETNS_RUN_DIR), reverse=True):
-            if name.startswith(prefix):
+            if name.startswith(f"{prefix}-"):
                 with contextlib.suppress(OSError):
-                    pyroute2_netns.remove(name)
+                    remove_named(netns_path(name))
         if NETNS_ETC.is_dir():
             for entry in NETNS_ETC.iterdir():
-                if entry.name.startswith(prefix):
+                if entry.name.startswith(f"{prefix}-"):
                     shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -221,6 +240,7 @@ def _build_and_check(host: Host, prefix: str, outside: str) -> tuple[list[Check]
         ),
     ]
     notes.append(f"web has {web.ip}, api {api.ip}, db {db.ip}, lan2 {lan2.ip}, iv1 {iv1.ip}")
+    notes.append(f"built in namespaces {prefix}-*, all removed at the end")
     return [Check(what, expected, probe()) for what, expected, probe in checks], notes
 
 
@@ -229,10 +249,9 @@ def run_network_demo() -> int:
     if os.geteuid() != 0:
         print("keelnet demo needs root (it creates network namespaces)")
         return 1
-    prefix = f"kn-demo-{secrets.token_hex(2)}"
     state_dir = tempfile.mkdtemp(prefix="keelnet-demo-")
     try:
-        with _lab(prefix) as (host_ns, outside_ns), Host(host_ns, state_dir) as host:
+        with _lab() as (prefix, host_ns, outside_ns), Host(host_ns, state_dir) as host:
             try:
                 results, notes = _build_and_check(host, prefix, outside_ns)
             finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from keelnet.demo import Check, ping, ping_by_name, print_checks, tcp_roundtrip
+from keelnet.demo import Check, claim_prefix, ping, ping_by_name, print_checks, tcp_roundtrip
 from keelnet.dns import NETNS_ETC
 from keelnet.errors import StoreUnavailable
 from keelnet.host import Host
@@ -39,8 +38,10 @@ ETCD_NUMBER = 100
 PLANES = {1: "kernel", 2: "userspace", 3: "userspace"}
 
 
-def _namespace(name: str) -> None:
-    create_named(netns_path(name))
+def _namespace(name: str, *, claimed: bool = False) -> None:
+    """A namespace with its loopback up (`claimed`: made already by `claim_prefix`)."""
+    if not claimed:
+        create_named(netns_path(name))
     with iproute(netns_path(name)) as ipr:
         ipr.link("set", index=1, state="up")
 
@@ -64,11 +65,14 @@ def _plug(switch: str, netns: str, number: int) -> None:
 
 
 @contextlib.contextmanager
-def _underlay_and_etcd(prefix: str, data_dir: Path) -> Iterator[str]:
-    """The switch, an etcd member in its own namespace; yields the store URL."""
+def _underlay_and_etcd(data_dir: Path) -> Iterator[tuple[str, str]]:
+    """The switch, an etcd member in its own namespace; yields the demo's namespace
+    prefix and the store URL."""
     etcd: subprocess.Popen[bytes] | None = None
+    # Its own prefix stem: the network demo's cleanup never matches these namespaces.
+    prefix = claim_prefix("kn-demo-ov", "sw")
     try:
-        _namespace(f"{prefix}-sw")
+        _namespace(f"{prefix}-sw", claimed=True)
         with iproute(netns_path(f"{prefix}-sw")) as ipr:
             ipr.link("add", ifname="br0", kind="bridge")
             ipr.link("set", index=ipr.link_lookup(ifname="br0")[0], state="up")
@@ -97,17 +101,17 @@ def _underlay_and_etcd(prefix: str, data_dir: Path) -> Iterator[str]:
                     raise
                 time.sleep(0.1)
         client.close()
-        yield url
+        yield prefix, url
     finally:
         if etcd is not None:
             etcd.kill()
             etcd.wait(timeout=10)
         for name in sorted(os.listdir(NETNS_RUN_DIR), reverse=True):
-            if name.startswith(prefix):
+            if name.startswith(f"{prefix}-"):
                 with contextlib.suppress(OSError):
                     remove_named(netns_path(name))
         for entry in NETNS_ETC.iterdir() if NETNS_ETC.is_dir() else ():
-            if entry.name.startswith(prefix):
+            if entry.name.startswith(f"{prefix}-"):
                 shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -172,6 +176,7 @@ def _build_and_check(
     shown = hosts[1].inspect_network("ov1")
     notes += [f"peer {p['Name']} at {p['IP']}" for p in shown["Peers"]]
     notes += [f"app{n} has {addresses[n]} on host{n} ({PLANES[n]})" for n in PLANES]
+    notes.append(f"built in namespaces {prefix}-*, all removed at the end")
     return [Check(what, expected, probe()) for what, expected, probe in checks], notes
 
 
@@ -183,11 +188,10 @@ def run_overlay_demo() -> int:
     if shutil.which("etcd") is None:
         print("overlay part skipped: no etcd (scripts/system-deps demo installs Debian's)")
         return 0
-    prefix = f"kn-demo-{secrets.token_hex(2)}"
     root = Path(tempfile.mkdtemp(prefix="keelnet-demo-overlay-"))
     hosts: dict[int, Host] = {}
     try:
-        with _underlay_and_etcd(prefix, root / "etcd") as url:
+        with _underlay_and_etcd(root / "etcd") as (prefix, url):
             try:
                 results, notes = _build_and_check(prefix, url, root / "state", hosts)
             finally:

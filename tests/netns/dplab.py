@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nettools
+from netlab import wait_for_link_local
 
 NETNS_DIR = Path("/var/run/netns")
 UNDERLAY_V4 = "192.0.2.{}"
@@ -188,6 +189,9 @@ class DpLab:
             netns=name,
         )
         sh("ip", "link", "set", "ul0", "up", netns=name)
+        # Its IPv6 link-local address and routes come late: a test's before/after
+        # comparison must not see them arrive.
+        wait_for_link_local(name, "ul0")
         self.hosts.append(name)
         return name
 
@@ -281,7 +285,10 @@ def kernel_vxlan_host(
     )
     for remote in remotes:
         sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst", remote, netns=host)
-    sh("ip", "link", "add", br, "type", "bridge", netns=host)
+    # No multicast snooping: with it the bridge joins the snoopers' group 224.0.0.106 and
+    # sends IGMP reports for it into the tunnel, up to a second after it comes up, which
+    # the switch counts as floods or drops behind the tests' backs.
+    sh("ip", "link", "add", br, "type", "bridge", "mcast_snooping", "0", netns=host)
     # No IPv6 on the overlay's host-side links: their router solicitations and MLD
     # reports would be flooded into the tunnel behind the tests' backs.
     for link in (vx, br):

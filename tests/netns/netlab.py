@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,13 @@ from typing import Any
 from pyroute2 import netns as pyroute2_netns
 
 from keelnet.kernel import links, nftables
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path, write_sysctl
+from keelnet.kernel.namespaces import (
+    NETNS_RUN_DIR,
+    iproute,
+    netns_path,
+    read_sysctl,
+    write_sysctl,
+)
 
 HOST_UPLINK = "kn-up0"
 HOST_ADDRESS = "192.0.2.1"
@@ -87,6 +96,7 @@ def build(lab: Lab) -> None:
         ipr.addr("add", index=index, address=OUTSIDE_ADDRESS, prefixlen=24)
         links.add_address(ipr, index, OUTSIDE_ADDRESS6, 64)
         ipr.link("set", index=index, state="up")
+    wait_for_link_local(lab.host, HOST_UPLINK)
     for tool in ("iptables", "ip6tables"):  # Docker drops IPv6 forwarding too
         for rule in DOCKER_RULES:
             run_in(lab.host, tool, "-w", *rule.split())
@@ -95,6 +105,40 @@ def build(lab: Lab) -> None:
     own = NETNS_ETC / lab.host
     own.mkdir(parents=True, exist_ok=True)
     (own / "resolv.conf").write_text(f"nameserver {OUTSIDE_ADDRESS}\n")
+
+
+RTN_LOCAL, RTN_ANYCAST = 2, 4
+
+
+def wait_for_link_local(netns: str, ifname: str, timeout: float = 20) -> None:
+    """Wait until `ifname` has its IPv6 link-local address and the kernel's routes for
+    each of its addresses. The link-local address comes with the link's carrier, which
+    the kernel's link watcher may report a second late; the local (and, when the link
+    forwards, anycast) routes come after their address, from a workqueue that waits for
+    the machine-wide rtnl lock. A state snapshot taken in between differs from later ones."""
+    path = netns_path(netns)
+    forwarding = f"net/ipv6/conf/{ifname}/forwarding"
+    deadline = time.monotonic() + timeout
+    with iproute(path) as ipr:
+        index = links.link_index(ipr, ifname)
+        while True:
+            addresses = [
+                ipaddress.ip_interface(f"{a.get('address')}/{a['prefixlen']}")
+                for a in ipr.addr("dump", index=index, family=socket.AF_INET6)
+            ]
+            wanted = {(RTN_LOCAL, str(address.ip)) for address in addresses}
+            if read_sysctl(path, forwarding) == "1":
+                wanted |= {(RTN_ANYCAST, str(address.network[0])) for address in addresses}
+            routes = {
+                (int(route["type"]), str(route.get("dst")))
+                for route in ipr.route("dump", family=socket.AF_INET6)
+                if route.get("oif") == index
+            }
+            if any(address.is_link_local for address in addresses) and wanted <= routes:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{ifname} in {netns}: IPv6 not settled after {timeout} s")
+            time.sleep(0.02)
 
 
 def remove_prefix(prefix: str) -> None:

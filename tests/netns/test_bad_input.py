@@ -6,12 +6,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from netlab import HOST_UPLINK, Lab, kernel_state, store_state
+from netlab import HOST_UPLINK, Lab, kernel_state, store_state, wait_for_link_local
 
 import keelnet
 from keelnet import errors
 from keelnet.kernel import iptables_compat, links
-from keelnet.kernel.namespaces import iproute, netns_path
 
 Action = Callable[[keelnet.Host, Lab], object]
 
@@ -21,17 +20,9 @@ def _prepare(host: keelnet.Host, lab: Lab) -> None:
     host.create_sandbox(lab.name("s"))
     host.connect("taken", lab.name("s"), ip="10.80.0.10")
     host.create_sandbox(lab.name("free"))
-    # The bridge's link-local address comes when the kernel's link watcher sees its first
-    # port's carrier (up to a second later, more on a loaded machine): wait for it, so the
-    # snapshots compare a settled state.
-    deadline = time.monotonic() + 20
-    with iproute(netns_path(lab.host)) as ipr:
-        index = links.link_index(ipr, str(bridge))
-        while time.monotonic() < deadline:
-            found = [a.get("address") for a in ipr.addr("dump", index=index, family=10)]
-            if any(str(address).startswith("fe80:") for address in found):
-                break
-            time.sleep(0.05)
+    # The bridge's link-local address comes with its first port's carrier: the snapshots
+    # compare a settled state.
+    wait_for_link_local(lab.host, str(bridge))
 
 
 CASES: list[tuple[str, type[Exception], Action]] = [

@@ -41,8 +41,8 @@ STREAM_BYTES = 400_000
 
 
 def capture_stream(lab: Underlay, family: int) -> tuple[list[bytes], bytes]:
-    """Sends STREAM_BYTES from a to b over TCP; returns the data frames a sent, in order,
-    and the bytes b received."""
+    """Sends STREAM_BYTES from a to b over TCP; returns the data frames a sent, in sending
+    order (resends included), and the bytes b received."""
     inet = socket.AF_INET6 if family == 6 else socket.AF_INET
     server_address = UNDERLAY[family][1]
     with netns(lab.b):
@@ -107,6 +107,23 @@ def test_coalesce_then_segment_reproduces_the_kernels_frames(
         resegmented.extend(segment(super_frame, segment_size) if segment_size else [super_frame])
     # Byte for byte, IP IDs, sequence numbers, flags and checksums included.
     assert resegmented == frames
-    ip_layer = IPv6 if family == 6 else IP
-    stream = b"".join(bytes(Ether(frame)[ip_layer][TCP].payload) for frame in frames)
-    assert stream == received
+    assert tcp_stream(frames, IPv6 if family == 6 else IP) == received
+
+
+def tcp_stream(frames: list[bytes], ip_layer: type[IP] | type[IPv6]) -> bytes:
+    """The bytes that the data frames of one TCP stream carry, placed by sequence number.
+    The capture holds every frame sent, in sending order: on a loaded machine that
+    includes retransmissions (a loss probe, a timeout), which repeat earlier bytes out of
+    order and must repeat them exactly."""
+    first = Ether(frames[0])[ip_layer][TCP].seq  # the first frame sent is never a resend
+    segments = []
+    for frame in frames:
+        tcp = Ether(frame)[ip_layer][TCP]
+        segments.append(((tcp.seq - first) % (1 << 32), bytes(tcp.payload)))
+    stream = bytearray()
+    for offset, payload in sorted(segments):
+        assert offset <= len(stream), f"no frame carried bytes {len(stream)}-{offset}"
+        repeated = stream[offset : offset + len(payload)]
+        assert payload[: len(repeated)] == repeated, f"a resend changed bytes from {offset}"
+        stream += payload[len(repeated) :]
+    return bytes(stream)

@@ -614,17 +614,18 @@ def _close_userspace(ctx: HostContext, network: Network) -> None:
 
 
 def _remove_netns(name: str) -> None:
-    """Remove the network's namespace, its vxlan device first: that device's socket, in
-    the host's namespace, holds the VNI and UDP port until the device goes, and a
-    namespace goes whenever the kernel gets round to it (later still while anything holds
-    it: this process's nftables context there is let go of too). So the VNI is free at
-    once for the next network given it."""
+    """Remove the network's namespace, its links first: the vxlan device's socket, in
+    the host's namespace, holds the VNI and UDP port until the device goes, the veths
+    hold the sandboxes' interfaces, and a namespace goes whenever the kernel gets round
+    to it (seconds on a loaded machine; later still while anything holds it: this
+    process's nftables context there is let go of too). So the VNI is free at once for
+    the next network given it, and the sandboxes can be connected again at once."""
     path = netns_path(name)
     nftables.close(path)
     gone_or_half_made = contextlib.suppress(OSError, NetlinkError, KernelError)
     with gone_or_half_made, iproute(path) as ipr:
-        for link in ipr.link("dump"):
-            if link.get(("linkinfo", "kind")) == "vxlan":
-                links.delete_link(ipr, link.get_attr("IFLA_IFNAME"))
+        for ifname in [str(link.get("ifname")) for link in ipr.link("dump")]:
+            if ifname != "lo":
+                links.delete_link(ipr, ifname)
     with contextlib.suppress(OSError):
         remove_named(path)
