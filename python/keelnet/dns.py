@@ -392,8 +392,11 @@ class HostDns:
         another process already serves is left to it, with a warning."""
         if not self._serve:
             return
-        # Endpoints a Docker plugin caller has not joined yet have no sandbox.
-        sandboxes = list(dict.fromkeys(e.sandbox for _, e in self._joined() if e.sandbox))
+        # Endpoints a Docker plugin caller has not joined yet have no sandbox; those it
+        # joined (handed over) are in its containers, which Docker's own DNS serves.
+        sandboxes = list(
+            dict.fromkeys(e.sandbox for _, e in self._joined() if e.sandbox and not e.handed_over)
+        )
         if not sandboxes:
             return
         self._started()

@@ -21,6 +21,7 @@ from nettools import wait_until
 from overlaylab import PLUGIN_VTEP, etcd_beside_dockerd, why_no_underlay
 
 from keelnet import Host
+from keelnet.dns import NETNS_ETC
 from keelnet.kernel.namespaces import netns_path
 
 
@@ -110,6 +111,10 @@ def test_a_container_on_the_overlay_pings_a_keelnet_host(
     lab.plugin.start()
     assert wait_until(lambda: ping(lab, box, remote.ip, count=1), timeout=30)
     assert wait_until(lambda: ping_from(cluster.sandbox, address, timeout=0.5), timeout=10)
+    # Docker's own DNS serves its containers: the plugin, starting again, made keelnet's
+    # DNS no resolv.conf for this one (nothing would ever remove it).
+    sandbox_key = Path(str(lab.inspect("container", box)["NetworkSettings"]["SandboxKey"]))
+    assert not (NETNS_ETC / sandbox_key.name).exists()
 
     # An address host 2 holds, asked for by hand: refused, saying whose it is, and
     # nothing is left of the attempt.
