@@ -595,7 +595,10 @@ def _program_kernel_peers(path: str, vxlan: str, peers: list[RemoteEndpoint], *,
                     try:
                         overlay.run([request])
                     except rtnl.RtnlError as exc:
-                        if exc.errno not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+                        # EOPNOTSUPP: the vxlan port has left its bridge, whose entries
+                        # went with it (the network's part is being taken down here).
+                        gone = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EOPNOTSUPP)
+                        if exc.errno not in gone:
                             raise
     except FileNotFoundError:
         return  # the namespace went meanwhile
