@@ -280,6 +280,12 @@ def overlay_ns(host_netns: str, network_id: str) -> str:
     return f"{host_netns}-ov-{network_id[:10]}"
 
 
+def links_in(netns: str) -> list[str]:
+    """The names of the links in `netns`, sorted."""
+    with iproute(netns_path(netns)) as ipr:
+        return sorted(str(link.get("ifname")) for link in ipr.link("dump"))
+
+
 def remote_macs(host: Host, net: Network) -> set[tuple[str, str]]:
     """(MAC, VTEP) of every remote endpoint the host's data plane holds for `net`,
     read from the kernel's vxlan FDB or from the userspace switch."""

@@ -14,6 +14,7 @@ from clusterlab import (
     EtcdCluster,
     Segment,
     keelnet_cli,
+    links_in,
     make_host_ns,
     overlay_ns,
 )
@@ -29,17 +30,12 @@ from keelnet.errors import (
     OverlappingSubnet,
     StoreUnavailable,
 )
-from keelnet.kernel.namespaces import NETNS_RUN_DIR, iproute, netns_path
+from keelnet.kernel.namespaces import NETNS_RUN_DIR
 from keelnet.store.etcd import VNI_OPTION
 from keelnet.store.etcd_client import Txn
 
 pytestmark = pytest.mark.netns
 LEASE_TTL = 3
-
-
-def links_in(netns: str) -> list[str]:
-    with iproute(netns_path(netns)) as ipr:
-        return [str(link.get("ifname")) for link in ipr.link("dump")]
 
 
 def etcd_keys(etcd: EtcdCluster) -> list[str]:

@@ -17,6 +17,7 @@ from clusterlab import (
     Connector,
     cut_off,
     kernel_remote_macs,
+    links_in,
     make_host_ns,
     overlay_ns,
     remote_macs,
@@ -27,16 +28,11 @@ from keelnet import Host
 from keelnet.dns import resolv_conf_path
 from keelnet.drivers.overlay import OverlayDriver, mac_for
 from keelnet.errors import StoreUnavailable
-from keelnet.kernel.namespaces import iproute, netns_path
+from keelnet.kernel.namespaces import netns_path
 from keelnet.model import Endpoint
 
 pytestmark = pytest.mark.netns
 LEASE_TTL = 3
-
-
-def links_in(netns: str) -> list[str]:
-    with iproute(netns_path(netns)) as ipr:
-        return sorted(str(link.get("ifname")) for link in ipr.link("dump"))
 
 
 def agent_ip(agent: Agent, network: str, sandbox: str) -> str:
